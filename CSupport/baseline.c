@@ -1,0 +1,94 @@
+/*
+ * The raw C liburcu paths `ptlab bench` measures beside the Swift ones, so
+ * every Swift number is a ratio against C measured in the same run. These
+ * are what a C programmer would write: malloc'd objects with an rcu_head,
+ * and the kernel's table batch of 509 pointers per call_rcu.
+ */
+#include <stdlib.h>
+#include <time.h>
+#include "CSupport.h"
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+double ptlab_baseline_read_ns(uint64_t iterations)
+{
+    ptlab_rcu_register();
+    double t0 = now_ns();
+    for (uint64_t i = 0; i < iterations; i++) {
+        ptlab_rcu_read_lock();
+        __asm__ volatile("" ::: "memory");
+        ptlab_rcu_read_unlock();
+    }
+    double ns = (now_ns() - t0) / (double)iterations;
+    ptlab_rcu_unregister();
+    return ns;
+}
+
+struct c_object {
+    struct rcu_head head;
+    char payload[48];
+};
+
+static void c_object_free(struct rcu_head *head)
+{
+    free(caa_container_of(head, struct c_object, head));
+}
+
+double ptlab_baseline_call_rcu_per_sec(uint64_t count)
+{
+    ptlab_rcu_register();
+    double t0 = now_ns();
+    for (uint64_t i = 0; i < count; i++) {
+        struct c_object *o = malloc(sizeof(*o));
+        urcu_memb_call_rcu(&o->head, c_object_free);
+    }
+    urcu_memb_barrier();
+    double secs = (now_ns() - t0) / 1e9;
+    ptlab_rcu_unregister();
+    return (double)count / secs;
+}
+
+#define C_MAX_TABLE_BATCH ((4096 - sizeof(struct rcu_head) - sizeof(unsigned int)) / sizeof(void *))
+
+struct c_table_batch {
+    struct rcu_head head;
+    unsigned int nr;
+    void *tables[C_MAX_TABLE_BATCH];
+};
+
+static void c_table_batch_free(struct rcu_head *head)
+{
+    struct c_table_batch *b = caa_container_of(head, struct c_table_batch, head);
+    for (unsigned int i = 0; i < b->nr; i++)
+        free(b->tables[i]);
+    free(b);
+}
+
+double ptlab_baseline_batch_frees_per_sec(uint64_t tables)
+{
+    ptlab_rcu_register();
+    double t0 = now_ns();
+    struct c_table_batch *batch = NULL;
+    for (uint64_t i = 0; i < tables; i++) {
+        if (!batch) {
+            batch = aligned_alloc(4096, 4096);
+            batch->nr = 0;
+        }
+        batch->tables[batch->nr++] = aligned_alloc(4096, 4096);
+        if (batch->nr == C_MAX_TABLE_BATCH) {
+            urcu_memb_call_rcu(&batch->head, c_table_batch_free);
+            batch = NULL;
+        }
+    }
+    if (batch)
+        urcu_memb_call_rcu(&batch->head, c_table_batch_free);
+    urcu_memb_barrier();
+    double secs = (now_ns() - t0) / 1e9;
+    ptlab_rcu_unregister();
+    return (double)tables / secs;
+}

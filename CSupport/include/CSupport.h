@@ -1,0 +1,353 @@
+/*
+ * CSupport: the kernel-shaped structures PageTableLab's freeing paths need,
+ * and the few lines of C that must stay C.
+ *
+ * Why C at all: the freeing paths (call_rcu callbacks, gather flushes, the
+ * deferred kernel-table work) must not allocate, so the rcu_head and the list
+ * node live inside the page descriptor, as in struct ptdesc; turning an
+ * rcu_head back into its descriptor is container_of, which is C. liburcu's
+ * read-side fast path is a set of _LGPL_SOURCE static inlines that Swift can
+ * only inline through a C header.
+ */
+#ifndef PTLAB_CSUPPORT_H
+#define PTLAB_CSUPPORT_H
+
+#define _LGPL_SOURCE 1
+#include <stddef.h>
+#include <stdint.h>
+#include <stdatomic.h>
+#include <urcu/urcu-memb.h>
+#include <urcu/call-rcu.h>
+#include <urcu/list.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PTLAB_PAGE_SHIFT 12
+#define PTLAB_PAGE_SIZE (1u << PTLAB_PAGE_SHIFT)
+#define PTLAB_POISON_FREE 0x6b
+
+/* ------------------------------------------------------------------ RCU -- */
+
+/*
+ * An rcu_head that remembers its own callback and the bytes it holds, so the
+ * one trampoline liburcu calls can account for outstanding deferred memory
+ * without a side table (a side table would mean allocating on call_rcu).
+ */
+struct ptlab_rcu_head {
+    struct rcu_head head;
+    void (*func)(struct ptlab_rcu_head *);
+    uint64_t bytes;
+};
+
+/* Outstanding deferred work, readable at any time without locks. */
+struct ptlab_rcu_stats {
+    _Atomic int64_t outstanding_callbacks;
+    _Atomic int64_t outstanding_bytes;
+    _Atomic int64_t peak_bytes;
+    _Atomic uint64_t queued;
+    _Atomic uint64_t invoked;
+    _Atomic uint64_t inline_fallbacks;
+};
+extern struct ptlab_rcu_stats ptlab_rcu_stats;
+
+/* A plain copy of the stats, for Swift (which cannot touch C atomics). */
+struct ptlab_rcu_stats_snapshot {
+    int64_t outstanding_callbacks, outstanding_bytes, peak_bytes;
+    uint64_t queued, invoked, inline_fallbacks;
+};
+void ptlab_rcu_stats_read(struct ptlab_rcu_stats_snapshot *out);
+/* Restart the peak from what is outstanding now. */
+void ptlab_rcu_reset_peak(void);
+
+/* Registration depth of this thread with liburcu (scoped registration). */
+extern _Thread_local int ptlab_rcu_registered_depth;
+/* Non-zero while this thread is running an RCU callback. */
+extern _Thread_local int ptlab_rcu_in_callback;
+
+/* Nested registration: liburcu itself must see each thread once. */
+void ptlab_rcu_register(void);
+void ptlab_rcu_unregister(void);
+
+static inline void ptlab_rcu_read_lock(void) { _urcu_memb_read_lock(); }
+static inline void ptlab_rcu_read_unlock(void) { _urcu_memb_read_unlock(); }
+static inline int ptlab_rcu_read_ongoing(void) { return _urcu_memb_read_ongoing(); }
+static inline int ptlab_rcu_in_callback_now(void) { return ptlab_rcu_in_callback; }
+static inline int ptlab_rcu_thread_may_call(void)
+{
+    return ptlab_rcu_registered_depth > 0 || ptlab_rcu_in_callback;
+}
+
+/* Queue @head, whose @bytes the caller reserved with ptlab_rcu_reserve:
+ * counts it, annotates for TSan, then urcu_memb_call_rcu. */
+void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *),
+                    uint64_t bytes);
+/* Run @func on @head now (after the caller waited a grace period), with the
+ * same accounting a callback gets: the back-pressure path. */
+void ptlab_rcu_run_inline(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *));
+/* Reserve @bytes against @bound; 0 when that would exceed it (nothing kept). */
+int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound);
+
+/* ------------------------------------------------------- spinlock (ptl) -- */
+
+/*
+ * The split page-table lock. `alive` models ptlock_init/ptlock_free: in the
+ * kernel the lock may be a separately allocated object, and taking it after
+ * ptlock_free is the use-after-free of seed 003. Locking a dead lock is
+ * reported to the caller instead of being undefined.
+ */
+typedef struct {
+    _Atomic uint32_t locked;
+    _Atomic uint32_t alive;
+} ptlab_spinlock_t;
+
+static inline void ptlab_spin_init(ptlab_spinlock_t *l)
+{
+    atomic_store_explicit(&l->locked, 0, memory_order_relaxed);
+    atomic_store_explicit(&l->alive, 1, memory_order_release);
+}
+static inline void ptlab_spin_kill(ptlab_spinlock_t *l)
+{
+    atomic_store_explicit(&l->alive, 0, memory_order_release);
+}
+/* Returns 1 if the lock was alive when taken, 0 if it had been freed. */
+static inline int ptlab_spin_lock(ptlab_spinlock_t *l)
+{
+    for (;;) {
+        uint32_t expected = 0;
+        if (atomic_compare_exchange_weak_explicit(&l->locked, &expected, 1,
+                memory_order_acquire, memory_order_relaxed))
+            break;
+        while (atomic_load_explicit(&l->locked, memory_order_relaxed))
+            __builtin_ia32_pause();
+    }
+    return (int)atomic_load_explicit(&l->alive, memory_order_acquire);
+}
+static inline void ptlab_spin_unlock(ptlab_spinlock_t *l)
+{
+    atomic_store_explicit(&l->locked, 0, memory_order_release);
+}
+
+/* ------------------------------------------------------ page descriptor -- */
+
+enum ptlab_page_state {
+    PTLAB_PAGE_FREE = 0,        /* on a free list or a per-thread cache */
+    PTLAB_PAGE_ALLOCATED = 1,   /* handed out */
+    PTLAB_PAGE_DEFERRED = 2,    /* queued for a deferred free (RCU or work) */
+    PTLAB_PAGE_TAIL = 3,        /* tail page of a compound allocation */
+};
+
+enum ptlab_pt_level {
+    PTLAB_PT_NONE = 0,          /* not a page table */
+    PTLAB_PT_PTE = 1,
+    PTLAB_PT_PMD = 2,
+    PTLAB_PT_PUD = 3,
+    PTLAB_PT_P4D = 4,
+    PTLAB_PT_PGD = 5,
+};
+
+/* ptdesc flag bits. */
+#define PTLAB_PG_TABLE   (1ull << 0)   /* PageTable: between ctor and dtor */
+#define PTLAB_PT_KERNEL  (1ull << 1)   /* ptdesc_set_kernel: a kernel page table */
+#define PTLAB_PG_HEAD    (1ull << 2)   /* head of a compound allocation */
+
+/*
+ * struct ptdesc / struct page. One per PFN in the memmap. As in the kernel,
+ * the rcu_head and the list node share storage: a table queued for RCU
+ * cannot also be on a list.
+ */
+struct ptdesc {
+    union {
+        struct ptlab_rcu_head pt_rcu_head;
+        struct cds_list_head pt_list;
+    };
+    _Atomic uint64_t flags;
+    void *pt_mm;                        /* owning mm (Unmanaged), or NULL */
+    ptlab_spinlock_t ptl;               /* split PTE/PMD lock */
+    _Atomic uint32_t state;             /* enum ptlab_page_state */
+    _Atomic uint32_t generation;        /* bumped on every free */
+    _Atomic uint32_t level;             /* enum ptlab_pt_level while a table */
+    uint32_t pfn;
+    uint32_t buddy_next;                /* allocator free list (PFN + 1; 0 = none) */
+    uint32_t buddy_prev;
+    uint16_t node;
+    uint8_t order;
+    uint8_t on_free_list;               /* buddy bookkeeping, node lock held */
+    uint64_t index;                     /* base virtual address the table maps */
+};
+
+/* container_of for the two embedded nodes. */
+static inline struct ptdesc *ptlab_ptdesc_of_rcu(struct ptlab_rcu_head *head)
+{
+    return (struct ptdesc *)((char *)head - offsetof(struct ptdesc, pt_rcu_head));
+}
+static inline struct ptdesc *ptlab_ptdesc_of_list(struct cds_list_head *node)
+{
+    return (struct ptdesc *)((char *)node - offsetof(struct ptdesc, pt_list));
+}
+
+/*
+ * Accessors: Swift cannot touch C11 _Atomic fields, and the memory orders
+ * belong next to the fields they order. Walkers read state and generation
+ * with acquire; the freeing side publishes the poison before the new state.
+ */
+static inline uint32_t ptlab_page_state(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->state, memory_order_acquire);
+}
+static inline void ptlab_page_set_state(struct ptdesc *d, uint32_t s)
+{
+    atomic_store_explicit(&d->state, s, memory_order_release);
+}
+/* Move @d from @from to @to; returns the state found (== @from on success). */
+static inline uint32_t ptlab_page_transition(struct ptdesc *d, uint32_t from, uint32_t to)
+{
+    uint32_t expected = from;
+    atomic_compare_exchange_strong_explicit(&d->state, &expected, to,
+                                            memory_order_acq_rel, memory_order_acquire);
+    return expected;
+}
+static inline uint32_t ptlab_page_generation(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->generation, memory_order_acquire);
+}
+static inline void ptlab_page_bump_generation(struct ptdesc *d)
+{
+    atomic_fetch_add_explicit(&d->generation, 1, memory_order_acq_rel);
+}
+static inline uint32_t ptlab_page_level(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->level, memory_order_acquire);
+}
+static inline void ptlab_page_set_level(struct ptdesc *d, uint32_t level)
+{
+    atomic_store_explicit(&d->level, level, memory_order_release);
+}
+static inline uint64_t ptlab_page_flags(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->flags, memory_order_acquire);
+}
+static inline void ptlab_page_set_flags(struct ptdesc *d, uint64_t bits)
+{
+    atomic_fetch_or_explicit(&d->flags, bits, memory_order_acq_rel);
+}
+static inline void ptlab_page_clear_flags(struct ptdesc *d, uint64_t bits)
+{
+    atomic_fetch_and_explicit(&d->flags, ~bits, memory_order_acq_rel);
+}
+static inline int ptlab_ptl_lock(struct ptdesc *d) { return ptlab_spin_lock(&d->ptl); }
+static inline void ptlab_ptl_unlock(struct ptdesc *d) { ptlab_spin_unlock(&d->ptl); }
+static inline void ptlab_ptl_init(struct ptdesc *d) { ptlab_spin_init(&d->ptl); }
+static inline void ptlab_ptl_free(struct ptdesc *d) { ptlab_spin_kill(&d->ptl); }
+static inline int ptlab_ptl_alive(const struct ptdesc *d)
+{
+    return (int)atomic_load_explicit(&((struct ptdesc *)d)->ptl.alive, memory_order_acquire);
+}
+static inline struct ptlab_rcu_head *ptlab_ptdesc_rcu_head(struct ptdesc *d) { return &d->pt_rcu_head; }
+static inline struct cds_list_head *ptlab_ptdesc_list(struct ptdesc *d) { return &d->pt_list; }
+
+/* Page-table entries are read and written by walkers without locks. */
+static inline uint64_t ptlab_pte_read(const uint64_t *entry)
+{
+    return __atomic_load_n(entry, __ATOMIC_ACQUIRE);
+}
+static inline void ptlab_pte_write(uint64_t *entry, uint64_t value)
+{
+    __atomic_store_n(entry, value, __ATOMIC_RELEASE);
+}
+static inline uint64_t ptlab_pte_xchg(uint64_t *entry, uint64_t value)
+{
+    return __atomic_exchange_n(entry, value, __ATOMIC_ACQ_REL);
+}
+static inline uint64_t ptlab_pte_or(uint64_t *entry, uint64_t bits)
+{
+    return __atomic_fetch_or(entry, bits, __ATOMIC_ACQ_REL);
+}
+
+/* ------------------------------------------------ per-thread page cache -- */
+
+#define PTLAB_PCP_MAX_NODES 8
+#define PTLAB_PCP_HIGH 64
+
+/*
+ * Per-thread cache of free order-0 pages, like the kernel's per-cpu pageset.
+ * Owned by one thread; the per-node counters are vm_stat_diff-style deltas
+ * that only the owner writes, summed over all caches by readers. Lives in
+ * static TLS so that a free from liburcu's worker thread allocates nothing.
+ */
+struct ptlab_pcp {
+    struct ptlab_pcp *next_registered;
+    uint64_t epoch;                          /* allocator epoch it belongs to */
+    uint32_t count[PTLAB_PCP_MAX_NODES];
+    uint32_t pfns[PTLAB_PCP_MAX_NODES][PTLAB_PCP_HIGH];
+    _Atomic int64_t allocated_delta[PTLAB_PCP_MAX_NODES];
+    int registered;
+};
+extern _Thread_local struct ptlab_pcp ptlab_pcp_local;
+static inline struct ptlab_pcp *ptlab_this_pcp(void) { return &ptlab_pcp_local; }
+/* Add this thread's cache to the registry once; returns it. */
+struct ptlab_pcp *ptlab_pcp_register(void);
+/* Sum of allocated_delta[node] over every cache, living or exited. */
+int64_t ptlab_pcp_sum_allocated(int node);
+/* Zero every cache's deltas: a new allocator starts its books at zero.
+ * Only safe while no other thread allocates or frees. */
+void ptlab_pcp_reset_counters(void);
+/* Called on thread exit with the dying thread's cache, to return its pages. */
+void ptlab_pcp_set_drain_hook(void (*hook)(struct ptlab_pcp *));
+/* Owner-only relaxed add: no locked instruction on the fast path. */
+static inline void ptlab_pcp_add_allocated(struct ptlab_pcp *pcp, int node, int64_t d)
+{
+    int64_t v = atomic_load_explicit(&pcp->allocated_delta[node], memory_order_relaxed);
+    atomic_store_explicit(&pcp->allocated_delta[node], v + d, memory_order_relaxed);
+}
+
+/* Pop a cached PFN for @node; returns PFN + 1, or 0 when the cache is empty. */
+static inline uint32_t ptlab_pcp_pop(struct ptlab_pcp *pcp, int node)
+{
+    uint32_t n = pcp->count[node];
+    if (!n)
+        return 0;
+    pcp->count[node] = n - 1;
+    return pcp->pfns[node][n - 1] + 1;
+}
+/* Push a PFN for @node; 0 when the cache is at its high mark. */
+static inline int ptlab_pcp_push(struct ptlab_pcp *pcp, int node, uint32_t pfn)
+{
+    uint32_t n = pcp->count[node];
+    if (n >= PTLAB_PCP_HIGH)
+        return 0;
+    pcp->pfns[node][n] = pfn;
+    pcp->count[node] = n + 1;
+    return 1;
+}
+static inline uint32_t ptlab_pcp_count(const struct ptlab_pcp *pcp, int node) { return pcp->count[node]; }
+static inline void ptlab_pcp_forget(struct ptlab_pcp *pcp, uint64_t epoch)
+{
+    for (int i = 0; i < PTLAB_PCP_MAX_NODES; i++)
+        pcp->count[i] = 0;
+    pcp->epoch = epoch;
+}
+
+/* ------------------------------------------------------------ baseline --- */
+
+/* Raw C liburcu paths that `ptlab bench` runs beside the Swift ones. */
+double ptlab_baseline_read_ns(uint64_t iterations);
+double ptlab_baseline_call_rcu_per_sec(uint64_t count);
+double ptlab_baseline_batch_frees_per_sec(uint64_t tables);
+
+/* ------------------------------------------------------------- system ---- */
+int ptlab_current_cpu(void);
+/* Pin the calling thread to @cpu; 0 on success, else an errno. */
+int ptlab_pin_to_cpu(int cpu);
+int ptlab_numa_node_allowed(int node);
+void ptlab_warn(const char *message);
+
+/* --------------------------------------------------------- TSan hooks ---- */
+void ptlab_tsan_release(void *addr);
+void ptlab_tsan_acquire(void *addr);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

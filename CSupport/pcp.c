@@ -1,0 +1,78 @@
+/*
+ * Registry of per-thread page caches, so that per-node counters can be
+ * summed and a dying thread's cached pages go back to the allocator.
+ */
+#include <pthread.h>
+#include "CSupport.h"
+
+_Thread_local struct ptlab_pcp ptlab_pcp_local;
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ptlab_pcp *registry;
+static int64_t retired_allocated[PTLAB_PCP_MAX_NODES];
+static pthread_key_t exit_key;
+static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
+static void (*_Atomic drain_hook)(struct ptlab_pcp *);
+
+void ptlab_pcp_set_drain_hook(void (*hook)(struct ptlab_pcp *))
+{
+    atomic_store(&drain_hook, hook);
+}
+
+/* Thread exit: give cached pages back, fold the deltas, forget the cache. */
+static void pcp_thread_exit(void *arg)
+{
+    struct ptlab_pcp *pcp = arg;
+    void (*hook)(struct ptlab_pcp *) = atomic_load(&drain_hook);
+    if (hook)
+        hook(pcp);
+    pthread_mutex_lock(&registry_lock);
+    for (struct ptlab_pcp **pp = &registry; *pp; pp = &(*pp)->next_registered) {
+        if (*pp == pcp) {
+            *pp = pcp->next_registered;
+            break;
+        }
+    }
+    for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++)
+        retired_allocated[n] += atomic_load_explicit(&pcp->allocated_delta[n], memory_order_relaxed);
+    pthread_mutex_unlock(&registry_lock);
+    pcp->registered = 0;
+}
+
+static void make_exit_key(void) { pthread_key_create(&exit_key, pcp_thread_exit); }
+
+struct ptlab_pcp *ptlab_pcp_register(void)
+{
+    struct ptlab_pcp *pcp = &ptlab_pcp_local;
+    if (pcp->registered)
+        return pcp;
+    pthread_once(&exit_key_once, make_exit_key);
+    pthread_setspecific(exit_key, pcp);
+    pthread_mutex_lock(&registry_lock);
+    pcp->next_registered = registry;
+    registry = pcp;
+    pcp->registered = 1;
+    pthread_mutex_unlock(&registry_lock);
+    return pcp;
+}
+
+int64_t ptlab_pcp_sum_allocated(int node)
+{
+    pthread_mutex_lock(&registry_lock);
+    int64_t sum = retired_allocated[node];
+    for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
+        sum += atomic_load_explicit(&p->allocated_delta[node], memory_order_relaxed);
+    pthread_mutex_unlock(&registry_lock);
+    return sum;
+}
+
+void ptlab_pcp_reset_counters(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++)
+        retired_allocated[n] = 0;
+    for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
+        for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++)
+            atomic_store_explicit(&p->allocated_delta[n], 0, memory_order_relaxed);
+    pthread_mutex_unlock(&registry_lock);
+}

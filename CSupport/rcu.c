@@ -1,0 +1,132 @@
+/*
+ * The one trampoline liburcu calls for every PageTableLab callback, and the
+ * accounting around it. Nothing here allocates: the head is embedded in the
+ * object being freed.
+ */
+#include "CSupport.h"
+
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PTLAB_TSAN 1
+#endif
+#endif
+#ifdef PTLAB_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#endif
+
+struct ptlab_rcu_stats ptlab_rcu_stats;
+_Thread_local int ptlab_rcu_registered_depth;
+_Thread_local int ptlab_rcu_in_callback;
+
+/*
+ * liburcu is not instrumented, so TSan cannot see that a grace period orders
+ * the caller's last write before the callback's first read. Tell it: release
+ * on the head before queueing, acquire on it first thing in the callback.
+ */
+void ptlab_tsan_release(void *addr)
+{
+#ifdef PTLAB_TSAN
+    __tsan_release(addr);
+#else
+    (void)addr;
+#endif
+}
+
+void ptlab_tsan_acquire(void *addr)
+{
+#ifdef PTLAB_TSAN
+    __tsan_acquire(addr);
+#else
+    (void)addr;
+#endif
+}
+
+static void account_done(uint64_t bytes)
+{
+    atomic_fetch_sub_explicit(&ptlab_rcu_stats.outstanding_callbacks, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&ptlab_rcu_stats.outstanding_bytes, (int64_t)bytes, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ptlab_rcu_stats.invoked, 1, memory_order_relaxed);
+}
+
+static void ptlab_rcu_trampoline(struct rcu_head *rh)
+{
+    struct ptlab_rcu_head *head = caa_container_of(rh, struct ptlab_rcu_head, head);
+    ptlab_tsan_acquire(head);
+    /* The callback may free the object holding @head: read it first. */
+    uint64_t bytes = head->bytes;
+    int nested = ptlab_rcu_in_callback;
+    ptlab_rcu_in_callback = 1;
+    head->func(head);
+    ptlab_rcu_in_callback = nested;
+    account_done(bytes);
+}
+
+static void note_peak(int64_t now)
+{
+    int64_t peak = atomic_load_explicit(&ptlab_rcu_stats.peak_bytes, memory_order_relaxed);
+    while (now > peak &&
+           !atomic_compare_exchange_weak_explicit(&ptlab_rcu_stats.peak_bytes, &peak, now,
+                                                  memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
+int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound)
+{
+    int64_t now = atomic_fetch_add_explicit(&ptlab_rcu_stats.outstanding_bytes, (int64_t)bytes,
+                                            memory_order_relaxed) + (int64_t)bytes;
+    if (bound && now > (int64_t)bound) {
+        atomic_fetch_sub_explicit(&ptlab_rcu_stats.outstanding_bytes, (int64_t)bytes,
+                                  memory_order_relaxed);
+        return 0;
+    }
+    note_peak(now);
+    return 1;
+}
+
+void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *),
+                    uint64_t bytes)
+{
+    /* @bytes were reserved by ptlab_rcu_reserve; the trampoline returns them. */
+    head->func = func;
+    head->bytes = bytes;
+    atomic_fetch_add_explicit(&ptlab_rcu_stats.outstanding_callbacks, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ptlab_rcu_stats.queued, 1, memory_order_relaxed);
+    ptlab_tsan_release(head);
+    urcu_memb_call_rcu(&head->head, ptlab_rcu_trampoline);
+}
+
+void ptlab_rcu_run_inline(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *))
+{
+    atomic_fetch_add_explicit(&ptlab_rcu_stats.inline_fallbacks, 1, memory_order_relaxed);
+    head->func = func;
+    head->bytes = 0;
+    func(head);
+}
+
+void ptlab_rcu_register(void)
+{
+    if (ptlab_rcu_registered_depth++ == 0)
+        urcu_memb_register_thread();
+}
+
+void ptlab_rcu_unregister(void)
+{
+    if (--ptlab_rcu_registered_depth == 0)
+        urcu_memb_unregister_thread();
+}
+
+void ptlab_rcu_stats_read(struct ptlab_rcu_stats_snapshot *out)
+{
+    out->outstanding_callbacks = atomic_load(&ptlab_rcu_stats.outstanding_callbacks);
+    out->outstanding_bytes = atomic_load(&ptlab_rcu_stats.outstanding_bytes);
+    out->peak_bytes = atomic_load(&ptlab_rcu_stats.peak_bytes);
+    out->queued = atomic_load(&ptlab_rcu_stats.queued);
+    out->invoked = atomic_load(&ptlab_rcu_stats.invoked);
+    out->inline_fallbacks = atomic_load(&ptlab_rcu_stats.inline_fallbacks);
+}
+
+void ptlab_rcu_reset_peak(void)
+{
+    atomic_store(&ptlab_rcu_stats.peak_bytes, atomic_load(&ptlab_rcu_stats.outstanding_bytes));
+}

@@ -1,0 +1,54 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "PageTableLab",
+    products: [
+        .library(name: "PageTableLab", targets: ["PageTableLab"]),
+        .executable(name: "ptlab", targets: ["ptlab"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CURCU",
+            path: "include/CURCU",
+            pkgConfig: "liburcu-memb",
+            providers: [.apt(["liburcu-dev"])]
+        ),
+        .systemLibrary(
+            name: "CNUMA",
+            path: "include/CNUMA",
+            pkgConfig: "numa",
+            providers: [.apt(["libnuma-dev"])]
+        ),
+        .target(
+            name: "CSupport",
+            dependencies: ["CURCU"],
+            path: "CSupport",
+            cSettings: [.unsafeFlags(["-O2"])]
+        ),
+        .target(
+            name: "PageTableLab",
+            dependencies: [
+                "CURCU", "CNUMA", "CSupport",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        .executableTarget(
+            name: "ptlab",
+            dependencies: [
+                "PageTableLab",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "PageTableLabTests",
+            dependencies: ["PageTableLab", "CSupport"],
+            resources: [.copy("Traces")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,348 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CNUMA
+import CSupport
+import Synchronization
+
+/// Where an allocation should come from.
+public enum NodePreference: Sendable, Equatable {
+    /// The node of the CPU the calling thread runs on (numa_node_id()).
+    case local
+    /// A given node; exhausted, the allocation falls back by distance.
+    case node(Int)
+}
+
+/// The lab's buddy allocator over real NUMA memory.
+///
+/// Each node's budget is reserved in chunks from `numa_alloc_onnode` as it
+/// is needed (a syscall per 4 KiB page would be a thousand times too slow),
+/// and the memmap holds one `ptdesc` per frame, as `struct page` does. Order-0
+/// pages go through a per-thread cache like the kernel's per-cpu pageset;
+/// larger orders, and cache refills and drains, take the node's lock.
+///
+/// There is one memmap per process, like the kernel's: a second allocator
+/// cannot be made while one is loaded.
+public final class PageAllocator: @unchecked Sendable {
+    public struct Parameters: Sendable, Equatable, Codable {
+        /// Pages each node may hand out before falling back to another node.
+        public var nodeBudgetPages: Int = 65_536
+        /// Log2 of the pages per chunk taken from libnuma; also the largest order.
+        public var chunkOrder: Int = 10
+        /// Fill freed pages with 0x6b, so stale readers see poison.
+        public var poison: Bool = true
+        public init() {}
+    }
+
+    public let topology: NUMATopology
+    public let parameters: Parameters
+    public let maxOrder: Int
+    public let pagesPerNode: Int
+    public let frameCount: Int
+    @usableFromInline let chunkPages: Int
+    @usableFromInline let memmap: UnsafeMutablePointer<ptdesc>
+    @usableFromInline let chunkBases: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    let nodes: [NodeArena]
+    /// Node id → index into `nodes` (and the per-thread cache slots).
+    let nodeIndexByID: [Int]
+    let epoch: UInt64
+    /// Pages moved between the per-thread cache and a node at a time.
+    static let pcpBatch = 16
+
+    private static let loaded = Atomic<Bool>(false)
+    private static let epochs = Atomic<UInt64>(0)
+    nonisolated(unsafe) static var current: PageAllocator?
+
+    public init(parameters: Parameters = Parameters(), topology: NUMATopology = .current) throws(PageAllocError) {
+        guard parameters.chunkOrder >= 0, parameters.chunkOrder <= 18 else {
+            throw .invalidParameter("chunk_order \(parameters.chunkOrder) is outside 0...18")
+        }
+        let chunkPages = 1 << parameters.chunkOrder
+        guard parameters.nodeBudgetPages >= chunkPages, parameters.nodeBudgetPages % chunkPages == 0 else {
+            throw .invalidParameter("node_budget_pages \(parameters.nodeBudgetPages) must be a positive multiple of \(chunkPages)")
+        }
+        guard topology.nodes.count <= Int(PTLAB_PCP_MAX_NODES) else {
+            throw .invalidParameter("\(topology.nodes.count) nodes; at most \(PTLAB_PCP_MAX_NODES) supported")
+        }
+        guard parameters.nodeBudgetPages * topology.nodes.count < Int(UInt32.max) else {
+            throw .invalidParameter("node_budget_pages too large for 32-bit PFNs")
+        }
+        guard !Self.loaded.exchange(true, ordering: .acquiringAndReleasing) else { throw .alreadyLoaded }
+
+        self.topology = topology
+        self.parameters = parameters
+        self.chunkPages = chunkPages
+        self.maxOrder = parameters.chunkOrder
+        self.pagesPerNode = parameters.nodeBudgetPages
+        self.frameCount = pagesPerNode * topology.nodes.count
+        self.epoch = Self.epochs.add(1, ordering: .relaxed).newValue
+
+        // The memmap is reserved, not touched: the kernel faults its zero
+        // pages in as chunks are brought up.
+        let memmapBytes = MemoryLayout<ptdesc>.stride * frameCount
+        let raw = mmap(nil, memmapBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        precondition(raw != MAP_FAILED, "cannot reserve the memmap (\(memmapBytes) bytes)")
+        memmap = raw!.bindMemory(to: ptdesc.self, capacity: frameCount)
+        let chunkCount = frameCount / chunkPages
+        chunkBases = .allocate(capacity: chunkCount)
+        chunkBases.initialize(repeating: nil, count: chunkCount)
+
+        var byID = [Int](repeating: -1, count: (topology.nodeIDs.max() ?? 0) + 1)
+        var arenas: [NodeArena] = []
+        for (index, node) in topology.nodes.enumerated() {
+            byID[node.id] = index
+            arenas.append(NodeArena(id: node.id, index: index, pfnBase: UInt32(index * pagesPerNode),
+                                    maxOrder: maxOrder, chunks: pagesPerNode / chunkPages))
+        }
+        nodes = arenas
+        nodeIndexByID = byID
+
+        ptlab_pcp_reset_counters()
+        Self.current = self
+        ptlab_pcp_set_drain_hook(pcpDrainOnThreadExit)
+    }
+
+    /// Give every chunk back. The caller (the lab's unload) has already
+    /// waited for every deferred free: nothing may point into the arena.
+    public func unload() {
+        guard Self.current === self else { return }
+        ptlab_pcp_set_drain_hook(nil)
+        Self.current = nil
+        for chunk in 0..<(frameCount / chunkPages) {
+            if let base = chunkBases[chunk] {
+                releaseChunk(base, bytes: chunkPages << 12)
+                chunkBases[chunk] = nil
+            }
+        }
+        munmap(memmap, MemoryLayout<ptdesc>.stride * frameCount)
+        chunkBases.deallocate()
+        Self.loaded.store(false, ordering: .releasing)
+    }
+
+    // MARK: - frame numbers
+
+    /// The descriptor of `pfn`, if the frame exists and its chunk is up.
+    @inlinable
+    public func page(pfn: UInt64) throws(PageAllocError) -> Page {
+        guard pfn < UInt64(frameCount) else { throw .pfnOutOfRange(pfn: pfn, limit: UInt64(frameCount)) }
+        guard chunkBase(pfn: UInt32(pfn)) != nil else { throw .pfnOutOfRange(pfn: pfn, limit: UInt64(frameCount)) }
+        return Page(memmap + Int(pfn))
+    }
+
+    /// PFN → the page's memory; nil for a frame outside the memmap, so a
+    /// garbage entry read by a walker is caught rather than dereferenced.
+    @inlinable @inline(__always)
+    public func address(pfn: UInt64) -> UnsafeMutableRawPointer? {
+        guard pfn < UInt64(frameCount), let base = chunkBase(pfn: UInt32(pfn)) else { return nil }
+        return base + (Int(pfn) & (chunkPages - 1)) << 12
+    }
+
+    @inlinable @inline(__always)
+    public func address(of page: Page) -> UnsafeMutableRawPointer {
+        address(pfn: UInt64(page.pfn))!
+    }
+
+    @inlinable @inline(__always)
+    public func descriptor(pfn: UInt64) -> UnsafeMutablePointer<ptdesc>? {
+        pfn < UInt64(frameCount) ? memmap + Int(pfn) : nil
+    }
+
+    @usableFromInline
+    func chunkBase(pfn: UInt32) -> UnsafeMutableRawPointer? {
+        chunkBases[Int(pfn) >> maxOrder]
+    }
+
+    func nodeIndex(ofID id: Int) throws(PageAllocError) -> Int {
+        guard id >= 0, id < nodeIndexByID.count, nodeIndexByID[id] >= 0 else {
+            throw .unknownNode(id, known: topology.nodeIDs)
+        }
+        return nodeIndexByID[id]
+    }
+
+    // MARK: - allocation
+
+    /// Allocate 2^order naturally aligned pages. `zero` is __GFP_ZERO.
+    public func alloc(order: Int = 0, node: NodePreference = .local, zero: Bool = false) throws(PageAllocError) -> Page {
+        guard order >= 0, order <= maxOrder else { throw .orderTooLarge(order: order, max: maxOrder) }
+        let preferredID: Int
+        switch node {
+        case .local: preferredID = topology.currentNode()
+        case .node(let id): preferredID = id
+        }
+        let preferred = try nodeIndex(ofID: preferredID)
+        if let d = allocFrom(preferred, order: order) {
+            nodes[preferred].numaHit.add(1, ordering: .relaxed)
+            return finishAlloc(d, zero: zero)
+        }
+        for otherID in topology.fallbackOrder(from: preferredID) {
+            let other = try nodeIndex(ofID: otherID)
+            if let d = allocFrom(other, order: order) {
+                nodes[preferred].numaForeign.add(1, ordering: .relaxed)
+                nodes[other].numaMiss.add(1, ordering: .relaxed)
+                return finishAlloc(d, zero: zero)
+            }
+        }
+        throw .outOfMemory(order: order, node: preferredID)
+    }
+
+    @inline(__always)
+    private func finishAlloc(_ d: UnsafeMutablePointer<ptdesc>, zero: Bool) -> Page {
+        let page = Page(d)
+        if zero { memset(address(of: page), 0, page.bytes) }
+        return page
+    }
+
+    private func allocFrom(_ index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
+        let pcp = thisPCP()
+        if order == 0 {
+            var cached = ptlab_pcp_pop(pcp, Int32(index))
+            if cached == 0 {
+                refill(pcp, node: index)
+                cached = ptlab_pcp_pop(pcp, Int32(index))
+            }
+            guard cached != 0 else { return nil }
+            let d = memmap + Int(cached - 1)
+            d.pointee.order = 0
+            ptlab_page_set_state(d, PTLAB_PAGE_ALLOCATED.rawValue)
+            ptlab_pcp_add_allocated(pcp, Int32(index), 1)
+            return d
+        }
+        guard let d = nodes[index].area.withLock({ area in takeBlock(&area, node: index, order: order) }) else {
+            return nil
+        }
+        markCompound(d, order: order)
+        ptlab_pcp_add_allocated(pcp, Int32(index), Int64(1 << order))
+        return d
+    }
+
+    private func markCompound(_ d: UnsafeMutablePointer<ptdesc>, order: Int) {
+        d.pointee.order = UInt8(order)
+        ptlab_page_set_flags(d, PTLAB_PG_HEAD)
+        for tail in 1..<(1 << order) {
+            d[tail].order = UInt8(order)
+            ptlab_page_set_state(d + tail, PTLAB_PAGE_TAIL.rawValue)
+        }
+        ptlab_page_set_state(d, PTLAB_PAGE_ALLOCATED.rawValue)
+    }
+
+    // MARK: - freeing (no allocation from here down)
+
+    /// Free a page (the head of a compound allocation). A page queued for a
+    /// deferred free (state DEFERRED) may be freed by its callback.
+    public func free(_ page: Page) throws(PageAllocError) {
+        let d = page.desc
+        var found = ptlab_page_transition(d, PTLAB_PAGE_ALLOCATED.rawValue, PTLAB_PAGE_FREE.rawValue)
+        if found == PTLAB_PAGE_DEFERRED.rawValue {
+            found = ptlab_page_transition(d, PTLAB_PAGE_DEFERRED.rawValue, PTLAB_PAGE_FREE.rawValue)
+        }
+        switch found {
+        case PTLAB_PAGE_ALLOCATED.rawValue, PTLAB_PAGE_DEFERRED.rawValue: break
+        case PTLAB_PAGE_FREE.rawValue: throw .doubleFree(pfn: d.pointee.pfn)
+        case PTLAB_PAGE_TAIL.rawValue: throw .tailPageFree(pfn: d.pointee.pfn)
+        default: throw .notAllocated(pfn: d.pointee.pfn, state: found)
+        }
+        let order = Int(d.pointee.order)
+        ptlab_page_bump_generation(d)
+        ptlab_page_set_level(d, PTLAB_PT_NONE.rawValue)
+        ptlab_page_clear_flags(d, ~0)
+        d.pointee.pt_mm = nil
+        if parameters.poison { memset(address(of: page), Int32(PTLAB_POISON_FREE), 4096 << order) }
+        let index = nodeIndexByID[Int(d.pointee.node)]
+        let pcp = thisPCP()
+        ptlab_pcp_add_allocated(pcp, Int32(index), -Int64(1 << order))
+        if order == 0 {
+            if ptlab_pcp_push(pcp, Int32(index), d.pointee.pfn) != 0 { return }
+            drain(pcp, node: index, count: Self.pcpBatch)
+            _ = ptlab_pcp_push(pcp, Int32(index), d.pointee.pfn)
+            return
+        }
+        for tail in 1..<(1 << order) { ptlab_page_set_state(d + tail, PTLAB_PAGE_FREE.rawValue) }
+        nodes[index].area.withLock { area in putBlock(&area, d, order: order) }
+    }
+
+    /// Free by frame number, for callers that hold a PFN (trace tools, tests).
+    public func free(pfn: UInt64) throws(PageAllocError) {
+        try free(page(pfn: pfn))
+    }
+
+    // MARK: - per-thread cache
+
+    @inline(__always)
+    private func thisPCP() -> UnsafeMutablePointer<ptlab_pcp> {
+        let pcp = ptlab_this_pcp()!
+        if pcp.pointee.epoch != epoch {
+            // A cache left from an earlier allocator holds frames of an arena
+            // that is gone: forget them.
+            _ = ptlab_pcp_register()
+            ptlab_pcp_forget(pcp, epoch)
+        }
+        return pcp
+    }
+
+    private func refill(_ pcp: UnsafeMutablePointer<ptlab_pcp>, node index: Int) {
+        nodes[index].area.withLock { area in
+            for _ in 0..<Self.pcpBatch {
+                guard let d = takeBlock(&area, node: index, order: 0) else { break }
+                _ = ptlab_pcp_push(pcp, Int32(index), d.pointee.pfn)
+            }
+        }
+    }
+
+    private func drain(_ pcp: UnsafeMutablePointer<ptlab_pcp>, node index: Int, count: Int) {
+        nodes[index].area.withLock { area in
+            for _ in 0..<count {
+                let cached = ptlab_pcp_pop(pcp, Int32(index))
+                guard cached != 0 else { break }
+                putBlock(&area, memmap + Int(cached - 1), order: 0)
+            }
+        }
+    }
+
+    /// Return every page a dying thread had cached for this allocator.
+    fileprivate func drainAll(_ pcp: UnsafeMutablePointer<ptlab_pcp>) {
+        guard pcp.pointee.epoch == epoch else { return }
+        for index in nodes.indices {
+            drain(pcp, node: index, count: Int(PTLAB_PCP_HIGH))
+        }
+    }
+
+    // MARK: - counters
+
+    /// Pages handed out on each node now (vm_stat_diff summed over threads).
+    public func allocatedPages(node id: Int) throws(PageAllocError) -> Int {
+        Int(ptlab_pcp_sum_allocated(Int32(try nodeIndex(ofID: id))))
+    }
+
+    public func stats(node id: Int) throws(PageAllocError) -> NodeStats {
+        let index = try nodeIndex(ofID: id)
+        let arena = nodes[index]
+        let mapped = arena.area.withLock { $0.chunksMapped } * chunkPages
+        let allocated = Int(ptlab_pcp_sum_allocated(Int32(index)))
+        return NodeStats(
+            node: id, budgetPages: pagesPerNode, mappedPages: mapped,
+            allocatedPages: allocated, freePages: pagesPerNode - allocated,
+            nrPageTablePages: arena.nrPageTablePages.load(ordering: .relaxed),
+            numaHit: arena.numaHit.load(ordering: .relaxed),
+            numaMiss: arena.numaMiss.load(ordering: .relaxed),
+            numaForeign: arena.numaForeign.load(ordering: .relaxed))
+    }
+
+    public func stats() -> [NodeStats] {
+        topology.nodeIDs.map { try! stats(node: $0) }
+    }
+
+    /// Pages allocated across all nodes: zero after a clean unload.
+    public var totalAllocatedPages: Int {
+        nodes.indices.reduce(0) { $0 + Int(ptlab_pcp_sum_allocated(Int32($1))) }
+    }
+
+    /// NR_PAGETABLE: the page-table constructor and destructor account here.
+    public func accountPageTable(_ page: Page, delta: Int) {
+        nodes[nodeIndexByID[page.node]].nrPageTablePages.add(delta, ordering: .relaxed)
+    }
+}
+
+private func pcpDrainOnThreadExit(_ pcp: UnsafeMutablePointer<ptlab_pcp>?) {
+    guard let pcp, let allocator = PageAllocator.current else { return }
+    allocator.drainAll(pcp)
+}

@@ -1,0 +1,59 @@
+/// A page-table entry, x86-64 style: a PFN in bits 12–51 and flag bits.
+/// Walkers (CPU and IOMMU) and updaters share this one encoding, so a stale
+/// PFN read by either really does lead into a freed page.
+public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt64
+    @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    public static let present: UInt64 = 1 << 0
+    public static let writable: UInt64 = 1 << 1
+    public static let user: UInt64 = 1 << 2
+    public static let accessed: UInt64 = 1 << 5
+    public static let dirty: UInt64 = 1 << 6
+    /// PS: a huge leaf at PMD/PUD level.
+    public static let huge: UInt64 = 1 << 7
+    public static let pfnMask: UInt64 = 0x000F_FFFF_FFFF_F000
+
+    public static let none = Entry(rawValue: 0)
+
+    @inlinable public init(pfn: UInt32, flags: UInt64) {
+        rawValue = (UInt64(pfn) << 12) & Self.pfnMask | flags
+    }
+
+    @inlinable public var isPresent: Bool { rawValue & Self.present != 0 }
+    @inlinable public var isNone: Bool { rawValue == 0 }
+    @inlinable public var pfn: UInt64 { (rawValue & Self.pfnMask) >> 12 }
+    @inlinable public func has(_ flag: UInt64) -> Bool { rawValue & flag != 0 }
+
+    public var description: String {
+        isNone ? "none" : "pfn=\(pfn) flags=0x\(String(rawValue & ~Self.pfnMask, radix: 16))"
+    }
+}
+
+/// Page-table levels and the address bits each one decodes (x86-64; P4D is
+/// folded into the PGD with 4-level paging).
+public enum Level: Int, Sendable, CaseIterable, Comparable, Codable {
+    case pte = 1, pmd = 2, pud = 3, p4d = 4, pgd = 5
+
+    /// Shift of the address bits that index a table of this level.
+    @inlinable public var shift: Int { 12 + 9 * (rawValue - 1) }
+    /// Bytes one entry of this level spans.
+    @inlinable public var entrySpan: UInt64 { 1 << UInt64(shift) }
+    /// Bytes a whole table of this level spans.
+    @inlinable public var tableSpan: UInt64 { entrySpan << 9 }
+    @inlinable public func index(of address: UInt64) -> Int { Int((address >> UInt64(shift)) & 511) }
+    @inlinable public var below: Level? { Level(rawValue: rawValue - 1) }
+    @inlinable public var above: Level? { Level(rawValue: rawValue + 1) }
+
+    public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
+
+    public var name: String {
+        switch self {
+        case .pte: "pte"
+        case .pmd: "pmd"
+        case .pud: "pud"
+        case .p4d: "p4d"
+        case .pgd: "pgd"
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import CSupport
+import CURCU
+import Synchronization
+
+/// Misuse of the RCU API. Each of these would be a hang or silent corruption
+/// in liburcu itself; the lab turns them into errors that name the mistake.
+public enum RCUError: Error, Equatable, CustomStringConvertible {
+    /// `synchronize` or `barrier` called inside a read section: it would wait
+    /// for the caller itself and never return.
+    case insideReadSection(operation: String)
+    /// `barrier` from a callback: the worker would wait for itself.
+    case insideCallback(operation: String)
+    /// `call` from a thread liburcu does not know: the head would be queued
+    /// with no reader state behind it.
+    case unregisteredThread(operation: String)
+    /// The same head queued twice before its callback ran.
+    case alreadyQueued(operation: String)
+
+    public var description: String {
+        switch self {
+        case .insideReadSection(let op): "rcu: \(op) called inside an RCU read section (it would wait for itself)"
+        case .insideCallback(let op): "rcu: \(op) called from an RCU callback (the worker would wait for itself)"
+        case .unregisteredThread(let op): "rcu: \(op) called from a thread not registered with liburcu (use RCU.withRegisteredThread or RCUThread)"
+        case .alreadyQueued(let op): "rcu: \(op) on a head that is already queued"
+        }
+    }
+}
+
+/// A callback liburcu's worker runs after a grace period. It must be a
+/// nonisolated global function: a closure literal in main-actor code traps
+/// when the worker thread calls it.
+public typealias RCUCallback = @convention(c) (UnsafeMutablePointer<ptlab_rcu_head>?) -> Void
+
+/// What `call` did with the head.
+public enum RCUCallOutcome: Equatable, Sendable {
+    /// Queued; the callback runs on the worker after a grace period.
+    case queued
+    /// Outstanding deferred bytes were over the bound: the caller waited for a
+    /// grace period and ran the callback itself (kvfree_rcu's fallback).
+    case ranInline
+}
+
+/// The Swift face of liburcu's memb flavour. Read sections are inlined
+/// liburcu code; everything that can wait checks first that it is not
+/// waiting for itself.
+public enum RCU {
+    /// Enter a read section for `body`. Synchronous only: an `await` inside
+    /// could resume on another thread and unlock a section it never locked.
+    @inlinable @inline(__always)
+    public static func read<R>(_ body: () throws -> R) rethrows -> R {
+        ptlab_rcu_read_lock()
+        defer { ptlab_rcu_read_unlock() }
+        return try body()
+    }
+
+    /// True while this thread is inside a read section.
+    @inlinable
+    public static var readSectionOngoing: Bool { ptlab_rcu_read_ongoing() != 0 }
+
+    /// True while this thread is registered (or is running a callback).
+    public static var threadRegistered: Bool { ptlab_rcu_thread_may_call() != 0 }
+
+    /// Queue `callback(head)` for after a grace period. Allocation-free: the
+    /// head is embedded in the object. `bytes` is what the object holds, for
+    /// the outstanding-memory account and its bound.
+    @discardableResult
+    public static func call(
+        _ head: UnsafeMutablePointer<ptlab_rcu_head>, bytes: UInt64, _ callback: RCUCallback
+    ) throws(RCUError) -> RCUCallOutcome {
+        guard ptlab_rcu_thread_may_call() != 0 else { throw .unregisteredThread(operation: "call") }
+        let bound = DeferredBound.bytes
+        if ptlab_rcu_reserve(bytes, bound) != 0 {
+            ptlab_call_rcu(head, callback, bytes)
+            return .queued
+        }
+        if ptlab_rcu_read_ongoing() != 0 {
+            // Waiting here would wait for ourselves; call_rcu never fails in
+            // the kernel, so queue past the bound and say so in the stats.
+            DeferredBound.overshoots.add(1, ordering: .relaxed)
+            _ = ptlab_rcu_reserve(bytes, 0)
+            ptlab_call_rcu(head, callback, bytes)
+            return .queued
+        }
+        synchronizeUnchecked()
+        ptlab_rcu_run_inline(head, callback)
+        return .ranInline
+    }
+
+    /// Wait for a grace period (synchronize_rcu).
+    public static func synchronize() throws(RCUError) {
+        guard ptlab_rcu_read_ongoing() == 0 else { throw .insideReadSection(operation: "synchronize") }
+        synchronizeUnchecked()
+    }
+
+    /// Wait until every callback queued so far has run (rcu_barrier). Costs at
+    /// least one worker period (10 ms in liburcu 0.13): never in a loop.
+    public static func barrier() throws(RCUError) {
+        guard ptlab_rcu_read_ongoing() == 0 else { throw .insideReadSection(operation: "barrier") }
+        guard ptlab_rcu_in_callback_now() == 0 else { throw .insideCallback(operation: "barrier") }
+        urcu_memb_barrier()
+    }
+
+    static func synchronizeUnchecked() {
+        let seq = GracePeriod.started.add(1, ordering: .sequentiallyConsistent).newValue
+        urcu_memb_synchronize_rcu()
+        GracePeriod.complete(seq)
+    }
+}
