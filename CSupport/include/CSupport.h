@@ -124,6 +124,14 @@ static inline int ptlab_spin_lock(ptlab_spinlock_t *l)
     }
     return (int)atomic_load_explicit(&l->alive, memory_order_acquire);
 }
+/* One attempt; callers that must keep answering "IPIs" while they wait
+ * (the TLB model) spin on this themselves. */
+static inline int ptlab_spin_trylock(ptlab_spinlock_t *l)
+{
+    uint32_t expected = 0;
+    return atomic_compare_exchange_strong_explicit(&l->locked, &expected, 1,
+            memory_order_acquire, memory_order_relaxed);
+}
 static inline void ptlab_spin_unlock(ptlab_spinlock_t *l)
 {
     atomic_store_explicit(&l->locked, 0, memory_order_release);
@@ -175,6 +183,8 @@ struct ptdesc {
     uint8_t order;
     uint8_t on_free_list;               /* buddy bookkeeping, node lock held */
     uint64_t index;                     /* base virtual address the table maps */
+    uint64_t queued_ns;                 /* when its deferred free was queued */
+    uint64_t tlb_gen;                   /* mm TLB generation that must pass before it is freed */
 };
 
 /* container_of for the two embedded nodes. */
@@ -237,6 +247,7 @@ static inline void ptlab_page_clear_flags(struct ptdesc *d, uint64_t bits)
     atomic_fetch_and_explicit(&d->flags, ~bits, memory_order_acq_rel);
 }
 static inline int ptlab_ptl_lock(struct ptdesc *d) { return ptlab_spin_lock(&d->ptl); }
+static inline int ptlab_ptl_trylock(struct ptdesc *d) { return ptlab_spin_trylock(&d->ptl); }
 static inline void ptlab_ptl_unlock(struct ptdesc *d) { ptlab_spin_unlock(&d->ptl); }
 static inline void ptlab_ptl_init(struct ptdesc *d) { ptlab_spin_init(&d->ptl); }
 static inline void ptlab_ptl_free(struct ptdesc *d) { ptlab_spin_kill(&d->ptl); }

@@ -1,0 +1,144 @@
+import CSupport
+
+/// struct mmu_gather (mm/mmu_gather.c, include/asm-generic/tlb.h).
+///
+/// Collects what an unmap tears down — a range to flush, data pages, page
+/// tables — so that one TLB flush covers the lot and nothing is freed before
+/// that flush (and, for tables, before a grace period). Used by one thread,
+/// like the kernel's on-stack gather.
+public final class MMUGather {
+    public let mm: MM
+    public private(set) var fullmm: Bool
+    public private(set) var start: UInt64 = 0
+    public private(set) var end: UInt64 = 0
+    public private(set) var needFlushAll = false
+    public private(set) var freedTables = false
+    public private(set) var clearedPTEs = false
+    public private(set) var clearedPMDs = false
+    public private(set) var clearedPUDs = false
+    public private(set) var clearedP4Ds = false
+
+    var pages: PageBatches
+    /// The open table batch (mmu_table_batch), or nil.
+    var tableBatch: TableBatch?
+    var finished = false
+
+    /// Counters for this gather's life.
+    public internal(set) var stats = GatherStats()
+
+    /// tlb_gather_mmu / tlb_gather_mmu_fullmm.
+    public init(mm: MM, fullmm: Bool = false) {
+        self.mm = mm
+        self.fullmm = fullmm
+        self.pages = PageBatches(allocator: mm.allocator)
+        resetRange()
+        mm.tlbFlushPending.add(1, ordering: .acquiringAndReleasing)
+    }
+
+    deinit {
+        precondition(finished, "mmu_gather dropped without tlbFinishMMU: its pages would leak")
+    }
+
+    // MARK: - range (__tlb_reset_range, __tlb_adjust_range)
+
+    func resetRange() {
+        if fullmm {
+            start = .max
+            end = .max
+        } else {
+            start = mm.taskSize
+            end = 0
+        }
+        freedTables = false
+        clearedPTEs = false
+        clearedPMDs = false
+        clearedPUDs = false
+        clearedP4Ds = false
+    }
+
+    func adjustRange(_ address: UInt64, _ size: UInt64) {
+        start = min(start, address)
+        end = max(end, address + size)
+    }
+
+    // MARK: - data pages
+
+    /// tlb_remove_tlb_entry: a PTE was cleared at `address`.
+    func clearedPTE(at address: UInt64) {
+        adjustRange(address, 4096)
+        clearedPTEs = true
+    }
+
+    /// __tlb_remove_page: queue a data page for after the flush. True means
+    /// the batches are full and the caller must tlbFlushMMU before going on.
+    func removePage(_ page: Page) -> Bool {
+        pages.add(page)
+    }
+
+    // MARK: - page tables (pte_free_tlb, pmd_free_tlb, pud_free_tlb, p4d_free_tlb)
+
+    /// Free a table of `level` that was unlinked from its parent at `address`.
+    /// Sets cleared_* of the level above, as the kernel's *_free_tlb do.
+    public func freeTable(_ table: Page, level: Level, address: UInt64) {
+        adjustRange(address, 4096)
+        switch level {
+        case .pte: clearedPMDs = true
+        case .pmd: clearedPUDs = true
+        case .pud: clearedP4Ds = true
+        case .p4d, .pgd: break
+        }
+        freedTables = true
+        // Before 6.14 the destructor ran here, at unlink.
+        if mm.profile.dtor == .atUnlink { PageTables.dtor(table, allocator: mm.allocator) }
+        table.desc.pointee.tlb_gen = mm.tlb.currentGeneration + 1
+        removeTable(table)
+    }
+
+    // MARK: - flushing
+
+    /// tlb_flush_mmu_tlbonly: flush the range if anything was cleared or
+    /// freed, then start a new range.
+    public func flushTLBOnly() {
+        guard freedTables || clearedPTEs || clearedPMDs || clearedPUDs || clearedP4Ds else { return }
+        if mm.profile.tableFree != .noFlush {
+            mm.tlb.flush()
+            stats.tlbFlushes += 1
+        }
+        resetRange()
+    }
+
+    /// tlb_flush_mmu: flush, then free tables (to RCU) and data pages.
+    public func flushMMU() {
+        flushTLBOnly()
+        tableFlush()
+        stats.pagesFreed += pages.freeAll()
+    }
+
+    /// tlb_finish_mmu. A concurrent gather on the same mm (a racing
+    /// MADV_DONTNEED, say) may have cleared PTEs this one never saw, so a
+    /// nested gather flushes everything.
+    public func finish() {
+        if mm.tlbFlushPending.load(ordering: .acquiring) > 1 {
+            fullmm = true
+            resetRange()
+            freedTables = true
+            stats.nestedFlushes += 1
+        }
+        flushMMU()
+        pages.releaseBatchPages()
+        mm.tlbFlushPending.subtract(1, ordering: .acquiringAndReleasing)
+        finished = true
+    }
+}
+
+/// What one gather did.
+public struct GatherStats: Sendable, Equatable, Codable {
+    public var tlbFlushes = 0
+    public var tablesQueued = 0
+    public var rcuCallbacks = 0
+    public var batchFallbacks = 0
+    public var pagesFreed = 0
+    public var nestedFlushes = 0
+    /// Tables handed to a free path before the flush that follows their unlink.
+    public var freedBeforeFlush = 0
+}

@@ -1,0 +1,95 @@
+import CSupport
+import Synchronization
+
+/// mm_struct: an address space whose page tables live in allocator pages.
+///
+/// Updaters (fault, mmap, munmap, madvise, collapse, exit) follow the kernel's
+/// locking: mmap_lock, mm->page_table_lock for the upper levels, split ptlocks
+/// for PMD and PTE tables. Lockless walkers take none of these.
+public final class MM: @unchecked Sendable {
+    public let allocator: PageAllocator
+    public let profile: MMProfile
+    /// Where this mm's page tables come from (default: the faulting CPU's node).
+    public let tableNode: NodePreference
+    public let pgd: Page
+    public let mmapLock = MMapLock()
+    /// mm->page_table_lock: guards populating PGD/P4D/PUD entries.
+    let pageTableLock = Mutex<Void>(())
+    let vmaTree = Mutex(VMATree())
+    /// mm->pgtables_bytes (VmPTE): PTE, PMD and PUD tables, 4 KiB each.
+    let pgtablesBytesCounter = Atomic<Int>(0)
+    /// mm->tlb_flush_pending: gathers in flight on this mm.
+    let tlbFlushPending = Atomic<Int>(0)
+    public let tlb: TLBModel
+    /// The identity stored in each table's pt_mm.
+    var token: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+    private let exited = Atomic<Bool>(false)
+    /// What the last munmap/madvise/exit gather did (for tests and reports).
+    /// Written under mmap_lock.
+    public internal(set) var lastGather = GatherStats()
+
+    /// The highest user address + 1 (TASK_SIZE).
+    public var taskSize: UInt64 { profile.fiveLevel ? 1 << 56 : 1 << 47 }
+
+    public init(allocator: PageAllocator, profile: MMProfile = .v6_14,
+                tableNode: NodePreference = .local) throws(MMError) {
+        self.allocator = allocator
+        self.profile = profile
+        self.tableNode = tableNode
+        self.tlb = TLBModel()
+        do {
+            pgd = try allocator.alloc(node: tableNode, zero: true)
+        } catch {
+            throw .outOfMemory(error)
+        }
+        PageTables.ctor(pgd, level: .pgd, base: 0, mm: Unmanaged.passUnretained(self).toOpaque(), allocator: allocator)
+    }
+
+    public var pgtablesBytes: Int { pgtablesBytesCounter.load(ordering: .relaxed) }
+    /// VmPTE as /proc/PID/status prints it.
+    public var vmPTEKilobytes: Int { pgtablesBytes >> 10 }
+    public var vmas: [VMA] { vmaTree.withLock { $0.vmas } }
+    public var hasExited: Bool { exited.load(ordering: .acquiring) }
+
+    // MARK: - levels
+
+    /// The levels a walk visits, top first: P4D is folded into the PGD with
+    /// 4-level paging, as on x86 without LA57.
+    public var levels: [Level] { profile.fiveLevel ? [.pgd, .p4d, .pud, .pmd, .pte] : [.pgd, .pud, .pmd, .pte] }
+
+    /// The level of the table a `level` entry points to.
+    @inlinable public func childLevel(of level: Level) -> Level? {
+        if level == .pgd && !profile.fiveLevel { return .pud }
+        return level.below
+    }
+
+    /// Address bits decoded by a table of `level`.
+    @inlinable public func shift(_ level: Level) -> Int {
+        level == .pgd && !profile.fiveLevel ? Level.p4d.shift : level.shift
+    }
+
+    /// Bytes one table of `level` spans.
+    @inlinable public func tableSpan(_ level: Level) -> UInt64 { 1 << UInt64(shift(level) + 9) }
+
+    /// The entry of `table` (a table of `level`) that maps `address`.
+    @inlinable
+    public func entry(in table: Page, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
+        entry(inTableAt: allocator.address(of: table), level: level, address: address)
+    }
+
+    @inlinable
+    public func entry(inTableAt base: UnsafeMutableRawPointer, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
+        base.assumingMemoryBound(to: UInt64.self) + Int((address >> UInt64(shift(level))) & 511)
+    }
+
+    // MARK: - accounting (mm_inc_nr_ptes and friends)
+
+    func accountTable(_ level: Level, _ delta: Int) {
+        switch level {
+        case .pte, .pmd, .pud: pgtablesBytesCounter.add(delta * 4096, ordering: .relaxed)
+        case .p4d, .pgd: break
+        }
+    }
+
+    func markExited() -> Bool { !exited.exchange(true, ordering: .acquiringAndReleasing) }
+}

@@ -1,0 +1,67 @@
+/// How the modelled kernel frees page tables. The safe defaults are the
+/// kernel as of 6.14+; each alternative is a kernel before a fix (or a bug
+/// injected on purpose), so a detector can be shown to fire.
+public struct MMProfile: Sendable, Equatable, Codable {
+    /// How tables unlinked by a gather are freed.
+    public enum TableFree: String, Sendable, Codable, CaseIterable {
+        /// MMU_GATHER_RCU_TABLE_FREE: flush, then a grace period, then free.
+        case rcu = "rcu-table-free"
+        /// Unsafe: freed at unlink, before any flush or grace period.
+        case immediate
+        /// Unsafe: after a grace period but with no TLB flush, so a CPU's
+        /// paging-structure cache keeps pointing at the freed table.
+        case noFlush = "no-flush"
+    }
+
+    /// When a page table's destructor (ptlock teardown, NR_PAGETABLE) runs.
+    public enum Dtor: String, Sendable, Codable, CaseIterable {
+        /// 6.14+: in __tlb_remove_table, with the free, after the grace period.
+        case atFree = "dtor-at-free"
+        /// Before 6.14: at unlink, so a racing pte_offset_map_lock() can take
+        /// a ptlock that was already freed (seed 003).
+        case atUnlink = "dtor-at-unlink"
+    }
+
+    /// What tlb_remove_table_one does when no batch page can be had.
+    public enum BatchFallback: String, Sendable, Codable, CaseIterable {
+        /// Wait for every CPU to leave its IRQs-off section, then free now.
+        case ipiSync = "ipi-sync"
+        /// call_rcu on the table's own rcu_head (PT_RECLAIM kernels).
+        case rcuOne = "rcu-one"
+        /// synchronize_rcu, then free now (7.x).
+        case synchronize
+    }
+
+    /// How khugepaged's retract frees the PTE table it removed.
+    public enum CollapseFree: String, Sendable, Codable, CaseIterable {
+        /// pte_free_defer: call_rcu on the table's embedded head.
+        case `defer`
+        /// Unsafe: pte_free at once, no grace period.
+        case immediate
+    }
+
+    public var fiveLevel = false
+    /// CONFIG_PT_RECLAIM: MADV_DONTNEED frees PTE tables it emptied.
+    public var ptReclaim = true
+    public var tableFree = TableFree.rcu
+    public var dtor = Dtor.atFree
+    public var batchFallback = BatchFallback.rcuOne
+    /// Fault injection: every table-batch page allocation fails.
+    public var failBatchAllocation = false
+    public var collapseFree = CollapseFree.defer
+
+    public init() {}
+
+    /// The kernel this machine runs (6.14+ with PT_RECLAIM).
+    public static let v6_14 = MMProfile()
+
+    /// A kernel without PT_RECLAIM, where the dtor runs at unlink and a
+    /// batch-page failure sends IPIs.
+    public static var pre6_14: MMProfile {
+        var p = MMProfile()
+        p.ptReclaim = false
+        p.dtor = .atUnlink
+        p.batchFallback = .ipiSync
+        return p
+    }
+}

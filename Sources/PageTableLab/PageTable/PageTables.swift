@@ -1,0 +1,92 @@
+import CSupport
+import Synchronization
+
+/// pagetable_alloc, the level constructors and pagetable_dtor / _free.
+///
+/// These run on freeing paths (RCU callbacks, the gather flush, the deferred
+/// kernel-table work), so they touch only the descriptor, the allocator's
+/// lists and atomics: no allocation.
+public enum PageTables {
+    /// Lab-wide counters, readable next to /proc/vmstat.
+    public static let stats = TableStats()
+
+    /// pagetable_alloc + pagetable_*_ctor: a zeroed page that becomes a table.
+    static func alloc(_ level: Level, base: UInt64, mm: MM?, node: NodePreference,
+                      allocator: PageAllocator, kernel: Bool = false) throws(MMError) -> Page {
+        let page: Page
+        do {
+            page = try allocator.alloc(node: node, zero: true)
+        } catch {
+            throw .outOfMemory(error)
+        }
+        ctor(page, level: level, base: base, mm: mm.map { $0.token }, allocator: allocator, kernel: kernel)
+        return page
+    }
+
+    /// The level constructor: split ptlock for PTE and PMD tables of user
+    /// mms (kernel tables use init_mm's page_table_lock), NR_PAGETABLE.
+    static func ctor(_ page: Page, level: Level, base: UInt64, mm: UnsafeMutableRawPointer?,
+                     allocator: PageAllocator, kernel: Bool = false) {
+        let d = page.desc
+        d.pointee.pt_mm = mm
+        d.pointee.index = base
+        if !kernel && (level == .pte || level == .pmd) { ptlab_ptl_init(d) }
+        ptlab_page_set_level(d, UInt32(level.rawValue))
+        ptlab_page_set_flags(d, PTLAB_PG_TABLE | (kernel ? PTLAB_PT_KERNEL : 0))
+        allocator.accountPageTable(page, delta: 1)
+        stats.allocated.add(1, ordering: .relaxed)
+    }
+
+    /// pagetable_dtor: ptlock_free and NR_PAGETABLE. Runs once: PG_table
+    /// says whether it still has to.
+    public static func dtor(_ page: Page, allocator: PageAllocator) {
+        let d = page.desc
+        guard ptlab_page_flags(d) & PTLAB_PG_TABLE != 0 else { return }
+        ptlab_page_clear_flags(d, PTLAB_PG_TABLE)
+        ptlab_ptl_free(d)
+        allocator.accountPageTable(page, delta: -1)
+    }
+
+    /// pagetable_dtor_free: the destructor if it has not run yet, then the
+    /// page goes back to the allocator.
+    public static func dtorFree(_ page: Page, allocator: PageAllocator) {
+        dtor(page, allocator: allocator)
+        recordFreeLatency(page)
+        do {
+            try allocator.free(page)
+        } catch {
+            stats.freeErrors.add(1, ordering: .relaxed)
+            return
+        }
+        stats.freed.add(1, ordering: .relaxed)
+    }
+
+    /// Mark a table queued for a deferred free; false if it already was (a
+    /// second call_rcu on the same head would corrupt liburcu's queue).
+    static func markDeferred(_ page: Page) -> Bool {
+        let found = ptlab_page_transition(page.desc, PTLAB_PAGE_ALLOCATED.rawValue, PTLAB_PAGE_DEFERRED.rawValue)
+        guard found == PTLAB_PAGE_ALLOCATED.rawValue else {
+            stats.doubleQueued.add(1, ordering: .relaxed)
+            return false
+        }
+        page.desc.pointee.queued_ns = monotonicNanoseconds()
+        return true
+    }
+
+    private static func recordFreeLatency(_ page: Page) {
+        let queued = page.desc.pointee.queued_ns
+        guard queued != 0 else { return }
+        page.desc.pointee.queued_ns = 0
+        FreeLatency.record(nanoseconds: monotonicNanoseconds() &- queued)
+    }
+}
+
+/// Counters of table births and deaths across the lab.
+public final class TableStats: Sendable {
+    public let allocated = Atomic<Int>(0)
+    public let freed = Atomic<Int>(0)
+    /// A free the allocator refused (double free): a bug in the model.
+    public let freeErrors = Atomic<Int>(0)
+    /// A table queued twice for a deferred free.
+    public let doubleQueued = Atomic<Int>(0)
+}

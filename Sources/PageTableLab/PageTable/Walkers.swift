@@ -1,0 +1,176 @@
+import CSupport
+
+/// What walkers saw. Each walker thread keeps its own and they are summed
+/// at the end, so counting costs no shared cache line.
+public struct WalkCounters: Sendable, Equatable, Codable {
+    public var walks = 0
+    public var mapped = 0
+    public var notMapped = 0
+    /// The parent entry changed under the walk (a legal race): walk again.
+    public var retries = 0
+    /// A table entered was freed (or freed and reused) during the walk.
+    public var freedTable = 0
+    /// An entry read held the free poison.
+    public var poisonSeen = 0
+    /// pte_offset_map_lock took a ptlock whose table's destructor had run.
+    public var freedPTLock = 0
+    /// A paging-structure-cache entry led to a table that was freed.
+    public var stalePSC = 0
+
+    public init() {}
+
+    public var useAfterFree: Int { freedTable + poisonSeen + freedPTLock + stalePSC }
+
+    public static func + (a: WalkCounters, b: WalkCounters) -> WalkCounters {
+        var s = a
+        s.walks += b.walks
+        s.mapped += b.mapped
+        s.notMapped += b.notMapped
+        s.retries += b.retries
+        s.freedTable += b.freedTable
+        s.poisonSeen += b.poisonSeen
+        s.freedPTLock += b.freedPTLock
+        s.stalePSC += b.stalePSC
+        return s
+    }
+}
+
+/// Where a walk stopped.
+enum WalkStep {
+    /// Reached the PTE table: its page, generation, and the PMD entry.
+    case pteTable(Page, UInt32, UnsafeMutablePointer<UInt64>, UInt64)
+    case notMapped
+    case retry
+    case freed
+    case poison
+}
+
+/// 0x6b in every byte: an entry read from a poisoned (freed) page.
+let poisonEntry: UInt64 = 0x6b6b_6b6b_6b6b_6b6b
+
+extension MM {
+    /// A table of `level` is live for a walker that entered it at
+    /// generation `gen`: still allocated (or only queued for a deferred
+    /// free), still that level, never freed since, and still ours.
+    @inline(__always)
+    func isLiveTable(_ d: UnsafeMutablePointer<ptdesc>, _ level: Level, _ gen: UInt32) -> Bool {
+        let state = ptlab_page_state(d)
+        return (state == PTLAB_PAGE_ALLOCATED.rawValue || state == PTLAB_PAGE_DEFERRED.rawValue)
+            && ptlab_page_level(d) == UInt32(level.rawValue)
+            && ptlab_page_generation(d) == gen
+            && d.pointee.pt_mm == token
+    }
+
+    /// Walk from the PGD to the PTE table mapping `address`, checking at
+    /// every step that the table just read is still live. A child's
+    /// generation is taken, then its parent entry re-read: if the entry
+    /// still points there, the child was linked (so live) at that moment,
+    /// and any later change of generation is a free the walker raced with.
+    func walkToPTETable(_ address: UInt64) -> WalkStep {
+        var table = pgd
+        var gen = pgd.generation
+        var level = Level.pgd
+        while let child = childLevel(of: level) {
+            let slot = entry(in: table, level: level, address: address)
+            let raw = ptlab_pte_read(slot)
+            guard isLiveTable(table.desc, level, gen) else { return .freed }
+            if raw == poisonEntry { return .poison }
+            let e = Entry(rawValue: raw)
+            guard e.isPresent else { return .notMapped }
+            guard let d = allocator.descriptor(pfn: e.pfn), allocator.address(pfn: e.pfn) != nil else { return .freed }
+            let childGen = ptlab_page_generation(d)
+            guard ptlab_pte_read(slot) == raw else { return .retry }
+            guard isLiveTable(d, child, childGen) else { return .freed }
+            if child == .pte { return .pteTable(Page(d), childGen, slot, raw) }
+            table = Page(d)
+            gen = childGen
+            level = child
+        }
+        return .notMapped
+    }
+
+    /// GUP-fast (gup_fast_pte_range): with IRQs off and inside an RCU read
+    /// section, walk to the PTE table and read `nrPages` consecutive PTEs,
+    /// then check the table was not freed meanwhile. No lock, no mmap_lock.
+    public func gupFast(_ address: UInt64, nrPages: Int = 16, counters: inout WalkCounters) {
+        counters.walks += 1
+        RCU.read {
+            switch walkToPTETable(address) {
+            case .notMapped: counters.notMapped += 1
+            case .retry: counters.retries += 1
+            case .freed: counters.freedTable += 1
+            case .poison: counters.poisonSeen += 1
+            case .pteTable(let table, let gen, _, _):
+                let base = allocator.address(of: table)
+                let first = Int((address >> 12) & 511)
+                var sawPoison = false
+                for i in first..<min(first + nrPages, 512) {
+                    let raw = ptlab_pte_read(base.assumingMemoryBound(to: UInt64.self) + i)
+                    if raw == poisonEntry { sawPoison = true }
+                }
+                if !isLiveTable(table.desc, .pte, gen) {
+                    counters.freedTable += 1
+                } else if sawPoison {
+                    counters.poisonSeen += 1
+                } else {
+                    counters.mapped += 1
+                }
+            }
+        }
+    }
+
+    /// pte_offset_map_lock: find the PTE table locklessly under RCU, take its
+    /// split lock (answering IPIs while spinning, as spin_lock does with
+    /// IRQs on), and recheck the PMD. Taking a lock whose destructor already
+    /// ran is the use-after-free of seed 003.
+    public func pteOffsetMapLock(_ address: UInt64, cpu: CPU?, counters: inout WalkCounters) {
+        counters.walks += 1
+        RCU.read {
+            switch walkToPTETable(address) {
+            case .notMapped: counters.notMapped += 1
+            case .retry: counters.retries += 1
+            case .freed: counters.freedTable += 1
+            case .poison: counters.poisonSeen += 1
+            case .pteTable(let table, let gen, let pmdSlot, let pmdVal):
+                let d = table.desc
+                while ptlab_ptl_trylock(d) == 0 { cpu?.handleInterrupts() }
+                defer { ptlab_ptl_unlock(d) }
+                if ptlab_ptl_alive(d) == 0 {
+                    counters.freedPTLock += 1
+                } else if ptlab_pte_read(pmdSlot) != pmdVal {
+                    counters.retries += 1
+                } else if !isLiveTable(d, .pte, gen) {
+                    counters.freedTable += 1
+                } else {
+                    let raw = ptlab_pte_read(entry(in: table, level: .pte, address: address))
+                    if raw == poisonEntry { counters.poisonSeen += 1 } else { counters.mapped += 1 }
+                }
+            }
+        }
+    }
+
+    /// A memory access by `cpu`'s MMU: the paging-structure cache first,
+    /// then a hardware walk that fills it. No RCU: hardware is protected
+    /// only by TLB flushes, which `cpu` answers between accesses.
+    public func hardwareAccess(_ address: UInt64, cpu: CPU, counters: inout WalkCounters) {
+        counters.walks += 1
+        if let cached = cpu.psc.lookup(address), let d = allocator.descriptor(pfn: cached.pfn) {
+            guard isLiveTable(d, .pte, cached.generation) else {
+                counters.stalePSC += 1
+                return
+            }
+            let raw = ptlab_pte_read(entry(in: Page(d), level: .pte, address: address))
+            if raw == poisonEntry { counters.poisonSeen += 1 } else { counters.mapped += 1 }
+            return
+        }
+        switch walkToPTETable(address) {
+        case .notMapped: counters.notMapped += 1
+        case .retry: counters.retries += 1
+        case .freed: counters.freedTable += 1
+        case .poison: counters.poisonSeen += 1
+        case .pteTable(let table, let gen, _, _):
+            cpu.psc.fill(address, pfn: UInt64(table.pfn), generation: gen)
+            counters.mapped += 1
+        }
+    }
+}

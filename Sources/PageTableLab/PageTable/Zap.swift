@@ -1,0 +1,85 @@
+import CSupport
+
+extension MM {
+    /// 2 MiB: the span of one PTE table.
+    static let pmdSize: UInt64 = 1 << 21
+
+    /// unmap_page_range: clear every PTE in [start, end) of one VMA, feeding
+    /// the data pages to the gather. With `reclaimPT` (MADV_DONTNEED on a
+    /// PT_RECLAIM kernel) a PTE table whose whole span was zapped and is now
+    /// empty is unlinked and freed through the gather as well.
+    func unmapPageRange(_ tlb: MMUGather, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
+        zapLevel(tlb, table: pgd, level: .pgd, start, end, reclaimPT: reclaimPT)
+    }
+
+    private func zapLevel(_ tlb: MMUGather, table: Page, level: Level, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
+        let child = childLevel(of: level)!
+        var address = start
+        while address < end {
+            let next = addressEnd(address, end, span: 1 << UInt64(shift(level)))
+            let slot = entry(in: table, level: level, address: address)
+            let e = Entry(rawValue: ptlab_pte_read(slot))
+            if e.isPresent, let d = allocator.descriptor(pfn: e.pfn) {
+                if child == .pte {
+                    zapPTERange(tlb, pmdTable: table, pmdSlot: slot, pteTable: Page(d), address, next, reclaimPT: reclaimPT)
+                } else {
+                    zapLevel(tlb, table: Page(d), level: child, address, next, reclaimPT: reclaimPT)
+                }
+            }
+            address = next
+        }
+    }
+
+    /// zap_pte_range, with mm/pt_reclaim.c's tail.
+    private func zapPTERange(_ tlb: MMUGather, pmdTable: Page, pmdSlot: UnsafeMutablePointer<UInt64>,
+                             pteTable: Page, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
+        let base = allocator.address(of: pteTable)
+        var address = start
+        repeat {
+            var forceFlush = false
+            lockPTL(pteTable)
+            while address < end {
+                let slot = entry(inTableAt: base, level: .pte, address: address)
+                let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
+                address += 4096
+                guard old.isPresent, let d = allocator.descriptor(pfn: old.pfn) else { continue }
+                tlb.clearedPTE(at: address - 4096)
+                if tlb.removePage(Page(d)) {
+                    forceFlush = true
+                    break
+                }
+            }
+            ptlab_ptl_unlock(pteTable.desc)
+            if forceFlush { tlb.flushMMU() }
+        } while address < end
+
+        // reclaim_pt_is_enabled: only when this zap covered the table's span.
+        guard reclaimPT, end - start >= Self.pmdSize else { return }
+        lockPTL(pmdTable)
+        lockPTL(pteTable)
+        let empty = (0..<512).allSatisfy { ptlab_pte_read(base.assumingMemoryBound(to: UInt64.self) + $0) == 0 }
+        let linked = Entry(rawValue: ptlab_pte_read(pmdSlot)).pfn == UInt64(pteTable.pfn)
+        if empty && linked { ptlab_pte_write(pmdSlot, 0) }
+        ptlab_ptl_unlock(pteTable.desc)
+        ptlab_ptl_unlock(pmdTable.desc)
+        guard empty && linked else { return }
+        // free_pte: pte_free_tlb + mm_dec_nr_ptes.
+        tlb.freeTable(pteTable, level: .pte, address: start)
+        accountTable(.pte, -1)
+    }
+
+    /// spin_lock on a split ptlock. Updaters hold mmap_lock or the parent's
+    /// lock, so the table cannot be torn down under them.
+    func lockPTL(_ table: Page) {
+        while ptlab_ptl_trylock(table.desc) == 0 {}
+    }
+}
+
+/// pgd_addr_end and friends: the next `span` boundary after `address`, or
+/// `end` if that comes first (comparing with -1 so a boundary that wraps to 0
+/// at the top of the address space still counts as "after").
+@inlinable
+func addressEnd(_ address: UInt64, _ end: UInt64, span: UInt64) -> UInt64 {
+    let boundary = (address &+ span) & ~(span - 1)
+    return boundary &- 1 < end &- 1 ? boundary : end
+}

@@ -1,0 +1,33 @@
+import Histogram
+import Synchronization
+
+/// Queue-to-free latency of deferred page-table frees: how long a table
+/// unlinked by an updater waits (flush + grace period + worker) before it is
+/// back in the allocator. Recorded from RCU callbacks, so the histogram is
+/// fixed-size (no resize, hence no allocation) behind a short lock.
+public enum FreeLatency {
+    /// One minute, in nanoseconds: anything longer is clamped.
+    static let ceiling: UInt64 = 60_000_000_000
+    static let histogram = Mutex(Histogram<UInt64>(highestTrackableValue: ceiling, numberOfSignificantValueDigits: .two))
+
+    static func record(nanoseconds: UInt64) {
+        histogram.withLock { _ = $0.record(min(nanoseconds, ceiling)) }
+    }
+
+    /// Percentiles in microseconds, Codable with the keys the stress JSON uses.
+    public struct Summary: Codable, Sendable, Equatable {
+        public var p50: Double
+        public var p99: Double
+        public var max: Double
+        public var count: UInt64
+    }
+
+    public static func summary() -> Summary {
+        histogram.withLock { h in
+            Summary(p50: Double(h.valueAtPercentile(50)) / 1000, p99: Double(h.valueAtPercentile(99)) / 1000,
+                    max: Double(h.totalCount == 0 ? 0 : h.max) / 1000, count: h.totalCount)
+        }
+    }
+
+    public static func reset() { histogram.withLock { $0.reset() } }
+}
