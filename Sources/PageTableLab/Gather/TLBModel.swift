@@ -78,13 +78,22 @@ public final class CPU: @unchecked Sendable {
 
     /// Take pending "IPIs": drop the caches and acknowledge. Called between
     /// walks and while spinning on a lock, where the kernel has IRQs on.
-    @inline(__always)
-    public func handleInterrupts() {
+    /// True when an interrupt was taken.
+    @inline(__always) @discardableResult
+    public func handleInterrupts() -> Bool {
         let g = tlb.generation.load(ordering: .acquiring)
-        if g != acked.load(ordering: .relaxed) {
-            psc.flushAll()
-            acked.store(g, ordering: .releasing)
-        }
+        guard g != acked.load(ordering: .relaxed) else { return false }
+        psc.flushAll()
+        acked.store(g, ordering: .releasing)
+        return true
+    }
+
+    /// An interrupt taken with IRQs on, then the reschedule a preemptible
+    /// kernel may do on IRQ exit: the interrupted code resumes later, after
+    /// the CPU that sent the IPI has moved on.
+    @inline(__always)
+    public func handleInterruptsAndMaybePreempt() {
+        if handleInterrupts() { sched_yield() }
     }
 
     /// The CPU goes away; flushes stop waiting for it.

@@ -19,8 +19,10 @@ extension MM {
             guard vmaTree.withLock({ $0.covers(base, base + Self.pmdSize) }) else { throw .notMapped(address: base) }
             guard let (pmdTable, pmdSlot, pteTable) = findPTETable(base) else { return false }
 
+            // The old PTEs go first (the data now lives in the huge page).
             let tlb = MMUGather(mm: self)
             unmapPageRange(tlb, base, base + Self.pmdSize, reclaimPT: false)
+            tlb.finish()
 
             lockPTL(pmdTable)
             lockPTL(pteTable)
@@ -28,11 +30,10 @@ extension MM {
             if stillLinked {
                 // pmdp_collapse_flush: clear the PMD and flush the range.
                 ptlab_pte_write(pmdSlot, 0)
-                tlb.mm.tlb.flush()
+                self.tlb.flush()
             }
             ptlab_ptl_unlock(pteTable.desc)
             ptlab_ptl_unlock(pmdTable.desc)
-            tlb.finish()
             guard stillLinked else { return false }
             accountTable(.pte, -1)
             switch profile.collapseFree {

@@ -92,7 +92,20 @@ extension MM {
     /// GUP-fast (gup_fast_pte_range): with IRQs off and inside an RCU read
     /// section, walk to the PTE table and read `nrPages` consecutive PTEs,
     /// then check the table was not freed meanwhile. No lock, no mmap_lock.
+    /// IRQs off means a TLB-flush IPI waits for it.
     public func gupFast(_ address: UInt64, nrPages: Int = 16, counters: inout WalkCounters) {
+        locklessWalk(address, nrPages: nrPages, interruptible: nil, counters: &counters)
+    }
+
+    /// pte_offset_map: the same lockless walk, but with IRQs on, so `cpu`
+    /// answers TLB-flush IPIs in the middle of it, and over the rest of the
+    /// table (as page_vma_mapped_walk or mincore do). Only RCU keeps its PTE
+    /// table alive: this is the walker pte_free_defer exists for.
+    public func pteOffsetMap(_ address: UInt64, nrPages: Int = 512, cpu: CPU, counters: inout WalkCounters) {
+        locklessWalk(address, nrPages: nrPages, interruptible: cpu, counters: &counters)
+    }
+
+    private func locklessWalk(_ address: UInt64, nrPages: Int, interruptible cpu: CPU?, counters: inout WalkCounters) {
         counters.walks += 1
         RCU.read {
             switch walkToPTETable(address) {
@@ -105,6 +118,7 @@ extension MM {
                 let first = Int((address >> 12) & 511)
                 var sawPoison = false
                 for i in first..<min(first + nrPages, 512) {
+                    if i & 63 == 0 { cpu?.handleInterruptsAndMaybePreempt() }
                     let raw = ptlab_pte_read(base.assumingMemoryBound(to: UInt64.self) + i)
                     if raw == poisonEntry { sawPoison = true }
                 }

@@ -1,0 +1,42 @@
+/// A stress scenario: an updater that frees page tables one way, and
+/// walkers that race with it. Each mode is a kernel: the safe ones are the
+/// fixed kernel, the unsafe ones the kernel before the fix, where the
+/// walkers' use-after-free detectors must fire.
+public struct Scenario: Sendable {
+    public struct Mode: Sendable {
+        public let name: String
+        public let safe: Bool
+        let profile: @Sendable (inout MMProfile) -> Void
+    }
+
+    /// What a walker does on each step.
+    enum WalkKind: Sendable {
+        case gupFast
+        case pteOffsetMap
+        case pteOffsetMapLock
+        case hardware
+    }
+
+    public let name: String
+    public let summary: String
+    public let modes: [Mode]
+    let walks: [WalkKind]
+    /// The updater's loop body: one operation on `mm` inside the region.
+    let step: @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void
+
+    public func mode(named name: String) -> Mode? { modes.first { $0.name == name } }
+}
+
+/// Where a scenario works: whole PTE tables, in an otherwise empty 512 GiB
+/// region, so freed tables are never shared with other mappings.
+public struct StressRegion: Sendable {
+    public let base: UInt64
+    public let tables: Int
+    public var length: UInt64 { UInt64(tables) << 21 }
+
+    func table(_ i: Int) -> UInt64 { base + UInt64(i) << 21 }
+
+    func randomAddress(_ rng: inout SplitMix64) -> UInt64 {
+        base + (rng.next() % (length >> 12)) << 12
+    }
+}

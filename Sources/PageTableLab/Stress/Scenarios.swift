@@ -1,0 +1,83 @@
+extension Scenario {
+    /// Every scenario `ptlab stress` knows, in the order `stress all` runs them.
+    public static let all: [Scenario] = [collapse, unmap, reclaim, ptlock, batchFail]
+
+    public static func named(_ name: String) -> Scenario? { all.first { $0.name == name } }
+
+    /// khugepaged retracting PTE tables under lockless walkers. GUP-fast
+    /// and MMU walks are covered by the flush's IPI; pte_offset_map() users
+    /// take IPIs and are covered only by RCU.
+    static let collapse = Scenario(
+        name: "collapse",
+        summary: "retract_page_tables + pte_free_defer vs pte_offset_map, GUP-fast and MMU walks",
+        modes: [
+            Mode(name: "defer", safe: true) { $0.collapseFree = .defer },
+            Mode(name: "immediate", safe: false) { $0.collapseFree = .immediate },
+        ],
+        walks: [.pteOffsetMap, .gupFast, .hardware],
+        step: { mm, region, rng in
+            if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length) }
+            let table = region.table(Int(rng.next() % UInt64(region.tables)))
+            try mm.touch(address: table, length: MM.pmdSize, stride: 32 << 10)
+            try mm.collapse(at: table)
+        })
+
+    /// munmap through an mmu_gather with RCU table freeing.
+    static let unmap = Scenario(
+        name: "unmap",
+        summary: "munmap's free_pgtables through mmu_gather vs GUP-fast and MMU walks",
+        modes: [
+            Mode(name: "rcu-table-free", safe: true) { $0.tableFree = .rcu },
+            Mode(name: "immediate", safe: false) { $0.tableFree = .immediate },
+            Mode(name: "no-flush", safe: false) { $0.tableFree = .noFlush },
+        ],
+        walks: [.gupFast, .hardware],
+        step: mapTouchUnmap)
+
+    /// MADV_DONTNEED reclaiming empty PTE tables (PT_RECLAIM).
+    static let reclaim = Scenario(
+        name: "reclaim",
+        summary: "MADV_DONTNEED with PT_RECLAIM vs GUP-fast and MMU walks",
+        modes: [
+            Mode(name: "rcu-table-free", safe: true) { $0.tableFree = .rcu },
+            Mode(name: "immediate", safe: false) { $0.tableFree = .immediate },
+        ],
+        walks: [.gupFast, .hardware],
+        step: touchDontneed)
+
+    /// The ptlock lifetime of seed 003: dtor at free vs at unlink.
+    static let ptlock = Scenario(
+        name: "ptlock",
+        summary: "PT_RECLAIM frees vs pte_offset_map_lock: when the ptlock dies",
+        modes: [
+            Mode(name: "dtor-at-free", safe: true) { $0.dtor = .atFree },
+            Mode(name: "dtor-at-unlink", safe: false) { $0.dtor = .atUnlink },
+        ],
+        walks: [.pteOffsetMapLock],
+        step: touchDontneed)
+
+    /// No page for the table batch: every fallback must stay safe.
+    static let batchFail = Scenario(
+        name: "batch-fail",
+        summary: "table-batch allocation failure: tlb_remove_table_one fallbacks vs GUP-fast",
+        modes: MMProfile.BatchFallback.allCases.map { fallback in
+            Mode(name: fallback.rawValue, safe: true) {
+                $0.failBatchAllocation = true
+                $0.batchFallback = fallback
+            }
+        },
+        walks: [.gupFast, .hardware],
+        step: mapTouchUnmap)
+
+    static func mapTouchUnmap(_ mm: MM, _ region: StressRegion, _ rng: inout SplitMix64) throws {
+        try mm.mmap(address: region.base, length: region.length)
+        try mm.touch(address: region.base, length: region.length, stride: 64 << 10)
+        try mm.munmap(address: region.base, length: region.length)
+    }
+
+    static func touchDontneed(_ mm: MM, _ region: StressRegion, _ rng: inout SplitMix64) throws {
+        if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length) }
+        try mm.touch(address: region.base, length: region.length, stride: 64 << 10)
+        try mm.madviseDontneed(address: region.base, length: region.length)
+    }
+}

@@ -1,0 +1,38 @@
+/// One stress run's summary. The snake_case keys are a public interface
+/// (scripts parse them): add keys, never rename.
+public struct StressResult: Codable, Sendable, Equatable {
+    public var scenario: String
+    public var mode: String
+    /// True when the mode is the kernel with its fix (detections must be 0).
+    public var safe: Bool
+    public var seed: UInt64
+    public var walkers: Int
+    public var durationSeconds: Double
+    /// Updater operations (faults, unmaps, collapses, …) completed.
+    public var ops: Int
+    public var walks: Int
+    public var uafDetected: Int
+    public var leakedPages: Int
+    public var tablesFreed: Int
+    public var rcuCallbacks: Int
+    public var tlbFlushes: Int
+    public var peakDeferredBytes: Int
+    public var freeLatencyUs: FreeLatency.Summary
+    /// The detections by kind.
+    public var detections: WalkCounters
+    public var pass: Bool
+    /// Why it failed, in words; empty when it passed.
+    public var verdict: String
+
+    enum CodingKeys: String, CodingKey {
+        case scenario, mode, safe, seed, walkers, ops, walks, pass, verdict, detections
+        case durationSeconds = "duration_s"
+        case uafDetected = "uaf_detected"
+        case leakedPages = "leaked_pages"
+        case tablesFreed = "tables_freed"
+        case rcuCallbacks = "rcu_callbacks"
+        case tlbFlushes = "tlb_flushes"
+        case peakDeferredBytes = "peak_deferred_bytes"
+        case freeLatencyUs = "free_latency_us"
+    }
+}

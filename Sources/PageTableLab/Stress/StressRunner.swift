@@ -1,0 +1,136 @@
+import Synchronization
+
+/// What a stress run is asked to do. Printed with the result, so a run can
+/// be reproduced from its output.
+public struct StressOptions: Sendable {
+    public var scenario: String
+    public var mode: String
+    public var duration: Double = 3
+    public var walkers: Int = 2
+    public var seed: UInt64 = 1
+    /// PTE tables' worth of address space the updater churns.
+    public var tables: Int = 8
+    /// Stop after this many updater operations (reproducible amounts of
+    /// work for tests), whatever the duration.
+    public var maxOps: Int?
+    /// Stop at the first detection: an unsafe mode has proved its point.
+    public var stopOnDetection = false
+    /// Called about twice a second from the updater with (elapsed, ops, walks, uaf).
+    public var progress: (@Sendable (StressProgress) -> Void)?
+
+    public init(scenario: String, mode: String) {
+        self.scenario = scenario
+        self.mode = mode
+    }
+}
+
+public struct StressProgress: Sendable {
+    public var elapsed: Double
+    public var duration: Double
+    public var ops: Int
+    public var walks: Int
+    public var uaf: Int
+}
+
+public enum StressError: Error, CustomStringConvertible, Equatable {
+    case unknownScenario(String, known: [String])
+    case unknownMode(scenario: String, mode: String, known: [String])
+    case invalidOption(String)
+
+    public var description: String {
+        switch self {
+        case .unknownScenario(let s, let known):
+            "unknown scenario '\(s)' (scenarios: \(known.joined(separator: ", ")))"
+        case .unknownMode(let s, let m, let known):
+            "scenario '\(s)' has no mode '\(m)' (modes: \(known.joined(separator: ", ")))"
+        case .invalidOption(let s): s
+        }
+    }
+}
+
+/// Runs one scenario in one mode on a loaded allocator: walker threads
+/// ("CPUs") against an updater on the calling thread, then a full teardown
+/// that checks every page came back.
+public struct StressRunner {
+    /// The 512 GiB region stress runs use: far from anything else.
+    public static let regionBase: UInt64 = 0x200_0000_0000
+
+    public let options: StressOptions
+    public let scenario: Scenario
+    public let mode: Scenario.Mode
+
+    public init(_ options: StressOptions) throws(StressError) {
+        guard let scenario = Scenario.named(options.scenario) else {
+            throw .unknownScenario(options.scenario, known: Scenario.all.map(\.name))
+        }
+        guard let mode = scenario.mode(named: options.mode) else {
+            throw .unknownMode(scenario: scenario.name, mode: options.mode, known: scenario.modes.map(\.name))
+        }
+        guard options.walkers >= 1, options.walkers <= 256 else { throw .invalidOption("--walkers must be 1...256") }
+        guard options.duration > 0, options.duration <= 86_400 else { throw .invalidOption("--duration must be in (0, 86400] seconds") }
+        guard options.tables >= 1, options.tables <= 512 else { throw .invalidOption("tables must be 1...512") }
+        self.options = options
+        self.scenario = scenario
+        self.mode = mode
+    }
+
+    public func run(allocator: PageAllocator) throws -> StressResult {
+        var profile = MMProfile()
+        mode.profile(&profile)
+        let region = StressRegion(base: Self.regionBase, tables: options.tables)
+        let startAllocated = allocator.totalAllocatedPages
+        let freedBefore = PageTables.stats.freed.load(ordering: .relaxed)
+        let callbacksBefore = DeferredBound.snapshot().invoked
+        FreeLatency.reset()
+        DeferredBound.resetPeak()
+
+        return try RCU.withRegisteredThread {
+            let mm = try MM(allocator: allocator, profile: profile)
+            let crew = WalkerCrew(mm: mm, region: region, kinds: scenario.walks, count: options.walkers, seed: options.seed)
+            var rng = SplitMix64(seed: options.seed)
+            var ops = 0
+            let start = monotonicNanoseconds()
+            var nextReport = start
+            var elapsed = 0.0
+            var failure: Error?
+            while elapsed < options.duration, ops < options.maxOps ?? .max,
+                  !(options.stopOnDetection && crew.uafSoFar > 0) {
+                do {
+                    try scenario.step(mm, region, &rng)
+                } catch {
+                    failure = error
+                    break
+                }
+                ops += 1
+                let now = monotonicNanoseconds()
+                elapsed = Double(now - start) / 1e9
+                if let progress = options.progress, now >= nextReport {
+                    nextReport = now + 500_000_000
+                    progress(StressProgress(elapsed: elapsed, duration: options.duration, ops: ops,
+                                            walks: crew.walksSoFar, uaf: crew.uafSoFar))
+                }
+            }
+            let counters = crew.stop()
+            let tlbFlushes = mm.tlb.remoteFlushes.load(ordering: .relaxed)
+            mm.exit()
+            try RCU.barrier()
+            if let failure { throw failure }
+            let leaked = allocator.totalAllocatedPages - startAllocated
+            let uaf = counters.useAfterFree
+            var verdict = ""
+            if mode.safe && uaf > 0 { verdict = "safe mode detected \(uaf) use-after-free" }
+            if !mode.safe && uaf == 0 { verdict = "unsafe mode detected nothing: the detector did not fire" }
+            if leaked != 0 { verdict += (verdict.isEmpty ? "" : "; ") + "\(leaked) pages not returned to the allocator" }
+            return StressResult(
+                scenario: scenario.name, mode: mode.name, safe: mode.safe, seed: options.seed,
+                walkers: options.walkers, durationSeconds: elapsed, ops: ops, walks: counters.walks,
+                uafDetected: uaf, leakedPages: leaked,
+                tablesFreed: PageTables.stats.freed.load(ordering: .relaxed) - freedBefore,
+                rcuCallbacks: Int(DeferredBound.snapshot().invoked - callbacksBefore),
+                tlbFlushes: tlbFlushes,
+                peakDeferredBytes: Int(DeferredBound.snapshot().peakBytes),
+                freeLatencyUs: FreeLatency.summary(), detections: counters,
+                pass: verdict.isEmpty, verdict: verdict)
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import Synchronization
+
+/// The walker threads of a stress run. Each is a CPU of the mm: it answers
+/// TLB-flush IPIs between walks, and keeps its own counters, published once
+/// at the end (and a rough running total for the progress line).
+final class WalkerCrew: Sendable {
+    private let stopFlag = Atomic<Bool>(false)
+    private let totals = Mutex(WalkCounters())
+    private let walks = Atomic<Int>(0)
+    private let uaf = Atomic<Int>(0)
+    private let threads: Mutex<[RCUThread]>
+
+    init(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], count: Int, seed: UInt64) {
+        threads = Mutex([])
+        let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
+        for id in 0..<count {
+            let pin = cpus.isEmpty ? nil : cpus[id % cpus.count]
+            let thread = RCUThread(cpu: pin) { [self] in
+                walk(mm: mm, region: region, kinds: kinds, id: id, seed: seed)
+            }
+            threads.withLock { $0.append(thread) }
+        }
+    }
+
+    var walksSoFar: Int { walks.load(ordering: .relaxed) }
+    var uafSoFar: Int { uaf.load(ordering: .relaxed) }
+
+    private func walk(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], id: Int, seed: UInt64) {
+        let cpu = CPU(id: id, tlb: mm.tlb)
+        var rng = SplitMix64(seed: seed &+ UInt64(id + 1) &* 0x1000_0001)
+        var counters = WalkCounters()
+        var step = 0
+        var reportedUAF = 0
+        while !stopFlag.load(ordering: .relaxed) {
+            cpu.handleInterrupts()
+            let address = region.randomAddress(&rng)
+            switch kinds[step % kinds.count] {
+            case .gupFast: mm.gupFast(address, counters: &counters)
+            case .pteOffsetMap: mm.pteOffsetMap(address, cpu: cpu, counters: &counters)
+            case .pteOffsetMapLock: mm.pteOffsetMapLock(address, cpu: cpu, counters: &counters)
+            case .hardware: mm.hardwareAccess(address, cpu: cpu, counters: &counters)
+            }
+            step += 1
+            if step & 1023 == 0 { walks.add(1024, ordering: .relaxed) }
+            if counters.useAfterFree != reportedUAF {
+                uaf.add(counters.useAfterFree - reportedUAF, ordering: .relaxed)
+                reportedUAF = counters.useAfterFree
+            }
+        }
+        cpu.offline()
+        totals.withLock { $0 = $0 + counters }
+    }
+
+    /// Stop every walker, wait for it, and return the summed counters.
+    func stop() -> WalkCounters {
+        stopFlag.store(true, ordering: .relaxed)
+        for t in threads.withLock({ $0 }) { t.join() }
+        return totals.withLock { $0 }
+    }
+}

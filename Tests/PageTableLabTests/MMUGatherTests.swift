@@ -1,0 +1,151 @@
+import CSupport
+import XCTest
+@testable import PageTableLab
+
+final class MMUGatherTests: XCTestCase {
+    /// Tables as free_pgtables would hand them over: unlinked PTE tables.
+    private func makeTables(_ n: Int, mm: MM) throws -> [Page] {
+        try (0..<n).map { i in
+            try PageTables.alloc(.pte, base: tib + UInt64(i) << 21, mm: mm, node: .local, allocator: mm.allocator)
+        }
+    }
+
+    func testThousandTablesMakeTwoCallbacks() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let tables = try makeTables(1000, mm: mm)
+            let before = DeferredBound.snapshot().queued
+            let tlb = MMUGather(mm: mm)
+            for (i, t) in tables.enumerated() { tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21) }
+            tlb.finish()
+            XCTAssertEqual(tlb.stats.rcuCallbacks, 2, "⌈1000/509⌉ callbacks")
+            XCTAssertEqual(DeferredBound.snapshot().queued - before, 2)
+            XCTAssertEqual(tlb.stats.tablesQueued, 1000)
+            try RCU.barrier()
+            XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue })
+            mm.exit()
+        }
+    }
+
+    func testNoTableIsFreedBeforeTheFlush() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let tables = try makeTables(600, mm: mm)
+            let generations = tables.map(\.generation)
+            let tlb = MMUGather(mm: mm)
+            for (i, t) in tables.enumerated() { tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21) }
+            // The first batch filled at 509 and went out, after a flush.
+            XCTAssertEqual(tlb.stats.tlbFlushes, 1)
+            XCTAssertEqual(tlb.stats.rcuCallbacks, 1)
+            // The other 91 wait in the open batch: not even queued to RCU.
+            XCTAssertTrue(tables[509...].allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+            XCTAssertEqual(zip(tables, generations).filter { $0.0.generation != $0.1 }.count, 0,
+                           "nothing freed before the grace period")
+            tlb.finish()
+            XCTAssertEqual(tlb.stats.freedBeforeFlush, 0)
+            XCTAssertEqual(tlb.stats.tlbFlushes, 2)
+            try RCU.barrier()
+            XCTAssertTrue(zip(tables, generations).allSatisfy { $0.0.generation == $0.1 + 1 })
+            mm.exit()
+        }
+    }
+
+    /// The checker itself: with the flush left out it must complain.
+    func testMissingFlushIsCounted() throws {
+        var profile = MMProfile()
+        profile.tableFree = .noFlush
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            let tables = try makeTables(10, mm: mm)
+            let tlb = MMUGather(mm: mm)
+            for (i, t) in tables.enumerated() { tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21) }
+            tlb.finish()
+            XCTAssertEqual(tlb.stats.freedBeforeFlush, 10)
+            XCTAssertEqual(tlb.stats.tlbFlushes, 0)
+            mm.exit()
+        }
+    }
+
+    func testImmediateFreesAtUnlink() throws {
+        var profile = MMProfile()
+        profile.tableFree = .immediate
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            let tables = try makeTables(3, mm: mm)
+            let tlb = MMUGather(mm: mm)
+            tlb.freeTable(tables[0], level: .pte, address: tib)
+            XCTAssertEqual(tables[0].state, PTLAB_PAGE_FREE.rawValue, "freed before any flush")
+            for t in tables[1...] { tlb.freeTable(t, level: .pte, address: tib) }
+            tlb.finish()
+            XCTAssertEqual(tlb.stats.freedBeforeFlush, 3)
+            mm.exit()
+        }
+    }
+
+    func testBatchFailureTakesEachFallback() throws {
+        for fallback in MMProfile.BatchFallback.allCases {
+            var profile = MMProfile()
+            profile.failBatchAllocation = true
+            profile.batchFallback = fallback
+            try withLab { allocator in
+                let mm = try MM(allocator: allocator, profile: profile)
+                let tables = try makeTables(5, mm: mm)
+                let syncsBefore = mm.tlb.syncIPIs.load(ordering: .relaxed)
+                let tlb = MMUGather(mm: mm)
+                for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
+                XCTAssertEqual(tlb.stats.batchFallbacks, 5, "\(fallback)")
+                switch fallback {
+                case .rcuOne:
+                    XCTAssertEqual(tlb.stats.rcuCallbacks, 5, "one call_rcu per table on its own head")
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+                case .ipiSync:
+                    XCTAssertEqual(mm.tlb.syncIPIs.load(ordering: .relaxed) - syncsBefore, 5)
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed at once after the IPI")
+                case .synchronize:
+                    XCTAssertEqual(tlb.stats.rcuCallbacks, 0)
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed after synchronize_rcu")
+                }
+                tlb.finish()
+                XCTAssertEqual(tlb.stats.freedBeforeFlush, 0, "\(fallback): flushed before the fallback")
+                mm.exit()
+            }
+        }
+    }
+
+    func testNestedGatherForcesFullFlush() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 4 * mib)
+            try mm.touch(address: tib, length: 4 * mib)
+            let outer = MMUGather(mm: mm)
+            let inner = MMUGather(mm: mm)
+            inner.finish()
+            XCTAssertEqual(inner.stats.nestedFlushes, 1, "another gather was in flight")
+            XCTAssertEqual(inner.stats.tlbFlushes, 1, "nested: flush everything even with nothing gathered")
+            XCTAssertTrue(inner.fullmm)
+            outer.finish()
+            XCTAssertEqual(outer.stats.nestedFlushes, 0)
+            XCTAssertEqual(outer.stats.tlbFlushes, 0, "alone and empty: nothing to flush")
+            mm.exit()
+        }
+    }
+
+    /// More pages than 19 batches hold: the zap must flush on the way.
+    func testFullPageBatchesForceFlush() throws {
+        try withLab(budgetPages: 32_768) { allocator in
+            let mm = try MM(allocator: allocator)
+            let pages: UInt64 = 12_000
+            try mm.mmap(address: tib, length: pages * 4096)
+            try mm.touch(address: tib, length: pages * 4096)
+            try mm.munmap(address: tib, length: pages * 4096)
+            let capacity = 7 + PageBatches.maxGatherBatchCount * (PageBatches.maxGatherBatch - 1)
+            XCTAssertEqual(PageBatches.maxGatherBatch, 510)
+            XCTAssertEqual(PageBatches.maxGatherBatchCount, 19)
+            XCTAssertEqual(TableBatch.maxTableBatch, 509)
+            XCTAssertGreaterThan(Int(pages), capacity)
+            XCTAssertEqual(mm.lastGather.pagesFreed, Int(pages))
+            XCTAssertGreaterThanOrEqual(mm.lastGather.tlbFlushes, 2, "one forced flush mid-zap, one at the end")
+            mm.exit()
+        }
+    }
+}
