@@ -1,0 +1,66 @@
+import CSupport
+import Synchronization
+import XCTest
+@testable import PageTableLab
+
+final class PteFreeDeferTests: XCTestCase {
+    /// A reader inside a read section holds the table: pte_free_defer's
+    /// callback must wait for it, then free the table with its ptlock.
+    func testTableOutlivesReaderThenDiesWithItsLock() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let (_, _, table) = try XCTUnwrap(mm.findPTETable(tib))
+            let gen = table.generation
+            let inside = DispatchSemaphore(value: 0)
+            let leave = DispatchSemaphore(value: 0)
+            let reader = RCUThread {
+                RCU.read {
+                    inside.signal()
+                    leave.wait()
+                }
+            }
+            inside.wait()
+            XCTAssertTrue(try mm.collapse(at: tib))
+            // A grace period cannot end while the reader is inside: the
+            // callback has not run, however long we look.
+            XCTAssertEqual(table.state, PTLAB_PAGE_DEFERRED.rawValue)
+            XCTAssertEqual(table.generation, gen)
+            XCTAssertEqual(ptlab_ptl_alive(table.desc), 1, "6.14+: the ptlock lives until the free")
+            XCTAssertEqual(mm.vmPTEKilobytes, 8, "mm_dec_nr_ptes at unlink")
+            leave.signal()
+            reader.join()
+            try RCU.barrier()
+            XCTAssertEqual(table.state, PTLAB_PAGE_FREE.rawValue)
+            XCTAssertEqual(table.generation, gen + 1)
+            XCTAssertEqual(ptlab_ptl_alive(table.desc), 0)
+            mm.exit()
+        }
+    }
+
+    func testDoubleDeferIsAnError() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let table = try PageTables.alloc(.pte, base: tib, mm: mm, node: .local, allocator: allocator)
+            try mm.pteFreeDefer(table)
+            XCTAssertThrowsError(try mm.pteFreeDefer(table)) {
+                XCTAssertEqual($0 as? RCUError, .alreadyQueued(operation: "pte_free_defer"))
+            }
+            mm.exit()
+        }
+    }
+
+    func testDeferAllocatesNothing() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let tables = try (0..<64).map { _ in try PageTables.alloc(.pte, base: tib, mm: mm, node: .local, allocator: allocator) }
+            let before = allocator.totalAllocatedPages
+            for t in tables { try mm.pteFreeDefer(t) }
+            XCTAssertEqual(allocator.totalAllocatedPages, before, "no page taken to queue a free")
+            try RCU.barrier()
+            XCTAssertEqual(allocator.totalAllocatedPages, before - 64)
+            mm.exit()
+        }
+    }
+}
