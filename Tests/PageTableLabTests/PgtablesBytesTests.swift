@@ -32,3 +32,26 @@ final class PgtablesBytesTests: XCTestCase {
         }
     }
 }
+
+final class FiveLevelPagingTests: XCTestCase {
+    /// LA57: a real P4D level, which pgtables_bytes does not count.
+    func testP4DTablesAreNotCounted() throws {
+        var profile = MMProfile()
+        profile.fiveLevel = true
+        try withLab(profile: profile) { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            XCTAssertEqual(mm.levels, [.pgd, .p4d, .pud, .pmd, .pte])
+            XCTAssertEqual(mm.taskSize, 1 << 56)
+            let high: UInt64 = 1 << 50
+            try mm.mmap(address: high, length: gib)
+            try mm.touch(address: high, length: gib, stride: 2 * mib)
+            XCTAssertEqual(mm.vmPTEKilobytes, 2056, "512 PTE + 1 PMD + 1 PUD; the P4D table is not counted")
+            let tablesBefore = PageTables.stats.freed.load(ordering: .relaxed)
+            try mm.munmap(address: high, length: gib)
+            XCTAssertEqual(mm.vmPTEKilobytes, 0)
+            try RCU.barrier()
+            XCTAssertEqual(PageTables.stats.freed.load(ordering: .relaxed) - tablesBefore, 515, "P4D table freed too")
+            mm.exit()
+        }
+    }
+}

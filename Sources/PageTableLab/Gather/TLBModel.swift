@@ -51,6 +51,11 @@ public final class TLBModel: Sendable {
         let target = generation.add(1, ordering: .sequentiallyConsistent).newValue
         let waitFor = cpus.withLock { $0 }
         for cpu in waitFor {
+            // The sender's own CPU flushes locally, as flush_tlb_mm_range does.
+            if cpu.isCurrentThread {
+                cpu.handleInterrupts()
+                continue
+            }
             while cpu.acked.load(ordering: .acquiring) < target && cpu.online.load(ordering: .acquiring) {
                 sched_yield()
             }
@@ -70,11 +75,17 @@ public final class CPU: @unchecked Sendable {
     /// the table's generation when cached), direct-mapped.
     var psc = PagingStructureCache()
 
+    /// The thread this CPU is, for telling a local flush from a remote one.
+    private let owner = pthread_self()
+
+    /// Bring a CPU up on the calling thread, running `tlb`'s mm.
     public init(id: Int, tlb: TLBModel) {
         self.id = id
         self.tlb = tlb
         tlb.attach(self)
     }
+
+    var isCurrentThread: Bool { pthread_equal(owner, pthread_self()) != 0 }
 
     /// Take pending "IPIs": drop the caches and acknowledge. Called between
     /// walks and while spinning on a lock, where the kernel has IRQs on.
