@@ -13,13 +13,14 @@ struct CompareCommand: ParsableCommand {
         discussion: """
             A trace is one op per line; # starts a comment; numbers are decimal or 0x hex \
             with an optional binary K, M or G suffix:
-              mmap ADDR LEN            anonymous private read-write mapping exactly at ADDR
-              touch ADDR LEN STRIDE    write one byte at ADDR, ADDR+STRIDE, ... below ADDR+LEN
-              dontneed ADDR LEN        madvise(MADV_DONTNEED)
+              mmap ADDR LEN           anonymous private read-write mapping at ADDR
+              touch ADDR LEN STRIDE   write a byte at ADDR, ADDR+STRIDE, ... < ADDR+LEN
+              dontneed ADDR LEN       madvise(MADV_DONTNEED)
               munmap ADDR LEN
               expect [KB] [PROFILE=KB]
-                                       compare VmPTE growth since the trace began; KB (an \
-            extension) is the growth the author measured, PROFILE=KB one for a profile only
+                                      compare VmPTE growth since the trace began;
+                                      KB (an extension): the growth expected,
+                                      PROFILE=KB: the growth for one profile
 
             Addresses and lengths are 4 KiB multiples, at or above 4 GiB and inside 47-bit \
             user space; touch and dontneed must stay inside memory the trace mapped. The \
@@ -78,7 +79,7 @@ struct CompareCommand: ParsableCommand {
             throw ExitCode(2)
         }
         if !modelOnly && profile != running {
-            warn("note: the kernel expectations use profile \(profile.rawValue), but this kernel behaves as \(running.rawValue)")
+            warn("note: --profile \(profile.rawValue) is not this kernel's (\(running.rawValue)): expect kernel mismatches after DONTNEED")
         }
 
         let runner = CompareRunner(targets: targets, profile: profile)
