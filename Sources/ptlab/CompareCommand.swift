@@ -113,9 +113,8 @@ struct CompareTable {
                 rows.append(["\(trace.file):\(checkpoint.line)", cell(checkpoint.modelKB), cell(checkpoint.kernelKB),
                              cell(checkpoint.expectedKB), checkpoint.match ? "ok" : "MISMATCH"])
             }
-            if let cleanup = trace.afterCleanup, cleanup.modelKB != nil, cleanup.kernelKB != nil,
-               cleanup.modelKB != cleanup.kernelKB {
-                rows.append(["\(trace.file): after cleanup", cell(cleanup.modelKB), cell(cleanup.kernelKB), "", "MISMATCH"])
+            if let cleanup = trace.afterCleanup, (cleanup.modelKB ?? 0) != 0 || (cleanup.kernelKB ?? 0) != 0 {
+                rows.append(["\(trace.file): after cleanup", cell(cleanup.modelKB), cell(cleanup.kernelKB), "0", "MISMATCH"])
             }
             if let error = trace.error { notes.append("error: \(error)") }
         }

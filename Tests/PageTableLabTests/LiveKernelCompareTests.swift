@@ -127,6 +127,29 @@ final class LiveKernelCompareTests: XCTestCase {
         }
     }
 
+    /// Model and kernel side by side: checkpoints carry both values in
+    /// target order, leftovers are unmapped on both, and a model that does
+    /// not return to zero after cleanup fails the trace although every
+    /// checkpoint matched.
+    func testTwoSidedRunCleansUpBothAndCatchesALeakingModel() throws {
+        let model = LeakingModel()
+        let trace = try TraceParser.parse("mmap 0x10000000000 4M\ntouch 0x10000000000 4K 4K\nexpect 12\nmunmap 0x10000100000 4K\nexpect", file: "two.trace")
+        let run = CompareRunner(targets: [model, try LiveKernel()], profile: .runningKernel()).run(trace)
+        XCTAssertNil(run.error)
+        XCTAssertEqual(run.targetNames, ["model", "kernel"])
+        XCTAssertEqual(run.checkpoints.map(\.kilobytes), [[12, 12], [12, 12]])
+        XCTAssertTrue(run.checkpoints.allSatisfy(\.matches))
+        XCTAssertEqual(model.unmapped, [0x100_0010_0000..<0x100_0010_1000, 0x100_0000_0000..<0x100_0010_0000, 0x100_0010_1000..<0x100_0040_0000])
+        XCTAssertEqual(run.afterCleanup, [12, 0])
+        XCTAssertFalse(run.matches)
+        XCTAssertFalse(try mapped(0x100_0000_0000..<0x100_0040_0000))
+
+        let report = CompareReport(profile: .ptReclaim, runs: [run])
+        XCTAssertEqual(report.traces[0].checkpoints.map { [$0.modelKB, $0.kernelKB] }, [[12, 12], [12, 12]])
+        XCTAssertEqual(report.traces[0].afterCleanup, TraceReport.Sides(modelKB: 12, kernelKB: 0))
+        XCTAssertFalse(report.matches)
+    }
+
     /// `--json` keys: a side that did not run is null, not missing.
     func testJSONReportKeepsTheKeys() throws {
         let run = try kernelRun("mmap 0x10000000000 4K\ntouch 0x10000000000 4K 4K\nexpect 12")
@@ -142,6 +165,14 @@ final class LiveKernelCompareTests: XCTestCase {
         XCTAssertEqual(checkpoint["expected_kb"] as? Int, 12)
     }
 
+    /// The bound of the noise check: the tables whose spans meet a range.
+    func testTableBoundOfARange() {
+        XCTAssertEqual(LiveKernel.tableKilobytes(0x100_0000_0000..<0x100_4000_0000), 2056)
+        XCTAssertEqual(LiveKernel.tableKilobytes(0x100_0000_0000..<0x100_0000_1000), 12)
+        XCTAssertEqual(LiveKernel.tableKilobytes(0x17f_ffe0_0000..<0x180_0020_0000), 24)
+        XCTAssertEqual(LiveKernel.tableKilobytes(0x100_001f_f000..<0x100_0020_1000, levels: [.pte]), 8)
+    }
+
     func testVmPTEParsing() throws {
         func parse(_ text: String) throws -> Int {
             try Array(text.utf8).withUnsafeBytes { try VmPTEReader.parse($0) }
@@ -153,4 +184,18 @@ final class LiveKernelCompareTests: XCTestCase {
         XCTAssertThrowsError(try parse(""))
         XCTAssertGreaterThan(try VmPTEReader().kilobytes(), 0)
     }
+}
+
+/// A model side that allocates 12 kB on a write and never frees: enough to
+/// see the runner compare, clean up and judge.
+private final class LeakingModel: TraceTarget {
+    let name = "model"
+    private var kilobytes = 0
+    private(set) var unmapped: [Range<UInt64>] = []
+
+    func mmap(address: UInt64, length: UInt64) throws {}
+    func touch(address: UInt64, length: UInt64, stride: UInt64) throws { kilobytes = 12 }
+    func madviseDontneed(address: UInt64, length: UInt64) throws {}
+    func munmap(address: UInt64, length: UInt64) throws { unmapped.append(address..<address + length) }
+    func vmPTEKilobytes() throws -> Int { kilobytes }
 }

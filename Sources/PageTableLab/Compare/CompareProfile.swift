@@ -25,8 +25,8 @@ public enum CompareProfile: String, CaseIterable, Sendable, Codable {
     public static func kernelHasPTReclaim() -> Bool? {
         guard FileManager.default.isReadableFile(atPath: "/proc/config.gz") else { return nil }
         let zcat = Process()
-        zcat.executableURL = URL(fileURLWithPath: "/bin/sh")
-        zcat.arguments = ["-c", "exec zcat /proc/config.gz"]
+        zcat.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        zcat.arguments = ["zcat", "/proc/config.gz"]
         let pipe = Pipe()
         zcat.standardOutput = pipe
         zcat.standardError = FileHandle.nullDevice

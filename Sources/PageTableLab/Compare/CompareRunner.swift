@@ -103,9 +103,10 @@ public struct TraceRun: Sendable {
     /// The targets' names, in the order of every `kilobytes` array here.
     public let targetNames: [String]
     public internal(set) var checkpoints: [TraceCheckpoint] = []
-    /// Growth of each target once the runner unmapped the trace's leftovers:
-    /// 0 for the kernel (its regions hold nothing else), and a model that
-    /// differs leaked or lost a table. Empty when the trace never started.
+    /// Growth of each target once the runner unmapped the trace's leftovers.
+    /// It must be 0: the trace's regions held nothing before it ran, so the
+    /// kernel frees every table there, and a model that does not leaked or
+    /// lost one. Empty when the trace never started.
     public internal(set) var afterCleanup: [Int] = []
     /// Why the trace stopped, if it did.
     public internal(set) var error: TraceError?
@@ -115,10 +116,10 @@ public struct TraceRun: Sendable {
         self.targetNames = targetNames
     }
 
-    /// It ran to the end, every checkpoint matches, and the targets agree
-    /// after cleanup.
+    /// It ran to the end, every checkpoint matches, and every target is back
+    /// to no growth after cleanup.
     public var matches: Bool {
-        error == nil && checkpoints.allSatisfy(\.matches) && Set(afterCleanup).count <= 1
+        error == nil && checkpoints.allSatisfy(\.matches) && afterCleanup.allSatisfy { $0 == 0 }
     }
 
     /// A target's value in one of this run's `kilobytes` arrays, by name.
