@@ -1,0 +1,142 @@
+/// Steps a trace on one or more targets side by side, op by op, and records
+/// at every `expect` how far each target's VmPTE has grown since the trace
+/// began.
+///
+/// Growth is the sum of what each op changed — VmPTE read just before and
+/// just after the op — rather than "now minus baseline". The live kernel's
+/// VmPTE belongs to the whole process: if the runtime, the model or another
+/// thread grows a page table of its own between two ops (a new malloc arena,
+/// a heap page in a fresh 2 MiB span), now-minus-baseline would charge it to
+/// the trace. Bracketing each op leaves only the op's own syscall inside the
+/// window, and the readings there allocate nothing (`VmPTEReader`). For the
+/// model the two ways agree exactly.
+public struct CompareRunner {
+    public let targets: [any TraceTarget]
+    /// Selects the profile's value of `expect KB [PROFILE=KB]`.
+    public let profile: CompareProfile
+
+    public init(targets: [any TraceTarget], profile: CompareProfile) {
+        self.targets = targets
+        self.profile = profile
+    }
+
+    /// Runs the whole trace, then unmaps on each target what the trace left
+    /// mapped, so the next trace starts from empty regions. A failing op
+    /// stops the trace on every target (and is cleaned up the same way); it
+    /// is reported in the result, never thrown.
+    public func run(_ trace: Trace) -> TraceRun {
+        var run = TraceRun(file: trace.file, targetNames: targets.map(\.name))
+        do {
+            for case let target as any TracePreflight in targets {
+                try target.preflight(trace)
+            }
+        } catch {
+            run.error = error
+            return run
+        }
+        var sides = targets.map { Side(target: $0) }
+        do {
+            for step in trace.steps {
+                if case .expect(let expectation) = step.op {
+                    run.checkpoints.append(TraceCheckpoint(
+                        line: step.line, kilobytes: sides.map(\.growth), expected: expectation.kilobytes(for: profile)))
+                    continue
+                }
+                for i in sides.indices {
+                    try sides[i].perform(step, file: trace.file)
+                }
+            }
+        } catch {
+            run.error = error
+        }
+        for i in sides.indices {
+            if let error = sides[i].unmapLeftovers(file: trace.file), run.error == nil { run.error = error }
+        }
+        run.afterCleanup = sides.map(\.growth)
+        return run
+    }
+}
+
+/// One target's progress through a trace.
+private struct Side {
+    let target: any TraceTarget
+    var growth = 0
+    var mappings = TraceMappings()
+
+    init(target: any TraceTarget) { self.target = target }
+
+    mutating func perform(_ step: TraceStep, file: String) throws(TraceError) {
+        do {
+            let before = try target.vmPTEKilobytes()
+            switch step.op {
+            case .mmap(let a, let l): try target.mmap(address: a, length: l)
+            case .touch(let a, let l, let s): try target.touch(address: a, length: l, stride: s)
+            case .dontneed(let a, let l): try target.madviseDontneed(address: a, length: l)
+            case .munmap(let a, let l): try target.munmap(address: a, length: l)
+            case .expect: return
+            }
+            mappings.apply(step)
+            growth += try target.vmPTEKilobytes() - before
+        } catch {
+            throw TraceError(file: file, line: step.line, message: "\(target.name): \(error)")
+        }
+    }
+
+    /// Unmaps what the trace left mapped; the first failure, if any, is
+    /// pinned to the line that mapped the piece.
+    mutating func unmapLeftovers(file: String) -> TraceError? {
+        var failure: TraceError?
+        for piece in mappings.pieces {
+            do {
+                try perform(TraceStep(line: piece.line, op: .munmap(address: piece.range.lowerBound, length: UInt64(piece.range.count))), file: file)
+            } catch {
+                failure = failure ?? TraceError(file: file, line: piece.line, message: "cleanup: \(error.message)")
+            }
+        }
+        return failure
+    }
+}
+
+/// One trace's outcome on all targets.
+public struct TraceRun: Sendable {
+    public let file: String
+    /// The targets' names, in the order of every `kilobytes` array here.
+    public let targetNames: [String]
+    public internal(set) var checkpoints: [TraceCheckpoint] = []
+    /// Growth of each target once the runner unmapped the trace's leftovers.
+    /// It must be 0: the trace's regions held nothing before it ran, so the
+    /// kernel frees every table there, and a model that does not leaked or
+    /// lost one. Empty when the trace never started.
+    public internal(set) var afterCleanup: [Int] = []
+    /// Why the trace stopped, if it did.
+    public internal(set) var error: TraceError?
+
+    init(file: String, targetNames: [String]) {
+        self.file = file
+        self.targetNames = targetNames
+    }
+
+    /// It ran to the end, every checkpoint matches, and every target is back
+    /// to no growth after cleanup.
+    public var matches: Bool {
+        error == nil && checkpoints.allSatisfy(\.matches) && afterCleanup.allSatisfy { $0 == 0 }
+    }
+
+    /// A target's value in one of this run's `kilobytes` arrays, by name.
+    public func value(_ values: [Int], of target: String) -> Int? {
+        targetNames.firstIndex(of: target).flatMap { values.indices.contains($0) ? values[$0] : nil }
+    }
+}
+
+public struct TraceCheckpoint: Equatable, Sendable {
+    public let line: Int
+    /// VmPTE growth in kB per target, in the run's target order.
+    public let kilobytes: [Int]
+    /// The trace's stated value for the run's profile, if any.
+    public let expected: Int?
+
+    /// All targets agree, and with the stated value when there is one.
+    public var matches: Bool {
+        Set(kilobytes).count <= 1 && expected.map { e in kilobytes.allSatisfy { $0 == e } } ?? true
+    }
+}

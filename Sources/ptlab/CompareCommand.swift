@@ -1,0 +1,136 @@
+import ArgumentParser
+import Foundation
+import PageTableLab
+
+/// `ptlab compare`: replays mapping traces on the mm model and on the kernel
+/// this process runs on, and shows VmPTE growth side by side at every
+/// `expect`, so a kernel engineer can see the model allocate and free page
+/// tables exactly as Linux does — or see where it does not.
+struct CompareCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "compare",
+        abstract: "Run mapping traces on the model and on this machine's kernel; compare VmPTE growth.",
+        discussion: """
+            A trace is one op per line; # starts a comment; numbers are decimal or 0x hex \
+            with an optional binary K, M or G suffix:
+              mmap ADDR LEN           anonymous private read-write mapping at ADDR
+              touch ADDR LEN STRIDE   write a byte at ADDR, ADDR+STRIDE, ... < ADDR+LEN
+              dontneed ADDR LEN       madvise(MADV_DONTNEED)
+              munmap ADDR LEN
+              expect [KB] [PROFILE=KB]
+                                      compare VmPTE growth since the trace began;
+                                      KB (an extension): the growth expected,
+                                      PROFILE=KB: the growth for one profile
+
+            Addresses and lengths are 4 KiB multiples, at or above 4 GiB and inside 47-bit \
+            user space; touch and dontneed must stay inside memory the trace mapped. The \
+            kernel side runs in this process (MAP_FIXED_NOREPLACE, MADV_NOHUGEPAGE) and \
+            refuses a trace that uses a 512 GiB region already holding other mappings of \
+            the process. What a trace leaves mapped is unmapped when it ends.
+
+            Exit status: 0 when every checkpoint of every trace matches (model and kernel \
+            agree, and equal KB where given; with --model-only or --kernel-only, when every \
+            trace ran and met its KB values); 1 otherwise; 2 when a trace is invalid or a \
+            side cannot be built, before anything runs.
+
+            Example:
+              ptlab compare Tests/PageTableLabTests/Traces/*.trace
+            """)
+
+    @Flag(help: "Run the model only.")
+    var modelOnly = false
+
+    @Flag(help: "Run the live kernel only (to measure the values for a new trace's expect lines).")
+    var kernelOnly = false
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    @Option(help: "Kernel behaviour the model follows: 6.14+ (PT_RECLAIM) or pre-6.14. Default: the running kernel's.")
+    var profile: CompareProfile?
+
+    @Argument(help: "Trace files.")
+    var traces: [String]
+
+    func validate() throws {
+        if modelOnly && kernelOnly { throw ValidationError("--model-only and --kernel-only exclude each other") }
+        if traces.isEmpty { throw ValidationError("name at least one trace file") }
+    }
+
+    func run() throws {
+        let running = CompareProfile.runningKernel()
+        let profile = self.profile ?? running
+        var parsed: [Trace] = []
+        var invalid = false
+        for path in traces {
+            do { parsed.append(try TraceParser.parse(contentsOf: path)) } catch {
+                warn("\(error)")
+                invalid = true
+            }
+        }
+        if invalid { throw ExitCode(2) }
+
+        var targets: [any TraceTarget] = []
+        do {
+            if !kernelOnly { targets.append(try CompareTargets.makeModel(profile)) }
+            if !modelOnly { targets.append(try CompareTargets.makeKernel()) }
+        } catch {
+            warn("\(error)")
+            throw ExitCode(2)
+        }
+        if !modelOnly && profile != running {
+            warn("note: --profile \(profile.rawValue) is not this kernel's (\(running.rawValue)): expect kernel mismatches after DONTNEED")
+        }
+
+        let runner = CompareRunner(targets: targets, profile: profile)
+        let report = CompareReport(profile: profile, runs: parsed.map(runner.run))
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(CompareTable(report: report).text)
+        }
+        if !report.matches { throw ExitCode(1) }
+    }
+
+    private func warn(_ message: String) {
+        FileHandle.standardError.write(Data("ptlab: \(message)\n".utf8))
+    }
+}
+
+extension CompareProfile: ExpressibleByArgument {}
+
+/// The side-by-side text form of a report: one row per checkpoint.
+struct CompareTable {
+    let report: CompareReport
+
+    var text: String {
+        var rows: [[String]] = [["checkpoint", "model kB", "kernel kB", "expect kB", ""]]
+        var notes: [String] = []
+        for trace in report.traces {
+            for checkpoint in trace.checkpoints {
+                rows.append(["\(trace.file):\(checkpoint.line)", cell(checkpoint.modelKB), cell(checkpoint.kernelKB),
+                             cell(checkpoint.expectedKB), checkpoint.match ? "ok" : "MISMATCH"])
+            }
+            if let cleanup = trace.afterCleanup, (cleanup.modelKB ?? 0) != 0 || (cleanup.kernelKB ?? 0) != 0 {
+                rows.append(["\(trace.file): after cleanup", cell(cleanup.modelKB), cell(cleanup.kernelKB), "0", "MISMATCH"])
+            }
+            if let error = trace.error { notes.append("error: \(error)") }
+        }
+        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max()! }
+        var lines = rows.map { row in
+            row.indices.map { column in
+                column == 0 || column == row.count - 1
+                    ? row[column].padding(toLength: widths[column], withPad: " ", startingAt: 0)
+                    : String(repeating: " ", count: widths[column] - row[column].count) + row[column]
+            }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }
+        lines += notes
+        let matched = report.traces.filter(\.match).count
+        lines.append("profile \(report.profile): \(matched) of \(report.traces.count) traces match")
+        return lines.joined(separator: "\n")
+    }
+
+    private func cell(_ value: Int?) -> String { value.map(String.init) ?? "-" }
+}

@@ -1,0 +1,201 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import XCTest
+@testable import PageTableLab
+
+/// The comparison's kernel side, against the kernel this test runs on: the
+/// shipped traces' stated values must be what this kernel really does.
+final class LiveKernelCompareTests: XCTestCase {
+    override func setUpWithError() throws {
+        if let reason = LiveKernel.unavailableReason {
+            throw XCTSkip("no live kernel to compare with: \(reason)")
+        }
+    }
+
+    private func kernelRun(_ text: String, targets: Int = 1) throws -> TraceRun {
+        let trace = try TraceParser.parse(text, file: "live.trace")
+        let kernels: [any TraceTarget] = try (0..<targets).map { _ in try LiveKernel() }
+        return CompareRunner(targets: kernels, profile: .runningKernel()).run(trace)
+    }
+
+    /// Whether /proc/self/maps shows anything in `range`.
+    private func mapped(_ range: Range<UInt64>) throws -> Bool {
+        try ProcessMaps.current().mappings.contains { $0.range.overlaps(range) }
+    }
+
+    func testShippedTracesMatchThisKernel() throws {
+        let profile = CompareProfile.runningKernel()
+        for url in try TraceParserTests.shippedTraces() {
+            let trace = try TraceParser.parse(contentsOf: url.path)
+            let run = CompareRunner(targets: [try LiveKernel()], profile: profile).run(trace)
+            let name = url.lastPathComponent
+            XCTAssertNil(run.error, "\(run.error!)")
+            XCTAssertEqual(run.checkpoints.count, trace.checkpoints.count, name)
+            for checkpoint in run.checkpoints {
+                XCTAssertNotNil(checkpoint.expected, "\(name):\(checkpoint.line) states no value")
+                XCTAssertEqual(checkpoint.kilobytes, [checkpoint.expected ?? -1], "\(name):\(checkpoint.line)")
+            }
+            XCTAssertEqual(run.afterCleanup, [0], "\(name): tables left after cleanup")
+            XCTAssertTrue(run.matches, name)
+        }
+    }
+
+    /// KERNEL-NOTES §4, stated here rather than read from a trace file, so
+    /// that a wrong file and a wrong runner cannot agree by accident.
+    func testKernelNotesExample() throws {
+        let run = try kernelRun("""
+            mmap 0x10000000000 1G
+            touch 0x10000000000 1G 2M
+            expect
+            dontneed 0x10000000000 512M
+            expect
+            munmap 0x10030000000 4K
+            expect
+            munmap 0x10000000000 1G
+            expect
+            """)
+        XCTAssertNil(run.error)
+        let reclaim = CompareProfile.runningKernel() == .ptReclaim
+        XCTAssertEqual(run.checkpoints.map(\.kilobytes), [[2056], [reclaim ? 1032 : 2056], [reclaim ? 1032 : 2056], [0]])
+        XCTAssertEqual(run.checkpoints.map(\.line), [3, 5, 7, 9])
+    }
+
+    /// The default profile must describe what this kernel does on DONTNEED.
+    func testDetectedProfileMatchesTheKernelsBehaviour() throws {
+        guard let hasPTReclaim = CompareProfile.kernelHasPTReclaim() else {
+            throw XCTSkip("/proc/config.gz is unreadable: the profile cannot be detected here")
+        }
+        let run = try kernelRun("mmap 0x10000000000 2M\ntouch 0x10000000000 2M 4K\ndontneed 0x10000000000 2M\nexpect")
+        XCTAssertNil(run.error)
+        XCTAssertEqual(run.checkpoints.first?.kilobytes, [hasPTReclaim ? 8 : 12])
+        XCTAssertEqual(CompareProfile.runningKernel(), hasPTReclaim ? .ptReclaim : .prePTReclaim)
+    }
+
+    func testAStatedValueTheKernelMissesIsAMismatch() throws {
+        let run = try kernelRun("mmap 0x10000000000 2M\ntouch 0x10000000000 4K 4K\nexpect 16\nexpect 12")
+        XCTAssertNil(run.error)
+        XCTAssertEqual(run.checkpoints.map(\.matches), [false, true])
+        XCTAssertFalse(run.matches)
+    }
+
+    func testLeftoverMappingsAreUnmapped() throws {
+        let region = UInt64(0x100_0000_0000)..<0x180_0000_0000
+        let run = try kernelRun("mmap 0x10000000000 4M\nmmap 0x10040000000 4K\ntouch 0x10000000000 4M 4K\ntouch 0x10040000000 4K 1\nmunmap 0x10000100000 4K\nexpect 24")
+        XCTAssertTrue(run.matches, "\(run.checkpoints) \(String(describing: run.error))")
+        XCTAssertEqual(run.afterCleanup, [0])
+        XCTAssertFalse(try mapped(region))
+    }
+
+    /// A mapping of the process in the trace's 512 GiB region stops the trace
+    /// before any op runs, naming the op's line.
+    func testForeignMappingInTheRegionIsRefusedBeforeAnythingRuns() throws {
+        let foreign = UInt64(0x300_0000_0000)
+        let page = Glibc.mmap(UnsafeMutableRawPointer(bitPattern: UInt(foreign)), 4096, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | LiveKernel.mapFixedNoreplace, -1, 0)
+        XCTAssertEqual(page, UnsafeMutableRawPointer(bitPattern: UInt(foreign)))
+        defer { Glibc.munmap(page, 4096) }
+
+        let run = try kernelRun("mmap 0x10000000000 4K\ntouch 0x10000000000 4K 4K\nexpect\nmmap 0x37fc0000000 4K\nexpect")
+        let error = try XCTUnwrap(run.error)
+        XCTAssertEqual(error.line, 4)
+        XCTAssertTrue(error.message.contains("512 GiB region 0x30000000000-0x38000000000"), error.message)
+        XCTAssertTrue(error.message.contains("30000000000-30000001000"), error.message)
+        XCTAssertTrue(run.checkpoints.isEmpty)
+        XCTAssertFalse(try mapped(0x100_0000_0000..<0x100_0000_1000), "line 1 ran although line 4 was refused")
+    }
+
+    /// A MAP_FIXED_NOREPLACE collision names the address and line, stops the
+    /// trace, and what was mapped is cleaned up. Two kernel targets in one
+    /// run make the collision: the second maps over the first.
+    func testCollisionNamesTheAddressAndStopsTheTrace() throws {
+        let run = try kernelRun("mmap 0x10000000000 1M\ntouch 0x10000000000 1M 4K\nexpect", targets: 2)
+        let error = try XCTUnwrap(run.error)
+        XCTAssertEqual(error.line, 1)
+        XCTAssertTrue(error.message.contains("kernel: mmap at 0x10000000000"), error.message)
+        XCTAssertTrue(error.message.contains("EEXIST"), error.message)
+        XCTAssertTrue(run.checkpoints.isEmpty)
+        XCTAssertFalse(run.matches)
+        XCTAssertFalse(try mapped(0x100_0000_0000..<0x100_0010_0000))
+
+        let kernel = try LiveKernel()
+        try kernel.mmap(address: 0x100_0000_0000, length: 4096)
+        defer { try? kernel.munmap(address: 0x100_0000_0000, length: 4096) }
+        XCTAssertThrowsError(try kernel.mmap(address: 0x100_0000_0000, length: 8192)) { error in
+            XCTAssertEqual(error as? LiveKernelError, .collision(address: 0x100_0000_0000, length: 8192))
+        }
+    }
+
+    /// Model and kernel side by side: checkpoints carry both values in
+    /// target order, leftovers are unmapped on both, and a model that does
+    /// not return to zero after cleanup fails the trace although every
+    /// checkpoint matched.
+    func testTwoSidedRunCleansUpBothAndCatchesALeakingModel() throws {
+        let model = LeakingModel()
+        let trace = try TraceParser.parse("mmap 0x10000000000 4M\ntouch 0x10000000000 4K 4K\nexpect 12\nmunmap 0x10000100000 4K\nexpect", file: "two.trace")
+        let run = CompareRunner(targets: [model, try LiveKernel()], profile: .runningKernel()).run(trace)
+        XCTAssertNil(run.error)
+        XCTAssertEqual(run.targetNames, ["model", "kernel"])
+        XCTAssertEqual(run.checkpoints.map(\.kilobytes), [[12, 12], [12, 12]])
+        XCTAssertTrue(run.checkpoints.allSatisfy(\.matches))
+        XCTAssertEqual(model.unmapped, [0x100_0010_0000..<0x100_0010_1000, 0x100_0000_0000..<0x100_0010_0000, 0x100_0010_1000..<0x100_0040_0000])
+        XCTAssertEqual(run.afterCleanup, [12, 0])
+        XCTAssertFalse(run.matches)
+        XCTAssertFalse(try mapped(0x100_0000_0000..<0x100_0040_0000))
+
+        let report = CompareReport(profile: .ptReclaim, runs: [run])
+        XCTAssertEqual(report.traces[0].checkpoints.map { [$0.modelKB, $0.kernelKB] }, [[12, 12], [12, 12]])
+        XCTAssertEqual(report.traces[0].afterCleanup, TraceReport.Sides(modelKB: 12, kernelKB: 0))
+        XCTAssertFalse(report.matches)
+    }
+
+    /// `--json` keys: a side that did not run is null, not missing.
+    func testJSONReportKeepsTheKeys() throws {
+        let run = try kernelRun("mmap 0x10000000000 4K\ntouch 0x10000000000 4K 4K\nexpect 12")
+        let data = try JSONEncoder().encode(CompareReport(profile: .ptReclaim, runs: [run]))
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let trace = try XCTUnwrap((object["traces"] as? [[String: Any]])?.first)
+        XCTAssertEqual(trace["file"] as? String, "live.trace")
+        XCTAssertEqual(trace["match"] as? Bool, true)
+        let checkpoint = try XCTUnwrap((trace["checkpoints"] as? [[String: Any]])?.first)
+        XCTAssertEqual(checkpoint["line"] as? Int, 3)
+        XCTAssertEqual(checkpoint["kernel_kb"] as? Int, 12)
+        XCTAssertTrue(checkpoint["model_kb"] is NSNull)
+        XCTAssertEqual(checkpoint["expected_kb"] as? Int, 12)
+    }
+
+    /// The bound of the noise check: the tables whose spans meet a range.
+    func testTableBoundOfARange() {
+        XCTAssertEqual(LiveKernel.tableKilobytes(0x100_0000_0000..<0x100_4000_0000), 2056)
+        XCTAssertEqual(LiveKernel.tableKilobytes(0x100_0000_0000..<0x100_0000_1000), 12)
+        XCTAssertEqual(LiveKernel.tableKilobytes(0x17f_ffe0_0000..<0x180_0020_0000), 24)
+        XCTAssertEqual(LiveKernel.tableKilobytes(0x100_001f_f000..<0x100_0020_1000, levels: [.pte]), 8)
+    }
+
+    func testVmPTEParsing() throws {
+        func parse(_ text: String) throws -> Int {
+            try Array(text.utf8).withUnsafeBytes { try VmPTEReader.parse($0) }
+        }
+        XCTAssertEqual(try parse("Name:\tx\nVmLib:\t 1 kB\nVmPTE:\t      48 kB\nVmSwap:\t0 kB\n"), 48)
+        XCTAssertEqual(try parse("VmPTE:\t2056 kB"), 2056)
+        XCTAssertThrowsError(try parse("Name:\tVmPTE:\t4 kB\n"))
+        XCTAssertThrowsError(try parse("VmPTE:\t kB\n"))
+        XCTAssertThrowsError(try parse(""))
+        XCTAssertGreaterThan(try VmPTEReader().kilobytes(), 0)
+    }
+}
+
+/// A model side that allocates 12 kB on a write and never frees: enough to
+/// see the runner compare, clean up and judge.
+private final class LeakingModel: TraceTarget {
+    let name = "model"
+    private var kilobytes = 0
+    private(set) var unmapped: [Range<UInt64>] = []
+
+    func mmap(address: UInt64, length: UInt64) throws {}
+    func touch(address: UInt64, length: UInt64, stride: UInt64) throws { kilobytes = 12 }
+    func madviseDontneed(address: UInt64, length: UInt64) throws {}
+    func munmap(address: UInt64, length: UInt64) throws { unmapped.append(address..<address + length) }
+    func vmPTEKilobytes() throws -> Int { kilobytes }
+}

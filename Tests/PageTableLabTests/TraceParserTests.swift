@@ -1,0 +1,181 @@
+import XCTest
+@testable import PageTableLab
+
+final class TraceParserTests: XCTestCase {
+    private let base: UInt64 = 0x100_0000_0000
+
+    private func parse(_ text: String) throws(TraceError) -> Trace {
+        try TraceParser.parse(text, file: "t.trace")
+    }
+
+    /// Parses `text` expecting an error on `line` whose message contains `fragment`.
+    private func assertError(_ text: String, line: Int, _ fragment: String, file: StaticString = #filePath, at: UInt = #line) {
+        do {
+            _ = try parse(text)
+            XCTFail("parsed without error", file: file, line: at)
+        } catch {
+            XCTAssertEqual(error.file, "t.trace", file: file, line: at)
+            XCTAssertEqual(error.line, line, "\(error)", file: file, line: at)
+            XCTAssertTrue(error.message.contains(fragment), "\(error.message) lacks '\(fragment)'", file: file, line: at)
+        }
+    }
+
+    func testParsesEveryOpWithItsLineNumber() throws {
+        let trace = try parse("""
+            # header comment
+
+            mmap 0x10000000000 1G      # trailing comment
+            \ttouch 0x10000000000\t2M 4K
+            dontneed 0x10000000000 0x200000
+            expect
+            munmap 1024G 1073741824
+            """)
+        XCTAssertEqual(trace.file, "t.trace")
+        XCTAssertEqual(trace.steps, [
+            TraceStep(line: 3, op: .mmap(address: base, length: 1 << 30)),
+            TraceStep(line: 4, op: .touch(address: base, length: 2 << 20, stride: 4096)),
+            TraceStep(line: 5, op: .dontneed(address: base, length: 2 << 20)),
+            TraceStep(line: 6, op: .expect(TraceExpectation())),
+            TraceStep(line: 7, op: .munmap(address: base, length: 1 << 30)),
+        ])
+        XCTAssertEqual(trace.checkpoints.map(\.line), [6])
+    }
+
+    func testNumbersTakeDecimalHexAndBinarySuffixes() {
+        XCTAssertEqual(TraceParser.number("4096"), 4096)
+        XCTAssertEqual(TraceParser.number("0x1000"), 4096)
+        XCTAssertEqual(TraceParser.number("0X1f"), 31)
+        XCTAssertEqual(TraceParser.number("4K"), 4096)
+        XCTAssertEqual(TraceParser.number("2M"), 2 << 20)
+        XCTAssertEqual(TraceParser.number("0x10G"), 16 << 30)
+        XCTAssertEqual(TraceParser.number("1024G"), base)
+        for bad in ["", "K", "0x", "0xG", "-4096", "+4096", "4k", "4KB", "12Q", "0x1g", "1_000", "٣", "99999999999999999999",
+                    "0xFFFFFFFFFFFFFFFFK", "17179869184G"] {
+            XCTAssertNil(TraceParser.number(Substring(bad)), bad)
+        }
+    }
+
+    func testExpectTakesOptionalValues() throws {
+        let trace = try parse("expect\nexpect 2056\nexpect 8 pre-6.14=2056\nexpect 6.14+=4\n")
+        let values = trace.steps.map { step -> TraceExpectation in
+            guard case .expect(let e) = step.op else { fatalError() }
+            return e
+        }
+        XCTAssertEqual(values[0].kilobytes(for: .ptReclaim), nil)
+        XCTAssertEqual(values[1].kilobytes(for: .ptReclaim), 2056)
+        XCTAssertEqual(values[1].kilobytes(for: .prePTReclaim), 2056)
+        XCTAssertEqual(values[2].kilobytes(for: .ptReclaim), 8)
+        XCTAssertEqual(values[2].kilobytes(for: .prePTReclaim), 2056)
+        XCTAssertEqual(values[3].kilobytes(for: .ptReclaim), 4)
+        XCTAssertEqual(values[3].kilobytes(for: .prePTReclaim), nil)
+    }
+
+    func testSyntaxErrorsNameFileLineAndProblem() {
+        assertError("mmap 0x10000000000 4K\nmapp 0x10000000000 4K", line: 2, "unknown op 'mapp'")
+        assertError("\n\nmmap 0x10000000000 4Q", line: 3, "bad number '4Q' for LEN")
+        assertError("mmap 0x1000000000g 4K", line: 1, "bad number '0x1000000000g' for ADDR")
+        assertError("mmap 0x10000000000", line: 1, "mmap takes 2 arguments (ADDR LEN), got 1")
+        assertError("mmap 0x10000000000 4K 4K", line: 1, "mmap takes 2 arguments (ADDR LEN), got 3")
+        assertError("mmap 0x10000000000 4K\ntouch 0x10000000000 4K", line: 2, "touch takes 3 arguments (ADDR LEN STRIDE), got 2")
+        assertError("munmap", line: 1, "munmap takes 2 arguments")
+        assertError("dontneed 1", line: 1, "dontneed takes 2 arguments")
+        assertError("expect -4", line: 1, "bad kB value '-4'")
+        assertError("expect 0x10", line: 1, "bad kB value '0x10'")
+        assertError("expect 4 5", line: 1, "a second")
+        assertError("expect 6.13=4", line: 1, "unknown profile '6.13'")
+        assertError("expect pre-6.14=4 pre-6.14=8", line: 1, "twice")
+        assertError("expect pre-6.14=", line: 1, "bad kB value ''")
+    }
+
+    func testRangeErrors() {
+        assertError("mmap 0x10000000800 4K", line: 1, "ADDR 0x10000000800 is not 4 KiB aligned")
+        assertError("mmap 0x10000000000 6000", line: 1, "LEN 0x1770 is not a multiple of 4 KiB")
+        assertError("mmap 0x10000000000 0", line: 1, "LEN is zero")
+        assertError("munmap 0x10000000000 0", line: 1, "LEN is zero")
+        assertError("mmap 0xfffff000 4K", line: 1, "below 4 GiB")
+        assertError("mmap 0x7ffffffff000 4K", line: 1, "past the end of 47-bit user space")
+        assertError("munmap 0x7fffffff0000 1M", line: 1, "past the end of 47-bit user space")
+        assertError("munmap 0xfffffffffffff000 8K", line: 1, "past the end")
+        XCTAssertNoThrow(try parse("mmap 0x7fffffffe000 4K"))
+        XCTAssertNoThrow(try parse("mmap 0x100000000 4K"))
+    }
+
+    func testOpsOutsideTheTracesMappingsAreRefused() {
+        assertError("touch 0x10000000000 4K 1", line: 1, "reaches 0x10000000000, which the trace has not mapped")
+        assertError("mmap 0x10000000000 8K\ntouch 0x10000000000 12K 4K", line: 2, "reaches 0x10000002000")
+        assertError("mmap 0x10000000000 8K\nmunmap 0x10000001000 4K\ndontneed 0x10000000000 8K", line: 3, "reaches 0x10000001000")
+        assertError("mmap 0x10000000000 1G\nmunmap 0x10000000000 1G\ntouch 0x10000000000 4K 4K", line: 3, "not mapped")
+        assertError("mmap 0x10000000000 8K\ntouch 0x10000000000 8K 0", line: 2, "STRIDE is zero")
+        // Two adjacent mappings together cover a range.
+        XCTAssertNoThrow(try parse("mmap 0x10000000000 4K\nmmap 0x10000001000 4K\ntouch 0x10000000000 8K 1\ndontneed 0x10000000000 8K"))
+        // munmap may cover memory the trace never mapped, as the syscall may.
+        XCTAssertNoThrow(try parse("mmap 0x10000000000 4K\nmunmap 0x10000000000 1G"))
+    }
+
+    func testOverlappingMmapNamesTheEarlierLine() {
+        assertError("mmap 0x10000000000 1M\n\nmmap 0x100000ff000 8K", line: 3,
+                    "overlaps memory the trace mapped at line 1 (0x10000000000-0x10000100000)")
+        XCTAssertNoThrow(try parse("mmap 0x10000000000 1M\nmunmap 0x10000000000 4K\nmmap 0x10000000000 4K"))
+    }
+
+    func testErrorPrintsAsFileColonLine() {
+        XCTAssertEqual(TraceError(file: "a/b.trace", line: 7, message: "bad").description, "a/b.trace:7: bad")
+        XCTAssertEqual(TraceError(file: "a/b.trace", line: 0, message: "cannot read").description, "a/b.trace: cannot read")
+    }
+
+    func testUnreadableFile() {
+        XCTAssertThrowsError(try TraceParser.parse(contentsOf: "/nonexistent/x.trace")) { error in
+            let e = error as! TraceError
+            XCTAssertEqual(e.description, "/nonexistent/x.trace: cannot read the trace: No such file or directory")
+        }
+    }
+
+    func testMappingsSplitOnUnmapAndFindHoles() {
+        var m = TraceMappings()
+        m.map(0x1000..<0x5000, line: 1)
+        m.map(0x8000..<0x9000, line: 2)
+        m.unmap(0x2000..<0x3000)
+        XCTAssertEqual(m.pieces.map(\.range), [0x1000..<0x2000, 0x3000..<0x5000, 0x8000..<0x9000])
+        XCTAssertEqual(m.pieces.map(\.line), [1, 1, 2])
+        XCTAssertNil(m.firstHole(in: 0x3000..<0x5000))
+        XCTAssertEqual(m.firstHole(in: 0x1000..<0x4000), 0x2000)
+        XCTAssertEqual(m.firstHole(in: 0x4000..<0x9000), 0x5000)
+        XCTAssertEqual(m.firstHole(in: 0xa000..<0xb000), 0xa000)
+        XCTAssertEqual(m.overlap(with: 0x4fff..<0x8001)?.line, 1)
+        XCTAssertNil(m.overlap(with: 0x5000..<0x8000))
+        m.map(0x5000..<0x8000, line: 3)
+        XCTAssertEqual(m.pieces.map(\.line), [1, 1, 3, 2])
+        XCTAssertNil(m.firstHole(in: 0x3000..<0x9000))
+    }
+
+    func testRegionsOfARange() {
+        let span = TraceAddressSpace.regionSpan
+        XCTAssertEqual(span, 512 << 30)
+        XCTAssertEqual(TraceAddressSpace.regions(of: 0x17fffe00000..<0x18000200000), [2 * span..<3 * span, 3 * span..<4 * span])
+        XCTAssertEqual(TraceAddressSpace.regions(of: 2 * span..<3 * span), [2 * span..<3 * span])
+    }
+
+    /// The shipped traces are the comparison's test set: there must be at
+    /// least a dozen, each valid, each with values on its `expect` lines.
+    func testShippedTracesParseAndStateTheirValues() throws {
+        let urls = try Self.shippedTraces()
+        XCTAssertGreaterThanOrEqual(urls.count, 12)
+        for url in urls {
+            let trace = try TraceParser.parse(contentsOf: url.path)
+            XCTAssertFalse(trace.checkpoints.isEmpty, url.lastPathComponent)
+            for step in trace.checkpoints {
+                guard case .expect(let e) = step.op else { continue }
+                for profile in CompareProfile.allCases {
+                    XCTAssertNotNil(e.kilobytes(for: profile), "\(url.lastPathComponent):\(step.line)")
+                }
+            }
+        }
+    }
+
+    static func shippedTraces() throws -> [URL] {
+        let folder = try XCTUnwrap(Bundle.module.url(forResource: "Traces", withExtension: nil))
+        return try FileManager.default.contentsOfDirectory(at: folder, includingPropertiesForKeys: nil)
+            .filter { $0.pathExtension == "trace" }
+            .sorted { $0.lastPathComponent < $1.lastPathComponent }
+    }
+}
