@@ -86,6 +86,11 @@ final class HandTables {
     func unlinkAndFree(_ table: Page, from parent: Page, parentLevel: Level, address: UInt64) throws {
         let shift = Self.shifts.first { $0.0 == parentLevel }!.1
         ptlab_pte_write(slot(parent, address, shift: shift), 0)
+        try free(table)
+    }
+
+    /// Free one table (poisoned, generation bumped) without unlinking it.
+    func free(_ table: Page) throws {
         tables.removeAll { $0 == table }
         try allocator.free(table)
     }
@@ -131,4 +136,13 @@ final class CallCounter: Sendable {
     let value = Atomic<Int>(0)
     func bump() { value.add(1, ordering: .relaxed) }
     var count: Int { value.load(ordering: .relaxed) }
+}
+
+/// Read ring slot `index` back as the hardware would fetch it.
+func readRingSlot(_ iommu: IntelIOMMU, _ allocator: PageAllocator, _ index: Int) -> InvalidationDescriptor? {
+    let address = iommu.slotAddress(index)
+    let p = UnsafeRawPointer(allocator.address(pfn: address >> 12)! + Int(address & 0xFFF))
+    let width = iommu.parameters.descriptorWidth
+    let bytes = UnsafeRawBufferPointer(start: p, count: width.bytes)
+    return try? InvalidationDescriptor.decode(bytes: bytes, width: width).get()
 }

@@ -130,13 +130,15 @@ public final class IntelIOMMU: @unchecked Sendable {
             return true
         }
         guard added else { throw .deviceAlreadyAttached(sid: sid) }
+        remapping.contextTable.withLock { $0[sid] = did }
         return device
     }
 
-    /// Clear the device's context entry and flush what it may have cached:
-    /// its context-cache entry and, with ATS, its TLB.
+    /// Clear the device's context entry, flush what may be cached of it
+    /// (its context-cache entry and, with ATS, its own TLB), then forget it.
     public func detachDevice(_ device: DMADevice) throws(IOMMUError) {
-        _ = remapping.devices.withLock { $0.removeValue(forKey: device.sid) }
+        _ = remapping.contextTable.withLock { $0.removeValue(forKey: device.sid) }
+        defer { _ = remapping.devices.withLock { $0.removeValue(forKey: device.sid) } }
         var descriptors = [InvalidationDescriptor.contextCache(.device(did: device.did, sid: device.sid, functionMask: 0))]
         if device.ats, device.isPresent {
             descriptors.append(.deviceTLB(DeviceTLBInvalidation(sid: device.sid, range: DeviceTLBRange(base: 0, sizeOrder: 52))))

@@ -27,7 +27,10 @@ final class RemappingHardware: InvalidationTarget, @unchecked Sendable {
     let counters: IOMMUCounters
     let caches = Mutex(TranslationCaches())
     let pasidTable = Mutex<[UInt32: PASIDTableEntry]>([:])
-    /// Context entries: attached devices by source ID.
+    /// Context entries: source ID → domain of each attached device.
+    let contextTable = Mutex<[UInt16: UInt16]>([:])
+    /// The devices on the bus behind this unit, by source ID: where ATS
+    /// invalidation requests go, attached or not.
     let devices = Mutex<[UInt16: DMADevice]>([:])
 
     init(allocator: PageAllocator, counters: IOMMUCounters) {
@@ -74,8 +77,8 @@ final class RemappingHardware: InvalidationTarget, @unchecked Sendable {
                 return true
             }
             counters.contextCacheMisses.add(1, ordering: .relaxed)
-            guard let d = devices.withLock({ $0[device.sid] }) else { return false }
-            c.contexts[device.sid] = d.did
+            guard let did = contextTable.withLock({ $0[device.sid] }) else { return false }
+            c.contexts[device.sid] = did
             return true
         }
         guard attached else {
