@@ -85,6 +85,23 @@ final class IOMMUWalkerTests: XCTestCase {
         }
     }
 
+    /// Reused as a PTE table again (of another mm, say): level and flags
+    /// match, only the generation tells the IOMMU's pointer is stale.
+    func testReuseAsATableOfTheSameLevelIsStillAUseAfterFree() throws {
+        try withIOMMU { allocator, iommu in
+            let (tables, data, pte, reused) = try freeAndReuseAPTETable(allocator, iommu, asTable: true)
+            try iommu.svaInvalidateRange(pasid: 1, start: va, end: va + 4096, invalidationHint: true)
+            guard case .useAfterFree(let uaf) = iommu.translate(DMARequest(pasid: 1, address: va)) else {
+                return XCTFail("a stale PDE into a reused PTE table went undetected")
+            }
+            XCTAssertEqual(uaf.pfn, UInt64(pte))
+            XCTAssertEqual(uaf.source, .pagingStructureCache)
+            try allocator.free(reused)
+            try allocator.free(data)
+            try tables.freeAll()
+        }
+    }
+
     func testInvalidationWithoutTheHintDropsTheWalkCacheAndTheWalkFaultsCleanly() throws {
         try withIOMMU { allocator, iommu in
             let (tables, data, _, reused) = try freeAndReuseAPTETable(allocator, iommu)
@@ -192,7 +209,7 @@ final class IOMMUWalkerTests: XCTestCase {
     /// unlink and free its PTE table and take the page back for something
     /// else: a page whose word at `va`'s index looks like a present PTE
     /// with A clear.
-    private func freeAndReuseAPTETable(_ allocator: PageAllocator, _ iommu: IntelIOMMU) throws
+    private func freeAndReuseAPTETable(_ allocator: PageAllocator, _ iommu: IntelIOMMU, asTable: Bool = false) throws
         -> (HandTables, Page, UInt32, Page) {
         let tables = try HandTables(allocator: allocator)
         let data = try allocator.alloc(zero: true)
@@ -203,7 +220,7 @@ final class IOMMUWalkerTests: XCTestCase {
 
         let pte = path[.pte]!
         try tables.unlinkAndFree(pte, from: path[.pmd]!, parentLevel: .pmd, address: va)
-        let reused = try allocator.alloc(zero: true)
+        let reused = asTable ? try HandTables.makeTable(allocator, level: .pte, kernel: false) : try allocator.alloc(zero: true)
         XCTAssertEqual(reused.pfn, pte.pfn, "the per-thread cache hands the freed page straight back")
         ptlab_pte_write(tables.slot(reused, va, shift: 12), Entry(pfn: data.pfn, flags: Entry.present | Entry.writable).rawValue)
         return (tables, data, pte.pfn, reused)

@@ -76,12 +76,14 @@ struct IOTLB: Sendable {
     /// Entries of domain `did`; only PASID `pasid` when given; only pages
     /// overlapping `range` when given.
     mutating func invalidate(did: UInt16, pasid: UInt32? = nil, range: AddressRange? = nil) {
-        for p in pasid.map({ [$0] }) ?? Array(byPASID.keys) {
-            byPASID[p]?.removeEntries { key, e in
-                e.did == did && range.map { AddressRange(first: key.base, last: key.base + (e.bytes - 1)).overlaps($0) } ?? true
-            }
-            if byPASID[p]?.isEmpty == true { byPASID[p] = nil }
+        guard let pasid else {
+            for p in Array(byPASID.keys) { invalidate(did: did, pasid: p, range: range) }
+            return
         }
+        byPASID[pasid]?.removeEntries { key, e in
+            e.did == did && range.map { AddressRange(first: key.base, last: key.base + (e.bytes - 1)).overlaps($0) } ?? true
+        }
+        if byPASID[pasid]?.isEmpty == true { byPASID[pasid] = nil }
     }
 }
 

@@ -32,7 +32,9 @@ public final class IntelIOMMU: @unchecked Sendable {
     private let down = Atomic<Bool>(false)
 
     /// `interruptHandler` is the invalidation-completion interrupt (a wait
-    /// descriptor with IF = 1); it runs on the hardware thread.
+    /// descriptor with IF = 1). It runs on the hardware thread, like a hard
+    /// IRQ: it must not submit to the queue (the hardware would wait for
+    /// itself).
     public init(allocator: PageAllocator, parameters: Parameters = Parameters(),
                 interruptHandler: (@Sendable () -> Void)? = nil) throws(IOMMUError) {
         let order = parameters.queueSizeOrder ?? parameters.descriptorWidth.rawValue

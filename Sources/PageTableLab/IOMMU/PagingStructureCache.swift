@@ -45,15 +45,17 @@ struct PagingStructureCache: Sendable {
     /// Entries of domain `did`; only PASID `pasid` when given; only entries
     /// that could translate an address in `range` when given.
     mutating func invalidate(did: UInt16, pasid: UInt32? = nil, range: AddressRange? = nil) {
-        for p in pasid.map({ [$0] }) ?? Array(byPASID.keys) {
-            byPASID[p]?.removeEntries { key, e in
-                guard e.did == did else { return false }
-                guard let range else { return true }
-                let span: UInt64 = key.shift >= 64 ? .max : (1 << UInt64(key.shift)) - 1
-                let first = key.prefix << UInt64(key.shift)
-                return AddressRange(first: first, last: first | span).overlaps(range)
-            }
-            if byPASID[p]?.isEmpty == true { byPASID[p] = nil }
+        guard let pasid else {
+            for p in Array(byPASID.keys) { invalidate(did: did, pasid: p, range: range) }
+            return
         }
+        byPASID[pasid]?.removeEntries { key, e in
+            guard e.did == did else { return false }
+            guard let range else { return true }
+            let span: UInt64 = key.shift >= 64 ? .max : (1 << UInt64(key.shift)) - 1
+            let first = key.prefix << UInt64(key.shift)
+            return AddressRange(first: first, last: first | span).overlaps(range)
+        }
+        if byPASID[pasid]?.isEmpty == true { byPASID[pasid] = nil }
     }
 }

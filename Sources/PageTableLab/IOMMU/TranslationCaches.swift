@@ -32,6 +32,10 @@ struct TranslationCaches: Sendable {
         }
     }
 
+    /// The lab's tables are all first-stage (SVA). A type-2 invalidation is
+    /// applied to them by domain as if they were second-stage: page-selective
+    /// across every PASID of the domain (a simplification: VT-d scopes
+    /// first-stage entries by PASID, with type 6).
     mutating func invalidate(_ inv: IOTLBInvalidation) {
         switch inv.granularity {
         case .global:
