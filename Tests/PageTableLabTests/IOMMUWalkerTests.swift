@@ -198,6 +198,10 @@ final class IOMMUWalkerTests: XCTestCase {
                            "only PASID 2's entries are left")
             XCTAssertThrowsError(try iommu.unbindPASID(1)) { XCTAssertEqual($0 as? IOMMUError, .pasidNotBound(1)) }
             XCTAssertThrowsError(try iommu.bindPASID(0, root: 0, did: 1)) { XCTAssertEqual($0 as? IOMMUError, .invalidPASID(0)) }
+            let stranger = DMADevice(sid: 9, did: 1, ats: true)
+            XCTAssertThrowsError(try iommu.bindPASID(5, root: 0, did: 1, devices: [stranger])) {
+                XCTAssertEqual($0 as? IOMMUError, .deviceNotAttached(sid: 9))
+            }
             try iommu.unbindPASID(2)
             try iommu.detachDevice(device)
             XCTAssertEqual(iommu.cachedEntries.contexts, 0)

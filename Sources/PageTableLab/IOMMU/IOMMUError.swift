@@ -9,6 +9,7 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
     case pasidNotBound(UInt32)
     case pasidAlreadyBound(UInt32)
     case deviceAlreadyAttached(sid: UInt16)
+    case deviceNotAttached(sid: UInt16)
     /// An invalidation range with nothing in it (start >= end).
     case emptyRange(start: UInt64, end: UInt64)
     case queue(QIError)
@@ -21,6 +22,7 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
         case .pasidNotBound(let p): "PASID \(p) is not bound"
         case .pasidAlreadyBound(let p): "PASID \(p) is already bound"
         case .deviceAlreadyAttached(let sid): "a device with source ID \(sid) is already attached"
+        case .deviceNotAttached(let sid): "no device with source ID \(sid) is attached to this IOMMU"
         case .emptyRange(let s, let e): "empty invalidation range [0x\(String(s, radix: 16)), 0x\(String(e, radix: 16)))"
         case .queue(let e): "IOMMU queued invalidation: \(e)"
         }

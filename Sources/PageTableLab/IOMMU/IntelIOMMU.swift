@@ -67,6 +67,7 @@ public final class IntelIOMMU: @unchecked Sendable {
     @discardableResult
     public func shutdown() -> Int {
         guard !down.exchange(true, ordering: .acquiringAndReleasing) else { return 0 }
+        hardware.injection.resumeFetching()
         let left = queue.disable()
         hardware.stop()
         queue.release()
@@ -155,6 +156,9 @@ public final class IntelIOMMU: @unchecked Sendable {
     public func bindPASID(_ pasid: UInt32, root: UInt64, did: UInt16, mode: PagingMode = .fourLevel,
                           devices: [DMADevice] = []) throws(IOMMUError) {
         guard (1...0xF_FFFF).contains(pasid) else { throw .invalidPASID(pasid) }
+        for device in devices where remapping.devices.withLock({ $0[device.sid] }) !== device {
+            throw .deviceNotAttached(sid: device.sid)
+        }
         let added = remapping.pasidTable.withLock { table -> Bool in
             guard table[pasid] == nil else { return false }
             table[pasid] = PASIDTableEntry(root: root, did: did, mode: mode, devices: devices)

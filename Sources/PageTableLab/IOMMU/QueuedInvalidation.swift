@@ -21,9 +21,14 @@ final class QueuedInvalidation: @unchecked Sendable {
         var freeHead = 0
         var freeTail = 0
         var freeCount: Int
-        /// ITESID of the last ITE handled: tells an aborted submitter whose
-        /// device timed out.
-        var lastITESID: UInt16 = 0
+        /// Per slot, the ITESID of the time-out that aborted it: tells an
+        /// aborted submitter whose device did not answer.
+        var abortedBy: [UInt16]
+
+        init(entries: Int) {
+            freeCount = entries
+            abortedBy = [UInt16](repeating: 0, count: entries)
+        }
     }
 
     let hardware: InvalidationQueueHardware
@@ -66,7 +71,7 @@ final class QueuedInvalidation: @unchecked Sendable {
         }
         ringBase = allocator.address(of: ring)
         statusBase = allocator.address(of: statusPage).bindMemory(to: UInt32.self, capacity: entries)
-        state = Mutex(State(freeCount: entries))
+        state = Mutex(State(entries: entries))
     }
 
     /// Give the ring and the status words back (after disable). Not into an
@@ -101,7 +106,7 @@ final class QueuedInvalidation: @unchecked Sendable {
     func enable() {
         guard hardware.read(.gsts) & DMARRegister.queuedInvalidationEnable == 0 else { return }
         state.withLock { st in
-            st = State(freeCount: entries)
+            st = State(entries: entries)
             for slot in 0..<entries { setStatus(slot, .free) }
         }
         try? hardware.write(.iqt, 0)
@@ -220,7 +225,7 @@ final class QueuedInvalidation: @unchecked Sendable {
                 reclaim(&st)
                 if let latched { return .failed(latched) }
                 if s == SlotStatus.done.rawValue { return .done }
-                let sid = st.lastITESID
+                let sid = st.abortedBy[waitIndex]
                 if sid != 0, !isDevicePresent(sid) {
                     counters.qiTimeouts.add(1, ordering: .relaxed)
                     return .failed(.deviceTLBTimeout(sid: sid, deviceGone: true, attempts: attempts))
@@ -259,10 +264,13 @@ final class QueuedInvalidation: @unchecked Sendable {
             // The hardware aborted the waits it fetched after the time-out:
             // every slot it has passed that nobody completed.
             let head = Int(hardware.read(.iqh) >> UInt64(shift))
-            st.lastITESID = UInt16(truncatingIfNeeded: hardware.read(.iqercd) >> 32)
+            let sid = UInt16(truncatingIfNeeded: hardware.read(.iqercd) >> 32)
             var slot = st.freeTail
             while slot != head {
-                if status(slot) == SlotStatus.inUse.rawValue { setStatus(slot, .abort) }
+                if status(slot) == SlotStatus.inUse.rawValue {
+                    setStatus(slot, .abort)
+                    st.abortedBy[slot] = sid
+                }
                 slot = (slot + 1) % entries
             }
             counters.iteHandled.add(1, ordering: .relaxed)
