@@ -30,7 +30,7 @@ final class IOMMUSVAInvalidationTests: XCTestCase {
             let ats = try iommu.attachDevice(sid: 1, did: 4, ats: true)
             let plain = try iommu.attachDevice(sid: 2, did: 4, ats: false)
             try iommu.bindPASID(9, root: 0, did: 4, devices: [ats, plain])
-            try iommu.svaInvalidateRange(pasid: 9, start: 0x40_3000, end: 0x40_5000, invalidationHint: true)
+            try iommu.iommuSVAInvalidateRange(pasid: 9, start: 0x40_3000, end: 0x40_5000, ih: true)
 
             XCTAssertEqual(readRingSlot(iommu, allocator, 0), .pasidIOTLB(PASIDIOTLBInvalidation(
                 did: 4, pasid: 9, granularity: .page(address: 0x40_0000, addressMask: 3, invalidationHint: true))))
@@ -42,7 +42,7 @@ final class IOMMUSVAInvalidationTests: XCTestCase {
 
             // A gone device is not asked (it would only time out).
             ats.markGone()
-            try iommu.svaInvalidateRange(pasid: 9, start: 0x40_3000, end: 0x40_5000)
+            try iommu.iommuSVAInvalidateRange(pasid: 9, start: 0x40_3000, end: 0x40_5000)
             s = iommu.counters.snapshot()
             XCTAssertEqual([s.qiSubmissions, s.qiDescriptors], [2, 3])
         }
@@ -53,24 +53,24 @@ final class IOMMUSVAInvalidationTests: XCTestCase {
             try iommu.bindPASID(9, root: 0, did: 4)
             let pasidSelective = InvalidationDescriptor.pasidIOTLB(PASIDIOTLBInvalidation(did: 4, pasid: 9, granularity: .pasid))
             // TLB_FLUSH_ALL, as iommu_sva_invalidate_kva_range passes for the kernel half.
-            try iommu.svaInvalidateRange(pasid: 9, start: 0xFFFF_8000_0000_0000, end: .max)
+            try iommu.iommuSVAInvalidateRange(pasid: 9, start: 0xFFFF_8000_0000_0000, end: .max)
             XCTAssertEqual(readRingSlot(iommu, allocator, 0), pasidSelective)
             // 1 GiB is 2^18 pages, MAMV here: still page-selective; 2 GiB is not.
-            try iommu.svaInvalidateRange(pasid: 9, start: 0x4000_0000, end: 0x8000_0000)
+            try iommu.iommuSVAInvalidateRange(pasid: 9, start: 0x4000_0000, end: 0x8000_0000)
             XCTAssertEqual(readRingSlot(iommu, allocator, 2), .pasidIOTLB(PASIDIOTLBInvalidation(
                 did: 4, pasid: 9, granularity: .page(address: 0x4000_0000, addressMask: 18, invalidationHint: false))))
-            try iommu.svaInvalidateRange(pasid: 9, start: 0, end: 0x8000_0000)
+            try iommu.iommuSVAInvalidateRange(pasid: 9, start: 0, end: 0x8000_0000)
             XCTAssertEqual(readRingSlot(iommu, allocator, 4), pasidSelective)
         }
     }
 
     func testBadRangesAndUnboundPASIDsAreErrors() throws {
         try withIOMMU { _, iommu in
-            XCTAssertThrowsError(try iommu.svaInvalidateRange(pasid: 3, start: 0, end: 4096)) {
+            XCTAssertThrowsError(try iommu.iommuSVAInvalidateRange(pasid: 3, start: 0, end: 4096)) {
                 XCTAssertEqual($0 as? IOMMUError, .pasidNotBound(3))
             }
             try iommu.bindPASID(3, root: 0, did: 1)
-            XCTAssertThrowsError(try iommu.svaInvalidateRange(pasid: 3, start: 4096, end: 4096)) {
+            XCTAssertThrowsError(try iommu.iommuSVAInvalidateRange(pasid: 3, start: 4096, end: 4096)) {
                 XCTAssertEqual($0 as? IOMMUError, .emptyRange(start: 4096, end: 4096))
             }
             XCTAssertEqual(iommu.counters.snapshot().qiSubmissions, 0)
@@ -82,7 +82,7 @@ final class IOMMUSVAInvalidationTests: XCTestCase {
             for pasid in 1...20 { try iommu.bindPASID(UInt32(pasid), root: 0, did: 1) }
             var batch = QIBatch()
             for pasid in iommu.boundPASIDs {
-                try iommu.svaInvalidateRange(pasid: pasid, start: 0, end: .max, into: &batch)
+                try iommu.iommuSVAInvalidateRange(pasid: pasid, start: 0, end: .max, into: &batch)
             }
             XCTAssertEqual(batch.count, 4, "16 went out when the batch filled")
             try batch.flush(to: iommu)

@@ -16,21 +16,20 @@ extension IntelIOMMU {
     /// range whose mask exceeds MAMV, becomes a PASID-selective flush, which
     /// drops every paging-structure entry of the PASID.
     ///
-    /// `invalidationHint` is IH: true promises that only leaf entries
+    /// `ih` is the invalidation hint: true promises that only leaf entries
     /// changed, and leaves the paging-structure caches alone. Pass it only
     /// when no page table was freed in the range.
-    public func svaInvalidateRange(pasid: UInt32, start: UInt64, end: UInt64,
-                                   invalidationHint: Bool = false) throws(IOMMUError) {
+    public func iommuSVAInvalidateRange(pasid: UInt32, start: UInt64, end: UInt64, ih: Bool = false) throws(IOMMUError) {
         var batch = QIBatch()
-        try svaInvalidateRange(pasid: pasid, start: start, end: end, invalidationHint: invalidationHint, into: &batch)
+        try iommuSVAInvalidateRange(pasid: pasid, start: start, end: end, ih: ih, into: &batch)
         do { try batch.flush(to: self) } catch { throw .queue(error) }
     }
 
     /// The same descriptors, gathered into `batch` (which submits each time
     /// it fills), so that a flush of many PASIDs shares waits, 16 descriptors
     /// to a wait. The caller flushes the batch.
-    public func svaInvalidateRange(pasid: UInt32, start: UInt64, end: UInt64, invalidationHint: Bool = false,
-                                   into batch: inout QIBatch) throws(IOMMUError) {
+    public func iommuSVAInvalidateRange(pasid: UInt32, start: UInt64, end: UInt64, ih: Bool = false,
+                                        into batch: inout QIBatch) throws(IOMMUError) {
         guard let entry = remapping.pasidTable.withLock({ $0[pasid] }) else { throw .pasidNotBound(pasid) }
         guard start < end else { throw .emptyRange(start: start, end: end) }
         var granularity = PASIDIOTLBInvalidation.Granularity.pasid
@@ -38,7 +37,7 @@ extension IntelIOMMU {
         if end != .max {
             let (address, mask) = Self.addressMask(first: start, last: end - 1)
             if mask <= parameters.maxAddressMask {
-                granularity = .page(address: address, addressMask: mask, invalidationHint: invalidationHint)
+                granularity = .page(address: address, addressMask: mask, invalidationHint: ih)
                 deviceRange = DeviceTLBRange(base: address, sizeOrder: Int(mask))
             }
         }
