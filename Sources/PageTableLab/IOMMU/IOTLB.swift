@@ -4,8 +4,6 @@ struct AddressRange: Equatable, Sendable {
     var first: UInt64
     var last: UInt64
 
-    static let all = AddressRange(first: 0, last: .max)
-
     /// 2^addressMask pages containing `address`: the page-selective (AM) form.
     init(address: UInt64, addressMask: UInt8) {
         let bits = 12 + Int(addressMask)

@@ -6,8 +6,6 @@ struct PagingStructureEntry: Equatable, Sendable {
     var did: UInt16
     /// Frame of the next-level table.
     var next: UInt64
-    /// The level that table had when cached.
-    var nextLevel: Level
     /// Its generation when cached (a lab-only tag hardware lacks: it lets a
     /// reuse as a table of the same level still count as use-after-free).
     var generation: UInt32

@@ -191,7 +191,7 @@ final class RemappingHardware: InvalidationTarget, @unchecked Sendable {
             guard let d = allocator.descriptor(pfn: next) else { return .fault(.badFrame(pfn: next, level: level)) }
             generation = ptlab_page_generation(d)
             c.pagingStructures.fill(pasid: r.pasid, address: r.address, shift: shift, entry: PagingStructureEntry(
-                did: context.did, next: next, nextLevel: tables[i + 1].level, generation: generation))
+                did: context.did, next: next, generation: generation))
             pfn = next
             source = .walk
             i += 1
