@@ -276,6 +276,21 @@ static inline uint64_t ptlab_pte_or(uint64_t *entry, uint64_t bits)
     return __atomic_fetch_or(entry, bits, __ATOMIC_ACQ_REL);
 }
 
+/*
+ * 32-bit words shared with a device: the invalidation queue's status words,
+ * written by the emulated IOMMU (the wait descriptor's status write) and
+ * polled by the driver. Release/acquire, so the status write publishes the
+ * invalidations the hardware completed before it.
+ */
+static inline uint32_t ptlab_u32_load_acquire(const uint32_t *word)
+{
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+static inline void ptlab_u32_store_release(uint32_t *word, uint32_t value)
+{
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+
 /* ------------------------------------------------ per-thread page cache -- */
 
 #define PTLAB_PCP_MAX_NODES 8
