@@ -257,6 +257,8 @@ static inline int ptlab_ptl_alive(const struct ptdesc *d)
 }
 static inline struct ptlab_rcu_head *ptlab_ptdesc_rcu_head(struct ptdesc *d) { return &d->pt_rcu_head; }
 static inline struct cds_list_head *ptlab_ptdesc_list(struct ptdesc *d) { return &d->pt_list; }
+/* CDS_INIT_LIST_HEAD is a macro Swift cannot see. */
+static inline void ptlab_list_init(struct cds_list_head *head) { CDS_INIT_LIST_HEAD(head); }
 
 /* Page-table entries are read and written by walkers without locks. */
 static inline uint64_t ptlab_pte_read(const uint64_t *entry)

@@ -73,7 +73,7 @@ public final class CPU: @unchecked Sendable {
     let tlb: TLBModel
     /// Paging-structure cache: PDE entries (2 MiB region → PTE table PFN and
     /// the table's generation when cached), direct-mapped.
-    var psc = PagingStructureCache()
+    var psc = PDECache()
 
     /// The thread this CPU is, for telling a local flush from a remote one.
     private let owner = pthread_self()
@@ -115,7 +115,7 @@ public final class CPU: @unchecked Sendable {
 }
 
 /// The PDE cache: which PTE table a 2 MiB region resolved to.
-struct PagingStructureCache {
+struct PDECache {
     struct Slot {
         var tag: UInt64 = .max
         var pfn: UInt64 = 0

@@ -40,10 +40,16 @@ struct IOTLBEntry: Equatable, Sendable {
     var bytes: UInt64 { level.entrySpan }
 }
 
-/// The IOTLB: leaf translations per PASID. Unbounded (no eviction): the lab
-/// wants every stale entry to stay as long as nothing invalidates it, which
-/// is the worst case hardware can show.
+/// The IOTLB: leaf translations per PASID, a bounded number of them, as in
+/// hardware. Were it unbounded, a device streaming over a small working set
+/// would stop walking once every leaf was cached, and a freed table would
+/// never be walked into: the bug would hide behind stale leaves. Eviction
+/// keeps walks (and the paging-structure caches that feed them) in play;
+/// a stale entry still stays until evicted or invalidated.
 struct IOTLB: Sendable {
+    /// Leaf entries kept per PASID.
+    static let capacityPerPASID = 128
+
     private struct Key: Hashable {
         var base: UInt64
         var level: UInt8
@@ -64,7 +70,11 @@ struct IOTLB: Sendable {
     }
 
     mutating func fill(pasid: UInt32, address: UInt64, entry: IOTLBEntry) {
-        byPASID[pasid, default: [:]][Key(base: address & ~(entry.bytes - 1), level: UInt8(entry.level.rawValue))] = entry
+        let key = Key(base: address & ~(entry.bytes - 1), level: UInt8(entry.level.rawValue))
+        if let entries = byPASID[pasid], entries.count >= Self.capacityPerPASID, entries[key] == nil {
+            byPASID[pasid]!.remove(at: entries.startIndex)
+        }
+        byPASID[pasid, default: [:]][key] = entry
     }
 
     var count: Int { byPASID.values.reduce(0) { $0 + $1.count } }

@@ -300,10 +300,3 @@ final class QueuedInvalidation: @unchecked Sendable {
     /// Free slots now (for tests and reports).
     var freeSlots: Int { state.withLock { $0.freeCount } }
 }
-
-@inline(__always)
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}

@@ -198,14 +198,16 @@ final class RemappingHardware: InvalidationTarget, @unchecked Sendable {
         }
     }
 
-    /// A live table of `level`: allocated, PageTable, that level, a kernel
-    /// table where the kernel half is walked, and the generation it had
-    /// when the IOMMU took its frame number.
+    /// A live table of `level`: not yet freed (allocated, or unlinked and
+    /// waiting on a deferred free, whose memory is still the table), that
+    /// level, a kernel table where the kernel half is walked, and the
+    /// generation it had when the IOMMU took its frame number. PG_table is
+    /// not asked: before 6.14 the destructor ran at unlink, memory intact.
     private func isLiveTable(pfn: UInt64, level: Level, kernel: Bool, generation: UInt32) -> Bool {
         guard let d = allocator.descriptor(pfn: pfn) else { return false }
         let flags = ptlab_page_flags(d)
-        return ptlab_page_state(d) == PTLAB_PAGE_ALLOCATED.rawValue
-            && flags & PTLAB_PG_TABLE != 0
+        let state = ptlab_page_state(d)
+        return (state == PTLAB_PAGE_ALLOCATED.rawValue || state == PTLAB_PAGE_DEFERRED.rawValue)
             && ptlab_page_level(d) == UInt32(level.rawValue)
             && (!kernel || flags & PTLAB_PT_KERNEL != 0)
             && ptlab_page_generation(d) == generation

@@ -27,12 +27,15 @@ public final class MM: @unchecked Sendable {
     /// What the last munmap/madvise/exit gather did (for tests and reports).
     /// Written under mmap_lock.
     public internal(set) var lastGather = GatherStats()
+    let notifiers = Mutex<[any MMUNotifier]>([])
 
     /// The highest user address + 1 (TASK_SIZE).
     public var taskSize: UInt64 { profile.fiveLevel ? 1 << 56 : 1 << 47 }
 
+    /// `kernel`: share init_mm's upper half, as every x86 process does
+    /// (needed for an IOMMU bound through SVA to see kernel mappings).
     public init(allocator: PageAllocator, profile: MMProfile = .v6_14,
-                tableNode: NodePreference = .local) throws(MMError) {
+                tableNode: NodePreference = .local, kernel: InitMM? = nil) throws(MMError) {
         self.allocator = allocator
         self.profile = profile
         self.tableNode = tableNode
@@ -43,6 +46,7 @@ public final class MM: @unchecked Sendable {
             throw .outOfMemory(error)
         }
         PageTables.ctor(pgd, level: .pgd, base: 0, mm: Unmanaged.passUnretained(self).toOpaque(), allocator: allocator)
+        kernel?.cloneKernelEntries(into: pgd)
     }
 
     public var pgtablesBytes: Int { pgtablesBytesCounter.load(ordering: .relaxed) }

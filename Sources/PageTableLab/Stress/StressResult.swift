@@ -24,6 +24,31 @@ public struct StressResult: Codable, Sendable, Equatable {
     /// Why it failed, in words; empty when it passed.
     public var verdict: String
 
+    // IOMMU runs only (absent from the JSON otherwise).
+    public var iotlbInvalidations: Int?
+    public var qiDescriptors: Int?
+    public var qiWaitUs: Percentiles?
+    public var invalidationsPerTable: Double?
+    public var writeAfterFree: Int?
+    public var faultsInjected: FaultsInjected?
+
+    public struct Percentiles: Codable, Sendable, Equatable {
+        public var p50: Double
+        public var p99: Double
+    }
+
+    public struct FaultsInjected: Codable, Sendable, Equatable {
+        public var iqe: Int
+        public var ite: Int
+        public var ice: Int
+        public var queueFull: Int
+
+        enum CodingKeys: String, CodingKey {
+            case iqe, ite, ice
+            case queueFull = "queue_full"
+        }
+    }
+
     enum CodingKeys: String, CodingKey {
         case scenario, mode, safe, seed, walkers, ops, walks, pass, verdict, detections
         case durationSeconds = "duration_s"
@@ -34,5 +59,11 @@ public struct StressResult: Codable, Sendable, Equatable {
         case tlbFlushes = "tlb_flushes"
         case peakDeferredBytes = "peak_deferred_bytes"
         case freeLatencyUs = "free_latency_us"
+        case iotlbInvalidations = "iotlb_invalidations"
+        case qiDescriptors = "qi_descriptors"
+        case qiWaitUs = "qi_wait_us"
+        case invalidationsPerTable = "invalidations_per_table"
+        case writeAfterFree = "write_after_free"
+        case faultsInjected = "faults_injected"
     }
 }

@@ -1,0 +1,129 @@
+import CSupport
+import Synchronization
+
+/// Freeing kernel page tables when an IOMMU may have cached them (seeds
+/// 000–002, fixed in 6.19): pagetable_free_kernel and its work.
+///
+/// With SVA an IOMMU walks the kernel half of every bound mm and caches
+/// intermediate entries. A kernel table freed without telling it can be
+/// reused while the IOMMU still walks through it. The fix puts the table on
+/// one list through the ptdesc's own list node (no allocation: "you have
+/// to allocate memory or you are dead"), schedules a work item
+/// unconditionally, and the work invalidates the whole kernel range once
+/// for the batch, waits, and only then frees every page on the list.
+public final class KernelPageTableFree: @unchecked Sendable {
+    public enum Mode: String, Sendable, Codable, CaseIterable {
+        /// The fix: one list, one work, one invalidation per batch.
+        case deferred
+        /// Safe but slow: invalidate and wait for each table, then free it.
+        case perPage = "per-page"
+        /// The kernel before the fix: free at once, the IOMMU never told.
+        case noInvalidate = "no-invalidate"
+    }
+
+    public let mode: Mode
+    let allocator: PageAllocator
+    /// Invalidates every SVA-bound mm's kernel range and waits; nil when no
+    /// IOMMU shares the tables.
+    let invalidateKVA: (@Sendable () -> Void)?
+    private let lock = Mutex<Void>(())
+    private let list: UnsafeMutablePointer<cds_list_head>
+    /// Only the work touches this: the batch being freed.
+    private let batch: UnsafeMutablePointer<cds_list_head>
+    public private(set) var work: Work!
+
+    public let tablesQueued = Atomic<Int>(0)
+    public let tablesFreed = Atomic<Int>(0)
+    public let invalidations = Atomic<Int>(0)
+    public let batches = Atomic<Int>(0)
+
+    public init(mode: Mode, allocator: PageAllocator, invalidateKVA: (@Sendable () -> Void)?) {
+        self.mode = mode
+        self.allocator = allocator
+        self.invalidateKVA = invalidateKVA
+        list = .allocate(capacity: 1)
+        batch = .allocate(capacity: 1)
+        ptlab_list_init(list)
+        ptlab_list_init(batch)
+        work = Work { [unowned self] in self.workFunction() }
+    }
+
+    /// Drain and stop the work. Every table queued so far is freed.
+    public func shutdown() {
+        work.shutdown()
+    }
+
+    deinit {
+        list.deallocate()
+        batch.deallocate()
+    }
+
+    /// pagetable_free: a kernel table (ptdesc kernel bit) takes the path of
+    /// this lab's mode; any other page is freed at once.
+    ///
+    /// The kernel clears the bit here (ptdesc_clear_kernel) because its only
+    /// job there is routing. In the lab the IOMMU's checker also reads it:
+    /// an unlinked table waiting on the list is still a valid kernel table
+    /// that the IOMMU may walk until the invalidation, so the bit goes with
+    /// the free (the allocator clears every flag).
+    public func pagetableFree(_ page: Page) {
+        guard ptlab_page_flags(page.desc) & PTLAB_PT_KERNEL != 0 else {
+            PageTables.dtorFree(page, allocator: allocator)
+            return
+        }
+        switch mode {
+        case .deferred:
+            pagetableFreeKernel(page)
+        case .perPage:
+            invalidate()
+            PageTables.dtorFree(page, allocator: allocator)
+            tablesFreed.add(1, ordering: .relaxed)
+        case .noInvalidate:
+            PageTables.dtorFree(page, allocator: allocator)
+            tablesFreed.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// pagetable_free_kernel: list_add under the lock, schedule_work
+    /// unconditionally (cheap next to the IPIs a kernel TLB flush sends).
+    /// Any order of page goes on the same list (seed 002: one list).
+    public func pagetableFreeKernel(_ page: Page) {
+        guard PageTables.markDeferred(page) else { return }
+        lock.withLock { _ in cds_list_add(ptlab_ptdesc_list(page.desc), list) }
+        tablesQueued.add(1, ordering: .relaxed)
+        work.schedule()
+    }
+
+    private func invalidate() {
+        guard let invalidateKVA else { return }
+        invalidateKVA()
+        invalidations.add(1, ordering: .relaxed)
+    }
+
+    /// The work: splice, one invalidation for the whole batch, wait, free.
+    private func workFunction() {
+        lock.withLock { _ in
+            if !isEmpty(list) {
+                cds_list_splice(list, batch)
+                ptlab_list_init(list)
+            }
+        }
+        guard !isEmpty(batch) else { return }
+        invalidate()
+        var freed = 0
+        var node = batch.pointee.next!
+        while node != batch {
+            let next = node.pointee.next!
+            PageTables.dtorFree(Page(ptlab_ptdesc_of_list(node)), allocator: allocator)
+            freed += 1
+            node = next
+        }
+        ptlab_list_init(batch)
+        tablesFreed.add(freed, ordering: .relaxed)
+        batches.add(1, ordering: .relaxed)
+    }
+
+    private func isEmpty(_ head: UnsafeMutablePointer<cds_list_head>) -> Bool {
+        head.pointee.next == head
+    }
+}

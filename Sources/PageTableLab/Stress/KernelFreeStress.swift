@@ -1,0 +1,180 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// `ptlab stress kernel-free` and `ptlab stress iommu-faults`: DMA walkers
+/// on SVA-bound PASIDs translating kernel (vmalloc) addresses, while a
+/// thread maps and unmaps kernel memory so kernel PTE and PMD tables are
+/// freed and reused under them.
+public struct KernelFreeStress {
+    public static let modes = KernelPageTableFree.Mode.allCases.map(\.rawValue)
+    /// 2 MiB slots of the vmalloc area the churn maps and unmaps.
+    static let slots = 64
+    static let pasids: [UInt32] = [1, 2]
+
+    public let options: StressOptions
+    public let mode: KernelPageTableFree.Mode
+    /// iommu-faults: inject IQE, ITE, ICE and queue-full while churning.
+    public let injectFaults: Bool
+
+    public init(_ options: StressOptions, injectFaults: Bool = false) throws(StressError) {
+        let scenario = injectFaults ? "iommu-faults" : "kernel-free"
+        guard let mode = KernelPageTableFree.Mode(rawValue: options.mode) else {
+            throw .unknownMode(scenario: scenario, mode: options.mode, known: Self.modes)
+        }
+        guard !injectFaults || mode != .noInvalidate else {
+            throw .invalidOption("iommu-faults runs the deferred or per-page path; no-invalidate injects nothing")
+        }
+        guard options.walkers >= 1, options.walkers <= 64 else { throw .invalidOption("--walkers must be 1...64") }
+        guard options.duration > 0 else { throw .invalidOption("--duration must be positive") }
+        self.options = options
+        self.mode = mode
+        self.injectFaults = injectFaults
+    }
+
+    public var safe: Bool { mode != .noInvalidate }
+
+    public func run(allocator: PageAllocator) throws -> StressResult {
+        let startAllocated = allocator.totalAllocatedPages
+        FreeLatency.reset()
+        DeferredBound.resetPeak()
+        return try RCU.withRegisteredThread {
+            let iommu = try IntelIOMMU(allocator: allocator)
+            let sva = SVA(iommu: iommu)
+            let freer = KernelPageTableFree(mode: mode, allocator: allocator) { sva.invalidateKVARange() }
+            let kernel = try InitMM(allocator: allocator, freer: freer)
+            let device = try iommu.attachDevice(sid: 1, did: 1, ats: true)
+            var mms: [MM] = []
+            var bonds: [SVABond] = []
+            for pasid in Self.pasids {
+                let mm = try MM(allocator: allocator, kernel: kernel)
+                mms.append(mm)
+                bonds.append(try sva.bind(mm, pasid: pasid, did: 1, devices: [device]))
+            }
+            let faults = FaultSchedule()
+            let seed = options.seed
+            let walkers = DMAWalkers(iommu: iommu, count: options.walkers, request: { w, i in
+                var rng = SplitMix64(seed: seed ^ UInt64(w) << 56 ^ i)
+                let r = rng.next()
+                let pasid = Self.pasids[Int(r % UInt64(Self.pasids.count))]
+                let address = InitMM.vmallocStart + (r >> 8) % UInt64(Self.slots) << 21 + (r >> 20) % 16 << 12
+                return DMARequest(pasid: pasid, address: address, write: r & 1 == 1)
+            })
+
+            var rng = SplitMix64(seed: seed)
+            var mapped = [Bool](repeating: false, count: Self.slots)
+            var ops = 0
+            let start = monotonicNanoseconds()
+            var elapsed = 0.0
+            var nextReport = start
+            while elapsed < options.duration, ops < options.maxOps ?? .max,
+                  !(options.stopOnDetection && iommu.counters.snapshot().useAfterFree > 0) {
+                let slot = Int(rng.next() % UInt64(Self.slots))
+                let base = InitMM.vmallocStart + UInt64(slot) << 21
+                if mapped[slot] {
+                    try kernel.vunmap(address: base, length: 1 << 21)
+                } else {
+                    try kernel.vmap(address: base, length: (1 + rng.next() % 16) << 12)
+                }
+                mapped[slot].toggle()
+                ops += 1
+                if injectFaults && ops % 16 == 0 { faults.injectNext(iommu: iommu, sva: sva) }
+                let now = monotonicNanoseconds()
+                elapsed = Double(now - start) / 1e9
+                if let progress = options.progress, now >= nextReport {
+                    nextReport = now + 500_000_000
+                    progress(StressProgress(elapsed: elapsed, duration: options.duration, ops: ops,
+                                            walks: Int(walkers.translations.load(ordering: .relaxed)),
+                                            uaf: Int(iommu.counters.snapshot().useAfterFree)))
+                }
+            }
+            walkers.stop()
+            for slot in mapped.indices where mapped[slot] {
+                try kernel.vunmap(address: InitMM.vmallocStart + UInt64(slot) << 21, length: 1 << 21)
+            }
+            freer.shutdown()
+            for bond in bonds { try sva.unbind(bond) }
+            for mm in mms { mm.exit() }
+            kernel.release()
+            let stats = iommu.counters.snapshot()
+            let wait = iommu.qiWaitMicroseconds
+            _ = iommu.shutdown()
+            try RCU.barrier()
+
+            let leaked = allocator.totalAllocatedPages - startAllocated
+            let uaf = Int(stats.useAfterFree)
+            let tables = freer.tablesFreed.load(ordering: .relaxed)
+            var verdict = ""
+            if safe && uaf > 0 { verdict = "safe mode detected \(uaf) use-after-free" }
+            if !safe && uaf == 0 { verdict = "unsafe mode detected nothing: the detector did not fire" }
+            if sva.kvaFailures.load(ordering: .relaxed) > 0 {
+                verdict += (verdict.isEmpty ? "" : "; ") + "\(sva.kvaFailures.load(ordering: .relaxed)) KVA invalidations never completed"
+            }
+            if leaked != 0 { verdict += (verdict.isEmpty ? "" : "; ") + "\(leaked) pages not returned to the allocator" }
+            if faults.lost.load(ordering: .relaxed) > 0 {
+                verdict += (verdict.isEmpty ? "" : "; ") + "\(faults.lost.load(ordering: .relaxed)) submissions lost in a full queue"
+            }
+            var detections = WalkCounters()
+            detections.walks = Int(stats.walks)
+            detections.freedTable = uaf
+            return StressResult(
+                scenario: injectFaults ? "iommu-faults" : "kernel-free", mode: mode.rawValue, safe: safe,
+                seed: seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops,
+                walks: Int(walkers.translations.load(ordering: .relaxed)), uafDetected: uaf, leakedPages: leaked,
+                tablesFreed: tables, rcuCallbacks: 0, tlbFlushes: 0,
+                peakDeferredBytes: Int(DeferredBound.snapshot().peakBytes),
+                freeLatencyUs: FreeLatency.summary(), detections: detections,
+                pass: verdict.isEmpty, verdict: verdict,
+                iotlbInvalidations: Int(stats.iotlbInvalidations), qiDescriptors: Int(stats.qiDescriptors),
+                qiWaitUs: .init(p50: Double(wait.valueAtPercentile(50)), p99: Double(wait.valueAtPercentile(99))),
+                invalidationsPerTable: tables == 0 ? 0 : Double(freer.invalidations.load(ordering: .relaxed)) / Double(tables),
+                writeAfterFree: Int(stats.writeAfterFree),
+                faultsInjected: injectFaults ? faults.counts(iommu) : nil)
+        }
+    }
+}
+
+/// Round-robin fault injection for iommu-faults: IQE, ITE, ICE, then a
+/// queue-full episode (fetching stalled while submitters pile up).
+final class FaultSchedule: Sendable {
+    private let next = Atomic<Int>(0)
+    private let queueFull = Atomic<Int>(0)
+
+    func injectNext(iommu: IntelIOMMU, sva: SVA) {
+        switch next.add(1, ordering: .relaxed).newValue % 4 {
+        case 1: iommu.faultInjection.injectIQE()
+        case 2: iommu.faultInjection.injectITE()
+        case 3: iommu.faultInjection.injectICE()
+        default: fillQueue(iommu: iommu, sva: sva)
+        }
+    }
+
+    /// Stall the hardware, let three submitters of large batches fill the
+    /// ring until one must wait for room (qi_submit_sync's count + 2 rule),
+    /// then let the hardware go: every submission must still complete.
+    private func fillQueue(iommu: IntelIOMMU, sva: SVA) {
+        let before = iommu.counters.snapshot().queueFull
+        let flush = InvalidationDescriptor.pasidIOTLB(
+            PASIDIOTLBInvalidation(did: 1, pasid: KernelFreeStress.pasids[0], granularity: .pasid)).encode()
+        let batch = [RawDescriptor](repeating: flush, count: iommu.queueLength * 2 / 5)
+        iommu.faultInjection.stallFetching()
+        let submitters = (0..<3).map { _ in
+            RCUThread { [self] in
+                do { try iommu.qiSubmitSync(batch) } catch { lost.add(1, ordering: .relaxed) }
+            }
+        }
+        while iommu.counters.snapshot().queueFull == before { sched_yield() }
+        iommu.faultInjection.resumeFetching()
+        for t in submitters { t.join() }
+        queueFull.add(1, ordering: .relaxed)
+    }
+
+    /// Queue-full submissions that failed: each one is something lost.
+    let lost = Atomic<Int>(0)
+
+    func counts(_ iommu: IntelIOMMU) -> StressResult.FaultsInjected {
+        let i = iommu.faultInjection.injected
+        return .init(iqe: Int(i.iqe), ite: Int(i.ite), ice: Int(i.ice), queueFull: queueFull.load(ordering: .relaxed))
+    }
+}

@@ -1,0 +1,113 @@
+import CSupport
+import XCTest
+@testable import PageTableLab
+
+/// pagetable_free_kernel and its work, one step at a time.
+final class KernelPageTableFreeTests: XCTestCase {
+    private struct Rig {
+        let allocator: PageAllocator
+        let iommu: IntelIOMMU
+        let sva: SVA
+        let freer: KernelPageTableFree
+        let kernel: InitMM
+        let mm: MM
+        let bond: SVABond
+
+        func teardown() throws {
+            freer.shutdown()
+            try sva.unbind(bond)
+            mm.exit()
+            kernel.release()
+            _ = iommu.shutdown()
+            try RCU.barrier()
+        }
+    }
+
+    private func withRig(_ mode: KernelPageTableFree.Mode, _ body: (Rig) throws -> Void) throws {
+        try withLab { allocator in
+            let iommu = try IntelIOMMU(allocator: allocator)
+            let sva = SVA(iommu: iommu)
+            let freer = KernelPageTableFree(mode: mode, allocator: allocator) { sva.invalidateKVARange() }
+            let kernel = try InitMM(allocator: allocator, freer: freer)
+            let mm = try MM(allocator: allocator, kernel: kernel)
+            let bond = try sva.bind(mm, pasid: 1, did: 1)
+            let rig = Rig(allocator: allocator, iommu: iommu, sva: sva, freer: freer, kernel: kernel, mm: mm, bond: bond)
+            try body(rig)
+            try rig.teardown()
+        }
+    }
+
+    private let a = InitMM.vmallocStart
+    private let b = InitMM.vmallocStart + 2 * mib
+
+    /// The bug: a freed kernel PTE table, reused, walked through the
+    /// IOMMU's cached PDE.
+    func testNoInvalidateWalksIntoTheReusedTable() throws {
+        try withRig(.noInvalidate) { rig in
+            try rig.kernel.vmap(address: a, length: 4096)
+            try rig.kernel.vmap(address: b, length: 4096)
+            guard case .translated = rig.iommu.translate(DMARequest(pasid: 1, address: a)) else {
+                return XCTFail("kernel address not translated through the bound mm")
+            }
+            try rig.kernel.vunmap(address: a, length: 2 * mib)   // frees a's PTE table at once
+            try rig.kernel.vmap(address: b + 4096, length: 4096)  // nothing reuses it yet…
+            try rig.kernel.vmap(address: a + 4 * mib, length: 4096)  // …this takes the page back
+            let result = rig.iommu.translate(DMARequest(pasid: 1, address: a + 8192))
+            guard case .useAfterFree(let uaf) = result else { return XCTFail("expected a use-after-free, got \(result)") }
+            XCTAssertEqual(uaf.source, .pagingStructureCache)
+            try rig.kernel.vunmap(address: a, length: 8 * mib)
+        }
+    }
+
+    func testDeferredFreesOnlyAfterTheInvalidationCompletes() throws {
+        try withRig(.deferred) { rig in
+            try rig.kernel.vmap(address: a, length: 4096)
+            _ = rig.iommu.translate(DMARequest(pasid: 1, address: a))
+            rig.iommu.faultInjection.stallFetching()
+            let pte = try XCTUnwrap(findKernelTable(rig, a))
+            try rig.kernel.vunmap(address: a, length: 2 * mib)
+            // The work is stuck in qi_submit_sync: nothing may be freed yet.
+            while rig.freer.work.runs.load(ordering: .relaxed) == 0 && rig.iommu.freeSlots == rig.iommu.queueLength { sched_yield() }
+            XCTAssertEqual(pte.state, PTLAB_PAGE_DEFERRED.rawValue, "freed before the IOMMU was told")
+            rig.iommu.faultInjection.resumeFetching()
+            rig.freer.work.flush()
+            XCTAssertEqual(pte.state, PTLAB_PAGE_FREE.rawValue)
+            let result = rig.iommu.translate(DMARequest(pasid: 1, address: a))
+            XCTAssertEqual(result, .fault(.notPresent(level: .pud)), "the PTE and the emptied PMD table are both gone: \(result)")
+        }
+    }
+
+    func testOneInvalidationPerBatchOfAnyOrder() throws {
+        try withRig(.deferred) { rig in
+            rig.freer.work.freeze()
+            var pages: [Page] = []
+            for i in 0..<100 {
+                let t = try PageTables.alloc(.pte, base: a + UInt64(i) << 21, mm: nil, node: .local, allocator: rig.allocator, kernel: true)
+                pages.append(t)
+            }
+            // Seed 002: higher-order and plain pages go on the same list.
+            let big = try rig.allocator.alloc(order: 2)
+            ptlab_page_set_flags(big.desc, PTLAB_PT_KERNEL)
+            pages.append(big)
+            for p in pages { rig.freer.pagetableFree(p) }
+            XCTAssertEqual(rig.freer.work.runs.load(ordering: .relaxed), 0)
+            XCTAssertTrue(pages.allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+            rig.freer.work.thaw()
+            rig.freer.work.flush()
+            XCTAssertEqual(rig.freer.invalidations.load(ordering: .relaxed), 1, "one invalidation for the batch")
+            XCTAssertEqual(rig.freer.batches.load(ordering: .relaxed), 1)
+            XCTAssertEqual(rig.freer.tablesFreed.load(ordering: .relaxed), 101)
+            XCTAssertTrue(pages.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue })
+        }
+    }
+
+    private func findKernelTable(_ rig: Rig, _ address: UInt64) -> Page? {
+        var table = rig.kernel.pgd
+        for level in [Level.pgd, .pud, .pmd] {
+            let e = Entry(rawValue: ptlab_pte_read(rig.kernel.slot(table, level, address)))
+            guard e.isPresent, let d = rig.allocator.descriptor(pfn: e.pfn) else { return nil }
+            table = Page(d)
+        }
+        return table
+    }
+}
