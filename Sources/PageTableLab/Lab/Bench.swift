@@ -118,12 +118,17 @@ public enum Bench {
 
     // MARK: - the measured paths
 
-    /// The C baseline's loop in Swift: lock, compiler barrier, unlock.
+    /// The C baseline's loop in Swift: eight empty read sections per turn,
+    /// as ptlab_baseline_read_ns does, so that loop alignment cancels out.
     @inline(never)
     static func swiftReadNs(_ iterations: UInt64) -> Double {
+        let loops = max(iterations / 8, 1)
         let t0 = nowNs()
-        for _ in 0..<iterations { RCU.read {} }
-        return (nowNs() - t0) / Double(iterations)
+        for _ in 0..<loops {
+            RCU.read {}; RCU.read {}; RCU.read {}; RCU.read {}
+            RCU.read {}; RCU.read {}; RCU.read {}; RCU.read {}
+        }
+        return (nowNs() - t0) / Double(loops * 8)
     }
 
     /// pte_free_defer's shape: take a page, queue its descriptor's own
