@@ -41,14 +41,19 @@ struct ptlab_rcu_head {
     uint64_t bytes;
 };
 
-/* Outstanding deferred work, readable at any time without locks. */
+/*
+ * Outstanding deferred work, readable at any time without locks. Callers of
+ * call_rcu write one cache line, callbacks another: with one shared line,
+ * the caller and liburcu's worker bounced it on every call and every
+ * callback. Outstanding = reserved - done, queued - invoked.
+ */
 struct ptlab_rcu_stats {
-    _Atomic int64_t outstanding_callbacks;
-    _Atomic int64_t outstanding_bytes;
-    _Atomic int64_t peak_bytes;
+    _Alignas(64) _Atomic int64_t reserved_bytes;   /* reserved, less reservations refused */
     _Atomic uint64_t queued;
+    _Atomic int64_t peak_bytes;
+    _Alignas(64) _Atomic int64_t done_bytes;       /* returned by callbacks */
     _Atomic uint64_t invoked;
-    _Atomic uint64_t inline_fallbacks;
+    _Alignas(64) _Atomic uint64_t inline_fallbacks;
 };
 extern struct ptlab_rcu_stats ptlab_rcu_stats;
 
