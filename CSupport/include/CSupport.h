@@ -359,6 +359,9 @@ static inline void ptlab_pcp_forget(struct ptlab_pcp *pcp, uint64_t epoch)
     pcp->epoch = epoch;
 }
 
+/* Fill freed pages with PTLAB_POISON_FREE (page-aligned, whole pages). */
+void ptlab_poison_pages(void *addr, size_t bytes);
+
 /* ------------------------------------------------------------ baseline --- */
 
 /* Raw C liburcu paths that `ptlab bench` runs beside the Swift ones. */

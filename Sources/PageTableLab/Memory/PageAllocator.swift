@@ -245,7 +245,7 @@ public final class PageAllocator: @unchecked Sendable {
         }
         let order = Int(d.pointee.order)
         ptlab_page_retire(d)
-        if parameters.poison { memset(address(of: page), Int32(PTLAB_POISON_FREE), 4096 << order) }
+        if parameters.poison { ptlab_poison_pages(address(of: page), 4096 << order) }
         let index = nodeIndexByID[Int(d.pointee.node)]
         let pcp = thisPCP()
         ptlab_pcp_add_allocated(pcp, Int32(index), -Int64(1 << order))
