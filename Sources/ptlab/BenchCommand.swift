@@ -62,7 +62,7 @@ struct BenchCommand: ParsableCommand {
             ("call_rcu_per_sec_swift_malloc", fmt(r.callRCUPerSecSwiftMalloc, 0), "the C object through RCU.call: the Swift layer alone, per s"),
             ("page_alloc_free_ns", fmt(r.pageAllocFreeNs, 1), "ns per order-0 alloc + free (poisoned if page_poison=y)"),
             ("numa_alloc_onnode_ns", fmt(r.numaAllocOnnodeNs, 0), "ns per numa_alloc_onnode(4 KiB) + touch + numa_free"),
-            ("poison_memset_ns", fmt(r.poisonMemsetNs, 1), "ns per 4 KiB memset of 0x6b (hot page)"),
+            ("poison_page_ns", fmt(r.poisonPageNs, 1), "ns to poison one 4 KiB page with 0x6b (hot in cache)"),
             ("call_rcu_peak_deferred_bytes", String(r.callRCUPeakDeferredBytes), "bytes awaiting a grace period at the flood's peak"),
         ]
         printColumns(rows.map { [$0.0, $0.1, $0.2] }, rightAligned: [1])

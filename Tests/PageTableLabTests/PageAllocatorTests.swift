@@ -81,6 +81,23 @@ final class PageAllocatorTests: XCTestCase {
         XCTAssertEqual(page.state, PTLAB_PAGE_FREE.rawValue)
     }
 
+    /// The free path's fill takes vector stores for aligned whole pages and
+    /// memset otherwise: both must leave nothing but poison.
+    func testPoisonFillCoversEveryByte() {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * 4096, alignment: 4096)
+        defer { buffer.deallocate() }
+        for (offset, count) in [(0, 4096), (0, 8192), (1, 4096), (64, 200), (4096, 128)] {
+            buffer.initializeMemory(as: UInt8.self, repeating: 0)
+            ptlab_poison_pages(buffer.baseAddress! + offset, count)
+            for (i, byte) in buffer.enumerated() {
+                let inside = i >= offset && i < offset + count
+                if byte != (inside ? UInt8(PTLAB_POISON_FREE) : 0) {
+                    return XCTFail("fill of \(count) bytes at +\(offset): byte \(i) is \(byte)")
+                }
+            }
+        }
+    }
+
     func testPoisonOffLeavesContents() throws {
         let allocator = try load(poison: false)
         defer { allocator.unload() }

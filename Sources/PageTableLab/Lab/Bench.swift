@@ -71,7 +71,7 @@ public enum Bench {
             progress("round \(round)/\(config.rounds): page allocation")
             samples["page_alloc_free_ns", default: []].append(try pageAllocFreeNs(config.pageIterations, allocator: allocator))
             samples["numa_alloc_onnode_ns", default: []].append(numaAllocOnnodeNs(config.numaIterations))
-            samples["poison_memset_ns", default: []].append(poisonMemsetNs(config.pageIterations))
+            samples["poison_page_ns", default: []].append(poisonPageNs(config.pageIterations))
         }
         let m = samples.mapValues(median)
         let readRatio = m["rcu_read_ns_swift"]! / m["rcu_read_ns_c"]!
@@ -88,7 +88,7 @@ public enum Bench {
             callRCUPerSecSwift: m["call_rcu_per_sec_swift"]!, callRCUPerSecC: m["call_rcu_per_sec_c"]!,
             callRCURatio: callRatio, callRCUPerSecSwiftMalloc: m["call_rcu_per_sec_swift_malloc"]!,
             pageAllocFreeNs: m["page_alloc_free_ns"]!, numaAllocOnnodeNs: m["numa_alloc_onnode_ns"]!,
-            pageAllocSpeedup: speedup, poisonMemsetNs: m["poison_memset_ns"]!,
+            pageAllocSpeedup: speedup, poisonPageNs: m["poison_page_ns"]!,
             callRCUPeakDeferredBytes: peak,
             targets: targets, allTargetsMet: targets.allSatisfy(\.met),
             statistic: "median", rounds: config.rounds, build: buildConfiguration, loadAverage1m: load[0],
@@ -188,23 +188,24 @@ public enum Bench {
         return (nowNs() - t0) / Double(iterations)
     }
 
-    /// The poisoning memset alone, on pages hot in L1 as the alloc+free loop's
-    /// page is. Four pages in turn, read back after each pass, so that the
-    /// optimiser can neither hoist nor drop the stores.
+    /// The free path's poisoning alone, on pages hot in L1 as the alloc+free loop's
+    /// page is: four pages in turn, each read back (one byte) three turns
+    /// later, so that no memset can be dropped and no read waits on the
+    /// memset still in flight.
     @inline(never)
-    static func poisonMemsetNs(_ iterations: Int) -> Double {
+    static func poisonPageNs(_ iterations: Int) -> Double {
         let pages = 4
         let base = UnsafeMutableRawPointer.allocate(byteCount: 4096 * pages, alignment: 4096)
         defer { base.deallocate() }
-        var check = 0
+        memset(base, Int32(PTLAB_POISON_FREE), 4096 * pages)
+        var sum = 0
         let t0 = nowNs()
         for i in 0..<iterations {
-            let page = base + 4096 * (i & (pages - 1))
-            memset(page, Int32(PTLAB_POISON_FREE), 4096)
-            check &+= Int(page.load(fromByteOffset: i & 4095, as: UInt8.self))
+            ptlab_poison_pages(base + 4096 * (i & (pages - 1)), 4096)
+            sum &+= Int(base.load(fromByteOffset: 4096 * ((i + 1) & (pages - 1)) + (i & 4095), as: UInt8.self))
         }
         let ns = (nowNs() - t0) / Double(iterations)
-        return check == 0 ? .nan : ns
+        return sum == iterations * Int(PTLAB_POISON_FREE) ? ns : .nan
     }
 }
 

@@ -37,7 +37,7 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var pageAllocSpeedup: Double
     /// The 0x6b poisoning memset of one 4 KiB page alone: the floor under
     /// page_alloc_free_ns while page_poison is on.
-    public var poisonMemsetNs: Double
+    public var poisonPageNs: Double
     /// Most deferred-free bytes outstanding during the Swift call_rcu flood.
     public var callRCUPeakDeferredBytes: Int64
     public var targets: [Target]
@@ -66,7 +66,7 @@ public struct BenchReport: Sendable, Codable, Equatable {
         case pageAllocFreeNs = "page_alloc_free_ns"
         case numaAllocOnnodeNs = "numa_alloc_onnode_ns"
         case pageAllocSpeedup = "page_alloc_speedup"
-        case poisonMemsetNs = "poison_memset_ns"
+        case poisonPageNs = "poison_page_ns"
         case callRCUPeakDeferredBytes = "call_rcu_peak_deferred_bytes"
         case targets
         case allTargetsMet = "all_targets_met"
