@@ -31,6 +31,10 @@ public enum Bench {
         _ configuration: Configuration = Configuration(), parameters: ModuleParameters = ModuleParameters(),
         progress: (String) -> Void = { _ in }
     ) throws -> BenchReport {
+        guard configuration.rounds >= 1, configuration.readIterations >= 8, configuration.callRCUObjects >= 1,
+              configuration.pageIterations >= 1, configuration.numaIterations >= 1 else {
+            throw BenchError.invalidConfiguration("rounds, iterations and objects must be positive (read iterations at least 8)")
+        }
         var parameters = parameters
         let chunkPages = 1 << parameters.int("chunk_order")
         let needed = (configuration.callRCUObjects / chunkPages + 2) * chunkPages
@@ -71,7 +75,7 @@ public enum Bench {
             progress("round \(round)/\(config.rounds): page allocation")
             samples["page_alloc_free_ns", default: []].append(try pageAllocFreeNs(config.pageIterations, allocator: allocator))
             samples["numa_alloc_onnode_ns", default: []].append(numaAllocOnnodeNs(config.numaIterations))
-            samples["poison_page_ns", default: []].append(poisonPageNs(config.pageIterations))
+            samples["poison_page_ns", default: []].append(try poisonPageNs(config.pageIterations))
         }
         let m = samples.mapValues(median)
         let readRatio = m["rcu_read_ns_swift"]! / m["rcu_read_ns_c"]!
@@ -80,7 +84,7 @@ public enum Bench {
         let targets: [BenchReport.Target] = [
             .init("rcu_read_ratio", .atMost, 1.15, readRatio, "a Swift read section costs at most 1.15x liburcu's inlined C"),
             .init("call_rcu_ratio", .atLeast, 0.9, callRatio, "Swift call_rcu (page + pte_free_defer shape) keeps 0.9x of C malloc+call_rcu+free"),
-            .init("page_alloc_free_ns", .atMost, 40, m["page_alloc_free_ns"]!, "an order-0 alloc+free, poison included, in at most 40 ns"),
+            .init("page_alloc_free_ns", .atMost, 40, m["page_alloc_free_ns"]!, "an order-0 alloc+free (poisoned as page_poison says) in at most 40 ns"),
             .init("page_alloc_speedup", .atLeast, 200, speedup, "at least 200x faster than numa_alloc_onnode(4 KiB)+touch+numa_free"),
         ]
         return BenchReport(
@@ -137,9 +141,16 @@ public enum Bench {
     @inline(never)
     static func swiftCallRCUPerSec(_ count: Int, allocator: PageAllocator) throws -> Double {
         let t0 = nowNs()
-        for _ in 0..<count {
-            let page = try allocator.alloc()
-            try RCU.call(ptlab_ptdesc_rcu_head(page.desc), bytes: UInt64(page.bytes), benchFreePageCallback)
+        do {
+            for _ in 0..<count {
+                let page = try allocator.alloc()
+                try RCU.call(ptlab_ptdesc_rcu_head(page.desc), bytes: UInt64(page.bytes), benchFreePageCallback)
+            }
+        } catch {
+            // The pages already queued must be freed before the allocator
+            // can be unloaded.
+            try? RCU.barrier()
+            throw error
         }
         try RCU.barrier()
         let seconds = (nowNs() - t0) / 1e9
@@ -193,7 +204,7 @@ public enum Bench {
     /// later, so that no memset can be dropped and no read waits on the
     /// memset still in flight.
     @inline(never)
-    static func poisonPageNs(_ iterations: Int) -> Double {
+    static func poisonPageNs(_ iterations: Int) throws -> Double {
         let pages = 4
         let base = UnsafeMutableRawPointer.allocate(byteCount: 4096 * pages, alignment: 4096)
         defer { base.deallocate() }
@@ -205,16 +216,21 @@ public enum Bench {
             sum &+= Int(base.load(fromByteOffset: 4096 * ((i + 1) & (pages - 1)) + (i & 4095), as: UInt8.self))
         }
         let ns = (nowNs() - t0) / Double(iterations)
-        return sum == iterations * Int(PTLAB_POISON_FREE) ? ns : .nan
+        guard sum == iterations * Int(PTLAB_POISON_FREE) else { throw BenchError.poisonNotWritten }
+        return ns
     }
 }
 
 public enum BenchError: Error, CustomStringConvertible {
+    case invalidConfiguration(String)
     case callbackFreeFailed(count: Int)
+    case poisonNotWritten
 
     public var description: String {
         switch self {
+        case .invalidConfiguration(let what): "bench: \(what)"
         case .callbackFreeFailed(let n): "bench: \(n) RCU callbacks could not free their page (allocator state corrupted?)"
+        case .poisonNotWritten: "bench: ptlab_poison_pages left bytes other than 0x6b"
         }
     }
 }

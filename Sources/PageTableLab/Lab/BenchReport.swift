@@ -35,8 +35,8 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var pageAllocFreeNs: Double
     public var numaAllocOnnodeNs: Double
     public var pageAllocSpeedup: Double
-    /// The 0x6b poisoning memset of one 4 KiB page alone: the floor under
-    /// page_alloc_free_ns while page_poison is on.
+    /// Poisoning one hot 4 KiB page with 0x6b, as the free path does: the
+    /// floor under page_alloc_free_ns while page_poison is on.
     public var poisonPageNs: Double
     /// Most deferred-free bytes outstanding during the Swift call_rcu flood.
     public var callRCUPeakDeferredBytes: Int64
