@@ -78,12 +78,31 @@ static void note_peak(int64_t now)
         ;
 }
 
+/*
+ * Each caller looks at the callbacks' line (done_bytes) once every
+ * RESERVE_LOOK_EVERY calls, not on every call: reading it on every call
+ * bounced that line between the caller and the worker once per object
+ * (a call_rcu flood from Swift ran at 0.8x C's; at 0.95x without). done
+ * only grows, so an old look overstates what is outstanding: a reservation
+ * it admits is within the bound, and one it would refuse gets a fresh look
+ * first. The peak is taken at each look, so it is sampled, not exact.
+ */
+#define RESERVE_LOOK_EVERY 64
+static _Thread_local int64_t seen_done;
+static _Thread_local unsigned calls_since_look = RESERVE_LOOK_EVERY;
+
 int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound)
 {
     int64_t reserved = atomic_fetch_add_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
                                                  memory_order_relaxed) + (int64_t)bytes;
-    /* A stale done only overstates what is outstanding: the bound holds. */
-    int64_t now = reserved - atomic_load_explicit(&ptlab_rcu_stats.done_bytes, memory_order_relaxed);
+    int look = ++calls_since_look >= RESERVE_LOOK_EVERY;
+    if (!look && bound && reserved - seen_done > (int64_t)bound)
+        look = 1;
+    if (!look)
+        return 1;
+    calls_since_look = 0;
+    seen_done = atomic_load_explicit(&ptlab_rcu_stats.done_bytes, memory_order_relaxed);
+    int64_t now = reserved - seen_done;
     if (bound && now > (int64_t)bound) {
         atomic_fetch_sub_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
                                   memory_order_relaxed);

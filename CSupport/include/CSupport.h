@@ -50,7 +50,7 @@ struct ptlab_rcu_head {
 struct ptlab_rcu_stats {
     _Alignas(64) _Atomic int64_t reserved_bytes;   /* reserved, less reservations refused */
     _Atomic uint64_t queued;
-    _Atomic int64_t peak_bytes;
+    _Atomic int64_t peak_bytes;                    /* sampled: see ptlab_rcu_reserve */
     _Alignas(64) _Atomic int64_t done_bytes;       /* returned by callbacks */
     _Atomic uint64_t invoked;
     _Alignas(64) _Atomic uint64_t inline_fallbacks;
