@@ -10,6 +10,7 @@ _Thread_local struct ptlab_pcp ptlab_pcp_local;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ptlab_pcp *registry;
 static int64_t retired_allocated[PTLAB_PCP_MAX_NODES];
+static int64_t retired_numa_hit[PTLAB_PCP_MAX_NODES];
 static pthread_key_t exit_key;
 static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
 static void (*_Atomic drain_hook)(struct ptlab_pcp *);
@@ -33,8 +34,10 @@ static void pcp_thread_exit(void *arg)
             break;
         }
     }
-    for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++)
+    for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++) {
         retired_allocated[n] += atomic_load_explicit(&pcp->allocated_delta[n], memory_order_relaxed);
+        retired_numa_hit[n] += atomic_load_explicit(&pcp->numa_hit_delta[n], memory_order_relaxed);
+    }
     pthread_mutex_unlock(&registry_lock);
     pcp->registered = 0;
 }
@@ -66,13 +69,27 @@ int64_t ptlab_pcp_sum_allocated(int node)
     return sum;
 }
 
+int64_t ptlab_pcp_sum_numa_hit(int node)
+{
+    pthread_mutex_lock(&registry_lock);
+    int64_t sum = retired_numa_hit[node];
+    for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
+        sum += atomic_load_explicit(&p->numa_hit_delta[node], memory_order_relaxed);
+    pthread_mutex_unlock(&registry_lock);
+    return sum;
+}
+
 void ptlab_pcp_reset_counters(void)
 {
     pthread_mutex_lock(&registry_lock);
-    for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++)
+    for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++) {
         retired_allocated[n] = 0;
+        retired_numa_hit[n] = 0;
+    }
     for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
-        for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++)
+        for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++) {
             atomic_store_explicit(&p->allocated_delta[n], 0, memory_order_relaxed);
+            atomic_store_explicit(&p->numa_hit_delta[n], 0, memory_order_relaxed);
+        }
     pthread_mutex_unlock(&registry_lock);
 }

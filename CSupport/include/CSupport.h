@@ -41,14 +41,19 @@ struct ptlab_rcu_head {
     uint64_t bytes;
 };
 
-/* Outstanding deferred work, readable at any time without locks. */
+/*
+ * Outstanding deferred work, readable at any time without locks. Callers of
+ * call_rcu write one cache line, callbacks another: with one shared line,
+ * the caller and liburcu's worker bounced it on every call and every
+ * callback. Outstanding = reserved - done, queued - invoked.
+ */
 struct ptlab_rcu_stats {
-    _Atomic int64_t outstanding_callbacks;
-    _Atomic int64_t outstanding_bytes;
-    _Atomic int64_t peak_bytes;
+    _Alignas(64) _Atomic int64_t reserved_bytes;   /* reserved, less reservations refused */
     _Atomic uint64_t queued;
+    _Atomic int64_t peak_bytes;                    /* sampled: see ptlab_rcu_reserve */
+    _Alignas(64) _Atomic int64_t done_bytes;       /* returned by callbacks */
     _Atomic uint64_t invoked;
-    _Atomic uint64_t inline_fallbacks;
+    _Alignas(64) _Atomic uint64_t inline_fallbacks;
 };
 extern struct ptlab_rcu_stats ptlab_rcu_stats;
 
@@ -226,6 +231,22 @@ static inline void ptlab_page_bump_generation(struct ptdesc *d)
 {
     atomic_fetch_add_explicit(&d->generation, 1, memory_order_acq_rel);
 }
+/*
+ * A freed descriptor's reset: new generation, no level, no flags, no mm.
+ * Only the thread whose transition to FREE succeeded may call it, so plain
+ * release stores suffice where ptlab_page_bump_generation and
+ * ptlab_page_clear_flags pay a locked read-modify-write each (about a third
+ * of an order-0 alloc+free here). The state CAS before it is the barrier
+ * that keeps the poison after the new state.
+ */
+static inline void ptlab_page_retire(struct ptdesc *d)
+{
+    uint32_t gen = atomic_load_explicit(&d->generation, memory_order_relaxed);
+    atomic_store_explicit(&d->generation, gen + 1, memory_order_release);
+    atomic_store_explicit(&d->level, PTLAB_PT_NONE, memory_order_release);
+    atomic_store_explicit(&d->flags, 0, memory_order_release);
+    d->pt_mm = NULL;
+}
 static inline uint32_t ptlab_page_level(const struct ptdesc *d)
 {
     return atomic_load_explicit(&((struct ptdesc *)d)->level, memory_order_acquire);
@@ -310,6 +331,7 @@ struct ptlab_pcp {
     uint32_t count[PTLAB_PCP_MAX_NODES];
     uint32_t pfns[PTLAB_PCP_MAX_NODES][PTLAB_PCP_HIGH];
     _Atomic int64_t allocated_delta[PTLAB_PCP_MAX_NODES];
+    _Atomic int64_t numa_hit_delta[PTLAB_PCP_MAX_NODES];   /* per-cpu vm_event, like NUMA_HIT */
     int registered;
 };
 extern _Thread_local struct ptlab_pcp ptlab_pcp_local;
@@ -318,6 +340,8 @@ static inline struct ptlab_pcp *ptlab_this_pcp(void) { return &ptlab_pcp_local; 
 struct ptlab_pcp *ptlab_pcp_register(void);
 /* Sum of allocated_delta[node] over every cache, living or exited. */
 int64_t ptlab_pcp_sum_allocated(int node);
+/* Sum of numa_hit_delta[node] likewise. */
+int64_t ptlab_pcp_sum_numa_hit(int node);
 /* Zero every cache's deltas: a new allocator starts its books at zero.
  * Only safe while no other thread allocates or frees. */
 void ptlab_pcp_reset_counters(void);
@@ -328,6 +352,12 @@ static inline void ptlab_pcp_add_allocated(struct ptlab_pcp *pcp, int node, int6
 {
     int64_t v = atomic_load_explicit(&pcp->allocated_delta[node], memory_order_relaxed);
     atomic_store_explicit(&pcp->allocated_delta[node], v + d, memory_order_relaxed);
+}
+
+static inline void ptlab_pcp_count_numa_hit(struct ptlab_pcp *pcp, int node)
+{
+    int64_t v = atomic_load_explicit(&pcp->numa_hit_delta[node], memory_order_relaxed);
+    atomic_store_explicit(&pcp->numa_hit_delta[node], v + 1, memory_order_relaxed);
 }
 
 /* Pop a cached PFN for @node; returns PFN + 1, or 0 when the cache is empty. */
@@ -356,6 +386,9 @@ static inline void ptlab_pcp_forget(struct ptlab_pcp *pcp, uint64_t epoch)
         pcp->count[i] = 0;
     pcp->epoch = epoch;
 }
+
+/* Fill freed pages with PTLAB_POISON_FREE (page-aligned, whole pages). */
+void ptlab_poison_pages(void *addr, size_t bytes);
 
 /* ------------------------------------------------------------ baseline --- */
 

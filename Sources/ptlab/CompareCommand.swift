@@ -52,6 +52,8 @@ struct CompareCommand: ParsableCommand {
     @Argument(help: "Trace files.")
     var traces: [String]
 
+    @OptionGroup var module: ModuleParameterOptions
+
     func validate() throws {
         if modelOnly && kernelOnly { throw ValidationError("--model-only and --kernel-only exclude each other") }
         if traces.isEmpty { throw ValidationError("name at least one trace file") }
@@ -72,8 +74,10 @@ struct CompareCommand: ParsableCommand {
 
         var targets: [any TraceTarget] = []
         do {
-            if !kernelOnly { targets.append(try CompareTargets.makeModel(profile)) }
-            if !modelOnly { targets.append(try CompareTargets.makeKernel()) }
+            let params = try module.resolve()
+            try params.applyRCU()
+            if !kernelOnly { targets.append(try ModelTarget(profile: profile, parameters: params.allocator)) }
+            if !modelOnly { targets.append(try LiveKernel()) }
         } catch {
             warn("\(error)")
             throw ExitCode(2)

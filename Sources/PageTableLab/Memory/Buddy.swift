@@ -79,12 +79,19 @@ extension PageAllocator {
         return true
     }
 
+    /// A chunk aligned to its own size, so that an order-n block's address
+    /// is as aligned as its PFN (as compound pages are in the kernel's direct
+    /// map): reserve twice the size, trim both ends, then bind the rest to
+    /// the node as numa_alloc_onnode would (mmap + numa_tonode_memory).
     func acquireChunk(bytes: Int, node: Int) -> UnsafeMutableRawPointer? {
-        if topology.available {
-            return numa_alloc_onnode(bytes, Int32(node))
-        }
-        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        return p == MAP_FAILED ? nil : p
+        let reserved = mmap(nil, 2 * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let reserved, reserved != MAP_FAILED else { return nil }
+        let head = Int(bitPattern: reserved) & (bytes - 1) == 0 ? 0 : bytes - Int(bitPattern: reserved) & (bytes - 1)
+        let base = reserved + head
+        if head > 0 { munmap(reserved, head) }
+        munmap(base + bytes, bytes - head)
+        if topology.available { numa_tonode_memory(base, bytes, Int32(node)) }
+        return base
     }
 
     func releaseChunk(_ base: UnsafeMutableRawPointer, bytes: Int) {

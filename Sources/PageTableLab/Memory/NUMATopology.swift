@@ -18,6 +18,20 @@ public struct NUMATopology: Sendable, Equatable, Codable {
     public let nodes: [Node]
     /// distances[a][b] as numa_distance reports (10 = local).
     public let distances: [[Int]]
+    /// CPU → node id (-1: in no node), so that numa_node_id() is an array
+    /// read: libnuma's numa_node_of_cpu allocates a bitmask on every call.
+    public let nodeOfCPU: [Int]
+
+    public init(available: Bool, nodes: [Node], distances: [[Int]]) {
+        self.available = available
+        self.nodes = nodes
+        self.distances = distances
+        var map = [Int](repeating: -1, count: (nodes.flatMap(\.cpus).max() ?? -1) + 1)
+        for node in nodes {
+            for cpu in node.cpus { map[cpu] = node.id }
+        }
+        nodeOfCPU = map
+    }
 
     public static let current: NUMATopology = probe()
 
@@ -36,11 +50,9 @@ public struct NUMATopology: Sendable, Equatable, Codable {
 
     /// The node of the CPU this thread runs on now.
     public func currentNode() -> Int {
-        guard available else { return 0 }
-        let cpu = ptlab_current_cpu()
-        guard cpu >= 0 else { return nodes[0].id }
-        let node = Int(numa_node_of_cpu(cpu))
-        return nodeIDs.contains(node) ? node : nodes[0].id
+        let cpu = Int(ptlab_current_cpu())
+        guard cpu >= 0, cpu < nodeOfCPU.count, nodeOfCPU[cpu] >= 0 else { return nodes[0].id }
+        return nodeOfCPU[cpu]
     }
 
     static func probe() -> NUMATopology {

@@ -8,7 +8,6 @@ final class NodeArena: Sendable {
     let pfnBase: UInt32
     let area: Mutex<FreeArea>
     let nrPageTablePages = Atomic<Int>(0)
-    let numaHit = Atomic<Int>(0)
     let numaMiss = Atomic<Int>(0)
     let numaForeign = Atomic<Int>(0)
 

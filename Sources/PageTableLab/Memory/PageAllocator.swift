@@ -171,7 +171,9 @@ public final class PageAllocator: @unchecked Sendable {
         }
         let preferred = try nodeIndex(ofID: preferredID)
         if let d = allocFrom(preferred, order: order) {
-            nodes[preferred].numaHit.add(1, ordering: .relaxed)
+            // Per-thread, like the kernel's per-cpu NUMA_HIT: a shared atomic
+            // here cost more than the rest of the fast path together.
+            ptlab_pcp_count_numa_hit(ptlab_this_pcp(), Int32(preferred))
             return finishAlloc(d, zero: zero)
         }
         for otherID in topology.fallbackOrder(from: preferredID) {
@@ -242,11 +244,8 @@ public final class PageAllocator: @unchecked Sendable {
         default: throw .notAllocated(pfn: d.pointee.pfn, state: found)
         }
         let order = Int(d.pointee.order)
-        ptlab_page_bump_generation(d)
-        ptlab_page_set_level(d, PTLAB_PT_NONE.rawValue)
-        ptlab_page_clear_flags(d, ~0)
-        d.pointee.pt_mm = nil
-        if parameters.poison { memset(address(of: page), Int32(PTLAB_POISON_FREE), 4096 << order) }
+        ptlab_page_retire(d)
+        if parameters.poison { ptlab_poison_pages(address(of: page), 4096 << order) }
         let index = nodeIndexByID[Int(d.pointee.node)]
         let pcp = thisPCP()
         ptlab_pcp_add_allocated(pcp, Int32(index), -Int64(1 << order))
@@ -322,7 +321,7 @@ public final class PageAllocator: @unchecked Sendable {
             node: id, budgetPages: pagesPerNode, mappedPages: mapped,
             allocatedPages: allocated, freePages: pagesPerNode - allocated,
             nrPageTablePages: arena.nrPageTablePages.load(ordering: .relaxed),
-            numaHit: arena.numaHit.load(ordering: .relaxed),
+            numaHit: Int(ptlab_pcp_sum_numa_hit(Int32(index))),
             numaMiss: arena.numaMiss.load(ordering: .relaxed),
             numaForeign: arena.numaForeign.load(ordering: .relaxed))
     }

@@ -1,0 +1,76 @@
+/// One `ptlab bench` run: the Swift paths, the raw C paths they are held
+/// against, measured in the same process in interleaved rounds, and the
+/// targets the foundation promises. JSON keys are part of the interface
+/// (scripts compare runs by them), hence the explicit coding keys.
+public struct BenchReport: Sendable, Codable, Equatable {
+    /// A promise and whether this run kept it.
+    public struct Target: Sendable, Codable, Equatable {
+        public enum Comparison: String, Sendable, Codable { case atMost = "<=", atLeast = ">=" }
+        public var key: String
+        public var comparison: Comparison
+        public var limit: Double
+        public var value: Double
+        public var met: Bool
+        public var why: String
+
+        init(_ key: String, _ comparison: Comparison, _ limit: Double, _ value: Double, _ why: String) {
+            self.key = key
+            self.comparison = comparison
+            self.limit = limit
+            self.value = value
+            self.met = comparison == .atMost ? value <= limit : value >= limit
+            self.why = why
+        }
+    }
+
+    public var rcuReadNsSwift: Double
+    public var rcuReadNsC: Double
+    public var rcuReadRatio: Double
+    public var callRCUPerSecSwift: Double
+    public var callRCUPerSecC: Double
+    public var callRCURatio: Double
+    /// RCU.call on the C baseline's own malloc'd object: the Swift layer's
+    /// cost alone, to set beside call_rcu_per_sec_swift (pages, poisoned on free).
+    public var callRCUPerSecSwiftMalloc: Double
+    public var pageAllocFreeNs: Double
+    public var numaAllocOnnodeNs: Double
+    public var pageAllocSpeedup: Double
+    /// Poisoning one hot 4 KiB page with 0x6b, as the free path does: the
+    /// floor under page_alloc_free_ns while page_poison is on.
+    public var poisonPageNs: Double
+    /// Most deferred-free bytes outstanding during the Swift call_rcu flood.
+    public var callRCUPeakDeferredBytes: Int64
+    public var targets: [Target]
+    public var allTargetsMet: Bool
+    /// How each number is taken from its rounds.
+    public var statistic: String
+    public var rounds: Int
+    /// "release" or "debug": a debug build's numbers mean nothing.
+    public var build: String
+    /// The 1-minute load average when the run began: above zero-ish, other
+    /// work shared the CPUs and the numbers are suspect.
+    public var loadAverage1m: Double
+    /// Every module parameter the run used.
+    public var parameters: [String: String]
+    /// Every round's value of each measured key, in order.
+    public var samples: [String: [Double]]
+
+    enum CodingKeys: String, CodingKey {
+        case rcuReadNsSwift = "rcu_read_ns_swift"
+        case rcuReadNsC = "rcu_read_ns_c"
+        case rcuReadRatio = "rcu_read_ratio"
+        case callRCUPerSecSwift = "call_rcu_per_sec_swift"
+        case callRCUPerSecC = "call_rcu_per_sec_c"
+        case callRCURatio = "call_rcu_ratio"
+        case callRCUPerSecSwiftMalloc = "call_rcu_per_sec_swift_malloc"
+        case pageAllocFreeNs = "page_alloc_free_ns"
+        case numaAllocOnnodeNs = "numa_alloc_onnode_ns"
+        case pageAllocSpeedup = "page_alloc_speedup"
+        case poisonPageNs = "poison_page_ns"
+        case callRCUPeakDeferredBytes = "call_rcu_peak_deferred_bytes"
+        case targets
+        case allTargetsMet = "all_targets_met"
+        case statistic, rounds, build, parameters, samples
+        case loadAverage1m = "load_average_1m"
+    }
+}

@@ -1,0 +1,96 @@
+import ArgumentParser
+import Foundation
+import PageTableLab
+
+/// The foundation's speed promises, checked on this machine.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure the RCU and page-allocator paths against raw C and check the targets.",
+        discussion: """
+            Runs, in one process and interleaved rounds: an RCU read section from Swift \
+            and from C; a call_rcu flood from Swift (allocator pages freed by a \
+            pte_free_defer-shaped callback) and from C (malloc + call_rcu + free); an \
+            order-0 page alloc+free; and numa_alloc_onnode(4 KiB) + touch + numa_free. \
+            Each number is the median of its rounds; --json also gives every round.
+
+            Targets: Swift read section <= 1.15x C; Swift call_rcu throughput >= 0.9x C; \
+            page alloc+free <= 40 ns and >= 200x faster than numa_alloc_onnode. \
+            Build with -c release: a debug build's numbers mean nothing.
+            """)
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    @Option(help: "Measurement rounds; each reported number is the median.")
+    var rounds = 5
+
+    @Flag(help: "Exit with status 1 if a target is missed.")
+    var check = false
+
+    @OptionGroup var module: ModuleParameterOptions
+
+    func validate() throws {
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
+    }
+
+    func run() throws {
+        let parameters = try module.resolve()
+        Diagnostics.warnIfDebugBuild("bench")
+        var configuration = Bench.Configuration()
+        configuration.rounds = rounds
+        let progress = ProgressLine("bench")
+        let report: BenchReport
+        do {
+            report = try Bench.run(configuration, parameters: parameters) { progress.update($0) }
+        } catch {
+            progress.finish()
+            throw error
+        }
+        progress.finish()
+        if json { try JSONOutput.print(report) } else { printTable(report) }
+        if check && !report.allTargetsMet { throw ExitCode(1) }
+    }
+
+    private func printTable(_ r: BenchReport) {
+        print("ptlab bench: \(r.build) build, median of \(r.rounds) round(s), load average \(fmt(r.loadAverage1m, 2)) at start")
+        let rows: [(String, String, String)] = [
+            ("rcu_read_ns_swift", fmt(r.rcuReadNsSwift, 2), "ns per read lock+unlock, Swift RCU.read"),
+            ("rcu_read_ns_c", fmt(r.rcuReadNsC, 2), "ns per read lock+unlock, liburcu inlines from C"),
+            ("call_rcu_per_sec_swift", fmt(r.callRCUPerSecSwift, 0), "page alloc + RCU.call + free in callback, per s"),
+            ("call_rcu_per_sec_c", fmt(r.callRCUPerSecC, 0), "malloc + call_rcu + free in callback, per s"),
+            ("call_rcu_per_sec_swift_malloc", fmt(r.callRCUPerSecSwiftMalloc, 0), "the C object through RCU.call: the Swift layer alone, per s"),
+            ("page_alloc_free_ns", fmt(r.pageAllocFreeNs, 1), "ns per order-0 alloc + free (poisoned if page_poison=y)"),
+            ("numa_alloc_onnode_ns", fmt(r.numaAllocOnnodeNs, 0), "ns per numa_alloc_onnode(4 KiB) + touch + numa_free"),
+            ("poison_page_ns", fmt(r.poisonPageNs, 1), "ns to poison one 4 KiB page with 0x6b (hot in cache)"),
+            ("call_rcu_peak_deferred_bytes", String(r.callRCUPeakDeferredBytes), "bytes awaiting a grace period at the flood's peak"),
+        ]
+        printColumns(rows.map { [$0.0, $0.1, $0.2] }, rightAligned: [1])
+        print("")
+        printColumns(r.targets.map {
+            [$0.key, fmt($0.value, 2), "\($0.comparison.rawValue) \(fmt($0.limit, 2))", $0.met ? "pass" : "FAIL", $0.why]
+        }, rightAligned: [1])
+        let parameters = ModuleParameters.table.map { "\($0.name)=\(r.parameters[$0.name] ?? "?")" }
+        print("\nparameters: \(parameters.joined(separator: " "))")
+        let missed = r.targets.filter { !$0.met }.map(\.key)
+        print(missed.isEmpty
+              ? "bench: pass (\(r.targets.count) of \(r.targets.count) targets met)"
+              : "bench: FAIL (missed: \(missed.joined(separator: ", ")))")
+    }
+
+    private func fmt(_ v: Double, _ decimals: Int) -> String {
+        String(format: "%.\(decimals)f", v)
+    }
+
+    private func printColumns(_ rows: [[String]], rightAligned: Set<Int>) {
+        guard let columns = rows.first?.count else { return }
+        let widths = (0..<columns).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        for row in rows {
+            let cells = row.enumerated().map { c, cell in
+                let pad = String(repeating: " ", count: widths[c] - cell.count)
+                return rightAligned.contains(c) ? pad + cell : (c == columns - 1 ? cell : cell + pad)
+            }
+            print(cells.joined(separator: "  "))
+        }
+    }
+}

@@ -1,0 +1,183 @@
+import ArgumentParser
+import Foundation
+import PageTableLab
+
+/// `ptlab stress`: one freeing mechanism against concurrent walkers, in the
+/// manner of the kernel's test modules: a seed, a thread count, a duration,
+/// and a closing line that says PASS or FAIL.
+struct StressCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stress",
+        abstract: "Hammer one page-table freeing mechanism with concurrent walkers; report use-after-free detections.",
+        discussion: """
+            Each scenario runs walker threads ("CPUs") against an updater on real memory. \
+            A safe mode is the kernel with its fix: it must detect nothing and return every \
+            page. An unsafe mode is the kernel before the fix: its detector must fire, which \
+            is what proves the detector works.
+
+            Scenarios and modes (the first is the default):
+            \(StressCommand.catalogue)
+              all            every mode of every scenario; unsafe ones stop at their first detection
+
+            Exit status: 0 when every run passed; 1 when a safe run detected a use-after-free \
+            or leaked pages, or an unsafe run detected nothing.
+
+            Examples:
+              ptlab stress collapse --mode immediate --duration 3
+              ptlab stress batch-fail --fallback ipi-sync --walkers 2 --json
+              ptlab stress kernel-free --mode no-invalidate
+              ptlab stress all --duration 2 --json
+            """)
+
+    @Argument(help: "Scenario to run, or `all`.")
+    var scenario: String
+
+    @Option(help: "Mode of the scenario (see the list above).")
+    var mode: String?
+
+    @Option(help: "batch-fail only: the tlb_remove_table_one fallback (ipi-sync, rcu-one, synchronize); same as --mode.")
+    var fallback: String?
+
+    @Option(help: "Seconds to run (an unsafe run under `all` stops at its first detection).")
+    var duration: Double = 3
+
+    @Option(help: "Walker threads.")
+    var walkers: Int = 2
+
+    @Option(help: "Seed for the updater's and walkers' choices; printed, so a run can be repeated.")
+    var seed: UInt64 = 1
+
+    @Flag(help: "Stop an unsafe run at its first detection.")
+    var stopOnDetect = false
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    @OptionGroup var module: ModuleParameterOptions
+
+    static var catalogue: String {
+        var lines = Scenario.all.map { s in
+            "  \(s.name.padding(toLength: 14, withPad: " ", startingAt: 0)) \(s.modes.map { $0.name + ($0.safe ? "" : "*") }.joined(separator: ", "))\n" +
+            "  \(String(repeating: " ", count: 14)) \(s.summary)"
+        }
+        lines.append("  kernel-free    deferred, per-page, no-invalidate*\n" +
+                     "                 DMA walkers on SVA-bound PASIDs vs freeing kernel page tables")
+        lines.append("  iommu-faults   deferred, per-page\n" +
+                     "                 kernel-free while IQE, ITE, ICE and queue-full are injected")
+        return lines.joined(separator: "\n") + "\n  (* unsafe: the kernel before the fix)"
+    }
+
+    func validate() throws {
+        if mode != nil && fallback != nil { throw ValidationError("give --mode or --fallback, not both") }
+        if fallback != nil && scenario != "batch-fail" { throw ValidationError("--fallback belongs to batch-fail") }
+    }
+
+    func run() throws {
+        let params = try module.resolve()
+        try params.applyRCU()
+        Diagnostics.warnIfDebugBuild("stress")
+        let plan = try self.plan()
+        var results: [StressResult] = []
+        for (scenario, mode, safe) in plan {
+            var options = StressOptions(scenario: scenario, mode: mode)
+            options.duration = duration
+            options.walkers = walkers
+            options.seed = seed
+            options.stopOnDetection = stopOnDetect || (self.scenario == "all" && !safe)
+            let progress = ProgressLine("stress \(scenario)/\(mode)")
+            options.progress = { p in
+                progress.update(String(format: "%.1f/%.0fs  ops %d  walks %d  uaf %d", p.elapsed, p.duration, p.ops, p.walks, p.uaf))
+            }
+            let allocator = try PageAllocator(parameters: params.allocator)
+            defer { allocator.unload() }
+            let result: StressResult
+            switch scenario {
+            case "kernel-free": result = try KernelFreeStress(options).run(allocator: allocator)
+            case "iommu-faults": result = try KernelFreeStress(options, injectFaults: true).run(allocator: allocator)
+            default: result = try StressRunner(options).run(allocator: allocator)
+            }
+            progress.finish()
+            results.append(result)
+            if !json { printTable(result, params: params) }
+        }
+        if json {
+            if self.scenario == "all" { try JSONOutput.print(StressSummary(runs: results)) } else { try JSONOutput.print(results[0]) }
+        } else if results.count > 1 {
+            let failed = results.filter { !$0.pass }
+            print("stress all: \(results.count - failed.count) passed, \(failed.count) failed")
+        }
+        if results.contains(where: { !$0.pass }) { throw ExitCode(1) }
+    }
+
+    /// (scenario, mode, safe) for each run asked for.
+    private func plan() throws -> [(String, String, Bool)] {
+        let iommuModes = KernelFreeStress.modes
+        if scenario == "all" {
+            var runs = Scenario.all.flatMap { s in s.modes.map { (s.name, $0.name, $0.safe) } }
+            runs += iommuModes.map { ("kernel-free", $0, $0 != "no-invalidate") }
+            runs += ["deferred", "per-page"].map { ("iommu-faults", $0, true) }
+            return runs
+        }
+        let chosen = mode ?? fallback
+        if scenario == "kernel-free" || scenario == "iommu-faults" {
+            let m = chosen ?? "deferred"
+            guard iommuModes.contains(m) else {
+                throw ValidationError("scenario '\(scenario)' has no mode '\(m)' (modes: \(iommuModes.joined(separator: ", ")))")
+            }
+            return [(scenario, m, m != "no-invalidate")]
+        }
+        guard let s = Scenario.named(scenario) else {
+            let known = Scenario.all.map(\.name) + ["kernel-free", "iommu-faults", "all"]
+            throw ValidationError("unknown scenario '\(scenario)' (scenarios: \(known.joined(separator: ", ")))")
+        }
+        let m = chosen ?? s.modes[0].name
+        guard let found = s.mode(named: m) else {
+            throw ValidationError("scenario '\(scenario)' has no mode '\(m)' (modes: \(s.modes.map(\.name).joined(separator: ", ")))")
+        }
+        return [(s.name, found.name, found.safe)]
+    }
+
+    private func printTable(_ r: StressResult, params: ModuleParameters) {
+        let rows: [(String, String)] = [
+            ("scenario", "\(r.scenario) / \(r.mode) (\(r.safe ? "safe" : "unsafe: the kernel before the fix"))"),
+            ("seed / walkers", "\(r.seed) / \(r.walkers)\(params.commandLine.isEmpty ? "" : "  " + params.commandLine.joined(separator: " "))"),
+            ("duration", String(format: "%.2f s", r.durationSeconds)),
+            ("updater ops", "\(r.ops)"),
+            ("walks", "\(r.walks)"),
+            ("use-after-free", "\(r.uafDetected)  \(detail(r.detections))"),
+            ("tables freed", "\(r.tablesFreed)"),
+            ("rcu callbacks", "\(r.rcuCallbacks)"),
+            ("tlb flushes", "\(r.tlbFlushes)"),
+            ("peak deferred", "\(r.peakDeferredBytes) bytes"),
+            ("free latency", String(format: "p50 %.1f us  p99 %.1f us  max %.1f us", r.freeLatencyUs.p50, r.freeLatencyUs.p99, r.freeLatencyUs.max)),
+            ("leaked pages", "\(r.leakedPages)"),
+        ] + iommuRows(r)
+        for (k, v) in rows { print("  \(k.padding(toLength: 24, withPad: " ", startingAt: 0)) \(v)") }
+        print(r.pass ? "PASS \(r.scenario)/\(r.mode)" : "FAIL \(r.scenario)/\(r.mode): \(r.verdict)")
+    }
+
+    private func detail(_ d: WalkCounters) -> String {
+        let parts = [("freed table", d.freedTable), ("poison", d.poisonSeen), ("freed ptlock", d.freedPTLock), ("stale PSC", d.stalePSC)]
+            .filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
+        return parts.isEmpty ? "" : "(" + parts.joined(separator: ", ") + ")"
+    }
+
+    private func iommuRows(_ r: StressResult) -> [(String, String)] {
+        guard let inv = r.iotlbInvalidations else { return [] }
+        var rows = [
+            ("iotlb invalidations", "\(inv)"),
+            ("qi descriptors", "\(r.qiDescriptors ?? 0)"),
+            ("qi wait", String(format: "p50 %.0f us  p99 %.0f us", r.qiWaitUs?.p50 ?? 0, r.qiWaitUs?.p99 ?? 0)),
+            ("invalidations / table", String(format: "%.4f", r.invalidationsPerTable ?? 0)),
+        ]
+        if let f = r.faultsInjected {
+            rows.append(("faults injected", "IQE \(f.iqe)  ITE \(f.ite)  ICE \(f.ice)  queue-full \(f.queueFull)"))
+        }
+        return rows
+    }
+}
+
+/// `stress all --json`: every run, so a soak can be summarised in one object.
+struct StressSummary: Encodable {
+    var runs: [StressResult]
+}
