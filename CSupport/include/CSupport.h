@@ -401,6 +401,8 @@ double ptlab_baseline_batch_frees_per_sec(uint64_t tables);
 int ptlab_current_cpu(void);
 /* Pin the calling thread to @cpu; 0 on success, else an errno. */
 int ptlab_pin_to_cpu(int cpu);
+/* Let the calling thread run on any CPU again. */
+int ptlab_unpin(void);
 int ptlab_numa_node_allowed(int node);
 void ptlab_warn(const char *message);
 

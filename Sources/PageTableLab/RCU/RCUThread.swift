@@ -79,3 +79,8 @@ private func rcuThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawP
 public func pinCurrentThread(toCPU cpu: Int) -> Bool {
     ptlab_pin_to_cpu(Int32(cpu)) == 0
 }
+
+/// Undo pinCurrentThread: any CPU again.
+public func unpinCurrentThread() {
+    ptlab_unpin()
+}

@@ -37,7 +37,9 @@ public final class KernelPageTableFree: @unchecked Sendable {
     public let invalidations = Atomic<Int>(0)
     public let batches = Atomic<Int>(0)
 
-    public init(mode: Mode, allocator: PageAllocator, invalidateKVA: (@Sendable () -> Void)?) {
+    /// `workCPU`: the CPU the freeing thread runs on, to bind the work there
+    /// as schedule_work does (nil: unbound).
+    public init(mode: Mode, allocator: PageAllocator, workCPU: Int? = nil, invalidateKVA: (@Sendable () -> Void)?) {
         self.mode = mode
         self.allocator = allocator
         self.invalidateKVA = invalidateKVA
@@ -45,7 +47,7 @@ public final class KernelPageTableFree: @unchecked Sendable {
         batch = .allocate(capacity: 1)
         ptlab_list_init(list)
         ptlab_list_init(batch)
-        work = Work { [unowned self] in self.workFunction() }
+        work = Work(cpu: workCPU) { [unowned self] in self.workFunction() }
     }
 
     /// Drain and stop the work. Every table queued so far is freed.

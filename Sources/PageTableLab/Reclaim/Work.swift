@@ -22,13 +22,16 @@ public final class Work: @unchecked Sendable {
     /// Times the function ran.
     public let runs = Atomic<Int>(0)
 
-    public init(_ function: @escaping @Sendable () -> Void) {
+    /// `cpu`: bind the worker to one CPU, as system_wq's per-CPU pools are
+    /// bound: work queued by a task runs on that task's CPU, so it waits for
+    /// the task to yield instead of racing it on another core.
+    public init(cpu: Int? = nil, _ function: @escaping @Sendable () -> Void) {
         self.function = function
         cond = .allocate(capacity: 1)
         mutex = .allocate(capacity: 1)
         pthread_cond_init(cond, nil)
         pthread_mutex_init(mutex, nil)
-        thread = RCUThread { [unowned self] in self.workerLoop() }
+        thread = RCUThread(cpu: cpu) { [unowned self] in self.workerLoop() }
     }
 
     /// schedule_work: true if this call made the work pending.

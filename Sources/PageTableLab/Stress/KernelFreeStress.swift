@@ -9,7 +9,8 @@ import Synchronization
 /// freed and reused under them.
 public struct KernelFreeStress {
     public static let modes = KernelPageTableFree.Mode.allCases.map(\.rawValue)
-    /// 2 MiB slots of the vmalloc area the churn maps and unmaps.
+    /// 2 MiB slots of the vmalloc area the churn maps and unmaps, in areas
+    /// of 1–16 slots.
     static let slots = 64
     static let pasids: [UInt32] = [1, 2]
 
@@ -40,9 +41,14 @@ public struct KernelFreeStress {
         FreeLatency.reset()
         DeferredBound.resetPeak()
         return try RCU.withRegisteredThread {
+            // The churn runs on CPU 0, and the work is bound there too, as
+            // schedule_work binds it to the queueing CPU.
+            let cpu0 = NUMATopology.current.nodes.first?.cpus.first
+            if let cpu0 { pinCurrentThread(toCPU: cpu0) }
+            defer { unpinCurrentThread() }
             let iommu = try IntelIOMMU(allocator: allocator)
             let sva = SVA(iommu: iommu)
-            let freer = KernelPageTableFree(mode: mode, allocator: allocator) { sva.invalidateKVARange() }
+            let freer = KernelPageTableFree(mode: mode, allocator: allocator, workCPU: cpu0) { sva.invalidateKVARange() }
             let kernel = try InitMM(allocator: allocator, freer: freer)
             let device = try iommu.attachDevice(sid: 1, did: 1, ats: true)
             var mms: [MM] = []
@@ -70,14 +76,20 @@ public struct KernelFreeStress {
             var nextReport = start
             while elapsed < options.duration, ops < options.maxOps ?? .max,
                   !(options.stopOnDetection && iommu.counters.snapshot().useAfterFree > 0) {
-                let slot = Int(rng.next() % UInt64(Self.slots))
-                let base = InitMM.vmallocStart + UInt64(slot) << 21
-                if mapped[slot] {
-                    try kernel.vunmap(address: base, length: 1 << 21)
+                // vmalloc/vfree of areas of 1–16 slots: a vfree of a large
+                // area frees its tables in a burst, as the kernel's do.
+                let first = Int(rng.next() % UInt64(Self.slots))
+                let count = min(1 + Int(rng.next() % 16), Self.slots - first)
+                let base = InitMM.vmallocStart + UInt64(first) << 21
+                if mapped[first] {
+                    try kernel.vunmap(address: base, length: UInt64(count) << 21)
+                    for i in first..<(first + count) { mapped[i] = false }
                 } else {
-                    try kernel.vmap(address: base, length: (1 + rng.next() % 16) << 12)
+                    for i in first..<(first + count) where !mapped[i] {
+                        try kernel.vmap(address: InitMM.vmallocStart + UInt64(i) << 21, length: (1 + rng.next() % 16) << 12)
+                        mapped[i] = true
+                    }
                 }
-                mapped[slot].toggle()
                 ops += 1
                 if injectFaults && ops % 16 == 0 { faults.injectNext(iommu: iommu, sva: sva) }
                 let now = monotonicNanoseconds()
