@@ -13,6 +13,15 @@ import Synchronization
 /// free calls it from a work item that must not depend on memory.
 final class QueuedInvalidation: @unchecked Sendable {
     /// desc_status values (QI_FREE, QI_IN_USE, QI_DONE, QI_ABORT).
+    ///
+    /// DONE (written by the hardware into a wait's slot) and ABORT (written
+    /// by whoever handles an ITE) are news for the submitter that owns the
+    /// wait, and for nobody else: only that submitter turns its slots back
+    /// to FREE, and only FREE slots are reclaimed. Reclaiming DONE or ABORT
+    /// slots, as Linux did before commit 3cf74230c139 ("iommu/vt-d: Fix
+    /// potential lockup if qi_submit_sync called with 0 count"), lets one
+    /// submitter free another's finished wait before its owner saw it: the
+    /// owner then polls a FREE slot forever.
     enum SlotStatus: UInt32 {
         case free = 0, inUse = 1, done = 2, abort = 3
     }
@@ -24,10 +33,14 @@ final class QueuedInvalidation: @unchecked Sendable {
         /// Per slot, the ITESID of the time-out that aborted it: tells an
         /// aborted submitter whose device did not answer.
         var abortedBy: [UInt16]
+        /// Per slot: holds the wait descriptor a submitter polls. An ITE
+        /// aborts pending waits only; the descriptors before them ran.
+        var isWait: [Bool]
 
         init(entries: Int) {
             freeCount = entries
             abortedBy = [UInt16](repeating: 0, count: entries)
+            isWait = [Bool](repeating: false, count: entries)
         }
     }
 
@@ -184,8 +197,10 @@ final class QueuedInvalidation: @unchecked Sendable {
                 for i in 0..<count {
                     writeSlot((index + i) % entries, descriptors[i])
                     setStatus((index + i) % entries, .inUse)
+                    st.isWait[(index + i) % entries] = false
                 }
                 setStatus(waitIndex, .inUse)
+                st.isWait[waitIndex] = true
                 let wait = InvalidationWait(
                     statusWrite: .init(address: statusPhysical(waitIndex), data: SlotStatus.done.rawValue), fence: true)
                 writeSlot(waitIndex, InvalidationDescriptor.wait(wait).encode())
@@ -213,15 +228,23 @@ final class QueuedInvalidation: @unchecked Sendable {
     /// between polls. An error found on the way is held until the wait has
     /// resolved (done or aborted), so no slot is reclaimed while the
     /// hardware may still fetch it.
+    ///
+    /// The status is read before the faults: the hardware raises a fault of
+    /// this submission (ICE) before it writes the wait's status, so a status
+    /// seen resolved here guarantees the fault check after it sees that
+    /// fault. Read the other way round, an ICE raised between the two reads
+    /// would be missed and left set for nobody. A status resolved by the
+    /// fault check itself is seen on the next round: the check's FSTS write
+    /// signalled progress, so the wait below returns at once.
     private func waitForCompletion(index: Int, waitIndex: Int, count: Int, attempts: Int) -> Outcome {
         var latched: QIError?
         while true {
             let key = hardware.progress.prepareWait()
             let outcome: Outcome? = state.withLock { st in
-                checkFault(&st, index: index, waitIndex: waitIndex, count: count, latched: &latched)
                 let s = status(waitIndex)
+                checkFault(&st, index: index, waitIndex: waitIndex, count: count, latched: &latched)
                 guard s == SlotStatus.done.rawValue || s == SlotStatus.abort.rawValue else { return nil }
-                for i in 0..<count { setStatus((index + i) % entries, .done) }
+                for i in 0...count { setStatus((index + i) % entries, .free) }
                 reclaim(&st)
                 if let latched { return .failed(latched) }
                 if s == SlotStatus.done.rawValue { return .done }
@@ -262,12 +285,14 @@ final class QueuedInvalidation: @unchecked Sendable {
         }
         if fault & DMARRegister.invalidationTimeoutError != 0 {
             // The hardware aborted the waits it fetched after the time-out:
-            // every slot it has passed that nobody completed.
+            // every wait it has passed that it did not complete, whoever's
+            // it is (its owner resubmits). Only waits: marking another
+            // submission's descriptors would tell nobody anything.
             let head = Int(hardware.read(.iqh) >> UInt64(shift))
             let sid = UInt16(truncatingIfNeeded: hardware.read(.iqercd) >> 32)
             var slot = st.freeTail
             while slot != head {
-                if status(slot) == SlotStatus.inUse.rawValue {
+                if st.isWait[slot], status(slot) == SlotStatus.inUse.rawValue {
                     setStatus(slot, .abort)
                     st.abortedBy[slot] = sid
                 }
@@ -286,12 +311,11 @@ final class QueuedInvalidation: @unchecked Sendable {
         }
     }
 
-    /// reclaim_free_desc: return completed slots, oldest first.
+    /// reclaim_free_desc: return the slots their owners released, oldest
+    /// first, up to the first one still owned (FREE is also what unposted
+    /// slots hold, hence the stop at the free head).
     private func reclaim(_ st: inout State) {
-        while true {
-            let s = status(st.freeTail)
-            guard s == SlotStatus.done.rawValue || s == SlotStatus.abort.rawValue else { return }
-            setStatus(st.freeTail, .free)
+        while st.freeTail != st.freeHead, status(st.freeTail) == SlotStatus.free.rawValue {
             st.freeTail = (st.freeTail + 1) % entries
             st.freeCount += 1
         }

@@ -152,6 +152,8 @@ public struct KernelFreeStress {
 final class FaultSchedule: Sendable {
     private let next = Atomic<Int>(0)
     private let queueFull = Atomic<Int>(0)
+    /// fillQueue submitters that have returned, over all episodes.
+    private let submittersFinished = Atomic<Int>(0)
 
     func injectNext(iommu: IntelIOMMU, sva: SVA) {
         switch next.add(1, ordering: .relaxed).newValue % 4 {
@@ -165,24 +167,48 @@ final class FaultSchedule: Sendable {
     /// Stall the hardware, let three submitters of large batches fill the
     /// ring until one must wait for room (qi_submit_sync's count + 2 rule),
     /// then let the hardware go: every submission must still complete.
+    /// The stall ends as soon as a submitter waits for room or one has
+    /// finished (one that failed early never fills the ring).
     private func fillQueue(iommu: IntelIOMMU, sva: SVA) {
         let before = iommu.counters.snapshot().queueFull
+        let finishedBefore = submittersFinished.load(ordering: .acquiring)
         let flush = InvalidationDescriptor.pasidIOTLB(
             PASIDIOTLBInvalidation(did: 1, pasid: KernelFreeStress.pasids[0], granularity: .pasid)).encode()
         let batch = [RawDescriptor](repeating: flush, count: iommu.queueLength * 2 / 5)
         iommu.faultInjection.stallFetching()
         let submitters = (0..<3).map { _ in
             RCUThread { [self] in
-                do { try iommu.qiSubmitSync(batch) } catch { lost.add(1, ordering: .relaxed) }
+                submit(batch, to: iommu)
+                submittersFinished.add(1, ordering: .releasing)
             }
         }
-        while iommu.counters.snapshot().queueFull == before { sched_yield() }
+        while iommu.counters.snapshot().queueFull == before,
+              submittersFinished.load(ordering: .acquiring) == finishedBefore {
+            sched_yield()
+        }
         iommu.faultInjection.resumeFetching()
         for t in submitters { t.join() }
         queueFull.add(1, ordering: .relaxed)
     }
 
-    /// Queue-full submissions that failed: each one is something lost.
+    /// An IQE injected earlier and not yet consumed may land on the batch:
+    /// refused, so the caller submits it again, as any caller of
+    /// qi_submit_sync would. Once is enough: only the thread blocked in
+    /// fillQueue injects, so no other IQE can be armed meanwhile.
+    private func submit(_ batch: [RawDescriptor], to iommu: IntelIOMMU) {
+        do {
+            do {
+                try iommu.qiSubmitSync(batch)
+            } catch QIError.invalidDescriptor(_, _, _, true, _) {
+                try iommu.qiSubmitSync(batch)
+            }
+        } catch {
+            lost.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// Queue-full submissions that failed, other than by an injected IQE
+    /// (resubmitted): each one is something lost.
     let lost = Atomic<Int>(0)
 
     func counts(_ iommu: IntelIOMMU) -> StressResult.FaultsInjected {
