@@ -74,7 +74,6 @@ struct StressCommand: ParsableCommand {
 
     func run() throws {
         let params = try module.resolve()
-        try params.applyRCU()
         Diagnostics.warnIfDebugBuild("stress")
         let plan = try self.plan()
         var results: [StressResult] = []
@@ -88,13 +87,17 @@ struct StressCommand: ParsableCommand {
             options.progress = { p in
                 progress.update(String(format: "%.1f/%.0fs  ops %d  walks %d  uaf %d", p.elapsed, p.duration, p.ops, p.walks, p.uaf))
             }
-            let allocator = try PageAllocator(parameters: params.allocator)
-            defer { allocator.unload() }
-            let result: StressResult
+            let lab = try Lab(parameters: params)
+            var result: StressResult
             switch scenario {
-            case "kernel-free": result = try KernelFreeStress(options).run(allocator: allocator)
-            case "iommu-faults": result = try KernelFreeStress(options, injectFaults: true).run(allocator: allocator)
-            default: result = try StressRunner(options).run(allocator: allocator)
+            case "kernel-free": result = try KernelFreeStress(options).run(allocator: lab.allocator)
+            case "iommu-faults": result = try KernelFreeStress(options, injectFaults: true).run(allocator: lab.allocator)
+            default: result = try StressRunner(options).run(allocator: lab.allocator)
+            }
+            let exit = try lab.unload()
+            if !exit.clean && result.pass {
+                result.pass = false
+                result.verdict = "module_exit found pages or callbacks left: \(exit.leakedPages) / \(exit.outstandingCallbacks)"
             }
             progress.finish()
             results.append(result)
