@@ -45,6 +45,21 @@ enum WalkStep {
     case poison
 }
 
+extension WalkCounters {
+    /// Count a walk that stopped before its PTE table; return the table
+    /// (page, generation, PMD entry and its value) when it got there.
+    mutating func reached(_ step: WalkStep) -> (Page, UInt32, UnsafeMutablePointer<UInt64>, UInt64)? {
+        switch step {
+        case .notMapped: notMapped += 1
+        case .retry: retries += 1
+        case .freed: freedTable += 1
+        case .poison: poisonSeen += 1
+        case .pteTable(let table, let gen, let slot, let value): return (table, gen, slot, value)
+        }
+        return nil
+    }
+}
+
 /// 0x6b in every byte: an entry read from a poisoned (freed) page.
 let poisonEntry: UInt64 = 0x6b6b_6b6b_6b6b_6b6b
 
@@ -108,27 +123,21 @@ extension MM {
     private func locklessWalk(_ address: UInt64, nrPages: Int, interruptible cpu: CPU?, counters: inout WalkCounters) {
         counters.walks += 1
         RCU.read {
-            switch walkToPTETable(address) {
-            case .notMapped: counters.notMapped += 1
-            case .retry: counters.retries += 1
-            case .freed: counters.freedTable += 1
-            case .poison: counters.poisonSeen += 1
-            case .pteTable(let table, let gen, _, _):
-                let base = allocator.address(of: table)
-                let first = Int((address >> 12) & 511)
-                var sawPoison = false
-                for i in first..<min(first + nrPages, 512) {
-                    if i & 63 == 0 { cpu?.handleInterruptsAndMaybePreempt() }
-                    let raw = ptlab_pte_read(base.assumingMemoryBound(to: UInt64.self) + i)
-                    if raw == poisonEntry { sawPoison = true }
-                }
-                if !isLiveTable(table.desc, .pte, gen) {
-                    counters.freedTable += 1
-                } else if sawPoison {
-                    counters.poisonSeen += 1
-                } else {
-                    counters.mapped += 1
-                }
+            guard let (table, gen, _, _) = counters.reached(walkToPTETable(address)) else { return }
+            let base = allocator.address(of: table)
+            let first = Int((address >> 12) & 511)
+            var sawPoison = false
+            for i in first..<min(first + nrPages, 512) {
+                if i & 63 == 0 { cpu?.handleInterruptsAndMaybePreempt() }
+                let raw = ptlab_pte_read(base.assumingMemoryBound(to: UInt64.self) + i)
+                if raw == poisonEntry { sawPoison = true }
+            }
+            if !isLiveTable(table.desc, .pte, gen) {
+                counters.freedTable += 1
+            } else if sawPoison {
+                counters.poisonSeen += 1
+            } else {
+                counters.mapped += 1
             }
         }
     }
@@ -140,25 +149,19 @@ extension MM {
     public func pteOffsetMapLock(_ address: UInt64, cpu: CPU?, counters: inout WalkCounters) {
         counters.walks += 1
         RCU.read {
-            switch walkToPTETable(address) {
-            case .notMapped: counters.notMapped += 1
-            case .retry: counters.retries += 1
-            case .freed: counters.freedTable += 1
-            case .poison: counters.poisonSeen += 1
-            case .pteTable(let table, let gen, let pmdSlot, let pmdVal):
-                let d = table.desc
-                while ptlab_ptl_trylock(d) == 0 { cpu?.handleInterrupts() }
-                defer { ptlab_ptl_unlock(d) }
-                if ptlab_ptl_alive(d) == 0 {
-                    counters.freedPTLock += 1
-                } else if ptlab_pte_read(pmdSlot) != pmdVal {
-                    counters.retries += 1
-                } else if !isLiveTable(d, .pte, gen) {
-                    counters.freedTable += 1
-                } else {
-                    let raw = ptlab_pte_read(entry(in: table, level: .pte, address: address))
-                    if raw == poisonEntry { counters.poisonSeen += 1 } else { counters.mapped += 1 }
-                }
+            guard let (table, gen, pmdSlot, pmdVal) = counters.reached(walkToPTETable(address)) else { return }
+            let d = table.desc
+            while ptlab_ptl_trylock(d) == 0 { cpu?.handleInterrupts() }
+            defer { ptlab_ptl_unlock(d) }
+            if ptlab_ptl_alive(d) == 0 {
+                counters.freedPTLock += 1
+            } else if ptlab_pte_read(pmdSlot) != pmdVal {
+                counters.retries += 1
+            } else if !isLiveTable(d, .pte, gen) {
+                counters.freedTable += 1
+            } else {
+                let raw = ptlab_pte_read(entry(in: table, level: .pte, address: address))
+                if raw == poisonEntry { counters.poisonSeen += 1 } else { counters.mapped += 1 }
             }
         }
     }
@@ -177,14 +180,8 @@ extension MM {
             if raw == poisonEntry { counters.poisonSeen += 1 } else { counters.mapped += 1 }
             return
         }
-        switch walkToPTETable(address) {
-        case .notMapped: counters.notMapped += 1
-        case .retry: counters.retries += 1
-        case .freed: counters.freedTable += 1
-        case .poison: counters.poisonSeen += 1
-        case .pteTable(let table, let gen, _, _):
-            cpu.psc.fill(address, pfn: UInt64(table.pfn), generation: gen)
-            counters.mapped += 1
-        }
+        guard let (table, gen, _, _) = counters.reached(walkToPTETable(address)) else { return }
+        cpu.psc.fill(address, pfn: UInt64(table.pfn), generation: gen)
+        counters.mapped += 1
     }
 }
