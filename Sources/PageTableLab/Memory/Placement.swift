@@ -23,10 +23,10 @@ extension PageAllocator {
     /// True when every page sits on the node its descriptor claims. Pages
     /// are touched first, since an untouched page has no node yet.
     public func verifyPlacement(_ pages: [Page]) -> Bool {
-        for page in pages {
-            let p = address(of: page).assumingMemoryBound(to: UInt8.self)
-            p.pointee = p.pointee
-        }
+        // libnuma's touch is a locked read-modify-write that keeps the
+        // contents: a Swift self-assignment is dropped by the optimizer, and
+        // release builds then saw every page unfaulted (-ENOENT).
+        for page in pages { numa_police_memory(address(of: page), 4096) }
         guard topology.available else { return true }
         return zip(pages, residentNodes(of: pages)).allSatisfy { $0.node == $1 }
     }
