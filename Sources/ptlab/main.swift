@@ -42,7 +42,7 @@ struct PTLab: AsyncParsableCommand {
 
             Timings need a release build: swift run -c release ptlab bench
             """,
-        subcommands: [StressCommand.self, CompareCommand.self, BenchCommand.self, InfoCommand.self])
+        subcommands: [StressCommand.self, CompareCommand.self, BenchCommand.self, InfoCommand.self, NUMACheckCommand.self])
 }
 
 extension PTLab {
