@@ -39,8 +39,8 @@ struct PTLab: AsyncParsableCommand {
                                           every safe and unsafe mode, with a verdict
               ptlab compare Tests/PageTableLabTests/Traces/*.trace
                                           model against the live kernel, VmPTE per step
-  ptlab numa-check            pages, page tables and fallback where move_pages
-                              says they are (scripts/numa-vm-check: two nodes)
+              ptlab numa-check            pages, tables and fallback where move_pages
+                                          says they are (two nodes: scripts/numa-vm-check)
 
             Timings need a release build: swift run -c release ptlab bench
             """,
