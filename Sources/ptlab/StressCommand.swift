@@ -70,6 +70,7 @@ struct StressCommand: ParsableCommand {
     func validate() throws {
         if mode != nil && fallback != nil { throw ValidationError("give --mode or --fallback, not both") }
         if fallback != nil && scenario != "batch-fail" { throw ValidationError("--fallback belongs to batch-fail") }
+        _ = try plan()
     }
 
     func run() throws {
