@@ -33,14 +33,16 @@ final class MMUGatherTests: XCTestCase {
             let tables = try makeTables(600, mm: mm)
             let generations = tables.map(\.generation)
             let tlb = MMUGather(mm: mm)
-            for (i, t) in tables.enumerated() { tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21) }
-            // The first batch filled at 509 and went out, after a flush.
-            XCTAssertEqual(tlb.stats.tlbFlushes, 1)
-            XCTAssertEqual(tlb.stats.rcuCallbacks, 1)
-            // The other 91 wait in the open batch: not even queued to RCU.
-            XCTAssertTrue(tables[509...].allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
-            XCTAssertEqual(zip(tables, generations).filter { $0.0.generation != $0.1 }.count, 0,
-                           "nothing freed before the grace period")
+            withGracePeriodHeld {
+                for (i, t) in tables.enumerated() { tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21) }
+                // The first batch filled at 509 and went out, after a flush.
+                XCTAssertEqual(tlb.stats.tlbFlushes, 1)
+                XCTAssertEqual(tlb.stats.rcuCallbacks, 1)
+                // The other 91 wait in the open batch: not even queued to RCU.
+                XCTAssertTrue(tables[509...].allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+                XCTAssertEqual(zip(tables, generations).filter { $0.0.generation != $0.1 }.count, 0,
+                               "nothing freed before the grace period")
+            }
             tlb.finish()
             XCTAssertEqual(tlb.stats.freedBeforeFlush, 0)
             XCTAssertEqual(tlb.stats.tlbFlushes, 2)
@@ -92,19 +94,23 @@ final class MMUGatherTests: XCTestCase {
                 let tables = try makeTables(5, mm: mm)
                 let syncsBefore = mm.tlb.syncIPIs.load(ordering: .relaxed)
                 let tlb = MMUGather(mm: mm)
-                for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
-                XCTAssertEqual(tlb.stats.batchFallbacks, 5, "\(fallback)")
                 switch fallback {
                 case .rcuOne:
-                    XCTAssertEqual(tlb.stats.rcuCallbacks, 5, "one call_rcu per table on its own head")
-                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+                    withGracePeriodHeld {
+                        for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
+                        XCTAssertEqual(tlb.stats.rcuCallbacks, 5, "one call_rcu per table on its own head")
+                        XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+                    }
                 case .ipiSync:
+                    for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(mm.tlb.syncIPIs.load(ordering: .relaxed) - syncsBefore, 5)
                     XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed at once after the IPI")
                 case .synchronize:
+                    for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(tlb.stats.rcuCallbacks, 0)
                     XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed after synchronize_rcu")
                 }
+                XCTAssertEqual(tlb.stats.batchFallbacks, 5, "\(fallback)")
                 tlb.finish()
                 XCTAssertEqual(tlb.stats.freedBeforeFlush, 0, "\(fallback): flushed before the fallback")
                 mm.exit()

@@ -29,7 +29,7 @@ final class ModelCompareTests: XCTestCase {
         let model = try ModelTarget(profile: profile)
         for url in try TraceParserTests.shippedTraces() {
             let trace = try TraceParser.parse(contentsOf: url.path)
-            let run = CompareRunner(targets: [model, try LiveKernel()], profile: profile).run(trace)
+            let run = try runTolerantOfInterference(trace, targets: { [model, try LiveKernel()] }, profile: profile)
             XCTAssertNil(run.error, "\(url.lastPathComponent): \(String(describing: run.error))")
             XCTAssertTrue(run.matches, "\(url.lastPathComponent): \(run.checkpoints.map(\.kilobytes))")
         }

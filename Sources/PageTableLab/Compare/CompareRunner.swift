@@ -111,6 +111,10 @@ public struct TraceRun: Sendable {
     /// Why the trace stopped, if it did.
     public internal(set) var error: TraceError?
 
+    /// The trace stopped because something else in the process changed
+    /// VmPTE during a kernel op: no verdict on the model either way.
+    public var interfered: Bool { error?.message.hasSuffix(LiveKernelError.interference) ?? false }
+
     init(file: String, targetNames: [String]) {
         self.file = file
         self.targetNames = targetNames

@@ -135,6 +135,10 @@ public final class LiveKernel: TraceTarget, TracePreflight {
 }
 
 public enum LiveKernelError: Error, Equatable, CustomStringConvertible {
+    /// The words that end a `noisy` report, so callers can tell interference
+    /// (retry in a quieter moment) from a disagreement (a bug).
+    public static let interference = "another thread of this process allocated or freed page tables meanwhile; run the comparison in a quiet process"
+
     /// MAP_FIXED_NOREPLACE found something already mapped there.
     case collision(address: UInt64, length: UInt64)
     case misplaced(address: UInt64, got: UInt64)
@@ -154,7 +158,7 @@ public enum LiveKernelError: Error, Equatable, CustomStringConvertible {
         case .noVmPTE(let why):
             "no VmPTE to compare with: \(why)"
         case .noisy(let op, let a, let l, let change, let allowed):
-            "VmPTE changed by \(change) kB during \(op) at \(a.traceHex) (\(l.traceHex) bytes), outside what the op can do (\(allowed.lowerBound)...\(allowed.upperBound) kB): another thread of this process allocated or freed page tables meanwhile; run the comparison in a quiet process"
+            "VmPTE changed by \(change) kB during \(op) at \(a.traceHex) (\(l.traceHex) bytes), outside what the op can do (\(allowed.lowerBound)...\(allowed.upperBound) kB): \(Self.interference)"
         }
     }
 }
