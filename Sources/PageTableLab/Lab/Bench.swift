@@ -35,7 +35,7 @@ public enum Bench {
         /// Throughput against producer threads (`ptlab bench --plot`). It
         /// switches the process to per-CPU call_rcu workers, for good.
         public var scaling = false
-        public var scalingObjects = 1 << 17
+        public var scalingObjects = 1 << 18
         public var scalingThreads = [1, 2]
         public var scalingRounds = 3
         public init() {}
