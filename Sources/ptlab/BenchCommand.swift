@@ -93,7 +93,8 @@ struct BenchCommand: ParsableCommand {
         printColumns(rows.map { [$0.0, $0.1, $0.2] }, rightAligned: [1])
         print("")
         printColumns(r.targets.map {
-            [$0.key, fmt($0.value, 2), "\($0.comparison.rawValue) \(fmt($0.limit, 2))", $0.met ? "pass" : "FAIL", $0.why]
+            [$0.key, String(format: "%.4g", $0.value), "\($0.comparison.rawValue) \(String(format: "%.4g", $0.limit))",
+             $0.met ? "pass" : "FAIL", $0.why]
         }, rightAligned: [1])
         let parameters = ModuleParameters.table.map { "\($0.name)=\(r.parameters[$0.name] ?? "?")" }
         print("\nparameters: \(parameters.joined(separator: " "))")

@@ -59,7 +59,12 @@ public enum Bench {
         }
         var parameters = parameters
         let chunkPages = 1 << parameters.int("chunk_order")
-        let needed = (configuration.callRCUObjects / chunkPages + 2) * chunkPages
+        // A whole flood outstanding (the gather's adds a batch page per 509
+        // tables), beside the walk mm: per PTE table, itself and a data page
+        // per 64 KiB touched, plus its upper tables.
+        let flood = max(configuration.callRCUObjects, configuration.scaling ? configuration.scalingObjects : 0)
+        let pages = flood + flood / 509 + 1 + configuration.walkTables * 34 + 8
+        let needed = (pages / chunkPages + 2) * chunkPages
         if parameters.int("node_budget_pages") < needed {
             try parameters.set("node_budget_pages", to: String(needed))
         }
