@@ -1,5 +1,6 @@
 // swift-tools-version: 6.1
-// The hot-path micro-benchmarks (ordo-one/package-benchmark), kept out of
+// The hot-path micro-benchmarks (ordo-one/benchmark, formerly
+// package-benchmark: the legacy identifier draws a rename warning), kept out of
 // the root package so that its build and CI stay fast. Run from here:
 //   swift package benchmark
 import PackageDescription
@@ -9,17 +10,17 @@ let package = Package(
     platforms: [.macOS(.v13)],
     dependencies: [
         .package(name: "PageTableLab", path: ".."),
-        .package(url: "https://github.com/ordo-one/package-benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
         .executableTarget(
             name: "PageTableLabBenchmarks",
             dependencies: [
                 .product(name: "PageTableLab", package: "PageTableLab"),
-                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/PageTableLabBenchmarks",
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
     ]
 )
