@@ -19,6 +19,25 @@ public enum Bench {
         public var callRCUObjects = 1 << 18
         public var pageIterations = 10_000_000
         public var numaIterations = 2_000
+        /// GUP-fast walks per round, over `walkTables` populated PTE tables.
+        public var walkIterations = 5_000_000
+        public var walkTables = 64
+        /// The kernel-free stress run (deferred mode) behind the
+        /// invalidations-per-table number, once per bench.
+        public var kernelFreeSeconds = 0.5
+        /// Timed qi_submit_sync calls, once per bench.
+        public var qiSubmissions = 20_000
+        /// The bounded-memory flood: DeferredBound.bytes for its duration,
+        /// and its producers' calls (pages), once per bench.
+        public var floodBoundBytes: UInt64 = 64 << 20
+        public var floodProducers = 2
+        public var floodCallsPerProducer = 1 << 17
+        /// Throughput against producer threads (`ptlab bench --plot`). It
+        /// switches the process to per-CPU call_rcu workers, for good.
+        public var scaling = false
+        public var scalingObjects = 1 << 18
+        public var scalingThreads = [1, 2]
+        public var scalingRounds = 3
         public init() {}
     }
 
@@ -32,12 +51,20 @@ public enum Bench {
         progress: (String) -> Void = { _ in }
     ) throws -> BenchReport {
         guard configuration.rounds >= 1, configuration.readIterations >= 8, configuration.callRCUObjects >= 1,
-              configuration.pageIterations >= 1, configuration.numaIterations >= 1 else {
+              configuration.pageIterations >= 1, configuration.numaIterations >= 1,
+              configuration.walkIterations >= 1, configuration.walkTables >= 1, configuration.qiSubmissions >= 1,
+              configuration.kernelFreeSeconds > 0, configuration.scalingObjects >= 1, configuration.scalingRounds >= 1,
+              configuration.scalingThreads.allSatisfy({ $0 >= 1 }) else {
             throw BenchError.invalidConfiguration("rounds, iterations and objects must be positive (read iterations at least 8)")
         }
         var parameters = parameters
         let chunkPages = 1 << parameters.int("chunk_order")
-        let needed = (configuration.callRCUObjects / chunkPages + 2) * chunkPages
+        // A whole flood outstanding (the gather's adds a batch page per 509
+        // tables), beside the walk mm: per PTE table, itself and a data page
+        // per 64 KiB touched, plus its upper tables.
+        let flood = max(configuration.callRCUObjects, configuration.scaling ? configuration.scalingObjects : 0)
+        let pages = flood + flood / 509 + 1 + configuration.walkTables * 34 + 8
+        let needed = (pages / chunkPages + 2) * chunkPages
         if parameters.int("node_budget_pages") < needed {
             try parameters.set("node_budget_pages", to: String(needed))
         }
@@ -57,6 +84,16 @@ public enum Bench {
         _ = getloadavg(&load, 1)
         var samples: [String: [Double]] = [:]
         var peak: Int64 = 0
+        var gatherCallbacksPerTable = 0.0
+        var walkCounters = WalkCounters()
+        var latency: [BenchReport.LatencyPercentile] = []
+        // The tables of the defer and gather runs belong to this mm but are
+        // never linked into it; the walk runs on its own populated mm.
+        let mm = try MM(allocator: allocator)
+        let walkMM = try MM(allocator: allocator)
+        defer { _ = mm.exit(); _ = walkMM.exit() }
+        try walkMM.mmap(address: walkBase, length: UInt64(config.walkTables) << 21)
+        try walkMM.touch(address: walkBase, length: UInt64(config.walkTables) << 21, stride: 64 << 10)
         // Warm-up, not recorded: fault in the chunks the flood will use and
         // start liburcu's worker.
         progress("warm-up")
@@ -72,10 +109,34 @@ public enum Bench {
             samples["call_rcu_per_sec_swift", default: []].append(try swiftCallRCUPerSec(config.callRCUObjects, allocator: allocator))
             peak = max(peak, DeferredBound.snapshot().peakBytes)
             samples["call_rcu_per_sec_swift_malloc", default: []].append(try swiftMallocCallRCUPerSec(config.callRCUObjects))
+            progress("round \(round)/\(config.rounds): page-table frees")
+            FreeLatency.reset()
+            samples["defer_tables_per_sec", default: []].append(try deferTablesPerSec(config.callRCUObjects, mm: mm, allocator: allocator))
+            if round == config.rounds { latency = BenchReport.LatencyPercentile.fromFreeLatency() }
+            samples["c_batch_frees_per_sec", default: []].append(ptlab_baseline_batch_frees_per_sec(UInt64(config.callRCUObjects)))
+            let gather = try gatherTablesPerSec(config.callRCUObjects, mm: mm, allocator: allocator)
+            samples["gather_tables_per_sec", default: []].append(gather.perSec)
+            gatherCallbacksPerTable = max(gatherCallbacksPerTable, gather.callbacksPerTable)
+            let walk = walkNs(config.walkIterations, mm: walkMM, tables: config.walkTables)
+            samples["walk_ns", default: []].append(walk.ns)
+            walkCounters = walkCounters + walk.counters
             progress("round \(round)/\(config.rounds): page allocation")
             samples["page_alloc_free_ns", default: []].append(try pageAllocFreeNs(config.pageIterations, allocator: allocator))
             samples["numa_alloc_onnode_ns", default: []].append(numaAllocOnnodeNs(config.numaIterations))
             samples["poison_page_ns", default: []].append(try poisonPageNs(config.pageIterations))
+        }
+        progress("IOMMU: kernel-free (deferred) and qi_submit_sync")
+        let invalidationsPerTable = try kernelFreeInvalidationsPerTable(duration: config.kernelFreeSeconds, allocator: allocator)
+        let qiP50 = try qiSubmitSyncUsP50(config.qiSubmissions, allocator: allocator)
+        progress("flood against a bound of \(config.floodBoundBytes) bytes")
+        let flood = try Bench.flood(bound: config.floodBoundBytes, producers: config.floodProducers,
+                                    callsPerProducer: config.floodCallsPerProducer, allocator: allocator)
+        let scaling = config.scaling
+            ? try Bench.scaling(count: config.scalingObjects, threadCounts: config.scalingThreads, rounds: config.scalingRounds,
+                                mm: mm, allocator: allocator, progress: progress)
+            : nil
+        guard walkCounters.useAfterFree == 0, walkCounters.mapped == walkCounters.walks else {
+            throw BenchError.invalidConfiguration("the walk bench's mm was not fully mapped, or a walk saw a freed table: \(walkCounters)")
         }
         let m = samples.mapValues(median)
         let readRatio = m["rcu_read_ns_swift"]! / m["rcu_read_ns_c"]!
@@ -86,6 +147,14 @@ public enum Bench {
             .init("call_rcu_ratio", .atLeast, 0.9, callRatio, "Swift call_rcu (page + pte_free_defer shape) keeps 0.9x of C malloc+call_rcu+free"),
             .init("page_alloc_free_ns", .atMost, 40, m["page_alloc_free_ns"]!, "an order-0 alloc+free (poisoned as page_poison says) in at most 40 ns"),
             .init("page_alloc_speedup", .atLeast, 200, speedup, "at least 200x faster than numa_alloc_onnode(4 KiB)+touch+numa_free"),
+            .init("defer_ratio", .atLeast, 1.0, m["defer_tables_per_sec"]! / m["call_rcu_per_sec_c"]!,
+                  "pte_free_defer (head embedded) keeps up with C malloc+call_rcu+free"),
+            .init("gather_ratio", .atLeast, 0.8, m["gather_tables_per_sec"]! / m["c_batch_frees_per_sec"]!,
+                  "tables through mmu_gather keep 0.8x of C's 509-per-call_rcu batch frees"),
+            .init("gather_callbacks_per_table", .atMost, 1.0 / 500, gatherCallbacksPerTable,
+                  "at most one RCU callback per 500 tables through the gather"),
+            .init("peak_deferred_bytes_flood", .atMost, Double(flood.boundBytes), Double(flood.peakBytes),
+                  "a flood past a stalled reader stays within DeferredBound.bytes"),
         ]
         return BenchReport(
             rcuReadNsSwift: m["rcu_read_ns_swift"]!, rcuReadNsC: m["rcu_read_ns_c"]!, rcuReadRatio: readRatio,
@@ -94,6 +163,12 @@ public enum Bench {
             pageAllocFreeNs: m["page_alloc_free_ns"]!, numaAllocOnnodeNs: m["numa_alloc_onnode_ns"]!,
             pageAllocSpeedup: speedup, poisonPageNs: m["poison_page_ns"]!,
             callRCUPeakDeferredBytes: peak,
+            deferTablesPerSec: m["defer_tables_per_sec"]!, gatherTablesPerSec: m["gather_tables_per_sec"]!,
+            cBatchFreesPerSec: m["c_batch_frees_per_sec"]!, gatherCallbacksPerTable: gatherCallbacksPerTable,
+            walkNs: m["walk_ns"]!, kernelFreeInvalidationsPerTable: invalidationsPerTable, qiSubmitSyncUsP50: qiP50,
+            peakDeferredBytesFlood: flood.peakBytes, deferredBoundBytes: flood.boundBytes,
+            floodCalls: flood.calls, floodInlineFallbacks: flood.inlineFallbacks, floodCallsPerSec: flood.callsPerSec,
+            deferFreeLatencyUs: latency, scaling: scaling,
             targets: targets, allTargetsMet: targets.allSatisfy(\.met),
             statistic: "median", rounds: config.rounds, build: buildConfiguration, loadAverage1m: load[0],
             parameters: Dictionary(uniqueKeysWithValues: parameters.all.map { ($0.name, $0.value.description) }),
@@ -165,12 +240,18 @@ public enum Bench {
     @inline(never)
     static func swiftMallocCallRCUPerSec(_ count: Int) throws -> Double {
         let t0 = nowNs()
+        try mallocCalls(count)
+        try RCU.barrier()
+        return Double(count) / ((nowNs() - t0) / 1e9)
+    }
+
+    /// The loop alone, without the barrier (the scaling runs share it out).
+    @inline(never)
+    static func mallocCalls(_ count: Int) throws {
         for _ in 0..<count {
             let head = malloc(mallocObjectBytes)!.bindMemory(to: ptlab_rcu_head.self, capacity: 1)
             try RCU.call(head, bytes: UInt64(mallocObjectBytes), benchFreeMallocCallback)
         }
-        try RCU.barrier()
-        return Double(count) / ((nowNs() - t0) / 1e9)
     }
 
     /// sizeof(struct c_object) in CSupport/baseline.c.
@@ -225,12 +306,16 @@ public enum BenchError: Error, CustomStringConvertible {
     case invalidConfiguration(String)
     case callbackFreeFailed(count: Int)
     case poisonNotWritten
+    case tablesLost(expected: Int, queued: Int)
+    case stressFailed(String)
 
     public var description: String {
         switch self {
         case .invalidConfiguration(let what): "bench: \(what)"
         case .callbackFreeFailed(let n): "bench: \(n) RCU callbacks could not free their page (allocator state corrupted?)"
         case .poisonNotWritten: "bench: ptlab_poison_pages left bytes other than 0x6b"
+        case .tablesLost(let n, let q): "bench: \(n) tables given to the mmu_gather but \(q) queued for freeing"
+        case .stressFailed(let verdict): "bench: the kernel-free run failed: \(verdict)"
         }
     }
 }
@@ -243,7 +328,7 @@ private func benchFreeMallocCallback(_ head: UnsafeMutablePointer<ptlab_rcu_head
 
 /// pte_free_now: runs on liburcu's worker after the grace period. A global
 /// function, not a closure, so that it is not isolated to any actor.
-private func benchFreePageCallback(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
+func benchFreePageCallback(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
     guard let head, let allocator = PageAllocator.current else {
         benchFreeFailures.add(1, ordering: .relaxed)
         return

@@ -23,6 +23,21 @@ public struct BenchReport: Sendable, Codable, Equatable {
         }
     }
 
+    /// One point of the free-latency distribution.
+    public struct LatencyPercentile: Sendable, Codable, Equatable {
+        public var percentile: Double
+        public var us: Double
+
+        static let plotted: [Double] = [1, 10, 25, 50, 75, 90, 95, 99, 99.9, 100]
+
+        /// Read FreeLatency's histogram at the plotted percentiles.
+        static func fromFreeLatency() -> [LatencyPercentile] {
+            FreeLatency.histogram.withLock { h in
+                h.totalCount == 0 ? [] : plotted.map { LatencyPercentile(percentile: $0, us: Double(h.valueAtPercentile($0)) / 1000) }
+            }
+        }
+    }
+
     public var rcuReadNsSwift: Double
     public var rcuReadNsC: Double
     public var rcuReadRatio: Double
@@ -40,6 +55,34 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var poisonPageNs: Double
     /// Most deferred-free bytes outstanding during the Swift call_rcu flood.
     public var callRCUPeakDeferredBytes: Int64
+    /// PTE tables per second through alloc + pte_free_defer + callback +
+    /// free, barrier included.
+    public var deferTablesPerSec: Double
+    /// PTE tables per second through alloc + mmu_gather freeTable + finish
+    /// + batch callbacks + frees, barrier included.
+    public var gatherTablesPerSec: Double
+    /// C: aligned_alloc'd tables, 509 per call_rcu'd batch page, free()d.
+    public var cBatchFreesPerSec: Double
+    /// RCU callbacks the gather queued per table (the worst round).
+    public var gatherCallbacksPerTable: Double
+    /// One GUP-fast walk of 16 PTEs on a populated mm, one thread.
+    public var walkNs: Double
+    /// IOTLB/PSC invalidations per kernel table freed, deferred mode.
+    public var kernelFreeInvalidationsPerTable: Double
+    /// qi_submit_sync of one descriptor and its wait: the median, µs.
+    public var qiSubmitSyncUsP50: Double
+    /// Most deferred bytes outstanding in the flood past a stalled reader.
+    public var peakDeferredBytesFlood: Int64
+    /// DeferredBound.bytes during that flood.
+    public var deferredBoundBytes: UInt64
+    public var floodCalls: Int
+    /// Flood calls that met the bound and freed inline after a grace period.
+    public var floodInlineFallbacks: UInt64
+    public var floodCallsPerSec: Double
+    /// Queue-to-free latency of the last round's pte_free_defer run.
+    public var deferFreeLatencyUs: [LatencyPercentile]
+    /// Throughput against producer threads; only with `--plot`.
+    public var scaling: [Bench.ScalingPoint]?
     public var targets: [Target]
     public var allTargetsMet: Bool
     /// How each number is taken from its rounds.
@@ -68,6 +111,20 @@ public struct BenchReport: Sendable, Codable, Equatable {
         case pageAllocSpeedup = "page_alloc_speedup"
         case poisonPageNs = "poison_page_ns"
         case callRCUPeakDeferredBytes = "call_rcu_peak_deferred_bytes"
+        case deferTablesPerSec = "defer_tables_per_sec"
+        case gatherTablesPerSec = "gather_tables_per_sec"
+        case cBatchFreesPerSec = "c_batch_frees_per_sec"
+        case gatherCallbacksPerTable = "gather_callbacks_per_table"
+        case walkNs = "walk_ns"
+        case kernelFreeInvalidationsPerTable = "kernel_free_invalidations_per_table"
+        case qiSubmitSyncUsP50 = "qi_submit_sync_us_p50"
+        case peakDeferredBytesFlood = "peak_deferred_bytes_flood"
+        case deferredBoundBytes = "deferred_bound_bytes"
+        case floodCalls = "flood_calls"
+        case floodInlineFallbacks = "flood_inline_fallbacks"
+        case floodCallsPerSec = "flood_calls_per_sec"
+        case deferFreeLatencyUs = "defer_free_latency_us"
+        case scaling
         case targets
         case allTargetsMet = "all_targets_met"
         case statistic, rounds, build, parameters, samples
