@@ -72,9 +72,9 @@ struct BenchCommand: ParsableCommand {
         let rows: [(String, String, String)] = [
             ("rcu_read_ns_swift", fmt(r.rcuReadNsSwift, 2), "ns per read lock+unlock, Swift RCU.read"),
             ("rcu_read_ns_c", fmt(r.rcuReadNsC, 2), "ns per read lock+unlock, liburcu inlines from C"),
-            ("call_rcu_per_sec_swift", fmt(r.callRCUPerSecSwift, 0), "page alloc + RCU.call + free in callback, per s"),
+            ("call_rcu_per_sec_swift", fmt(r.callRCUPerSecSwift, 0), "C's malloc'd object through RCU.call, freed in the callback, per s"),
             ("call_rcu_per_sec_c", fmt(r.callRCUPerSecC, 0), "malloc + call_rcu + free in callback, per s"),
-            ("call_rcu_per_sec_swift_malloc", fmt(r.callRCUPerSecSwiftMalloc, 0), "the C object through RCU.call: the Swift layer alone, per s"),
+            ("call_rcu_per_sec_swift_pages", fmt(r.callRCUPerSecSwiftPages, 0), "pte_free_defer's shape: page + RCU.call on its ptdesc head + free, per s"),
             ("page_alloc_free_ns", fmt(r.pageAllocFreeNs, 1), "ns per order-0 alloc + free (poisoned if page_poison=y)"),
             ("numa_alloc_onnode_ns", fmt(r.numaAllocOnnodeNs, 0), "ns per numa_alloc_onnode(4 KiB) + touch + numa_free"),
             ("poison_page_ns", fmt(r.poisonPageNs, 1), "ns to poison one 4 KiB page with 0x6b (hot in cache)"),

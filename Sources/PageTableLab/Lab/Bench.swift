@@ -106,9 +106,9 @@ public enum Bench {
             progress("round \(round)/\(config.rounds): call_rcu floods")
             samples["call_rcu_per_sec_c", default: []].append(ptlab_baseline_call_rcu_per_sec(UInt64(config.callRCUObjects)))
             DeferredBound.resetPeak()
-            samples["call_rcu_per_sec_swift", default: []].append(try swiftCallRCUPerSec(config.callRCUObjects, allocator: allocator))
+            samples["call_rcu_per_sec_swift_pages", default: []].append(try swiftCallRCUPerSec(config.callRCUObjects, allocator: allocator))
             peak = max(peak, DeferredBound.snapshot().peakBytes)
-            samples["call_rcu_per_sec_swift_malloc", default: []].append(try swiftMallocCallRCUPerSec(config.callRCUObjects))
+            samples["call_rcu_per_sec_swift", default: []].append(try swiftMallocCallRCUPerSec(config.callRCUObjects))
             progress("round \(round)/\(config.rounds): page-table frees")
             FreeLatency.reset()
             samples["defer_tables_per_sec", default: []].append(try deferTablesPerSec(config.callRCUObjects, mm: mm, allocator: allocator))
@@ -159,7 +159,7 @@ public enum Bench {
         return BenchReport(
             rcuReadNsSwift: m["rcu_read_ns_swift"]!, rcuReadNsC: m["rcu_read_ns_c"]!, rcuReadRatio: readRatio,
             callRCUPerSecSwift: m["call_rcu_per_sec_swift"]!, callRCUPerSecC: m["call_rcu_per_sec_c"]!,
-            callRCURatio: callRatio, callRCUPerSecSwiftMalloc: m["call_rcu_per_sec_swift_malloc"]!,
+            callRCURatio: callRatio, callRCUPerSecSwiftPages: m["call_rcu_per_sec_swift_pages"]!,
             pageAllocFreeNs: m["page_alloc_free_ns"]!, numaAllocOnnodeNs: m["numa_alloc_onnode_ns"]!,
             pageAllocSpeedup: speedup, poisonPageNs: m["poison_page_ns"]!,
             callRCUPeakDeferredBytes: peak,

@@ -41,12 +41,14 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var rcuReadNsSwift: Double
     public var rcuReadNsC: Double
     public var rcuReadRatio: Double
+    /// RCU.call on the C baseline's own malloc'd object, freed in the
+    /// callback: the same work as call_rcu_per_sec_c, through the Swift layer.
     public var callRCUPerSecSwift: Double
     public var callRCUPerSecC: Double
     public var callRCURatio: Double
-    /// RCU.call on the C baseline's own malloc'd object: the Swift layer's
-    /// cost alone, to set beside call_rcu_per_sec_swift (pages, poisoned on free).
-    public var callRCUPerSecSwiftMalloc: Double
+    /// pte_free_defer's shape: an allocator page queued on its own
+    /// ptdesc rcu_head, freed (and poisoned) in the callback.
+    public var callRCUPerSecSwiftPages: Double
     public var pageAllocFreeNs: Double
     public var numaAllocOnnodeNs: Double
     public var pageAllocSpeedup: Double
@@ -105,7 +107,7 @@ public struct BenchReport: Sendable, Codable, Equatable {
         case callRCUPerSecSwift = "call_rcu_per_sec_swift"
         case callRCUPerSecC = "call_rcu_per_sec_c"
         case callRCURatio = "call_rcu_ratio"
-        case callRCUPerSecSwiftMalloc = "call_rcu_per_sec_swift_malloc"
+        case callRCUPerSecSwiftPages = "call_rcu_per_sec_swift_pages"
         case pageAllocFreeNs = "page_alloc_free_ns"
         case numaAllocOnnodeNs = "numa_alloc_onnode_ns"
         case pageAllocSpeedup = "page_alloc_speedup"
