@@ -144,7 +144,7 @@ public enum Bench {
         let speedup = m["numa_alloc_onnode_ns"]! / m["page_alloc_free_ns"]!
         let targets: [BenchReport.Target] = [
             .init("rcu_read_ratio", .atMost, 1.15, readRatio, "a Swift read section costs at most 1.15x liburcu's inlined C"),
-            .init("call_rcu_ratio", .atLeast, 0.9, callRatio, "Swift call_rcu (page + pte_free_defer shape) keeps 0.9x of C malloc+call_rcu+free"),
+            .init("call_rcu_ratio", .atLeast, 0.9, callRatio, "Swift RCU.call keeps 0.9x of C call_rcu on the same malloc'd object"),
             .init("page_alloc_free_ns", .atMost, 40, m["page_alloc_free_ns"]!, "an order-0 alloc+free (poisoned as page_poison says) in at most 40 ns"),
             .init("page_alloc_speedup", .atLeast, 200, speedup, "at least 200x faster than numa_alloc_onnode(4 KiB)+touch+numa_free"),
             .init("defer_ratio", .atLeast, 1.0, m["defer_tables_per_sec"]! / m["call_rcu_per_sec_c"]!,
