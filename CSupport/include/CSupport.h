@@ -93,6 +93,8 @@ void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_h
 void ptlab_rcu_run_inline(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *));
 /* Reserve @bytes against @bound; 0 when that would exceed it (nothing kept). */
 int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound);
+/* urcu_memb_barrier, with its ordering made visible to TSan. */
+void ptlab_rcu_barrier(void);
 
 /* ------------------------------------------------------- spinlock (ptl) -- */
 

@@ -97,7 +97,7 @@ public enum RCU {
     public static func barrier() throws(RCUError) {
         guard ptlab_rcu_read_ongoing() == 0 else { throw .insideReadSection(operation: "barrier") }
         guard ptlab_rcu_in_callback_now() == 0 else { throw .insideCallback(operation: "barrier") }
-        urcu_memb_barrier()
+        ptlab_rcu_barrier()
     }
 
     static func synchronizeUnchecked() {
