@@ -178,7 +178,7 @@ struct ptdesc {
         struct cds_list_head pt_list;
     };
     _Atomic uint64_t flags;
-    void *pt_mm;                        /* owning mm (Unmanaged), or NULL */
+    void *pt_mm;                        /* owning mm (Unmanaged), or NULL; ptlab_page_mm */
     ptlab_spinlock_t ptl;               /* split PTE/PMD lock */
     _Atomic uint32_t state;             /* enum ptlab_page_state */
     _Atomic uint32_t generation;        /* bumped on every free */
@@ -247,7 +247,22 @@ static inline void ptlab_page_retire(struct ptdesc *d)
     atomic_store_explicit(&d->generation, gen + 1, memory_order_release);
     atomic_store_explicit(&d->level, PTLAB_PT_NONE, memory_order_release);
     atomic_store_explicit(&d->flags, 0, memory_order_release);
-    d->pt_mm = NULL;
+    __atomic_store_n(&d->pt_mm, NULL, __ATOMIC_RELEASE);
+}
+/*
+ * The owning mm. A walker's liveness check reads it without locks while a
+ * free (ptlab_page_retire) or a reuse (the next ctor) may be writing it;
+ * in the unsafe modes that is the point. Both sides go through these, so
+ * the check never reads a torn or undefined value. Plain `void *` so that
+ * single-threaded code and tests can still read the field.
+ */
+static inline void *ptlab_page_mm(const struct ptdesc *d)
+{
+    return __atomic_load_n(&d->pt_mm, __ATOMIC_ACQUIRE);
+}
+static inline void ptlab_page_set_mm(struct ptdesc *d, void *mm)
+{
+    __atomic_store_n(&d->pt_mm, mm, __ATOMIC_RELEASE);
 }
 static inline uint32_t ptlab_page_level(const struct ptdesc *d)
 {
