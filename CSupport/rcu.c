@@ -5,17 +5,9 @@
  */
 #include "CSupport.h"
 
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define PTLAB_TSAN 1
-#endif
-#endif
-#ifdef PTLAB_TSAN
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-#endif
-
 struct ptlab_rcu_stats ptlab_rcu_stats;
+/* TSan's name for "a grace period has passed" (see ptlab_rcu_read_unlock). */
+char ptlab_rcu_gp_key;
 /* TSan's name for "every callback that has finished" (see ptlab_rcu_barrier). */
 static char barrier_key;
 _Thread_local int ptlab_rcu_registered_depth;
@@ -62,6 +54,7 @@ static void ptlab_rcu_trampoline(struct rcu_head *rh)
 {
     struct ptlab_rcu_head *head = caa_container_of(rh, struct ptlab_rcu_head, head);
     ptlab_tsan_acquire(head);
+    ptlab_tsan_acquire(&ptlab_rcu_gp_key);
     /* The callback may free the object holding @head: read it first. */
     uint64_t bytes = head->bytes;
     int nested = ptlab_rcu_in_callback;
@@ -124,6 +117,13 @@ void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_h
     atomic_fetch_add_explicit(&ptlab_rcu_stats.queued, 1, memory_order_relaxed);
     ptlab_tsan_release(head);
     urcu_memb_call_rcu(&head->head, ptlab_rcu_trampoline);
+}
+
+/* See ptlab_rcu_read_unlock for the key. */
+void ptlab_rcu_synchronize(void)
+{
+    urcu_memb_synchronize_rcu();
+    ptlab_tsan_acquire(&ptlab_rcu_gp_key);
 }
 
 /*

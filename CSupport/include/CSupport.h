@@ -24,6 +24,18 @@
 extern "C" {
 #endif
 
+/* Which sanitizer, if any, this translation unit is built for (the Swift
+ * importer sees the same flags through -Xcc). */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PTLAB_TSAN 1
+#endif
+#endif
+#ifdef PTLAB_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#endif
+
 #define PTLAB_PAGE_SHIFT 12
 #define PTLAB_PAGE_SIZE (1u << PTLAB_PAGE_SHIFT)
 #define PTLAB_POISON_FREE 0x6b
@@ -75,8 +87,25 @@ extern _Thread_local int ptlab_rcu_in_callback;
 void ptlab_rcu_register(void);
 void ptlab_rcu_unregister(void);
 
+/*
+ * A grace period orders everything a reader did in its read section before
+ * whatever follows the grace period: the callbacks it releases and the
+ * return of synchronize_rcu. liburcu waits in uninstrumented code, so under
+ * TSan each read_unlock releases ptlab_rcu_gp_key and those two acquire it.
+ * Coarse: a callback is also ordered after read sections that began after
+ * its grace period did. Those cannot reach what it frees, but a race
+ * between one of them and the callback over other data would go
+ * unreported. Compiled out without TSan.
+ */
+extern char ptlab_rcu_gp_key;
 static inline void ptlab_rcu_read_lock(void) { _urcu_memb_read_lock(); }
-static inline void ptlab_rcu_read_unlock(void) { _urcu_memb_read_unlock(); }
+static inline void ptlab_rcu_read_unlock(void)
+{
+#ifdef PTLAB_TSAN
+    __tsan_release(&ptlab_rcu_gp_key);
+#endif
+    _urcu_memb_read_unlock();
+}
 static inline int ptlab_rcu_read_ongoing(void) { return _urcu_memb_read_ongoing(); }
 static inline int ptlab_rcu_in_callback_now(void) { return ptlab_rcu_in_callback; }
 static inline int ptlab_rcu_thread_may_call(void)
@@ -95,6 +124,8 @@ void ptlab_rcu_run_inline(struct ptlab_rcu_head *head, void (*func)(struct ptlab
 int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound);
 /* urcu_memb_barrier, with its ordering made visible to TSan. */
 void ptlab_rcu_barrier(void);
+/* urcu_memb_synchronize_rcu, with its ordering made visible to TSan. */
+void ptlab_rcu_synchronize(void);
 
 /* ------------------------------------------------------- spinlock (ptl) -- */
 

@@ -102,7 +102,7 @@ public enum RCU {
 
     static func synchronizeUnchecked() {
         let seq = GracePeriod.started.add(1, ordering: .sequentiallyConsistent).newValue
-        urcu_memb_synchronize_rcu()
+        ptlab_rcu_synchronize()
         GracePeriod.complete(seq)
     }
 }
