@@ -5,17 +5,11 @@
  */
 #include "CSupport.h"
 
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define PTLAB_TSAN 1
-#endif
-#endif
-#ifdef PTLAB_TSAN
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-#endif
-
 struct ptlab_rcu_stats ptlab_rcu_stats;
+/* TSan's name for "a grace period has passed" (see ptlab_rcu_read_unlock). */
+char ptlab_rcu_gp_key;
+/* TSan's name for "every callback that has finished" (see ptlab_rcu_barrier). */
+static char barrier_key;
 _Thread_local int ptlab_rcu_registered_depth;
 _Thread_local int ptlab_rcu_in_callback;
 
@@ -60,6 +54,7 @@ static void ptlab_rcu_trampoline(struct rcu_head *rh)
 {
     struct ptlab_rcu_head *head = caa_container_of(rh, struct ptlab_rcu_head, head);
     ptlab_tsan_acquire(head);
+    ptlab_tsan_acquire(&ptlab_rcu_gp_key);
     /* The callback may free the object holding @head: read it first. */
     uint64_t bytes = head->bytes;
     int nested = ptlab_rcu_in_callback;
@@ -67,6 +62,7 @@ static void ptlab_rcu_trampoline(struct rcu_head *rh)
     head->func(head);
     ptlab_rcu_in_callback = nested;
     account_done(bytes);
+    ptlab_tsan_release(&barrier_key);
 }
 
 static void note_peak(int64_t now)
@@ -121,6 +117,27 @@ void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_h
     atomic_fetch_add_explicit(&ptlab_rcu_stats.queued, 1, memory_order_relaxed);
     ptlab_tsan_release(head);
     urcu_memb_call_rcu(&head->head, ptlab_rcu_trampoline);
+}
+
+/* See ptlab_rcu_read_unlock for the key. */
+void ptlab_rcu_synchronize(void)
+{
+    urcu_memb_synchronize_rcu();
+    ptlab_tsan_acquire(&ptlab_rcu_gp_key);
+}
+
+/*
+ * rcu_barrier returns after every callback queued before it has run, but it
+ * waits inside uninstrumented liburcu: each callback releases one shared key
+ * when it finishes, and the barrier acquires it on return. A callback
+ * queued after the barrier began but finished before it returned is
+ * ordered too: an over-approximation that could hide a race with such a
+ * callback, never one with a callback the barrier waits for.
+ */
+void ptlab_rcu_barrier(void)
+{
+    urcu_memb_barrier();
+    ptlab_tsan_acquire(&barrier_key);
 }
 
 void ptlab_rcu_run_inline(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *))

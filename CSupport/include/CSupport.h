@@ -24,6 +24,18 @@
 extern "C" {
 #endif
 
+/* Which sanitizer, if any, this translation unit is built for (the Swift
+ * importer sees the same flags through -Xcc). */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PTLAB_TSAN 1
+#endif
+#endif
+#ifdef PTLAB_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#endif
+
 #define PTLAB_PAGE_SHIFT 12
 #define PTLAB_PAGE_SIZE (1u << PTLAB_PAGE_SHIFT)
 #define PTLAB_POISON_FREE 0x6b
@@ -75,8 +87,25 @@ extern _Thread_local int ptlab_rcu_in_callback;
 void ptlab_rcu_register(void);
 void ptlab_rcu_unregister(void);
 
+/*
+ * A grace period orders everything a reader did in its read section before
+ * whatever follows the grace period: the callbacks it releases and the
+ * return of synchronize_rcu. liburcu waits in uninstrumented code, so under
+ * TSan each read_unlock releases ptlab_rcu_gp_key and those two acquire it.
+ * Coarse: a callback is also ordered after read sections that began after
+ * its grace period did. Those cannot reach what it frees, but a race
+ * between one of them and the callback over other data would go
+ * unreported. Compiled out without TSan.
+ */
+extern char ptlab_rcu_gp_key;
 static inline void ptlab_rcu_read_lock(void) { _urcu_memb_read_lock(); }
-static inline void ptlab_rcu_read_unlock(void) { _urcu_memb_read_unlock(); }
+static inline void ptlab_rcu_read_unlock(void)
+{
+#ifdef PTLAB_TSAN
+    __tsan_release(&ptlab_rcu_gp_key);
+#endif
+    _urcu_memb_read_unlock();
+}
 static inline int ptlab_rcu_read_ongoing(void) { return _urcu_memb_read_ongoing(); }
 static inline int ptlab_rcu_in_callback_now(void) { return ptlab_rcu_in_callback; }
 static inline int ptlab_rcu_thread_may_call(void)
@@ -93,6 +122,10 @@ void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_h
 void ptlab_rcu_run_inline(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *));
 /* Reserve @bytes against @bound; 0 when that would exceed it (nothing kept). */
 int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound);
+/* urcu_memb_barrier, with its ordering made visible to TSan. */
+void ptlab_rcu_barrier(void);
+/* urcu_memb_synchronize_rcu, with its ordering made visible to TSan. */
+void ptlab_rcu_synchronize(void);
 
 /* ------------------------------------------------------- spinlock (ptl) -- */
 
@@ -176,7 +209,7 @@ struct ptdesc {
         struct cds_list_head pt_list;
     };
     _Atomic uint64_t flags;
-    void *pt_mm;                        /* owning mm (Unmanaged), or NULL */
+    void *pt_mm;                        /* owning mm (Unmanaged), or NULL; ptlab_page_mm */
     ptlab_spinlock_t ptl;               /* split PTE/PMD lock */
     _Atomic uint32_t state;             /* enum ptlab_page_state */
     _Atomic uint32_t generation;        /* bumped on every free */
@@ -245,7 +278,22 @@ static inline void ptlab_page_retire(struct ptdesc *d)
     atomic_store_explicit(&d->generation, gen + 1, memory_order_release);
     atomic_store_explicit(&d->level, PTLAB_PT_NONE, memory_order_release);
     atomic_store_explicit(&d->flags, 0, memory_order_release);
-    d->pt_mm = NULL;
+    __atomic_store_n(&d->pt_mm, NULL, __ATOMIC_RELEASE);
+}
+/*
+ * The owning mm. A walker's liveness check reads it without locks while a
+ * free (ptlab_page_retire) or a reuse (the next ctor) may be writing it;
+ * in the unsafe modes that is the point. Both sides go through these, so
+ * the check never reads a torn or undefined value. Plain `void *` so that
+ * single-threaded code and tests can still read the field.
+ */
+static inline void *ptlab_page_mm(const struct ptdesc *d)
+{
+    return __atomic_load_n(&d->pt_mm, __ATOMIC_ACQUIRE);
+}
+static inline void ptlab_page_set_mm(struct ptdesc *d, void *mm)
+{
+    __atomic_store_n(&d->pt_mm, mm, __ATOMIC_RELEASE);
 }
 static inline uint32_t ptlab_page_level(const struct ptdesc *d)
 {
@@ -389,6 +437,39 @@ static inline void ptlab_pcp_forget(struct ptlab_pcp *pcp, uint64_t epoch)
 
 /* Fill freed pages with PTLAB_POISON_FREE (page-aligned, whole pages). */
 void ptlab_poison_pages(void *addr, size_t bytes);
+
+/*
+ * Free pages are off limits to AddressSanitizer as well: the lab's pages are
+ * its own mmap'd memory, which ASan otherwise cannot tell free from in use,
+ * so a stale read of a freed table would be caught only by the lab's own
+ * generation checks. With these, it is also an ASan use-after-poison report
+ * (scripts/sanitize address). Empty, and inlined away, without ASan.
+ */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PTLAB_ASAN 1
+#endif
+#endif
+#ifdef PTLAB_ASAN
+void __asan_poison_memory_region(void const volatile *addr, size_t size);
+void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
+#endif
+static inline void ptlab_asan_poison_pages(void *addr, size_t bytes)
+{
+#ifdef PTLAB_ASAN
+    __asan_poison_memory_region(addr, bytes);
+#else
+    (void)addr; (void)bytes;
+#endif
+}
+static inline void ptlab_asan_unpoison_pages(void *addr, size_t bytes)
+{
+#ifdef PTLAB_ASAN
+    __asan_unpoison_memory_region(addr, bytes);
+#else
+    (void)addr; (void)bytes;
+#endif
+}
 
 /* ------------------------------------------------------------ baseline --- */
 

@@ -41,6 +41,17 @@ final class TraceParserTests: XCTestCase {
         XCTAssertEqual(trace.checkpoints.map(\.line), [6])
     }
 
+    /// Found by fuzzing (Tests/Fuzz): Swift reads "\r\n" as one Character, so
+    /// a trace saved with CRLF line ends was one long line and its first op
+    /// "took 2 arguments, got 4". CRLF must read exactly as LF does.
+    func testCRLFLineEndsReadAsLF() throws {
+        let lf = "mmap 0x10000000000 2M\n\ntouch 0x10000000000 2M 4K # c\nexpect 12\nmunmap 0x10000000000 2M\n"
+        let crlf = lf.replacingOccurrences(of: "\n", with: "\r\n")
+        XCTAssertEqual(try parse(crlf).steps, try parse(lf).steps)
+        XCTAssertEqual(try parse(crlf).steps.map(\.line), [1, 3, 4, 5])
+        assertError("mmap 0x10000000000 2M\r\nmunmap 0x10000000000\r\n", line: 2, "munmap takes 2 arguments")
+    }
+
     func testNumbersTakeDecimalHexAndBinarySuffixes() {
         XCTAssertEqual(TraceParser.number("4096"), 4096)
         XCTAssertEqual(TraceParser.number("0x1000"), 4096)

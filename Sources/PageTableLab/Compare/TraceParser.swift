@@ -35,7 +35,10 @@ public enum TraceParser {
     public static func parse(_ text: String, file: String) throws(TraceError) -> Trace {
         var validator = TraceValidator(file: file)
         var steps: [TraceStep] = []
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // "\r\n" is a single Character in Swift: split at it too, or a trace
+        // saved with CRLF line ends reads as one line.
+        let lines = text.split(omittingEmptySubsequences: false) { $0 == "\n" || $0 == "\r\n" }
+        for (index, raw) in lines.enumerated() {
             let words = raw.prefix { $0 != "#" }.split { $0 == " " || $0 == "\t" || $0 == "\r" }
             guard let verb = words.first else { continue }
             let line = LineParser(file: file, line: index + 1)

@@ -15,7 +15,7 @@ import Synchronization
 public final class TLBModel: Sendable {
     /// Bumped by every flush and every sync IPI.
     let generation = Atomic<UInt64>(0)
-    let cpus = Mutex<[CPU]>([])
+    let cpus = LabMutex<[CPU]>([])
     /// nr_tlb_remote_flush: flushes sent to the CPUs of the mm.
     public let remoteFlushes = Atomic<Int>(0)
     /// tlb_remove_table_sync_one IPIs.

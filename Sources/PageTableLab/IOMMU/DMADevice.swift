@@ -11,7 +11,7 @@ public final class DMADevice: Sendable {
     /// Address Translation Services: the device caches translations.
     public let ats: Bool
     private let present = Atomic<Bool>(true)
-    private let deviceTLB = Mutex<[DeviceTLBKey: DeviceTLBEntry]>([:])
+    private let deviceTLB = LabMutex<[DeviceTLBKey: DeviceTLBEntry]>([:])
 
     struct DeviceTLBKey: Hashable {
         var pasid: UInt32

@@ -44,7 +44,7 @@ final class InvalidationQueueHardware: @unchecked Sendable {
     private let iqa = Atomic<UInt64>(0)
     private let iqh = Atomic<UInt64>(0)
     private let iqt = Atomic<UInt64>(0)
-    private let record = Mutex(QIErrorRecord())
+    private let record = LabMutex(QIErrorRecord())
     private let running = Atomic<Bool>(true)
     private var thread: RCUThread?
 

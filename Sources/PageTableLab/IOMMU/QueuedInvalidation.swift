@@ -57,8 +57,8 @@ final class QueuedInvalidation: @unchecked Sendable {
     private let queueSizeOrder: Int
     private let isDevicePresent: @Sendable (UInt16) -> Bool
     /// q_lock and what it protects.
-    private let state: Mutex<State>
-    let waitMicroseconds = Mutex(Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three))
+    private let state: LabMutex<State>
+    let waitMicroseconds = LabMutex(Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three))
 
     /// Allocate the ring (2^queueSizeOrder pages: IQA.QS) and the status
     /// words on `node`, zeroed, as dmar_enable_qi does.
@@ -84,7 +84,7 @@ final class QueuedInvalidation: @unchecked Sendable {
         }
         ringBase = allocator.address(of: ring)
         statusBase = allocator.address(of: statusPage).bindMemory(to: UInt32.self, capacity: entries)
-        state = Mutex(State(entries: entries))
+        state = LabMutex(State(entries: entries))
     }
 
     /// Give the ring and the status words back (after disable). Not into an

@@ -25,13 +25,13 @@ struct PASIDTableEntry: Sendable {
 final class RemappingHardware: InvalidationTarget, @unchecked Sendable {
     let allocator: PageAllocator
     let counters: IOMMUCounters
-    let caches = Mutex(TranslationCaches())
-    let pasidTable = Mutex<[UInt32: PASIDTableEntry]>([:])
+    let caches = LabMutex(TranslationCaches())
+    let pasidTable = LabMutex<[UInt32: PASIDTableEntry]>([:])
     /// Context entries: source ID → domain of each attached device.
-    let contextTable = Mutex<[UInt16: UInt16]>([:])
+    let contextTable = LabMutex<[UInt16: UInt16]>([:])
     /// The devices on the bus behind this unit, by source ID: where ATS
     /// invalidation requests go, attached or not.
-    let devices = Mutex<[UInt16: DMADevice]>([:])
+    let devices = LabMutex<[UInt16: DMADevice]>([:])
 
     init(allocator: PageAllocator, counters: IOMMUCounters) {
         self.allocator = allocator

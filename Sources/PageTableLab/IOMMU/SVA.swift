@@ -7,7 +7,7 @@ public final class SVA: Sendable {
 
     public let iommu: IntelIOMMU
     /// iommu_sva_lock, and the bonds it protects.
-    private let bonds = Mutex<[SVABond]>([])
+    private let bonds = LabMutex<[SVABond]>([])
     /// KVA invalidations that failed even after resubmitting.
     public let kvaFailures = Atomic<Int>(0)
     public let kvaInvalidations = Atomic<Int>(0)

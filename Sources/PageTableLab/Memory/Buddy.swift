@@ -74,6 +74,7 @@ extension PageAllocator {
             d.pointee.node = UInt16(nodeID)
             ptlab_page_set_state(d, PTLAB_PAGE_FREE.rawValue)
         }
+        ptlab_asan_poison_pages(base, bytes)
         area.chunksMapped += 1
         link(&area, memmap + firstPFN, order: maxOrder)
         return true
@@ -95,6 +96,7 @@ extension PageAllocator {
     }
 
     func releaseChunk(_ base: UnsafeMutableRawPointer, bytes: Int) {
+        ptlab_asan_unpoison_pages(base, bytes)
         if topology.available { numa_free(base, bytes) } else { munmap(base, bytes) }
     }
 }

@@ -6,7 +6,7 @@ final class NodeArena: Sendable {
     let id: Int
     let index: Int
     let pfnBase: UInt32
-    let area: Mutex<FreeArea>
+    let area: LabMutex<FreeArea>
     let nrPageTablePages = Atomic<Int>(0)
     let numaMiss = Atomic<Int>(0)
     let numaForeign = Atomic<Int>(0)
@@ -15,7 +15,7 @@ final class NodeArena: Sendable {
         self.id = id
         self.index = index
         self.pfnBase = pfnBase
-        self.area = Mutex(FreeArea(maxOrder: maxOrder, chunkLimit: chunks))
+        self.area = LabMutex(FreeArea(maxOrder: maxOrder, chunkLimit: chunks))
     }
 }
 

@@ -190,6 +190,7 @@ public final class PageAllocator: @unchecked Sendable {
     @inline(__always)
     private func finishAlloc(_ d: UnsafeMutablePointer<ptdesc>, zero: Bool) -> Page {
         let page = Page(d)
+        ptlab_asan_unpoison_pages(address(of: page), page.bytes)
         if zero { memset(address(of: page), 0, page.bytes) }
         return page
     }
@@ -246,6 +247,7 @@ public final class PageAllocator: @unchecked Sendable {
         let order = Int(d.pointee.order)
         ptlab_page_retire(d)
         if parameters.poison { ptlab_poison_pages(address(of: page), 4096 << order) }
+        ptlab_asan_poison_pages(address(of: page), 4096 << order)
         let index = nodeIndexByID[Int(d.pointee.node)]
         let pcp = thisPCP()
         ptlab_pcp_add_allocated(pcp, Int32(index), -Int64(1 << order))

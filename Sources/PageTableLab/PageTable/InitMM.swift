@@ -17,7 +17,7 @@ public final class InitMM: @unchecked Sendable {
 
     public let allocator: PageAllocator
     public let pgd: Page
-    let pageTableLock = Mutex<Void>(())
+    let pageTableLock = LabMutex<Void>(())
     /// Where kernel tables go when they are freed (pagetable_free).
     public let freer: KernelPageTableFree
 

@@ -14,8 +14,8 @@ public final class MM: @unchecked Sendable {
     public let pgd: Page
     public let mmapLock = MMapLock()
     /// mm->page_table_lock: guards populating PGD/P4D/PUD entries.
-    let pageTableLock = Mutex<Void>(())
-    let vmaTree = Mutex(VMATree())
+    let pageTableLock = LabMutex<Void>(())
+    let vmaTree = LabMutex(VMATree())
     /// mm->pgtables_bytes (VmPTE): PTE, PMD and PUD tables, 4 KiB each.
     let pgtablesBytesCounter = Atomic<Int>(0)
     /// mm->tlb_flush_pending: gathers in flight on this mm.
@@ -27,7 +27,7 @@ public final class MM: @unchecked Sendable {
     /// What the last munmap/madvise/exit gather did (for tests and reports).
     /// Written under mmap_lock.
     public internal(set) var lastGather = GatherStats()
-    let notifiers = Mutex<[any MMUNotifier]>([])
+    let notifiers = LabMutex<[any MMUNotifier]>([])
 
     /// The highest user address + 1 (TASK_SIZE).
     public var taskSize: UInt64 { profile.fiveLevel ? 1 << 56 : 1 << 47 }

@@ -28,7 +28,7 @@ public enum PageTables {
     static func ctor(_ page: Page, level: Level, base: UInt64, mm: UnsafeMutableRawPointer?,
                      allocator: PageAllocator, kernel: Bool = false) {
         let d = page.desc
-        d.pointee.pt_mm = mm
+        ptlab_page_set_mm(d, mm)
         d.pointee.index = base
         if !kernel && (level == .pte || level == .pmd) { ptlab_ptl_init(d) }
         ptlab_page_set_level(d, UInt32(level.rawValue))

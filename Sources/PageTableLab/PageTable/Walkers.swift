@@ -73,7 +73,7 @@ extension MM {
         return (state == PTLAB_PAGE_ALLOCATED.rawValue || state == PTLAB_PAGE_DEFERRED.rawValue)
             && ptlab_page_level(d) == UInt32(level.rawValue)
             && ptlab_page_generation(d) == gen
-            && d.pointee.pt_mm == token
+            && ptlab_page_mm(d) == token
     }
 
     /// Walk from the PGD to the PTE table mapping `address`, checking at

@@ -97,12 +97,12 @@ public enum RCU {
     public static func barrier() throws(RCUError) {
         guard ptlab_rcu_read_ongoing() == 0 else { throw .insideReadSection(operation: "barrier") }
         guard ptlab_rcu_in_callback_now() == 0 else { throw .insideCallback(operation: "barrier") }
-        urcu_memb_barrier()
+        ptlab_rcu_barrier()
     }
 
     static func synchronizeUnchecked() {
         let seq = GracePeriod.started.add(1, ordering: .sequentiallyConsistent).newValue
-        urcu_memb_synchronize_rcu()
+        ptlab_rcu_synchronize()
         GracePeriod.complete(seq)
     }
 }

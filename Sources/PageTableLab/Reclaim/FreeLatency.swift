@@ -8,7 +8,7 @@ import Synchronization
 public enum FreeLatency {
     /// One minute, in nanoseconds: anything longer is clamped.
     static let ceiling: UInt64 = 60_000_000_000
-    static let histogram = Mutex(Histogram<UInt64>(highestTrackableValue: ceiling, numberOfSignificantValueDigits: .two))
+    static let histogram = LabMutex(Histogram<UInt64>(highestTrackableValue: ceiling, numberOfSignificantValueDigits: .two))
 
     static func record(nanoseconds: UInt64) {
         histogram.withLock { _ = $0.record(min(nanoseconds, ceiling)) }

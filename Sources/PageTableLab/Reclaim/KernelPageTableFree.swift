@@ -26,7 +26,7 @@ public final class KernelPageTableFree: @unchecked Sendable {
     /// Invalidates every SVA-bound mm's kernel range and waits; nil when no
     /// IOMMU shares the tables.
     let invalidateKVA: (@Sendable () -> Void)?
-    private let lock = Mutex<Void>(())
+    private let lock = LabMutex<Void>(())
     private let list: UnsafeMutablePointer<cds_list_head>
     /// Only the work touches this: the batch being freed.
     private let batch: UnsafeMutablePointer<cds_list_head>

@@ -15,7 +15,6 @@ public final class Work: @unchecked Sendable {
     /// A frozen work runs nothing until thawed (freezable workqueues): lets
     /// a test pile work up and then see exactly one run take it all.
     private let frozen = Atomic<Bool>(false)
-    private let wake = Mutex<Void>(())
     private let cond: UnsafeMutablePointer<pthread_cond_t>
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private var thread: RCUThread?

@@ -5,13 +5,13 @@ import Synchronization
 /// at the end (and a rough running total for the progress line).
 final class WalkerCrew: Sendable {
     private let stopFlag = Atomic<Bool>(false)
-    private let totals = Mutex(WalkCounters())
+    private let totals = LabMutex(WalkCounters())
     private let walks = Atomic<Int>(0)
     private let uaf = Atomic<Int>(0)
-    private let threads: Mutex<[RCUThread]>
+    private let threads: LabMutex<[RCUThread]>
 
     init(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], count: Int, seed: UInt64) {
-        threads = Mutex([])
+        threads = LabMutex([])
         let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
         for id in 0..<count {
             let pin = cpus.isEmpty ? nil : cpus[id % cpus.count]
