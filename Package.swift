@@ -28,7 +28,8 @@ let package = Package(
             name: "CSupport",
             dependencies: ["CURCU"],
             path: "CSupport",
-            cSettings: [.unsafeFlags(["-O2"])]
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("z")]
         ),
         .target(
             name: "PageTableLab",

@@ -482,6 +482,9 @@ double ptlab_baseline_batch_frees_per_sec(uint64_t tables);
 int ptlab_current_cpu(void);
 /* Pin the calling thread to @cpu; 0 on success, else an errno. */
 int ptlab_pin_to_cpu(int cpu);
+/* 1 if /proc/config.gz has exactly @line ("CONFIG_X=y"), 0 if not, -1 if
+ * it cannot be read. */
+int ptlab_kernel_config_has(const char *line);
 /* Let the calling thread run on any CPU again. */
 int ptlab_unpin(void);
 int ptlab_numa_node_allowed(int node);

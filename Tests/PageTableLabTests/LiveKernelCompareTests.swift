@@ -16,8 +16,8 @@ final class LiveKernelCompareTests: XCTestCase {
 
     private func kernelRun(_ text: String, targets: Int = 1) throws -> TraceRun {
         let trace = try TraceParser.parse(text, file: "live.trace")
-        let kernels: [any TraceTarget] = try (0..<targets).map { _ in try LiveKernel() }
-        return CompareRunner(targets: kernels, profile: .runningKernel()).run(trace)
+        return try runTolerantOfInterference(trace, targets: { try (0..<targets).map { _ in try LiveKernel() } },
+                                             profile: .runningKernel())
     }
 
     /// Whether /proc/self/maps shows anything in `range`.

@@ -1,3 +1,4 @@
+import CSupport
 import Foundation
 
 /// Which kernel's page-table freeing a comparison expects. The two differ in
@@ -23,20 +24,10 @@ public enum CompareProfile: String, CaseIterable, Sendable, Codable {
     /// Whether /proc/config.gz sets CONFIG_PT_RECLAIM=y; nil when it cannot
     /// be read.
     public static func kernelHasPTReclaim() -> Bool? {
-        guard FileManager.default.isReadableFile(atPath: "/proc/config.gz") else { return nil }
-        let zcat = Process()
-        zcat.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        zcat.arguments = ["zcat", "/proc/config.gz"]
-        let pipe = Pipe()
-        zcat.standardOutput = pipe
-        zcat.standardError = FileHandle.nullDevice
-        do { try zcat.run() } catch { return nil }
-        // Read before waiting: the configuration is larger than a pipe buffer.
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        zcat.waitUntilExit()
-        guard zcat.terminationStatus == 0 else { return nil }
-        return String(decoding: data, as: UTF8.self)
-            .split(separator: "\n")
-            .contains("CONFIG_PT_RECLAIM=y")
+        switch ptlab_kernel_config_has("CONFIG_PT_RECLAIM=y") {
+        case 1: true
+        case 0: false
+        default: nil
+        }
     }
 }

@@ -358,7 +358,7 @@ private struct PageTableWalk: Sendable {
 
 /// A result passed out of a thread.
 private final class Box<Value: Sendable>: Sendable {
-    private let value = Mutex<Value?>(nil)
+    private let value = LabMutex<Value?>(nil)
     func set(_ v: Value) { value.withLock { $0 = v } }
     func get() -> Value? { value.withLock { $0 } }
 }
