@@ -5,16 +5,9 @@ import XCTest
 /// addresses while kernel tables are freed and reused.
 final class KernelFreeStressTests: XCTestCase {
     private func run(_ mode: String, ops: Int? = nil, faults: Bool = false) throws -> StressResult {
-        var options = StressOptions(scenario: faults ? "iommu-faults" : "kernel-free", mode: mode)
-        options.walkers = 2
-        options.duration = 30
-        options.maxOps = ops
-        options.stopOnDetection = ops == nil
-        var params = PageAllocator.Parameters()
-        params.nodeBudgetPages = 16_384
-        let allocator = try PageAllocator(parameters: params)
-        defer { allocator.unload() }
-        return try KernelFreeStress(options, injectFaults: faults).run(allocator: allocator)
+        try runStressForTest(faults ? "iommu-faults" : "kernel-free", mode, ops: ops) { options, allocator in
+            try KernelFreeStress(options, injectFaults: faults).run(allocator: allocator)
+        }
     }
 
     func testNoInvalidateReproducesTheBug() throws {

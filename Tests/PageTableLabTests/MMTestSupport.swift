@@ -55,3 +55,21 @@ func withGracePeriodHeld<R>(_ body: () throws -> R) rethrows -> R {
     }
     return try body()
 }
+
+/// A stress run as the tests use it: two walkers; a fixed amount of work
+/// (`ops`) for a safe mode, or — `ops` nil, an unsafe mode — until the
+/// first detection, with 30 s only as a bound so a dead detector fails
+/// rather than hangs. `body` runs it on a freshly loaded allocator.
+func runStressForTest(_ scenario: String, _ mode: String, ops: Int?,
+                      _ body: (StressOptions, PageAllocator) throws -> StressResult) throws -> StressResult {
+    var options = StressOptions(scenario: scenario, mode: mode)
+    options.walkers = 2
+    options.duration = 30
+    options.maxOps = ops
+    options.stopOnDetection = ops == nil
+    var params = PageAllocator.Parameters()
+    params.nodeBudgetPages = 16_384
+    let allocator = try PageAllocator(parameters: params)
+    defer { allocator.unload() }
+    return try body(options, allocator)
+}

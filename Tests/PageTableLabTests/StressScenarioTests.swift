@@ -8,16 +8,9 @@ import XCTest
 /// instead of hanging.
 final class StressScenarioTests: XCTestCase {
     private func run(_ scenario: String, _ mode: String, ops: Int? = nil) throws -> StressResult {
-        var options = StressOptions(scenario: scenario, mode: mode)
-        options.walkers = 2
-        options.duration = 30
-        options.maxOps = ops
-        options.stopOnDetection = ops == nil
-        var params = PageAllocator.Parameters()
-        params.nodeBudgetPages = 16_384
-        let allocator = try PageAllocator(parameters: params)
-        defer { allocator.unload() }
-        return try StressRunner(options).run(allocator: allocator)
+        try runStressForTest(scenario, mode, ops: ops) { options, allocator in
+            try StressRunner(options).run(allocator: allocator)
+        }
     }
 
     private func assertSafe(_ scenario: String, _ mode: String, ops: Int = 150) throws {
