@@ -25,12 +25,16 @@ static void poison_avx2(void *addr, size_t bytes)
 
 void ptlab_poison_pages(void *addr, size_t bytes)
 {
-    static int have_avx2 = -1;
-    if (have_avx2 < 0) {
+    /* Relaxed atomic: two threads' first frees may both fill it in (with
+     * the same value); a plain int there would be a data race. */
+    static _Atomic int have_avx2 = -1;
+    int avx2 = atomic_load_explicit(&have_avx2, memory_order_relaxed);
+    if (avx2 < 0) {
         __builtin_cpu_init();
-        have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+        avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+        atomic_store_explicit(&have_avx2, avx2, memory_order_relaxed);
     }
-    if (have_avx2 && ((uintptr_t)addr & 31) == 0 && (bytes & 127) == 0)
+    if (avx2 && ((uintptr_t)addr & 31) == 0 && (bytes & 127) == 0)
         poison_avx2(addr, bytes);
     else
         memset(addr, PTLAB_POISON_FREE, bytes);
