@@ -482,6 +482,10 @@ double ptlab_baseline_batch_frees_per_sec(uint64_t tables);
 int ptlab_current_cpu(void);
 /* Pin the calling thread to @cpu; 0 on success, else an errno. */
 int ptlab_pin_to_cpu(int cpu);
+/* Read the kernel config at @path, gzip-compressed or plain, into @buf (at
+ * most @cap bytes). Returns the file's whole decompressed length — more than
+ * @cap means call again with that much room — or -1 if it cannot be read. */
+long ptlab_kconfig_read(const char *path, void *buf, size_t cap);
 /* 1 if /proc/config.gz has exactly @line ("CONFIG_X=y"), 0 if not, -1 if
  * it cannot be read. */
 int ptlab_kernel_config_has(const char *line);
