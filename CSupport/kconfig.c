@@ -4,7 +4,6 @@
  * touched later, and a page table they allocate while `ptlab compare`
  * measures a kernel op shows up in this process's VmPTE.
  */
-#include <string.h>
 #include <zlib.h>
 #include "CSupport.h"
 
@@ -37,27 +36,4 @@ long ptlab_kconfig_read(const char *path, void *buf, size_t cap)
     if (gzclose(f) != Z_OK || n < 0 || err != Z_OK)
         return -1;
     return total;
-}
-
-int ptlab_kernel_config_has(const char *line)
-{
-    gzFile f = gzopen("/proc/config.gz", "rb");
-    if (!f)
-        return -1;
-    char buf[512];
-    size_t want = strlen(line);
-    int found = 0;
-    while (gzgets(f, buf, sizeof(buf))) {
-        size_t n = strlen(buf);
-        while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-            buf[--n] = 0;
-        if (n == want && memcmp(buf, line, n) == 0) {
-            found = 1;
-            break;
-        }
-    }
-    int err = 0;
-    gzerror(f, &err);
-    gzclose(f);
-    return (!found && err != Z_OK && err != Z_STREAM_END) ? -1 : found;
 }

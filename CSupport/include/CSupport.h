@@ -486,9 +486,6 @@ int ptlab_pin_to_cpu(int cpu);
  * most @cap bytes). Returns the file's whole decompressed length — more than
  * @cap means call again with that much room — or -1 if it cannot be read. */
 long ptlab_kconfig_read(const char *path, void *buf, size_t cap);
-/* 1 if /proc/config.gz has exactly @line ("CONFIG_X=y"), 0 if not, -1 if
- * it cannot be read. */
-int ptlab_kernel_config_has(const char *line);
 /* Let the calling thread run on any CPU again. */
 int ptlab_unpin(void);
 int ptlab_numa_node_allowed(int node);

@@ -65,7 +65,7 @@ final class LiveKernelCompareTests: XCTestCase {
     /// The default profile must describe what this kernel does on DONTNEED.
     func testDetectedProfileMatchesTheKernelsBehaviour() throws {
         guard let hasPTReclaim = CompareProfile.kernelHasPTReclaim() else {
-            throw XCTSkip("/proc/config.gz is unreadable: the profile cannot be detected here")
+            throw XCTSkip("the kernel config is unreadable: the profile cannot be detected here")
         }
         let run = try kernelRun("mmap 0x10000000000 2M\ntouch 0x10000000000 2M 4K\ndontneed 0x10000000000 2M\nexpect")
         XCTAssertNil(run.error)

@@ -1,6 +1,3 @@
-import CSupport
-import Foundation
-
 /// Which kernel's page-table freeing a comparison expects. The two differ in
 /// one thing only: whether MADV_DONTNEED reclaims empty PTE tables.
 public enum CompareProfile: String, CaseIterable, Sendable, Codable {
@@ -15,19 +12,15 @@ public enum CompareProfile: String, CaseIterable, Sendable, Codable {
 
     /// The profile of the kernel this process runs on: `6.14+` when its
     /// configuration says `CONFIG_PT_RECLAIM=y`, else `pre-6.14` (also when
-    /// the configuration cannot be read — a kernel without /proc/config.gz
+    /// the configuration cannot be read — a kernel without a readable config
     /// gives no evidence of PT_RECLAIM).
     public static func runningKernel() -> CompareProfile {
         kernelHasPTReclaim() == true ? .ptReclaim : .prePTReclaim
     }
 
-    /// Whether /proc/config.gz sets CONFIG_PT_RECLAIM=y; nil when it cannot
-    /// be read.
+    /// Whether the running kernel's config sets CONFIG_PT_RECLAIM=y; nil when
+    /// it cannot be read.
     public static func kernelHasPTReclaim() -> Bool? {
-        switch ptlab_kernel_config_has("CONFIG_PT_RECLAIM=y") {
-        case 1: true
-        case 0: false
-        default: nil
-        }
+        KConfig.running.map { $0["CONFIG_PT_RECLAIM"] == .value("y") }
     }
 }
