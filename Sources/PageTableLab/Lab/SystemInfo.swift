@@ -76,36 +76,19 @@ public struct SystemInfo: Sendable, Codable, Equatable {
         return "unknown"
     }
 
-    /// Read the running kernel's config: /proc/config.gz (CONFIG_IKCONFIG_PROC),
-    /// else the distribution's /boot copy for this release.
-    static func kernelConfig(options: [String], release: String = uname().release) -> KernelConfig {
-        let text: String?
-        let source: String
-        if let t = run("gzip", ["-dc", "/proc/config.gz"]) {
-            (text, source) = (t, "/proc/config.gz")
-        } else if let t = try? String(contentsOfFile: "/boot/config-\(release)", encoding: .utf8) {
-            (text, source) = (t, "/boot/config-\(release)")
-        } else {
-            (text, source) = (nil, "unreadable")
+    /// The report's view of a kernel config: every asked-for option gets an
+    /// answer, "unreadable" included, so a report never silently drops one.
+    static func kernelConfig(options: [String], from config: KConfig? = .running) -> KernelConfig {
+        guard let config else {
+            return KernelConfig(source: "unreadable", options: Dictionary(uniqueKeysWithValues: options.map { ($0, "unreadable") }))
         }
-        guard let text else {
-            return KernelConfig(source: source, options: Dictionary(uniqueKeysWithValues: options.map { ($0, "unreadable") }))
-        }
-        return KernelConfig(source: source, options: parseConfig(text, options: options))
-    }
-
-    static func parseConfig(_ text: String, options: [String]) -> [String: String] {
-        var found = Dictionary(uniqueKeysWithValues: options.map { ($0, "absent") })
-        for line in text.split(separator: "\n") {
-            if line.hasPrefix("# CONFIG_"), line.hasSuffix(" is not set") {
-                let name = String(line.dropFirst(2).dropLast(" is not set".count))
-                if found[name] != nil { found[name] = "not set" }
-            } else if let eq = line.firstIndex(of: "=") {
-                let name = String(line[..<eq])
-                if found[name] != nil { found[name] = String(line[line.index(after: eq)...]) }
+        return KernelConfig(source: config.source, options: Dictionary(uniqueKeysWithValues: options.map { name in
+            switch config[name] {
+            case .value(let value)?: (name, value)
+            case .notSet?: (name, "not set")
+            case nil: (name, "absent")
             }
-        }
-        return found
+        }))
     }
 
     /// Run a tool found on PATH; its stdout, trimmed, or nil if it could not
