@@ -11,6 +11,8 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ptlab_pcp *registry;
 static int64_t retired_allocated[PTLAB_PCP_MAX_NODES];
 static int64_t retired_numa_hit[PTLAB_PCP_MAX_NODES];
+static int64_t retired_nr_pagetable[PTLAB_PCP_MAX_NODES];
+static int64_t retired_events[PTLAB_NR_EVENTS];
 static pthread_key_t exit_key;
 static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
 static void (*_Atomic drain_hook)(struct ptlab_pcp *);
@@ -37,7 +39,10 @@ static void pcp_thread_exit(void *arg)
     for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++) {
         retired_allocated[n] += atomic_load_explicit(&pcp->allocated_delta[n], memory_order_relaxed);
         retired_numa_hit[n] += atomic_load_explicit(&pcp->numa_hit_delta[n], memory_order_relaxed);
+        retired_nr_pagetable[n] += atomic_load_explicit(&pcp->nr_pagetable_delta[n], memory_order_relaxed);
     }
+    for (int e = 0; e < PTLAB_NR_EVENTS; e++)
+        retired_events[e] += atomic_load_explicit(&pcp->events[e], memory_order_relaxed);
     pthread_mutex_unlock(&registry_lock);
     pcp->registered = 0;
 }
@@ -79,17 +84,48 @@ int64_t ptlab_pcp_sum_numa_hit(int node)
     return sum;
 }
 
+int64_t ptlab_pcp_sum_nr_pagetable(int node)
+{
+    pthread_mutex_lock(&registry_lock);
+    int64_t sum = retired_nr_pagetable[node];
+    for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
+        sum += atomic_load_explicit(&p->nr_pagetable_delta[node], memory_order_relaxed);
+    pthread_mutex_unlock(&registry_lock);
+    return sum;
+}
+
+/* One event at a time over every cache, acquiring each: see enum ptlab_event. */
+void ptlab_pcp_sum_events(int64_t out[PTLAB_NR_EVENTS])
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int e = 0; e < PTLAB_NR_EVENTS; e++) {
+        out[e] = retired_events[e];
+        for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
+            out[e] += atomic_load_explicit(&p->events[e], memory_order_acquire);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+int64_t ptlab_pcp_sum_event(enum ptlab_event ev)
+{
+    int64_t all[PTLAB_NR_EVENTS];
+    ptlab_pcp_sum_events(all);
+    return all[ev];
+}
+
 void ptlab_pcp_reset_counters(void)
 {
     pthread_mutex_lock(&registry_lock);
     for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++) {
         retired_allocated[n] = 0;
         retired_numa_hit[n] = 0;
+        retired_nr_pagetable[n] = 0;
     }
     for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
         for (int n = 0; n < PTLAB_PCP_MAX_NODES; n++) {
             atomic_store_explicit(&p->allocated_delta[n], 0, memory_order_relaxed);
             atomic_store_explicit(&p->numa_hit_delta[n], 0, memory_order_relaxed);
+            atomic_store_explicit(&p->nr_pagetable_delta[n], 0, memory_order_relaxed);
         }
     pthread_mutex_unlock(&registry_lock);
 }

@@ -38,21 +38,41 @@ void ptlab_tsan_acquire(void *addr)
 
 static void account_done(uint64_t bytes)
 {
-    atomic_fetch_add_explicit(&ptlab_rcu_stats.done_bytes, (int64_t)bytes, memory_order_relaxed);
-    atomic_fetch_add_explicit(&ptlab_rcu_stats.invoked, 1, memory_order_relaxed);
+    struct ptlab_pcp *pcp = ptlab_pcp_counting();
+    ptlab_pcp_event_add(pcp, PTLAB_EV_RCU_DONE_BYTES, (int64_t)bytes);
+    ptlab_pcp_event_add(pcp, PTLAB_EV_RCU_INVOKED, 1);
 }
 
-/* Read done before reserved: reserved never falls below what is done, so
- * the difference is never negative. */
+/* Bytes reserved but not yet returned, less what @ev says callbacks have done. */
+static int64_t outstanding_of(const int64_t ev[PTLAB_NR_EVENTS])
+{
+    /* Read after the events: a done it counted has its reservation here. */
+    int64_t bounded = atomic_load_explicit(&ptlab_rcu_stats.reserved_bytes, memory_order_acquire);
+    return bounded + ev[PTLAB_EV_RCU_RESERVED_BYTES] - ev[PTLAB_EV_RCU_DONE_BYTES];
+}
+
 static int64_t outstanding_bytes(void)
 {
-    int64_t done = atomic_load_explicit(&ptlab_rcu_stats.done_bytes, memory_order_relaxed);
-    return atomic_load_explicit(&ptlab_rcu_stats.reserved_bytes, memory_order_relaxed) - done;
+    int64_t ev[PTLAB_NR_EVENTS];
+    ptlab_pcp_sum_events(ev);
+    return outstanding_of(ev);
 }
 
 static void ptlab_rcu_trampoline(struct rcu_head *rh)
 {
     struct ptlab_rcu_head *head = caa_container_of(rh, struct ptlab_rcu_head, head);
+    /*
+     * The worker runs a batch of callbacks whose objects went cold while
+     * they waited out the grace period; each callback's first access to
+     * its object then stalls on a miss. The next head is already linked:
+     * start fetching its object (two lines, a page descriptor's size)
+     * while this one runs. A prefetch never faults, whatever lies there.
+     */
+    struct cds_wfcq_node *next = CMM_LOAD_SHARED(rh->next.next);
+    if (next) {
+        __builtin_prefetch(next, 1);
+        __builtin_prefetch((char *)next + 64, 1);
+    }
     ptlab_tsan_acquire(head);
     ptlab_tsan_acquire(&ptlab_rcu_gp_key);
     /* The callback may free the object holding @head: read it first. */
@@ -75,30 +95,37 @@ static void note_peak(int64_t now)
 }
 
 /*
- * Each caller looks at the callbacks' line (done_bytes) once every
- * RESERVE_LOOK_EVERY calls, not on every call: reading it on every call
- * bounced that line between the caller and the worker once per object
- * (a call_rcu flood from Swift ran at 0.8x C's; at 0.95x without). done
- * only grows, so an old look overstates what is outstanding: a reservation
- * it admits is within the bound, and one it would refuse gets a fresh look
- * first. The peak is taken at each look, so it is sampled, not exact.
+ * Each caller sums the counters (a lock and a walk over the threads) once
+ * every RESERVE_LOOK_EVERY calls, not on every call: that is where the
+ * peak is sampled, and where a bounded caller learns what callbacks have
+ * returned. Between looks a bounded caller adds its reservation to the
+ * global count and compares against the last look's view of everything
+ * else: done only grows, so that view overstates what is outstanding, and
+ * a reservation it would refuse gets a fresh look first. An unbounded
+ * caller counts in its own thread and never touches a shared line.
  */
 #define RESERVE_LOOK_EVERY 64
-static _Thread_local int64_t seen_done;
+static _Thread_local int64_t seen_rest;          /* outstanding, less bounded reservations */
 static _Thread_local unsigned calls_since_look = RESERVE_LOOK_EVERY;
 
 int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound)
 {
-    int64_t reserved = atomic_fetch_add_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
-                                                 memory_order_relaxed) + (int64_t)bytes;
+    int64_t bounded = 0;
+    if (bound)
+        bounded = atomic_fetch_add_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
+                                            memory_order_release) + (int64_t)bytes;
+    else
+        ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_RCU_RESERVED_BYTES, (int64_t)bytes);
     int look = ++calls_since_look >= RESERVE_LOOK_EVERY;
-    if (!look && bound && reserved - seen_done > (int64_t)bound)
+    if (!look && bound && bounded + seen_rest > (int64_t)bound)
         look = 1;
     if (!look)
         return 1;
     calls_since_look = 0;
-    seen_done = atomic_load_explicit(&ptlab_rcu_stats.done_bytes, memory_order_relaxed);
-    int64_t now = reserved - seen_done;
+    int64_t ev[PTLAB_NR_EVENTS];
+    ptlab_pcp_sum_events(ev);
+    int64_t now = outstanding_of(ev);
+    seen_rest = now - atomic_load_explicit(&ptlab_rcu_stats.reserved_bytes, memory_order_relaxed);
     if (bound && now > (int64_t)bound) {
         atomic_fetch_sub_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
                                   memory_order_relaxed);
@@ -114,7 +141,7 @@ void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_h
     /* @bytes were reserved by ptlab_rcu_reserve; the trampoline returns them. */
     head->func = func;
     head->bytes = bytes;
-    atomic_fetch_add_explicit(&ptlab_rcu_stats.queued, 1, memory_order_relaxed);
+    ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_RCU_QUEUED, 1);
     ptlab_tsan_release(head);
     urcu_memb_call_rcu(&head->head, ptlab_rcu_trampoline);
 }
@@ -162,10 +189,12 @@ void ptlab_rcu_unregister(void)
 
 void ptlab_rcu_stats_read(struct ptlab_rcu_stats_snapshot *out)
 {
-    out->invoked = atomic_load(&ptlab_rcu_stats.invoked);
-    out->queued = atomic_load(&ptlab_rcu_stats.queued);
-    out->outstanding_callbacks = (int64_t)(out->queued - out->invoked);
-    out->outstanding_bytes = outstanding_bytes();
+    int64_t ev[PTLAB_NR_EVENTS];
+    ptlab_pcp_sum_events(ev);
+    out->invoked = (uint64_t)ev[PTLAB_EV_RCU_INVOKED];
+    out->queued = (uint64_t)ev[PTLAB_EV_RCU_QUEUED];
+    out->outstanding_callbacks = ev[PTLAB_EV_RCU_QUEUED] - ev[PTLAB_EV_RCU_INVOKED];
+    out->outstanding_bytes = outstanding_of(ev);
     out->peak_bytes = atomic_load(&ptlab_rcu_stats.peak_bytes);
     out->inline_fallbacks = atomic_load(&ptlab_rcu_stats.inline_fallbacks);
 }

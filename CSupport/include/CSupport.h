@@ -54,17 +54,17 @@ struct ptlab_rcu_head {
 };
 
 /*
- * Outstanding deferred work, readable at any time without locks. Callers of
- * call_rcu write one cache line, callbacks another: with one shared line,
- * the caller and liburcu's worker bounced it on every call and every
- * callback. Outstanding = reserved - done, queued - invoked.
+ * Outstanding deferred work. Callers and callbacks count in their own
+ * threads' counters (enum ptlab_event), summed when read: with shared
+ * atomics every call and every callback paid locked adds, and the caller
+ * and liburcu's worker bounced the lines between them. Only a bounded
+ * reservation, which must see every other producer's, and the rare inline
+ * fallback use these globals. Outstanding = reserved - done, queued -
+ * invoked.
  */
 struct ptlab_rcu_stats {
-    _Alignas(64) _Atomic int64_t reserved_bytes;   /* reserved, less reservations refused */
-    _Atomic uint64_t queued;
+    _Alignas(64) _Atomic int64_t reserved_bytes;   /* bounded reservations, less those refused */
     _Atomic int64_t peak_bytes;                    /* sampled: see ptlab_rcu_reserve */
-    _Alignas(64) _Atomic int64_t done_bytes;       /* returned by callbacks */
-    _Atomic uint64_t invoked;
     _Alignas(64) _Atomic uint64_t inline_fallbacks;
 };
 extern struct ptlab_rcu_stats ptlab_rcu_stats;
@@ -202,6 +202,12 @@ enum ptlab_pt_level {
  * struct ptdesc / struct page. One per PFN in the memmap. As in the kernel,
  * the rcu_head and the list node share storage: a table queued for RCU
  * cannot also be on a list.
+ *
+ * Two cache lines, where the kernel's struct page is one (liburcu's
+ * rcu_head is twice the kernel's). The first holds everything that
+ * pte_free_defer's caller touches, so queueing a table costs one line:
+ * when it was 112 bytes, most descriptors straddled three lines, and
+ * call_rcu's full barrier waited for each of them to arrive.
  */
 struct ptdesc {
     union {
@@ -210,11 +216,12 @@ struct ptdesc {
     };
     _Atomic uint64_t flags;
     void *pt_mm;                        /* owning mm (Unmanaged), or NULL; ptlab_page_mm */
-    ptlab_spinlock_t ptl;               /* split PTE/PMD lock */
     _Atomic uint32_t state;             /* enum ptlab_page_state */
     _Atomic uint32_t generation;        /* bumped on every free */
     _Atomic uint32_t level;             /* enum ptlab_pt_level while a table */
     uint32_t pfn;
+    /* second line */
+    ptlab_spinlock_t ptl;               /* split PTE/PMD lock */
     uint32_t buddy_next;                /* allocator free list (PFN + 1; 0 = none) */
     uint32_t buddy_prev;
     uint16_t node;
@@ -223,7 +230,10 @@ struct ptdesc {
     uint64_t index;                     /* base virtual address the table maps */
     uint64_t queued_ns;                 /* when its deferred free was queued */
     uint64_t tlb_gen;                   /* mm TLB generation that must pass before it is freed */
+    uint64_t pad[2];                    /* to two whole lines (Swift cannot import _Alignas) */
 };
+_Static_assert(sizeof(struct ptdesc) == 128, "struct ptdesc is two cache lines");
+_Static_assert(offsetof(struct ptdesc, ptl) == 64, "what pte_free_defer touches is in the first line");
 
 /* container_of for the two embedded nodes. */
 static inline struct ptdesc *ptlab_ptdesc_of_rcu(struct ptlab_rcu_head *head)
@@ -315,6 +325,20 @@ static inline void ptlab_page_clear_flags(struct ptdesc *d, uint64_t bits)
 {
     atomic_fetch_and_explicit(&d->flags, ~bits, memory_order_acq_rel);
 }
+/*
+ * __folio_clear_pgtable, for pagetable_dtor: only the path freeing the
+ * table writes its flags then, so a plain load and store will do where a
+ * locked RMW cost the freeing path more than anything else in it. Returns
+ * whether PG_table was set.
+ */
+static inline int ptlab_page_test_clear_table(struct ptdesc *d)
+{
+    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    if (!(f & PTLAB_PG_TABLE))
+        return 0;
+    atomic_store_explicit(&d->flags, f & ~(uint64_t)PTLAB_PG_TABLE, memory_order_release);
+    return 1;
+}
 static inline int ptlab_ptl_lock(struct ptdesc *d) { return ptlab_spin_lock(&d->ptl); }
 static inline int ptlab_ptl_trylock(struct ptdesc *d) { return ptlab_spin_trylock(&d->ptl); }
 static inline void ptlab_ptl_unlock(struct ptdesc *d) { ptlab_spin_unlock(&d->ptl); }
@@ -368,6 +392,24 @@ static inline void ptlab_u32_store_release(uint32_t *word, uint32_t value)
 #define PTLAB_PCP_HIGH 64
 
 /*
+ * Counters bumped on every deferred free, kept per thread as the kernel
+ * keeps vm_events per CPU: a locked add on a shared line costs a freeing
+ * path more than the rest of its work (BENCHMARKS.md). They outlive any
+ * allocator. The order is the order ptlab_pcp_sum_events reads them in:
+ * what callbacks have done before what callers queued, so that a sum never
+ * shows a callback whose call it has not counted.
+ */
+enum ptlab_event {
+    PTLAB_EV_RCU_INVOKED,
+    PTLAB_EV_RCU_DONE_BYTES,
+    PTLAB_EV_RCU_QUEUED,
+    PTLAB_EV_RCU_RESERVED_BYTES,      /* unbounded calls; bounded ones reserve globally */
+    PTLAB_EV_TABLES_ALLOCATED,
+    PTLAB_EV_TABLES_FREED,
+    PTLAB_NR_EVENTS
+};
+
+/*
  * Per-thread cache of free order-0 pages, like the kernel's per-cpu pageset.
  * Owned by one thread; the per-node counters are vm_stat_diff-style deltas
  * that only the owner writes, summed over all caches by readers. Lives in
@@ -380,6 +422,8 @@ struct ptlab_pcp {
     uint32_t pfns[PTLAB_PCP_MAX_NODES][PTLAB_PCP_HIGH];
     _Atomic int64_t allocated_delta[PTLAB_PCP_MAX_NODES];
     _Atomic int64_t numa_hit_delta[PTLAB_PCP_MAX_NODES];   /* per-cpu vm_event, like NUMA_HIT */
+    _Atomic int64_t nr_pagetable_delta[PTLAB_PCP_MAX_NODES]; /* NR_PAGETABLE, a per-cpu vmstat */
+    _Atomic int64_t events[PTLAB_NR_EVENTS];
     int registered;
 };
 extern _Thread_local struct ptlab_pcp ptlab_pcp_local;
@@ -390,11 +434,36 @@ struct ptlab_pcp *ptlab_pcp_register(void);
 int64_t ptlab_pcp_sum_allocated(int node);
 /* Sum of numa_hit_delta[node] likewise. */
 int64_t ptlab_pcp_sum_numa_hit(int node);
-/* Zero every cache's deltas: a new allocator starts its books at zero.
- * Only safe while no other thread allocates or frees. */
+/* Zero every cache's per-node deltas (not the events): a new allocator
+ * starts its books at zero. Only safe while no other thread allocates or
+ * frees. */
 void ptlab_pcp_reset_counters(void);
 /* Called on thread exit with the dying thread's cache, to return its pages. */
 void ptlab_pcp_set_drain_hook(void (*hook)(struct ptlab_pcp *));
+/* This thread's cache, registered (so that sums see it) on first use. */
+static inline struct ptlab_pcp *ptlab_pcp_counting(void)
+{
+    struct ptlab_pcp *pcp = &ptlab_pcp_local;
+    if (__builtin_expect(!pcp->registered, 0))
+        ptlab_pcp_register();
+    return pcp;
+}
+/* Owner-only add, no locked instruction; release so that a sum which sees
+ * it also sees what happened before it (see enum ptlab_event). */
+static inline void ptlab_pcp_event_add(struct ptlab_pcp *pcp, enum ptlab_event ev, int64_t d)
+{
+    int64_t v = atomic_load_explicit(&pcp->events[ev], memory_order_relaxed);
+    atomic_store_explicit(&pcp->events[ev], v + d, memory_order_release);
+}
+/* Every event summed over every cache, living or exited, in enum order. */
+void ptlab_pcp_sum_events(int64_t out[PTLAB_NR_EVENTS]);
+int64_t ptlab_pcp_sum_event(enum ptlab_event ev);
+int64_t ptlab_pcp_sum_nr_pagetable(int node);
+static inline void ptlab_pcp_add_nr_pagetable(struct ptlab_pcp *pcp, int node, int64_t d)
+{
+    int64_t v = atomic_load_explicit(&pcp->nr_pagetable_delta[node], memory_order_relaxed);
+    atomic_store_explicit(&pcp->nr_pagetable_delta[node], v + d, memory_order_relaxed);
+}
 /* Owner-only relaxed add: no locked instruction on the fast path. */
 static inline void ptlab_pcp_add_allocated(struct ptlab_pcp *pcp, int node, int64_t d)
 {

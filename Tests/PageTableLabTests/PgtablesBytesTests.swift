@@ -46,11 +46,11 @@ final class FiveLevelPagingTests: XCTestCase {
             try mm.mmap(address: high, length: gib)
             try mm.touch(address: high, length: gib, stride: 2 * mib)
             XCTAssertEqual(mm.vmPTEKilobytes, 2056, "512 PTE + 1 PMD + 1 PUD; the P4D table is not counted")
-            let tablesBefore = PageTables.stats.freed.load(ordering: .relaxed)
+            let tablesBefore = PageTables.stats.freed
             try mm.munmap(address: high, length: gib)
             XCTAssertEqual(mm.vmPTEKilobytes, 0)
             try RCU.barrier()
-            XCTAssertEqual(PageTables.stats.freed.load(ordering: .relaxed) - tablesBefore, 515, "P4D table freed too")
+            XCTAssertEqual(PageTables.stats.freed - tablesBefore, 515, "P4D table freed too")
             mm.exit()
         }
     }

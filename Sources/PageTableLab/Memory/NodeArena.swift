@@ -7,7 +7,6 @@ final class NodeArena: Sendable {
     let index: Int
     let pfnBase: UInt32
     let area: LabMutex<FreeArea>
-    let nrPageTablePages = Atomic<Int>(0)
     let numaMiss = Atomic<Int>(0)
     let numaForeign = Atomic<Int>(0)
 

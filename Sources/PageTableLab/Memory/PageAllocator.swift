@@ -29,8 +29,14 @@ public final class PageAllocator: @unchecked Sendable {
         public var nodeBudgetPages: Int = 65_536
         /// Log2 of the pages per chunk taken from libnuma; also the largest order.
         public var chunkOrder: Int = 10
-        /// Fill freed pages with 0x6b, so stale readers see poison.
-        public var poison: Bool = true
+        /// Fill freed pages with 0x6b, so stale readers see poison. Off by
+        /// default, as the kernel's page_poison= is: a production kernel
+        /// (this machine's has no CONFIG_PAGE_POISONING) frees a page
+        /// without writing it, and a 4 KiB write per free is most of what a
+        /// flood of deferred frees costs (BENCHMARKS.md). Detection does not
+        /// depend on it: walkers check the descriptor's state and
+        /// generation, which every free changes.
+        public var poison: Bool = false
         public init() {}
     }
 
@@ -51,7 +57,13 @@ public final class PageAllocator: @unchecked Sendable {
 
     private static let loaded = Atomic<Bool>(false)
     private static let epochs = Atomic<UInt64>(0)
-    nonisolated(unsafe) static var current: PageAllocator?
+    nonisolated(unsafe) static var current: PageAllocator? {
+        didSet { freeingPath = current }
+    }
+    /// `current` for RCU callbacks: loading a strong reference retains and
+    /// releases it, two locked instructions on a line every freeing thread
+    /// shares. Unload waits for every callback before `current` changes.
+    nonisolated(unsafe) static unowned(unsafe) var freeingPath: PageAllocator?
 
     public init(parameters: Parameters = Parameters(), topology: NUMATopology = .current) throws(PageAllocError) {
         guard parameters.chunkOrder >= 0, parameters.chunkOrder <= 18 else {
@@ -234,9 +246,11 @@ public final class PageAllocator: @unchecked Sendable {
     /// deferred free (state DEFERRED) may be freed by its callback.
     public func free(_ page: Page) throws(PageAllocError) {
         let d = page.desc
-        var found = ptlab_page_transition(d, PTLAB_PAGE_ALLOCATED.rawValue, PTLAB_PAGE_FREE.rawValue)
-        if found == PTLAB_PAGE_DEFERRED.rawValue {
-            found = ptlab_page_transition(d, PTLAB_PAGE_DEFERRED.rawValue, PTLAB_PAGE_FREE.rawValue)
+        // One compare-and-swap from the state seen, not a guess and a
+        // retry: a deferred free would pay two locked instructions.
+        var found = ptlab_page_state(d)
+        if found == PTLAB_PAGE_ALLOCATED.rawValue || found == PTLAB_PAGE_DEFERRED.rawValue {
+            found = ptlab_page_transition(d, found, PTLAB_PAGE_FREE.rawValue)
         }
         switch found {
         case PTLAB_PAGE_ALLOCATED.rawValue, PTLAB_PAGE_DEFERRED.rawValue: break
@@ -322,7 +336,7 @@ public final class PageAllocator: @unchecked Sendable {
         return NodeStats(
             node: id, budgetPages: pagesPerNode, mappedPages: mapped,
             allocatedPages: allocated, freePages: pagesPerNode - allocated,
-            nrPageTablePages: arena.nrPageTablePages.load(ordering: .relaxed),
+            nrPageTablePages: Int(ptlab_pcp_sum_nr_pagetable(Int32(index))),
             numaHit: Int(ptlab_pcp_sum_numa_hit(Int32(index))),
             numaMiss: arena.numaMiss.load(ordering: .relaxed),
             numaForeign: arena.numaForeign.load(ordering: .relaxed))
@@ -337,9 +351,10 @@ public final class PageAllocator: @unchecked Sendable {
         nodes.indices.reduce(0) { $0 + Int(ptlab_pcp_sum_allocated(Int32($1))) }
     }
 
-    /// NR_PAGETABLE: the page-table constructor and destructor account here.
+    /// NR_PAGETABLE: the page-table constructor and destructor account
+    /// here, per thread as the kernel's per-cpu vmstat does.
     public func accountPageTable(_ page: Page, delta: Int) {
-        nodes[nodeIndexByID[page.node]].nrPageTablePages.add(delta, ordering: .relaxed)
+        ptlab_pcp_add_nr_pagetable(ptlab_pcp_counting(), Int32(nodeIndexByID[page.node]), Int64(delta))
     }
 }
 

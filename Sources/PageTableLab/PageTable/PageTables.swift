@@ -34,15 +34,14 @@ public enum PageTables {
         ptlab_page_set_level(d, UInt32(level.rawValue))
         ptlab_page_set_flags(d, PTLAB_PG_TABLE | (kernel ? PTLAB_PT_KERNEL : 0))
         allocator.accountPageTable(page, delta: 1)
-        stats.allocated.add(1, ordering: .relaxed)
+        ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_TABLES_ALLOCATED, 1)
     }
 
     /// pagetable_dtor: ptlock_free and NR_PAGETABLE. Runs once: PG_table
     /// says whether it still has to.
     public static func dtor(_ page: Page, allocator: PageAllocator) {
         let d = page.desc
-        guard ptlab_page_flags(d) & PTLAB_PG_TABLE != 0 else { return }
-        ptlab_page_clear_flags(d, PTLAB_PG_TABLE)
+        guard ptlab_page_test_clear_table(d) != 0 else { return }
         ptlab_ptl_free(d)
         allocator.accountPageTable(page, delta: -1)
     }
@@ -58,18 +57,25 @@ public enum PageTables {
             stats.freeErrors.add(1, ordering: .relaxed)
             return
         }
-        stats.freed.add(1, ordering: .relaxed)
+        ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_TABLES_FREED, 1)
     }
 
     /// Mark a table queued for a deferred free; false if it already was (a
     /// second call_rcu on the same head would corrupt liburcu's queue).
+    /// Only the path that unlinked the table frees it, so this is a load and
+    /// a store, not a compare-and-swap: a locked instruction on a descriptor
+    /// not in cache stalls until the line arrives, and that stall was most
+    /// of pte_free_defer's cost (BENCHMARKS.md). It catches a table queued
+    /// twice, not two threads queueing it at once; the kernel checks
+    /// neither.
     static func markDeferred(_ page: Page) -> Bool {
-        let found = ptlab_page_transition(page.desc, PTLAB_PAGE_ALLOCATED.rawValue, PTLAB_PAGE_DEFERRED.rawValue)
+        let found = ptlab_page_state(page.desc)
+        if found == PTLAB_PAGE_ALLOCATED.rawValue { ptlab_page_set_state(page.desc, PTLAB_PAGE_DEFERRED.rawValue) }
         guard found == PTLAB_PAGE_ALLOCATED.rawValue else {
             stats.doubleQueued.add(1, ordering: .relaxed)
             return false
         }
-        page.desc.pointee.queued_ns = monotonicNanoseconds()
+        if FreeLatency.samples(pfn: page.desc.pointee.pfn) { page.desc.pointee.queued_ns = monotonicNanoseconds() }
         return true
     }
 
@@ -81,10 +87,11 @@ public enum PageTables {
     }
 }
 
-/// Counters of table births and deaths across the lab.
+/// Counters of table births and deaths across the lab. Births and deaths
+/// are counted per thread (they happen on freeing paths) and summed here.
 public final class TableStats: Sendable {
-    public let allocated = Atomic<Int>(0)
-    public let freed = Atomic<Int>(0)
+    public var allocated: Int { Int(ptlab_pcp_sum_event(PTLAB_EV_TABLES_ALLOCATED)) }
+    public var freed: Int { Int(ptlab_pcp_sum_event(PTLAB_EV_TABLES_FREED)) }
     /// A free the allocator refused (double free): a bug in the model.
     public let freeErrors = Atomic<Int>(0)
     /// A table queued twice for a deferred free.

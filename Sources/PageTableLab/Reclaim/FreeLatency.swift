@@ -3,12 +3,23 @@ import Synchronization
 
 /// Queue-to-free latency of deferred page-table frees: how long a table
 /// unlinked by an updater waits (flush + grace period + worker) before it is
-/// back in the allocator. Recorded from RCU callbacks, so the histogram is
-/// fixed-size (no resize, hence no allocation) behind a short lock.
+/// back in the allocator, for one free in `sampleEvery`. Recorded from RCU
+/// callbacks, so the histogram is fixed-size (no resize, hence no
+/// allocation) behind a short lock.
 public enum FreeLatency {
     /// One minute, in nanoseconds: anything longer is clamped.
     static let ceiling: UInt64 = 60_000_000_000
     static let histogram = LabMutex(Histogram<UInt64>(highestTrackableValue: ceiling, numberOfSignificantValueDigits: .two))
+
+    /// One deferred free in this many is timed. Timing costs a clock read
+    /// when the free is queued and another, plus this histogram's lock, when
+    /// it happens: per table that was more than the rest of pte_free_now
+    /// (BENCHMARKS.md). The sample is chosen by PFN, which has nothing to do
+    /// with how long a table waits, so the distribution is not skewed.
+    static let sampleEvery: UInt32 = 16
+
+    @inline(__always)
+    static func samples(pfn: UInt32) -> Bool { pfn & (sampleEvery - 1) == 0 }
 
     static func record(nanoseconds: UInt64) {
         histogram.withLock { _ = $0.record(min(nanoseconds, ceiling)) }

@@ -79,7 +79,7 @@ public struct StressRunner {
         mode.profile(&profile)
         let region = StressRegion(base: Self.regionBase, tables: options.tables)
         let startAllocated = allocator.totalAllocatedPages
-        let freedBefore = PageTables.stats.freed.load(ordering: .relaxed)
+        let freedBefore = PageTables.stats.freed
         let callbacksBefore = DeferredBound.snapshot().invoked
         FreeLatency.reset()
         DeferredBound.resetPeak()
@@ -125,7 +125,7 @@ public struct StressRunner {
                 scenario: scenario.name, mode: mode.name, safe: mode.safe, seed: options.seed,
                 walkers: options.walkers, durationSeconds: elapsed, ops: ops, walks: counters.walks,
                 uafDetected: uaf, leakedPages: leaked,
-                tablesFreed: PageTables.stats.freed.load(ordering: .relaxed) - freedBefore,
+                tablesFreed: PageTables.stats.freed - freedBefore,
                 rcuCallbacks: Int(DeferredBound.snapshot().invoked - callbacksBefore),
                 tlbFlushes: tlbFlushes,
                 peakDeferredBytes: Int(DeferredBound.snapshot().peakBytes),
