@@ -12,8 +12,9 @@ struct PTLab: AsyncParsableCommand {
             liburcu's call_rcu for grace periods and libnuma for node-bound memory,
             under simulated x86-64 page tables, an mmu_gather, pte_free_defer and an
             emulated VT-d IOMMU. Page-table pages are real 4 KiB pages; freeing one
-            poisons it (0x6b) and bumps its generation, so a walker that reads a
-            freed table is caught, not assumed away.
+            bumps its descriptor's generation (and, with --param page_poison=y,
+            fills it with 0x6b), so a walker that reads a freed table is caught,
+            not assumed away.
 
             Three ways to use it:
               1. Import it: `import PageTableLab` in a Swift prototype, to try a
@@ -30,8 +31,8 @@ struct PTLab: AsyncParsableCommand {
               ptlab info                  NUMA nodes, kernel, liburcu, PT_RECLAIM
               ptlab info --params         every module parameter and its default
               ptlab bench                 RCU and allocator speed against raw C
-              ptlab bench --json --param page_poison=n
-                                          the same as JSON, freed pages unpoisoned
+              ptlab bench --json --param page_poison=y
+                                          the same as JSON, freed pages poisoned
               ptlab stress collapse --mode immediate
                                           khugepaged retract without pte_free_defer:
                                           the walkers must catch it

@@ -7,9 +7,10 @@ import XCTest
 @testable import PageTableLab
 
 /// A small allocator for IOMMU tests (one per process at a time: unload it).
-func makeIOMMUTestAllocator() throws -> PageAllocator {
+func makeIOMMUTestAllocator(poison: Bool = false) throws -> PageAllocator {
     var p = PageAllocator.Parameters()
     p.nodeBudgetPages = 4096
+    p.poison = poison
     return try PageAllocator(parameters: p)
 }
 
@@ -89,7 +90,7 @@ final class HandTables {
         try free(table)
     }
 
-    /// Free one table (poisoned, generation bumped) without unlinking it.
+    /// Free one table (generation bumped) without unlinking it.
     func free(_ table: Page) throws {
         tables.removeAll { $0 == table }
         try allocator.free(table)
@@ -104,10 +105,11 @@ final class HandTables {
 /// Bring up an allocator and an IOMMU, run `body`, tear both down and
 /// check that the IOMMU gave back its ring and status words.
 func withIOMMU(_ parameters: IntelIOMMU.Parameters = IntelIOMMU.Parameters(),
+               poison: Bool = false,
                interruptHandler: (@Sendable () -> Void)? = nil,
                file: StaticString = #filePath, line: UInt = #line,
                _ body: (PageAllocator, IntelIOMMU) throws -> Void) throws {
-    let allocator = try makeIOMMUTestAllocator()
+    let allocator = try makeIOMMUTestAllocator(poison: poison)
     defer { allocator.unload() }
     let before = allocator.totalAllocatedPages
     let iommu = try IntelIOMMU(allocator: allocator, parameters: parameters, interruptHandler: interruptHandler)

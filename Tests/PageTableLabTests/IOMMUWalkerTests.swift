@@ -120,7 +120,7 @@ final class IOMMUWalkerTests: XCTestCase {
     }
 
     func testAFreedTableStillPoisonedIsDetectedWithoutAWrite() throws {
-        try withIOMMU { allocator, iommu in
+        try withIOMMU(poison: true) { allocator, iommu in
             let tables = try HandTables(allocator: allocator)
             let data = try allocator.alloc(zero: true)
             let path = try tables.map(va, to: data.pfn)

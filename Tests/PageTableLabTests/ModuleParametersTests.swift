@@ -31,17 +31,17 @@ final class ModuleParametersTests: XCTestCase {
 
     func testSettingEachKind() throws {
         let p = try ModuleParameters([
-            "node_budget_pages=8192", "chunk_order=4", "page_poison=n",
+            "node_budget_pages=8192", "chunk_order=4", "page_poison=y",
             "deferred_bound_bytes=64M", "rcu_workers=per-cpu",
         ])
         XCTAssertEqual(p.int("node_budget_pages"), 8192)
         XCTAssertEqual(p.int("chunk_order"), 4)
-        XCTAssertFalse(p.bool("page_poison"))
+        XCTAssertTrue(p.bool("page_poison"))
         XCTAssertEqual(p.bytes("deferred_bound_bytes"), 64 << 20)
         XCTAssertEqual(p.rcuWorkers, .perCPU)
         XCTAssertEqual(p.allocator.nodeBudgetPages, 8192)
         XCTAssertEqual(p.allocator.chunkOrder, 4)
-        XCTAssertFalse(p.allocator.poison)
+        XCTAssertTrue(p.allocator.poison)
     }
 
     func testBoolsAndByteSuffixesAcceptTheKernelsSpellings() throws {
@@ -96,8 +96,8 @@ final class ModuleParametersTests: XCTestCase {
 
     /// The printout of a run is enough to repeat it.
     func testCommandLineReproducesTheValues() throws {
-        let p = try ModuleParameters(["page_poison=n", "deferred_bound_bytes=1M", "chunk_order=10"])
-        XCTAssertEqual(p.commandLine, ["--param page_poison=n", "--param deferred_bound_bytes=1048576"])
+        let p = try ModuleParameters(["page_poison=y", "deferred_bound_bytes=1M", "chunk_order=10"])
+        XCTAssertEqual(p.commandLine, ["--param page_poison=y", "--param deferred_bound_bytes=1048576"])
         let again = try ModuleParameters(p.commandLine.map { String($0.dropFirst("--param ".count)) })
         XCTAssertEqual(again, p)
     }

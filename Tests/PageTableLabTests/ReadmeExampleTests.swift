@@ -22,7 +22,7 @@ final class ReadmeExampleTests: XCTestCase {
 
             // ...so the updater waits out every such reader before freeing it.
             try RCU.synchronize()
-            try allocator.free(table)    // poisoned with 0x6b, generation bumped
+            try allocator.free(table)    // generation bumped (and 0x6b if page_poison)
             precondition(table.generation == seen &+ 1)
         }
     }

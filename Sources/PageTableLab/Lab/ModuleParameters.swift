@@ -125,7 +125,7 @@ public struct ModuleParameters: Sendable, Equatable {
         .int("chunk_order", PageAllocator.Parameters().chunkOrder, 0...18,
              "log2 pages per numa_alloc_onnode chunk; also the largest allocation order"),
         .bool("page_poison", PageAllocator.Parameters().poison,
-              "fill freed pages with 0x6b so that a stale reader sees poison"),
+              "fill freed pages with 0x6b so that a stale reader sees poison (the kernel's page_poison=1)"),
         // RCU/
         .bytes("deferred_bound_bytes", 0, 0...(1 << 48),
                "deferred-free bytes allowed outstanding; over it call() waits a grace period and frees inline (0: unbounded)"),
