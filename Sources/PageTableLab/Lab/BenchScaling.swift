@@ -9,8 +9,7 @@ extension Bench {
         /// "default" or "per-cpu" (RCU.Workers).
         public var workers: String
         /// "call_rcu": the C baseline's 64-byte object through RCU.call;
-        /// "pte_free_defer": PTE tables, allocated before the clock starts,
-        /// deferred.
+        /// "pte_free_defer": PTE tables allocated and deferred.
         public var path: String
         public var threads: Int
         /// Median over rounds, objects per second, barrier included.
@@ -48,7 +47,6 @@ extension Bench {
     private static func producersPerSec(path: String, count: Int, threads: Int, mm: MM, allocator: PageAllocator) throws -> Double {
         let failures = Atomic<Int>(0)
         let share = count / threads
-        let tables = path == "call_rcu" ? [] : try allocTables(share * threads, mm: mm, allocator: allocator)
         let t0 = nowNs()
         let producers = (0..<threads).map { t in
             RCUThread {
@@ -56,7 +54,7 @@ extension Bench {
                     if path == "call_rcu" {
                         try mallocCalls(share)
                     } else {
-                        try deferTables(tables[t * share..<(t + 1) * share], mm: mm)
+                        try deferTables(t * share..<(t + 1) * share, mm: mm, allocator: allocator)
                     }
                 } catch {
                     failures.add(1, ordering: .relaxed)

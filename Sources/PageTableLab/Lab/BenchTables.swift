@@ -1,57 +1,43 @@
 import CSupport
 
-/// The page-table freeing paths end to end: from the first free to the last
-/// table back in the allocator (the run ends with a barrier, as the C
-/// baselines do). The tables are allocated, and zeroed as pte_alloc zeroes
-/// them, before the clock starts: what is measured begins where the
-/// kernel's path does, at a table that exists. C's malloc stays inside its
-/// loop, because that allocation is what an rcu_head embedded in the
-/// descriptor saves.
+/// The page-table freeing paths end to end, each shaped like the C baseline
+/// it is held against: the table is allocated inside the timed loop (C
+/// allocates its object there too) and the run ends with a barrier, so every
+/// table is back in the allocator when the clock stops.
+///
+/// The tables are not zeroed. Clearing a page is pte_alloc's cost, the same
+/// whichever way the table is later freed, and C's malloc does not clear
+/// either; with it, both runs measured a cold 4 KiB memset per table, not
+/// the freeing path (BENCHMARKS.md). Allocating in the loop also leaves the
+/// descriptor in cache when pte_free_defer runs, as its caller in the kernel
+/// (retract_page_tables, just done with the table's lock) has it.
 extension Bench {
     /// pte_free_defer, one call_rcu per table on the descriptor's own head:
     /// held against call_rcu_per_sec_c (malloc + call_rcu + free).
     @inline(never)
     static func deferTablesPerSec(_ count: Int, mm: MM, allocator: PageAllocator) throws -> Double {
         let errorsBefore = PageTables.stats.freeErrors.load(ordering: .relaxed)
-        let tables = try allocTables(count, mm: mm, allocator: allocator)
         let t0 = nowNs()
-        try deferTables(tables[...], mm: mm)
+        do {
+            try deferTables(0..<count, mm: mm, allocator: allocator)
+        } catch {
+            try? RCU.barrier()
+            throw error
+        }
         try RCU.barrier()
         let seconds = (nowNs() - t0) / 1e9
         try checkNoFreeErrors(since: errorsBefore)
         return Double(count) / seconds
     }
 
-    /// The loop alone, without the barrier: the scaling runs split the
-    /// tables between producer threads. On an error the tables not yet
-    /// deferred are freed, and every deferred one has run, before it throws.
+    /// The loop alone, without the barrier: the scaling runs split `range`
+    /// between producer threads.
     @inline(never)
-    static func deferTables(_ tables: ArraySlice<Page>, mm: MM) throws {
-        for i in tables.indices {
-            do {
-                try mm.pteFreeDefer(tables[i])
-            } catch {
-                for table in tables[i...] { PageTables.dtorFree(table, allocator: mm.allocator) }
-                try? RCU.barrier()
-                throw error
-            }
+    static func deferTables(_ range: Range<Int>, mm: MM, allocator: PageAllocator) throws {
+        for i in range {
+            let table = try PageTables.alloc(.pte, base: UInt64(i) << 21, mm: mm, node: .local, allocator: allocator, zero: false)
+            try mm.pteFreeDefer(table)
         }
-    }
-
-    /// pte_alloc for `count` PTE tables of `mm` (never linked into it), at
-    /// distinct 2 MiB bases. What a failure leaves allocated is freed.
-    static func allocTables(_ count: Int, mm: MM, allocator: PageAllocator) throws -> [Page] {
-        var tables: [Page] = []
-        tables.reserveCapacity(count)
-        do {
-            for i in 0..<count {
-                tables.append(try PageTables.alloc(.pte, base: UInt64(i) << 21, mm: mm, node: .local, allocator: allocator))
-            }
-        } catch {
-            for table in tables { PageTables.dtorFree(table, allocator: allocator) }
-            throw error
-        }
-        return tables
     }
 
     /// The unmap path: every table through one mmu_gather's freeTable (509
@@ -60,11 +46,18 @@ extension Bench {
     @inline(never)
     static func gatherTablesPerSec(_ count: Int, mm: MM, allocator: PageAllocator) throws -> (perSec: Double, callbacksPerTable: Double) {
         let errorsBefore = PageTables.stats.freeErrors.load(ordering: .relaxed)
-        let tables = try allocTables(count, mm: mm, allocator: allocator)
         let t0 = nowNs()
         let gather = MMUGather(mm: mm)
-        for (i, table) in tables.enumerated() {
-            gather.freeTable(table, level: .pte, address: UInt64(i) << 21)
+        do {
+            for i in 0..<count {
+                let address = UInt64(i) << 21
+                let table = try PageTables.alloc(.pte, base: address, mm: mm, node: .local, allocator: allocator, zero: false)
+                gather.freeTable(table, level: .pte, address: address)
+            }
+        } catch {
+            gather.finish()
+            try? RCU.barrier()
+            throw error
         }
         gather.finish()
         try RCU.barrier()

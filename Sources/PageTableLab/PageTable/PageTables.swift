@@ -10,12 +10,14 @@ public enum PageTables {
     /// Lab-wide counters, readable next to /proc/vmstat.
     public static let stats = TableStats()
 
-    /// pagetable_alloc + pagetable_*_ctor: a zeroed page that becomes a table.
+    /// pagetable_alloc + pagetable_*_ctor: a page that becomes a table,
+    /// zeroed unless `zero` is false (GFP_PGTABLE_USER without __GFP_ZERO:
+    /// only the bench, whose tables are never linked, asks for that).
     static func alloc(_ level: Level, base: UInt64, mm: MM?, node: NodePreference,
-                      allocator: PageAllocator, kernel: Bool = false) throws(MMError) -> Page {
+                      allocator: PageAllocator, kernel: Bool = false, zero: Bool = true) throws(MMError) -> Page {
         let page: Page
         do {
-            page = try allocator.alloc(node: node, zero: true)
+            page = try allocator.alloc(node: node, zero: zero)
         } catch {
             throw .outOfMemory(error)
         }
@@ -32,7 +34,7 @@ public enum PageTables {
         d.pointee.index = base
         if !kernel && (level == .pte || level == .pmd) { ptlab_ptl_init(d) }
         ptlab_page_set_level(d, UInt32(level.rawValue))
-        ptlab_page_set_flags(d, PTLAB_PG_TABLE | (kernel ? PTLAB_PT_KERNEL : 0))
+        ptlab_page_mark_table(d, PTLAB_PG_TABLE | (kernel ? PTLAB_PT_KERNEL : 0))
         allocator.accountPageTable(page, delta: 1)
         ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_TABLES_ALLOCATED, 1)
     }
@@ -79,7 +81,9 @@ public enum PageTables {
         return true
     }
 
+    @inline(__always)
     private static func recordFreeLatency(_ page: Page) {
+        guard FreeLatency.samples(pfn: page.desc.pointee.pfn) else { return }
         let queued = page.desc.pointee.queued_ns
         guard queued != 0 else { return }
         page.desc.pointee.queued_ns = 0
