@@ -6,6 +6,7 @@
 #include "CSupport.h"
 
 _Thread_local struct ptlab_pcp ptlab_pcp_local;
+void *_Atomic ptlab_loaded_allocator_ptr;
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ptlab_pcp *registry;

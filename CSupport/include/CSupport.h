@@ -13,6 +13,7 @@
 #define PTLAB_CSUPPORT_H
 
 #define _LGPL_SOURCE 1
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdatomic.h>
@@ -161,6 +162,26 @@ static inline int ptlab_spin_lock(ptlab_spinlock_t *l)
             __builtin_ia32_pause();
     }
     return (int)atomic_load_explicit(&l->alive, memory_order_acquire);
+}
+/*
+ * For a lock whose holder may be preempted (userspace cannot disable it):
+ * spin a while, then give the CPU away between attempts. No "alive" check:
+ * for locks that are never freed while in use.
+ */
+static inline void ptlab_spin_lock_yielding(ptlab_spinlock_t *l)
+{
+    for (unsigned tries = 0;; tries++) {
+        uint32_t expected = 0;
+        if (atomic_compare_exchange_weak_explicit(&l->locked, &expected, 1,
+                memory_order_acquire, memory_order_relaxed))
+            return;
+        if (tries >= 100) {
+            sched_yield();
+            continue;
+        }
+        for (int i = 0; i < 64 && atomic_load_explicit(&l->locked, memory_order_relaxed); i++)
+            __builtin_ia32_pause();
+    }
 }
 /* One attempt; callers that must keep answering "IPIs" while they wait
  * (the TLB model) spin on this themselves. */
@@ -326,6 +347,16 @@ static inline void ptlab_page_clear_flags(struct ptdesc *d, uint64_t bits)
     atomic_fetch_and_explicit(&d->flags, ~bits, memory_order_acq_rel);
 }
 /*
+ * __folio_set_pgtable, for the constructors: the thread that just allocated
+ * the page is its only writer, so a load and a store (a locked OR here
+ * drained the store buffer on every table allocated).
+ */
+static inline void ptlab_page_mark_table(struct ptdesc *d, uint64_t bits)
+{
+    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    atomic_store_explicit(&d->flags, f | bits, memory_order_release);
+}
+/*
  * __folio_clear_pgtable, for pagetable_dtor: only the path freeing the
  * table writes its flags then, so a plain load and store will do where a
  * locked RMW cost the freeing path more than anything else in it. Returns
@@ -428,6 +459,20 @@ struct ptlab_pcp {
 };
 extern _Thread_local struct ptlab_pcp ptlab_pcp_local;
 static inline struct ptlab_pcp *ptlab_this_pcp(void) { return &ptlab_pcp_local; }
+/*
+ * The loaded PageAllocator, unretained, for RCU callbacks. A Swift static
+ * would cost each callback a lazy-initialisation check and a retain and
+ * release (locked instructions on a line every freeing thread shares).
+ */
+extern void *_Atomic ptlab_loaded_allocator_ptr;
+static inline void *ptlab_loaded_allocator(void)
+{
+    return atomic_load_explicit(&ptlab_loaded_allocator_ptr, memory_order_acquire);
+}
+static inline void ptlab_set_loaded_allocator(void *allocator)
+{
+    atomic_store_explicit(&ptlab_loaded_allocator_ptr, allocator, memory_order_release);
+}
 /* Add this thread's cache to the registry once; returns it. */
 struct ptlab_pcp *ptlab_pcp_register(void);
 /* Sum of allocated_delta[node] over every cache, living or exited. */

@@ -124,15 +124,17 @@ extension MMUGather {
 /// tlb_remove_table_rcu: after the grace period, dtor and free every table
 /// of the batch, then the batch page. Runs on liburcu's worker.
 func tlbRemoveTableRCU(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
-    guard let head, let allocator = PageAllocator.freeingPath else { return }
-    let page = Page(ptlab_ptdesc_of_rcu(head))
-    let batch = TableBatch(existing: page, allocator: allocator)
-    for i in 0..<batch.count { PageTables.dtorFree(Page(batch.slots[i]), allocator: allocator) }
-    try? allocator.free(page)
+    guard let head else { return }
+    _ = PageAllocator.withLoaded { allocator in
+        let page = Page(ptlab_ptdesc_of_rcu(head))
+        let batch = TableBatch(existing: page, allocator: allocator)
+        for i in 0..<batch.count { PageTables.dtorFree(Page(batch.slots[i]), allocator: allocator) }
+        try? allocator.free(page)
+    }
 }
 
 /// __tlb_remove_table_one_rcu: one table on its own rcu_head.
 func tlbRemoveTableOneRCU(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
-    guard let head, let allocator = PageAllocator.freeingPath else { return }
-    PageTables.dtorFree(Page(ptlab_ptdesc_of_rcu(head)), allocator: allocator)
+    guard let head else { return }
+    _ = PageAllocator.withLoaded { PageTables.dtorFree(Page(ptlab_ptdesc_of_rcu(head)), allocator: $0) }
 }

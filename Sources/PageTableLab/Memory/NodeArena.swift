@@ -6,7 +6,7 @@ final class NodeArena: Sendable {
     let id: Int
     let index: Int
     let pfnBase: UInt32
-    let area: LabMutex<FreeArea>
+    let area: SpinLocked<FreeArea>
     let numaMiss = Atomic<Int>(0)
     let numaForeign = Atomic<Int>(0)
 
@@ -14,7 +14,7 @@ final class NodeArena: Sendable {
         self.id = id
         self.index = index
         self.pfnBase = pfnBase
-        self.area = LabMutex(FreeArea(maxOrder: maxOrder, chunkLimit: chunks))
+        self.area = SpinLocked(FreeArea(maxOrder: maxOrder, chunkLimit: chunks))
     }
 }
 

@@ -58,12 +58,19 @@ public final class PageAllocator: @unchecked Sendable {
     private static let loaded = Atomic<Bool>(false)
     private static let epochs = Atomic<UInt64>(0)
     nonisolated(unsafe) static var current: PageAllocator? {
-        didSet { freeingPath = current }
+        didSet { ptlab_set_loaded_allocator(current.map { Unmanaged.passUnretained($0).toOpaque() }) }
     }
-    /// `current` for RCU callbacks: loading a strong reference retains and
-    /// releases it, two locked instructions on a line every freeing thread
-    /// shares. Unload waits for every callback before `current` changes.
-    nonisolated(unsafe) static unowned(unsafe) var freeingPath: PageAllocator?
+
+    /// Run `body` with the loaded allocator, lent rather than retained: the
+    /// way in for RCU callbacks (see ptlab_loaded_allocator). `current`
+    /// keeps it alive, and unload waits for every callback before clearing
+    /// it. False when none is loaded.
+    @inline(__always)
+    static func withLoaded(_ body: (PageAllocator) -> Void) -> Bool {
+        guard let p = ptlab_loaded_allocator() else { return false }
+        Unmanaged<PageAllocator>.fromOpaque(p)._withUnsafeGuaranteedRef(body)
+        return true
+    }
 
     public init(parameters: Parameters = Parameters(), topology: NUMATopology = .current) throws(PageAllocError) {
         guard parameters.chunkOrder >= 0, parameters.chunkOrder <= 18 else {

@@ -14,6 +14,6 @@ extension MM {
 
 /// pte_free_now: container_of back to the ptdesc, then pagetable_dtor_free.
 func pteFreeNow(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
-    guard let head, let allocator = PageAllocator.freeingPath else { return }
-    PageTables.dtorFree(Page(ptlab_ptdesc_of_rcu(head)), allocator: allocator)
+    guard let head else { return }
+    _ = PageAllocator.withLoaded { PageTables.dtorFree(Page(ptlab_ptdesc_of_rcu(head)), allocator: $0) }
 }
