@@ -541,6 +541,30 @@ static inline int ptlab_pcp_push(struct ptlab_pcp *pcp, int node, uint32_t pfn)
     pcp->count[node] = n + 1;
     return 1;
 }
+/*
+ * If the newest 2^@order (at most 64) cached PFNs for @node are one
+ * naturally aligned block, in any order, drop them and return its first
+ * PFN + 1; else 0. The RCU worker frees a flood's tables in the order they
+ * were allocated, so a drain often gives back a whole block, and one buddy
+ * insertion does for it instead of a merge per page.
+ */
+static inline uint32_t ptlab_pcp_take_block(struct ptlab_pcp *pcp, int node, unsigned order)
+{
+    uint32_t n = pcp->count[node], want = 1u << order;
+    if (order > 6 || n < want)
+        return 0;
+    const uint32_t *top = &pcp->pfns[node][n - want];
+    uint32_t base = top[0] & ~(want - 1);
+    uint64_t seen = 0;
+    for (uint32_t i = 0; i < want; i++) {
+        uint32_t off = top[i] - base;
+        if (off >= want || ((seen >> off) & 1))
+            return 0;
+        seen |= 1ull << off;
+    }
+    pcp->count[node] = n - want;
+    return base + 1;
+}
 static inline uint32_t ptlab_pcp_count(const struct ptlab_pcp *pcp, int node) { return pcp->count[node]; }
 static inline void ptlab_pcp_forget(struct ptlab_pcp *pcp, uint64_t epoch)
 {

@@ -159,6 +159,29 @@ final class PageAllocatorTests: XCTestCase {
         }
     }
 
+    /// The per-thread cache takes and gives back whole blocks when it can
+    /// (one split, one insertion): every page of a node handed out once,
+    /// freed by another thread whose exit drains its cache, must merge back
+    /// into the node's one top-order block. A page lost, duplicated, or
+    /// inserted at the wrong order leaves the block unavailable.
+    func testCacheBatchesComeBackAsWholeBlocks() throws {
+        let allocator = try load(budget: 256, chunkOrder: 8)
+        defer { allocator.unload() }
+        let node = allocator.topology.nodeIDs[0]
+        let pages = try (0..<256).map { _ in try allocator.alloc(node: .node(node)) }
+        XCTAssertEqual(Set(pages.map(\.pfn)).count, 256, "a page was handed out twice")
+        let failures = FailureCount()
+        let freer = RCUThread {
+            for page in pages where (try? allocator.free(page)) == nil { failures.count.add(1, ordering: .relaxed) }
+        }
+        freer.join()
+        XCTAssertEqual(failures.count.load(ordering: .relaxed), 0)
+        let whole = try allocator.alloc(order: 8, node: .node(node))
+        XCTAssertEqual(whole.pfn % 256, 0)
+        try allocator.free(whole)
+        XCTAssertEqual(allocator.totalAllocatedPages, 0)
+    }
+
     /// An order-n block is naturally aligned, by frame number and by address,
     /// as the kernel's compound pages are.
     func testOrderNBlocksAreNaturallyAligned() throws {

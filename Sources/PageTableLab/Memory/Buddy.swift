@@ -26,6 +26,13 @@ extension PageAllocator {
         return block
     }
 
+    /// takeBlock without bringing up a new chunk: nil unless a block of at
+    /// least `order` is already free.
+    func takeBlockIfFree(_ area: inout FreeArea, node index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
+        guard order <= maxOrder, (order...maxOrder).contains(where: { area.heads[$0] != 0 }) else { return nil }
+        return takeBlock(&area, node: index, order: order)
+    }
+
     func putBlock(_ area: inout FreeArea, _ d: UnsafeMutablePointer<ptdesc>, order: Int) {
         var block = d
         var order = order
