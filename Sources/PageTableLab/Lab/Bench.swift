@@ -104,15 +104,18 @@ public enum Bench {
             samples["rcu_read_ns_c", default: []].append(ptlab_baseline_read_ns(config.readIterations))
             samples["rcu_read_ns_swift", default: []].append(swiftReadNs(config.readIterations))
             progress("round \(round)/\(config.rounds): call_rcu floods")
+            // Each Swift path right after the C run it is held against: the
+            // machine's speed drifts between regimes over seconds, and a
+            // ratio is taken per round (see pairedRatio).
             samples["call_rcu_per_sec_c", default: []].append(ptlab_baseline_call_rcu_per_sec(UInt64(config.callRCUObjects)))
-            DeferredBound.resetPeak()
-            samples["call_rcu_per_sec_swift_pages", default: []].append(try swiftCallRCUPerSec(config.callRCUObjects, allocator: allocator))
-            peak = max(peak, DeferredBound.snapshot().peakBytes)
             samples["call_rcu_per_sec_swift", default: []].append(try swiftMallocCallRCUPerSec(config.callRCUObjects))
             progress("round \(round)/\(config.rounds): page-table frees")
             FreeLatency.reset()
             samples["defer_tables_per_sec", default: []].append(try deferTablesPerSec(config.callRCUObjects, mm: mm, allocator: allocator))
             if round == config.rounds { latency = BenchReport.LatencyPercentile.fromFreeLatency() }
+            DeferredBound.resetPeak()
+            samples["call_rcu_per_sec_swift_pages", default: []].append(try swiftCallRCUPerSec(config.callRCUObjects, allocator: allocator))
+            peak = max(peak, DeferredBound.snapshot().peakBytes)
             samples["c_batch_frees_per_sec", default: []].append(ptlab_baseline_batch_frees_per_sec(UInt64(config.callRCUObjects)))
             let gather = try gatherTablesPerSec(config.callRCUObjects, mm: mm, allocator: allocator)
             samples["gather_tables_per_sec", default: []].append(gather.perSec)
@@ -139,17 +142,18 @@ public enum Bench {
             throw BenchError.invalidConfiguration("the walk bench's mm was not fully mapped, or a walk saw a freed table: \(walkCounters)")
         }
         let m = samples.mapValues(median)
-        let readRatio = m["rcu_read_ns_swift"]! / m["rcu_read_ns_c"]!
-        let callRatio = m["call_rcu_per_sec_swift"]! / m["call_rcu_per_sec_c"]!
+        let ratio = { (a: String, b: String) in pairedRatio(samples[a]!, samples[b]!) }
+        let readRatio = ratio("rcu_read_ns_swift", "rcu_read_ns_c")
+        let callRatio = ratio("call_rcu_per_sec_swift", "call_rcu_per_sec_c")
         let speedup = m["numa_alloc_onnode_ns"]! / m["page_alloc_free_ns"]!
         let targets: [BenchReport.Target] = [
             .init("rcu_read_ratio", .atMost, 1.15, readRatio, "a Swift read section costs at most 1.15x liburcu's inlined C"),
             .init("call_rcu_ratio", .atLeast, 0.9, callRatio, "Swift RCU.call keeps 0.9x of C call_rcu on the same malloc'd object"),
             .init("page_alloc_free_ns", .atMost, 40, m["page_alloc_free_ns"]!, "an order-0 alloc+free (poisoned as page_poison says) in at most 40 ns"),
             .init("page_alloc_speedup", .atLeast, 200, speedup, "at least 200x faster than numa_alloc_onnode(4 KiB)+touch+numa_free"),
-            .init("defer_ratio", .atLeast, 1.0, m["defer_tables_per_sec"]! / m["call_rcu_per_sec_c"]!,
+            .init("defer_ratio", .atLeast, 1.0, ratio("defer_tables_per_sec", "call_rcu_per_sec_c"),
                   "pte_free_defer (head embedded) keeps up with C malloc+call_rcu+free"),
-            .init("gather_ratio", .atLeast, 0.8, m["gather_tables_per_sec"]! / m["c_batch_frees_per_sec"]!,
+            .init("gather_ratio", .atLeast, 0.8, ratio("gather_tables_per_sec", "c_batch_frees_per_sec"),
                   "tables through mmu_gather keep 0.8x of C's 509-per-call_rcu batch frees"),
             .init("gather_callbacks_per_table", .atMost, 1.0 / 500, gatherCallbacksPerTable,
                   "at most one RCU callback per 500 tables through the gather"),
@@ -182,6 +186,15 @@ public enum Bench {
         #else
         "release"
         #endif
+    }
+
+    /// The median of per-round ratios. Both sides of a round run back to
+    /// back, so they share whatever regime the machine is in (this VM's
+    /// call_rcu floods run at 10–11 M/s or at 5–7 M/s for seconds at a
+    /// time); a ratio of the two medians can pair a fast round's C with a
+    /// slow round's Swift.
+    static func pairedRatio(_ numerator: [Double], _ denominator: [Double]) -> Double {
+        median(zip(numerator, denominator).map { $0 / $1 })
     }
 
     static func median(_ values: [Double]) -> Double {
