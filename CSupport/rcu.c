@@ -15,26 +15,10 @@ _Thread_local int ptlab_rcu_in_callback;
 
 /*
  * liburcu is not instrumented, so TSan cannot see that a grace period orders
- * the caller's last write before the callback's first read. Tell it: release
- * on the head before queueing, acquire on it first thing in the callback.
+ * the caller's last write before the callback's first read. Tell it (the
+ * hooks are in CSupport.h): release on the head before queueing, acquire on
+ * it first thing in the callback.
  */
-void ptlab_tsan_release(void *addr)
-{
-#ifdef PTLAB_TSAN
-    __tsan_release(addr);
-#else
-    (void)addr;
-#endif
-}
-
-void ptlab_tsan_acquire(void *addr)
-{
-#ifdef PTLAB_TSAN
-    __tsan_acquire(addr);
-#else
-    (void)addr;
-#endif
-}
 
 static void account_done(uint64_t bytes)
 {
@@ -61,18 +45,6 @@ static int64_t outstanding_bytes(void)
 static void ptlab_rcu_trampoline(struct rcu_head *rh)
 {
     struct ptlab_rcu_head *head = caa_container_of(rh, struct ptlab_rcu_head, head);
-    /*
-     * The worker runs a batch of callbacks whose objects went cold while
-     * they waited out the grace period; each callback's first access to
-     * its object then stalls on a miss. The next head is already linked:
-     * start fetching its object (two lines, a page descriptor's size)
-     * while this one runs. A prefetch never faults, whatever lies there.
-     */
-    struct cds_wfcq_node *next = CMM_LOAD_SHARED(rh->next.next);
-    if (next) {
-        __builtin_prefetch(next, 1);
-        __builtin_prefetch((char *)next + 64, 1);
-    }
     ptlab_tsan_acquire(head);
     ptlab_tsan_acquire(&ptlab_rcu_gp_key);
     /* The callback may free the object holding @head: read it first. */
@@ -144,6 +116,15 @@ void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_h
     ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_RCU_QUEUED, 1);
     ptlab_tsan_release(head);
     urcu_memb_call_rcu(&head->head, ptlab_rcu_trampoline);
+}
+
+int ptlab_call_rcu_bounded(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *),
+                           uint64_t bytes, uint64_t bound)
+{
+    if (!ptlab_rcu_reserve(bytes, bound))
+        return 0;
+    ptlab_call_rcu(head, func, bytes);
+    return 1;
 }
 
 /* See ptlab_rcu_read_unlock for the key. */

@@ -48,8 +48,10 @@ public struct NUMATopology: Sendable, Equatable, Codable {
         nodeIDs.filter { $0 != node }.sorted { (distance(node, $0), $0) < (distance(node, $1), $1) }
     }
 
-    /// The node of the CPU this thread runs on now.
+    /// The node of the CPU this thread runs on now. With one node there is
+    /// nothing to ask the CPU.
     public func currentNode() -> Int {
+        if nodes.count == 1 { return nodes[0].id }
         let cpu = Int(ptlab_current_cpu())
         guard cpu >= 0, cpu < nodeOfCPU.count, nodeOfCPU[cpu] >= 0 else { return nodes[0].id }
         return nodeOfCPU[cpu]

@@ -194,24 +194,24 @@ public final class PageAllocator: @unchecked Sendable {
             // Per-thread, like the kernel's per-cpu NUMA_HIT: a shared atomic
             // here cost more than the rest of the fast path together.
             ptlab_pcp_count_numa_hit(ptlab_this_pcp(), Int32(preferred))
-            return finishAlloc(d, zero: zero)
+            return finishAlloc(d, order: order, zero: zero)
         }
         for otherID in topology.fallbackOrder(from: preferredID) {
             let other = try nodeIndex(ofID: otherID)
             if let d = allocFrom(other, order: order) {
                 nodes[preferred].numaForeign.add(1, ordering: .relaxed)
                 nodes[other].numaMiss.add(1, ordering: .relaxed)
-                return finishAlloc(d, zero: zero)
+                return finishAlloc(d, order: order, zero: zero)
             }
         }
         throw .outOfMemory(order: order, node: preferredID)
     }
 
     @inline(__always)
-    private func finishAlloc(_ d: UnsafeMutablePointer<ptdesc>, zero: Bool) -> Page {
+    private func finishAlloc(_ d: UnsafeMutablePointer<ptdesc>, order: Int, zero: Bool) -> Page {
         let page = Page(d)
-        ptlab_asan_unpoison_pages(address(of: page), page.bytes)
-        if zero { memset(address(of: page), 0, page.bytes) }
+        ptlab_asan_unpoison_pages(address(of: page), 4096 << order)
+        if zero { memset(address(of: page), 0, 4096 << order) }
         return page
     }
 
@@ -225,7 +225,6 @@ public final class PageAllocator: @unchecked Sendable {
             }
             guard cached != 0 else { return nil }
             let d = memmap + Int(cached - 1)
-            d.pointee.order = 0
             ptlab_page_set_state(d, PTLAB_PAGE_ALLOCATED.rawValue)
             ptlab_pcp_add_allocated(pcp, Int32(index), 1)
             return d
@@ -311,8 +310,9 @@ public final class PageAllocator: @unchecked Sendable {
             // order.
             if let block = takeBlockIfFree(&area, node: index, order: Self.pcpBatchOrder) {
                 for i in (0..<Self.pcpBatch).reversed() {
-                    (block + i).pointee.order = 0
-                    _ = ptlab_pcp_push(pcp, Int32(index), (block + i).pointee.pfn)
+                    let d = block + i
+                    d.pointee.order = 0
+                    _ = ptlab_pcp_push(pcp, Int32(index), d.pointee.pfn)
                 }
                 return
             }
