@@ -72,7 +72,10 @@ public enum Bench {
         let allocator = try PageAllocator(parameters: parameters.allocator)
         defer { allocator.unload() }
         return try RCU.withRegisteredThread {
-            try measure(configuration, allocator: allocator, parameters: parameters, progress: progress)
+            // Whatever ends the measurement, nothing queued may still point
+            // into the arena when unload unmaps it.
+            defer { try? RCU.barrier() }
+            return try measure(configuration, allocator: allocator, parameters: parameters, progress: progress)
         }
     }
 
