@@ -65,34 +65,33 @@ struct ptlab_pcp *ptlab_pcp_register(void)
     return pcp;
 }
 
-int64_t ptlab_pcp_sum_allocated(int node)
+/* One per-node delta array (at @offset in every cache) summed over every
+ * cache, living or exited. */
+static int64_t sum_node_deltas(size_t offset, const int64_t *retired, int node)
 {
     pthread_mutex_lock(&registry_lock);
-    int64_t sum = retired_allocated[node];
-    for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
-        sum += atomic_load_explicit(&p->allocated_delta[node], memory_order_relaxed);
+    int64_t sum = retired[node];
+    for (struct ptlab_pcp *p = registry; p; p = p->next_registered) {
+        _Atomic int64_t *deltas = (_Atomic int64_t *)((char *)p + offset);
+        sum += atomic_load_explicit(&deltas[node], memory_order_relaxed);
+    }
     pthread_mutex_unlock(&registry_lock);
     return sum;
+}
+
+int64_t ptlab_pcp_sum_allocated(int node)
+{
+    return sum_node_deltas(offsetof(struct ptlab_pcp, allocated_delta), retired_allocated, node);
 }
 
 int64_t ptlab_pcp_sum_numa_hit(int node)
 {
-    pthread_mutex_lock(&registry_lock);
-    int64_t sum = retired_numa_hit[node];
-    for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
-        sum += atomic_load_explicit(&p->numa_hit_delta[node], memory_order_relaxed);
-    pthread_mutex_unlock(&registry_lock);
-    return sum;
+    return sum_node_deltas(offsetof(struct ptlab_pcp, numa_hit_delta), retired_numa_hit, node);
 }
 
 int64_t ptlab_pcp_sum_nr_pagetable(int node)
 {
-    pthread_mutex_lock(&registry_lock);
-    int64_t sum = retired_nr_pagetable[node];
-    for (struct ptlab_pcp *p = registry; p; p = p->next_registered)
-        sum += atomic_load_explicit(&p->nr_pagetable_delta[node], memory_order_relaxed);
-    pthread_mutex_unlock(&registry_lock);
-    return sum;
+    return sum_node_deltas(offsetof(struct ptlab_pcp, nr_pagetable_delta), retired_nr_pagetable, node);
 }
 
 /* One event at a time over every cache, acquiring each: see enum ptlab_event. */
