@@ -127,6 +127,19 @@ int ptlab_call_rcu_bounded(struct ptlab_rcu_head *head, void (*func)(struct ptla
     return 1;
 }
 
+static void prime_noop(struct ptlab_rcu_head *head) { (void)head; }
+
+/*
+ * One empty callback, waited for. Per thread, so that two threads priming
+ * at once never queue the same head twice; the barrier keeps it alive.
+ */
+void ptlab_rcu_prime(void)
+{
+    static _Thread_local struct ptlab_rcu_head head;
+    ptlab_call_rcu(&head, prime_noop, 0);
+    ptlab_rcu_barrier();
+}
+
 /* See ptlab_rcu_read_unlock for the key. */
 void ptlab_rcu_synchronize(void)
 {

@@ -127,6 +127,14 @@ int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound);
  * RCU.call's fast path. Returns whether @head was queued. */
 int ptlab_call_rcu_bounded(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_head *),
                            uint64_t bytes, uint64_t bound);
+/*
+ * Start liburcu's worker and run one callback through the trampoline, then
+ * wait for it: the first call_rcu creates the worker thread, and its first
+ * callback registers it in the lab's counters, both touching memory for the
+ * first time. Callers that measure this process's page tables do this first.
+ * The caller must be registered and outside a read section.
+ */
+void ptlab_rcu_prime(void);
 /* urcu_memb_barrier, with its ordering made visible to TSan. */
 void ptlab_rcu_barrier(void);
 /* urcu_memb_synchronize_rcu, with its ordering made visible to TSan. */

@@ -138,6 +138,17 @@ final class RCUTests: XCTestCase {
         XCTAssertEqual(after.outstandingBytes, before.outstandingBytes)
     }
 
+    /// Priming (what `ptlab compare` does before its first trace) queues one
+    /// callback through the trampoline and returns only after it ran.
+    func testPrimeRunsOneCallbackBeforeReturning() throws {
+        let before = DeferredBound.snapshot()
+        RCU.withRegisteredThread { ptlab_rcu_prime() }
+        let after = DeferredBound.snapshot()
+        XCTAssertEqual(after.queued - before.queued, 1)
+        XCTAssertEqual(after.invoked - before.invoked, 1, "returned before its callback ran")
+        XCTAssertEqual(after.outstandingBytes, before.outstandingBytes)
+    }
+
     /// A flood against a bound: outstanding deferred bytes never pass it,
     /// because callers over it wait a grace period and free inline.
     func testBoundHoldsUnderFlood() throws {

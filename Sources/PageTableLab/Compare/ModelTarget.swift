@@ -7,8 +7,10 @@ import CSupport
 /// VmPTE is per process, and the kernel side is measured in this process:
 /// anything the model does meanwhile (liburcu's worker running callbacks,
 /// touching code and heap for the first time) can add a page table to the
-/// reading. So every op that queues callbacks waits for them (rcu_barrier)
-/// before returning, and the process is quiet when the kernel side runs.
+/// reading. So liburcu's worker is started before the first trace
+/// (ptlab_rcu_prime), every op that queues callbacks waits for them
+/// (rcu_barrier) before returning, and the process is quiet when the kernel
+/// side runs.
 public final class ModelTarget: TraceTarget {
     public let name = "model"
     public let mm: MM
@@ -25,6 +27,7 @@ public final class ModelTarget: TraceTarget {
             ownAllocator = allocator
         }
         ptlab_rcu_register()
+        ptlab_rcu_prime()
         do {
             mm = try MM(allocator: allocator, profile: profile.mmProfile)
         } catch {
