@@ -9,13 +9,17 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure the RCU and page-allocator paths against raw C and check the targets.",
         discussion: """
             Runs, in one process and interleaved rounds: an RCU read section from Swift \
-            and from C; a call_rcu flood from Swift (allocator pages freed by a \
-            pte_free_defer-shaped callback) and from C (malloc + call_rcu + free); an \
-            order-0 page alloc+free; and numa_alloc_onnode(4 KiB) + touch + numa_free. \
-            Each number is the median of its rounds; --json also gives every round.
+            and from C; a call_rcu flood from C (malloc + call_rcu + free) and, right \
+            after it, the same objects through Swift's RCU.call; a flood of allocator \
+            pages freed by a pte_free_defer-shaped callback; an order-0 page alloc+free; \
+            and numa_alloc_onnode(4 KiB) + touch + numa_free. Each number is the median \
+            of its rounds, each target ratio the median of per-round ratios (both sides \
+            of a round run back to back); --json also gives every round.
 
-            Then the page-table freeing paths end to end: PTE tables through pte_free_defer, \
-            and through an mmu_gather (509 per call_rcu) beside C's batch loop; one GUP-fast \
+            Then the page-table freeing paths end to end, each table allocated (unzeroed) \
+            inside the timed loop as C mallocs its object: PTE tables through \
+            pte_free_defer, and through an mmu_gather (509 per call_rcu) beside C's \
+            batch loop; one GUP-fast \
             walk; invalidations per kernel table freed (a short kernel-free run, deferred \
             mode); qi_submit_sync of one descriptor; and a call_rcu flood past a stalled \
             reader under a DeferredBound.
