@@ -303,17 +303,12 @@ static inline uint32_t ptlab_page_generation(const struct ptdesc *d)
 {
     return atomic_load_explicit(&((struct ptdesc *)d)->generation, memory_order_acquire);
 }
-static inline void ptlab_page_bump_generation(struct ptdesc *d)
-{
-    atomic_fetch_add_explicit(&d->generation, 1, memory_order_acq_rel);
-}
 /*
  * A freed descriptor's reset: new generation, no level, no flags, no mm.
  * Only the thread whose transition to FREE succeeded may call it, so plain
- * release stores suffice where ptlab_page_bump_generation and
- * ptlab_page_clear_flags pay a locked read-modify-write each (about a third
- * of an order-0 alloc+free here). The state CAS before it is the barrier
- * that keeps the poison after the new state.
+ * release stores suffice where a locked add and a locked AND were about a
+ * third of an order-0 alloc+free here. The state CAS before it is the
+ * barrier that keeps the poison after the new state.
  */
 static inline void ptlab_page_retire(struct ptdesc *d)
 {
