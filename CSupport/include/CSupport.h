@@ -162,31 +162,19 @@ static inline void ptlab_spin_kill(ptlab_spinlock_t *l)
 {
     atomic_store_explicit(&l->alive, 0, memory_order_release);
 }
-/* Returns 1 if the lock was alive when taken, 0 if it had been freed. */
-static inline int ptlab_spin_lock(ptlab_spinlock_t *l)
-{
-    for (;;) {
-        uint32_t expected = 0;
-        if (atomic_compare_exchange_weak_explicit(&l->locked, &expected, 1,
-                memory_order_acquire, memory_order_relaxed))
-            break;
-        while (atomic_load_explicit(&l->locked, memory_order_relaxed))
-            __builtin_ia32_pause();
-    }
-    return (int)atomic_load_explicit(&l->alive, memory_order_acquire);
-}
 /*
- * For a lock whose holder may be preempted (userspace cannot disable it):
- * spin a while, then give the CPU away between attempts. No "alive" check:
- * for locks that are never freed while in use.
+ * Returns 1 if the lock was alive when taken, 0 if it had been freed. A
+ * userspace holder can be preempted (it cannot disable preemption as the
+ * kernel does), so a waiter spins a while and then gives its CPU away
+ * between attempts instead of spinning out its time slice.
  */
-static inline void ptlab_spin_lock_yielding(ptlab_spinlock_t *l)
+static inline int ptlab_spin_lock(ptlab_spinlock_t *l)
 {
     for (unsigned tries = 0;; tries++) {
         uint32_t expected = 0;
         if (atomic_compare_exchange_weak_explicit(&l->locked, &expected, 1,
                 memory_order_acquire, memory_order_relaxed))
-            return;
+            break;
         if (tries >= 100) {
             sched_yield();
             continue;

@@ -6,8 +6,7 @@ import CSupport
 /// under that contention it went to the kernel (FUTEX_LOCK_PI and a
 /// context switch) on a path that runs every 16 allocations, and it asks
 /// for the thread id (a syscall) on every lock. The kernel's zone->lock is
-/// a spinlock too. A userspace holder can be preempted, so a waiter yields
-/// its CPU after a while instead of spinning out its time slice.
+/// a spinlock too (ptlab_spin_lock, which yields to a preempted holder).
 ///
 /// ThreadSanitizer sees the hand-off through annotations on the lock's
 /// address, as for `LabMutex`.
@@ -24,7 +23,7 @@ final class SpinLocked<Value: ~Copyable>: @unchecked Sendable {
     deinit { lock.deallocate() }
 
     func withLock<Result: ~Copyable, E: Error>(_ body: (inout Value) throws(E) -> Result) throws(E) -> Result {
-        ptlab_spin_lock_yielding(lock)
+        _ = ptlab_spin_lock(lock)   // never killed: always alive
         ptlab_tsan_acquire(lock)
         defer {
             ptlab_tsan_release(lock)
