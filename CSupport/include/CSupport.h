@@ -182,6 +182,7 @@ static inline int ptlab_spin_lock(ptlab_spinlock_t *l)
         for (int i = 0; i < 64 && atomic_load_explicit(&l->locked, memory_order_relaxed); i++)
             __builtin_ia32_pause();
     }
+    return (int)atomic_load_explicit(&l->alive, memory_order_acquire);
 }
 /* One attempt; callers that must keep answering "IPIs" while they wait
  * (the TLB model) spin on this themselves. */
@@ -488,12 +489,20 @@ static inline struct ptlab_pcp *ptlab_pcp_counting(void)
         ptlab_pcp_register();
     return pcp;
 }
-/* Owner-only add, no locked instruction; release so that a sum which sees
- * it also sees what happened before it (see enum ptlab_event). */
+/*
+ * Add to one of this cache's counters: only its owner writes them, so a load
+ * and a store, no locked instruction. Release, so that a sum which sees the
+ * add also sees what happened before it (see enum ptlab_event); on x86 that
+ * is a plain store too.
+ */
+static inline void ptlab_pcp_owner_add(_Atomic int64_t *counter, int64_t d)
+{
+    int64_t v = atomic_load_explicit(counter, memory_order_relaxed);
+    atomic_store_explicit(counter, v + d, memory_order_release);
+}
 static inline void ptlab_pcp_event_add(struct ptlab_pcp *pcp, enum ptlab_event ev, int64_t d)
 {
-    int64_t v = atomic_load_explicit(&pcp->events[ev], memory_order_relaxed);
-    atomic_store_explicit(&pcp->events[ev], v + d, memory_order_release);
+    ptlab_pcp_owner_add(&pcp->events[ev], d);
 }
 /* Every event summed over every cache, living or exited, in enum order. */
 void ptlab_pcp_sum_events(int64_t out[PTLAB_NR_EVENTS]);
@@ -501,20 +510,15 @@ int64_t ptlab_pcp_sum_event(enum ptlab_event ev);
 int64_t ptlab_pcp_sum_nr_pagetable(int node);
 static inline void ptlab_pcp_add_nr_pagetable(struct ptlab_pcp *pcp, int node, int64_t d)
 {
-    int64_t v = atomic_load_explicit(&pcp->nr_pagetable_delta[node], memory_order_relaxed);
-    atomic_store_explicit(&pcp->nr_pagetable_delta[node], v + d, memory_order_relaxed);
+    ptlab_pcp_owner_add(&pcp->nr_pagetable_delta[node], d);
 }
-/* Owner-only relaxed add: no locked instruction on the fast path. */
 static inline void ptlab_pcp_add_allocated(struct ptlab_pcp *pcp, int node, int64_t d)
 {
-    int64_t v = atomic_load_explicit(&pcp->allocated_delta[node], memory_order_relaxed);
-    atomic_store_explicit(&pcp->allocated_delta[node], v + d, memory_order_relaxed);
+    ptlab_pcp_owner_add(&pcp->allocated_delta[node], d);
 }
-
 static inline void ptlab_pcp_count_numa_hit(struct ptlab_pcp *pcp, int node)
 {
-    int64_t v = atomic_load_explicit(&pcp->numa_hit_delta[node], memory_order_relaxed);
-    atomic_store_explicit(&pcp->numa_hit_delta[node], v + 1, memory_order_relaxed);
+    ptlab_pcp_owner_add(&pcp->numa_hit_delta[node], 1);
 }
 
 /* Pop a cached PFN for @node; returns PFN + 1, or 0 when the cache is empty. */
