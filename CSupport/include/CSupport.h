@@ -37,6 +37,26 @@ void __tsan_acquire(void *addr);
 void __tsan_release(void *addr);
 #endif
 
+/* --------------------------------------------------------- TSan hooks ---- */
+/* Inline, so that outside TSan they cost nothing: as calls they were three
+ * of every RCU callback's instructions-worth of overhead. */
+static inline void ptlab_tsan_release(void *addr)
+{
+#ifdef PTLAB_TSAN
+    __tsan_release(addr);
+#else
+    (void)addr;
+#endif
+}
+static inline void ptlab_tsan_acquire(void *addr)
+{
+#ifdef PTLAB_TSAN
+    __tsan_acquire(addr);
+#else
+    (void)addr;
+#endif
+}
+
 #define PTLAB_PAGE_SHIFT 12
 #define PTLAB_PAGE_SIZE (1u << PTLAB_PAGE_SHIFT)
 #define PTLAB_POISON_FREE 0x6b
@@ -196,6 +216,44 @@ static inline void ptlab_spin_unlock(ptlab_spinlock_t *l)
 {
     atomic_store_explicit(&l->locked, 0, memory_order_release);
 }
+
+/* ----------------------------------------------------------------- zone -- */
+
+#define PTLAB_MAX_ORDER 18   /* the largest chunk_order PageAllocator accepts */
+
+/*
+ * One node's buddy free area and its lock, as in struct zone; the list
+ * heads share the lock's lines, which the holder has in cache anyway. In C
+ * rather than a Swift class: reached through a class reference, every
+ * refill and drain paid a retain and a release (locked adds on a line that
+ * the producer's refills and the RCU worker's drains both wrote) and a
+ * dynamic exclusivity check, more than the list work itself (BENCHMARKS.md).
+ */
+struct ptlab_zone {
+    ptlab_spinlock_t lock;                      /* zone->lock */
+    uint32_t chunks_mapped;                     /* chunks brought up from libnuma */
+    uint32_t free_head[PTLAB_MAX_ORDER + 1];    /* free_area[order]: PFN + 1 of a free block; 0 = none */
+    uint32_t pad[10];                           /* to two whole lines, so zones never share one */
+};
+_Static_assert(sizeof(struct ptlab_zone) == 128, "struct ptlab_zone is two cache lines");
+
+static inline void ptlab_zone_init(struct ptlab_zone *z)
+{
+    *z = (struct ptlab_zone){ 0 };
+    ptlab_spin_init(&z->lock);
+}
+static inline void ptlab_zone_lock(struct ptlab_zone *z)
+{
+    (void)ptlab_spin_lock(&z->lock);   /* never killed */
+    ptlab_tsan_acquire(z);
+}
+static inline void ptlab_zone_unlock(struct ptlab_zone *z)
+{
+    ptlab_tsan_release(z);
+    ptlab_spin_unlock(&z->lock);
+}
+/* free_head as a pointer: Swift imports a C array as a tuple. */
+static inline uint32_t *ptlab_zone_free_heads(struct ptlab_zone *z) { return z->free_head; }
 
 /* ------------------------------------------------------ page descriptor -- */
 
@@ -627,26 +685,6 @@ long ptlab_kconfig_read(const char *path, void *buf, size_t cap);
 int ptlab_unpin(void);
 int ptlab_numa_node_allowed(int node);
 void ptlab_warn(const char *message);
-
-/* --------------------------------------------------------- TSan hooks ---- */
-/* Inline, so that outside TSan they cost nothing: as calls they were three
- * of every RCU callback's instructions-worth of overhead. */
-static inline void ptlab_tsan_release(void *addr)
-{
-#ifdef PTLAB_TSAN
-    __tsan_release(addr);
-#else
-    (void)addr;
-#endif
-}
-static inline void ptlab_tsan_acquire(void *addr)
-{
-#ifdef PTLAB_TSAN
-    __tsan_acquire(addr);
-#else
-    (void)addr;
-#endif
-}
 
 #ifdef __cplusplus
 }

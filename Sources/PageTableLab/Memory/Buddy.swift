@@ -4,23 +4,34 @@ import Glibc
 import CNUMA
 import CSupport
 
-/// The buddy algorithm over one node's free area. Called with the node lock
-/// held; touches only descriptors, never the heap.
+/// The buddy algorithm over one node's free area: one doubly linked list of
+/// free blocks per order, threaded through the descriptors (PFN + 1, 0 for
+/// none), so freeing allocates nothing. Called with the zone lock held.
 extension PageAllocator {
-    func takeBlock(_ area: inout FreeArea, node index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
+    /// Run `body` under node `index`'s zone->lock.
+    @inline(__always)
+    func withZoneLocked<R>(_ index: Int, _ body: (Zone) -> R) -> R {
+        let zone = zones + index
+        ptlab_zone_lock(zone)
+        defer { ptlab_zone_unlock(zone) }
+        return body(zone)
+    }
+
+    func takeBlock(_ zone: Zone, node index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
+        let heads = ptlab_zone_free_heads(zone)!
         var found = order
-        while found <= maxOrder && area.heads[found] == 0 { found += 1 }
+        while found <= maxOrder && heads[found] == 0 { found += 1 }
         if found > maxOrder {
-            guard mapChunk(&area, node: index) else { return nil }
+            guard mapChunk(zone, node: index) else { return nil }
             found = maxOrder
         }
-        let block = memmap + Int(area.heads[found] - 1)
-        unlink(&area, block, order: found)
+        let block = memmap + Int(heads[found] - 1)
+        unlink(zone, block, order: found)
         // Split: the upper halves go back, smallest last.
         while found > order {
             found -= 1
             let upper = block + (1 << found)
-            link(&area, upper, order: found)
+            link(zone, upper, order: found)
         }
         block.pointee.order = UInt8(order)
         return block
@@ -28,38 +39,40 @@ extension PageAllocator {
 
     /// takeBlock without bringing up a new chunk: nil unless a block of at
     /// least `order` is already free.
-    func takeBlockIfFree(_ area: inout FreeArea, node index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
-        guard order <= maxOrder, (order...maxOrder).contains(where: { area.heads[$0] != 0 }) else { return nil }
-        return takeBlock(&area, node: index, order: order)
+    func takeBlockIfFree(_ zone: Zone, node index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
+        let heads = ptlab_zone_free_heads(zone)!
+        guard order <= maxOrder, (order...maxOrder).contains(where: { heads[$0] != 0 }) else { return nil }
+        return takeBlock(zone, node: index, order: order)
     }
 
-    func putBlock(_ area: inout FreeArea, _ d: UnsafeMutablePointer<ptdesc>, order: Int) {
+    func putBlock(_ zone: Zone, _ d: UnsafeMutablePointer<ptdesc>, order: Int) {
         var block = d
         var order = order
         while order < maxOrder {
             let buddyPFN = block.pointee.pfn ^ (1 << UInt32(order))
             let buddy = memmap + Int(buddyPFN)
             guard buddy.pointee.on_free_list != 0, Int(buddy.pointee.order) == order else { break }
-            unlink(&area, buddy, order: order)
+            unlink(zone, buddy, order: order)
             if buddy < block { block = buddy }
             order += 1
         }
-        link(&area, block, order: order)
+        link(zone, block, order: order)
     }
 
-    private func link(_ area: inout FreeArea, _ d: UnsafeMutablePointer<ptdesc>, order: Int) {
-        let head = area.heads[order]
+    private func link(_ zone: Zone, _ d: UnsafeMutablePointer<ptdesc>, order: Int) {
+        let heads = ptlab_zone_free_heads(zone)!
+        let head = heads[order]
         d.pointee.buddy_prev = 0
         d.pointee.buddy_next = head
         if head != 0 { memmap[Int(head - 1)].buddy_prev = d.pointee.pfn + 1 }
-        area.heads[order] = d.pointee.pfn + 1
+        heads[order] = d.pointee.pfn + 1
         d.pointee.order = UInt8(order)
         d.pointee.on_free_list = 1
     }
 
-    private func unlink(_ area: inout FreeArea, _ d: UnsafeMutablePointer<ptdesc>, order: Int) {
+    private func unlink(_ zone: Zone, _ d: UnsafeMutablePointer<ptdesc>, order: Int) {
         let next = d.pointee.buddy_next, prev = d.pointee.buddy_prev
-        if prev != 0 { memmap[Int(prev - 1)].buddy_next = next } else { area.heads[order] = next }
+        if prev != 0 { memmap[Int(prev - 1)].buddy_next = next } else { ptlab_zone_free_heads(zone)![order] = next }
         if next != 0 { memmap[Int(next - 1)].buddy_prev = prev }
         d.pointee.buddy_next = 0
         d.pointee.buddy_prev = 0
@@ -68,12 +81,13 @@ extension PageAllocator {
 
     /// Bring up the node's next chunk: real memory bound to the node, and
     /// descriptors for its frames. Only on the allocation side.
-    private func mapChunk(_ area: inout FreeArea, node index: Int) -> Bool {
-        guard area.chunksMapped < area.chunkLimit else { return false }
+    private func mapChunk(_ zone: Zone, node index: Int) -> Bool {
+        let mapped = Int(zone.pointee.chunks_mapped)
+        guard mapped < pagesPerNode / chunkPages else { return false }
         let nodeID = nodes[index].id
         let bytes = chunkPages << 12
         guard let base = acquireChunk(bytes: bytes, node: nodeID) else { return false }
-        let firstPFN = Int(nodes[index].pfnBase) + area.chunksMapped * chunkPages
+        let firstPFN = Int(nodes[index].pfnBase) + mapped * chunkPages
         chunkBases[firstPFN >> maxOrder] = base
         for i in 0..<chunkPages {
             let d = memmap + firstPFN + i
@@ -82,8 +96,8 @@ extension PageAllocator {
             ptlab_page_set_state(d, PTLAB_PAGE_FREE.rawValue)
         }
         ptlab_asan_poison_pages(base, bytes)
-        area.chunksMapped += 1
-        link(&area, memmap + firstPFN, order: maxOrder)
+        zone.pointee.chunks_mapped += 1
+        link(zone, memmap + firstPFN, order: maxOrder)
         return true
     }
 

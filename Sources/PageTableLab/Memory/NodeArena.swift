@@ -1,33 +1,20 @@
+import CSupport
 import Synchronization
 
-/// One node's memory: its buddy free area behind the node lock (the
-/// kernel's zone->lock) and its vmstat-named counters.
+/// One node: where its frames start and its vmstat-named NUMA counters. Its
+/// free area and lock are a `struct ptlab_zone` the allocator holds, off
+/// this class so that the freeing paths never retain it.
 final class NodeArena: Sendable {
     let id: Int
     let index: Int
     let pfnBase: UInt32
-    let area: SpinLocked<FreeArea>
     let numaMiss = Atomic<Int>(0)
     let numaForeign = Atomic<Int>(0)
 
-    init(id: Int, index: Int, pfnBase: UInt32, maxOrder: Int, chunks: Int) {
+    init(id: Int, index: Int, pfnBase: UInt32) {
         self.id = id
         self.index = index
         self.pfnBase = pfnBase
-        self.area = SpinLocked(FreeArea(maxOrder: maxOrder, chunkLimit: chunks))
-    }
-}
-
-/// free_area[]: one doubly linked list of free blocks per order, threaded
-/// through the descriptors (PFN + 1, 0 for none), so freeing allocates nothing.
-struct FreeArea: ~Copyable {
-    var heads: [UInt32]
-    var chunksMapped = 0
-    let chunkLimit: Int
-
-    init(maxOrder: Int, chunkLimit: Int) {
-        heads = [UInt32](repeating: 0, count: maxOrder + 1)
-        self.chunkLimit = chunkLimit
     }
 }
 
@@ -55,3 +42,6 @@ public struct NodeStats: Sendable, Equatable, Codable {
         case numaForeign = "numa_foreign"
     }
 }
+
+/// A node's `struct ptlab_zone`: its free area and zone->lock.
+typealias Zone = UnsafeMutablePointer<ptlab_zone>

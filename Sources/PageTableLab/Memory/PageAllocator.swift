@@ -49,6 +49,8 @@ public final class PageAllocator: @unchecked Sendable {
     @usableFromInline let memmap: UnsafeMutablePointer<ptdesc>
     @usableFromInline let chunkBases: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     let nodes: [NodeArena]
+    /// Each node's free area and lock, indexed like `nodes`.
+    let zones: UnsafeMutablePointer<ptlab_zone>
     /// Node id → index into `nodes` (and the per-thread cache slots).
     let nodeIndexByID: [Int]
     let epoch: UInt64
@@ -74,8 +76,8 @@ public final class PageAllocator: @unchecked Sendable {
     }
 
     public init(parameters: Parameters = Parameters(), topology: NUMATopology = .current) throws(PageAllocError) {
-        guard parameters.chunkOrder >= 0, parameters.chunkOrder <= 18 else {
-            throw .invalidParameter("chunk_order \(parameters.chunkOrder) is outside 0...18")
+        guard parameters.chunkOrder >= 0, parameters.chunkOrder <= Int(PTLAB_MAX_ORDER) else {
+            throw .invalidParameter("chunk_order \(parameters.chunkOrder) is outside 0...\(PTLAB_MAX_ORDER)")
         }
         let chunkPages = 1 << parameters.chunkOrder
         guard parameters.nodeBudgetPages >= chunkPages, parameters.nodeBudgetPages % chunkPages == 0 else {
@@ -111,10 +113,13 @@ public final class PageAllocator: @unchecked Sendable {
         var arenas: [NodeArena] = []
         for (index, node) in topology.nodes.enumerated() {
             byID[node.id] = index
-            arenas.append(NodeArena(id: node.id, index: index, pfnBase: UInt32(index * pagesPerNode),
-                                    maxOrder: maxOrder, chunks: pagesPerNode / chunkPages))
+            arenas.append(NodeArena(id: node.id, index: index, pfnBase: UInt32(index * pagesPerNode)))
         }
         nodes = arenas
+        // Line-aligned, so that one node's lock never shares a line with another's.
+        zones = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<ptlab_zone>.stride * arenas.count, alignment: 64)
+            .bindMemory(to: ptlab_zone.self, capacity: arenas.count)
+        for index in arenas.indices { ptlab_zone_init(zones + index) }
         nodeIndexByID = byID
 
         ptlab_pcp_reset_counters()
@@ -136,6 +141,7 @@ public final class PageAllocator: @unchecked Sendable {
         }
         munmap(memmap, MemoryLayout<ptdesc>.stride * frameCount)
         chunkBases.deallocate()
+        UnsafeMutableRawPointer(zones).deallocate()
         Self.loaded.store(false, ordering: .releasing)
     }
 
@@ -229,7 +235,7 @@ public final class PageAllocator: @unchecked Sendable {
             ptlab_pcp_add_allocated(pcp, Int32(index), 1)
             return d
         }
-        guard let d = nodes[index].area.withLock({ area in takeBlock(&area, node: index, order: order) }) else {
+        guard let d = withZoneLocked(index, { takeBlock($0, node: index, order: order) }) else {
             return nil
         }
         markCompound(d, order: order)
@@ -279,7 +285,7 @@ public final class PageAllocator: @unchecked Sendable {
             return
         }
         for tail in 1..<(1 << order) { ptlab_page_set_state(d + tail, PTLAB_PAGE_FREE.rawValue) }
-        nodes[index].area.withLock { area in putBlock(&area, d, order: order) }
+        withZoneLocked(index) { putBlock($0, d, order: order) }
     }
 
     /// Free by frame number, for callers that hold a PFN (trace tools, tests).
@@ -302,13 +308,13 @@ public final class PageAllocator: @unchecked Sendable {
     }
 
     private func refill(_ pcp: UnsafeMutablePointer<ptlab_pcp>, node index: Int) {
-        nodes[index].area.withLock { area in
+        withZoneLocked(index) { zone in
             // A whole block of the batch's order when one is free: one split
             // for the batch, not a split and a relink per page (buddy list
             // work was a fifth of a pte_free_defer flood's producer time).
             // Pushed highest first, so the cache hands them out in address
             // order.
-            if let block = takeBlockIfFree(&area, node: index, order: Self.pcpBatchOrder) {
+            if let block = takeBlockIfFree(zone, node: index, order: Self.pcpBatchOrder) {
                 for i in (0..<Self.pcpBatch).reversed() {
                     let d = block + i
                     d.pointee.order = 0
@@ -317,25 +323,25 @@ public final class PageAllocator: @unchecked Sendable {
                 return
             }
             for _ in 0..<Self.pcpBatch {
-                guard let d = takeBlock(&area, node: index, order: 0) else { break }
+                guard let d = takeBlock(zone, node: index, order: 0) else { break }
                 _ = ptlab_pcp_push(pcp, Int32(index), d.pointee.pfn)
             }
         }
     }
 
     private func drain(_ pcp: UnsafeMutablePointer<ptlab_pcp>, node index: Int, count: Int) {
-        nodes[index].area.withLock { area in
+        withZoneLocked(index) { zone in
             var left = count
             while left > 0 {
                 if left >= Self.pcpBatch, maxOrder >= Self.pcpBatchOrder,
                    case let base = ptlab_pcp_take_block(pcp, Int32(index), UInt32(Self.pcpBatchOrder)), base != 0 {
-                    putBlock(&area, memmap + Int(base - 1), order: Self.pcpBatchOrder)
+                    putBlock(zone, memmap + Int(base - 1), order: Self.pcpBatchOrder)
                     left -= Self.pcpBatch
                     continue
                 }
                 let cached = ptlab_pcp_pop(pcp, Int32(index))
                 guard cached != 0 else { break }
-                putBlock(&area, memmap + Int(cached - 1), order: 0)
+                putBlock(zone, memmap + Int(cached - 1), order: 0)
                 left -= 1
             }
         }
@@ -359,7 +365,7 @@ public final class PageAllocator: @unchecked Sendable {
     public func stats(node id: Int) throws(PageAllocError) -> NodeStats {
         let index = try nodeIndex(ofID: id)
         let arena = nodes[index]
-        let mapped = arena.area.withLock { $0.chunksMapped } * chunkPages
+        let mapped = withZoneLocked(index) { Int($0.pointee.chunks_mapped) } * chunkPages
         let allocated = Int(ptlab_pcp_sum_allocated(Int32(index)))
         return NodeStats(
             node: id, budgetPages: pagesPerNode, mappedPages: mapped,
