@@ -160,35 +160,23 @@ void ptlab_rcu_barrier(void);
 /* urcu_memb_synchronize_rcu, with its ordering made visible to TSan. */
 void ptlab_rcu_synchronize(void);
 
-/* ------------------------------------------------------- spinlock (ptl) -- */
+/* ------------------------------------------------------------ spinlock -- */
 
-/*
- * The split page-table lock. `alive` models ptlock_init/ptlock_free: in the
- * kernel the lock may be a separately allocated object, and taking it after
- * ptlock_free is the use-after-free of seed 003. Locking a dead lock is
- * reported to the caller instead of being undefined.
- */
+/* The split page-table lock and zone->lock. */
 typedef struct {
     _Atomic uint32_t locked;
-    _Atomic uint32_t alive;
 } ptlab_spinlock_t;
 
 static inline void ptlab_spin_init(ptlab_spinlock_t *l)
 {
     atomic_store_explicit(&l->locked, 0, memory_order_relaxed);
-    atomic_store_explicit(&l->alive, 1, memory_order_release);
-}
-static inline void ptlab_spin_kill(ptlab_spinlock_t *l)
-{
-    atomic_store_explicit(&l->alive, 0, memory_order_release);
 }
 /*
- * Returns 1 if the lock was alive when taken, 0 if it had been freed. A
- * userspace holder can be preempted (it cannot disable preemption as the
+ * A userspace holder can be preempted (it cannot disable preemption as the
  * kernel does), so a waiter spins a while and then gives its CPU away
  * between attempts instead of spinning out its time slice.
  */
-static inline int ptlab_spin_lock(ptlab_spinlock_t *l)
+static inline void ptlab_spin_lock(ptlab_spinlock_t *l)
 {
     for (unsigned tries = 0;; tries++) {
         uint32_t expected = 0;
@@ -202,7 +190,6 @@ static inline int ptlab_spin_lock(ptlab_spinlock_t *l)
         for (int i = 0; i < 64 && atomic_load_explicit(&l->locked, memory_order_relaxed); i++)
             __builtin_ia32_pause();
     }
-    return (int)atomic_load_explicit(&l->alive, memory_order_acquire);
 }
 /* One attempt; callers that must keep answering "IPIs" while they wait
  * (the TLB model) spin on this themselves. */
@@ -233,7 +220,7 @@ struct ptlab_zone {
     ptlab_spinlock_t lock;                      /* zone->lock */
     uint32_t chunks_mapped;                     /* chunks brought up from libnuma */
     uint32_t free_head[PTLAB_MAX_ORDER + 1];    /* free_area[order]: PFN + 1 of a free block; 0 = none */
-    uint32_t pad[10];                           /* to two whole lines, so zones never share one */
+    uint32_t pad[11];                           /* to two whole lines, so zones never share one */
 };
 _Static_assert(sizeof(struct ptlab_zone) == 128, "struct ptlab_zone is two cache lines");
 
@@ -244,7 +231,7 @@ static inline void ptlab_zone_init(struct ptlab_zone *z)
 }
 static inline void ptlab_zone_lock(struct ptlab_zone *z)
 {
-    (void)ptlab_spin_lock(&z->lock);   /* never killed */
+    ptlab_spin_lock(&z->lock);
     ptlab_tsan_acquire(z);
 }
 static inline void ptlab_zone_unlock(struct ptlab_zone *z)
@@ -277,6 +264,7 @@ enum ptlab_pt_level {
 #define PTLAB_PG_TABLE   (1ull << 0)   /* PageTable: between ctor and dtor */
 #define PTLAB_PT_KERNEL  (1ull << 1)   /* ptdesc_set_kernel: a kernel page table */
 #define PTLAB_PG_HEAD    (1ull << 2)   /* head of a compound allocation */
+#define PTLAB_PG_PTLOCK  (1ull << 3)   /* split ptlock live: ptlock_init .. ptlock_free */
 
 /*
  * struct ptdesc / struct page. One per PFN in the memmap. As in the kernel,
@@ -287,7 +275,11 @@ enum ptlab_pt_level {
  * rcu_head is twice the kernel's). The first holds everything that
  * pte_free_defer's caller touches, so queueing a table costs one line:
  * when it was 112 bytes, most descriptors straddled three lines, and
- * call_rcu's full barrier waited for each of them to arrive.
+ * call_rcu's full barrier waited for each of them to arrive. Its callback,
+ * on liburcu's worker on another CPU, needs only the first line too (the
+ * order, PFN and node it takes from the flags and the address): a load from
+ * the second was a second transfer per table from the queueing CPU, and the
+ * ptlock's word there a store the state's compare-and-swap waited behind.
  */
 struct ptdesc {
     union {
@@ -301,7 +293,7 @@ struct ptdesc {
     _Atomic uint32_t level;             /* enum ptlab_pt_level while a table */
     uint32_t pfn;
     /* second line */
-    ptlab_spinlock_t ptl;               /* split PTE/PMD lock */
+    ptlab_spinlock_t ptl;               /* split PTE/PMD lock (live while PTLAB_PG_PTLOCK) */
     uint32_t buddy_next;                /* allocator free list (PFN + 1; 0 = none) */
     uint32_t buddy_prev;
     uint16_t node;
@@ -310,7 +302,7 @@ struct ptdesc {
     uint64_t index;                     /* base virtual address the table maps */
     uint64_t queued_ns;                 /* when its deferred free was queued */
     uint64_t tlb_gen;                   /* mm TLB generation that must pass before it is freed */
-    uint64_t pad[2];                    /* to two whole lines (Swift cannot import _Alignas) */
+    uint64_t pad[3];                    /* to two whole lines (Swift cannot import _Alignas) */
 };
 _Static_assert(sizeof(struct ptdesc) == 128, "struct ptdesc is two cache lines");
 _Static_assert(offsetof(struct ptdesc, ptl) == 64, "what pte_free_defer touches is in the first line");
@@ -424,14 +416,31 @@ static inline int ptlab_page_test_clear_table(struct ptdesc *d)
     atomic_store_explicit(&d->flags, f & ~(uint64_t)PTLAB_PG_TABLE, memory_order_release);
     return 1;
 }
-static inline int ptlab_ptl_lock(struct ptdesc *d) { return ptlab_spin_lock(&d->ptl); }
+/*
+ * The split ptlock. In the kernel it may be a separately allocated object,
+ * and taking it after ptlock_free is the use-after-free of seed 003; here
+ * its life is a flag, so that a walker which takes a freed table's lock can
+ * say so instead of being undefined. A flag in the first line, not a word
+ * beside the lock: ptlock_free runs in the RCU callback, which then needs
+ * nothing from the descriptor's second line (see struct ptdesc). Init and
+ * free run on the paths that own the table, so a load and a store.
+ */
 static inline int ptlab_ptl_trylock(struct ptdesc *d) { return ptlab_spin_trylock(&d->ptl); }
 static inline void ptlab_ptl_unlock(struct ptdesc *d) { ptlab_spin_unlock(&d->ptl); }
-static inline void ptlab_ptl_init(struct ptdesc *d) { ptlab_spin_init(&d->ptl); }
-static inline void ptlab_ptl_free(struct ptdesc *d) { ptlab_spin_kill(&d->ptl); }
+static inline void ptlab_ptl_init(struct ptdesc *d)
+{
+    ptlab_spin_init(&d->ptl);
+    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    atomic_store_explicit(&d->flags, f | PTLAB_PG_PTLOCK, memory_order_release);
+}
+static inline void ptlab_ptl_free(struct ptdesc *d)
+{
+    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    atomic_store_explicit(&d->flags, f & ~PTLAB_PG_PTLOCK, memory_order_release);
+}
 static inline int ptlab_ptl_alive(const struct ptdesc *d)
 {
-    return (int)atomic_load_explicit(&((struct ptdesc *)d)->ptl.alive, memory_order_acquire);
+    return (ptlab_page_flags(d) & PTLAB_PG_PTLOCK) != 0;
 }
 static inline struct ptlab_rcu_head *ptlab_ptdesc_rcu_head(struct ptdesc *d) { return &d->pt_rcu_head; }
 static inline struct cds_list_head *ptlab_ptdesc_list(struct ptdesc *d) { return &d->pt_list; }

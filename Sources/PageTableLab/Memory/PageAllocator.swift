@@ -178,6 +178,15 @@ public final class PageAllocator: @unchecked Sendable {
         chunkBases[Int(pfn) >> maxOrder]
     }
 
+    /// page_to_pfn: the descriptor's place in the memmap.
+    @inline(__always)
+    func pfn(of d: UnsafeMutablePointer<ptdesc>) -> UInt32 { UInt32(truncatingIfNeeded: d - memmap) }
+
+    /// The node a frame belongs to, from its PFN alone: each node's frames
+    /// are one range of `pagesPerNode`.
+    @inline(__always)
+    func nodeIndex(ofPFN pfn: UInt32) -> Int { nodes.count == 1 ? 0 : Int(pfn) / pagesPerNode }
+
     func nodeIndex(ofID id: Int) throws(PageAllocError) -> Int {
         guard id >= 0, id < nodeIndexByID.count, nodeIndexByID[id] >= 0 else {
             throw .unknownNode(id, known: topology.nodeIDs)
@@ -271,17 +280,21 @@ public final class PageAllocator: @unchecked Sendable {
         case PTLAB_PAGE_TAIL.rawValue: throw .tailPageFree(pfn: d.pointee.pfn)
         default: throw .notAllocated(pfn: d.pointee.pfn, state: found)
         }
-        let order = Int(d.pointee.order)
+        // Order, PFN and node without the descriptor's second line, which
+        // an RCU callback would otherwise wait for (see struct ptdesc): only
+        // a compound head has an order, and the PFN is the address.
+        let order = ptlab_page_flags(d) & PTLAB_PG_HEAD != 0 ? Int(d.pointee.order) : 0
+        let pfn = pfn(of: d)
         ptlab_page_retire(d)
-        if parameters.poison { ptlab_poison_pages(address(of: page), 4096 << order) }
-        ptlab_asan_poison_pages(address(of: page), 4096 << order)
-        let index = nodeIndexByID[Int(d.pointee.node)]
+        if parameters.poison { ptlab_poison_pages(address(pfn: UInt64(pfn)), 4096 << order) }
+        ptlab_asan_poison_pages(address(pfn: UInt64(pfn)), 4096 << order)
+        let index = nodeIndex(ofPFN: pfn)
         let pcp = thisPCP()
         ptlab_pcp_add_allocated(pcp, Int32(index), -Int64(1 << order))
         if order == 0 {
-            if ptlab_pcp_push(pcp, Int32(index), d.pointee.pfn) != 0 { return }
+            if ptlab_pcp_push(pcp, Int32(index), pfn) != 0 { return }
             drain(pcp, node: index, count: Self.pcpBatch)
-            _ = ptlab_pcp_push(pcp, Int32(index), d.pointee.pfn)
+            _ = ptlab_pcp_push(pcp, Int32(index), pfn)
             return
         }
         for tail in 1..<(1 << order) { ptlab_page_set_state(d + tail, PTLAB_PAGE_FREE.rawValue) }
@@ -388,7 +401,7 @@ public final class PageAllocator: @unchecked Sendable {
     /// NR_PAGETABLE: the page-table constructor and destructor account
     /// here, per thread as the kernel's per-cpu vmstat does.
     public func accountPageTable(_ page: Page, delta: Int) {
-        ptlab_pcp_add_nr_pagetable(ptlab_pcp_counting(), Int32(nodeIndexByID[page.node]), Int64(delta))
+        ptlab_pcp_add_nr_pagetable(ptlab_pcp_counting(), Int32(nodeIndex(ofPFN: pfn(of: page.desc))), Int64(delta))
     }
 }
 

@@ -52,7 +52,7 @@ public enum PageTables {
     /// page goes back to the allocator.
     public static func dtorFree(_ page: Page, allocator: PageAllocator) {
         dtor(page, allocator: allocator)
-        recordFreeLatency(page)
+        recordFreeLatency(page, pfn: allocator.pfn(of: page.desc))
         do {
             try allocator.free(page)
         } catch {
@@ -82,8 +82,8 @@ public enum PageTables {
     }
 
     @inline(__always)
-    private static func recordFreeLatency(_ page: Page) {
-        guard FreeLatency.samples(pfn: page.desc.pointee.pfn) else { return }
+    private static func recordFreeLatency(_ page: Page, pfn: UInt32) {
+        guard FreeLatency.samples(pfn: pfn) else { return }
         let queued = page.desc.pointee.queued_ns
         guard queued != 0 else { return }
         page.desc.pointee.queued_ns = 0
