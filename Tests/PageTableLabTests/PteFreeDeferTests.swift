@@ -39,6 +39,26 @@ final class PteFreeDeferTests: XCTestCase {
         }
     }
 
+    /// One deferred free in FreeLatency.sampleEvery is timed, chosen by
+    /// PFN: the histogram holds exactly those, and no other.
+    func testFreeLatencyTimesExactlyTheSampledTables() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let tables = try (0..<256).map { i in
+                try PageTables.alloc(.pte, base: tib + UInt64(i) << 21, mm: mm, node: .local, allocator: allocator)
+            }
+            let sampled = tables.filter { FreeLatency.samples(pfn: $0.pfn) }.count
+            XCTAssertGreaterThan(sampled, 0, "256 frames include a multiple of \(FreeLatency.sampleEvery)")
+            FreeLatency.reset()
+            for t in tables { try mm.pteFreeDefer(t) }
+            try RCU.barrier()
+            let summary = FreeLatency.summary()
+            XCTAssertEqual(summary.count, UInt64(sampled))
+            XCTAssertGreaterThan(summary.p50, 0, "a grace period passed between queueing and freeing")
+            mm.exit()
+        }
+    }
+
     func testDoubleDeferIsAnError() throws {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)

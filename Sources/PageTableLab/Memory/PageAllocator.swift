@@ -400,6 +400,7 @@ public final class PageAllocator: @unchecked Sendable {
 
     /// NR_PAGETABLE: the page-table constructor and destructor account
     /// here, per thread as the kernel's per-cpu vmstat does.
+    @inline(__always)
     public func accountPageTable(_ page: Page, delta: Int) {
         ptlab_pcp_add_nr_pagetable(ptlab_pcp_counting(), Int32(nodeIndex(ofPFN: pfn(of: page.desc))), Int64(delta))
     }

@@ -14,9 +14,11 @@ public enum FreeLatency {
     /// One deferred free in this many is timed. Timing costs a clock read
     /// when the free is queued and another, plus this histogram's lock, when
     /// it happens: per table that was more than the rest of pte_free_now
-    /// (BENCHMARKS.md). The sample is chosen by PFN, which has nothing to do
+    /// (BENCHMARKS.md), and at one in 16 it was still 2 ns of the RCU
+    /// worker's 20 per table. One in 64 still gives a flood of 2^18 tables
+    /// 4,096 samples. The sample is chosen by PFN, which has nothing to do
     /// with how long a table waits, so the distribution is not skewed.
-    static let sampleEvery: UInt32 = 16
+    static let sampleEvery: UInt32 = 64
 
     @inline(__always)
     static func samples(pfn: UInt32) -> Bool { pfn & (sampleEvery - 1) == 0 }
