@@ -41,6 +41,7 @@ public enum PageTables {
 
     /// pagetable_dtor: ptlock_free and NR_PAGETABLE. Runs once: PG_table
     /// says whether it still has to.
+    @inline(__always)
     public static func dtor(_ page: Page, allocator: PageAllocator) {
         let d = page.desc
         guard ptlab_page_test_clear_table(d) != 0 else { return }
@@ -50,6 +51,7 @@ public enum PageTables {
 
     /// pagetable_dtor_free: the destructor if it has not run yet, then the
     /// page goes back to the allocator.
+    @inline(__always)
     public static func dtorFree(_ page: Page, allocator: PageAllocator) {
         dtor(page, allocator: allocator)
         recordFreeLatency(page, pfn: allocator.pfn(of: page.desc))
@@ -84,6 +86,13 @@ public enum PageTables {
     @inline(__always)
     private static func recordFreeLatency(_ page: Page, pfn: UInt32) {
         guard FreeLatency.samples(pfn: pfn) else { return }
+        recordSampledFreeLatency(page)
+    }
+
+    /// Out of line: the clock, the lock and the histogram would give every
+    /// free a bigger frame and a stack protector.
+    @inline(never)
+    private static func recordSampledFreeLatency(_ page: Page) {
         let queued = page.desc.pointee.queued_ns
         guard queued != 0 else { return }
         page.desc.pointee.queued_ns = 0
