@@ -607,29 +607,54 @@ static inline int ptlab_pcp_push(struct ptlab_pcp *pcp, int node, uint32_t pfn)
     pcp->count[node] = n + 1;
     return 1;
 }
+/* Whether @want PFNs from @w are one naturally aligned block, in any order. */
+static inline int ptlab_pcp_window_is_block(const uint32_t *w, uint32_t want, uint32_t *base)
+{
+    uint32_t b = w[0] & ~(want - 1);
+    uint64_t seen = 0;
+    for (uint32_t i = 0; i < want; i++) {
+        uint32_t off = w[i] - b;
+        if (off >= want || ((seen >> off) & 1))
+            return 0;
+        seen |= 1ull << off;
+    }
+    *base = b;
+    return 1;
+}
 /*
- * If the newest 2^@order (at most 64) cached PFNs for @node are one
- * naturally aligned block, in any order, drop them and return its first
- * PFN + 1; else 0. The RCU worker frees a flood's tables in the order they
- * were allocated, so a drain often gives back a whole block, and one buddy
- * insertion does for it instead of a merge per page.
+ * Drop one naturally aligned block of 2^@order (at most 64) cached PFNs
+ * for @node and return its first PFN + 1, or 0 if none is found where
+ * looked: so that a drain gives back a whole block, one buddy insertion
+ * instead of a merge per page. The RCU worker frees a flood's tables in
+ * the order they were allocated, so the newest entries are a run of
+ * consecutive PFNs; where that run stands against the cache's block-sized
+ * windows depends on how many pages the cache held before the flood. So
+ * two windows are tried: the newest 2^@order entries, then those just
+ * below the newest, still partial, block. Looking at the newest only, a
+ * cache that started a flood holding a number of pages that was not a
+ * multiple of the block gave back no whole block for the whole flood: a
+ * merge per page, 5 ns of every deferred free (BENCHMARKS.md).
  */
 static inline uint32_t ptlab_pcp_take_block(struct ptlab_pcp *pcp, int node, unsigned order)
 {
     uint32_t n = pcp->count[node], want = 1u << order;
     if (order > 6 || n < want)
         return 0;
-    const uint32_t *top = &pcp->pfns[node][n - want];
-    uint32_t base = top[0] & ~(want - 1);
-    uint64_t seen = 0;
-    for (uint32_t i = 0; i < want; i++) {
-        uint32_t off = top[i] - base;
-        if (off >= want || ((seen >> off) & 1))
-            return 0;
-        seen |= 1ull << off;
+    uint32_t *pfns = pcp->pfns[node];
+    uint32_t partial = (pfns[n - 1] + 1) & (want - 1);   /* newest block's entries, if it is not whole */
+    uint32_t above[2] = { 0, partial };
+    for (int t = 0; t < (partial ? 2 : 1); t++) {
+        uint32_t o = above[t], base;
+        if (n < want + o)
+            break;
+        if (!ptlab_pcp_window_is_block(&pfns[n - want - o], want, &base))
+            continue;
+        for (uint32_t i = 0; i < o; i++)
+            pfns[n - want - o + i] = pfns[n - o + i];
+        pcp->count[node] = n - want;
+        return base + 1;
     }
-    pcp->count[node] = n - want;
-    return base + 1;
+    return 0;
 }
 static inline uint32_t ptlab_pcp_count(const struct ptlab_pcp *pcp, int node) { return pcp->count[node]; }
 static inline void ptlab_pcp_forget(struct ptlab_pcp *pcp, uint64_t epoch)

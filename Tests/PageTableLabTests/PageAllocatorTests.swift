@@ -182,6 +182,26 @@ final class PageAllocatorTests: XCTestCase {
         XCTAssertEqual(allocator.totalAllocatedPages, 0)
     }
 
+    /// A drain finds a whole block among the cache's newest entries even
+    /// when the cache held pages from before, so that the run of frees no
+    /// longer lines up with the top of the cache: here five older pages,
+    /// then frames 32...50 freed in order. Looking only at the newest 16
+    /// (35...50) found no block, and every drain of such a run merged page
+    /// by page.
+    func testTakeBlockFindsTheWholeBlockBelowAPartialOne() {
+        var pcp = ptlab_pcp()
+        for pfn: UInt32 in [7, 100, 3, 900, 12] + Array(32...50) { XCTAssertEqual(ptlab_pcp_push(&pcp, 0, pfn), 1) }
+        XCTAssertEqual(ptlab_pcp_take_block(&pcp, 0, 4), 32 + 1, "frames 32...47, as PFN + 1")
+        var left: [UInt32] = []
+        while case let pfn = ptlab_pcp_pop(&pcp, 0), pfn != 0 { left.append(pfn - 1) }
+        XCTAssertEqual(Array(left.reversed()), [7, 100, 3, 900, 12, 48, 49, 50], "the rest, in order")
+
+        // No whole block in either window: nothing is taken.
+        for pfn: UInt32 in [7, 100, 3, 900, 12] + Array(33...50) { _ = ptlab_pcp_push(&pcp, 0, pfn) }
+        XCTAssertEqual(ptlab_pcp_take_block(&pcp, 0, 4), 0)
+        XCTAssertEqual(ptlab_pcp_count(&pcp, 0), 23)
+    }
+
     /// An order-n block is naturally aligned, by frame number and by address,
     /// as the kernel's compound pages are.
     func testOrderNBlocksAreNaturallyAligned() throws {
