@@ -241,6 +241,11 @@ static inline void ptlab_zone_unlock(struct ptlab_zone *z)
 }
 /* free_head as a pointer: Swift imports a C array as a tuple. */
 static inline uint32_t *ptlab_zone_free_heads(struct ptlab_zone *z) { return z->free_head; }
+/* Field by field, under the lock: a Swift `zone.pointee.chunks_mapped += 1`
+ * is an access to the whole struct, lock word included, which a thread
+ * spinning for the lock writes at the same time (a race to TSan). */
+static inline uint32_t ptlab_zone_chunks_mapped(const struct ptlab_zone *z) { return z->chunks_mapped; }
+static inline void ptlab_zone_add_chunk(struct ptlab_zone *z) { z->chunks_mapped++; }
 
 /* ------------------------------------------------------ page descriptor -- */
 

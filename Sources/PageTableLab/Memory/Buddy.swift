@@ -82,7 +82,7 @@ extension PageAllocator {
     /// Bring up the node's next chunk: real memory bound to the node, and
     /// descriptors for its frames. Only on the allocation side.
     private func mapChunk(_ zone: Zone, node index: Int) -> Bool {
-        let mapped = Int(zone.pointee.chunks_mapped)
+        let mapped = Int(ptlab_zone_chunks_mapped(zone))
         guard mapped < pagesPerNode / chunkPages else { return false }
         let nodeID = nodes[index].id
         let bytes = chunkPages << 12
@@ -96,7 +96,7 @@ extension PageAllocator {
             ptlab_page_set_state(d, PTLAB_PAGE_FREE.rawValue)
         }
         ptlab_asan_poison_pages(base, bytes)
-        zone.pointee.chunks_mapped += 1
+        ptlab_zone_add_chunk(zone)
         link(zone, memmap + firstPFN, order: maxOrder)
         return true
     }

@@ -378,7 +378,7 @@ public final class PageAllocator: @unchecked Sendable {
     public func stats(node id: Int) throws(PageAllocError) -> NodeStats {
         let index = try nodeIndex(ofID: id)
         let arena = nodes[index]
-        let mapped = withZoneLocked(index) { Int($0.pointee.chunks_mapped) } * chunkPages
+        let mapped = withZoneLocked(index) { Int(ptlab_zone_chunks_mapped($0)) } * chunkPages
         let allocated = Int(ptlab_pcp_sum_allocated(Int32(index)))
         return NodeStats(
             node: id, budgetPages: pagesPerNode, mappedPages: mapped,
