@@ -220,7 +220,9 @@ struct ptlab_zone {
     ptlab_spinlock_t lock;                      /* zone->lock */
     uint32_t chunks_mapped;                     /* chunks brought up from libnuma */
     uint32_t free_head[PTLAB_MAX_ORDER + 1];    /* free_area[order]: PFN + 1 of a free block; 0 = none */
-    uint32_t pad[11];                           /* to two whole lines, so zones never share one */
+    uint64_t pcp_blocks_in;                     /* pcp drains given back as whole blocks */
+    uint64_t pcp_pages_in;                      /* ... and page by page */
+    uint32_t pad[6];                            /* to two whole lines, so zones never share one */
 };
 _Static_assert(sizeof(struct ptlab_zone) == 128, "struct ptlab_zone is two cache lines");
 
@@ -246,6 +248,15 @@ static inline uint32_t *ptlab_zone_free_heads(struct ptlab_zone *z) { return z->
  * spinning for the lock writes at the same time (a race to TSan). */
 static inline uint32_t ptlab_zone_chunks_mapped(const struct ptlab_zone *z) { return z->chunks_mapped; }
 static inline void ptlab_zone_add_chunk(struct ptlab_zone *z) { z->chunks_mapped++; }
+static inline void ptlab_zone_count_pcp_drain(struct ptlab_zone *z, int whole_block)
+{
+    if (whole_block)
+        z->pcp_blocks_in++;
+    else
+        z->pcp_pages_in++;
+}
+static inline uint64_t ptlab_zone_pcp_blocks_in(const struct ptlab_zone *z) { return z->pcp_blocks_in; }
+static inline uint64_t ptlab_zone_pcp_pages_in(const struct ptlab_zone *z) { return z->pcp_pages_in; }
 
 /* ------------------------------------------------------ page descriptor -- */
 
@@ -627,18 +638,23 @@ static inline int ptlab_pcp_window_is_block(const uint32_t *w, uint32_t want, ui
     return 1;
 }
 /*
+ * How many of the newest entries for @node belong to a block of 2^@order
+ * that is not yet whole, reading them as the run of consecutive PFNs a
+ * flood frees: (newest + 1) mod 2^@order.
+ */
+static inline uint32_t ptlab_pcp_partial_block(const struct ptlab_pcp *pcp, int node, unsigned order)
+{
+    uint32_t n = pcp->count[node];
+    return n ? (pcp->pfns[node][n - 1] + 1) & ((1u << order) - 1) : 0;
+}
+/*
  * Drop one naturally aligned block of 2^@order (at most 64) cached PFNs
  * for @node and return its first PFN + 1, or 0 if none is found where
  * looked: so that a drain gives back a whole block, one buddy insertion
  * instead of a merge per page. The RCU worker frees a flood's tables in
  * the order they were allocated, so the newest entries are a run of
- * consecutive PFNs; where that run stands against the cache's block-sized
- * windows depends on how many pages the cache held before the flood. So
- * two windows are tried: the newest 2^@order entries, then those just
- * below the newest, still partial, block. Looking at the newest only, a
- * cache that started a flood holding a number of pages that was not a
- * multiple of the block gave back no whole block for the whole flood: a
- * merge per page, 5 ns of every deferred free (BENCHMARKS.md).
+ * consecutive PFNs, and two windows are tried: the newest 2^@order
+ * entries, then those just below the newest, still partial, block.
  */
 static inline uint32_t ptlab_pcp_take_block(struct ptlab_pcp *pcp, int node, unsigned order)
 {
@@ -646,7 +662,7 @@ static inline uint32_t ptlab_pcp_take_block(struct ptlab_pcp *pcp, int node, uns
     if (order > 6 || n < want)
         return 0;
     uint32_t *pfns = pcp->pfns[node];
-    uint32_t partial = (pfns[n - 1] + 1) & (want - 1);   /* newest block's entries, if it is not whole */
+    uint32_t partial = ptlab_pcp_partial_block(pcp, node, order);
     uint32_t above[2] = { 0, partial };
     for (int t = 0; t < (partial ? 2 : 1); t++) {
         uint32_t o = above[t], base;
@@ -660,6 +676,26 @@ static inline uint32_t ptlab_pcp_take_block(struct ptlab_pcp *pcp, int node, uns
         return base + 1;
     }
     return 0;
+}
+/*
+ * Pop the entry for @node just below the newest @keep, which stay on top;
+ * returns PFN + 1, or 0 if there is none. A drain that finds no whole block
+ * gives pages back from under the block still filling up, so that the
+ * next drain finds it whole: taking the newest 16 instead, a run that
+ * started at a PFN not a multiple of 16 stayed out of step with the
+ * drains for the whole flood, a merge per page (BENCHMARKS.md).
+ */
+static inline uint32_t ptlab_pcp_pop_below(struct ptlab_pcp *pcp, int node, uint32_t keep)
+{
+    uint32_t n = pcp->count[node];
+    if (n <= keep)
+        return 0;
+    uint32_t *pfns = pcp->pfns[node];
+    uint32_t pfn = pfns[n - 1 - keep];
+    for (uint32_t i = n - 1 - keep; i + 1 < n; i++)
+        pfns[i] = pfns[i + 1];
+    pcp->count[node] = n - 1;
+    return pfn + 1;
 }
 static inline uint32_t ptlab_pcp_count(const struct ptlab_pcp *pcp, int node) { return pcp->count[node]; }
 static inline void ptlab_pcp_forget(struct ptlab_pcp *pcp, uint64_t epoch)

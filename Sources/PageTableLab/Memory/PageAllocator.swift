@@ -349,15 +349,27 @@ public final class PageAllocator: @unchecked Sendable {
                 if left >= Self.pcpBatch, maxOrder >= Self.pcpBatchOrder,
                    case let base = ptlab_pcp_take_block(pcp, Int32(index), UInt32(Self.pcpBatchOrder)), base != 0 {
                     putBlock(zone, memmap + Int(base - 1), order: Self.pcpBatchOrder)
+                    ptlab_zone_count_pcp_drain(zone, 1)
                     left -= Self.pcpBatch
                     continue
                 }
-                let cached = ptlab_pcp_pop(pcp, Int32(index))
-                guard cached != 0 else { break }
-                putBlock(zone, memmap + Int(cached - 1), order: 0)
+                // No whole block: pages from under the one still filling
+                // up, which stays, unless this drain must empty the cache.
+                let cached = Int(ptlab_pcp_count(pcp, Int32(index)))
+                let partial = Int(ptlab_pcp_partial_block(pcp, Int32(index), UInt32(Self.pcpBatchOrder)))
+                let pfn = ptlab_pcp_pop_below(pcp, Int32(index), UInt32(min(partial, max(0, cached - left))))
+                guard pfn != 0 else { break }
+                putBlock(zone, memmap + Int(pfn - 1), order: 0)
+                ptlab_zone_count_pcp_drain(zone, 0)
                 left -= 1
             }
         }
+    }
+
+    /// What the per-thread caches' drains gave back to node `index`: whole
+    /// blocks, and single pages (each a buddy merge of its own).
+    func pcpDrains(node index: Int) -> (blocks: UInt64, pages: UInt64) {
+        withZoneLocked(index) { (ptlab_zone_pcp_blocks_in($0), ptlab_zone_pcp_pages_in($0)) }
     }
 
     /// Return every page a dying thread had cached for this allocator.
