@@ -627,6 +627,16 @@ static inline int ptlab_pcp_push(struct ptlab_pcp *pcp, int node, uint32_t pfn)
 static inline int ptlab_pcp_window_is_block(const uint32_t *w, uint32_t want, uint32_t *base)
 {
     uint32_t b = w[0] & ~(want - 1);
+    if (w[0] == b) {
+        /* A flood's run, in order: no bitmap, no chain of dependent ORs. */
+        uint32_t i = 1;
+        while (i < want && w[i] == b + i)
+            i++;
+        if (i == want) {
+            *base = b;
+            return 1;
+        }
+    }
     uint64_t seen = 0;
     for (uint32_t i = 0; i < want; i++) {
         uint32_t off = w[i] - b;
@@ -724,6 +734,15 @@ void ptlab_poison_pages(void *addr, size_t bytes);
 void __asan_poison_memory_region(void const volatile *addr, size_t size);
 void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 #endif
+/* Constant, so that a caller can skip working out an address for nothing. */
+static inline int ptlab_asan_enabled(void)
+{
+#ifdef PTLAB_ASAN
+    return 1;
+#else
+    return 0;
+#endif
+}
 static inline void ptlab_asan_poison_pages(void *addr, size_t bytes)
 {
 #ifdef PTLAB_ASAN

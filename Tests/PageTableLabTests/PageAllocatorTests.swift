@@ -196,6 +196,11 @@ final class PageAllocatorTests: XCTestCase {
         while case let pfn = ptlab_pcp_pop(&pcp, 0), pfn != 0 { left.append(pfn - 1) }
         XCTAssertEqual(Array(left.reversed()), [7, 100, 3, 900, 12, 48, 49, 50], "the rest, in order")
 
+        // A whole block in any order is one too.
+        for pfn: UInt32 in Array((64...79).reversed()) { _ = ptlab_pcp_push(&pcp, 0, pfn) }
+        XCTAssertEqual(ptlab_pcp_take_block(&pcp, 0, 4), 64 + 1)
+        XCTAssertEqual(ptlab_pcp_count(&pcp, 0), 0)
+
         // No whole block in either window: nothing is taken.
         for pfn: UInt32 in [7, 100, 3, 900, 12] + Array(33...50) { _ = ptlab_pcp_push(&pcp, 0, pfn) }
         XCTAssertEqual(ptlab_pcp_take_block(&pcp, 0, 4), 0)

@@ -225,7 +225,7 @@ public final class PageAllocator: @unchecked Sendable {
     @inline(__always)
     private func finishAlloc(_ d: UnsafeMutablePointer<ptdesc>, order: Int, zero: Bool) -> Page {
         let page = Page(d)
-        ptlab_asan_unpoison_pages(address(of: page), 4096 << order)
+        if ptlab_asan_enabled() != 0 { ptlab_asan_unpoison_pages(address(of: page), 4096 << order) }
         if zero { memset(address(of: page), 0, 4096 << order) }
         return page
     }
@@ -287,7 +287,7 @@ public final class PageAllocator: @unchecked Sendable {
         let pfn = pfn(of: d)
         ptlab_page_retire(d)
         if parameters.poison { ptlab_poison_pages(address(pfn: UInt64(pfn)), 4096 << order) }
-        ptlab_asan_poison_pages(address(pfn: UInt64(pfn)), 4096 << order)
+        if ptlab_asan_enabled() != 0 { ptlab_asan_poison_pages(address(pfn: UInt64(pfn)), 4096 << order) }
         let index = nodeIndex(ofPFN: pfn)
         let pcp = thisPCP()
         ptlab_pcp_add_allocated(pcp, Int32(index), -Int64(1 << order))
