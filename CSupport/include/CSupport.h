@@ -409,9 +409,10 @@ static inline void ptlab_page_clear_flags(struct ptdesc *d, uint64_t bits)
     atomic_fetch_and_explicit(&d->flags, ~bits, memory_order_acq_rel);
 }
 /*
- * __folio_set_pgtable, for the constructors: the thread that just allocated
- * the page is its only writer, so a load and a store (a locked OR here
- * drained the store buffer on every table allocated).
+ * __folio_set_pgtable, for the constructors (ptlock_init sets its flag
+ * through it too): the thread that just allocated the page is its only
+ * writer, so a load and a store (a locked OR here drained the store buffer
+ * on every table allocated).
  */
 static inline void ptlab_page_mark_table(struct ptdesc *d, uint64_t bits)
 {
@@ -446,8 +447,7 @@ static inline void ptlab_ptl_unlock(struct ptdesc *d) { ptlab_spin_unlock(&d->pt
 static inline void ptlab_ptl_init(struct ptdesc *d)
 {
     ptlab_spin_init(&d->ptl);
-    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
-    atomic_store_explicit(&d->flags, f | PTLAB_PG_PTLOCK, memory_order_release);
+    ptlab_page_mark_table(d, PTLAB_PG_PTLOCK);
 }
 static inline void ptlab_ptl_free(struct ptdesc *d)
 {
