@@ -57,58 +57,40 @@ static void ptlab_rcu_trampoline(struct rcu_head *rh)
     ptlab_tsan_release(&barrier_key);
 }
 
-static void note_peak(int64_t now)
-{
-    int64_t peak = atomic_load_explicit(&ptlab_rcu_stats.peak_bytes, memory_order_relaxed);
-    while (now > peak &&
-           !atomic_compare_exchange_weak_explicit(&ptlab_rcu_stats.peak_bytes, &peak, now,
-                                                  memory_order_relaxed, memory_order_relaxed))
-        ;
-}
-
 /*
- * Each caller sums the counters (a lock and a walk over the threads) once
- * every RESERVE_LOOK_EVERY calls, not on every call: that is where the
- * peak is sampled, and where a bounded caller learns what callbacks have
- * returned. Between looks a bounded caller adds its reservation to the
- * global count and compares against the last look's view of everything
- * else: done only grows, so that view overstates what is outstanding, and
- * a reservation it would refuse gets a fresh look first. An unbounded
- * caller counts in its own thread and never touches a shared line between
- * looks, and looks only for the peak, so less often: a look reads every
- * thread's counters, lines the RCU worker is writing, and at one in 64
- * that was about 4 ns of every call (BENCHMARKS.md). Its peak may miss what
- * one thread queued since its last look.
+ * A bounded caller sums the counters (a lock and a walk over the threads)
+ * once every RESERVE_LOOK_EVERY calls, not on every call: that is where it
+ * learns what callbacks have returned. Between looks it adds its
+ * reservation to the global count and compares against the last look's
+ * view of everything else: done only grows, so that view overstates what
+ * is outstanding, and a reservation it would refuse gets a fresh look
+ * first. An unbounded caller counts in its own thread and never touches a
+ * shared line. Nothing here measures the peak: the bound is checked from
+ * the other side (ptlab_rcu_in_flight_bytes), so that a broken admission
+ * cannot hide its own overshoot.
  */
 #define RESERVE_LOOK_EVERY 64
-#define PEAK_LOOK_EVERY 1024
 static _Thread_local int64_t seen_rest;          /* outstanding, less bounded reservations */
-static _Thread_local unsigned calls_since_look = PEAK_LOOK_EVERY;   /* the first call looks */
+static _Thread_local unsigned calls_since_look = RESERVE_LOOK_EVERY;   /* the first call looks */
 
 int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound)
 {
-    int64_t bounded = 0;
-    if (bound)
-        bounded = atomic_fetch_add_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
-                                            memory_order_release) + (int64_t)bytes;
-    else
+    if (!bound) {
         ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_RCU_RESERVED_BYTES, (int64_t)bytes);
-    int look = ++calls_since_look >= (bound ? RESERVE_LOOK_EVERY : PEAK_LOOK_EVERY);
-    if (!look && bound && bounded + seen_rest > (int64_t)bound)
-        look = 1;
-    if (!look)
+        return 1;
+    }
+    int64_t bounded = atomic_fetch_add_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
+                                                memory_order_release) + (int64_t)bytes;
+    if (++calls_since_look < RESERVE_LOOK_EVERY && bounded + seen_rest <= (int64_t)bound)
         return 1;
     calls_since_look = 0;
-    int64_t ev[PTLAB_NR_EVENTS];
-    ptlab_pcp_sum_events(ev);
-    int64_t now = outstanding_of(ev);
+    int64_t now = outstanding_bytes();
     seen_rest = now - atomic_load_explicit(&ptlab_rcu_stats.reserved_bytes, memory_order_relaxed);
-    if (bound && now > (int64_t)bound) {
+    if (now > (int64_t)bound) {
         atomic_fetch_sub_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
                                   memory_order_relaxed);
         return 0;
     }
-    note_peak(now);
     return 1;
 }
 
@@ -116,9 +98,11 @@ void ptlab_call_rcu(struct ptlab_rcu_head *head, void (*func)(struct ptlab_rcu_h
                     uint64_t bytes)
 {
     /* @bytes were reserved by ptlab_rcu_reserve; the trampoline returns them. */
+    struct ptlab_pcp *pcp = ptlab_pcp_counting();
     head->func = func;
     head->bytes = bytes;
-    ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_RCU_QUEUED, 1);
+    ptlab_pcp_event_add(pcp, PTLAB_EV_RCU_QUEUED, 1);
+    ptlab_pcp_event_add(pcp, PTLAB_EV_RCU_QUEUED_BYTES, (int64_t)bytes);
     ptlab_tsan_release(head);
     urcu_memb_call_rcu(&head->head, ptlab_rcu_trampoline);
 }
@@ -194,11 +178,20 @@ void ptlab_rcu_stats_read(struct ptlab_rcu_stats_snapshot *out)
     out->queued = (uint64_t)ev[PTLAB_EV_RCU_QUEUED];
     out->outstanding_callbacks = ev[PTLAB_EV_RCU_QUEUED] - ev[PTLAB_EV_RCU_INVOKED];
     out->outstanding_bytes = outstanding_of(ev);
-    out->peak_bytes = atomic_load(&ptlab_rcu_stats.peak_bytes);
+    out->in_flight_bytes = ev[PTLAB_EV_RCU_QUEUED_BYTES] - ev[PTLAB_EV_RCU_DONE_BYTES];
     out->inline_fallbacks = atomic_load(&ptlab_rcu_stats.inline_fallbacks);
 }
 
-void ptlab_rcu_reset_peak(void)
+/*
+ * Queued first, then done, in two passes: a callback that returns between
+ * the two reads can only lower the result. Read the other way round (as one
+ * pass of ptlab_pcp_sum_events reads them), a burst of callbacks finishing
+ * mid-sum would add bytes that were never in flight together, and a
+ * monitor would report an overshoot that did not happen. So a sample is
+ * never more than what liburcu held when it began.
+ */
+int64_t ptlab_rcu_in_flight_bytes(void)
 {
-    atomic_store(&ptlab_rcu_stats.peak_bytes, outstanding_bytes());
+    int64_t queued = ptlab_pcp_sum_event(PTLAB_EV_RCU_QUEUED_BYTES);
+    return queued - ptlab_pcp_sum_event(PTLAB_EV_RCU_DONE_BYTES);
 }

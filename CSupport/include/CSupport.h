@@ -85,19 +85,23 @@ struct ptlab_rcu_head {
  */
 struct ptlab_rcu_stats {
     _Alignas(64) _Atomic int64_t reserved_bytes;   /* bounded reservations, less those refused */
-    _Atomic int64_t peak_bytes;                    /* sampled: see ptlab_rcu_reserve */
     _Alignas(64) _Atomic uint64_t inline_fallbacks;
 };
 extern struct ptlab_rcu_stats ptlab_rcu_stats;
 
 /* A plain copy of the stats, for Swift (which cannot touch C atomics). */
 struct ptlab_rcu_stats_snapshot {
-    int64_t outstanding_callbacks, outstanding_bytes, peak_bytes;
+    int64_t outstanding_callbacks, outstanding_bytes, in_flight_bytes;
     uint64_t queued, invoked, inline_fallbacks;
 };
 void ptlab_rcu_stats_read(struct ptlab_rcu_stats_snapshot *out);
-/* Restart the peak from what is outstanding now. */
-void ptlab_rcu_reset_peak(void);
+/*
+ * Bytes handed to liburcu and not yet given back by their callbacks: counted
+ * where the head is queued and where the trampoline returns, never by the
+ * admission that the bound works through, so that a monitor sampling it
+ * checks the bound from the other side.
+ */
+int64_t ptlab_rcu_in_flight_bytes(void);
 
 /* Registration depth of this thread with liburcu (scoped registration). */
 extern _Thread_local int ptlab_rcu_registered_depth;
@@ -513,6 +517,7 @@ enum ptlab_event {
     PTLAB_EV_RCU_INVOKED,
     PTLAB_EV_RCU_DONE_BYTES,
     PTLAB_EV_RCU_QUEUED,
+    PTLAB_EV_RCU_QUEUED_BYTES,        /* handed to liburcu, whatever admission said */
     PTLAB_EV_RCU_RESERVED_BYTES,      /* unbounded calls; bounded ones reserve globally */
     PTLAB_EV_TABLES_ALLOCATED,
     PTLAB_EV_TABLES_FREED,

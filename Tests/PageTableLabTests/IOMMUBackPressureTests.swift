@@ -39,7 +39,7 @@ final class IOMMUBackPressureTests: XCTestCase {
                     }
                 }
             }
-            yieldUntil { iommu.counters.snapshot().queueFull >= 1 }
+            try waitUntil("no submitter ever found the queue full") { iommu.counters.snapshot().queueFull >= 1 }
             XCTAssertEqual(iommu.freeSlots, iommu.queueLength - 202)
             iommu.faultInjection.resumeFetching()
             for s in submitters { s.join() }

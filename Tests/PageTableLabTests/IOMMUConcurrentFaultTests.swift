@@ -23,13 +23,13 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
     /// Post `batches` in this ring order with fetching stalled, each
     /// submitter on its own thread, then resume the hardware and wait for
     /// every submitter. Returns each one's outcome.
-    private func round(_ iommu: IntelIOMMU, _ batches: [[RawDescriptor]]) -> [Result<Void, QIError>] {
+    private func round(_ iommu: IntelIOMMU, _ batches: [[RawDescriptor]]) throws -> [Result<Void, QIError>] {
         iommu.faultInjection.stallFetching()
         var free = iommu.freeSlots
-        let submitters = batches.map { batch in
+        let submitters = try batches.map { batch in
             let s = Submitter(iommu, batch)
             free -= batch.count + 1
-            yieldUntil { iommu.freeSlots == free }      // posted: the next one goes after it
+            try waitUntil("the posted submission never left the queue") { iommu.freeSlots == free }      // posted: the next one goes after it
             return s
         }
         iommu.faultInjection.resumeFetching()
@@ -47,7 +47,7 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
     func testAnEmptySubmissionCompletesBesideOthers() throws {
         try withIOMMU { _, iommu in
             for _ in 0..<Self.rounds {
-                let results = round(iommu, [[], [Self.good], []])
+                let results = try round(iommu, [[], [Self.good], []])
                 for r in results { XCTAssertNoThrow(try r.get()) }
                 assertQuiet(iommu)
             }
@@ -65,7 +65,7 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
             _ = try iommu.attachDevice(sid: Self.sid, did: 1, ats: true)
             for _ in 0..<Self.rounds {
                 iommu.faultInjection.injectITE()
-                let results = round(iommu, [[Self.good], [Self.deviceTLB], [Self.good]])
+                let results = try round(iommu, [[Self.good], [Self.deviceTLB], [Self.good]])
                 for r in results { XCTAssertNoThrow(try r.get()) }
                 assertQuiet(iommu)
             }
@@ -86,7 +86,7 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
         try withIOMMU { _, iommu in
             for _ in 0..<Self.rounds {
                 iommu.faultInjection.injectIQE(skipping: 2)    // A's, B's first, then B's second
-                let results = round(iommu, [[Self.good], [Self.good, Self.good], [Self.good]])
+                let results = try round(iommu, [[Self.good], [Self.good, Self.good], [Self.good]])
                 XCTAssertNoThrow(try results[0].get())
                 XCTAssertThrowsError(try results[1].get()) {
                     guard case .invalidDescriptor(1, _, .reservedField, true, nil) = $0 as? QIError else {
@@ -110,7 +110,7 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
             _ = try iommu.attachDevice(sid: Self.sid, did: 1, ats: true)
             for _ in 0..<Self.rounds {
                 iommu.faultInjection.injectICE()
-                let results = round(iommu, [[Self.good], [Self.good, Self.deviceTLB], [Self.good]])
+                let results = try round(iommu, [[Self.good], [Self.good, Self.deviceTLB], [Self.good]])
                 XCTAssertNoThrow(try results[0].get())
                 XCTAssertThrowsError(try results[1].get()) {
                     XCTAssertEqual($0 as? QIError, .completionError(sid: Self.sid))

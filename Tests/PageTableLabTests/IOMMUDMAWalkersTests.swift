@@ -22,7 +22,7 @@ final class IOMMUDMAWalkersTests: XCTestCase {
             for _ in 0..<200 {
                 try iommu.iommuSVAInvalidateRange(pasid: 1, start: Self.region, end: Self.region + 64 << 12)
             }
-            yieldUntil { walkers.translations.load(ordering: .relaxed) >= 2000 }
+            try waitUntil("the DMA walkers never made 2000 translations") { walkers.translations.load(ordering: .relaxed) >= 2000 }
             walkers.stop()
             let s = iommu.counters.snapshot()
             XCTAssertEqual(wrong.count, 0)
@@ -71,7 +71,7 @@ final class IOMMUDMAWalkersTests: XCTestCase {
                 // Let a walk that began after the link finish (two walkers: the
                 // third translation from now did), so the PDE is cached.
                 let seen = walkers.translations.load(ordering: .relaxed)
-                yieldUntil { walkers.translations.load(ordering: .relaxed) >= seen + 3 }
+                try waitUntil("the DMA walkers stopped translating") { walkers.translations.load(ordering: .relaxed) >= seen + 3 }
                 ptlab_pte_write(link, 0)
                 if invalidate {
                     try iommu.iommuSVAInvalidateRange(pasid: 1, start: Self.region, end: Self.region + 0x20_0000)

@@ -14,13 +14,6 @@ func makeIOMMUTestAllocator(poison: Bool = false) throws -> PageAllocator {
     return try PageAllocator(parameters: p)
 }
 
-/// Wait for something another thread will make true. Not a sleep: it
-/// yields until the condition holds, and the condition must be one the
-/// test guarantees will become true.
-func yieldUntil(_ condition: () -> Bool) {
-    while !condition() { sched_yield() }
-}
-
 /// 4-level page tables built by hand from allocator pages, the way the mm
 /// model will build them: PageTable flag, level, kernel flag in the kernel
 /// half. Entries are present, writable, user, with A and D clear.

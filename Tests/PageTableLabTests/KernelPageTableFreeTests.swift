@@ -67,7 +67,9 @@ final class KernelPageTableFreeTests: XCTestCase {
             let pte = try XCTUnwrap(findKernelTable(rig, a))
             try rig.kernel.vunmap(address: a, length: 2 * mib)
             // The work is stuck in qi_submit_sync: nothing may be freed yet.
-            while rig.freer.work.runs.load(ordering: .relaxed) == 0 && rig.iommu.freeSlots == rig.iommu.queueLength { sched_yield() }
+            try waitUntil("the work never submitted its invalidation") {
+                rig.freer.work.runs.load(ordering: .relaxed) > 0 || rig.iommu.freeSlots < rig.iommu.queueLength
+            }
             XCTAssertEqual(pte.state, PTLAB_PAGE_DEFERRED.rawValue, "freed before the IOMMU was told")
             rig.iommu.faultInjection.resumeFetching()
             rig.freer.work.flush()

@@ -149,41 +149,66 @@ final class RCUTests: XCTestCase {
         XCTAssertEqual(after.outstandingBytes, before.outstandingBytes)
     }
 
-    /// A flood against a bound: outstanding deferred bytes never pass it,
-    /// because callers over it wait a grace period and free inline.
-    func testBoundHoldsUnderFlood() throws {
+    /// A flood against a bound, as `RCU.call`'s callers make it, measured
+    /// from the other side: a monitor samples the bytes liburcu really
+    /// holds, counted where callbacks give them back.
+    private func floodAgainstBound(admission: Bool) throws -> (peak: Int64, bound: Int64, ranInline: Int) {
         let threads = 2, perThread = 5_000, objectBytes: UInt64 = 4096
         let bound = 64 * objectBytes
         let objects = TrackedObjects(threads * perThread)
         defer { objects.deallocate() }
         try RCU.withRegisteredThread { try RCU.barrier() }
         DeferredBound.bytes = bound
-        DeferredBound.resetPeak()
+        DeferredBound.disableAdmissionForTesting(!admission)
+        defer { DeferredBound.disableAdmissionForTesting(false) }
         let before = DeferredBound.snapshot()
+        let monitor = DeferredMemoryMonitor(periodMicroseconds: 0)
         let tally = Tally()
         let flooders = (0..<threads).map { t in
             RCUThread {
                 for i in t * perThread..<(t + 1) * perThread {
-                    switch try? RCU.call(objects.head(i), bytes: objectBytes, countRun) {
-                    case .queued: tally.queued.add(1, ordering: .relaxed)
-                    case .ranInline: tally.ranInline.add(1, ordering: .relaxed)
-                    case nil: tally.errors.add(1, ordering: .relaxed)
+                    do {
+                        switch try RCU.call(objects.head(i), bytes: objectBytes, countRun) {
+                        case .queued: tally.queued.add(1, ordering: .relaxed)
+                        case .ranInline: tally.ranInline.add(1, ordering: .relaxed)
+                        }
+                    } catch {
+                        tally.errors.add(1, ordering: .relaxed)
                     }
                 }
             }
         }
         flooders.forEach { $0.join() }
+        let peak = monitor.stop()
         try RCU.withRegisteredThread { try RCU.barrier() }
         let after = DeferredBound.snapshot()
         let ranInline = tally.ranInline.load(ordering: .relaxed)
+        XCTAssertGreaterThan(monitor.sampleCount, 1, "the monitor never sampled during the flood")
         XCTAssertEqual(tally.errors.load(ordering: .relaxed), 0)
         XCTAssertEqual(tally.queued.load(ordering: .relaxed) + ranInline, threads * perThread)
-        XCTAssertLessThanOrEqual(after.peakBytes, Int64(bound), "outstanding deferred bytes passed the bound")
-        XCTAssertGreaterThan(after.peakBytes, 0, "nothing was ever deferred")
-        XCTAssertGreaterThan(ranInline, 0, "the flood never hit the bound")
         XCTAssertEqual(after.inlineFallbacks - before.inlineFallbacks, UInt64(ranInline))
         XCTAssertEqual(after.boundOvershoots, before.boundOvershoots)
+        XCTAssertEqual(after.inFlightBytes, before.inFlightBytes, "bytes still in flight after the barrier")
         XCTAssertEqual(objects.runCounts.filter { $0 != 1 }.count, 0, "callbacks that ran other than once")
+        return (peak, Int64(bound), ranInline)
+    }
+
+    /// The bound holds: callers over it wait a grace period and free
+    /// inline, so liburcu never holds more than the bound.
+    func testBoundHoldsUnderFlood() throws {
+        let r = try floodAgainstBound(admission: true)
+        XCTAssertLessThanOrEqual(r.peak, r.bound, "liburcu held more deferred bytes than the bound")
+        XCTAssertGreaterThan(r.peak, 0, "nothing was ever deferred")
+        XCTAssertGreaterThan(r.ranInline, 0, "the flood never hit the bound")
+    }
+
+    /// The check above can fail: with admission switched off (the bound's
+    /// check deleted), the same flood piles up far more than the bound,
+    /// and the monitor sees it.
+    func testBoundCheckCatchesAFloodWithoutAdmission() throws {
+        let r = try floodAgainstBound(admission: false)
+        XCTAssertEqual(r.ranInline, 0, "with admission off nothing should run inline")
+        XCTAssertGreaterThan(r.peak, r.bound, "the monitor did not see the flood pass the bound")
     }
 
     /// Waiting for a grace period inside a read section would wait for
@@ -239,6 +264,62 @@ final class RCUTests: XCTestCase {
         }
     }
 
+    /// start_poll_synchronize_rcu starts a grace period by itself: nobody
+    /// else waits for one or drains the callbacks, yet the cookie completes.
+    func testStartPollStartsAGracePeriodOnItsOwn() throws {
+        try RCU.withRegisteredThread {
+            let cookie = try GracePeriod.startPoll()
+            try waitUntil("the grace period startPoll should have started never completed") {
+                GracePeriod.poll(cookie)
+            }
+        }
+    }
+
+    /// A grace period that began with startPoll cannot end while a reader
+    /// that was inside before it is still inside, so poll must say false
+    /// for as long as the reader stays, and true once it has left.
+    func testPollIsNotTrueWhileAnEarlierReaderIsInside() throws {
+        try RCU.withRegisteredThread {
+            try RCU.synchronize()   // so "completed" has caught up with "started"
+            let cookie = try withGracePeriodHeld { () throws -> GracePeriod.Cookie in
+                let cookie = try GracePeriod.startPoll()
+                // Long enough for liburcu's worker to take the callback
+                // (it wakes every 10 ms); a correct grace period cannot
+                // end, so this can only fail a broken poll.
+                XCTAssertFalse(holdsWithin(milliseconds: 200) { GracePeriod.poll(cookie) },
+                               "poll said the grace period was over while a reader from before it was inside")
+                return cookie
+            }
+            try waitUntil("the polled grace period never completed after the reader left") { GracePeriod.poll(cookie) }
+        }
+    }
+
+    /// cond_synchronize_rcu waits when no grace period has passed since
+    /// its cookie: with a reader inside, it must not return until the
+    /// reader leaves, and afterwards the cookie is complete.
+    func testCondSynchronizeWaitsForAGracePeriodWhenNoneHasPassed() throws {
+        let returned = DispatchSemaphore(value: 0)
+        let cookieDone = Atomic<Bool>(false)
+        let waiter: RCUThread = try withGracePeriodHeld {
+            let cookie = GracePeriod.state()
+            let waiter = RCUThread {
+                do {
+                    try GracePeriod.condSynchronize(cookie)
+                    cookieDone.store(GracePeriod.poll(cookie), ordering: .relaxed)
+                } catch {
+                    XCTFail("condSynchronize: \(error)")
+                }
+                returned.signal()
+            }
+            XCTAssertEqual(returned.wait(timeout: .now() + .milliseconds(200)), .timedOut,
+                           "condSynchronize returned while a reader from before its cookie was inside")
+            return waiter
+        }
+        XCTAssertEqual(returned.wait(timeout: .now() + .seconds(30)), .success, "condSynchronize never returned")
+        waiter.join()
+        XCTAssertTrue(cookieDone.load(ordering: .relaxed), "the cookie was not complete when condSynchronize returned")
+    }
+
     func testStartPollCompletesByBarrier() throws {
         try RCU.withRegisteredThread {
             let cookie = try GracePeriod.startPoll()
@@ -247,7 +328,10 @@ final class RCUTests: XCTestCase {
             XCTAssertTrue(GracePeriod.poll(cookie), "the polled grace period did not complete by barrier")
             // Already complete: condSynchronize must not need to wait, and
             // must not fail.
+            let started = GracePeriod.started.load(ordering: .relaxed)
             try GracePeriod.condSynchronize(cookie)
+            XCTAssertEqual(GracePeriod.started.load(ordering: .relaxed), started,
+                           "condSynchronize waited for a grace period although one had passed")
         }
     }
 }

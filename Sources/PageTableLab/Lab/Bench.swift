@@ -116,9 +116,9 @@ public enum Bench {
             FreeLatency.reset()
             samples["defer_tables_per_sec", default: []].append(try deferTablesPerSec(config.callRCUObjects, mm: mm, allocator: allocator))
             if round == config.rounds { latency = BenchReport.LatencyPercentile.fromFreeLatency() }
-            DeferredBound.resetPeak()
+            let monitor = DeferredMemoryMonitor(periodMicroseconds: 1000)
             samples["call_rcu_per_sec_swift_pages", default: []].append(try swiftCallRCUPerSec(config.callRCUObjects, allocator: allocator))
-            peak = max(peak, DeferredBound.snapshot().peakBytes)
+            peak = max(peak, monitor.stop())
             samples["c_batch_frees_per_sec", default: []].append(ptlab_baseline_batch_frees_per_sec(UInt64(config.callRCUObjects)))
             let gather = try gatherTablesPerSec(config.callRCUObjects, mm: mm, allocator: allocator)
             samples["gather_tables_per_sec", default: []].append(gather.perSec)

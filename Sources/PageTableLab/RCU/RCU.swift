@@ -68,7 +68,7 @@ public enum RCU {
         _ head: UnsafeMutablePointer<ptlab_rcu_head>, bytes: UInt64, _ callback: RCUCallback
     ) throws(RCUError) -> RCUCallOutcome {
         guard ptlab_rcu_thread_may_call() != 0 else { throw .unregisteredThread(operation: "call") }
-        if ptlab_call_rcu_bounded(head, callback, bytes, DeferredBound.bytes) != 0 {
+        if ptlab_call_rcu_bounded(head, callback, bytes, DeferredBound.enforced.load(ordering: .relaxed)) != 0 {
             return .queued
         }
         if ptlab_rcu_read_ongoing() != 0 {

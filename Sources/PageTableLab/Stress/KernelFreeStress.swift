@@ -39,7 +39,7 @@ public struct KernelFreeStress {
     public func run(allocator: PageAllocator) throws -> StressResult {
         let startAllocated = allocator.totalAllocatedPages
         FreeLatency.reset()
-        DeferredBound.resetPeak()
+        let deferredMonitor = DeferredMemoryMonitor(periodMicroseconds: 250)
         return try RCU.withRegisteredThread {
             // The churn runs on CPU 0, and the work is bound there too, as
             // schedule_work binds it to the queueing CPU.
@@ -112,6 +112,7 @@ public struct KernelFreeStress {
             let stats = iommu.counters.snapshot()
             let wait = iommu.qiWaitMicroseconds
             _ = iommu.shutdown()
+            let deferredPeak = deferredMonitor.stop()
             try RCU.barrier()
 
             let leaked = allocator.totalAllocatedPages - startAllocated
@@ -135,7 +136,7 @@ public struct KernelFreeStress {
                 seed: seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops,
                 walks: Int(walkers.translations.load(ordering: .relaxed)), uafDetected: uaf, leakedPages: leaked,
                 tablesFreed: tables, rcuCallbacks: 0, tlbFlushes: 0,
-                peakDeferredBytes: Int(DeferredBound.snapshot().peakBytes),
+                peakDeferredBytes: Int(deferredPeak),
                 freeLatencyUs: FreeLatency.summary(), detections: detections,
                 pass: verdict.isEmpty, verdict: verdict,
                 iotlbInvalidations: Int(stats.iotlbInvalidations), qiDescriptors: Int(stats.qiDescriptors),

@@ -82,7 +82,7 @@ public struct StressRunner {
         let freedBefore = PageTables.stats.freed
         let callbacksBefore = DeferredBound.snapshot().invoked
         FreeLatency.reset()
-        DeferredBound.resetPeak()
+        let deferredMonitor = DeferredMemoryMonitor(periodMicroseconds: 250)
 
         return try RCU.withRegisteredThread {
             let mm = try MM(allocator: allocator, profile: profile)
@@ -113,6 +113,7 @@ public struct StressRunner {
             let counters = crew.stop()
             let tlbFlushes = mm.tlb.remoteFlushes.load(ordering: .relaxed)
             mm.exit()
+            let deferredPeak = deferredMonitor.stop()
             try RCU.barrier()
             if let failure { throw failure }
             let leaked = allocator.totalAllocatedPages - startAllocated
@@ -128,7 +129,7 @@ public struct StressRunner {
                 tablesFreed: PageTables.stats.freed - freedBefore,
                 rcuCallbacks: Int(DeferredBound.snapshot().invoked - callbacksBefore),
                 tlbFlushes: tlbFlushes,
-                peakDeferredBytes: Int(DeferredBound.snapshot().peakBytes),
+                peakDeferredBytes: Int(deferredPeak),
                 freeLatencyUs: FreeLatency.summary(), detections: counters,
                 pass: verdict.isEmpty, verdict: verdict)
         }
