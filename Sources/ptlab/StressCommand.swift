@@ -149,6 +149,8 @@ struct StressCommand: ParsableCommand {
             ("updater ops", "\(r.ops)"),
             ("walks", "\(r.walks)"),
             ("use-after-free", "\(r.uafDetected)  \(detail(r.detections))"),
+            ("must be caught by", r.expectedDetector?.rawValue ?? "nothing may be caught (safe)"),
+            ("integrity", r.integrity.isClean ? "clean" : r.integrity.problems.joined(separator: "; ")),
             ("tables freed", "\(r.tablesFreed)"),
             ("rcu callbacks", "\(r.rcuCallbacks)"),
             ("tlb flushes", "\(r.tlbFlushes)"),
@@ -161,8 +163,8 @@ struct StressCommand: ParsableCommand {
     }
 
     private func detail(_ d: WalkCounters) -> String {
-        let parts = [("freed table", d.freedTable), ("poison", d.poisonSeen), ("freed ptlock", d.freedPTLock), ("stale PSC", d.stalePSC)]
-            .filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
+        var parts = d.fired.map { "\($0.0.rawValue) \($0.1)" }
+        if d.poisonSeen > 0 { parts.append("\(d.poisonSeen) read poison") }
         return parts.isEmpty ? "" : "(" + parts.joined(separator: ", ") + ")"
     }
 

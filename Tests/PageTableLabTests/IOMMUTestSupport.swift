@@ -105,6 +105,7 @@ func withIOMMU(_ parameters: IntelIOMMU.Parameters = IntelIOMMU.Parameters(),
     let allocator = try makeIOMMUTestAllocator(poison: poison)
     defer { allocator.unload() }
     let before = allocator.totalAllocatedPages
+    let integrityBefore = Integrity.snapshot()
     let iommu = try IntelIOMMU(allocator: allocator, parameters: parameters, interruptHandler: interruptHandler)
     do {
         try body(allocator, iommu)
@@ -114,6 +115,7 @@ func withIOMMU(_ parameters: IntelIOMMU.Parameters = IntelIOMMU.Parameters(),
     }
     XCTAssertEqual(iommu.shutdown(), 0, "descriptors left in the queue at shutdown", file: file, line: line)
     XCTAssertEqual(allocator.totalAllocatedPages, before, "pages not given back", file: file, line: line)
+    assertIntegrity(since: integrityBefore, file: file, line: line)
 }
 
 /// Write a descriptor straight into ring slot `index`, as software does

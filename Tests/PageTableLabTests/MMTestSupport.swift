@@ -2,19 +2,31 @@ import XCTest
 @testable import PageTableLab
 
 /// A loaded allocator and a registered thread for the length of `body`,
-/// with every deferred free drained and every page checked back at the end.
-func withLab<R>(profile: MMProfile = .v6_14, budgetPages: Int = 16_384,
+/// with every deferred free drained and every page checked back at the end,
+/// and no refused free, double queueing or failed notifier beyond
+/// `expecting` (what the test provokes on purpose).
+func withLab<R>(profile: MMProfile = .v6_14, budgetPages: Int = 16_384, expecting: Integrity = Integrity(),
+                file: StaticString = #filePath, line: UInt = #line,
                 _ body: (PageAllocator) throws -> R) throws -> R {
     var params = PageAllocator.Parameters()
     params.nodeBudgetPages = budgetPages
     let allocator = try PageAllocator(parameters: params)
     defer { allocator.unload() }
+    let integrityBefore = Integrity.snapshot()
     return try RCU.withRegisteredThread {
         let result = try body(allocator)
         try RCU.barrier()
-        XCTAssertEqual(allocator.totalAllocatedPages, 0, "pages not returned to the allocator")
+        XCTAssertEqual(allocator.totalAllocatedPages, 0, "pages not returned to the allocator", file: file, line: line)
+        assertIntegrity(since: integrityBefore, expecting: expecting, file: file, line: line)
         return result
     }
+}
+
+/// The integrity counters moved by exactly `expecting` since `before`.
+func assertIntegrity(since before: Integrity, expecting: Integrity = Integrity(),
+                     file: StaticString = #filePath, line: UInt = #line) {
+    let delta = Integrity.snapshot() - before
+    XCTAssertEqual(delta, expecting, "integrity counters: \(delta.problems)", file: file, line: line)
 }
 
 let tib: UInt64 = 1 << 40
@@ -71,5 +83,8 @@ func runStressForTest(_ scenario: String, _ mode: String, ops: Int?,
     params.nodeBudgetPages = 16_384
     let allocator = try PageAllocator(parameters: params)
     defer { allocator.unload() }
-    return try body(options, allocator)
+    let integrityBefore = Integrity.snapshot()
+    let result = try body(options, allocator)
+    assertIntegrity(since: integrityBefore)
+    return result
 }

@@ -60,7 +60,9 @@ final class PteFreeDeferTests: XCTestCase {
     }
 
     func testDoubleDeferIsAnError() throws {
-        try withLab { allocator in
+        var queuedTwice = Integrity()
+        queuedTwice.doubleQueued = 1
+        try withLab(expecting: queuedTwice) { allocator in
             let mm = try MM(allocator: allocator)
             let table = try PageTables.alloc(.pte, base: tib, mm: mm, node: .local, allocator: allocator)
             try mm.pteFreeDefer(table)

@@ -79,12 +79,12 @@ struct PageBatches {
     }
 
     private func release(_ desc: UnsafeMutablePointer<ptdesc>) -> Int {
-        (try? allocator.free(Page(desc))) != nil ? 1 : 0
+        PageTables.release(Page(desc), allocator: allocator) ? 1 : 0
     }
 
     /// tlb_batch_list_free: give the batch pages back.
     mutating func releaseBatchPages() {
-        for page in batchPages { try? allocator.free(page) }
+        for page in batchPages { PageTables.release(page, allocator: allocator) }
         batchPages.removeAll(keepingCapacity: true)
         counts.removeAll(keepingCapacity: true)
         local.deallocate()

@@ -96,10 +96,10 @@ extension MMUGather {
             try RCU.call(ptlab_ptdesc_rcu_head(page.desc), bytes: bytes, callback)
             stats.rcuCallbacks += 1
         } catch {
-            // The updater is not a registered thread: that is a setup bug,
-            // and waiting is the only safe way to free.
-            PageTables.stats.freeErrors.add(1, ordering: .relaxed)
-            try? RCU.synchronize()
+            // The updater is not a registered thread (RCU.call's only
+            // error): it cannot be inside a read section either, so it can
+            // wait out a grace period itself and free.
+            RCU.synchronizeUnchecked()
             callback(ptlab_ptdesc_rcu_head(page.desc))
         }
     }
@@ -115,7 +115,14 @@ extension MMUGather {
             mm.tlb.syncOne()
             PageTables.dtorFree(table, allocator: mm.allocator)
         case .synchronize:
-            try? RCU.synchronize()
+            do {
+                try RCU.synchronize()
+            } catch {
+                // Inside a read section the wait would wait for itself:
+                // defer the free instead of making it unprotected.
+                queueRCU(table, bytes: 4096, callback: tlbRemoveTableOneRCU)
+                return
+            }
             PageTables.dtorFree(table, allocator: mm.allocator)
         }
     }
@@ -129,7 +136,7 @@ func tlbRemoveTableRCU(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
         let page = Page(ptlab_ptdesc_of_rcu(head))
         let batch = TableBatch(existing: page, allocator: allocator)
         for i in 0..<batch.count { PageTables.dtorFree(Page(batch.slots[i]), allocator: allocator) }
-        try? allocator.free(page)
+        PageTables.release(page, allocator: allocator)
     }
 }
 

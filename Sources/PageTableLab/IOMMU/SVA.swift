@@ -81,6 +81,7 @@ public final class SVABond: MMUNotifier, Sendable {
             try sva.iommu.iommuSVAInvalidateRange(pasid: pasid, start: start, end: end, ih: !freedTables)
         } catch {
             notifierFailures.add(1, ordering: .relaxed)
+            Integrity.notifierFailureCount.add(1, ordering: .relaxed)
         }
     }
 }

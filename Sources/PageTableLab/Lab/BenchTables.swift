@@ -16,7 +16,7 @@ extension Bench {
     /// held against call_rcu_per_sec_c (malloc + call_rcu + free).
     @inline(never)
     static func deferTablesPerSec(_ count: Int, mm: MM, allocator: PageAllocator) throws -> Double {
-        let errorsBefore = PageTables.stats.freeErrors.load(ordering: .relaxed)
+        let errorsBefore = Integrity.freeErrorCount.load(ordering: .relaxed)
         let t0 = nowNs()
         do {
             try deferTables(0..<count, mm: mm, allocator: allocator)
@@ -45,7 +45,7 @@ extension Bench {
     /// callbacks, the frees. Held against c_batch_frees_per_sec.
     @inline(never)
     static func gatherTablesPerSec(_ count: Int, mm: MM, allocator: PageAllocator) throws -> (perSec: Double, callbacksPerTable: Double) {
-        let errorsBefore = PageTables.stats.freeErrors.load(ordering: .relaxed)
+        let errorsBefore = Integrity.freeErrorCount.load(ordering: .relaxed)
         let t0 = nowNs()
         let gather = MMUGather(mm: mm)
         do {
@@ -87,7 +87,7 @@ extension Bench {
     static let walkBase: UInt64 = 1 << 40
 
     private static func checkNoFreeErrors(since before: Int) throws {
-        let errors = PageTables.stats.freeErrors.load(ordering: .relaxed) - before
+        let errors = Integrity.freeErrorCount.load(ordering: .relaxed) - before
         guard errors == 0 else { throw BenchError.callbackFreeFailed(count: errors) }
     }
 }

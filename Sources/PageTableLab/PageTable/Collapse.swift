@@ -39,12 +39,16 @@ extension MM {
             accountTable(.pte, -1)
             switch profile.collapseFree {
             case .defer:
-                do {
+                do throws(RCUError) {
                     try pteFreeDefer(pteTable)
-                } catch {
-                    // Unregistered updater: wait, then free (never leak).
-                    try? RCU.synchronize()
+                } catch .unregisteredThread {
+                    // An unregistered updater cannot be in a read section:
+                    // it waits out a grace period itself, then frees.
+                    RCU.synchronizeUnchecked()
                     PageTables.dtorFree(pteTable, allocator: allocator)
+                } catch {
+                    // Already queued: freeing it here would free it twice
+                    // (counted in Integrity.doubleQueued).
                 }
             case .immediate:
                 PageTables.dtorFree(pteTable, allocator: allocator)

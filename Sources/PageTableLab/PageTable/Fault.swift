@@ -57,7 +57,7 @@ extension MM {
             }
             let present = stillLinked ? mapped(pte) : nil
             ptlab_ptl_unlock(d)
-            try? allocator.free(data)
+            PageTables.release(data, allocator: allocator)
             if let present { return present }
         }
     }

@@ -136,7 +136,7 @@ public final class InitMM: @unchecked Sendable {
                 var page = at
                 while page < pteEnd {
                     let old = Entry(rawValue: ptlab_pte_xchg(slot(pte, .pte, page), 0))
-                    if let data = child(old) { try? allocator.free(data) }
+                    if let data = child(old) { PageTables.release(data, allocator: allocator) }
                     page += 4096
                 }
                 if isEmpty(pte) {

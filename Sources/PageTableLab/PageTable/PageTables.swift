@@ -55,13 +55,22 @@ public enum PageTables {
     public static func dtorFree(_ page: Page, allocator: PageAllocator) {
         dtor(page, allocator: allocator)
         recordFreeLatency(page, pfn: allocator.pfn(of: page.desc))
+        guard release(page, allocator: allocator) else { return }
+        ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_TABLES_FREED, 1)
+    }
+
+    /// Give a page the model owns back to the allocator, on a path that
+    /// cannot fail: a refusal (a double free) is a bug, counted in
+    /// `Integrity` rather than thrown. Returns whether the page was freed.
+    @inline(__always) @discardableResult
+    static func release(_ page: Page, allocator: PageAllocator) -> Bool {
         do {
             try allocator.free(page)
+            return true
         } catch {
-            stats.freeErrors.add(1, ordering: .relaxed)
-            return
+            Integrity.freeErrorCount.add(1, ordering: .relaxed)
+            return false
         }
-        ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_TABLES_FREED, 1)
     }
 
     /// Mark a table queued for a deferred free; false if it already was (a
@@ -76,7 +85,7 @@ public enum PageTables {
         let found = ptlab_page_state(page.desc)
         if found == PTLAB_PAGE_ALLOCATED.rawValue { ptlab_page_set_state(page.desc, PTLAB_PAGE_DEFERRED.rawValue) }
         guard found == PTLAB_PAGE_ALLOCATED.rawValue else {
-            stats.doubleQueued.add(1, ordering: .relaxed)
+            Integrity.doubleQueuedCount.add(1, ordering: .relaxed)
             return false
         }
         if FreeLatency.samples(pfn: page.desc.pointee.pfn) { page.desc.pointee.queued_ns = monotonicNanoseconds() }
@@ -105,8 +114,4 @@ public enum PageTables {
 public final class TableStats: Sendable {
     public var allocated: Int { Int(ptlab_pcp_sum_event(PTLAB_EV_TABLES_ALLOCATED)) }
     public var freed: Int { Int(ptlab_pcp_sum_event(PTLAB_EV_TABLES_FREED)) }
-    /// A free the allocator refused (double free): a bug in the model.
-    public let freeErrors = Atomic<Int>(0)
-    /// A table queued twice for a deferred free.
-    public let doubleQueued = Atomic<Int>(0)
 }

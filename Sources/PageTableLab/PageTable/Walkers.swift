@@ -1,25 +1,58 @@
 import CSupport
 
+/// The lab's use-after-free detectors, one per walker and the way it
+/// found out. The raw values are the keys of a stress report's
+/// `detections` object and what an unsafe mode names as the detector that
+/// must fire: a scenario is only proven when the walker it is about catches
+/// its bug, not when some other walker happens to.
+public enum Detector: String, Sendable, CaseIterable, Codable {
+    /// GUP-fast (IRQs off, RCU) entered a table that was freed under it.
+    case gupFast = "gup_fast"
+    /// pte_offset_map (RCU only, IRQs on) read a table that was freed under it.
+    case pteOffsetMap = "pte_offset_map"
+    /// pte_offset_map_lock found its table freed after taking the lock.
+    case pteOffsetMapLock = "pte_offset_map_lock"
+    /// pte_offset_map_lock took a split ptlock whose destructor had run.
+    case freedPTLock = "freed_ptlock"
+    /// A CPU's hardware walk entered a freed table.
+    case mmuWalk = "mmu_walk"
+    /// A CPU's paging-structure cache led into a freed table (a flush missed).
+    case stalePSC = "stale_psc"
+    /// The IOMMU's paging-structure or PASID cache led into a freed table
+    /// (an invalidation missed: the SVA bug of seeds 000-002).
+    case iommuFromCache = "iommu_from_cache"
+    /// The IOMMU's walk found a freed table from a live one.
+    case iommuWalk = "iommu_walk"
+}
+
 /// What walkers saw. Each walker thread keeps its own and they are summed
-/// at the end, so counting costs no shared cache line.
+/// at the end, so counting costs no shared cache line. The JSON keys are a
+/// public interface: walks, mapped, not_mapped, retries, one per
+/// `Detector`, and poison_seen.
 public struct WalkCounters: Sendable, Equatable, Codable {
     public var walks = 0
     public var mapped = 0
     public var notMapped = 0
     /// The parent entry changed under the walk (a legal race): walk again.
     public var retries = 0
-    /// A table entered was freed (or freed and reused) during the walk.
-    public var freedTable = 0
-    /// An entry read held the free poison.
+    /// Detections, indexed by `Detector`.
+    private var byDetector = [Int](repeating: 0, count: Detector.allCases.count)
+    /// Of the detections, those that read the free poison (page_poison=y)
+    /// rather than a changed generation.
     public var poisonSeen = 0
-    /// pte_offset_map_lock took a ptlock whose table's destructor had run.
-    public var freedPTLock = 0
-    /// A paging-structure-cache entry led to a table that was freed.
-    public var stalePSC = 0
 
     public init() {}
 
-    public var useAfterFree: Int { freedTable + poisonSeen + freedPTLock + stalePSC }
+    public subscript(_ detector: Detector) -> Int {
+        get { byDetector[Detector.allCases.firstIndex(of: detector)!] }
+        set { byDetector[Detector.allCases.firstIndex(of: detector)!] = newValue }
+    }
+
+    /// Every detection, whichever walker made it.
+    public var useAfterFree: Int { byDetector.reduce(0, +) }
+
+    /// The detectors that fired, with their counts.
+    public var fired: [(Detector, Int)] { Detector.allCases.map { ($0, self[$0]) }.filter { $0.1 > 0 } }
 
     public static func + (a: WalkCounters, b: WalkCounters) -> WalkCounters {
         var s = a
@@ -27,11 +60,37 @@ public struct WalkCounters: Sendable, Equatable, Codable {
         s.mapped += b.mapped
         s.notMapped += b.notMapped
         s.retries += b.retries
-        s.freedTable += b.freedTable
+        for i in s.byDetector.indices { s.byDetector[i] += b.byDetector[i] }
         s.poisonSeen += b.poisonSeen
-        s.freedPTLock += b.freedPTLock
-        s.stalePSC += b.stalePSC
         return s
+    }
+
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ s: String) { stringValue = s }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(walks, forKey: Key("walks"))
+        try c.encode(mapped, forKey: Key("mapped"))
+        try c.encode(notMapped, forKey: Key("not_mapped"))
+        try c.encode(retries, forKey: Key("retries"))
+        for d in Detector.allCases { try c.encode(self[d], forKey: Key(d.rawValue)) }
+        try c.encode(poisonSeen, forKey: Key("poison_seen"))
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        walks = try c.decode(Int.self, forKey: Key("walks"))
+        mapped = try c.decode(Int.self, forKey: Key("mapped"))
+        notMapped = try c.decode(Int.self, forKey: Key("not_mapped"))
+        retries = try c.decode(Int.self, forKey: Key("retries"))
+        for d in Detector.allCases { self[d] = try c.decode(Int.self, forKey: Key(d.rawValue)) }
+        poisonSeen = try c.decode(Int.self, forKey: Key("poison_seen"))
     }
 }
 
@@ -46,17 +105,23 @@ enum WalkStep {
 }
 
 extension WalkCounters {
-    /// Count a walk that stopped before its PTE table; return the table
-    /// (page, generation, PMD entry and its value) when it got there.
-    mutating func reached(_ step: WalkStep) -> (Page, UInt32, UnsafeMutablePointer<UInt64>, UInt64)? {
+    /// Count a walk that stopped before its PTE table, a freed table
+    /// counting against `detector`; return the table (page, generation,
+    /// PMD entry and its value) when it got there.
+    mutating func reached(_ step: WalkStep, detector: Detector) -> (Page, UInt32, UnsafeMutablePointer<UInt64>, UInt64)? {
         switch step {
         case .notMapped: notMapped += 1
         case .retry: retries += 1
-        case .freed: freedTable += 1
-        case .poison: poisonSeen += 1
+        case .freed: self[detector] += 1
+        case .poison: detected(detector, poison: true)
         case .pteTable(let table, let gen, let slot, let value): return (table, gen, slot, value)
         }
         return nil
+    }
+
+    mutating func detected(_ detector: Detector, poison: Bool = false) {
+        self[detector] += 1
+        if poison { poisonSeen += 1 }
     }
 }
 
@@ -109,7 +174,7 @@ extension MM {
     /// then check the table was not freed meanwhile. No lock, no mmap_lock.
     /// IRQs off means a TLB-flush IPI waits for it.
     public func gupFast(_ address: UInt64, nrPages: Int = 16, counters: inout WalkCounters) {
-        locklessWalk(address, nrPages: nrPages, interruptible: nil, counters: &counters)
+        locklessWalk(address, nrPages: nrPages, interruptible: nil, detector: .gupFast, counters: &counters)
     }
 
     /// pte_offset_map: the same lockless walk, but with IRQs on, so `cpu`
@@ -117,13 +182,14 @@ extension MM {
     /// table (as page_vma_mapped_walk or mincore do). Only RCU keeps its PTE
     /// table alive: this is the walker pte_free_defer exists for.
     public func pteOffsetMap(_ address: UInt64, nrPages: Int = 512, cpu: CPU, counters: inout WalkCounters) {
-        locklessWalk(address, nrPages: nrPages, interruptible: cpu, counters: &counters)
+        locklessWalk(address, nrPages: nrPages, interruptible: cpu, detector: .pteOffsetMap, counters: &counters)
     }
 
-    private func locklessWalk(_ address: UInt64, nrPages: Int, interruptible cpu: CPU?, counters: inout WalkCounters) {
+    private func locklessWalk(_ address: UInt64, nrPages: Int, interruptible cpu: CPU?, detector: Detector,
+                              counters: inout WalkCounters) {
         counters.walks += 1
         RCU.read {
-            guard let (table, gen, _, _) = counters.reached(walkToPTETable(address)) else { return }
+            guard let (table, gen, _, _) = counters.reached(walkToPTETable(address), detector: detector) else { return }
             let base = allocator.address(of: table)
             let first = Int((address >> 12) & 511)
             var sawPoison = false
@@ -133,9 +199,9 @@ extension MM {
                 if raw == poisonEntry { sawPoison = true }
             }
             if !isLiveTable(table.desc, .pte, gen) {
-                counters.freedTable += 1
+                counters.detected(detector)
             } else if sawPoison {
-                counters.poisonSeen += 1
+                counters.detected(detector, poison: true)
             } else {
                 counters.mapped += 1
             }
@@ -149,19 +215,20 @@ extension MM {
     public func pteOffsetMapLock(_ address: UInt64, cpu: CPU?, counters: inout WalkCounters) {
         counters.walks += 1
         RCU.read {
-            guard let (table, gen, pmdSlot, pmdVal) = counters.reached(walkToPTETable(address)) else { return }
+            guard let (table, gen, pmdSlot, pmdVal) = counters.reached(walkToPTETable(address), detector: .pteOffsetMapLock)
+            else { return }
             let d = table.desc
             while ptlab_ptl_trylock(d) == 0 { cpu?.handleInterrupts() }
             defer { ptlab_ptl_unlock(d) }
             if ptlab_ptl_alive(d) == 0 {
-                counters.freedPTLock += 1
+                counters.detected(.freedPTLock)
             } else if ptlab_pte_read(pmdSlot) != pmdVal {
                 counters.retries += 1
             } else if !isLiveTable(d, .pte, gen) {
-                counters.freedTable += 1
+                counters.detected(.pteOffsetMapLock)
             } else {
                 let raw = ptlab_pte_read(entry(in: table, level: .pte, address: address))
-                if raw == poisonEntry { counters.poisonSeen += 1 } else { counters.mapped += 1 }
+                if raw == poisonEntry { counters.detected(.pteOffsetMapLock, poison: true) } else { counters.mapped += 1 }
             }
         }
     }
@@ -173,14 +240,14 @@ extension MM {
         counters.walks += 1
         if let cached = cpu.psc.lookup(address), let d = allocator.descriptor(pfn: cached.pfn) {
             guard isLiveTable(d, .pte, cached.generation) else {
-                counters.stalePSC += 1
+                counters.detected(.stalePSC)
                 return
             }
             let raw = ptlab_pte_read(entry(in: Page(d), level: .pte, address: address))
-            if raw == poisonEntry { counters.poisonSeen += 1 } else { counters.mapped += 1 }
+            if raw == poisonEntry { counters.detected(.stalePSC, poison: true) } else { counters.mapped += 1 }
             return
         }
-        guard let (table, gen, _, _) = counters.reached(walkToPTETable(address)) else { return }
+        guard let (table, gen, _, _) = counters.reached(walkToPTETable(address), detector: .mmuWalk) else { return }
         cpu.psc.fill(address, pfn: UInt64(table.pfn), generation: gen)
         counters.mapped += 1
     }

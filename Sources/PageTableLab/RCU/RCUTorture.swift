@@ -98,7 +98,9 @@ public struct RCUTorture {
                 pool.slots[new].retiredAt.store(.max, ordering: .releasing)
                 pool.current.store(new, ordering: .releasing)
                 pool.slots[old].retiredAt.store(pool.gracePeriods.load(ordering: .relaxed), ordering: .releasing)
-                if writer == .synchronize { try? RCU.synchronize() }
+                // The writer is registered and outside any read section:
+                // the checked wait cannot refuse it.
+                if writer == .synchronize { RCU.synchronizeUnchecked() }
                 pool.gracePeriods.add(1, ordering: .acquiringAndReleasing)
                 done += 1
             }

@@ -36,8 +36,16 @@ public struct KernelFreeStress {
 
     public var safe: Bool { mode != .noInvalidate }
 
+    /// What ends a run with --stop-on-detect: the unsafe mode's own
+    /// detector (the IOMMU's caches), or any detection in a safe mode.
+    private func watchedDetections(_ iommu: IntelIOMMU) -> UInt64 {
+        let s = iommu.counters.snapshot()
+        return safe ? s.useAfterFree : s.useAfterFreeFromCache
+    }
+
     public func run(allocator: PageAllocator) throws -> StressResult {
         let startAllocated = allocator.totalAllocatedPages
+        let integrityBefore = Integrity.snapshot()
         FreeLatency.reset()
         let deferredMonitor = DeferredMemoryMonitor(periodMicroseconds: 250)
         return try RCU.withRegisteredThread {
@@ -75,7 +83,7 @@ public struct KernelFreeStress {
             var elapsed = 0.0
             var nextReport = start
             while elapsed < options.duration, ops < options.maxOps ?? .max,
-                  !(options.stopOnDetection && iommu.counters.snapshot().useAfterFree > 0) {
+                  !(options.stopOnDetection && watchedDetections(iommu) > 0) {
                 // vmalloc/vfree of areas of 1–16 slots: a vfree of a large
                 // area frees its tables in a burst, as the kernel's do.
                 let first = Int(rng.next() % UInt64(Self.slots))
@@ -115,35 +123,32 @@ public struct KernelFreeStress {
             let deferredPeak = deferredMonitor.stop()
             try RCU.barrier()
 
-            let leaked = allocator.totalAllocatedPages - startAllocated
-            let uaf = Int(stats.useAfterFree)
+            let detections = WalkCounters(iommu: stats)
             let tables = freer.tablesFreed.load(ordering: .relaxed)
-            var verdict = ""
-            if safe && uaf > 0 { verdict = "safe mode detected \(uaf) use-after-free" }
-            if !safe && uaf == 0 { verdict = "unsafe mode detected nothing: the detector did not fire" }
+            var problems: [String] = []
             if sva.kvaFailures.load(ordering: .relaxed) > 0 {
-                verdict += (verdict.isEmpty ? "" : "; ") + "\(sva.kvaFailures.load(ordering: .relaxed)) KVA invalidations never completed"
+                problems.append("\(sva.kvaFailures.load(ordering: .relaxed)) KVA invalidations never completed")
             }
-            if leaked != 0 { verdict += (verdict.isEmpty ? "" : "; ") + "\(leaked) pages not returned to the allocator" }
             if faults.lost.load(ordering: .relaxed) > 0 {
-                verdict += (verdict.isEmpty ? "" : "; ") + "\(faults.lost.load(ordering: .relaxed)) submissions lost in a full queue"
+                problems.append("\(faults.lost.load(ordering: .relaxed)) submissions lost in a full queue")
             }
-            var detections = WalkCounters()
-            detections.walks = Int(stats.walks)
-            detections.freedTable = uaf
-            return StressResult(
+            var result = StressResult(
                 scenario: injectFaults ? "iommu-faults" : "kernel-free", mode: mode.rawValue, safe: safe,
+                expectedDetector: safe ? nil : .iommuFromCache,
                 seed: seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops,
-                walks: Int(walkers.translations.load(ordering: .relaxed)), uafDetected: uaf, leakedPages: leaked,
+                walks: Int(walkers.translations.load(ordering: .relaxed)), uafDetected: detections.useAfterFree,
+                leakedPages: allocator.totalAllocatedPages - startAllocated,
                 tablesFreed: tables, rcuCallbacks: 0, tlbFlushes: 0,
                 peakDeferredBytes: Int(deferredPeak),
                 freeLatencyUs: FreeLatency.summary(), detections: detections,
-                pass: verdict.isEmpty, verdict: verdict,
+                integrity: Integrity.snapshot() - integrityBefore, pass: false, verdict: "",
                 iotlbInvalidations: Int(stats.iotlbInvalidations), qiDescriptors: Int(stats.qiDescriptors),
                 qiWaitUs: .init(p50: Double(wait.valueAtPercentile(50)), p99: Double(wait.valueAtPercentile(99))),
                 invalidationsPerTable: tables == 0 ? 0 : Double(freer.invalidations.load(ordering: .relaxed)) / Double(tables),
                 writeAfterFree: Int(stats.writeAfterFree),
                 faultsInjected: injectFaults ? faults.counts(iommu) : nil)
+            result.judge(problems: problems)
+            return result
         }
     }
 }

@@ -6,7 +6,22 @@ public struct Scenario: Sendable {
     public struct Mode: Sendable {
         public let name: String
         public let safe: Bool
+        /// An unsafe mode's own detector: the walker the bug is about, which
+        /// must be the one to catch it (another walker firing does not
+        /// prove this one works). nil for safe modes.
+        public let expectedDetector: Detector?
         let profile: @Sendable (inout MMProfile) -> Void
+
+        /// The kernel with its fix: nothing may be detected.
+        static func safe(_ name: String, _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
+            Mode(name: name, safe: true, expectedDetector: nil, profile: profile)
+        }
+
+        /// The kernel before the fix, caught by `detector`.
+        static func unsafe(_ name: String, caughtBy detector: Detector,
+                           _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
+            Mode(name: name, safe: false, expectedDetector: detector, profile: profile)
+        }
     }
 
     /// What a walker does on each step.

@@ -11,8 +11,8 @@ extension Scenario {
         name: "collapse",
         summary: "retract_page_tables + pte_free_defer vs pte_offset_map, GUP-fast and MMU walks",
         modes: [
-            Mode(name: "defer", safe: true) { $0.collapseFree = .defer },
-            Mode(name: "immediate", safe: false) { $0.collapseFree = .immediate },
+            .safe("defer") { $0.collapseFree = .defer },
+            .unsafe("immediate", caughtBy: .pteOffsetMap) { $0.collapseFree = .immediate },
         ],
         walks: [.pteOffsetMap, .gupFast, .hardware],
         step: { mm, region, rng in
@@ -27,9 +27,9 @@ extension Scenario {
         name: "unmap",
         summary: "munmap's free_pgtables through mmu_gather vs GUP-fast and MMU walks",
         modes: [
-            Mode(name: "rcu-table-free", safe: true) { $0.tableFree = .rcu },
-            Mode(name: "immediate", safe: false) { $0.tableFree = .immediate },
-            Mode(name: "no-flush", safe: false) { $0.tableFree = .noFlush },
+            .safe("rcu-table-free") { $0.tableFree = .rcu },
+            .unsafe("immediate", caughtBy: .gupFast) { $0.tableFree = .immediate },
+            .unsafe("no-flush", caughtBy: .stalePSC) { $0.tableFree = .noFlush },
         ],
         walks: [.gupFast, .hardware],
         step: mapTouchUnmap)
@@ -39,8 +39,8 @@ extension Scenario {
         name: "reclaim",
         summary: "MADV_DONTNEED with PT_RECLAIM vs GUP-fast and MMU walks",
         modes: [
-            Mode(name: "rcu-table-free", safe: true) { $0.tableFree = .rcu },
-            Mode(name: "immediate", safe: false) { $0.tableFree = .immediate },
+            .safe("rcu-table-free") { $0.tableFree = .rcu },
+            .unsafe("immediate", caughtBy: .gupFast) { $0.tableFree = .immediate },
         ],
         walks: [.gupFast, .hardware],
         step: touchDontneed)
@@ -50,8 +50,8 @@ extension Scenario {
         name: "ptlock",
         summary: "PT_RECLAIM frees vs pte_offset_map_lock: when the ptlock dies",
         modes: [
-            Mode(name: "dtor-at-free", safe: true) { $0.dtor = .atFree },
-            Mode(name: "dtor-at-unlink", safe: false) { $0.dtor = .atUnlink },
+            .safe("dtor-at-free") { $0.dtor = .atFree },
+            .unsafe("dtor-at-unlink", caughtBy: .freedPTLock) { $0.dtor = .atUnlink },
         ],
         walks: [.pteOffsetMapLock],
         step: touchDontneed)
@@ -61,7 +61,7 @@ extension Scenario {
         name: "batch-fail",
         summary: "table-batch allocation failure: tlb_remove_table_one fallbacks vs GUP-fast",
         modes: MMProfile.BatchFallback.allCases.map { fallback in
-            Mode(name: fallback.rawValue, safe: true) {
+            .safe(fallback.rawValue) {
                 $0.failBatchAllocation = true
                 $0.batchFallback = fallback
             }

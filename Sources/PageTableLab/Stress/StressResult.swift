@@ -1,10 +1,13 @@
 /// One stress run's summary. The snake_case keys are a public interface
 /// (scripts parse them): add keys, never rename.
-public struct StressResult: Codable, Sendable, Equatable {
+public struct StressResult: Encodable, Sendable, Equatable {
     public var scenario: String
     public var mode: String
     /// True when the mode is the kernel with its fix (detections must be 0).
     public var safe: Bool
+    /// An unsafe mode's own detector (a key of `detections`), which must
+    /// fire for the run to pass; nil (JSON null) for safe modes.
+    public var expectedDetector: Detector?
     public var seed: UInt64
     public var walkers: Int
     public var durationSeconds: Double
@@ -16,10 +19,14 @@ public struct StressResult: Codable, Sendable, Equatable {
     public var tablesFreed: Int
     public var rcuCallbacks: Int
     public var tlbFlushes: Int
+    /// The highest deferred memory a DeferredMemoryMonitor saw liburcu hold.
     public var peakDeferredBytes: Int
     public var freeLatencyUs: FreeLatency.Summary
-    /// The detections by kind.
+    /// The detections by detector, and the walks behind them.
     public var detections: WalkCounters
+    /// Refused frees, double queueing, failed notifier invalidations:
+    /// nonzero fails a safe run.
+    public var integrity: Integrity
     public var pass: Bool
     /// Why it failed, in words; empty when it passed.
     public var verdict: String
@@ -49,8 +56,28 @@ public struct StressResult: Codable, Sendable, Equatable {
         }
     }
 
+    /// Decide `pass` and `verdict`. A safe run fails on any detection, a
+    /// leak or a broken integrity counter; an unsafe run fails unless its
+    /// own detector fired (and on a leak). `problems` are the caller's own
+    /// reasons to fail (an invalidation that never completed, say).
+    mutating func judge(problems: [String] = []) {
+        var reasons: [String] = []
+        let fired = detections.fired.map { "\($0.0.rawValue) \($0.1)" }.joined(separator: ", ")
+        if safe && uafDetected > 0 { reasons.append("safe mode detected \(uafDetected) use-after-free (\(fired))") }
+        if let expected = expectedDetector, detections[expected] == 0 {
+            reasons.append("unsafe mode's own detector \(expected.rawValue) did not fire"
+                           + (uafDetected > 0 ? " (only \(fired))" : ": the detector did not fire"))
+        }
+        if leakedPages != 0 { reasons.append("\(leakedPages) pages not returned to the allocator") }
+        if safe { reasons += integrity.problems }
+        reasons += problems
+        pass = reasons.isEmpty
+        verdict = reasons.joined(separator: "; ")
+    }
+
     enum CodingKeys: String, CodingKey {
         case scenario, mode, safe, seed, walkers, ops, walks, pass, verdict, detections
+        case expectedDetector = "expected_detector"
         case durationSeconds = "duration_s"
         case uafDetected = "uaf_detected"
         case leakedPages = "leaked_pages"
@@ -65,5 +92,43 @@ public struct StressResult: Codable, Sendable, Equatable {
         case invalidationsPerTable = "invalidations_per_table"
         case writeAfterFree = "write_after_free"
         case faultsInjected = "faults_injected"
+        case freeErrors = "free_errors"
+        case doubleQueued = "double_queued"
+        case notifierFailures = "notifier_failures"
+    }
+
+    /// Written by hand so that `expected_detector` is always present (null
+    /// for a safe mode) and the integrity counters sit beside the other
+    /// counts (`free_errors`, `double_queued`, `notifier_failures`).
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(scenario, forKey: .scenario)
+        try c.encode(mode, forKey: .mode)
+        try c.encode(safe, forKey: .safe)
+        try c.encode(expectedDetector, forKey: .expectedDetector)
+        try c.encode(seed, forKey: .seed)
+        try c.encode(walkers, forKey: .walkers)
+        try c.encode(durationSeconds, forKey: .durationSeconds)
+        try c.encode(ops, forKey: .ops)
+        try c.encode(walks, forKey: .walks)
+        try c.encode(uafDetected, forKey: .uafDetected)
+        try c.encode(leakedPages, forKey: .leakedPages)
+        try c.encode(tablesFreed, forKey: .tablesFreed)
+        try c.encode(rcuCallbacks, forKey: .rcuCallbacks)
+        try c.encode(tlbFlushes, forKey: .tlbFlushes)
+        try c.encode(peakDeferredBytes, forKey: .peakDeferredBytes)
+        try c.encode(freeLatencyUs, forKey: .freeLatencyUs)
+        try c.encode(detections, forKey: .detections)
+        try c.encode(integrity.freeErrors, forKey: .freeErrors)
+        try c.encode(integrity.doubleQueued, forKey: .doubleQueued)
+        try c.encode(integrity.notifierFailures, forKey: .notifierFailures)
+        try c.encode(pass, forKey: .pass)
+        try c.encode(verdict, forKey: .verdict)
+        try c.encodeIfPresent(iotlbInvalidations, forKey: .iotlbInvalidations)
+        try c.encodeIfPresent(qiDescriptors, forKey: .qiDescriptors)
+        try c.encodeIfPresent(qiWaitUs, forKey: .qiWaitUs)
+        try c.encodeIfPresent(invalidationsPerTable, forKey: .invalidationsPerTable)
+        try c.encodeIfPresent(writeAfterFree, forKey: .writeAfterFree)
+        try c.encodeIfPresent(faultsInjected, forKey: .faultsInjected)
     }
 }

@@ -13,7 +13,8 @@ public struct StressOptions: Sendable {
     /// Stop after this many updater operations (reproducible amounts of
     /// work for tests), whatever the duration.
     public var maxOps: Int?
-    /// Stop at the first detection: an unsafe mode has proved its point.
+    /// Stop at the first detection by the mode's own detector (any
+    /// detection for a safe mode): an unsafe mode has proved its point.
     public var stopOnDetection = false
     /// Called about twice a second from the updater with (elapsed, ops, walks, uaf).
     public var progress: (@Sendable (StressProgress) -> Void)?
@@ -81,12 +82,14 @@ public struct StressRunner {
         let startAllocated = allocator.totalAllocatedPages
         let freedBefore = PageTables.stats.freed
         let callbacksBefore = DeferredBound.snapshot().invoked
+        let integrityBefore = Integrity.snapshot()
         FreeLatency.reset()
         let deferredMonitor = DeferredMemoryMonitor(periodMicroseconds: 250)
 
         return try RCU.withRegisteredThread {
             let mm = try MM(allocator: allocator, profile: profile)
-            let crew = WalkerCrew(mm: mm, region: region, kinds: scenario.walks, count: options.walkers, seed: options.seed)
+            let crew = WalkerCrew(mm: mm, region: region, kinds: scenario.walks, count: options.walkers, seed: options.seed,
+                                  watching: mode.expectedDetector)
             var rng = SplitMix64(seed: options.seed)
             var ops = 0
             let start = monotonicNanoseconds()
@@ -94,7 +97,7 @@ public struct StressRunner {
             var elapsed = 0.0
             var failure: Error?
             while elapsed < options.duration, ops < options.maxOps ?? .max,
-                  !(options.stopOnDetection && crew.uafSoFar > 0) {
+                  !(options.stopOnDetection && crew.watchedSoFar > 0) {
                 do {
                     try scenario.step(mm, region, &rng)
                 } catch {
@@ -116,22 +119,17 @@ public struct StressRunner {
             let deferredPeak = deferredMonitor.stop()
             try RCU.barrier()
             if let failure { throw failure }
-            let leaked = allocator.totalAllocatedPages - startAllocated
-            let uaf = counters.useAfterFree
-            var verdict = ""
-            if mode.safe && uaf > 0 { verdict = "safe mode detected \(uaf) use-after-free" }
-            if !mode.safe && uaf == 0 { verdict = "unsafe mode detected nothing: the detector did not fire" }
-            if leaked != 0 { verdict += (verdict.isEmpty ? "" : "; ") + "\(leaked) pages not returned to the allocator" }
-            return StressResult(
-                scenario: scenario.name, mode: mode.name, safe: mode.safe, seed: options.seed,
-                walkers: options.walkers, durationSeconds: elapsed, ops: ops, walks: counters.walks,
-                uafDetected: uaf, leakedPages: leaked,
+            var result = StressResult(
+                scenario: scenario.name, mode: mode.name, safe: mode.safe, expectedDetector: mode.expectedDetector,
+                seed: options.seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops, walks: counters.walks,
+                uafDetected: counters.useAfterFree, leakedPages: allocator.totalAllocatedPages - startAllocated,
                 tablesFreed: PageTables.stats.freed - freedBefore,
                 rcuCallbacks: Int(DeferredBound.snapshot().invoked - callbacksBefore),
-                tlbFlushes: tlbFlushes,
-                peakDeferredBytes: Int(deferredPeak),
+                tlbFlushes: tlbFlushes, peakDeferredBytes: Int(deferredPeak),
                 freeLatencyUs: FreeLatency.summary(), detections: counters,
-                pass: verdict.isEmpty, verdict: verdict)
+                integrity: Integrity.snapshot() - integrityBefore, pass: false, verdict: "")
+            result.judge()
+            return result
         }
     }
 }

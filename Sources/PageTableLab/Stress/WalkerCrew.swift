@@ -8,10 +8,14 @@ final class WalkerCrew: Sendable {
     private let totals = LabMutex(WalkCounters())
     private let walks = Atomic<Int>(0)
     private let uaf = Atomic<Int>(0)
+    private let watched = Atomic<Int>(0)
+    /// The detector whose first detection ends an unsafe run (nil: any).
+    private let watching: Detector?
     private let threads: LabMutex<[RCUThread]>
 
-    init(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], count: Int, seed: UInt64) {
+    init(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], count: Int, seed: UInt64, watching: Detector?) {
         threads = LabMutex([])
+        self.watching = watching
         let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
         for id in 0..<count {
             let pin = cpus.isEmpty ? nil : cpus[id % cpus.count]
@@ -24,6 +28,8 @@ final class WalkerCrew: Sendable {
 
     var walksSoFar: Int { walks.load(ordering: .relaxed) }
     var uafSoFar: Int { uaf.load(ordering: .relaxed) }
+    /// Detections by the watched detector (by any, if none is watched).
+    var watchedSoFar: Int { watched.load(ordering: .relaxed) }
 
     private func walk(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], id: Int, seed: UInt64) {
         let cpu = CPU(id: id, tlb: mm.tlb)
@@ -31,6 +37,7 @@ final class WalkerCrew: Sendable {
         var counters = WalkCounters()
         var step = 0
         var reportedUAF = 0
+        var reportedWatched = 0
         while !stopFlag.load(ordering: .relaxed) {
             cpu.handleInterrupts()
             let address = region.randomAddress(&rng)
@@ -45,6 +52,11 @@ final class WalkerCrew: Sendable {
             if counters.useAfterFree != reportedUAF {
                 uaf.add(counters.useAfterFree - reportedUAF, ordering: .relaxed)
                 reportedUAF = counters.useAfterFree
+                let seen = watching.map { counters[$0] } ?? reportedUAF
+                if seen != reportedWatched {
+                    watched.add(seen - reportedWatched, ordering: .relaxed)
+                    reportedWatched = seen
+                }
             }
         }
         cpu.offline()
