@@ -45,6 +45,8 @@ final class StressScenarioTests: XCTestCase {
     func testPTLockDtorAtUnlinkIsCaughtByTheFreedPTLock() throws {
         try assertDetects("ptlock", "dtor-at-unlink", by: .freedPTLock)
     }
+    func testSVAAllLevelsIsSafe() throws { try assertSafe("sva", "all-levels") }
+    func testSVALeafOnlyIsCaughtByTheIOMMUsCaches() throws { try assertDetects("sva", "leaf-only", by: .iommuFromCache) }
     func testBatchFailFallbacksAreSafe() throws {
         for fallback in ["ipi-sync", "rcu-one", "synchronize"] { try assertSafe("batch-fail", fallback, ops: 40) }
     }

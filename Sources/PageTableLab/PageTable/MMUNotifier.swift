@@ -16,11 +16,13 @@ extension MM {
     }
 
     /// Called with every TLB flush of the mm. A fullmm flush (start = end
-    /// = ~0) is a flush of everything.
+    /// = ~0) is a flush of everything. The leaf-only profile hides freed
+    /// tables from the notifiers: the bug an IOMMU's walk caches expose.
     func invalidateSecondaryTLBs(start: UInt64, end: UInt64, freedTables: Bool) {
         let list = notifiers.withLock { $0 }
         guard !list.isEmpty else { return }
         let (s, e) = start == .max ? (0, UInt64.max) : (start, end)
-        for n in list { n.invalidateSecondaryTLBs(mm: self, start: s, end: e, freedTables: freedTables) }
+        let freed = freedTables && profile.secondaryTLBFlush == .allLevels
+        for n in list { n.invalidateSecondaryTLBs(mm: self, start: s, end: e, freedTables: freed) }
     }
 }

@@ -9,3 +9,15 @@ extension WalkCounters {
         self[.iommuWalk] = Int(stats.useAfterFree - stats.useAfterFreeFromCache)
     }
 }
+
+extension IntelIOMMU {
+    /// One DMA translation, counted as a stress walker counts its walks.
+    func translate(_ request: DMARequest, counters: inout WalkCounters) {
+        counters.walks += 1
+        switch translate(request) {
+        case .translated: counters.mapped += 1
+        case .fault: counters.notMapped += 1
+        case .useAfterFree(let uaf): counters.detected(uaf.source == .walk ? .iommuWalk : .iommuFromCache)
+        }
+    }
+}

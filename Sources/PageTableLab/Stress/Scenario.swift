@@ -30,6 +30,12 @@ public struct Scenario: Sendable {
         case pteOffsetMap
         case pteOffsetMapLock
         case hardware
+        /// A DMA translation by an IOMMU bound to the mm through SVA: no
+        /// RCU, no IPIs, only the invalidations the notifier sends.
+        case dma
+
+        /// Walkers of this kind run on a CPU of the mm (and answer its IPIs).
+        var isCPU: Bool { self != .dma }
     }
 
     public let name: String
@@ -40,6 +46,9 @@ public struct Scenario: Sendable {
     let step: @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void
 
     public func mode(named name: String) -> Mode? { modes.first { $0.name == name } }
+
+    /// The scenario's mm is bound to an emulated IOMMU through SVA.
+    var needsIOMMU: Bool { walks.contains(.dma) }
 }
 
 /// Where a scenario works: whole PTE tables, in an otherwise empty 512 GiB

@@ -1,6 +1,6 @@
 extension Scenario {
     /// Every scenario `ptlab stress` knows, in the order `stress all` runs them.
-    public static let all: [Scenario] = [collapse, unmap, reclaim, ptlock, batchFail]
+    public static let all: [Scenario] = [collapse, unmap, reclaim, ptlock, batchFail, sva]
 
     public static func named(_ name: String) -> Scenario? { all.first { $0.name == name } }
 
@@ -69,8 +69,32 @@ extension Scenario {
         walks: [.gupFast, .hardware],
         step: mapTouchUnmap)
 
+    /// The user half of SVA: a device walks the mm's own tables through the
+    /// IOMMU while munmap, MADV_DONTNEED with PT_RECLAIM and collapse free
+    /// them. Only the mmu_notifier's invalidation protects it, and only if
+    /// that invalidation drops the IOMMU's paging-structure caches too.
+    static let sva = Scenario(
+        name: "sva",
+        summary: "munmap, DONTNEED (PT_RECLAIM) and collapse vs DMA walkers of an SVA-bound mm",
+        modes: [
+            .safe("all-levels") { $0.secondaryTLBFlush = .allLevels },
+            .unsafe("leaf-only", caughtBy: .iommuFromCache) { $0.secondaryTLBFlush = .leafOnly },
+        ],
+        walks: [.dma],
+        step: { mm, region, rng in
+            switch rng.next() % 3 {
+            case 0: try mapTouchUnmap(mm, region, &rng)
+            case 1: try touchDontneed(mm, region, &rng)
+            default:
+                if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length) }
+                let table = region.table(Int(rng.next() % UInt64(region.tables)))
+                try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
+                try mm.collapse(at: table)
+            }
+        })
+
     static func mapTouchUnmap(_ mm: MM, _ region: StressRegion, _ rng: inout SplitMix64) throws {
-        try mm.mmap(address: region.base, length: region.length)
+        if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length) }
         try mm.touch(address: region.base, length: region.length, stride: 64 << 10)
         try mm.munmap(address: region.base, length: region.length)
     }

@@ -88,8 +88,9 @@ public struct StressRunner {
 
         return try RCU.withRegisteredThread {
             let mm = try MM(allocator: allocator, profile: profile)
+            let binding = scenario.needsIOMMU ? try SVABinding(mm: mm, allocator: allocator) : nil
             let crew = WalkerCrew(mm: mm, region: region, kinds: scenario.walks, count: options.walkers, seed: options.seed,
-                                  watching: mode.expectedDetector)
+                                  watching: mode.expectedDetector, iommu: binding?.iommu)
             var rng = SplitMix64(seed: options.seed)
             var ops = 0
             let start = monotonicNanoseconds()
@@ -115,6 +116,7 @@ public struct StressRunner {
             }
             let counters = crew.stop()
             let tlbFlushes = mm.tlb.remoteFlushes.load(ordering: .relaxed)
+            try binding?.teardown()
             mm.exit()
             let deferredPeak = deferredMonitor.stop()
             try RCU.barrier()
@@ -128,6 +130,11 @@ public struct StressRunner {
                 tlbFlushes: tlbFlushes, peakDeferredBytes: Int(deferredPeak),
                 freeLatencyUs: FreeLatency.summary(), detections: counters,
                 integrity: Integrity.snapshot() - integrityBefore, pass: false, verdict: "")
+            if let iommu = binding?.iommu {
+                let stats = iommu.counters.snapshot()
+                result.iotlbInvalidations = Int(stats.iotlbInvalidations)
+                result.qiDescriptors = Int(stats.qiDescriptors)
+            }
             result.judge()
             return result
         }

@@ -13,14 +13,16 @@ final class WalkerCrew: Sendable {
     private let watching: Detector?
     private let threads: LabMutex<[RCUThread]>
 
-    init(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], count: Int, seed: UInt64, watching: Detector?) {
+    init(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], count: Int, seed: UInt64, watching: Detector?,
+         iommu: IntelIOMMU?) {
+        precondition(iommu != nil || !kinds.contains(.dma), "DMA walkers need an IOMMU bound to the mm")
         threads = LabMutex([])
         self.watching = watching
         let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
         for id in 0..<count {
             let pin = cpus.isEmpty ? nil : cpus[id % cpus.count]
             let thread = RCUThread(cpu: pin) { [self] in
-                walk(mm: mm, region: region, kinds: kinds, id: id, seed: seed)
+                walk(mm: mm, region: region, kinds: kinds, id: id, seed: seed, iommu: iommu)
             }
             threads.withLock { $0.append(thread) }
         }
@@ -31,21 +33,24 @@ final class WalkerCrew: Sendable {
     /// Detections by the watched detector (by any, if none is watched).
     var watchedSoFar: Int { watched.load(ordering: .relaxed) }
 
-    private func walk(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], id: Int, seed: UInt64) {
-        let cpu = CPU(id: id, tlb: mm.tlb)
+    private func walk(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], id: Int, seed: UInt64,
+                      iommu: IntelIOMMU?) {
+        // A DMA engine is not a CPU: flushes do not wait for it.
+        let cpu = kinds.contains(where: \.isCPU) ? CPU(id: id, tlb: mm.tlb) : nil
         var rng = SplitMix64(seed: seed &+ UInt64(id + 1) &* 0x1000_0001)
         var counters = WalkCounters()
         var step = 0
         var reportedUAF = 0
         var reportedWatched = 0
         while !stopFlag.load(ordering: .relaxed) {
-            cpu.handleInterrupts()
+            cpu?.handleInterrupts()
             let address = region.randomAddress(&rng)
             switch kinds[step % kinds.count] {
             case .gupFast: mm.gupFast(address, counters: &counters)
-            case .pteOffsetMap: mm.pteOffsetMap(address, cpu: cpu, counters: &counters)
+            case .pteOffsetMap: mm.pteOffsetMap(address, cpu: cpu!, counters: &counters)
             case .pteOffsetMapLock: mm.pteOffsetMapLock(address, cpu: cpu, counters: &counters)
-            case .hardware: mm.hardwareAccess(address, cpu: cpu, counters: &counters)
+            case .hardware: mm.hardwareAccess(address, cpu: cpu!, counters: &counters)
+            case .dma: iommu!.translate(DMARequest(pasid: SVABinding.pasid, address: address), counters: &counters)
             }
             step += 1
             if step & 1023 == 0 { walks.add(1024, ordering: .relaxed) }
@@ -59,7 +64,7 @@ final class WalkerCrew: Sendable {
                 }
             }
         }
-        cpu.offline()
+        cpu?.offline()
         totals.withLock { $0 = $0 + counters }
     }
 
