@@ -2,7 +2,9 @@
  * The raw C liburcu paths `ptlab bench` measures beside the Swift ones, so
  * every Swift number is a ratio against C measured in the same run. These
  * are what a C programmer would write: malloc'd objects with an rcu_head,
- * and the kernel's table batch of 509 pointers per call_rcu.
+ * and the kernel's table batch of 509 pointers per call_rcu. The hand-offs
+ * carry the lab's TSan annotations (see rcu.c), which compile to nothing
+ * outside a TSan build, so that the sanitizer run can run the bench too.
  */
 #include <stdlib.h>
 #include <time.h>
@@ -49,6 +51,7 @@ struct c_object {
 
 static void c_object_free(struct rcu_head *head)
 {
+    ptlab_tsan_acquire(head);
     free(caa_container_of(head, struct c_object, head));
 }
 
@@ -58,6 +61,7 @@ double ptlab_baseline_call_rcu_per_sec(uint64_t count)
     double t0 = now_ns();
     for (uint64_t i = 0; i < count; i++) {
         struct c_object *o = malloc(sizeof(*o));
+        ptlab_tsan_release(&o->head);
         urcu_memb_call_rcu(&o->head, c_object_free);
     }
     urcu_memb_barrier();
@@ -77,6 +81,7 @@ struct c_table_batch {
 static void c_table_batch_free(struct rcu_head *head)
 {
     struct c_table_batch *b = caa_container_of(head, struct c_table_batch, head);
+    ptlab_tsan_acquire(head);
     for (unsigned int i = 0; i < b->nr; i++)
         free(b->tables[i]);
     free(b);
@@ -94,12 +99,15 @@ double ptlab_baseline_batch_frees_per_sec(uint64_t tables)
         }
         batch->tables[batch->nr++] = aligned_alloc(4096, 4096);
         if (batch->nr == C_MAX_TABLE_BATCH) {
+            ptlab_tsan_release(&batch->head);
             urcu_memb_call_rcu(&batch->head, c_table_batch_free);
             batch = NULL;
         }
     }
-    if (batch)
+    if (batch) {
+        ptlab_tsan_release(&batch->head);
         urcu_memb_call_rcu(&batch->head, c_table_batch_free);
+    }
     urcu_memb_barrier();
     double secs = (now_ns() - t0) / 1e9;
     ptlab_rcu_unregister();

@@ -35,13 +35,6 @@ static int64_t outstanding_of(const int64_t ev[PTLAB_NR_EVENTS])
     return bounded + ev[PTLAB_EV_RCU_RESERVED_BYTES] - ev[PTLAB_EV_RCU_DONE_BYTES];
 }
 
-static int64_t outstanding_bytes(void)
-{
-    int64_t ev[PTLAB_NR_EVENTS];
-    ptlab_pcp_sum_events(ev);
-    return outstanding_of(ev);
-}
-
 static void ptlab_rcu_trampoline(struct rcu_head *rh)
 {
     struct ptlab_rcu_head *head = caa_container_of(rh, struct ptlab_rcu_head, head);
@@ -84,8 +77,16 @@ int ptlab_rcu_reserve(uint64_t bytes, uint64_t bound)
     if (++calls_since_look < RESERVE_LOOK_EVERY && bounded + seen_rest <= (int64_t)bound)
         return 1;
     calls_since_look = 0;
-    int64_t now = outstanding_bytes();
-    seen_rest = now - atomic_load_explicit(&ptlab_rcu_stats.reserved_bytes, memory_order_relaxed);
+    /*
+     * Everything but bounded reservations, from one sum: reading the
+     * global count twice (once for the total, once to take it out again)
+     * let a reservation made between the reads vanish from seen_rest, and
+     * admit that much past the bound (caught by the in-flight monitor).
+     */
+    int64_t ev[PTLAB_NR_EVENTS];
+    ptlab_pcp_sum_events(ev);
+    seen_rest = ev[PTLAB_EV_RCU_RESERVED_BYTES] - ev[PTLAB_EV_RCU_DONE_BYTES];
+    int64_t now = atomic_load_explicit(&ptlab_rcu_stats.reserved_bytes, memory_order_acquire) + seen_rest;
     if (now > (int64_t)bound) {
         atomic_fetch_sub_explicit(&ptlab_rcu_stats.reserved_bytes, (int64_t)bytes,
                                   memory_order_relaxed);

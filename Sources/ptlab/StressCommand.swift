@@ -38,7 +38,10 @@ struct StressCommand: ParsableCommand {
     @Option(help: "batch-fail only: the tlb_remove_table_one fallback (ipi-sync, rcu-one, synchronize); same as --mode.")
     var fallback: String?
 
-    @Option(help: "Seconds to run (an unsafe run under `all` stops at its first detection).")
+    /// The least time an unsafe run under `all` is given to detect.
+    static let unsafeBoundUnderAll = 10.0
+
+    @Option(help: "Seconds to run (an unsafe run under `all` stops at its own detector's first detection, and has at least 10 s for it).")
     var duration: Double = 3
 
     @Option(help: "Walker threads.")
@@ -52,6 +55,11 @@ struct StressCommand: ParsableCommand {
 
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
+
+    /// The harness's self-test (tests use it to see a failing safe run exit 1).
+    @Option(help: ArgumentHelp("Inject a bug into the run: double-free (frees one page twice at the end).",
+                               visibility: .hidden))
+    var inject: String?
 
     @OptionGroup var module: ModuleParameterOptions
 
@@ -70,6 +78,10 @@ struct StressCommand: ParsableCommand {
     func validate() throws {
         if mode != nil && fallback != nil { throw ValidationError("give --mode or --fallback, not both") }
         if fallback != nil && scenario != "batch-fail" { throw ValidationError("--fallback belongs to batch-fail") }
+        if let inject, inject != "double-free" { throw ValidationError("--inject knows only double-free, not '\(inject)'") }
+        if inject != nil && Scenario.named(scenario) == nil {
+            throw ValidationError("--inject works with the scenarios of \(Scenario.all.map(\.name).joined(separator: ", "))")
+        }
         _ = try plan()
     }
 
@@ -80,10 +92,14 @@ struct StressCommand: ParsableCommand {
         var results: [StressResult] = []
         for (scenario, mode, safe) in plan {
             var options = StressOptions(scenario: scenario, mode: mode)
-            options.duration = duration
+            // Under `all` an unsafe run stops at its detector's first
+            // detection; a short --duration sized for the safe runs must
+            // not cut it off before its detector had a fair chance.
+            options.duration = self.scenario == "all" && !safe ? max(duration, Self.unsafeBoundUnderAll) : duration
             options.walkers = walkers
             options.seed = seed
             options.stopOnDetection = stopOnDetect || (self.scenario == "all" && !safe)
+            options.injectDoubleFree = inject == "double-free"
             let progress = ProgressLine("stress \(scenario)/\(mode)")
             options.progress = { p in
                 progress.update(String(format: "%.1f/%.0fs  ops %d  walks %d  uaf %d", p.elapsed, p.duration, p.ops, p.walks, p.uaf))

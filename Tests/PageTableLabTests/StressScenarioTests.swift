@@ -1,3 +1,4 @@
+import CSupport
 import XCTest
 @testable import PageTableLab
 
@@ -49,6 +50,21 @@ final class StressScenarioTests: XCTestCase {
     func testSVALeafOnlyIsCaughtByTheIOMMUsCaches() throws { try assertDetects("sva", "leaf-only", by: .iommuFromCache) }
     func testBatchFailFallbacksAreSafe() throws {
         for fallback in ["ipi-sync", "rcu-one", "synchronize"] { try assertSafe("batch-fail", fallback, ops: 40) }
+    }
+
+    /// rcu_workers=per-cpu, as `--param` sets it: callbacks then run on
+    /// the queueing CPU's own worker, and the grace periods must hold there
+    /// too, for the gather's batches, pte_free_defer and PT_RECLAIM alike.
+    func testScenariosHoldWithPerCPUCallRCUWorkers() throws {
+        var params = ModuleParameters()
+        try params.set("rcu_workers", to: "per-cpu")
+        try params.applyRCU()
+        XCTAssertNotNil(urcu_memb_get_cpu_call_rcu_data(0), "no per-CPU call_rcu worker was made for CPU 0")
+        for (scenario, mode) in [("collapse", "defer"), ("unmap", "rcu-table-free"), ("reclaim", "rcu-table-free"),
+                                 ("batch-fail", "rcu-one"), ("sva", "all-levels")] {
+            try assertSafe(scenario, mode, ops: 60)
+        }
+        try assertDetects("collapse", "immediate", by: .pteOffsetMap)
     }
 
     /// Every unsafe mode names a detector, and every safe mode none.

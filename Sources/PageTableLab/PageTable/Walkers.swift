@@ -112,7 +112,7 @@ extension WalkCounters {
         switch step {
         case .notMapped: notMapped += 1
         case .retry: retries += 1
-        case .freed: self[detector] += 1
+        case .freed: detected(detector)
         case .poison: detected(detector, poison: true)
         case .pteTable(let table, let gen, let slot, let value): return (table, gen, slot, value)
         }

@@ -16,6 +16,10 @@ public struct StressOptions: Sendable {
     /// Stop at the first detection by the mode's own detector (any
     /// detection for a safe mode): an unsafe mode has proved its point.
     public var stopOnDetection = false
+    /// Harness self-test: free one page twice at the end of the run, the
+    /// bug the integrity counters exist for, so that a safe run can be seen
+    /// to fail and the CLI to exit 1 (`ptlab stress --inject double-free`).
+    public var injectDoubleFree = false
     /// Called about twice a second from the updater with (elapsed, ops, walks, uaf).
     public var progress: (@Sendable (StressProgress) -> Void)?
 
@@ -121,6 +125,11 @@ public struct StressRunner {
             let deferredPeak = deferredMonitor.stop()
             try RCU.barrier()
             if let failure { throw failure }
+            if options.injectDoubleFree {
+                let page = try allocator.alloc()
+                PageTables.release(page, allocator: allocator)
+                PageTables.release(page, allocator: allocator)
+            }
             var result = StressResult(
                 scenario: scenario.name, mode: mode.name, safe: mode.safe, expectedDetector: mode.expectedDetector,
                 seed: options.seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops, walks: counters.walks,

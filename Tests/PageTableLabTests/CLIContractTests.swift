@@ -1,0 +1,137 @@
+import Foundation
+import XCTest
+@testable import PageTableLab
+
+/// The JSON keys and exit statuses README.md documents are a public
+/// interface: scripts parse them. These tests run the built `ptlab` (as a
+/// user does) and fail when a documented key disappears or an exit status
+/// changes meaning.
+final class CLIContractTests: XCTestCase {
+    /// `ptlab` beside this test bundle: `swift build` and `swift test`
+    /// build it into the same directory.
+    private func ptlab() throws -> URL {
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        while !dir.path.isEmpty && dir.path != "/" {
+            let candidate = dir.appendingPathComponent("ptlab")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        throw PtlabNotBuilt(near: exe.path)
+    }
+
+    private struct PtlabNotBuilt: Error, CustomStringConvertible {
+        let near: String
+        var description: String { "ptlab is not built next to \(near): run `swift build` first" }
+    }
+
+    private struct Run {
+        var status: Int32
+        var json: [String: Any]
+        var stderr: String
+    }
+
+    private func run(_ arguments: [String]) throws -> Run {
+        let process = Process()
+        process.executableURL = try ptlab()
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let object = try JSONSerialization.jsonObject(with: stdout) as? [String: Any]
+        return Run(status: process.terminationStatus, json: try XCTUnwrap(object, "stdout is not one JSON object: \(stderr)"),
+                   stderr: stderr)
+    }
+
+    private func assertKeys(_ object: [String: Any], _ keys: [String], _ what: String,
+                            file: StaticString = #filePath, line: UInt = #line) {
+        let missing = Set(keys).subtracting(object.keys)
+        XCTAssertTrue(missing.isEmpty, "\(what) lacks documented keys \(missing.sorted())", file: file, line: line)
+    }
+
+    static let stressKeys = [
+        "scenario", "mode", "safe", "expected_detector", "seed", "walkers", "duration_s", "ops", "walks",
+        "uaf_detected", "leaked_pages", "tables_freed", "rcu_callbacks", "tlb_flushes", "peak_deferred_bytes",
+        "free_latency_us", "detections", "free_errors", "double_queued", "notifier_failures", "pass", "verdict",
+    ]
+    static let detectionKeys = ["walks", "mapped", "not_mapped", "retries", "poison_seen"] + Detector.allCases.map(\.rawValue)
+
+    func testStressJSONKeysOfASafeRun() throws {
+        let r = try run(["stress", "unmap", "--mode", "rcu-table-free", "--duration", "0.3", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        assertKeys(r.json, Self.stressKeys, "stress --json")
+        assertKeys(try XCTUnwrap(r.json["detections"] as? [String: Any]), Self.detectionKeys, "detections")
+        assertKeys(try XCTUnwrap(r.json["free_latency_us"] as? [String: Any]), ["p50", "p99", "max"], "free_latency_us")
+        XCTAssertTrue(r.json["expected_detector"] is NSNull, "a safe mode expects no detector")
+        XCTAssertEqual(r.json["pass"] as? Bool, true)
+    }
+
+    func testStressJSONNamesAnUnsafeRunsDetector() throws {
+        let r = try run(["stress", "unmap", "--mode", "no-flush", "--stop-on-detect", "--duration", "30", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.json["expected_detector"] as? String, "stale_psc")
+        XCTAssertGreaterThan((r.json["detections"] as? [String: Any])?["stale_psc"] as? Int ?? 0, 0)
+    }
+
+    /// A safe run that fails (here on its integrity counters, after a
+    /// deliberate double free) exits 1 and says why.
+    func testAFailingSafeRunExitsOne() throws {
+        let r = try run(["stress", "unmap", "--mode", "rcu-table-free", "--duration", "0.3", "--inject", "double-free", "--json"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.json["pass"] as? Bool, false)
+        XCTAssertEqual(r.json["free_errors"] as? Int, 1)
+        XCTAssertTrue((r.json["verdict"] as? String ?? "").contains("double free"), "\(r.json["verdict"] ?? "")")
+    }
+
+    func testStressAllJSONIsAListOfRuns() throws {
+        let r = try run(["stress", "all", "--duration", "0.2", "--json"])
+        let runs = try XCTUnwrap(r.json["runs"] as? [[String: Any]])
+        XCTAssertEqual(r.status, 0, runs.filter { $0["pass"] as? Bool != true }.map { "\($0["scenario"] ?? "")/\($0["mode"] ?? ""): \($0["verdict"] ?? "")" }.joined(separator: "; "))
+        XCTAssertEqual(runs.count, Scenario.all.map(\.modes.count).reduce(0, +) + KernelFreeStress.modes.count + 2)
+        for run in runs { assertKeys(run, Self.stressKeys, "stress all run \(run["scenario"] ?? "")/\(run["mode"] ?? "")") }
+    }
+
+    func testCompareJSONKeys() throws {
+        let trace = try XCTUnwrap(Bundle.module.url(forResource: "reclaim-whole", withExtension: "trace", subdirectory: "Traces"))
+        let r = try run(["compare", "--model-only", "--json", trace.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        assertKeys(r.json, ["profile", "traces"], "compare --json")
+        let traceReport = try XCTUnwrap((r.json["traces"] as? [[String: Any]])?.first)
+        assertKeys(traceReport, ["file", "match", "checkpoints"], "a trace")
+        let checkpoint = try XCTUnwrap((traceReport["checkpoints"] as? [[String: Any]])?.first)
+        assertKeys(checkpoint, ["line", "model_kb", "kernel_kb", "expected_kb", "match"], "a checkpoint")
+        XCTAssertTrue(checkpoint["kernel_kb"] is NSNull, "a side that did not run is null, not absent")
+    }
+
+    /// The bench's report, from a run too small to measure anything: only
+    /// its shape is checked here (the numbers belong to BENCHMARKS.md).
+    func testBenchJSONKeys() throws {
+        var c = Bench.Configuration()
+        c.rounds = 1
+        c.readIterations = 1_000
+        c.callRCUObjects = 1_024
+        c.pageIterations = 1_000
+        c.numaIterations = 4
+        c.walkIterations = 1_000
+        c.walkTables = 2
+        c.kernelFreeSeconds = 0.05
+        c.qiSubmissions = 16
+        c.floodBoundBytes = 1 << 20
+        c.floodCallsPerProducer = 1_024
+        let report = try Bench.run(c)
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(report)) as? [String: Any])
+        assertKeys(object, [
+            "rcu_read_ns_swift", "rcu_read_ns_c", "rcu_read_ratio", "call_rcu_per_sec_swift", "call_rcu_per_sec_c",
+            "call_rcu_ratio", "page_alloc_free_ns", "numa_alloc_onnode_ns", "page_alloc_speedup", "defer_tables_per_sec",
+            "gather_tables_per_sec", "c_batch_frees_per_sec", "gather_callbacks_per_table", "walk_ns",
+            "kernel_free_invalidations_per_table", "qi_submit_sync_us_p50", "peak_deferred_bytes_flood",
+            "deferred_bound_bytes", "targets", "all_targets_met", "rounds", "build", "parameters",
+        ], "bench --json")
+        let target = try XCTUnwrap((object["targets"] as? [[String: Any]])?.first)
+        XCTAssertNotNil(target["met"], "a target says whether it was met")
+    }
+}
