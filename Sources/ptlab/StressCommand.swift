@@ -38,6 +38,9 @@ struct StressCommand: ParsableCommand {
     @Option(help: "batch-fail only: the tlb_remove_table_one fallback (ipi-sync, rcu-one, synchronize); same as --mode.")
     var fallback: String?
 
+    @Option(help: "collapse only: the kernel path, shmem (collapse_file + the retract, the default) or anon (collapse_huge_page).")
+    var path: String?
+
     /// The least time an unsafe run under `all` is given to detect.
     static let unsafeBoundUnderAll = 10.0
 
@@ -65,19 +68,25 @@ struct StressCommand: ParsableCommand {
 
     static var catalogue: String {
         var lines = Scenario.all.map { s in
-            "  \(s.name.padding(toLength: 14, withPad: " ", startingAt: 0)) \(s.modes.map { $0.name + ($0.safe ? "" : "*") }.joined(separator: ", "))\n" +
-            "  \(String(repeating: " ", count: 14)) \(s.summary)"
+            let name = s.path.map { "\(s.name) --path \($0)" } ?? s.name
+            let modes = s.modes.map { $0.name + ($0.expectedDetector.map { " (\($0.rawValue))*" } ?? "") }
+            return "  \(name)\n    \(modes.joined(separator: ", "))\n    \(s.summary)"
         }
-        lines.append("  kernel-free    deferred, per-page, no-invalidate*\n" +
-                     "                 DMA walkers on SVA-bound PASIDs vs freeing kernel page tables")
-        lines.append("  iommu-faults   deferred, per-page\n" +
-                     "                 kernel-free while IQE, ITE, ICE and queue-full are injected")
-        return lines.joined(separator: "\n") + "\n  (* unsafe: the kernel before the fix)"
+        lines.append("  kernel-free\n    deferred, per-page, no-invalidate (iommu_from_cache)*\n" +
+                     "    DMA walkers on SVA-bound PASIDs vs freeing kernel page tables")
+        lines.append("  iommu-faults\n    deferred, per-page\n" +
+                     "    kernel-free while IQE, ITE, ICE and queue-full are injected")
+        return lines.joined(separator: "\n") + "\n  (* unsafe: the kernel before the fix; in brackets, the detector that must catch it)"
     }
 
     func validate() throws {
         if mode != nil && fallback != nil { throw ValidationError("give --mode or --fallback, not both") }
         if fallback != nil && scenario != "batch-fail" { throw ValidationError("--fallback belongs to batch-fail") }
+        if let path, Scenario.paths(of: scenario).isEmpty || !Scenario.paths(of: scenario).contains(path) {
+            let known = Scenario.paths(of: scenario)
+            throw ValidationError(known.isEmpty ? "--path belongs to collapse"
+                                  : "scenario '\(scenario)' has no path '\(path)' (paths: \(known.joined(separator: ", ")))")
+        }
         if let inject, inject != "double-free" { throw ValidationError("--inject knows only double-free, not '\(inject)'") }
         if inject != nil && Scenario.named(scenario) == nil {
             throw ValidationError("--inject works with the scenarios of \(Scenario.all.map(\.name).joined(separator: ", "))")
@@ -90,8 +99,10 @@ struct StressCommand: ParsableCommand {
         Diagnostics.warnIfDebugBuild("stress")
         let plan = try self.plan()
         var results: [StressResult] = []
-        for (scenario, mode, safe) in plan {
+        for run in plan {
+            let (scenario, mode, safe) = (run.scenario, run.mode, run.safe)
             var options = StressOptions(scenario: scenario, mode: mode)
+            options.path = run.path
             // Under `all` an unsafe run stops at its detector's first
             // detection; a short --duration sized for the safe runs must
             // not cut it off before its detector had a fair chance.
@@ -100,7 +111,7 @@ struct StressCommand: ParsableCommand {
             options.seed = seed
             options.stopOnDetection = stopOnDetect || (self.scenario == "all" && !safe)
             options.injectDoubleFree = inject == "double-free"
-            let progress = ProgressLine("stress \(scenario)/\(mode)")
+            let progress = ProgressLine("stress \(scenario)\(run.path.map { "(\($0))" } ?? "")/\(mode)")
             options.progress = { p in
                 progress.update(String(format: "%.1f/%.0fs  ops %d  walks %d  uaf %d", p.elapsed, p.duration, p.ops, p.walks, p.uaf))
             }
@@ -129,13 +140,21 @@ struct StressCommand: ParsableCommand {
         if results.contains(where: { !$0.pass }) { throw ExitCode(1) }
     }
 
-    /// (scenario, mode, safe) for each run asked for.
-    private func plan() throws -> [(String, String, Bool)] {
+    /// One run asked for.
+    private struct PlannedRun {
+        var scenario: String
+        var path: String?
+        var mode: String
+        var safe: Bool
+    }
+
+    /// Each run asked for, in order.
+    private func plan() throws -> [PlannedRun] {
         let iommuModes = KernelFreeStress.modes
         if scenario == "all" {
-            var runs = Scenario.all.flatMap { s in s.modes.map { (s.name, $0.name, $0.safe) } }
-            runs += iommuModes.map { ("kernel-free", $0, $0 != "no-invalidate") }
-            runs += ["deferred", "per-page"].map { ("iommu-faults", $0, true) }
+            var runs = Scenario.all.flatMap { s in s.modes.map { PlannedRun(scenario: s.name, path: s.path, mode: $0.name, safe: $0.safe) } }
+            runs += iommuModes.map { PlannedRun(scenario: "kernel-free", mode: $0, safe: $0 != "no-invalidate") }
+            runs += ["deferred", "per-page"].map { PlannedRun(scenario: "iommu-faults", mode: $0, safe: true) }
             return runs
         }
         let chosen = mode ?? fallback
@@ -144,22 +163,23 @@ struct StressCommand: ParsableCommand {
             guard iommuModes.contains(m) else {
                 throw ValidationError("scenario '\(scenario)' has no mode '\(m)' (modes: \(iommuModes.joined(separator: ", ")))")
             }
-            return [(scenario, m, m != "no-invalidate")]
+            return [PlannedRun(scenario: scenario, mode: m, safe: m != "no-invalidate")]
         }
-        guard let s = Scenario.named(scenario) else {
-            let known = Scenario.all.map(\.name) + ["kernel-free", "iommu-faults", "all"]
+        guard let s = Scenario.named(scenario, path: path) else {
+            let known = Scenario.names + ["kernel-free", "iommu-faults", "all"]
             throw ValidationError("unknown scenario '\(scenario)' (scenarios: \(known.joined(separator: ", ")))")
         }
         let m = chosen ?? s.modes[0].name
         guard let found = s.mode(named: m) else {
-            throw ValidationError("scenario '\(scenario)' has no mode '\(m)' (modes: \(s.modes.map(\.name).joined(separator: ", ")))")
+            let on = s.path.map { " on path \($0)" } ?? ""
+            throw ValidationError("scenario '\(scenario)'\(on) has no mode '\(m)' (modes: \(s.modes.map(\.name).joined(separator: ", ")))")
         }
-        return [(s.name, found.name, found.safe)]
+        return [PlannedRun(scenario: s.name, path: s.path, mode: found.name, safe: found.safe)]
     }
 
     private func printTable(_ r: StressResult, params: ModuleParameters) {
         let rows: [(String, String)] = [
-            ("scenario", "\(r.scenario) / \(r.mode) (\(r.safe ? "safe" : "unsafe: the kernel before the fix"))"),
+            ("scenario", "\(r.scenario)\(r.path.map { " --path \($0)" } ?? "") / \(r.mode) (\(r.safe ? "safe" : "unsafe: the kernel before the fix"))"),
             ("seed / walkers", "\(r.seed) / \(r.walkers)\(params.commandLine.isEmpty ? "" : "  " + params.commandLine.joined(separator: " "))"),
             ("duration", String(format: "%.2f s", r.durationSeconds)),
             ("updater ops", "\(r.ops)"),

@@ -49,22 +49,39 @@ func runTolerantOfInterference(_ trace: Trace, targets: () throws -> [any TraceT
     return run
 }
 
-/// Hold a grace period open: another thread sits in a read section for the
-/// length of `body`, so "not freed yet" can be asserted without a race.
-func withGracePeriodHeld<R>(_ body: () throws -> R) rethrows -> R {
-    let inside = DispatchSemaphore(value: 0)
-    let leave = DispatchSemaphore(value: 0)
-    let reader = RCUThread {
-        RCU.read {
-            inside.signal()
-            leave.wait()
+/// Hold a grace period open: another thread sits in a read section from
+/// init until `release()`, so "not freed yet" can be asserted without a race.
+final class GracePeriodHolder {
+    private let leave = DispatchSemaphore(value: 0)
+    private let reader: RCUThread
+    private var released = false
+
+    init() {
+        let inside = DispatchSemaphore(value: 0)
+        let leave = self.leave
+        reader = RCUThread {
+            RCU.read {
+                inside.signal()
+                leave.wait()
+            }
         }
+        inside.wait()
     }
-    inside.wait()
-    defer {
+
+    func release() {
+        guard !released else { return }
+        released = true
         leave.signal()
         reader.join()
     }
+
+    deinit { release() }
+}
+
+/// `body` with a grace period held open for its length.
+func withGracePeriodHeld<R>(_ body: () throws -> R) rethrows -> R {
+    let holder = GracePeriodHolder()
+    defer { holder.release() }
     return try body()
 }
 

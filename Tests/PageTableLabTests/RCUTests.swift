@@ -164,6 +164,11 @@ final class RCUTests: XCTestCase {
         let before = DeferredBound.snapshot()
         let monitor = DeferredMemoryMonitor(periodMicroseconds: 0)
         let tally = Tally()
+        // Without admission nobody waits, so a reader may hold every free
+        // back for the whole flood, and the sample taken before it leaves
+        // sees all of it (with admission a held reader would stall the
+        // callers over the bound forever).
+        let holder = admission ? nil : GracePeriodHolder()
         let flooders = (0..<threads).map { t in
             RCUThread {
                 for i in t * perThread..<(t + 1) * perThread {
@@ -179,6 +184,8 @@ final class RCUTests: XCTestCase {
             }
         }
         flooders.forEach { $0.join() }
+        monitor.sample()
+        holder?.release()
         let peak = monitor.stop()
         try RCU.withRegisteredThread { try RCU.barrier() }
         let after = DeferredBound.snapshot()

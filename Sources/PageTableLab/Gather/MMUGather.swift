@@ -69,6 +69,12 @@ public final class MMUGather {
         clearedPTEs = true
     }
 
+    /// tlb_remove_pmd_tlb_entry: a huge PMD was cleared at `address`.
+    func clearedPMD(at address: UInt64) {
+        adjustRange(address & ~(MM.pmdSize - 1), MM.pmdSize)
+        clearedPMDs = true
+    }
+
     /// __tlb_remove_page: queue a data page for after the flush. True means
     /// the batches are full and the caller must tlbFlushMMU before going on.
     func removePage(_ page: Page) -> Bool {

@@ -24,7 +24,10 @@ extension Bench {
     /// without any grace period, so no producer can be waiting on the reader
     /// when it is told to leave.
     static func flood(bound: UInt64, producers: Int, callsPerProducer: Int, allocator: PageAllocator) throws -> FloodResult {
-        let stallCalls = Int(bound / 4096) * 3 / 4
+        // With admission switched off (a test's broken build) nobody waits
+        // for the reader, so it may stall through the whole flood.
+        let admits = !DeferredBound.admissionDisabled.load(ordering: .relaxed)
+        let stallCalls = admits ? Int(bound / 4096) * 3 / 4 : producers * callsPerProducer
         guard producers >= 1, stallCalls >= 1, producers * callsPerProducer >= stallCalls else {
             throw BenchError.invalidConfiguration("flood: the producers' calls must outnumber 3/4 of the bound in pages")
         }
@@ -37,7 +40,7 @@ extension Bench {
         // judged by is this monitor's peak, not the admission's bookkeeping.
         let monitor = DeferredMemoryMonitor(periodMicroseconds: 0)
 
-        let stall = Stall()
+        let stall = Stall(monitor: monitor)
         let reader = RCUThread {
             RCU.read {
                 stall.inside.signal()
@@ -83,14 +86,21 @@ extension Bench {
     /// The reader's stall: it signals once inside, and leaves when told to.
     /// Told once only, whoever tells it (the producer that reaches the count,
     /// or any producer on its way out, so that a failed producer cannot leave
-    /// the others waiting on a reader forever).
+    /// the others waiting on a reader forever). The monitor samples just
+    /// before the reader leaves: nothing can have been freed yet, so that
+    /// sample is the flood at its fullest, wherever its thread was.
     private final class Stall: Sendable {
         let inside = DispatchSemaphore(value: 0)
         let leave = DispatchSemaphore(value: 0)
         private let ended = Atomic<Bool>(false)
+        private let monitor: DeferredMemoryMonitor
+
+        init(monitor: DeferredMemoryMonitor) { self.monitor = monitor }
 
         func end() {
-            if !ended.exchange(true, ordering: .acquiringAndReleasing) { leave.signal() }
+            guard !ended.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            monitor.sample()
+            leave.signal()
         }
     }
 }

@@ -262,6 +262,22 @@ public final class PageAllocator: @unchecked Sendable {
         ptlab_page_set_state(d, PTLAB_PAGE_ALLOCATED.rawValue)
     }
 
+    /// split_page: a compound allocation becomes 2^order order-0 pages,
+    /// each allocated and freed on its own from now on (what splitting a
+    /// THP's folio leaves behind). The pages stay counted as allocated.
+    public func split(_ page: Page) {
+        let d = page.desc
+        precondition(ptlab_page_state(d) == PTLAB_PAGE_ALLOCATED.rawValue, "split_page of a page that is not allocated")
+        guard ptlab_page_flags(d) & PTLAB_PG_HEAD != 0 else { return }
+        let order = Int(d.pointee.order)
+        ptlab_page_clear_flags(d, PTLAB_PG_HEAD)
+        d.pointee.order = 0
+        for tail in 1..<(1 << order) {
+            d[tail].order = 0
+            ptlab_page_set_state(d + tail, PTLAB_PAGE_ALLOCATED.rawValue)
+        }
+    }
+
     // MARK: - freeing (no allocation from here down)
 
     /// Free a page (the head of a compound allocation). A page queued for a

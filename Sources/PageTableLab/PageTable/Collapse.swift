@@ -1,74 +1,260 @@
 import CSupport
 
+/// MADV_COLLAPSE (mm/khugepaged.c's madvise_collapse): every 2 MiB of the
+/// range becomes a huge PMD, synchronously, whatever the THP sysfs
+/// settings say (VM_NOHUGEPAGE still refuses).
+///
+/// Anonymous memory (collapse_huge_page): under the mmap *write* lock the
+/// PMD is cleared and flushed (pmdp_collapse_flush), GUP-fast is waited out
+/// (tlb_remove_table_sync_one), the small pages are copied into a huge
+/// folio and freed, and the old PTE table is *deposited* for the huge PMD:
+/// VmPTE does not move.
+///
+/// Shared memory (collapse_file, then collapse_pte_mapped_thp): the huge
+/// folio is built in the page cache, the small pages are unmapped
+/// everywhere, and the PTE table of every mapping of those pages is
+/// retracted — cleared under the PMD and PTE locks, flushed, uncounted, and
+/// freed with pte_free_defer (6.5+), since a pte_offset_map walker holding
+/// no lock at all may still be inside it. The caller's own mapping then
+/// gets a huge PMD. Before 6.5 the retract held each mm's mmap write lock
+/// and freed after tlb_remove_table_sync_one.
 extension MM {
-    /// khugepaged's retract_page_tables for the 2 MiB range holding
-    /// `address`: once the range's contents live in a huge page, the PTE
-    /// table is unlinked (pmdp_collapse_flush under the PMD lock, PTE lock
-    /// nested) and freed with pte_free_defer — with no mmap_lock protecting
-    /// lockless walkers, only RCU.
-    ///
-    /// The model has no huge pages: the data pages are released through a
-    /// gather (as if copied into the THP) and the PMD is left empty, so the
-    /// next fault builds a new PTE table. Returns false when there was no
-    /// PTE table to retract.
-    @discardableResult
-    public func collapse(at address: UInt64) throws(MMError) -> Bool {
-        let base = address & ~(Self.pmdSize - 1)
-        return try mmapLock.withReadLock { () throws(MMError) -> Bool in
-            guard !hasExited else { throw .mmGone }
-            guard vmaTree.withLock({ $0.covers(base, base + Self.pmdSize) }) else { throw .notMapped(address: base) }
-            guard let (pmdTable, pmdSlot, pteTable) = findPTETable(base) else { return false }
+    /// What one 2 MiB of a collapse came to (enum scan_result, the part the
+    /// lab reaches).
+    enum CollapseResult: Equatable {
+        case succeeded
+        /// Already a huge PMD (SCAN_PMD_MAPPED): counts as done.
+        case pmdMapped
+        /// No PTE table (SCAN_PMD_NULL).
+        case pmdNull
+        /// No present, writable page to keep (SCAN_PAGE_RO).
+        case pageReadOnly
+        /// Nothing in the page cache there (shmem).
+        case pageNull
+        /// No huge page to be had (SCAN_ALLOC_HUGE_PAGE_FAIL: ENOMEM).
+        case allocFailed
+        /// The VMA cannot take a huge PMD there.
+        case vmaCheck
 
-            // The old PTEs go first (the data now lives in the huge page).
-            let tlb = MMUGather(mm: self)
-            unmapPageRange(tlb, base, base + Self.pmdSize, reclaimPT: false)
-            tlb.finish()
+        var errno: CollapseErrno { self == .allocFailed ? .enomem : .einval }
 
-            lockPTL(pmdTable)
-            lockPTL(pteTable)
-            let stillLinked = Entry(rawValue: ptlab_pte_read(pmdSlot)).pfn == UInt64(pteTable.pfn)
-            if stillLinked {
-                // pmdp_collapse_flush: clear the PMD and flush the range.
-                ptlab_pte_write(pmdSlot, 0)
-                self.tlb.flush()
-                invalidateSecondaryTLBs(start: base, end: base + Self.pmdSize, freedTables: true)
+        var why: String {
+            switch self {
+            case .succeeded, .pmdMapped: "collapsed"
+            case .pmdNull: "no page table maps it (SCAN_PMD_NULL)"
+            case .pageReadOnly: "no present writable page to collapse (SCAN_PAGE_RO)"
+            case .pageNull: "the file has no page there (SCAN_PAGE_NULL)"
+            case .allocFailed: "no huge page could be allocated (SCAN_ALLOC_HUGE_PAGE_FAIL)"
+            case .vmaCheck: "the mapping cannot hold a huge PMD there (SCAN_VMA_CHECK)"
             }
-            ptlab_ptl_unlock(pteTable.desc)
-            ptlab_ptl_unlock(pmdTable.desc)
-            guard stillLinked else { return false }
-            accountTable(.pte, -1)
-            switch profile.collapseFree {
-            case .defer:
-                do throws(RCUError) {
-                    try pteFreeDefer(pteTable)
-                } catch .unregisteredThread {
-                    // An unregistered updater cannot be in a read section:
-                    // it waits out a grace period itself, then frees.
-                    RCU.synchronizeUnchecked()
-                    PageTables.dtorFree(pteTable, allocator: allocator)
-                } catch {
-                    // Already queued: freeing it here would free it twice
-                    // (counted in Integrity.doubleQueued).
+        }
+    }
+
+    /// madvise(MADV_COLLAPSE) over [address, address + length): each VMA in
+    /// turn, each whole 2 MiB inside it; an error when any was not
+    /// collapsed, with the errno of the last failure (after doing the rest,
+    /// as the kernel does).
+    public func madviseCollapse(address: UInt64, length: UInt64) throws(MMError) {
+        try validate("madvise", address, length)
+        let end = address + length
+        let slices = mmapLock.withReadLock { vmaTree.withLock { $0.clipped(address, end) } }
+        var lastFail: (UInt64, CollapseResult)?
+        for slice in slices {
+            guard !slice.flags.contains(.noHugepage), profile.thp.shmemEnabled != .deny || slice.isAnonymous else {
+                throw .collapseRefused(address: slice.start, errno: .einval, why: "the mapping has VM_NOHUGEPAGE")
+            }
+            var at = (slice.start + Self.pmdSize - 1) & ~(Self.pmdSize - 1)
+            while at + Self.pmdSize <= slice.end {
+                let result = slice.isAnonymous ? collapseAnonymous(at) : collapseShmem(at)
+                if result != .succeeded && result != .pmdMapped {
+                    lastFail = (at, result)
+                    if result == .allocFailed || result == .vmaCheck { break }
                 }
-            case .immediate:
-                PageTables.dtorFree(pteTable, allocator: allocator)
+                at += Self.pmdSize
             }
-            return true
+        }
+        if let (at, result) = lastFail { throw .collapseRefused(address: at, errno: result.errno, why: result.why) }
+        let hole = mmapLock.withReadLock { vmaTree.withLock { $0.covers(address, end) ? nil : firstHole($0, address, end) } }
+        if let hole { throw .notMapped(address: hole) }
+    }
+
+    /// The VMA for a collapse at `at` still fits it (hugepage_vma_revalidate).
+    private func revalidate(_ at: UInt64, anonymous: Bool) -> VMA? {
+        guard let vma = vmaTree.withLock({ $0.find(at) }), vma.isAnonymous == anonymous,
+              !vma.flags.contains(.noHugepage), vma.suitsHugePMD(at: at) else { return nil }
+        return vma
+    }
+
+    // MARK: - anonymous
+
+    /// collapse_huge_page for the 2 MiB at `at`.
+    private func collapseAnonymous(_ at: UInt64) -> CollapseResult {
+        mmapLock.withWriteLock {
+            guard revalidate(at, anonymous: true) != nil else { return .vmaCheck }
+            guard let (pmdTable, slot) = findPMD(at) else { return .pmdNull }
+            let pmd = Entry(rawValue: ptlab_pte_read(slot))
+            if pmd.isHugeLeaf { return .pmdMapped }
+            guard pmd.isPresent, let d = allocator.descriptor(pfn: pmd.pfn) else { return .pmdNull }
+            let table = Page(d)
+            let ptes = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
+            guard (0..<512).contains(where: { Entry(rawValue: ptlab_pte_read(ptes + $0)).has(Entry.writable) }) else {
+                return .pageReadOnly
+            }
+            guard let folio = try? allocator.alloc(order: 9, node: tableNode, zero: true) else { return .allocFailed }
+            // pmdp_collapse_flush under the PMD lock (PTE lock nested).
+            lockPTL(pmdTable)
+            lockPTL(table)
+            ptlab_pte_write(slot, 0)
+            ptlab_ptl_unlock(table.desc)
+            ptlab_ptl_unlock(pmdTable.desc)
+            tlb.flush()
+            invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize, freedTables: true)
+            tlb.syncOne()
+            // __collapse_huge_page_copy: each small page into the folio, then freed.
+            let target = allocator.address(of: folio)
+            for i in 0..<512 {
+                let e = Entry(rawValue: ptlab_pte_xchg(ptes + i, 0))
+                guard e.isMapped, let small = allocator.descriptor(pfn: e.pfn) else { continue }
+                (target + i << 12).copyMemory(from: allocator.address(of: Page(small)), byteCount: 4096)
+                PageTables.release(Page(small), allocator: allocator)
+            }
+            lockPTL(pmdTable)
+            deposit(table, under: pmdTable)
+            ptlab_pte_write(slot, Self.hugeEntry(folio, writable: true).rawValue)
+            ptlab_ptl_unlock(pmdTable.desc)
+            thpEvents.collapseAlloc.add(1, ordering: .relaxed)
+            return .succeeded
+        }
+    }
+
+    // MARK: - shared memory
+
+    /// hpage_collapse_scan_file + collapse_file, then collapse_pte_mapped_thp
+    /// for this mm, for the 2 MiB at `at`.
+    private func collapseShmem(_ at: UInt64) -> CollapseResult {
+        guard let vma = mmapLock.withReadLock({ revalidate(at, anonymous: false) }), let file = vma.file else {
+            return .vmaCheck
+        }
+        let base = vma.pgoff(at: at)
+        if file.lookup(base)?.huge != true {
+            guard (base..<base + 512).contains(where: { file.lookup($0) != nil }) else { return .pageNull }
+            let old: [Page]?
+            do {
+                old = try file.collapse(at: base)
+            } catch {
+                return .allocFailed
+            }
+            if let old {
+                thpEvents.collapseAlloc.add(1, ordering: .relaxed)
+                for mm in file.mappingMMs { mm.unmapFilePages(file, base) }
+                for mm in file.mappingMMs { mm.retractPageTables(file, base) }
+                for page in old { PageTables.release(page, allocator: allocator) }
+            }
+        }
+        return collapsePTEMappedTHP(at, file: file, base: base)
+    }
+
+    /// unmap_mapping_pages for the 512 file pages from `base`: their PTEs
+    /// in every VMA of this mm that maps them are cleared (the tables stay).
+    func unmapFilePages(_ file: ShmemFile, _ base: UInt64) {
+        mmapLock.withReadLock {
+            let vmas = vmaTree.withLock { $0.vmas.filter { $0.file === file } }
+            for vma in vmas {
+                let first = max(vma.start, vma.start &+ (base &- vma.pgoff) << 12)
+                let last = min(vma.end, vma.start &+ (base + 512 &- vma.pgoff) << 12)
+                guard base + 512 > vma.pgoff, base < vma.pgoff + vma.length >> 12, first < last else { continue }
+                let tlb = MMUGather(mm: self)
+                unmapPageRange(tlb, vma, first, last, reclaimPT: false)
+                tlb.finish()
+            }
+        }
+    }
+
+    /// retract_page_tables, this mm's share: every VMA mapping file page
+    /// `base` with a whole 2 MiB a huge PMD could map loses the PTE table
+    /// there. Takes no mmap lock: only the PMD and PTE locks, and RCU for
+    /// the walkers still inside the table.
+    func retractPageTables(_ file: ShmemFile, _ base: UInt64) {
+        let vmas = vmaTree.withLock { $0.vmas.filter { $0.file === file } }
+        for vma in vmas where base >= vma.pgoff {
+            let at = vma.start &+ (base - vma.pgoff) << 12
+            guard vma.contains(at), vma.suitsHugePMD(at: at) else { continue }
+            retract(at)
+        }
+    }
+
+    /// Clear the PMD at `at` if it maps a PTE table, and free that table the
+    /// profile's way. True when a table went.
+    @discardableResult
+    private func retract(_ at: UInt64) -> Bool {
+        guard let (pmdTable, slot) = findPMD(at) else { return false }
+        let pmd = Entry(rawValue: ptlab_pte_read(slot))
+        guard pmd.isPresent, !pmd.isHugeLeaf, let d = allocator.descriptor(pfn: pmd.pfn) else { return false }
+        let table = Page(d)
+        lockPTL(pmdTable)
+        lockPTL(table)
+        let stillLinked = ptlab_pte_read(slot) == pmd.rawValue
+        if stillLinked {
+            // pmdp_collapse_flush: clear the PMD and flush the range.
+            ptlab_pte_write(slot, 0)
+            tlb.flush()
+            invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize, freedTables: true)
+        }
+        ptlab_ptl_unlock(table.desc)
+        ptlab_ptl_unlock(pmdTable.desc)
+        guard stillLinked else { return false }
+        accountTable(.pte, -1)
+        freeRetracted(table)
+        return true
+    }
+
+    /// How the retract frees the table it cleared.
+    private func freeRetracted(_ table: Page) {
+        switch profile.collapseFree {
+        case .defer:
+            do throws(RCUError) {
+                try pteFreeDefer(table)
+            } catch .unregisteredThread {
+                // An unregistered updater cannot be in a read section:
+                // it waits out a grace period itself, then frees.
+                RCU.synchronizeUnchecked()
+                PageTables.dtorFree(table, allocator: allocator)
+            } catch {
+                // Already queued: freeing it here would free it twice
+                // (counted in Integrity.doubleQueued).
+            }
+        case .ipiSync:
+            tlb.syncOne()
+            PageTables.dtorFree(table, allocator: allocator)
+        case .immediate:
+            PageTables.dtorFree(table, allocator: allocator)
+        }
+    }
+
+    /// collapse_pte_mapped_thp with install_pmd: the huge folio now in the
+    /// page cache gets a PMD in this mm, after any PTE table still there
+    /// is retracted.
+    private func collapsePTEMappedTHP(_ at: UInt64, file: ShmemFile, base: UInt64) -> CollapseResult {
+        mmapLock.withReadLock {
+            guard revalidate(at, anonymous: false) != nil, let folio = file.lookup(base), folio.huge else {
+                return .vmaCheck
+            }
+            guard let (pmdTable, slot) = findPMD(at) else { return .pmdNull }
+            if Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf { return .pmdMapped }
+            retract(at)
+            lockPTL(pmdTable)
+            let won = ptlab_pte_read(slot) == 0
+            if won { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
+            ptlab_ptl_unlock(pmdTable.desc)
+            return won ? .succeeded : .pmdMapped
         }
     }
 
     /// The PMD table, the PMD entry and the PTE table mapping `address`.
     func findPTETable(_ address: UInt64) -> (Page, UnsafeMutablePointer<UInt64>, Page)? {
-        var table = pgd
-        var level = Level.pgd
-        while let child = childLevel(of: level) {
-            let slot = entry(in: table, level: level, address: address)
-            let e = Entry(rawValue: ptlab_pte_read(slot))
-            guard e.isPresent, let d = allocator.descriptor(pfn: e.pfn) else { return nil }
-            if child == .pte { return (table, slot, Page(d)) }
-            table = Page(d)
-            level = child
-        }
-        return nil
+        guard let (pmdTable, slot) = findPMD(address) else { return nil }
+        let e = Entry(rawValue: ptlab_pte_read(slot))
+        guard e.isPresent, !e.isHugeLeaf, let d = allocator.descriptor(pfn: e.pfn) else { return nil }
+        return (pmdTable, slot, Page(d))
     }
 }

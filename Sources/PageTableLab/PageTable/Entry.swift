@@ -12,6 +12,9 @@ public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     public static let dirty: UInt64 = 1 << 6
     /// PS: a huge leaf at PMD/PUD level.
     public static let huge: UInt64 = 1 << 7
+    /// _PAGE_PROTNONE: mapped, but PROT_NONE, so not present to the MMU.
+    /// (x86 reuses the global bit, meaningless in a non-present entry.)
+    public static let protNone: UInt64 = 1 << 8
     public static let pfnMask: UInt64 = 0x000F_FFFF_FFFF_F000
 
     public static let none = Entry(rawValue: 0)
@@ -21,6 +24,10 @@ public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     }
 
     @inlinable public var isPresent: Bool { rawValue & Self.present != 0 }
+    /// pte_present as the kernel means it: present, or PROT_NONE.
+    @inlinable public var isMapped: Bool { rawValue & (Self.present | Self.protNone) != 0 }
+    /// A present PMD (or PUD) entry that is a huge leaf, not a table.
+    @inlinable public var isHugeLeaf: Bool { isMapped && rawValue & Self.huge != 0 }
     @inlinable public var isNone: Bool { rawValue == 0 }
     @inlinable public var pfn: UInt64 { (rawValue & Self.pfnMask) >> 12 }
     @inlinable public func has(_ flag: UInt64) -> Bool { rawValue & flag != 0 }

@@ -2,64 +2,123 @@ import CSupport
 
 extension MM {
     /// handle_mm_fault for a write: allocate missing tables top-down and map
-    /// a zeroed data page. Returns the data page's memory.
+    /// the page. Returns the byte's memory.
     ///
     /// As in __pte_alloc and friends, a new table is allocated before the
     /// lock is taken and freed again if another thread populated the entry
     /// first; PGD/P4D/PUD entries are populated under page_table_lock, a PMD
     /// entry under the PMD table's split lock, the PTE under the PTE lock.
+    /// Anonymous memory in a THP-eligible VMA gets a huge PMD
+    /// (do_huge_pmd_anonymous_page); shmem memory maps its page cache's
+    /// folio, by PMD where the folio is huge and the VMA allows it.
     @discardableResult
     public func fault(at address: UInt64) throws(MMError) -> UnsafeMutableRawPointer {
         try mmapLock.withReadLock { () throws(MMError) -> UnsafeMutableRawPointer in
-            guard vmaTree.withLock({ tree in
-                guard tree.find(address) != nil else { return false }
+            let found = vmaTree.withLock { tree -> VMA? in
+                guard tree.find(address) != nil else { return nil }
                 tree.prepareAnon(at: address)
-                return true
-            }) else { throw .notMapped(address: address) }
-            return try faultLocked(at: address)
+                return tree.find(address)
+            }
+            guard let vma = found else { throw .notMapped(address: address) }
+            guard vma.flags.contains(.write) else { throw .accessDenied(address: address) }
+            return try faultLocked(at: address, vma: vma)
         }
     }
 
     /// The fault with mmap_lock already held.
-    func faultLocked(at address: UInt64) throws(MMError) -> UnsafeMutableRawPointer {
+    func faultLocked(at address: UInt64, vma: VMA) throws(MMError) -> UnsafeMutableRawPointer {
         while true {
-            var table = pgd
-            var level = Level.pgd
-            var pmdSlot: UnsafeMutablePointer<UInt64>?
-            while let child = childLevel(of: level) {
-                let slot = entry(in: table, level: level, address: address)
-                var e = Entry(rawValue: ptlab_pte_read(slot))
-                if !e.isPresent {
-                    e = try populate(slot, parent: table, level: level, child: child, address: address)
-                }
-                if level == .pmd { pmdSlot = slot }
-                table = Page(allocator.descriptor(pfn: e.pfn)!)
-                level = child
+            let (pmdTable, pmdSlot) = try walkToPMD(address)
+            let pmd = Entry(rawValue: ptlab_pte_read(pmdSlot))
+            if pmd.isHugeLeaf {
+                return allocator.address(pfn: pmd.pfn)! + Int(address & (Self.pmdSize - 1))
             }
-            let pte = entry(in: table, level: .pte, address: address)
-            if let present = mapped(pte) { return present }
-            let data: Page
+            if !pmd.isPresent {
+                if let mapped = try faultHuge(pmdTable: pmdTable, slot: pmdSlot, address: address, vma: vma) {
+                    return mapped
+                }
+                if Entry(rawValue: ptlab_pte_read(pmdSlot)).isHugeLeaf { continue }
+                _ = try populate(pmdSlot, parent: pmdTable, level: .pmd, child: .pte, address: address)
+            }
+            let e = Entry(rawValue: ptlab_pte_read(pmdSlot))
+            guard e.isPresent, !e.isHugeLeaf, let d = allocator.descriptor(pfn: e.pfn) else { continue }
+            if let mapped = try mapPTE(Page(d), pmdSlot: pmdSlot, pmd: e.rawValue, address: address, vma: vma) {
+                return mapped
+            }
+        }
+    }
+
+    /// Walk down to the PMD table mapping `address`, allocating missing
+    /// tables on the way; returns the table and the PMD entry's slot.
+    func walkToPMD(_ address: UInt64) throws(MMError) -> (Page, UnsafeMutablePointer<UInt64>) {
+        var table = pgd
+        var level = Level.pgd
+        while level != .pmd {
+            let child = childLevel(of: level)!
+            let slot = entry(in: table, level: level, address: address)
+            var e = Entry(rawValue: ptlab_pte_read(slot))
+            if !e.isPresent {
+                e = try populate(slot, parent: table, level: level, child: child, address: address)
+            }
+            table = Page(allocator.descriptor(pfn: e.pfn)!)
+            level = child
+        }
+        return (table, entry(in: table, level: .pmd, address: address))
+    }
+
+    /// A huge PMD for a fault at an empty PMD, if the VMA takes one: nil
+    /// when small pages it is (or another thread filled the PMD).
+    private func faultHuge(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA)
+        throws(MMError) -> UnsafeMutableRawPointer? {
+        guard vma.suitsHugePMD(at: address) else { return nil }
+        guard let file = vma.file else {
+            guard profile.thp.anonymousFault(vma) else { return nil }
+            return try faultHugeAnonymous(pmdTable: pmdTable, slot: slot, address: address)
+        }
+        let index = vma.pgoff(at: address)
+        let folio = try file.folio(for: index, huge: profile.thp.shmemFault(vma, index: index, fileSize: file.size))
+        // do_set_pmd: a huge folio is mapped whole unless the VMA refuses THP.
+        guard folio.huge, !vma.flags.contains(.noHugepage) else { return nil }
+        lockPTL(pmdTable)
+        let won = ptlab_pte_read(slot) == 0
+        if won { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
+        ptlab_ptl_unlock(pmdTable.desc)
+        guard won else { return nil }
+        return allocator.address(of: folio.page) + Int(address & (Self.pmdSize - 1))
+    }
+
+    /// Map the page for `address` in PTE table `table` (pte_offset_map_lock:
+    /// the PMD is re-checked under the lock, since a collapse or PT_RECLAIM
+    /// may have taken the table away). nil: look again from the top.
+    private func mapPTE(_ table: Page, pmdSlot: UnsafeMutablePointer<UInt64>, pmd: UInt64, address: UInt64, vma: VMA)
+        throws(MMError) -> UnsafeMutableRawPointer? {
+        let pte = entry(in: table, level: .pte, address: address)
+        if let present = mapped(pte) { return present }
+        let data: Page
+        var owned = false
+        if let file = vma.file {
+            let index = vma.pgoff(at: address)
+            let folio = try file.folio(for: index, huge: false)
+            data = folio.huge ? Page(folio.page.desc + Int(index & 511)) : folio.page
+        } else {
             do {
                 data = try allocator.alloc(node: tableNode, zero: true)
             } catch {
                 throw .outOfMemory(error)
             }
-            // pte_offset_map_lock: the PMD may have been cleared (collapse
-            // runs without mmap_lock) between the walk and the lock.
-            let d = table.desc
-            while ptlab_ptl_trylock(d) == 0 {}
-            let stillLinked = Entry(rawValue: ptlab_pte_read(pmdSlot!)).pfn == UInt64(table.pfn)
-                && Entry(rawValue: ptlab_pte_read(pmdSlot!)).isPresent
-            if stillLinked, mapped(pte) == nil {
-                ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.dirty | Entry.accessed).rawValue)
-                ptlab_ptl_unlock(d)
-                return allocator.address(of: data)
-            }
-            let present = stillLinked ? mapped(pte) : nil
-            ptlab_ptl_unlock(d)
-            PageTables.release(data, allocator: allocator)
-            if let present { return present }
+            owned = true
         }
+        lockPTL(table)
+        let stillLinked = ptlab_pte_read(pmdSlot) == pmd
+        if stillLinked, mapped(pte) == nil {
+            ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.dirty | Entry.accessed).rawValue)
+            ptlab_ptl_unlock(table.desc)
+            return allocator.address(of: data)
+        }
+        let present = stillLinked ? mapped(pte) : nil
+        ptlab_ptl_unlock(table.desc)
+        if owned { PageTables.release(data, allocator: allocator) }
+        return present
     }
 
     private func mapped(_ pte: UnsafeMutablePointer<UInt64>) -> UnsafeMutableRawPointer? {
@@ -68,17 +127,16 @@ extension MM {
     }
 
     /// __pte_alloc / __pmd_alloc / __pud_alloc (/ __p4d_alloc).
-    private func populate(_ slot: UnsafeMutablePointer<UInt64>, parent: Page, level: Level, child: Level,
-                          address: UInt64) throws(MMError) -> Entry {
+    func populate(_ slot: UnsafeMutablePointer<UInt64>, parent: Page, level: Level, child: Level,
+                  address: UInt64) throws(MMError) -> Entry {
         let base = address & ~(tableSpan(child) - 1)
         let fresh = try PageTables.alloc(child, base: base, mm: self, node: tableNode, allocator: allocator)
         let installed = Entry(pfn: fresh.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.accessed)
         let won: Bool
         if level == .pmd {
-            let d = parent.desc
-            while ptlab_ptl_trylock(d) == 0 {}
+            lockPTL(parent)
             won = install(slot, installed)
-            ptlab_ptl_unlock(d)
+            ptlab_ptl_unlock(parent.desc)
         } else {
             won = pageTableLock.withLock { _ in install(slot, installed) }
         }
@@ -91,7 +149,7 @@ extension MM {
     }
 
     private func install(_ slot: UnsafeMutablePointer<UInt64>, _ e: Entry) -> Bool {
-        guard !Entry(rawValue: ptlab_pte_read(slot)).isPresent else { return false }
+        guard ptlab_pte_read(slot) == 0 else { return false }
         ptlab_pte_write(slot, e.rawValue)
         return true
     }

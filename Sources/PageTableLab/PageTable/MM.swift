@@ -28,6 +28,13 @@ public final class MM: @unchecked Sendable {
     /// Written under mmap_lock.
     public internal(set) var lastGather = GatherStats()
     let notifiers = LabMutex<[any MMUNotifier]>([])
+    /// Deposited PTE tables (pmd_huge_pte): for each PMD table, the tables
+    /// held for the huge PMDs it maps, one each, to split them with.
+    let deposits = LabMutex<[UInt32: [Page]]>([:])
+    /// The shmem files some VMA of this mm maps.
+    let mappedFiles = LabMutex<[ObjectIdentifier: ShmemFile]>([:])
+    /// Transparent-hugepage events, as /proc/vmstat counts them.
+    public let thpEvents = THPEvents()
 
     /// The highest user address + 1 (TASK_SIZE).
     public var taskSize: UInt64 { profile.fiveLevel ? 1 << 56 : 1 << 47 }

@@ -1,3 +1,15 @@
+/// The errno MADV_COLLAPSE returns when it cannot collapse every huge page
+/// of its range (madvise_collapse_errno).
+public enum CollapseErrno: String, Sendable, Equatable {
+    /// Intrinsic to the range: VM_NOHUGEPAGE, nothing mapped, no page to keep.
+    case einval = "EINVAL"
+    /// No huge page could be allocated.
+    case enomem = "ENOMEM"
+    /// Transient: try again.
+    case eagain = "EAGAIN"
+    case ebusy = "EBUSY"
+}
+
 /// Errors from the modelled system calls, named after what the kernel
 /// would return, with the offending address in the message.
 public enum MMError: Error, Equatable, CustomStringConvertible {
@@ -8,6 +20,14 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
     case mappingExists(address: UInt64, length: UInt64)
     /// A fault outside every VMA (SIGSEGV).
     case notMapped(address: UInt64)
+    /// A write to a VMA without PROT_WRITE (SIGSEGV, SEGV_ACCERR).
+    case accessDenied(address: UInt64)
+    /// mremap's source and destination overlap (EINVAL).
+    case overlappingMove(from: UInt64, to: UInt64, length: UInt64)
+    /// mremap's source is not inside one VMA (EFAULT).
+    case moveAcrossVMAs(address: UInt64, length: UInt64)
+    /// MADV_COLLAPSE refused (its errno: EINVAL, ENOMEM, EAGAIN, EBUSY).
+    case collapseRefused(address: UInt64, errno: CollapseErrno, why: String)
     case outOfMemory(PageAllocError)
     case mmGone
 
@@ -18,6 +38,13 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
         case .outOfUserRange(let a, let l): "range 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside the user address space (EINVAL)"
         case .mappingExists(let a, let l): "MAP_FIXED_NOREPLACE: 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) overlaps an existing mapping (EEXIST)"
         case .notMapped(let a): "fault at 0x\(String(a, radix: 16)) outside any VMA (SIGSEGV)"
+        case .accessDenied(let a): "write fault at 0x\(String(a, radix: 16)) in a mapping without PROT_WRITE (SIGSEGV)"
+        case .overlappingMove(let f, let t, let l):
+            "mremap from 0x\(String(f, radix: 16)) to 0x\(String(t, radix: 16)) of 0x\(String(l, radix: 16)) bytes: the ranges overlap (EINVAL)"
+        case .moveAcrossVMAs(let a, let l):
+            "mremap of 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) does not lie inside one mapping (EFAULT)"
+        case .collapseRefused(let a, let e, let why):
+            "MADV_COLLAPSE at 0x\(String(a, radix: 16)) refused (\(e.rawValue)): \(why)"
         case .outOfMemory(let e): "out of memory: \(e)"
         case .mmGone: "the mm has exited"
         }

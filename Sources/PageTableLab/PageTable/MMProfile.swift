@@ -34,8 +34,12 @@ public struct MMProfile: Sendable, Equatable, Codable {
 
     /// How khugepaged's retract frees the PTE table it removed.
     public enum CollapseFree: String, Sendable, Codable, CaseIterable {
-        /// pte_free_defer: call_rcu on the table's embedded head.
+        /// pte_free_defer (6.5+): call_rcu on the table's embedded head.
         case `defer`
+        /// Before 6.5: tlb_remove_table_sync_one, then pte_free at once —
+        /// safe only because the retract then held every mm's mmap write
+        /// lock, so no pte_offset_map walker could be in the table.
+        case ipiSync = "ipi-sync"
         /// Unsafe: pte_free at once, no grace period.
         case immediate
     }
@@ -61,6 +65,12 @@ public struct MMProfile: Sendable, Equatable, Codable {
     public var failBatchAllocation = false
     public var collapseFree = CollapseFree.defer
     public var secondaryTLBFlush = SecondaryTLBFlush.allLevels
+    /// The transparent-hugepage policy faults follow (sysfs).
+    public var thp = THPSettings()
+    /// mremap realigns a move down to a PMD boundary when nothing is mapped
+    /// below it (move_page_tables' try_realign_addr, 6.7+), so that whole
+    /// PTE tables move instead of their entries.
+    public var mremapRealign = true
 
     public init() {}
 
@@ -68,12 +78,16 @@ public struct MMProfile: Sendable, Equatable, Codable {
     public static let v6_14 = MMProfile()
 
     /// A kernel without PT_RECLAIM, where the dtor runs at unlink and a
-    /// batch-page failure sends IPIs.
+    /// batch-page failure sends IPIs: Debian's 6.1, which the VM check
+    /// compares with (so also no mremap realignment, and the pre-6.5
+    /// retract).
     public static var pre6_14: MMProfile {
         var p = MMProfile()
         p.ptReclaim = false
         p.dtor = .atUnlink
         p.batchFallback = .ipiSync
+        p.collapseFree = .ipiSync
+        p.mremapRealign = false
         return p
     }
 }

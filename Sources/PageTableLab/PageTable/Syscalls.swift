@@ -13,15 +13,25 @@ extension MM {
 
     /// mmap(addr, len, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|
     /// MAP_FIXED_NOREPLACE): a new VMA exactly there, merged with compatible
-    /// neighbours. Nothing is allocated until the first fault.
-    public func mmap(address: UInt64, length: UInt64) throws(MMError) {
+    /// neighbours. Nothing is allocated until the first fault. With
+    /// `shared`, MAP_SHARED of a fresh memfd of `length` bytes instead.
+    /// `noHugepage` is the MADV_NOHUGEPAGE a trace's mmap applies at once.
+    public func mmap(address: UInt64, length: UInt64, shared: Bool = false, noHugepage: Bool = false) throws(MMError) {
         try validate("mmap", address, length)
         try mmapLock.withWriteLock { () throws(MMError) in
+            let file = shared ? ShmemFile(size: length, allocator: allocator) : nil
+            var flags = VMFlags.readWrite
+            if shared { flags.insert(.shared) }
+            if noHugepage { flags.insert(.noHugepage) }
             try vmaTree.withLock { tree throws(MMError) in
                 guard !tree.overlaps(address, address + length) else {
                     throw .mappingExists(address: address, length: length)
                 }
-                tree.insert(address, address + length)
+                tree.insert(VMA(start: address, end: address + length, flags: flags, file: file, pgoff: shared ? 0 : nil))
+            }
+            if let file {
+                mappedFiles.withLock { $0[ObjectIdentifier(file)] = file }
+                file.mapped(by: self)
             }
         }
     }
@@ -43,15 +53,19 @@ extension MM {
     /// free_pgtables between the neighbours left around the hole.
     public func munmap(address: UInt64, length: UInt64) throws(MMError) {
         try validate("munmap", address, length)
-        mmapLock.withWriteLock {
-            let (removed, prev, next) = vmaTree.withLock { $0.remove(address, address + length) }
-            guard !removed.isEmpty else { return }
-            let tlb = MMUGather(mm: self)
-            for vma in removed { unmapPageRange(tlb, vma.start, vma.end, reclaimPT: false) }
-            freePgtables(tlb, removed, floor: prev?.end ?? 0, ceiling: next?.start ?? 0)
-            tlb.finish()
-            lastGather = tlb.stats
-        }
+        mmapLock.withWriteLock { unmapLocked(address, address + length) }
+    }
+
+    /// do_vmi_munmap with mmap_lock held for write.
+    func unmapLocked(_ start: UInt64, _ end: UInt64) {
+        let (removed, prev, next) = vmaTree.withLock { $0.remove(start, end) }
+        guard !removed.isEmpty else { return }
+        let tlb = MMUGather(mm: self)
+        for vma in removed { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
+        freePgtables(tlb, removed, floor: prev?.end ?? 0, ceiling: next?.start ?? 0)
+        tlb.finish()
+        lastGather = tlb.stats
+        releaseUnmappedFiles()
     }
 
     /// madvise(MADV_DONTNEED): zap the mapped parts of the range under the
@@ -64,12 +78,45 @@ extension MM {
             let tree = vmaTree.withLock { $0 }
             let slices = tree.clipped(address, address + length)
             let tlb = MMUGather(mm: self)
-            for vma in slices { unmapPageRange(tlb, vma.start, vma.end, reclaimPT: profile.ptReclaim) }
+            for vma in slices { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: profile.ptReclaim) }
             tlb.finish()
             lastGather = tlb.stats
             return tree.covers(address, address + length) ? nil : firstHole(in: slices, address, address + length)
         }
         if let holeAt { throw .notMapped(address: holeAt) }
+    }
+
+    /// madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE): set the VMA flag (and clear
+    /// its opposite), splitting and merging VMAs as the flags now say. No
+    /// page table moves: the flag decides what later faults and collapses do.
+    public func madviseHugepage(address: UInt64, length: UInt64, enable: Bool = true) throws(MMError) {
+        try validate("madvise", address, length)
+        let hole: UInt64? = mmapLock.withWriteLock {
+            let (splits, hole) = vmaTree.withLock { tree -> ([UInt64], UInt64?) in
+                let hole = tree.covers(address, address + length) ? nil : firstHole(tree, address, address + length)
+                let splits = tree.modify(address, address + length) { vma in
+                    vma.flags.remove(enable ? .noHugepage : .hugepage)
+                    vma.flags.insert(enable ? .hugepage : .noHugepage)
+                }
+                return (splits, hole)
+            }
+            splitHugePMDs(at: splits)
+            return hole
+        }
+        if let hole { throw .notMapped(address: hole) }
+    }
+
+    /// vma_adjust_trans_huge: a VMA split inside a huge PMD splits the PMD.
+    func splitHugePMDs(at addresses: [UInt64]) {
+        for address in addresses where address & (Self.pmdSize - 1) != 0 {
+            guard let (pmdTable, slot) = findPMD(address), Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf,
+                  let vma = vmaTree.withLock({ $0.find(address) }) else { continue }
+            splitHugePMD(pmdTable: pmdTable, slot: slot, address: address, vma: vma)
+        }
+    }
+
+    func firstHole(_ tree: VMATree, _ start: UInt64, _ end: UInt64) -> UInt64 {
+        firstHole(in: tree.clipped(start, end), start, end)
     }
 
     private func firstHole(in slices: [VMA], _ start: UInt64, _ end: UInt64) -> UInt64 {
@@ -81,6 +128,18 @@ extension MM {
         return at
     }
 
+    /// Files no VMA of this mm maps any more are let go (the last mm to
+    /// let go takes the page cache with it).
+    func releaseUnmappedFiles() {
+        let still = Set(vmaTree.withLock { $0.vmas.compactMap { $0.file.map(ObjectIdentifier.init) } })
+        let gone = mappedFiles.withLock { files -> [ShmemFile] in
+            let gone = files.filter { !still.contains($0.key) }
+            for key in gone.keys { files[key] = nil }
+            return Array(gone.values)
+        }
+        for file in gone { file.unmapped(by: self) }
+    }
+
     /// exit_mmap: a fullmm gather over every VMA, free_pgtables over the
     /// whole address space, then pgd_free. Returns pgtables_bytes left
     /// behind, which must be 0 (check_mm's "non-zero pgtables_bytes").
@@ -90,10 +149,11 @@ extension MM {
         mmapLock.withWriteLock {
             let all = vmaTree.withLock { $0.removeAll() }
             let tlb = MMUGather(mm: self, fullmm: true)
-            for vma in all { unmapPageRange(tlb, vma.start, vma.end, reclaimPT: false) }
+            for vma in all { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
             freePgtables(tlb, all, floor: 0, ceiling: 0)
             tlb.finish()
             lastGather = tlb.stats
+            releaseUnmappedFiles()
         }
         PageTables.dtorFree(pgd, allocator: allocator)
         return pgtablesBytes

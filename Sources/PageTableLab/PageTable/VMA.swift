@@ -1,13 +1,80 @@
-/// A virtual memory area: an anonymous private read-write mapping.
-public struct VMA: Equatable, Sendable, Codable {
+/// vm_flags, the ones the model distinguishes. Two neighbouring VMAs merge
+/// only when their flags are equal, so a flag is also a VMA boundary.
+public struct VMFlags: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    public static let read = VMFlags(rawValue: 1 << 0)          // VM_READ
+    public static let write = VMFlags(rawValue: 1 << 1)         // VM_WRITE
+    public static let shared = VMFlags(rawValue: 1 << 3)        // VM_SHARED: MAP_SHARED of a file
+    public static let hugepage = VMFlags(rawValue: 1 << 29)     // VM_HUGEPAGE: MADV_HUGEPAGE
+    public static let noHugepage = VMFlags(rawValue: 1 << 30)   // VM_NOHUGEPAGE: MADV_NOHUGEPAGE
+
+    public static let readWrite: VMFlags = [.read, .write]
+}
+
+/// A virtual memory area: anonymous private memory, or a MAP_SHARED
+/// mapping of a shmem file (a memfd).
+public struct VMA: Sendable {
     public var start: UInt64
     public var end: UInt64
+    public var flags: VMFlags
     /// The anon_vma, assigned at the first fault (0 = none yet). Two VMAs
     /// with different anon_vmas cannot merge, as in the kernel.
     public var anonVMA: UInt64 = 0
+    /// The shmem file mapped; nil for anonymous memory.
+    public var file: ShmemFile?
+    /// vm_pgoff: the file page mapped at `start`; for anonymous memory, the
+    /// page number of the address it was first mapped at (mremap keeps it,
+    /// which is what stops a moved VMA from merging with its new neighbours).
+    public var pgoff: UInt64
+
+    public init(start: UInt64, end: UInt64, flags: VMFlags, file: ShmemFile? = nil, pgoff: UInt64? = nil) {
+        self.start = start
+        self.end = end
+        self.flags = flags
+        self.file = file
+        self.pgoff = pgoff ?? start >> 12
+    }
 
     public var length: UInt64 { end - start }
+    public var isAnonymous: Bool { file == nil }
     public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
+    /// The file page (anonymous: the linear page index) mapped at `address`.
+    public func pgoff(at address: UInt64) -> UInt64 { pgoff + (address - start) >> 12 }
+
+    /// This VMA cut to [from, to) (which it must cover), pgoff following.
+    func slice(_ from: UInt64, _ to: UInt64) -> VMA {
+        var piece = self
+        piece.start = from
+        piece.end = to
+        piece.pgoff = pgoff(at: from)
+        return piece
+    }
+
+    /// is_mergeable_vma + is_mergeable_anon_vma, for `self` directly below
+    /// `next`: equal flags, the same file, contiguous pgoff, and anon_vmas
+    /// that agree (or one not yet assigned).
+    func canMerge(with next: VMA) -> Bool {
+        end == next.start && flags == next.flags && file === next.file
+            && pgoff + (length >> 12) == next.pgoff
+            && (anonVMA == 0 || next.anonVMA == 0 || anonVMA == next.anonVMA)
+    }
+
+    /// Both halves joined (`next` directly above).
+    func merged(with next: VMA) -> VMA {
+        var vma = self
+        vma.end = next.end
+        if vma.anonVMA == 0 { vma.anonVMA = next.anonVMA }
+        return vma
+    }
+}
+
+extension VMA: Equatable {
+    public static func == (a: VMA, b: VMA) -> Bool {
+        a.start == b.start && a.end == b.end && a.flags == b.flags && a.anonVMA == b.anonVMA
+            && a.file === b.file && a.pgoff == b.pgoff
+    }
 }
 
 /// The mm's VMAs, sorted and disjoint (the kernel's maple tree, as a sorted
@@ -35,36 +102,81 @@ struct VMATree {
         return at >= end
     }
 
-    /// Insert a new mapping, merging with neighbours whose anon_vma allows it
-    /// (vma_merge_new_range: a fresh VMA has none, so it joins either side;
-    /// it bridges both only if their anon_vmas agree).
+    /// Anonymous read-write memory at [start, end), merged with neighbours
+    /// as a fresh mapping is (the form the tests and stress runs use).
     mutating func insert(_ start: UInt64, _ end: UInt64) {
-        var vma = VMA(start: start, end: end)
-        let prevIndex = vmas.lastIndex { $0.end == start }
-        let nextIndex = vmas.firstIndex { $0.start == end }
-        var mergeNext = nextIndex != nil
-        if let p = prevIndex, let n = nextIndex,
-           vmas[p].anonVMA != 0, vmas[n].anonVMA != 0, vmas[p].anonVMA != vmas[n].anonVMA {
-            mergeNext = false
-        }
-        if let p = prevIndex {
-            vma.start = vmas[p].start
-            vma.anonVMA = vmas[p].anonVMA
-        }
-        if mergeNext, let n = nextIndex {
-            vma.end = vmas[n].end
-            if vma.anonVMA == 0 { vma.anonVMA = vmas[n].anonVMA }
-        }
-        vmas.removeAll { $0.start >= vma.start && $0.end <= vma.end }
-        let at = vmas.firstIndex { $0.start > vma.start } ?? vmas.count
-        vmas.insert(vma, at: at)
+        insert(VMA(start: start, end: end, flags: .readWrite))
     }
 
-    /// anon_prepare: the first fault in a VMA gives it an anon_vma.
+    /// Insert a new mapping, merging with neighbours that allow it
+    /// (vma_merge_new_range: a fresh VMA has no anon_vma, so it joins either
+    /// side; it bridges both only if their anon_vmas agree).
+    mutating func insert(_ vma: VMA) {
+        let at = vmas.firstIndex { $0.start > vma.start } ?? vmas.count
+        vmas.insert(vma, at: at)
+        mergeAround(at)
+    }
+
+    /// Merge the VMA at `index` with its neighbours where they allow it,
+    /// the lower one first (when both would but cannot be bridged, the
+    /// kernel joins the lower); returns its index afterwards.
+    @discardableResult
+    private mutating func mergeAround(_ index: Int) -> Int {
+        var i = index
+        if i > 0, vmas[i - 1].canMerge(with: vmas[i]) {
+            vmas[i - 1] = vmas[i - 1].merged(with: vmas[i])
+            vmas.remove(at: i)
+            i -= 1
+        }
+        if i + 1 < vmas.count, vmas[i].canMerge(with: vmas[i + 1]) {
+            vmas[i] = vmas[i].merged(with: vmas[i + 1])
+            vmas.remove(at: i + 1)
+        }
+        return i
+    }
+
+    /// anon_prepare: the first fault in an anonymous VMA gives it an
+    /// anon_vma (a MAP_SHARED mapping of a file never gets one).
     mutating func prepareAnon(at address: UInt64) {
-        guard let i = vmas.firstIndex(where: { $0.contains(address) }), vmas[i].anonVMA == 0 else { return }
+        guard let i = vmas.firstIndex(where: { $0.contains(address) }), vmas[i].isAnonymous,
+              vmas[i].anonVMA == 0 else { return }
         vmas[i].anonVMA = nextAnonVMA
         nextAnonVMA += 1
+    }
+
+    /// vma_modify (mprotect, madvise): split at the edges of [start, end)
+    /// where the change alters the VMA there, change each piece inside,
+    /// then merge what now allows it. Returns where VMAs were split (a huge
+    /// PMD across such a point must be split too: vma_adjust_trans_huge).
+    @discardableResult
+    mutating func modify(_ start: UInt64, _ end: UInt64, _ change: (inout VMA) -> Void) -> [UInt64] {
+        var splits: [UInt64] = []
+        for edge in [start, end] {
+            guard let vma = vmas.first(where: { $0.start < edge && edge < $0.end }) else { continue }
+            var changed = vma
+            change(&changed)
+            if changed != vma {
+                split(at: edge)
+                splits.append(edge)
+            }
+        }
+        var i = 0
+        while i < vmas.count {
+            if vmas[i].start >= start && vmas[i].end <= end {
+                change(&vmas[i])
+                i = mergeAround(i)
+            }
+            i += 1
+        }
+        return splits
+    }
+
+    /// __split_vma at `address`, if a VMA straddles it.
+    private mutating func split(at address: UInt64) {
+        guard let i = vmas.firstIndex(where: { $0.start < address && address < $0.end }) else { return }
+        let vma = vmas[i]
+        vmas[i] = vma.slice(vma.start, address)
+        vmas.insert(vma.slice(address, vma.end), at: i + 1)
     }
 
     /// Split at the edges of [start, end) and take out what lies inside.
@@ -77,9 +189,9 @@ struct VMATree {
                 kept.append(vma)
                 continue
             }
-            if vma.start < start { kept.append(VMA(start: vma.start, end: start, anonVMA: vma.anonVMA)) }
-            removed.append(VMA(start: max(vma.start, start), end: min(vma.end, end), anonVMA: vma.anonVMA))
-            if vma.end > end { kept.append(VMA(start: end, end: vma.end, anonVMA: vma.anonVMA)) }
+            if vma.start < start { kept.append(vma.slice(vma.start, start)) }
+            removed.append(vma.slice(max(vma.start, start), min(vma.end, end)))
+            if vma.end > end { kept.append(vma.slice(end, vma.end)) }
         }
         vmas = kept
         return (removed, kept.last { $0.end <= start }, kept.first { $0.start >= end })
@@ -89,8 +201,14 @@ struct VMATree {
     func clipped(_ start: UInt64, _ end: UInt64) -> [VMA] {
         vmas.compactMap { vma in
             guard vma.start < end, start < vma.end else { return nil }
-            return VMA(start: max(vma.start, start), end: min(vma.end, end), anonVMA: vma.anonVMA)
+            return vma.slice(max(vma.start, start), min(vma.end, end))
         }
+    }
+
+    /// The neighbours a hole at [start, end) has (free_pgtables' floor and
+    /// ceiling come from them).
+    func neighbours(of start: UInt64, _ end: UInt64) -> (prev: VMA?, next: VMA?) {
+        (vmas.last { $0.end <= start }, vmas.first { $0.start >= end })
     }
 
     mutating func removeAll() -> [VMA] {

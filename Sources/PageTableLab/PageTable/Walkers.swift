@@ -98,6 +98,8 @@ public struct WalkCounters: Sendable, Equatable, Codable {
 enum WalkStep {
     /// Reached the PTE table: its page, generation, and the PMD entry.
     case pteTable(Page, UInt32, UnsafeMutablePointer<UInt64>, UInt64)
+    /// A huge PMD maps the address: a leaf, no PTE table to walk.
+    case huge
     case notMapped
     case retry
     case freed
@@ -110,6 +112,7 @@ extension WalkCounters {
     /// PMD entry and its value) when it got there.
     mutating func reached(_ step: WalkStep, detector: Detector) -> (Page, UInt32, UnsafeMutablePointer<UInt64>, UInt64)? {
         switch step {
+        case .huge: mapped += 1
         case .notMapped: notMapped += 1
         case .retry: retries += 1
         case .freed: detected(detector)
@@ -157,6 +160,7 @@ extension MM {
             if raw == poisonEntry { return .poison }
             let e = Entry(rawValue: raw)
             guard e.isPresent else { return .notMapped }
+            if child == .pte && e.isHugeLeaf { return .huge }
             guard let d = allocator.descriptor(pfn: e.pfn), allocator.address(pfn: e.pfn) != nil else { return .freed }
             let childGen = ptlab_page_generation(d)
             guard ptlab_pte_read(slot) == raw else { return .retry }

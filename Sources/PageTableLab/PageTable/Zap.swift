@@ -1,29 +1,41 @@
 import CSupport
 
 extension MM {
-    /// 2 MiB: the span of one PTE table.
+    /// 2 MiB: the span of one PTE table, and of a huge PMD.
     static let pmdSize: UInt64 = 1 << 21
 
-    /// unmap_page_range: clear every PTE in [start, end) of one VMA, feeding
-    /// the data pages to the gather. With `reclaimPT` (MADV_DONTNEED on a
+    /// unmap_page_range: clear every entry in [start, end) of `vma`, feeding
+    /// anonymous data pages to the gather (a shmem page stays in its page
+    /// cache). A huge PMD wholly inside goes whole (zap_huge_pmd); one the
+    /// range cuts is split first. With `reclaimPT` (MADV_DONTNEED on a
     /// PT_RECLAIM kernel) a PTE table whose whole span was zapped and is now
     /// empty is unlinked and freed through the gather as well.
-    func unmapPageRange(_ tlb: MMUGather, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
-        zapLevel(tlb, table: pgd, level: .pgd, start, end, reclaimPT: reclaimPT)
+    func unmapPageRange(_ tlb: MMUGather, _ vma: VMA, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
+        zapLevel(tlb, vma, table: pgd, level: .pgd, start, end, reclaimPT: reclaimPT)
     }
 
-    private func zapLevel(_ tlb: MMUGather, table: Page, level: Level, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
+    private func zapLevel(_ tlb: MMUGather, _ vma: VMA, table: Page, level: Level, _ start: UInt64, _ end: UInt64,
+                          reclaimPT: Bool) {
         let child = childLevel(of: level)!
         var address = start
         while address < end {
             let next = addressEnd(address, end, span: 1 << UInt64(shift(level)))
             let slot = entry(in: table, level: level, address: address)
             let e = Entry(rawValue: ptlab_pte_read(slot))
-            if e.isPresent, let d = allocator.descriptor(pfn: e.pfn) {
+            if child == .pte && e.isHugeLeaf {
+                if address & (Self.pmdSize - 1) == 0 && next - address == Self.pmdSize {
+                    zapHugePMD(tlb, pmdTable: table, slot: slot, address: address, vma: vma)
+                    address = next
+                    continue
+                }
+                splitHugePMD(pmdTable: table, slot: slot, address: address, vma: vma)
+            }
+            let now = Entry(rawValue: ptlab_pte_read(slot))
+            if now.isPresent, !now.isHugeLeaf, let d = allocator.descriptor(pfn: now.pfn) {
                 if child == .pte {
-                    zapPTERange(tlb, pmdTable: table, pmdSlot: slot, pteTable: Page(d), address, next, reclaimPT: reclaimPT)
+                    zapPTERange(tlb, vma, pmdTable: table, pmdSlot: slot, pteTable: Page(d), address, next, reclaimPT: reclaimPT)
                 } else {
-                    zapLevel(tlb, table: Page(d), level: child, address, next, reclaimPT: reclaimPT)
+                    zapLevel(tlb, vma, table: Page(d), level: child, address, next, reclaimPT: reclaimPT)
                 }
             }
             address = next
@@ -31,7 +43,7 @@ extension MM {
     }
 
     /// zap_pte_range, with mm/pt_reclaim.c's tail.
-    private func zapPTERange(_ tlb: MMUGather, pmdTable: Page, pmdSlot: UnsafeMutablePointer<UInt64>,
+    private func zapPTERange(_ tlb: MMUGather, _ vma: VMA, pmdTable: Page, pmdSlot: UnsafeMutablePointer<UInt64>,
                              pteTable: Page, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
         let base = allocator.address(of: pteTable)
         var address = start
@@ -42,9 +54,10 @@ extension MM {
                 let slot = entry(inTableAt: base, level: .pte, address: address)
                 let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
                 address += 4096
-                guard old.isPresent, let d = allocator.descriptor(pfn: old.pfn) else { continue }
+                guard old.isMapped, let d = allocator.descriptor(pfn: old.pfn) else { continue }
                 tlb.clearedPTE(at: address - 4096)
-                if tlb.removePage(Page(d)) {
+                // A shmem page belongs to its page cache, not to this mapping.
+                if vma.isAnonymous && tlb.removePage(Page(d)) {
                     forceFlush = true
                     break
                 }

@@ -29,7 +29,10 @@ public final class DeferredMemoryMonitor: Sendable {
         thread.withLock { $0 = t }
     }
 
-    private func sample() {
+    /// Take one sample now, from the calling thread (at a moment a run
+    /// knows to matter, so that the check does not depend on the
+    /// monitor's thread being scheduled then).
+    public func sample() {
         let now = DeferredBound.inFlightBytes
         var seen = peak.load(ordering: .relaxed)
         while now > seen {

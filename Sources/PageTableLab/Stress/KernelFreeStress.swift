@@ -133,7 +133,7 @@ public struct KernelFreeStress {
                 problems.append("\(faults.lost.load(ordering: .relaxed)) submissions lost in a full queue")
             }
             var result = StressResult(
-                scenario: injectFaults ? "iommu-faults" : "kernel-free", mode: mode.rawValue, safe: safe,
+                scenario: injectFaults ? "iommu-faults" : "kernel-free", path: nil, mode: mode.rawValue, safe: safe,
                 expectedDetector: safe ? nil : .iommuFromCache,
                 seed: seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops,
                 walks: Int(walkers.translations.load(ordering: .relaxed)), uafDetected: detections.useAfterFree,

@@ -39,6 +39,9 @@ public struct Scenario: Sendable {
     }
 
     public let name: String
+    /// Which of a scenario's kernel paths this is (`collapse`: shmem or
+    /// anon); nil where there is one.
+    public let path: String?
     public let summary: String
     public let modes: [Mode]
     let walks: [WalkKind]
@@ -46,6 +49,16 @@ public struct Scenario: Sendable {
     let step: @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void
 
     public func mode(named name: String) -> Mode? { modes.first { $0.name == name } }
+
+    init(name: String, path: String? = nil, summary: String, modes: [Mode], walks: [WalkKind],
+         step: @escaping @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void) {
+        self.name = name
+        self.path = path
+        self.summary = summary
+        self.modes = modes
+        self.walks = walks
+        self.step = step
+    }
 
     /// The scenario's mm is bound to an emulated IOMMU through SVA.
     var needsIOMMU: Bool { walks.contains(.dma) }

@@ -1,25 +1,65 @@
 extension Scenario {
     /// Every scenario `ptlab stress` knows, in the order `stress all` runs them.
-    public static let all: [Scenario] = [collapse, unmap, reclaim, ptlock, batchFail, sva]
+    public static let all: [Scenario] = [collapseShmem, collapseAnonymous, unmap, reclaim, ptlock, batchFail, sva]
 
-    public static func named(_ name: String) -> Scenario? { all.first { $0.name == name } }
+    /// The scenario called `name`: the one on `path` where it has several
+    /// (the first is the default).
+    public static func named(_ name: String, path: String? = nil) -> Scenario? {
+        all.first { $0.name == name && (path == nil || $0.path == path) }
+    }
 
-    /// khugepaged retracting PTE tables under lockless walkers. GUP-fast
-    /// and MMU walks are covered by the flush's IPI; pte_offset_map() users
-    /// take IPIs and are covered only by RCU.
-    static let collapse = Scenario(
-        name: "collapse",
-        summary: "retract_page_tables + pte_free_defer vs pte_offset_map, GUP-fast and MMU walks",
+    /// Each scenario's name once, in `all`'s order.
+    public static var names: [String] {
+        all.reduce(into: []) { names, s in if !names.contains(s.name) { names.append(s.name) } }
+    }
+
+    /// The paths of a scenario that has several.
+    public static func paths(of name: String) -> [String] { all.filter { $0.name == name }.compactMap(\.path) }
+
+    /// MADV_COLLAPSE of shared memory: collapse_file builds the huge folio,
+    /// and the retract clears each mapping's PTE table and frees it with
+    /// pte_free_defer, holding no mmap lock. GUP-fast and MMU walks are
+    /// covered by the flush's IPI; pte_offset_map() users take IPIs and are
+    /// covered only by RCU. Each file is collapsed table by table, then
+    /// unmapped, so the next round starts from small pages again.
+    static let collapseShmem = Scenario(
+        name: "collapse", path: "shmem",
+        summary: "MADV_COLLAPSE of shmem: the retract + pte_free_defer vs pte_offset_map, GUP-fast and MMU walks",
         modes: [
             .safe("defer") { $0.collapseFree = .defer },
             .unsafe("immediate", caughtBy: .pteOffsetMap) { $0.collapseFree = .immediate },
         ],
         walks: [.pteOffsetMap, .gupFast, .hardware],
         step: { mm, region, rng in
+            if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length, shared: true) }
+            let table = region.table(Int(rng.next() % UInt64(region.tables)))
+            if mm.isHugePMD(table) {
+                try mm.munmap(address: region.base, length: region.length)
+                return
+            }
+            try mm.touch(address: table, length: MM.pmdSize, stride: 32 << 10)
+            try mm.madviseCollapse(address: table, length: MM.pmdSize)
+        })
+
+    /// MADV_COLLAPSE of anonymous memory (collapse_huge_page): under the
+    /// mmap write lock the PMD is cleared and flushed, GUP-fast waited out
+    /// with tlb_remove_table_sync_one, and the PTE table deposited (not
+    /// freed). The walkers that can reach an anonymous PTE table without the
+    /// mmap lock are GUP-fast and the MMU; a partial DONTNEED splits the
+    /// huge PMD again for the next round.
+    static let collapseAnonymous = Scenario(
+        name: "collapse", path: "anon",
+        summary: "MADV_COLLAPSE of anonymous memory: collapse_huge_page vs GUP-fast and MMU walks",
+        modes: [.safe("kernel") { _ in }],
+        walks: [.gupFast, .hardware],
+        step: { mm, region, rng in
             if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length) }
             let table = region.table(Int(rng.next() % UInt64(region.tables)))
+            if mm.isHugePMD(table) {
+                try mm.madviseDontneed(address: table + (rng.next() % 512) << 12, length: 4096)
+            }
             try mm.touch(address: table, length: MM.pmdSize, stride: 32 << 10)
-            try mm.collapse(at: table)
+            try mm.madviseCollapse(address: table, length: MM.pmdSize)
         })
 
     /// munmap through an mmu_gather with RCU table freeing.
@@ -82,14 +122,23 @@ extension Scenario {
         ],
         walks: [.dma],
         step: { mm, region, rng in
+            // Shared memory, so that collapse retracts (and frees) tables.
+            if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length, shared: true) }
             switch rng.next() % 3 {
-            case 0: try mapTouchUnmap(mm, region, &rng)
-            case 1: try touchDontneed(mm, region, &rng)
+            case 0:
+                try mm.touch(address: region.base, length: region.length, stride: 64 << 10)
+                try mm.munmap(address: region.base, length: region.length)
+            case 1:
+                try mm.touch(address: region.base, length: region.length, stride: 64 << 10)
+                try mm.madviseDontneed(address: region.base, length: region.length)
             default:
-                if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length) }
                 let table = region.table(Int(rng.next() % UInt64(region.tables)))
+                if mm.isHugePMD(table) {
+                    try mm.munmap(address: region.base, length: region.length)
+                    return
+                }
                 try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
-                try mm.collapse(at: table)
+                try mm.madviseCollapse(address: table, length: MM.pmdSize)
             }
         })
 

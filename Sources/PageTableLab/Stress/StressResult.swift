@@ -2,6 +2,9 @@
 /// (scripts parse them): add keys, never rename.
 public struct StressResult: Encodable, Sendable, Equatable {
     public var scenario: String
+    /// The scenario's kernel path (`collapse`: shmem or anon); absent from
+    /// the JSON where a scenario has one.
+    public var path: String?
     public var mode: String
     /// True when the mode is the kernel with its fix (detections must be 0).
     public var safe: Bool
@@ -76,7 +79,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case scenario, mode, safe, seed, walkers, ops, walks, pass, verdict, detections
+        case scenario, path, mode, safe, seed, walkers, ops, walks, pass, verdict, detections
         case expectedDetector = "expected_detector"
         case durationSeconds = "duration_s"
         case uafDetected = "uaf_detected"
@@ -103,6 +106,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(scenario, forKey: .scenario)
+        try c.encodeIfPresent(path, forKey: .path)
         try c.encode(mode, forKey: .mode)
         try c.encode(safe, forKey: .safe)
         try c.encode(expectedDetector, forKey: .expectedDetector)

@@ -5,6 +5,9 @@ import Synchronization
 public struct StressOptions: Sendable {
     public var scenario: String
     public var mode: String
+    /// The scenario's kernel path where it has several (`collapse`: shmem,
+    /// the default, or anon).
+    public var path: String?
     public var duration: Double = 3
     public var walkers: Int = 2
     public var seed: UInt64 = 1
@@ -40,6 +43,7 @@ public struct StressProgress: Sendable {
 public enum StressError: Error, CustomStringConvertible, Equatable {
     case unknownScenario(String, known: [String])
     case unknownMode(scenario: String, mode: String, known: [String])
+    case unknownPath(scenario: String, path: String, known: [String])
     case invalidOption(String)
 
     public var description: String {
@@ -48,6 +52,9 @@ public enum StressError: Error, CustomStringConvertible, Equatable {
             "unknown scenario '\(s)' (scenarios: \(known.joined(separator: ", ")))"
         case .unknownMode(let s, let m, let known):
             "scenario '\(s)' has no mode '\(m)' (modes: \(known.joined(separator: ", ")))"
+        case .unknownPath(let s, let p, let known):
+            known.isEmpty ? "scenario '\(s)' has one path; --path \(p) does not apply"
+                : "scenario '\(s)' has no path '\(p)' (paths: \(known.joined(separator: ", ")))"
         case .invalidOption(let s): s
         }
     }
@@ -65,8 +72,11 @@ public struct StressRunner {
     public let mode: Scenario.Mode
 
     public init(_ options: StressOptions) throws(StressError) {
-        guard let scenario = Scenario.named(options.scenario) else {
-            throw .unknownScenario(options.scenario, known: Scenario.all.map(\.name))
+        guard Scenario.named(options.scenario) != nil else {
+            throw .unknownScenario(options.scenario, known: Scenario.names)
+        }
+        guard let scenario = Scenario.named(options.scenario, path: options.path) else {
+            throw .unknownPath(scenario: options.scenario, path: options.path ?? "", known: Scenario.paths(of: options.scenario))
         }
         guard let mode = scenario.mode(named: options.mode) else {
             throw .unknownMode(scenario: scenario.name, mode: options.mode, known: scenario.modes.map(\.name))
@@ -131,7 +141,8 @@ public struct StressRunner {
                 PageTables.release(page, allocator: allocator)
             }
             var result = StressResult(
-                scenario: scenario.name, mode: mode.name, safe: mode.safe, expectedDetector: mode.expectedDetector,
+                scenario: scenario.name, path: scenario.path, mode: mode.name, safe: mode.safe,
+                expectedDetector: mode.expectedDetector,
                 seed: options.seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops, walks: counters.walks,
                 uafDetected: counters.useAfterFree, leakedPages: allocator.totalAllocatedPages - startAllocated,
                 tablesFreed: PageTables.stats.freed - freedBefore,

@@ -1,0 +1,123 @@
+import CSupport
+
+/// Transparent huge pages at the PMD level (mm/huge_memory.c).
+///
+/// An anonymous huge PMD maps a 2 MiB folio directly, and a PTE table is
+/// *deposited* with it (pgtable_trans_huge_deposit): allocated at fault
+/// time, counted in VmPTE, never linked, so that splitting the PMD later
+/// (a partial zap, mprotect or mremap) can never fail for want of memory.
+/// The deposit is withdrawn to split, and freed when the whole huge PMD is
+/// zapped. A shmem huge PMD maps a page-cache folio and has no deposit on
+/// x86: splitting it just clears the PMD, and later faults build a PTE
+/// table (or map the folio by PMD again).
+extension MM {
+    /// pgtable_trans_huge_deposit: keep `table` for a huge PMD of `pmdTable`
+    /// (its PMD lock held).
+    func deposit(_ table: Page, under pmdTable: Page) {
+        deposits.withLock { $0[pmdTable.pfn, default: []].append(table) }
+    }
+
+    /// pgtable_trans_huge_withdraw: take back one deposited table.
+    func withdraw(from pmdTable: Page) -> Page {
+        deposits.withLock { d -> Page in
+            guard let table = d[pmdTable.pfn]?.popLast() else {
+                preconditionFailure("a huge PMD of PMD table \(pmdTable.pfn) has no deposited PTE table")
+            }
+            if d[pmdTable.pfn]?.isEmpty == true { d[pmdTable.pfn] = nil }
+            return table
+        }
+    }
+
+    /// Whether a huge PMD maps `address` now.
+    public func isHugePMD(_ address: UInt64) -> Bool {
+        guard let (_, slot) = findPMD(address) else { return false }
+        return Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf
+    }
+
+    /// The entry a huge PMD mapping `folio` gets.
+    static func hugeEntry(_ folio: Page, writable: Bool) -> Entry {
+        Entry(pfn: folio.pfn, flags: Entry.present | Entry.user | Entry.huge | Entry.accessed | Entry.dirty
+              | (writable ? Entry.writable : 0))
+    }
+
+    /// do_huge_pmd_anonymous_page: map a zeroed 2 MiB folio at the empty
+    /// PMD `slot` of `pmdTable`, with a deposited PTE table. nil when no
+    /// huge page can be had (thp_fault_fallback: the caller maps small
+    /// pages) or another thread filled the PMD first (the caller looks again).
+    func faultHugeAnonymous(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64) throws(MMError)
+        -> UnsafeMutableRawPointer? {
+        guard let folio = try? allocator.alloc(order: 9, node: tableNode, zero: true) else {
+            thpEvents.faultFallback.add(1, ordering: .relaxed)
+            return nil
+        }
+        let table: Page
+        do {
+            table = try PageTables.alloc(.pte, base: address & ~(Self.pmdSize - 1), mm: self, node: tableNode,
+                                         allocator: allocator)
+        } catch {
+            PageTables.release(folio, allocator: allocator)
+            throw error
+        }
+        lockPTL(pmdTable)
+        let won = ptlab_pte_read(slot) == 0
+        if won {
+            deposit(table, under: pmdTable)
+            ptlab_pte_write(slot, Self.hugeEntry(folio, writable: true).rawValue)
+            accountTable(.pte, 1)
+        }
+        ptlab_ptl_unlock(pmdTable.desc)
+        guard won else {
+            PageTables.dtorFree(table, allocator: allocator)
+            PageTables.release(folio, allocator: allocator)
+            return nil
+        }
+        thpEvents.faultAlloc.add(1, ordering: .relaxed)
+        return allocator.address(of: folio) + Int(address & (Self.pmdSize - 1))
+    }
+
+    /// zap_huge_pmd: the whole huge PMD at `slot` goes. Anonymous: its
+    /// folio is freed after the gather's flush, and its deposit at once
+    /// (pte_free: a table never linked is in no walker's path). Shmem: the
+    /// page cache keeps the folio, and there is no deposit.
+    func zapHugePMD(_ tlb: MMUGather, pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA) {
+        lockPTL(pmdTable)
+        let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
+        let deposited = old.isHugeLeaf && vma.isAnonymous ? withdraw(from: pmdTable) : nil
+        ptlab_ptl_unlock(pmdTable.desc)
+        guard old.isHugeLeaf else { return }
+        tlb.clearedPMD(at: address)
+        if let deposited {
+            PageTables.dtorFree(deposited, allocator: allocator)
+            accountTable(.pte, -1)
+        }
+        if vma.isAnonymous, let d = allocator.descriptor(pfn: old.pfn), tlb.removePage(Page(d)) {
+            tlb.flushMMU()
+        }
+    }
+
+    /// __split_huge_pmd: the huge PMD at `slot` becomes a PTE table (the
+    /// deposit, filled with 512 entries for the folio's pages, which become
+    /// pages of their own), or for shmem simply goes. VmPTE does not move.
+    func splitHugePMD(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA) {
+        lockPTL(pmdTable)
+        defer { ptlab_ptl_unlock(pmdTable.desc) }
+        let old = Entry(rawValue: ptlab_pte_read(slot))
+        guard old.isHugeLeaf else { return }
+        thpEvents.splitPMD.add(1, ordering: .relaxed)
+        // pmdp_invalidate: no CPU may go on using the huge translation.
+        ptlab_pte_write(slot, 0)
+        tlb.flush()
+        let base = address & ~(Self.pmdSize - 1)
+        invalidateSecondaryTLBs(start: base, end: base + Self.pmdSize, freedTables: false)
+        guard vma.isAnonymous else { return }
+        let table = withdraw(from: pmdTable)
+        if let d = allocator.descriptor(pfn: old.pfn) { allocator.split(Page(d)) }
+        let entries = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
+        let keep = old.rawValue & (Entry.writable | Entry.protNone | Entry.present)
+        for i in 0..<512 {
+            let flags = Entry.user | Entry.accessed | Entry.dirty | keep
+            ptlab_pte_write(entries + i, Entry(pfn: UInt32(old.pfn) + UInt32(i), flags: flags).rawValue)
+        }
+        ptlab_pte_write(slot, Entry(pfn: table.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.accessed).rawValue)
+    }
+}

@@ -1,0 +1,199 @@
+import CSupport
+
+/// mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW) (mm/mremap.c):
+/// under the mmap write lock, the VMA is copied to NEW, its page tables are
+/// moved there (move_page_tables), and the old range is unmapped, its
+/// tables going through free_pgtables with its neighbours as floor and
+/// ceiling.
+///
+/// move_page_tables goes extent by extent, an extent ending at the next
+/// PUD or PMD boundary of either address. A whole PMD table moves when the
+/// extent is a PUD (move_normal_pud), a whole PTE table when it is a PMD
+/// (move_normal_pmd), a huge PMD as it is; otherwise the destination gets a
+/// PTE table (even for an extent whose entries are all empty) and the
+/// entries move one by one (move_ptes). On 6.7+ the move is first aligned
+/// down to a PMD boundary when the two addresses are equally misaligned and
+/// nothing is mapped below either (try_realign_addr), so that whole tables
+/// move.
+extension MM {
+    public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws(MMError) {
+        try validate("mremap", old, length)
+        try validate("mremap", new, length)
+        guard old + length <= new || new + length <= old else {
+            throw .overlappingMove(from: old, to: new, length: length)
+        }
+        try mmapLock.withWriteLock { () throws(MMError) in
+            guard let vma = vmaTree.withLock({ $0.find(old) }), vma.end >= old + length else {
+                throw .moveAcrossVMAs(address: old, length: length)
+            }
+            // MREMAP_FIXED: whatever is at NEW goes first.
+            unmapLocked(new, new + length)
+            // copy_vma: an anonymous VMA never faulted takes its new address
+            // as pgoff, so it can merge where it lands.
+            var moved = vma.slice(old, old + length)
+            moved.start = new
+            moved.end = new + length
+            if moved.isAnonymous && moved.anonVMA == 0 { moved.pgoff = new >> 12 }
+            vmaTree.withLock { $0.insert(moved) }
+            if let file = moved.file { file.mapped(by: self) }
+            movePageTables(vma: vma, from: old, to: new, length: length)
+            unmapLocked(old, old + length)
+        }
+    }
+
+    /// move_page_tables.
+    private func movePageTables(vma: VMA, from oldStart: UInt64, to newStart: UInt64, length: UInt64) {
+        var old = oldStart, new = newStart
+        let oldEnd = oldStart + length
+        if profile.mremapRealign, canRealign(old, new, length: length, vma: vma) {
+            old &= ~(Self.pmdSize - 1)
+            new &= ~(Self.pmdSize - 1)
+        }
+        let tlb = MMUGather(mm: self)
+        defer { tlb.finish() }
+        while old < oldEnd {
+            var extent = Self.extent(old, new, oldEnd, span: Level.pud.entrySpan)
+            guard let (_, oldPUD) = findPUDEntry(old) else {
+                old += extent
+                new += extent
+                continue
+            }
+            guard let (_, newPUD) = try? walkToPUDEntry(new) else { break }
+            if extent == Level.pud.entrySpan, moveTable(from: oldPUD, to: newPUD, address: old, span: extent) {
+                old += extent
+                new += extent
+                continue
+            }
+            extent = Self.extent(old, new, oldEnd, span: Self.pmdSize)
+            guard let (oldPMDTable, oldPMD) = findPMD(old), Entry(rawValue: ptlab_pte_read(oldPMD)).isMapped else {
+                old += extent
+                new += extent
+                continue
+            }
+            guard let (newPMDTable, newPMD) = try? walkToPMD(new) else { break }
+            if Entry(rawValue: ptlab_pte_read(oldPMD)).isHugeLeaf {
+                if extent == Self.pmdSize {
+                    moveHugePMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old, vma: vma)
+                    old += extent
+                    new += extent
+                    continue
+                }
+                splitHugePMD(pmdTable: oldPMDTable, slot: oldPMD, address: old, vma: vma)
+            } else if extent == Self.pmdSize, moveTable(from: oldPMD, to: newPMD, address: old, span: extent) {
+                old += extent
+                new += extent
+                continue
+            }
+            let oldEntry = Entry(rawValue: ptlab_pte_read(oldPMD))
+            if oldEntry.isPresent, let d = allocator.descriptor(pfn: oldEntry.pfn) {
+                guard let newTable = try? pteTable(at: newPMD, parent: newPMDTable, address: new) else { break }
+                movePTEs(from: Page(d), at: old, to: newTable, at: new, extent: extent)
+            }
+            old += extent
+            new += extent
+        }
+    }
+
+    /// get_extent: from `old` to the next `span` boundary of either address,
+    /// or to the end.
+    private static func extent(_ old: UInt64, _ new: UInt64, _ oldEnd: UInt64, span: UInt64) -> UInt64 {
+        var extent = ((old + span) & ~(span - 1)) - old
+        extent = min(extent, oldEnd - old)
+        return min(extent, ((new + span) & ~(span - 1)) - new)
+    }
+
+    /// can_realign_addr + can_align_down for the PMD boundary.
+    private func canRealign(_ old: UInt64, _ new: UInt64, length: UInt64, vma: VMA) -> Bool {
+        let mask = Self.pmdSize - 1
+        guard old & mask != 0, old & mask == new & mask, length >= Self.pmdSize - (old & mask) else { return false }
+        return vmaTree.withLock { tree in
+            [old, new].allSatisfy { address in
+                guard let here = tree.find(address), here.start == address else { return false }
+                return !tree.overlaps(address & ~mask, address)
+            }
+        }
+    }
+
+    /// move_normal_pud / move_normal_pmd: the table under `from` moves to the
+    /// empty `to` whole (under both tables' locks; flushed for the old range).
+    private func moveTable(from: UnsafeMutablePointer<UInt64>, to: UnsafeMutablePointer<UInt64>, address: UInt64,
+                           span: UInt64) -> Bool {
+        let e = Entry(rawValue: ptlab_pte_read(from))
+        guard e.isPresent, !e.isHugeLeaf, ptlab_pte_read(to) == 0 else { return false }
+        ptlab_pte_write(from, 0)
+        ptlab_pte_write(to, e.rawValue)
+        tlb.flush()
+        invalidateSecondaryTLBs(start: address, end: address + span, freedTables: false)
+        return true
+    }
+
+    /// move_huge_pmd: the huge PMD and its deposit move together.
+    private func moveHugePMD(from: UnsafeMutablePointer<UInt64>, oldTable: Page, to: UnsafeMutablePointer<UInt64>,
+                             newTable: Page, address: UInt64, vma: VMA) {
+        lockPTL(oldTable)
+        if newTable != oldTable { lockPTL(newTable) }
+        let e = ptlab_pte_xchg(from, 0)
+        ptlab_pte_write(to, e)
+        if vma.isAnonymous && newTable != oldTable { deposit(withdraw(from: oldTable), under: newTable) }
+        if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) }
+        ptlab_ptl_unlock(oldTable.desc)
+        tlb.flush()
+        invalidateSecondaryTLBs(start: address, end: address + Self.pmdSize, freedTables: false)
+    }
+
+    /// The PTE table under PMD entry `slot`, allocated if missing (pte_alloc).
+    private func pteTable(at slot: UnsafeMutablePointer<UInt64>, parent: Page, address: UInt64) throws(MMError) -> Page {
+        var e = Entry(rawValue: ptlab_pte_read(slot))
+        if !e.isPresent { e = try populate(slot, parent: parent, level: .pmd, child: .pte, address: address) }
+        return Page(allocator.descriptor(pfn: e.pfn)!)
+    }
+
+    /// move_ptes: under both PTE locks, each entry of the extent moves.
+    private func movePTEs(from oldTable: Page, at old: UInt64, to newTable: Page, at new: UInt64, extent: UInt64) {
+        lockPTL(oldTable)
+        if newTable != oldTable { lockPTL(newTable) }
+        var moved = false
+        for offset in stride(from: 0, to: extent, by: 4096) {
+            let e = ptlab_pte_xchg(entry(in: oldTable, level: .pte, address: old + offset), 0)
+            guard e != 0 else { continue }
+            ptlab_pte_write(entry(in: newTable, level: .pte, address: new + offset), e)
+            moved = true
+        }
+        if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) }
+        ptlab_ptl_unlock(oldTable.desc)
+        if moved {
+            tlb.flush()
+            invalidateSecondaryTLBs(start: old, end: old + extent, freedTables: false)
+        }
+    }
+
+    /// get_old_pud: the PUD entry for `address` when it names a PMD table.
+    private func findPUDEntry(_ address: UInt64) -> (Page, UnsafeMutablePointer<UInt64>)? {
+        var table = pgd
+        var level = Level.pgd
+        while true {
+            let slot = entry(in: table, level: level, address: address)
+            let e = Entry(rawValue: ptlab_pte_read(slot))
+            guard e.isPresent, let d = allocator.descriptor(pfn: e.pfn) else { return nil }
+            if level == .pud { return (table, slot) }
+            table = Page(d)
+            level = childLevel(of: level)!
+        }
+    }
+
+    /// alloc_new_pud: the PUD entry for `address`, with the tables above it
+    /// allocated as needed.
+    private func walkToPUDEntry(_ address: UInt64) throws(MMError) -> (Page, UnsafeMutablePointer<UInt64>) {
+        var table = pgd
+        var level = Level.pgd
+        while level != .pud {
+            let child = childLevel(of: level)!
+            let slot = entry(in: table, level: level, address: address)
+            var e = Entry(rawValue: ptlab_pte_read(slot))
+            if !e.isPresent { e = try populate(slot, parent: table, level: level, child: child, address: address) }
+            table = Page(allocator.descriptor(pfn: e.pfn)!)
+            level = child
+        }
+        return (table, entry(in: table, level: .pud, address: address))
+    }
+}
