@@ -782,6 +782,11 @@ int ptlab_pin_to_cpu(int cpu);
 long ptlab_kconfig_read(const char *path, void *buf, size_t cap);
 /* Let the calling thread run on any CPU again. */
 int ptlab_unpin(void);
+/* mremap(@old_address, @length, @length, MREMAP_MAYMOVE|MREMAP_FIXED,
+ * @new_address): MAP_FAILED and errno on failure. */
+void *ptlab_mremap_fixed(void *old_address, size_t length, void *new_address);
+/* A memfd (shmem file) of @size bytes, close-on-exec: its fd, or -1 and errno. */
+int ptlab_memfd(size_t size);
 int ptlab_numa_node_allowed(int node);
 void ptlab_warn(const char *message);
 

@@ -13,25 +13,38 @@ struct CompareCommand: ParsableCommand {
         discussion: """
             A trace is one op per line; # starts a comment; numbers are decimal or 0x hex \
             with an optional binary K, M or G suffix:
-              mmap ADDR LEN           anonymous private read-write mapping at ADDR
+              mmap ADDR LEN [shared]  read-write mapping at ADDR: anonymous private, or
+                                      with `shared` MAP_SHARED of a fresh memfd (shmem);
+                                      MADV_NOHUGEPAGE at once
               touch ADDR LEN STRIDE   write a byte at ADDR, ADDR+STRIDE, ... < ADDR+LEN
               dontneed ADDR LEN       madvise(MADV_DONTNEED)
               munmap ADDR LEN
+              hugepage ADDR LEN       madvise(MADV_HUGEPAGE): lifts mmap's NOHUGEPAGE
+              collapse ADDR LEN       madvise(MADV_COLLAPSE)
+              mremap OLD LEN NEW      mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW)
+              mprotect ADDR LEN PROT  PROT is none, r or rw
               expect [KB] [PROFILE=KB]
                                       compare VmPTE growth since the trace began;
                                       KB (an extension): the growth expected,
                                       PROFILE=KB: the growth for one profile
 
             Addresses and lengths are 4 KiB multiples, at or above 4 GiB and inside 47-bit \
-            user space; touch and dontneed must stay inside memory the trace mapped. The \
-            kernel side runs in this process (MAP_FIXED_NOREPLACE, MADV_NOHUGEPAGE) and \
-            refuses a trace that uses a 512 GiB region already holding other mappings of \
-            the process. What a trace leaves mapped is unmapped when it ends.
+            user space; every op but mmap and munmap must stay inside memory the trace \
+            mapped, touch only where it is mapped rw, and mremap's NEW may overlap neither \
+            its source nor other mappings. The kernel side runs in this process \
+            (MAP_FIXED_NOREPLACE, MADV_NOHUGEPAGE) and refuses a trace that uses a 512 GiB \
+            region already holding other mappings of the process. What a trace leaves mapped \
+            is unmapped when it ends. The model follows this kernel's THP settings \
+            (/sys/kernel/mm/transparent_hugepage; --param thp_enabled=, thp_shmem_enabled= \
+            to choose others). When the kernel cannot get a huge page (thp_fault_fallback, \
+            a MADV_COLLAPSE that fails with ENOMEM or EAGAIN) or khugepaged collapses memory \
+            on its own, the rest of that trace is NOT COMPARABLE: no verdict either way.
 
             Exit status: 0 when every checkpoint of every trace matches (model and kernel \
             agree, and equal KB where given; with --model-only or --kernel-only, when every \
-            trace ran and met its KB values); 1 otherwise; 2 when a trace is invalid or a \
-            side cannot be built, before anything runs.
+            trace ran and met its KB values); 1 when one does not; 3 when none mismatched but \
+            some trace was not comparable; 2 when a trace is invalid or a side cannot be \
+            built, before anything runs.
 
             Example:
               ptlab compare Tests/PageTableLabTests/Traces/*.trace
@@ -76,7 +89,9 @@ struct CompareCommand: ParsableCommand {
         do {
             let params = try module.resolve()
             try params.applyRCU()
-            if !kernelOnly { targets.append(try ModelTarget(profile: profile, parameters: params.allocator)) }
+            if !kernelOnly {
+                targets.append(try ModelTarget(profile: profile, parameters: params.allocator, thp: params.thp))
+            }
             if !modelOnly { targets.append(try LiveKernel()) }
         } catch {
             warn("\(error)")
@@ -95,6 +110,7 @@ struct CompareCommand: ParsableCommand {
         } else {
             print(CompareTable(report: report).text)
         }
+        if report.onlyNotComparable { throw ExitCode(3) }
         if !report.matches { throw ExitCode(1) }
     }
 
@@ -121,6 +137,7 @@ struct CompareTable {
                 rows.append(["\(trace.file): after cleanup", cell(cleanup.modelKB), cell(cleanup.kernelKB), "0", "MISMATCH"])
             }
             if let error = trace.error { notes.append("error: \(error)") }
+            if let why = trace.notComparable { notes.append("NOT COMPARABLE: \(why)") }
         }
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max()! }
         var lines = rows.map { row in
@@ -132,7 +149,9 @@ struct CompareTable {
         }
         lines += notes
         let matched = report.traces.filter(\.match).count
-        lines.append("profile \(report.profile): \(matched) of \(report.traces.count) traces match")
+        let unjudged = report.traces.filter { !$0.comparable }.count
+        lines.append("profile \(report.profile): \(matched) of \(report.traces.count) traces match"
+                     + (unjudged > 0 ? ", \(unjudged) not comparable" : ""))
         return lines.joined(separator: "\n")
     }
 

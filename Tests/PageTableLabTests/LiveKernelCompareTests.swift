@@ -120,9 +120,9 @@ final class LiveKernelCompareTests: XCTestCase {
         XCTAssertFalse(try mapped(0x100_0000_0000..<0x100_0010_0000))
 
         let kernel = try LiveKernel()
-        try kernel.mmap(address: 0x100_0000_0000, length: 4096)
+        try kernel.mmap(address: 0x100_0000_0000, length: 4096, shared: false)
         defer { try? kernel.munmap(address: 0x100_0000_0000, length: 4096) }
-        XCTAssertThrowsError(try kernel.mmap(address: 0x100_0000_0000, length: 8192)) { error in
+        XCTAssertThrowsError(try kernel.mmap(address: 0x100_0000_0000, length: 8192, shared: false)) { error in
             XCTAssertEqual(error as? LiveKernelError, .collision(address: 0x100_0000_0000, length: 8192))
         }
     }
@@ -193,9 +193,13 @@ private final class LeakingModel: TraceTarget {
     private var kilobytes = 0
     private(set) var unmapped: [Range<UInt64>] = []
 
-    func mmap(address: UInt64, length: UInt64) throws {}
+    func mmap(address: UInt64, length: UInt64, shared: Bool) throws {}
     func touch(address: UInt64, length: UInt64, stride: UInt64) throws { kilobytes = 12 }
     func madviseDontneed(address: UInt64, length: UInt64) throws {}
     func munmap(address: UInt64, length: UInt64) throws { unmapped.append(address..<address + length) }
+    func madviseHugepage(address: UInt64, length: UInt64) throws {}
+    func madviseCollapse(address: UInt64, length: UInt64) throws {}
+    func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws {}
+    func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {}
     func vmPTEKilobytes() throws -> Int { kilobytes }
 }

@@ -32,7 +32,7 @@ final class TraceParserTests: XCTestCase {
             """)
         XCTAssertEqual(trace.file, "t.trace")
         XCTAssertEqual(trace.steps, [
-            TraceStep(line: 3, op: .mmap(address: base, length: 1 << 30)),
+            TraceStep(line: 3, op: .mmap(address: base, length: 1 << 30, shared: false)),
             TraceStep(line: 4, op: .touch(address: base, length: 2 << 20, stride: 4096)),
             TraceStep(line: 5, op: .dontneed(address: base, length: 2 << 20)),
             TraceStep(line: 6, op: .expect(TraceExpectation())),
@@ -85,8 +85,9 @@ final class TraceParserTests: XCTestCase {
         assertError("mmap 0x10000000000 4K\nmapp 0x10000000000 4K", line: 2, "unknown op 'mapp'")
         assertError("\n\nmmap 0x10000000000 4Q", line: 3, "bad number '4Q' for LEN")
         assertError("mmap 0x1000000000g 4K", line: 1, "bad number '0x1000000000g' for ADDR")
-        assertError("mmap 0x10000000000", line: 1, "mmap takes 2 arguments (ADDR LEN), got 1")
-        assertError("mmap 0x10000000000 4K 4K", line: 1, "mmap takes 2 arguments (ADDR LEN), got 3")
+        assertError("mmap 0x10000000000", line: 1, "mmap takes 2 arguments (ADDR LEN [shared]), got 1")
+        assertError("mmap 0x10000000000 4K 4K", line: 1, "mmap's third word may only be 'shared', got '4K'")
+        assertError("mmap 0x10000000000 4K shared 1", line: 1, "mmap takes 2 arguments (ADDR LEN [shared]), got 4")
         assertError("mmap 0x10000000000 4K\ntouch 0x10000000000 4K", line: 2, "touch takes 3 arguments (ADDR LEN STRIDE), got 2")
         assertError("munmap", line: 1, "munmap takes 2 arguments")
         assertError("dontneed 1", line: 1, "dontneed takes 2 arguments")
@@ -121,6 +122,48 @@ final class TraceParserTests: XCTestCase {
         XCTAssertNoThrow(try parse("mmap 0x10000000000 4K\nmmap 0x10000001000 4K\ntouch 0x10000000000 8K 1\ndontneed 0x10000000000 8K"))
         // munmap may cover memory the trace never mapped, as the syscall may.
         XCTAssertNoThrow(try parse("mmap 0x10000000000 4K\nmunmap 0x10000000000 1G"))
+    }
+
+    func testTheNewOpsParse() throws {
+        let base: UInt64 = 0x100_0000_0000
+        let trace = try parse("""
+            mmap 0x10000000000 4M shared
+            hugepage 0x10000000000 4M
+            collapse 0x10000000000 2M
+            mprotect 0x10000000000 1M r
+            mremap 0x10000200000 2M 0x10040000000
+            """)
+        XCTAssertEqual(trace.steps.map(\.op), [
+            .mmap(address: base, length: 4 << 20, shared: true),
+            .hugepage(address: base, length: 4 << 20),
+            .collapse(address: base, length: 2 << 20),
+            .mprotect(address: base, length: 1 << 20, protection: .r),
+            .mremap(old: base + (2 << 20), length: 2 << 20, new: base + (1 << 30)),
+        ])
+    }
+
+    func testTheNewOpsBadInputIsAnErrorBeforeAnythingRuns() {
+        let mapped = "mmap 0x10000000000 4M\n"
+        assertError(mapped + "mprotect 0x10000000000 4K rwx", line: 2, "bad PROT 'rwx' for mprotect: expected none, r or rw")
+        assertError(mapped + "mprotect 0x10000000000 4K", line: 2, "mprotect takes 3 arguments (ADDR LEN PROT), got 2")
+        assertError(mapped + "mprotect 0x10000000000 1M r\ntouch 0x10000000000 8K 4K", line: 3,
+                    "writes to 0x10000000000-0x10000002000, which is mapped PROT r: the write would fault (SIGSEGV)")
+        assertError(mapped + "mprotect 0x10000100000 1M none\ntouch 0x10000000000 4M 1M", line: 3, "mapped PROT none")
+        XCTAssertNoThrow(try parse(mapped + "mprotect 0x10000100000 1M none\nmprotect 0x10000100000 1M rw\ntouch 0x10000000000 4M 1M"))
+        assertError(mapped + "hugepage 0x10000000000 8M", line: 2, "reaches 0x10000400000, which the trace has not mapped")
+        assertError(mapped + "collapse 0x10000400000 2M", line: 2, "not mapped")
+        assertError(mapped + "mremap 0x10000000000 2M 0x10000100000", line: 2, "NEW 0x10000100000-0x10000300000 overlaps its source")
+        assertError(mapped + "mmap 0x10040000000 4K\nmremap 0x10000000000 2M 0x1003fe01000", line: 3,
+                    "overlaps memory the trace mapped at line 2")
+        assertError(mapped + "mremap 0x10000000000 8M 0x10040000000", line: 2, "reaches 0x10000400000")
+        assertError(mapped + "mremap 0x10000000000 2M 0x10040000800", line: 2, "NEW 0x10040000800 is not 4 KiB aligned")
+        assertError(mapped + "mprotect 0x10000000000 1M r\nmremap 0x10000000000 2M 0x10040000000", line: 3,
+                    "spans mappings of different kinds or protections")
+        assertError("mmap 0x10000000000 4M shared\nmmap 0x10000400000 4M\nmremap 0x10000000000 8M 0x10040000000", line: 3,
+                    "spans mappings of different kinds")
+        // What moved is where the trace may touch next, not where it was.
+        assertError(mapped + "mremap 0x10000000000 2M 0x10040000000\ntouch 0x10000000000 4K 4K", line: 3, "not mapped")
+        XCTAssertNoThrow(try parse(mapped + "mremap 0x10000000000 2M 0x10040000000\ntouch 0x10040000000 2M 4K"))
     }
 
     func testOverlappingMmapNamesTheEarlierLine() {

@@ -1,8 +1,11 @@
 /// What `ptlab compare --json` prints:
 /// `{"traces":[{"file":…,"match":bool,"checkpoints":[{"line":N,"model_kb":X,"kernel_kb":Y}]}]}`.
 /// A side that did not run is `null`, not absent, so a reader can rely on
-/// the keys. Added keys: `profile`; per trace `error` and `after_cleanup`;
-/// per checkpoint `expected_kb` and `match`.
+/// the keys. Added keys: `profile`; per trace `error`, `after_cleanup`,
+/// `comparable` and `not_comparable` (why not: the live kernel went where
+/// the model cannot follow, e.g. no huge page to be had; such a trace has
+/// no verdict, `match` false but no mismatch either); per checkpoint
+/// `expected_kb` and `match`.
 public struct CompareReport: Codable, Equatable, Sendable {
     public var profile: String
     public var traces: [TraceReport]
@@ -13,6 +16,12 @@ public struct CompareReport: Codable, Equatable, Sendable {
     }
 
     public var matches: Bool { traces.allSatisfy(\.match) }
+
+    /// Every trace either matches or has no verdict, and at least one has
+    /// none: the exit status says so apart from a mismatch.
+    public var onlyNotComparable: Bool {
+        !matches && traces.allSatisfy { $0.match || !$0.comparable }
+    }
 }
 
 public struct TraceReport: Codable, Equatable, Sendable {
@@ -21,6 +30,9 @@ public struct TraceReport: Codable, Equatable, Sendable {
     public var checkpoints: [CheckpointReport]
     /// `FILE:LINE: message` when the trace stopped early.
     public var error: String?
+    /// False when the trace stopped without a verdict (`notComparable` says why).
+    public var comparable: Bool
+    public var notComparable: String?
     /// Growth once the runner unmapped what the trace left mapped.
     public var afterCleanup: Sides?
 
@@ -40,8 +52,9 @@ public struct TraceReport: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case file, match, checkpoints, error
+        case file, match, checkpoints, error, comparable
         case afterCleanup = "after_cleanup"
+        case notComparable = "not_comparable"
     }
 
     public init(_ run: TraceRun) {
@@ -54,7 +67,9 @@ public struct TraceReport: Codable, Equatable, Sendable {
                              expectedKB: checkpoint.expected,
                              match: checkpoint.matches)
         }
-        error = run.error?.description
+        comparable = !run.notComparable
+        notComparable = run.notComparable ? run.error?.description : nil
+        error = run.notComparable ? nil : run.error?.description
         afterCleanup = run.afterCleanup.isEmpty ? nil
             : Sides(modelKB: run.value(run.afterCleanup, of: "model"), kernelKB: run.value(run.afterCleanup, of: "kernel"))
     }
@@ -66,6 +81,8 @@ public struct TraceReport: Codable, Equatable, Sendable {
         try c.encode(checkpoints, forKey: .checkpoints)
         try c.encode(error, forKey: .error)
         try c.encode(afterCleanup, forKey: .afterCleanup)
+        try c.encode(comparable, forKey: .comparable)
+        try c.encode(notComparable, forKey: .notComparable)
     }
 }
 

@@ -35,15 +35,26 @@ public struct CompareRunner {
             return run
         }
         var sides = targets.map { Side(target: $0) }
-        do {
+        do throws(TraceError) {
             for step in trace.steps {
                 if case .expect(let expectation) = step.op {
                     run.checkpoints.append(TraceCheckpoint(
                         line: step.line, kilobytes: sides.map(\.growth), expected: expectation.kilobytes(for: profile)))
                     continue
                 }
+                // Every side runs the op even when one refused it, so that
+                // the error says what each did (both refusing the same
+                // collapse with EINVAL is a bad trace; only one refusing is
+                // a disagreement).
+                var failures: [TraceError] = []
                 for i in sides.indices {
-                    try sides[i].perform(step, file: trace.file)
+                    do { try sides[i].perform(step, file: trace.file) } catch { failures.append(error) }
+                }
+                if !failures.isEmpty {
+                    throw TraceError(file: trace.file, line: step.line,
+                                     message: failures.map(\.message).joined(separator: "; ")
+                                         + (failures.count < sides.count ? " (the other side did not refuse)" : ""),
+                                     notComparable: failures.contains(where: \.notComparable))
                 }
             }
         } catch {
@@ -69,14 +80,22 @@ private struct Side {
         do {
             let before = try target.vmPTEKilobytes()
             switch step.op {
-            case .mmap(let a, let l): try target.mmap(address: a, length: l)
+            case .mmap(let a, let l, let shared): try target.mmap(address: a, length: l, shared: shared)
             case .touch(let a, let l, let s): try target.touch(address: a, length: l, stride: s)
             case .dontneed(let a, let l): try target.madviseDontneed(address: a, length: l)
             case .munmap(let a, let l): try target.munmap(address: a, length: l)
+            case .hugepage(let a, let l): try target.madviseHugepage(address: a, length: l)
+            case .collapse(let a, let l): try target.madviseCollapse(address: a, length: l)
+            case .mremap(let old, let l, let new): try target.mremap(from: old, length: l, to: new)
+            case .mprotect(let a, let l, let p): try target.mprotect(address: a, length: l, protection: p)
             case .expect: return
             }
             mappings.apply(step)
             growth += try target.vmPTEKilobytes() - before
+        } catch let error as NotComparable {
+            // The op ran: keep following the mappings, for the cleanup.
+            mappings.apply(step)
+            throw TraceError(file: file, line: step.line, message: "\(target.name): \(error.reason)", notComparable: true)
         } catch {
             throw TraceError(file: file, line: step.line, message: "\(target.name): \(error)")
         }
@@ -114,6 +133,10 @@ public struct TraceRun: Sendable {
     /// The trace stopped because something else in the process changed
     /// VmPTE during a kernel op: no verdict on the model either way.
     public var interfered: Bool { error?.message.hasSuffix(LiveKernelError.interference) ?? false }
+
+    /// The trace stopped where the live kernel went where the model cannot
+    /// follow (no huge page to be had, khugepaged at work): no verdict.
+    public var notComparable: Bool { error?.notComparable ?? false }
 
     init(file: String, targetNames: [String]) {
         self.file = file

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSupport
 
 /// The kernel this process runs on, as a trace target: the trace's ops become
 /// real syscalls on this process's own address space, and VmPTE comes from
@@ -9,6 +10,10 @@ import Glibc
 public final class LiveKernel: TraceTarget, TracePreflight {
     public let name = "kernel"
     private let reader = VmPTEReader()
+    private let vmstat = ProcReader("/proc/vmstat")
+    /// /proc/vmstat's THP events after the last op: a collapse between ops
+    /// is khugepaged's, not the trace's.
+    private var lastTHP: THPVMStat?
 
     /// Fails when this kernel does not report VmPTE, i.e. when there is
     /// nothing to compare with.
@@ -25,9 +30,11 @@ public final class LiveKernel: TraceTarget, TracePreflight {
     /// never replace. Spelled out because Glibc's module may not export it.
     static let mapFixedNoreplace: Int32 = 0x10_0000
 
-    public func mmap(address: UInt64, length: UInt64) throws {
+    public func mmap(address: UInt64, length: UInt64, shared: Bool) throws {
         do {
-            try quiet("mmap", address: address, length: length, allowed: 0...0) { try map(address: address, length: length) }
+            try quiet("mmap", address: address, length: length, allowed: 0...0) {
+                try map(address: address, length: length, shared: shared)
+            }
         } catch {
             // A noisy mmap did map: the runner cleans up only ops that
             // succeeded, so undo it here.
@@ -38,10 +45,17 @@ public final class LiveKernel: TraceTarget, TracePreflight {
         }
     }
 
-    private func map(address: UInt64, length: UInt64) throws {
-        let flags = MAP_PRIVATE | MAP_ANONYMOUS | Self.mapFixedNoreplace
+    private func map(address: UInt64, length: UInt64, shared: Bool) throws {
+        var fd: Int32 = -1
+        if shared {
+            fd = ptlab_memfd(Int(length))
+            guard fd >= 0 else { throw LiveKernelError.syscall("memfd_create", address: address, length: length, errno: errno) }
+        }
+        // The mapping holds the file; the descriptor is not needed after.
+        defer { if fd >= 0 { close(fd) } }
+        let flags = (shared ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS) | Self.mapFixedNoreplace
         let result = Glibc.mmap(UnsafeMutableRawPointer(bitPattern: UInt(address)), Int(length),
-                                PROT_READ | PROT_WRITE, flags, -1, 0)
+                                PROT_READ | PROT_WRITE, flags, fd, 0)
         guard let result, result != UnsafeMutableRawPointer(bitPattern: -1) else {
             let e = errno
             if e == EEXIST { throw LiveKernelError.collision(address: address, length: length) }
@@ -55,7 +69,7 @@ public final class LiveKernel: TraceTarget, TracePreflight {
         }
         // Without this, a 2 MiB-aligned write in a THP "always" system, or
         // khugepaged later, could map a PMD leaf and skip the PTE table the
-        // trace means to allocate.
+        // trace means to allocate; the trace's `hugepage` lifts it.
         guard madvise(result, Int(length), MADV_NOHUGEPAGE) == 0 else {
             let e = errno
             _ = Glibc.munmap(result, Int(length))
@@ -79,9 +93,7 @@ public final class LiveKernel: TraceTarget, TracePreflight {
     public func madviseDontneed(address: UInt64, length: UInt64) throws {
         let most = Self.tableKilobytes(address..<address + length, levels: [.pte])
         try quiet("madvise(MADV_DONTNEED)", address: address, length: length, allowed: -most...0) {
-            guard madvise(UnsafeMutableRawPointer(bitPattern: UInt(address)), Int(length), MADV_DONTNEED) == 0 else {
-                throw LiveKernelError.syscall("madvise(MADV_DONTNEED)", address: address, length: length, errno: errno)
-            }
+            try advise(address, length, MADV_DONTNEED, "MADV_DONTNEED")
         }
     }
 
@@ -94,21 +106,104 @@ public final class LiveKernel: TraceTarget, TracePreflight {
         }
     }
 
+    public func madviseHugepage(address: UInt64, length: UInt64) throws {
+        try quiet("madvise(MADV_HUGEPAGE)", address: address, length: length, allowed: 0...0) {
+            try advise(address, length, MADV_HUGEPAGE, "MADV_HUGEPAGE")
+        }
+    }
+
+    /// MADV_COLLAPSE (Linux 6.1). Its errno is the trace's error, except
+    /// where the kernel says trying again might work — no huge page
+    /// (ENOMEM), a busy page (EAGAIN), a charge that failed (EBUSY): the
+    /// model cannot be held to that, so the rest is not comparable.
+    public func madviseCollapse(address: UInt64, length: UInt64) throws {
+        let most = Self.tableKilobytes(address..<address + length, levels: [.pte])
+        try quiet("madvise(MADV_COLLAPSE)", address: address, length: length, allowed: -most...0, collapses: true) {
+            guard madvise(UnsafeMutableRawPointer(bitPattern: UInt(address)), Int(length), Self.madvCollapse) == 0 else {
+                let e = errno
+                if e == ENOMEM || e == EAGAIN || e == EBUSY {
+                    throw NotComparable("MADV_COLLAPSE at \(address.traceHex) failed with \(String(cString: strerror(e))): the kernel could not collapse now, so its memory is no longer the model's")
+                }
+                throw LiveKernelError.syscall("madvise(MADV_COLLAPSE)", address: address, length: length, errno: e)
+            }
+        }
+    }
+
+    public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws {
+        let most = Self.tableKilobytes(old..<old + length) + Self.tableKilobytes(new..<new + length)
+        try quiet("mremap", address: old, length: length, allowed: -most...most) {
+            let result = ptlab_mremap_fixed(UnsafeMutableRawPointer(bitPattern: UInt(old)), Int(length),
+                                            UnsafeMutableRawPointer(bitPattern: UInt(new)))
+            guard result != UnsafeMutableRawPointer(bitPattern: -1) else {
+                throw LiveKernelError.syscall("mremap", address: old, length: length, errno: errno)
+            }
+        }
+    }
+
+    public func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {
+        let prot: Int32 = switch protection {
+        case .none: PROT_NONE
+        case .r: PROT_READ
+        case .rw: PROT_READ | PROT_WRITE
+        }
+        try quiet("mprotect", address: address, length: length, allowed: 0...0) {
+            guard Glibc.mprotect(UnsafeMutableRawPointer(bitPattern: UInt(address)), Int(length), prot) == 0 else {
+                throw LiveKernelError.syscall("mprotect", address: address, length: length, errno: errno)
+            }
+        }
+    }
+
+    /// MADV_COLLAPSE, which Glibc's headers may not name yet.
+    static let madvCollapse: Int32 = 25
+
+    private func advise(_ address: UInt64, _ length: UInt64, _ advice: Int32, _ name: String) throws {
+        guard madvise(UnsafeMutableRawPointer(bitPattern: UInt(address)), Int(length), advice) == 0 else {
+            throw LiveKernelError.syscall("madvise(\(name))", address: address, length: length, errno: errno)
+        }
+    }
+
     /// VmPTE counts the whole process. Runs `body` and checks that VmPTE
-    /// moved only as far as the op itself can move it: mmap allocates no
-    /// table, munmap and DONTNEED only free, and none reaches beyond the
-    /// tables whose spans meet the op's range. Anything else means another
+    /// moved only as far as the op itself can move it: mmap, hugepage and
+    /// mprotect allocate no table, munmap, DONTNEED and collapse only free,
+    /// and none reaches beyond the tables whose spans meet the op's range. Anything else means another
     /// thread allocated or freed page tables meanwhile, and the measurement
     /// is refused rather than reported. Noise inside those bounds cannot be
     /// told apart: the process must keep still while a trace runs. (Measured
     /// here: 1500 runs of the shipped traces in a test process, no noise; with
     /// a thread mapping and writing 4 MiB blocks nonstop, most runs stop with
     /// this error and roughly one in six mismatches silently.)
+    ///
+    /// THP is watched the same way, through /proc/vmstat: a fault that could
+    /// not get its huge page (thp_fault_fallback, thp_file_fallback), or a
+    /// collapse the trace did not ask for (khugepaged's, between ops or
+    /// during one that is not a `collapse`), means the kernel's memory is no
+    /// longer what the model's is, and the trace stops as not comparable.
+    /// (The counters are the whole system's: another process's fallback
+    /// stops a trace too, erring towards no verdict.)
     private func quiet(_ op: String, address: UInt64, length: UInt64, allowed: ClosedRange<Int>,
-                       _ body: () throws -> Void) throws {
+                       collapses: Bool = false, _ body: () throws -> Void) throws {
+        let thpBefore = THPVMStat.read(vmstat)
+        // Found before the op, reported after it, so that whoever follows the
+        // trace's mappings can count on the op having run.
+        var background: NotComparable?
+        if let last = lastTHP, let now = thpBefore, now["thp_collapse_alloc"] != last["thp_collapse_alloc"] {
+            background = NotComparable("khugepaged collapsed memory before \(op) at \(address.traceHex) (thp_collapse_alloc rose between ops)")
+        }
         let before = try vmPTEKilobytes()
         try body()
         let change = try vmPTEKilobytes() - before
+        let thpAfter = THPVMStat.read(vmstat)
+        lastTHP = thpAfter
+        if let background { throw background }
+        if let b = thpBefore, let a = thpAfter {
+            let d = a - b
+            if d["thp_fault_fallback"] > 0 || d["thp_file_fallback"] > 0 {
+                throw NotComparable("the kernel could not get a huge page during \(op) at \(address.traceHex) and mapped small pages (thp_fault_fallback or thp_file_fallback rose)")
+            }
+            if !collapses && d["thp_collapse_alloc"] > 0 {
+                throw NotComparable("khugepaged collapsed memory during \(op) at \(address.traceHex) (thp_collapse_alloc rose)")
+            }
+        }
         guard allowed.contains(change) else {
             throw LiveKernelError.noisy(op: op, address: address, length: length, changeKB: change, allowed: allowed)
         }

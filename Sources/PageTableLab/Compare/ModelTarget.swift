@@ -17,7 +17,8 @@ public final class ModelTarget: TraceTarget {
     /// The allocator this target loaded itself, if none was loaded.
     private let ownAllocator: PageAllocator?
 
-    public init(profile: CompareProfile, parameters: PageAllocator.Parameters = .init()) throws {
+    public init(profile: CompareProfile, parameters: PageAllocator.Parameters = .init(),
+                thp: THPSettings = .running) throws {
         let allocator: PageAllocator
         if let loaded = PageAllocator.current {
             allocator = loaded
@@ -29,7 +30,9 @@ public final class ModelTarget: TraceTarget {
         ptlab_rcu_register()
         ptlab_rcu_prime()
         do {
-            mm = try MM(allocator: allocator, profile: profile.mmProfile)
+            var mmProfile = profile.mmProfile
+            mmProfile.thp = thp
+            mm = try MM(allocator: allocator, profile: mmProfile)
         } catch {
             ptlab_rcu_unregister()
             ownAllocator?.unload()
@@ -44,7 +47,9 @@ public final class ModelTarget: TraceTarget {
         ownAllocator?.unload()
     }
 
-    public func mmap(address: UInt64, length: UInt64) throws { try mm.mmap(address: address, length: length) }
+    public func mmap(address: UInt64, length: UInt64, shared: Bool) throws {
+        try mm.mmap(address: address, length: length, shared: shared, noHugepage: true)
+    }
     public func touch(address: UInt64, length: UInt64, stride: UInt64) throws {
         try mm.touch(address: address, length: length, stride: stride)
     }
@@ -55,6 +60,20 @@ public final class ModelTarget: TraceTarget {
     public func munmap(address: UInt64, length: UInt64) throws {
         defer { try? RCU.barrier() }
         try mm.munmap(address: address, length: length)
+    }
+    public func madviseHugepage(address: UInt64, length: UInt64) throws {
+        try mm.madviseHugepage(address: address, length: length)
+    }
+    public func madviseCollapse(address: UInt64, length: UInt64) throws {
+        defer { try? RCU.barrier() }
+        try mm.madviseCollapse(address: address, length: length)
+    }
+    public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws {
+        defer { try? RCU.barrier() }
+        try mm.mremap(from: old, length: length, to: new)
+    }
+    public func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {
+        try mm.mprotect(address: address, length: length, protection: protection)
     }
     public func vmPTEKilobytes() throws -> Int { mm.vmPTEKilobytes }
 }

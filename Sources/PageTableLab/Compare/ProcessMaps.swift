@@ -33,11 +33,12 @@ struct ProcessMaps {
     /// trace's alone and a comparison would mean nothing.
     func checkRegionsFree(for trace: Trace) throws(TraceError) {
         for step in trace.steps {
-            guard let range = step.op.range else { continue }
-            for region in TraceAddressSpace.regions(of: range) {
-                if let other = mappings.first(where: { $0.range.overlaps(region) }) {
+            for range in step.op.ranges {
+                for region in TraceAddressSpace.regions(of: range) {
+                    if let other = mappings.first(where: { $0.range.overlaps(region) }) {
                     throw TraceError(file: trace.file, line: step.line, message:
                         "\(step.op.name) \(range.traceDescription) lies in the 512 GiB region \(region.traceDescription), which already holds a mapping of this process (\(other.text)); the kernel's VmPTE would not be the trace's alone — use an empty region")
+                    }
                 }
             }
         }

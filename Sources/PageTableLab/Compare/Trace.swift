@@ -28,24 +28,47 @@ public struct TraceStep: Equatable, Sendable {
 }
 
 public enum TraceOp: Equatable, Sendable {
-    /// Anonymous private read-write mapping exactly at `address`.
-    case mmap(address: UInt64, length: UInt64)
+    /// A read-write mapping exactly at `address`: anonymous private memory,
+    /// or with `shared` a MAP_SHARED mapping of a fresh memfd of `length`
+    /// bytes. MADV_NOHUGEPAGE follows at once (a later `hugepage` lifts it).
+    case mmap(address: UInt64, length: UInt64, shared: Bool)
     /// Write one byte at address, address + stride, … below address + length.
     case touch(address: UInt64, length: UInt64, stride: UInt64)
     /// madvise(MADV_DONTNEED).
     case dontneed(address: UInt64, length: UInt64)
     case munmap(address: UInt64, length: UInt64)
+    /// madvise(MADV_HUGEPAGE).
+    case hugepage(address: UInt64, length: UInt64)
+    /// madvise(MADV_COLLAPSE).
+    case collapse(address: UInt64, length: UInt64)
+    /// mremap(old, length, length, MREMAP_MAYMOVE|MREMAP_FIXED, new).
+    case mremap(old: UInt64, length: UInt64, new: UInt64)
+    case mprotect(address: UInt64, length: UInt64, protection: Protection)
     /// Compare VmPTE growth since the trace began.
     case expect(TraceExpectation)
 
-    /// The bytes the op acts on; nil for `expect`.
-    public var range: Range<UInt64>? {
+    /// The address and length the op names (mremap: its source), as
+    /// written, before any check; nil for `expect`.
+    public var extent: (address: UInt64, length: UInt64)? {
         switch self {
-        case .mmap(let a, let l), .touch(let a, let l, _), .dontneed(let a, let l), .munmap(let a, let l):
-            a..<a + l
+        case .mmap(let a, let l, _), .touch(let a, let l, _), .dontneed(let a, let l), .munmap(let a, let l),
+             .hugepage(let a, let l), .collapse(let a, let l), .mremap(let a, let l, _), .mprotect(let a, let l, _):
+            (a, l)
         case .expect:
             nil
         }
+    }
+
+    /// The bytes the op acts on (mremap: its source); nil for `expect`.
+    /// Only for a checked trace: an unchecked one may run past 2^64.
+    public var range: Range<UInt64>? {
+        extent.map { $0.address..<$0.address + $0.length }
+    }
+
+    /// Every range the op touches: mremap's source and destination.
+    public var ranges: [Range<UInt64>] {
+        if case .mremap(let old, let l, let new) = self { return [old..<old + l, new..<new + l] }
+        return range.map { [$0] } ?? []
     }
 
     public var name: String {
@@ -54,6 +77,10 @@ public enum TraceOp: Equatable, Sendable {
         case .touch: "touch"
         case .dontneed: "dontneed"
         case .munmap: "munmap"
+        case .hugepage: "hugepage"
+        case .collapse: "collapse"
+        case .mremap: "mremap"
+        case .mprotect: "mprotect"
         case .expect: "expect"
         }
     }

@@ -6,10 +6,15 @@ import Foundation
 /// Reads the trace format:
 ///
 /// ```
-/// mmap ADDR LEN            anonymous private read-write mapping exactly at ADDR
+/// mmap ADDR LEN [shared]   read-write mapping exactly at ADDR: anonymous private,
+///                          or with `shared` MAP_SHARED of a fresh memfd of LEN bytes
 /// touch ADDR LEN STRIDE    write one byte at ADDR, ADDR+STRIDE, ... below ADDR+LEN
 /// dontneed ADDR LEN        madvise(MADV_DONTNEED)
 /// munmap ADDR LEN
+/// hugepage ADDR LEN        madvise(MADV_HUGEPAGE)
+/// collapse ADDR LEN        madvise(MADV_COLLAPSE)
+/// mremap OLD LEN NEW       mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW)
+/// mprotect ADDR LEN PROT   PROT is none, r or rw
 /// expect [KB] [PROFILE=KB ...]
 ///                          compare VmPTE growth since the trace began; the
 ///                          optional KB (an extension) is the growth the
@@ -82,11 +87,22 @@ private struct LineParser {
         TraceError(file: file, line: line, message: message)
     }
 
+    static let verbs = "mmap, touch, dontneed, munmap, hugepage, collapse, mremap, mprotect or expect"
+
     func op(_ verb: Substring, arguments: [Substring]) throws(TraceError) -> TraceOp {
         switch verb {
         case "mmap":
-            let n = try numbers(arguments, names: ["ADDR", "LEN"], verb: verb)
-            return .mmap(address: n[0], length: n[1])
+            var words = arguments
+            var shared = false
+            if words.count == 3 {
+                guard words[2] == "shared" else {
+                    throw error("mmap's third word may only be 'shared', got '\(words[2])'")
+                }
+                shared = true
+                words.removeLast()
+            }
+            let n = try numbers(words, names: ["ADDR", "LEN"], verb: verb, optional: "[shared]")
+            return .mmap(address: n[0], length: n[1], shared: shared)
         case "touch":
             let n = try numbers(arguments, names: ["ADDR", "LEN", "STRIDE"], verb: verb)
             return .touch(address: n[0], length: n[1], stride: n[2])
@@ -96,16 +112,35 @@ private struct LineParser {
         case "munmap":
             let n = try numbers(arguments, names: ["ADDR", "LEN"], verb: verb)
             return .munmap(address: n[0], length: n[1])
+        case "hugepage":
+            let n = try numbers(arguments, names: ["ADDR", "LEN"], verb: verb)
+            return .hugepage(address: n[0], length: n[1])
+        case "collapse":
+            let n = try numbers(arguments, names: ["ADDR", "LEN"], verb: verb)
+            return .collapse(address: n[0], length: n[1])
+        case "mremap":
+            let n = try numbers(arguments, names: ["OLD", "LEN", "NEW"], verb: verb)
+            return .mremap(old: n[0], length: n[1], new: n[2])
+        case "mprotect":
+            guard arguments.count == 3 else {
+                throw error("mprotect takes 3 arguments (ADDR LEN PROT), got \(arguments.count)")
+            }
+            let n = try numbers(Array(arguments.prefix(2)), names: ["ADDR", "LEN"], verb: verb)
+            guard let protection = Protection(rawValue: String(arguments[2])) else {
+                throw error("bad PROT '\(arguments[2])' for mprotect: expected none, r or rw")
+            }
+            return .mprotect(address: n[0], length: n[1], protection: protection)
         case "expect":
             return .expect(try expectation(arguments))
         default:
-            throw error("unknown op '\(verb)' (expected mmap, touch, dontneed, munmap or expect)")
+            throw error("unknown op '\(verb)' (expected \(Self.verbs))")
         }
     }
 
-    func numbers(_ arguments: [Substring], names: [String], verb: Substring) throws(TraceError) -> [UInt64] {
+    func numbers(_ arguments: [Substring], names: [String], verb: Substring, optional: String = "") throws(TraceError) -> [UInt64] {
         guard arguments.count == names.count else {
-            throw error("\(verb) takes \(names.count) arguments (\(names.joined(separator: " "))), got \(arguments.count)")
+            let form = (names + (optional.isEmpty ? [] : [optional])).joined(separator: " ")
+            throw error("\(verb) takes \(names.count) arguments (\(form)), got \(arguments.count)")
         }
         var values: [UInt64] = []
         for (word, name) in zip(arguments, names) {

@@ -4,10 +4,16 @@
 /// throwing, and the runner pins them to the trace line.
 public protocol TraceTarget: AnyObject {
     var name: String { get }            // "model" / "kernel"
-    func mmap(address: UInt64, length: UInt64) throws
+    /// With `shared`, MAP_SHARED of a fresh memfd of `length` bytes; either
+    /// way MADV_NOHUGEPAGE at once.
+    func mmap(address: UInt64, length: UInt64, shared: Bool) throws
     func touch(address: UInt64, length: UInt64, stride: UInt64) throws
     func madviseDontneed(address: UInt64, length: UInt64) throws
     func munmap(address: UInt64, length: UInt64) throws
+    func madviseHugepage(address: UInt64, length: UInt64) throws
+    func madviseCollapse(address: UInt64, length: UInt64) throws
+    func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws
+    func mprotect(address: UInt64, length: UInt64, protection: Protection) throws
     /// VmPTE in kB now.
     func vmPTEKilobytes() throws -> Int
 }
@@ -16,4 +22,15 @@ public protocol TraceTarget: AnyObject {
 /// kernel checks that the trace's address-space regions are its alone.
 public protocol TracePreflight {
     func preflight(_ trace: Trace) throws(TraceError)
+}
+
+/// The live kernel did something the model cannot be held to: it could
+/// not get a huge page and fell back to small ones, or khugepaged collapsed
+/// memory on its own. From there on the two sides run different memory,
+/// so the rest of the trace is reported as not comparable, neither a match
+/// nor a mismatch.
+public struct NotComparable: Error, Equatable, Sendable, CustomStringConvertible {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { "not comparable: \(reason)" }
 }

@@ -131,6 +131,11 @@ public struct ModuleParameters: Sendable, Equatable {
                "deferred-free bytes allowed outstanding; over it call() waits a grace period and frees inline (0: unbounded)"),
         .choice("rcu_workers", RCU.Workers.default.rawValue, RCU.Workers.allCases.map(\.rawValue),
                 "call_rcu worker threads: liburcu's one default worker, or one per CPU"),
+        // PageTable/ (THPSettings)
+        .choice("thp_enabled", "kernel", ["kernel"] + THPSettings.Enabled.allCases.map(\.rawValue),
+                "the model's /sys/kernel/mm/transparent_hugepage/enabled: kernel reads the running kernel's"),
+        .choice("thp_shmem_enabled", "kernel", ["kernel"] + THPSettings.ShmemEnabled.allCases.map(\.rawValue),
+                "the model's .../transparent_hugepage/shmem_enabled: kernel reads the running kernel's"),
     ]
 
     private var values: [String: ModuleParameterValue]
@@ -212,6 +217,14 @@ extension ModuleParameters {
     }
 
     public var rcuWorkers: RCU.Workers { RCU.Workers(rawValue: string("rcu_workers"))! }
+
+    /// The THP policy the model follows: the running kernel's, or what the
+    /// parameters say instead.
+    public var thp: THPSettings {
+        let running = THPSettings.running
+        return THPSettings(enabled: THPSettings.Enabled(rawValue: string("thp_enabled")) ?? running.enabled,
+                           shmemEnabled: THPSettings.ShmemEnabled(rawValue: string("thp_shmem_enabled")) ?? running.shmemEnabled)
+    }
 
     /// Put the RCU parameters into effect for this process (module_init's
     /// share of them: the allocator's are read when it is loaded).
