@@ -141,12 +141,11 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
             let results = submitters.flatMap { $0.results() }
             XCTAssertEqual(results.count, 3 * perThread)
 
-            var completionErrors = 0, timeouts = 0
+            var completionErrors = 0
             for r in results {
                 switch r {
                 case .success: break
                 case .failure(.completionError(Self.sid)): completionErrors += 1
-                case .failure(.deviceTLBTimeout(Self.sid, false, _)): timeouts += 1   // hit beyond maxRetries
                 case .failure(let e): XCTFail("\(e)")
                 }
             }
@@ -155,8 +154,8 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
             XCTAssertEqual(stats.iteRaised, 60)
             XCTAssertEqual(stats.iteHandled, 60)
             XCTAssertEqual(stats.waitsAborted, 60)
-            XCTAssertEqual(stats.qiRetries, 60, "each aborted wait resubmitted (or gave up)")
-            XCTAssertEqual(stats.qiTimeouts, UInt64(timeouts))
+            XCTAssertEqual(stats.qiRetries, 60, "each aborted wait resubmitted")
+            XCTAssertEqual(stats.qiTimeouts, 0, "a present device is never given up on")
             XCTAssertGreaterThan(stats.iceRaised, 0)
             XCTAssertEqual(stats.iceHandled, stats.iceRaised)
             XCTAssertEqual(UInt64(completionErrors), stats.iceRaised, "an ICE raised and reported to nobody")

@@ -99,7 +99,7 @@ final class IOMMUDescriptorCodecTests: XCTestCase {
         for raw in cases {
             XCTAssertEqual(try? InvalidationDescriptor.decode(raw, width: .bits256).failureReason, .reservedField, "\(raw)")
         }
-        let wideMask = RawDescriptor(qw0: 6 | 3 << 4, qw1: 19)
+        let wideMask = RawDescriptor(qw0: 2 | 3 << 4, qw1: 19)
         XCTAssertEqual(try? InvalidationDescriptor.decode(wideMask, width: .bits256, maxAddressMask: 18).failureReason,
                        .reservedField)
         XCTAssertNotNil(try? InvalidationDescriptor.decode(wideMask, width: .bits256, maxAddressMask: 19).get())
@@ -120,7 +120,7 @@ final class IOMMUDescriptorCodecTests: XCTestCase {
         for d in Self.samples {
             let result = InvalidationDescriptor.decode(d.encode(), width: .bits128)
             if (6...8).contains(d.typeCode) {
-                XCTAssertEqual(try? result.failureReason, .invalidWidth, "\(d)")
+                XCTAssertEqual(try? result.failureReason, .invalidType, "\(d)")
             } else {
                 XCTAssertEqual(result, .success(d), "\(d)")
             }
@@ -136,8 +136,8 @@ final class IOMMUDescriptorCodecTests: XCTestCase {
         XCTAssertEqual(InvalidationDescriptor.decode(bytes: bytes, width: .bits256), .success(Self.samples[5]))
         XCTAssertEqual(InvalidationDescriptor.decode(bytes: bytes[0..<16], width: .bits128), .success(Self.samples[5]))
         XCTAssertEqual(try? InvalidationDescriptor.decode(bytes: bytes[0..<31], width: .bits256).failureReason,
-                       .memoryAccessError)
-        XCTAssertEqual(try? InvalidationDescriptor.decode(bytes: [], width: .bits128).failureReason, .memoryAccessError)
+                       .fetchError)
+        XCTAssertEqual(try? InvalidationDescriptor.decode(bytes: [], width: .bits128).failureReason, .fetchError)
     }
 }
 

@@ -131,6 +131,11 @@ public struct ModuleParameters: Sendable, Equatable {
                "deferred-free bytes allowed outstanding; over it call() waits a grace period and frees inline (0: unbounded)"),
         .choice("rcu_workers", RCU.Workers.default.rawValue, RCU.Workers.allCases.map(\.rawValue),
                 "call_rcu worker threads: liburcu's one default worker, or one per CPU"),
+        // IOMMU/ (IntelIOMMU.Parameters)
+        .choice("qi_driver", QIDriver.robust.rawValue, QIDriver.allCases.map(\.rawValue),
+                "qi_submit_sync's polling: the lab's batch-safe one, or Linux's qi_check_fault step for step (whose lockups are reported, not hung on)"),
+        .choice("sva_notifier_ih", SVANotifierHint.linux.rawValue, SVANotifierHint.allCases.map(\.rawValue),
+                "IH of the SVA notifier's flushes: 0 as Linux sends it, or leaf-only (unsafe: IH=1 keeps paging-structure caches)"),
     ]
 
     private var values: [String: ModuleParameterValue]
@@ -212,6 +217,14 @@ extension ModuleParameters {
     }
 
     public var rcuWorkers: RCU.Workers { RCU.Workers(rawValue: string("rcu_workers"))! }
+
+    /// What an IOMMU is brought up with.
+    public var iommu: IntelIOMMU.Parameters {
+        var p = IntelIOMMU.Parameters()
+        p.driver = QIDriver(rawValue: string("qi_driver"))!
+        p.notifierHint = SVANotifierHint(rawValue: string("sva_notifier_ih"))!
+        return p
+    }
 
     /// Put the RCU parameters into effect for this process (module_init's
     /// share of them: the allocator's are read when it is loaded).

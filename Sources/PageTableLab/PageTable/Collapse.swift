@@ -31,7 +31,7 @@ extension MM {
                 // pmdp_collapse_flush: clear the PMD and flush the range.
                 ptlab_pte_write(pmdSlot, 0)
                 self.tlb.flush()
-                invalidateSecondaryTLBs(start: base, end: base + Self.pmdSize, freedTables: true)
+                invalidateSecondaryTLBs(start: base, end: base + Self.pmdSize)
             }
             ptlab_ptl_unlock(pteTable.desc)
             ptlab_ptl_unlock(pmdTable.desc)
