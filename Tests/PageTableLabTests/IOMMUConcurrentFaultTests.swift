@@ -24,14 +24,7 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
     /// submitter on its own thread, then resume the hardware and wait for
     /// every submitter. Returns each one's outcome.
     private func round(_ iommu: IntelIOMMU, _ batches: [[RawDescriptor]]) -> [Result<Void, QIError>] {
-        iommu.faultInjection.stallFetching()
-        var free = iommu.freeSlots
-        let submitters = batches.map { batch in
-            let s = Submitter(iommu, batch)
-            free -= batch.count + 1
-            yieldUntil { iommu.freeSlots == free }      // posted: the next one goes after it
-            return s
-        }
+        let submitters = postStalled(iommu, batches)
         iommu.faultInjection.resumeFetching()
         return submitters.map { $0.outcome() }
     }
@@ -163,33 +156,4 @@ final class IOMMUConcurrentFaultTests: XCTestCase {
             assertQuiet(iommu)
         }
     }
-}
-
-/// One submitter thread: submits `batch` `times` times and keeps each
-/// outcome.
-private final class Submitter: Sendable {
-    private final class Outcomes: Sendable {
-        let list = Mutex<[Result<Void, QIError>]>([])
-    }
-
-    private let outcomes = Outcomes()
-    private let thread: RCUThread
-
-    init(_ iommu: IntelIOMMU, _ batch: [RawDescriptor], times: Int = 1) {
-        let outcomes = self.outcomes
-        thread = RCUThread {
-            for _ in 0..<times {
-                let r = Result { () throws(QIError) in try iommu.qiSubmitSync(batch) }
-                outcomes.list.withLock { $0.append(r) }
-            }
-        }
-    }
-
-    /// Wait for the thread, then its outcomes in submission order.
-    func results() -> [Result<Void, QIError>] {
-        thread.join()
-        return outcomes.list.withLock { $0 }
-    }
-
-    func outcome() -> Result<Void, QIError> { results()[0] }
 }

@@ -16,10 +16,37 @@ func makeIOMMUTestAllocator(poison: Bool = false) throws -> PageAllocator {
 
 /// Wait for something another thread will make true. Not a sleep: it
 /// yields until the condition holds, and the condition must be one the
-/// test guarantees will become true.
-func yieldUntil(_ condition: () -> Bool) {
-    while !condition() { sched_yield() }
+/// test guarantees will become true. Bounded all the same, so that a bug
+/// fails the test instead of hanging the suite: after `seconds` it fails,
+/// naming `what`.
+@discardableResult
+func yieldUntil(_ what: String = "a condition another thread was to make true", seconds: UInt64 = 60,
+                file: StaticString = #filePath, line: UInt = #line, _ condition: () -> Bool) -> Bool {
+    let deadline = monotonicNanoseconds() + seconds * 1_000_000_000
+    while !condition() {
+        guard monotonicNanoseconds() < deadline else {
+            XCTFail("gave up after \(seconds) s waiting for \(what)", file: file, line: line)
+            return false
+        }
+        sched_yield()
+    }
+    return true
 }
+
+/// Post `batches` in this ring order with fetching stalled, each on a
+/// submitter thread of its own (the next is started once the previous one
+/// has taken its slots). The hardware stays stalled: resume it to run them.
+func postStalled(_ iommu: IntelIOMMU, _ batches: [[RawDescriptor]]) -> [Submitter] {
+    iommu.faultInjection.stallFetching()
+    var free = iommu.freeSlots
+    return batches.map { batch in
+        let s = Submitter(iommu, batch)
+        free -= batch.count + 1
+        yieldUntil("a submission to take its slots") { iommu.freeSlots == free }
+        return s
+    }
+}
+
 
 /// 4-level page tables built by hand from allocator pages, the way the mm
 /// model will build them: PageTable flag, level, kernel flag in the kernel
@@ -147,4 +174,33 @@ func readRingSlot(_ iommu: IntelIOMMU, _ allocator: PageAllocator, _ index: Int)
     let width = iommu.parameters.descriptorWidth
     let bytes = UnsafeRawBufferPointer(start: p, count: width.bytes)
     return try? InvalidationDescriptor.decode(bytes: bytes, width: width).get()
+}
+
+/// One submitter thread: submits `batch` `times` times and keeps each
+/// outcome.
+final class Submitter: Sendable {
+    private final class Outcomes: Sendable {
+        let list = Mutex<[Result<Void, QIError>]>([])
+    }
+
+    private let outcomes = Outcomes()
+    private let thread: RCUThread
+
+    init(_ iommu: IntelIOMMU, _ batch: [RawDescriptor], times: Int = 1) {
+        let outcomes = self.outcomes
+        thread = RCUThread {
+            for _ in 0..<times {
+                let r = Result { () throws(QIError) in try iommu.qiSubmitSync(batch) }
+                outcomes.list.withLock { $0.append(r) }
+            }
+        }
+    }
+
+    /// Wait for the thread, then its outcomes in submission order.
+    func results() -> [Result<Void, QIError>] {
+        thread.join()
+        return outcomes.list.withLock { $0 }
+    }
+
+    func outcome() -> Result<Void, QIError> { results()[0] }
 }

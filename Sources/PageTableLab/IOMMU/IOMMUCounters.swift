@@ -34,6 +34,7 @@ public final class IOMMUCounters: Sendable {
     let qiLockups = Atomic<UInt64>(0)
     let misdirectedAborts = Atomic<UInt64>(0)
     let misdirectedCompletions = Atomic<UInt64>(0)
+    let ringOverruns = Atomic<UInt64>(0)
 
     // translation: the DMA walker
     let walks = Atomic<UInt64>(0)
@@ -80,7 +81,7 @@ public final class IOMMUCounters: Sendable {
             qiSubmissions: l(qiSubmissions), qiDescriptors: l(qiDescriptors), qiRetries: l(qiRetries),
             queueFull: l(queueFull), iqeHandled: l(iqeHandled), iteHandled: l(iteHandled),
             iceHandled: l(iceHandled), qiTimeouts: l(qiTimeouts), qiLockups: l(qiLockups),
-            misdirectedAborts: l(misdirectedAborts), misdirectedCompletions: l(misdirectedCompletions),
+            misdirectedAborts: l(misdirectedAborts), misdirectedCompletions: l(misdirectedCompletions), ringOverruns: l(ringOverruns),
             walks: l(walks), iotlbHits: l(iotlbHits), iotlbMisses: l(iotlbMisses), pscHits: l(pscHits),
             pasidCacheHits: l(pasidCacheHits), pasidCacheMisses: l(pasidCacheMisses),
             contextCacheHits: l(contextCacheHits), contextCacheMisses: l(contextCacheMisses),
@@ -129,6 +130,11 @@ public struct IOMMUStats: Sendable, Equatable, Codable {
     /// written yet (a refused descriptor's copy of it, or a late write into
     /// a reused slot): the submitter returned before its descriptors ran.
     public var misdirectedCompletions: UInt64
+    /// Submissions posted into slots the unit had not fetched yet: the
+    /// driver let slots go early (Linux after an IQE), so IQT reached or
+    /// passed IQH and the unit skipped, or ran out of order, what it had
+    /// not fetched.
+    public var ringOverruns: UInt64
 
     public var walks: UInt64
     public var iotlbHits: UInt64

@@ -284,6 +284,7 @@ final class InvalidationQueueHardware: @unchecked Sendable {
 
     private func raiseITE(_ t: (sid: UInt16, index: Int), abortedWait: Int?) {
         timedOut = nil
+        injection.raisingITE()
         record.withLock { r in
             r.iteSID = t.sid
             r.iteIndex = t.index

@@ -259,6 +259,10 @@ final class QueuedInvalidation: @unchecked Sendable {
                 }
                 let index = st.freeHead
                 let waitIndex = (index + count) % entries
+                // The count + 2 rule keeps IQT from reaching IQH only while
+                // software's free count matches what the unit has fetched.
+                let pending = (index - hardwareHead + entries) % entries
+                if count + 2 > entries - pending { counters.ringOverruns.add(1, ordering: .relaxed) }
                 for i in 0..<count {
                     let slot = (index + i) % entries
                     writeSlot(slot, descriptors[i])
