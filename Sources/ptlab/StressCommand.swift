@@ -83,6 +83,7 @@ struct StressCommand: ParsableCommand {
             options.duration = duration
             options.walkers = walkers
             options.seed = seed
+            options.iommu = params.iommu
             options.stopOnDetection = stopOnDetect || (self.scenario == "all" && !safe)
             let progress = ProgressLine("stress \(scenario)/\(mode)")
             options.progress = { p in
@@ -177,6 +178,11 @@ struct StressCommand: ParsableCommand {
         if let f = r.faultsInjected {
             rows.append(("faults injected", "IQE \(f.iqe)  ITE \(f.ite)  ICE \(f.ice)  queue-full \(f.queueFull)"))
         }
+        if let by = r.tablesFreedBy {
+            rows.append(("tables freed by", by.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: "  ")))
+        }
+        if let driver = r.qiDriver { rows.append(("qi_driver", driver + (r.qiLockup.map { ": LOCKUP: \($0)" } ?? ""))) }
+        if let stranded = r.tablesStranded, stranded > 0 { rows.append(("tables stranded", "\(stranded)")) }
         return rows
     }
 }

@@ -31,6 +31,14 @@ public struct StressResult: Codable, Sendable, Equatable {
     public var invalidationsPerTable: Double?
     public var writeAfterFree: Int?
     public var faultsInjected: FaultsInjected?
+    /// kernel-free and iommu-faults: the qi_submit_sync that ran (robust or
+    /// linux); the first lockup of the linux one, if it had one; kernel
+    /// tables freed by each kernel function; tables left unfreed because
+    /// their invalidation never completed.
+    public var qiDriver: String?
+    public var qiLockup: String?
+    public var tablesFreedBy: [String: Int]?
+    public var tablesStranded: Int?
 
     public struct Percentiles: Codable, Sendable, Equatable {
         public var p50: Double
@@ -65,5 +73,9 @@ public struct StressResult: Codable, Sendable, Equatable {
         case invalidationsPerTable = "invalidations_per_table"
         case writeAfterFree = "write_after_free"
         case faultsInjected = "faults_injected"
+        case qiDriver = "qi_driver"
+        case qiLockup = "qi_lockup"
+        case tablesFreedBy = "tables_freed_by"
+        case tablesStranded = "tables_stranded"
     }
 }

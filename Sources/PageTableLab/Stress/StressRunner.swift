@@ -17,6 +17,9 @@ public struct StressOptions: Sendable {
     public var stopOnDetection = false
     /// Called about twice a second from the updater with (elapsed, ops, walks, uaf).
     public var progress: (@Sendable (StressProgress) -> Void)?
+    /// The IOMMU of kernel-free and iommu-faults runs (qi_driver,
+    /// sva_notifier_ih from the module parameters).
+    public var iommu = IntelIOMMU.Parameters()
 
     public init(scenario: String, mode: String) {
         self.scenario = scenario
