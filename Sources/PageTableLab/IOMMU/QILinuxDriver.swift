@@ -1,6 +1,7 @@
 /// Linux's qi_submit_sync polling and qi_check_fault, as in
-/// drivers/iommu/intel/dmar.c (read in a 6.17-era tree; 6.18 and 6.19 left
-/// both functions as they were), selected with qi_driver=linux. What it
+/// drivers/iommu/intel/dmar.c (read in a 6.17-era tree; the copies at hand
+/// stop short of 6.19, whose versions are taken to be the same), selected
+/// with qi_driver=linux. What it
 /// does is Linux's, step for step, under q_lock:
 ///
 ///  - a wait already marked ABORT is -EAGAIN;
