@@ -34,7 +34,7 @@ extension QueuedInvalidation {
         while true {
             let key = hardware.progress.prepareWait()
             let poll: Poll = state.withLock { st in
-                if let held = st.lockHeldBy { return .finished(abandon(&st, index, count, .queueLockHeld(by: held))) }
+                if st.lockHeldForever { return .finished(abandon(&st, index, count, .queueLockHeld)) }
                 if status(waitIndex) == SlotStatus.done.rawValue {
                     if !hardwareHasPassed(index: index, count: count) {
                         // A status written by something other than this
@@ -95,7 +95,7 @@ extension QueuedInvalidation {
             counters.iteHandled.add(1, ordering: .relaxed)
             guard walkAbortingWaits(&st, from: from, tail: tail, aborted: record.iteAbortedWait) else {
                 let lockup = QILockup.abortWalkNeverEnds(from: from, tail: tail)
-                st.lockHeldBy = lockup
+                st.lockHeldForever = true
                 return .failed(.lockup(lockup))
             }
             if let w = record.iteAbortedWait, status(w) == SlotStatus.inUse.rawValue { st.lostWait[w] = true }

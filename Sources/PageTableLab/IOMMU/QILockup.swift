@@ -3,7 +3,7 @@
 /// hard lockup there; the lab's copy of that driver (qi_driver=linux)
 /// notices the state instead of spinning and reports it as
 /// `QIError.lockup`. The robust driver never gets here.
-public indirect enum QILockup: Equatable, Sendable, CustomStringConvertible {
+public enum QILockup: Equatable, Sendable, CustomStringConvertible {
     /// IQE stopped the unit on ring slot `ringIndex`, which is not the first
     /// slot of any submission being polled: qi_check_fault replaces the
     /// refused descriptor only when IQH equals the submission's first slot,
@@ -21,9 +21,10 @@ public indirect enum QILockup: Equatable, Sendable, CustomStringConvertible {
     /// oldest slot, `pinnedSlot`, belongs to a submitter that never returns
     /// or holds a status nobody will turn back to FREE.
     case queueFullForever(pinnedSlot: Int)
-    /// Another CPU spins in qi_check_fault with q_lock held (`by`): this
-    /// one can never take the lock again.
-    case queueLockHeld(by: QILockup)
+    /// Another CPU spins in qi_check_fault with q_lock held (the lab's
+    /// first lockup, IntelIOMMU.lockup, says where): this one can never
+    /// take the lock again.
+    case queueLockHeld
     /// The watchdog: nothing changed in the queue for `seconds` while this
     /// submission's wait was still pending (a state the detectors above do
     /// not name).
@@ -39,8 +40,8 @@ public indirect enum QILockup: Equatable, Sendable, CustomStringConvertible {
             "ITE aborted the wait in ring slot \(i) (an even slot) and qi_check_fault never marked it: its submitter polls forever"
         case .queueFullForever(let slot):
             "the queue stays full: ring slot \(slot) is never let go"
-        case .queueLockHeld(let by):
-            "q_lock is held for ever by a CPU stuck in qi_check_fault (\(by))"
+        case .queueLockHeld:
+            "q_lock is held for ever by a CPU stuck in qi_check_fault"
         case .noProgress(let s):
             "nothing happened in the queue for \(s) s while the wait was pending"
         }

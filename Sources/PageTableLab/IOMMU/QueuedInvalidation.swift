@@ -50,7 +50,7 @@ final class QueuedInvalidation: @unchecked Sendable {
         var abandoned: [Bool]
         /// Set when a Linux-driver CPU spins in qi_check_fault holding
         /// q_lock for ever: nobody else can take the lock again.
-        var lockHeldBy: QILockup?
+        var lockHeldForever = false
 
         init(entries: Int) {
             freeCount = entries
@@ -252,7 +252,7 @@ final class QueuedInvalidation: @unchecked Sendable {
         while true {
             let key = hardware.progress.prepareWait()
             let slots: Result<(Int, Int), QIError>? = state.withLock { st in
-                if let held = st.lockHeldBy { return .failure(.lockup(.queueLockHeld(by: held))) }
+                if st.lockHeldForever { return .failure(.lockup(.queueLockHeld)) }
                 guard st.freeCount >= count + 2 else {
                     if driver == .linux, let pinned = linuxPinnedTail(st) { return .failure(.lockup(pinned)) }
                     return nil

@@ -243,5 +243,14 @@ public enum KernelTableCaller: String, Sendable, Codable, CaseIterable {
     /// set_memory: 512 agreeing PTEs put back under one huge PMD.
     case cpaCollapse = "cpa_collapse_large_pages"
 
-    var index: Int { Self.allCases.firstIndex(of: self)! }
+    /// Its slot in the per-caller counters (a switch: allCases would build
+    /// an array on every call).
+    var index: Int {
+        switch self {
+        case .pmdFreePTEPage: 0
+        case .pudFreePMDPage: 1
+        case .freePagetable: 2
+        case .cpaCollapse: 3
+        }
+    }
 }
