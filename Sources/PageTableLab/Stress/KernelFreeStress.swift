@@ -79,9 +79,15 @@ public struct KernelFreeStress {
             let start = monotonicNanoseconds()
             var elapsed = 0.0
             var nextReport = start
+            var failure: Error?
             while elapsed < options.duration, ops < options.maxOps ?? .max, iommu.lockup == nil,
                   !(options.stopOnDetection && iommu.counters.snapshot().useAfterFree > 0) {
-                try churn.step(&rng)
+                do {
+                    try churn.step(&rng)
+                } catch {
+                    failure = error      // reported after the teardown, which must still run
+                    break
+                }
                 ops += 1
                 if injectFaults && ops % 16 == 0 { faults.injectNext(iommu: iommu) }
                 let now = monotonicNanoseconds()
@@ -111,6 +117,7 @@ public struct KernelFreeStress {
             let lockup = iommu.lockup
             _ = iommu.shutdown()
             try RCU.barrier()
+            if let failure { throw failure }
 
             let leaked = allocator.totalAllocatedPages - startAllocated
             let uaf = Int(stats.useAfterFree)
