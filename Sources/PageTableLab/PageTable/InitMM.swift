@@ -18,8 +18,9 @@ import Synchronization
 /// to pagetable_free (KernelVmap, MemoryHotplug, CPACollapse):
 /// pmd_free_pte_page and pud_free_pmd_page (a huge ioremap over a range
 /// whose small tables must go), memory hot-remove's free_pagetable, and the
-/// CPA large-page collapse. vunmap frees none: Linux leaves emptied tables
-/// linked.
+/// CPA large-page collapse. One exception is Linux's own: hot-remove queues
+/// an emptied PMD table before its closing flush_tlb_all (unflushedFreesBy
+/// counts it). vunmap frees none: Linux leaves emptied tables linked.
 public final class InitMM: @unchecked Sendable {
     public let allocator: PageAllocator
     public let layout: KernelLayout
