@@ -19,13 +19,22 @@ struct StressCommand: ParsableCommand {
             \(StressCommand.catalogue)
               all            every mode of every scenario; unsafe ones stop at their first detection
 
+            kernel-free and iommu-faults bring up the emulated VT-d IOMMU with the module \
+            parameters qi_driver (robust, the default, or linux: Linux's qi_submit_sync and \
+            qi_check_fault step for step) and sva_notifier_ih. Where Linux's driver would spin \
+            for ever the run stops with the lockup as its verdict (qi_lockup in --json), \
+            never a hang: `ptlab stress iommu-faults --mode per-page --param qi_driver=linux` \
+            shows, every time, an IQE inside a batched flush that Linux's qi_check_fault never \
+            clears (README.md, "The IOMMU model").
+
             Exit status: 0 when every run passed; 1 when a safe run detected a use-after-free \
-            or leaked pages, or an unsafe run detected nothing.
+            or leaked pages, an unsafe run detected nothing, or qi_submit_sync locked up.
 
             Examples:
               ptlab stress collapse --mode immediate --duration 3
               ptlab stress batch-fail --fallback ipi-sync --walkers 2 --json
               ptlab stress kernel-free --mode no-invalidate
+              ptlab stress iommu-faults --mode per-page --param qi_driver=linux
               ptlab stress all --duration 2 --json
             """)
 
@@ -73,7 +82,8 @@ struct StressCommand: ParsableCommand {
             return "  \(name)\n    \(modes.joined(separator: ", "))\n    \(s.summary)"
         }
         lines.append("  kernel-free\n    deferred, per-page, no-invalidate (iommu_from_cache)*\n" +
-                     "    DMA walkers on SVA-bound PASIDs vs freeing kernel page tables")
+                     "    DMA walkers on SVA-bound PASIDs vs the kernel's own table frees:\n" +
+                     "    pmd_free_pte_page, pud_free_pmd_page, memory hot-remove, CPA collapse")
         lines.append("  iommu-faults\n    deferred, per-page\n" +
                      "    kernel-free while IQE, ITE, ICE and queue-full are injected")
         return lines.joined(separator: "\n") + "\n  (* unsafe: the kernel before the fix; in brackets, the detector that must catch it)"
@@ -109,6 +119,7 @@ struct StressCommand: ParsableCommand {
             options.duration = self.scenario == "all" && !safe ? max(duration, Self.unsafeBoundUnderAll) : duration
             options.walkers = walkers
             options.seed = seed
+            options.iommu = params.iommu
             options.stopOnDetection = stopOnDetect || (self.scenario == "all" && !safe)
             options.injectDoubleFree = inject == "double-free"
             let progress = ProgressLine("stress \(scenario)\(run.path.map { "(\($0))" } ?? "")/\(mode)")
@@ -215,6 +226,11 @@ struct StressCommand: ParsableCommand {
         if let f = r.faultsInjected {
             rows.append(("faults injected", "IQE \(f.iqe)  ITE \(f.ite)  ICE \(f.ice)  queue-full \(f.queueFull)"))
         }
+        if let by = r.tablesFreedBy {
+            rows.append(("tables freed by", by.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: "  ")))
+        }
+        if let driver = r.qiDriver { rows.append(("qi_driver", driver + (r.qiLockup.map { ": LOCKUP: \($0)" } ?? ""))) }
+        if let stranded = r.tablesStranded, stranded > 0 { rows.append(("tables stranded", "\(stranded)")) }
         return rows
     }
 }

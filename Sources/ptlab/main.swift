@@ -42,16 +42,40 @@ struct PTLab: AsyncParsableCommand {
                                           model against the live kernel, VmPTE per step
               ptlab numa-check            pages, tables and fallback where move_pages
                                           says they are (two nodes: scripts/numa-vm-check)
+              ptlab iommu decode 0x700010036 0xf80000000000002f
+                                          a VT-d invalidation descriptor, field by field,
+                                          and whether the emulated IOMMU takes it
+              ptlab stress iommu-faults --mode per-page --param qi_driver=linux
+                                          Linux's qi_check_fault meets an IQE inside a batch:
+                                          the queue stops for good (README: the finding)
 
             Timings need a release build: swift run -c release ptlab bench
             """,
-        subcommands: [StressCommand.self, CompareCommand.self, BenchCommand.self, InfoCommand.self, NUMACheckCommand.self])
+        subcommands: [StressCommand.self, CompareCommand.self, BenchCommand.self, InfoCommand.self, NUMACheckCommand.self,
+                      IOMMUCommand.self])
 }
 
 extension PTLab {
-    /// Top-level code resolves `main()` to the synchronous overload, which
-    /// refuses an asynchronous root; an async function picks the async one.
-    static func start() async { await main() }
+    /// ArgumentParser's main, but a usage error of `ptlab iommu decode`
+    /// exits with 2, the status that command promises for bad input.
+    /// (Top-level code would resolve `main()` to the synchronous overload,
+    /// which refuses an asynchronous root; an async function picks this.)
+    static func start() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure, IOMMUDecodeCommand.isInvocation(CommandLine.arguments) {
+                Diagnostics.warn(fullMessage(for: error))
+                exit(withError: ExitCode(2))
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 await PTLab.start()

@@ -20,7 +20,7 @@ final class IOMMUDMAWalkersTests: XCTestCase {
                 }
             })
             for _ in 0..<200 {
-                try iommu.iommuSVAInvalidateRange(pasid: 1, start: Self.region, end: Self.region + 64 << 12)
+                try iommu.invalidateSecondaryTLBs(pasid: 1, start: Self.region, end: Self.region + 64 << 12, ih: false)
             }
             try waitUntil("the DMA walkers never made 2000 translations") { walkers.translations.load(ordering: .relaxed) >= 2000 }
             walkers.stop()
@@ -74,7 +74,7 @@ final class IOMMUDMAWalkersTests: XCTestCase {
                 try waitUntil("the DMA walkers stopped translating") { walkers.translations.load(ordering: .relaxed) >= seen + 3 }
                 ptlab_pte_write(link, 0)
                 if invalidate {
-                    try iommu.iommuSVAInvalidateRange(pasid: 1, start: Self.region, end: Self.region + 0x20_0000)
+                    try iommu.invalidateSecondaryTLBs(pasid: 1, start: Self.region, end: Self.region + 0x20_0000, ih: false)
                 }
                 try allocator.free(pte)
                 cycle += 1

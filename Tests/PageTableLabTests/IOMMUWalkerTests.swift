@@ -69,7 +69,7 @@ final class IOMMUWalkerTests: XCTestCase {
     func testInvalidationWithLeafHintLeavesAStaleWalkCacheThatTheWalkerTripsOver() throws {
         try withIOMMU { allocator, iommu in
             let (tables, data, pte, reused) = try freeAndReuseAPTETable(allocator, iommu)
-            try iommu.iommuSVAInvalidateRange(pasid: 1, start: va, end: va + 4096, ih: true)
+            try iommu.invalidateSecondaryTLBs(pasid: 1, start: va, end: va + 4096, ih: true)
             XCTAssertEqual(iommu.cachedEntries.pagingStructures, 3, "IH = 1 kept the paging-structure entries")
 
             let result = iommu.translate(DMARequest(pasid: 1, address: va))
@@ -90,7 +90,7 @@ final class IOMMUWalkerTests: XCTestCase {
     func testReuseAsATableOfTheSameLevelIsStillAUseAfterFree() throws {
         try withIOMMU { allocator, iommu in
             let (tables, data, pte, reused) = try freeAndReuseAPTETable(allocator, iommu, asTable: true)
-            try iommu.iommuSVAInvalidateRange(pasid: 1, start: va, end: va + 4096, ih: true)
+            try iommu.invalidateSecondaryTLBs(pasid: 1, start: va, end: va + 4096, ih: true)
             guard case .useAfterFree(let uaf) = iommu.translate(DMARequest(pasid: 1, address: va)) else {
                 return XCTFail("a stale PDE into a reused PTE table went undetected")
             }
@@ -106,7 +106,7 @@ final class IOMMUWalkerTests: XCTestCase {
         try withIOMMU { allocator, iommu in
             let (tables, data, _, reused) = try freeAndReuseAPTETable(allocator, iommu)
             let before = tables.entry(in: reused, level: .pte, address: va)
-            try iommu.iommuSVAInvalidateRange(pasid: 1, start: va, end: va + 4096, ih: false)
+            try iommu.invalidateSecondaryTLBs(pasid: 1, start: va, end: va + 4096, ih: false)
             XCTAssertEqual(iommu.cachedEntries.pagingStructures, 0, "IH = 0 dropped every entry covering the page")
 
             XCTAssertEqual(iommu.translate(DMARequest(pasid: 1, address: va)), .fault(.notPresent(level: .pmd)))
@@ -127,7 +127,7 @@ final class IOMMUWalkerTests: XCTestCase {
             try iommu.bindPASID(1, root: UInt64(tables.pgd.pfn), did: 1)
             _ = iommu.translate(DMARequest(pasid: 1, address: va))
             try tables.unlinkAndFree(path[.pte]!, from: path[.pmd]!, parentLevel: .pmd, address: va)
-            try iommu.iommuSVAInvalidateRange(pasid: 1, start: va, end: va + 4096, ih: true)
+            try iommu.invalidateSecondaryTLBs(pasid: 1, start: va, end: va + 4096, ih: true)
 
             // Poison (0x6b…) reads as present with A and D already set.
             guard case .useAfterFree(let uaf) = iommu.translate(DMARequest(pasid: 1, address: va, write: true)) else {
@@ -150,7 +150,7 @@ final class IOMMUWalkerTests: XCTestCase {
             XCTAssertEqual(iommu.translate(DMARequest(pasid: 1, address: kva)).physicalAddress, 99 << 12)
             // A user table linked into the kernel half is not the table the walk may enter.
             ptlab_page_clear_flags(path[.pmd]!.desc, PTLAB_PT_KERNEL)
-            try iommu.iommuSVAInvalidateRange(pasid: 1, start: 0, end: .max)
+            try iommu.invalidateSecondaryTLBs(pasid: 1, start: 0, end: .max, ih: false)
             guard case .useAfterFree(let uaf) = iommu.translate(DMARequest(pasid: 1, address: kva)) else {
                 return XCTFail("walk entered a non-kernel table in the kernel half")
             }

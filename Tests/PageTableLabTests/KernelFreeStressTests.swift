@@ -4,9 +4,11 @@ import XCTest
 /// The SVA bug of seeds 000–002 end to end: DMA walkers translating kernel
 /// addresses while kernel tables are freed and reused.
 final class KernelFreeStressTests: XCTestCase {
-    private func run(_ mode: String, ops: Int? = nil, faults: Bool = false) throws -> StressResult {
+    private func run(_ mode: String, ops: Int? = nil, faults: Bool = false, driver: QIDriver = .robust) throws -> StressResult {
         try runStressForTest(faults ? "iommu-faults" : "kernel-free", mode, ops: ops) { options, allocator in
-            try KernelFreeStress(options, injectFaults: faults).run(allocator: allocator)
+            var options = options
+            options.iommu.driver = driver
+            return try KernelFreeStress(options, injectFaults: faults).run(allocator: allocator)
         }
     }
 
@@ -25,6 +27,10 @@ final class KernelFreeStressTests: XCTestCase {
         XCTAssertEqual(r.uafDetected, 0)
         XCTAssertEqual(r.leakedPages, 0)
         XCTAssertGreaterThan(r.tablesFreed, 0)
+        for caller in KernelTableCaller.allCases {
+            XCTAssertGreaterThan(r.tablesFreedBy?[caller.rawValue] ?? 0, 0, "\(caller.rawValue) freed no table")
+        }
+        XCTAssertGreaterThan(r.tlbFlushes, 0, "the kernel's CPU TLB flushes")
         XCTAssertLessThanOrEqual(r.invalidationsPerTable ?? 1, 1, "never more than one invalidation per table")
         XCTAssertTrue(r.pass, r.verdict)
     }
@@ -46,5 +52,28 @@ final class KernelFreeStressTests: XCTestCase {
         XCTAssertEqual(r.uafDetected, 0)
         XCTAssertEqual(r.leakedPages, 0)
         XCTAssertTrue(r.pass, r.verdict)
+    }
+
+    /// qi_driver=linux with no fault: Linux's driver is right there.
+    func testTheLinuxDriverRunsKernelFree() throws {
+        let r = try run("deferred", ops: 300, driver: .linux)
+        XCTAssertEqual(r.qiDriver, "linux")
+        XCTAssertNil(r.qiLockup)
+        XCTAssertTrue(r.pass, r.verdict)
+    }
+
+    /// The finding, from the stress side: the first injected IQE lands on
+    /// the second descriptor of a kernel-range flush (per-page mode: one
+    /// submitter, so the ring is laid out the same every run) and Linux's
+    /// qi_check_fault never clears it. The run stops there and says so.
+    func testTheLinuxDriverLocksUpOnAnIQEInsideABatch() throws {
+        let r = try run("per-page", ops: 200, faults: true, driver: .linux)
+        XCTAssertFalse(r.pass)
+        XCTAssertEqual(r.ops, 19)
+        let lockup = try XCTUnwrap(r.qiLockup)
+        XCTAssertTrue(lockup.contains("inside a batch"), lockup)
+        XCTAssertEqual(r.uafDetected, 0, "the tables are stranded, not freed")
+        XCTAssertGreaterThan(r.tablesStranded ?? 0, 0)
+        XCTAssertEqual(r.leakedPages, 0)
     }
 }

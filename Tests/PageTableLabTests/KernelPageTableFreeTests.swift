@@ -37,11 +37,12 @@ final class KernelPageTableFreeTests: XCTestCase {
         }
     }
 
-    private let a = InitMM.vmallocStart
-    private let b = InitMM.vmallocStart + 2 * mib
+    private let a = KernelLayout.fourLevel.vmallocStart
+    private let b = KernelLayout.fourLevel.vmallocStart + 2 * mib
 
     /// The bug: a freed kernel PTE table, reused, walked through the
-    /// IOMMU's cached PDE.
+    /// IOMMU's cached PDE. pmd_free_pte_page frees it (a huge ioremap over
+    /// the range a vunmap emptied), at once in the kernel before the fix.
     func testNoInvalidateWalksIntoTheReusedTable() throws {
         try withRig(.noInvalidate) { rig in
             try rig.kernel.vmap(address: a, length: 4096)
@@ -49,8 +50,9 @@ final class KernelPageTableFreeTests: XCTestCase {
             guard case .translated = rig.iommu.translate(DMARequest(pasid: 1, address: a)) else {
                 return XCTFail("kernel address not translated through the bound mm")
             }
-            try rig.kernel.vunmap(address: a, length: 2 * mib)   // frees a's PTE table at once
-            try rig.kernel.vmap(address: b + 4096, length: 4096)  // nothing reuses it yet…
+            try rig.kernel.vunmap(address: a, length: 2 * mib)       // the PTE table stays
+            XCTAssertTrue(try rig.kernel.ioremapHuge(address: a, level: .pmd))   // frees it at once
+            try rig.kernel.vmap(address: b + 4096, length: 4096)     // nothing reuses it yet…
             try rig.kernel.vmap(address: a + 4 * mib, length: 4096)  // …this takes the page back
             let result = rig.iommu.translate(DMARequest(pasid: 1, address: a + 8192))
             guard case .useAfterFree(let uaf) = result else { return XCTFail("expected a use-after-free, got \(result)") }
@@ -63,9 +65,11 @@ final class KernelPageTableFreeTests: XCTestCase {
         try withRig(.deferred) { rig in
             try rig.kernel.vmap(address: a, length: 4096)
             _ = rig.iommu.translate(DMARequest(pasid: 1, address: a))
-            rig.iommu.faultInjection.stallFetching()
             let pte = try XCTUnwrap(findKernelTable(rig, a))
             try rig.kernel.vunmap(address: a, length: 2 * mib)
+            XCTAssertEqual(pte.state, PTLAB_PAGE_ALLOCATED.rawValue, "vunmap frees no table")
+            rig.iommu.faultInjection.stallFetching()
+            XCTAssertTrue(try rig.kernel.ioremapHuge(address: a, level: .pmd))
             // The work is stuck in qi_submit_sync: nothing may be freed yet.
             try waitUntil("the work never submitted its invalidation") {
                 rig.freer.work.runs.load(ordering: .relaxed) > 0 || rig.iommu.freeSlots < rig.iommu.queueLength
@@ -74,8 +78,9 @@ final class KernelPageTableFreeTests: XCTestCase {
             rig.iommu.faultInjection.resumeFetching()
             rig.freer.work.flush()
             XCTAssertEqual(pte.state, PTLAB_PAGE_FREE.rawValue)
-            let result = rig.iommu.translate(DMARequest(pasid: 1, address: a))
-            XCTAssertEqual(result, .fault(.notPresent(level: .pud)), "the PTE and the emptied PMD table are both gone: \(result)")
+            let result = rig.iommu.translate(DMARequest(pasid: 1, address: a + 8192))
+            XCTAssertEqual(result.physicalAddress, InitMM.deviceMemoryPFN << 12 + 8192, "translated through the huge PMD: \(result)")
+            try rig.kernel.vunmap(address: a, length: 2 * mib)
         }
     }
 

@@ -15,14 +15,14 @@ final class SVAUserHalfTests: XCTestCase {
     private enum Free { case munmap, dontneed, collapse }
 
     /// The translation after `free`, with the notifier as `flush` says.
-    private func translationAfter(_ free: Free, _ flush: MMProfile.SecondaryTLBFlush) throws -> DMATranslation {
-        var profile = MMProfile.v6_14
-        profile.secondaryTLBFlush = flush
+    private func translationAfter(_ free: Free, _ hint: SVANotifierHint) throws -> DMATranslation {
+        var parameters = IntelIOMMU.Parameters()
+        parameters.notifierHint = hint
         return try withLab { allocator in
-            let iommu = try IntelIOMMU(allocator: allocator)
+            let iommu = try IntelIOMMU(allocator: allocator, parameters: parameters)
             defer { _ = iommu.shutdown() }
             let sva = SVA(iommu: iommu)
-            let mm = try MM(allocator: allocator, profile: profile)
+            let mm = try MM(allocator: allocator)
             defer { mm.exit() }
             let bond = try sva.bind(mm, pasid: pasid, did: 1)
             defer { try? sva.unbind(bond) }
@@ -53,7 +53,7 @@ final class SVAUserHalfTests: XCTestCase {
     }
 
     private func assertSafe(_ free: Free, file: StaticString = #filePath, line: UInt = #line) throws {
-        let result = try translationAfter(free, .allLevels)
+        let result = try translationAfter(free, .linux)
         // After a collapse the PMD maps the huge folio; otherwise it is empty.
         if free == .collapse {
             guard case .translated(_, level: .pmd) = result else {

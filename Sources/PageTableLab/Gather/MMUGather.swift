@@ -108,7 +108,7 @@ public final class MMUGather {
         guard freedTables || clearedPTEs || clearedPMDs || clearedPUDs || clearedP4Ds else { return }
         if mm.profile.tableFree != .noFlush {
             mm.tlb.flush()
-            mm.invalidateSecondaryTLBs(start: start, end: end, freedTables: freedTables)
+            mm.invalidateSecondaryTLBs(start: start, end: end)
             stats.tlbFlushes += 1
         }
         resetRange()

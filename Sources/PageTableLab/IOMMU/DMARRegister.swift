@@ -74,6 +74,9 @@ public struct QIErrorRecord: Sendable, Equatable {
     /// device-TLB invalidation.
     public var iteSID: UInt16 = 0
     public var iteIndex: Int?
+    /// The ring index of the wait the time-out aborted (it wrote no status);
+    /// nil when none was fetched before the queue ran dry.
+    public var iteAbortedWait: Int?
     /// ICE: the device whose completion was bad, and its descriptor's index.
     public var iceSID: UInt16 = 0
     public var iceIndex: Int?

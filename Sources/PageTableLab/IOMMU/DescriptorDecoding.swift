@@ -1,18 +1,19 @@
 /// Why the hardware refused a descriptor or a tail: the IQEI codes of the
-/// invalidation-queue error record register (IQERCD bits 3:0).
+/// invalidation-queue error record register (IQERCD bits 3:0), numbered as
+/// the VT-d specification numbers them. Two of the specification's codes
+/// never arise here: 5 (an IQA.DW the unit cannot use: the lab's unit takes
+/// either width) and 7.
 public enum IQEReason: UInt8, Sendable, Codable, CustomStringConvertible {
     case infoNotAvailable = 0
     /// IQT points past the end of the queue.
     case invalidTail = 1
-    /// The descriptor, or memory it names (a wait's status address), could
-    /// not be accessed.
-    case memoryAccessError = 2
-    /// A type the hardware does not implement (0, 9–127 here).
+    /// The descriptor could not be fetched (IQA points outside memory).
+    case fetchError = 2
+    /// A type the unit does not implement in this queue: 0 and 9–127, and
+    /// the scalable-mode types 6–8 in a 128-bit (legacy-mode) queue.
     case invalidType = 3
     /// A reserved bit is set, or a field holds a reserved value.
     case reservedField = 4
-    /// A 256-bit descriptor type in a 128-bit queue.
-    case invalidWidth = 5
     /// IQT bit 4 set while the queue holds 256-bit descriptors.
     case tailMisaligned = 6
 
@@ -20,30 +21,86 @@ public enum IQEReason: UInt8, Sendable, Codable, CustomStringConvertible {
         switch self {
         case .infoNotAvailable: "no information"
         case .invalidTail: "tail beyond the queue"
-        case .memoryAccessError: "memory named by the descriptor is not accessible"
-        case .invalidType: "unknown descriptor type"
+        case .fetchError: "the descriptor could not be fetched"
+        case .invalidType: "invalid descriptor type"
         case .reservedField: "reserved field set"
-        case .invalidWidth: "256-bit descriptor type in a 128-bit queue"
         case .tailMisaligned: "tail not aligned to a 256-bit descriptor"
         }
     }
 }
 
-/// A descriptor the decoder refused: the IQE reason, plus where (for a
-/// reserved field) so that a report can name the offending bits.
+/// A descriptor the decoder refused: what was wrong with it, from which the
+/// IQE reason follows, so that a report can say why in words and name the
+/// offending bits.
 public struct DescriptorDecodeError: Error, Hashable, Sendable, CustomStringConvertible {
-    public var reason: IQEReason
+    public enum Cause: Hashable, Sendable {
+        /// Fewer bytes than one descriptor.
+        case truncated
+        /// No descriptor type has this code.
+        case unknownType
+        /// A PASID-granular type (6–8) in a 128-bit queue: scalable mode
+        /// runs its queue with 256-bit descriptors.
+        case scalableTypeInLegacyQueue
+        /// Reserved bits set in quadword `quadword`.
+        case reservedBits(quadword: Int, bits: UInt64)
+        /// The granularity field holds a value this type reserves.
+        case reservedGranularity(UInt8)
+        /// A page-selective IOTLB invalidation (type 2) with an address
+        /// mask above the capability's MAMV.
+        case addressMaskAboveMAMV(mask: UInt8, mamv: UInt8)
+    }
+
+    public var cause: Cause
     /// The type field as read (0 when the input was too short to have one).
     public var type: UInt8
-    /// The quadword (0–3) holding the offending bits, for reserved fields.
-    public var quadword: Int?
-    public var bits: UInt64
 
-    public var description: String {
-        var s = "invalid descriptor (type \(type)): \(reason)"
-        if let q = quadword { s += " in qw\(q), bits 0x\(String(bits, radix: 16))" }
-        return s
+    public init(_ cause: Cause, type: UInt8) {
+        self.cause = cause
+        self.type = type
     }
+
+    public var reason: IQEReason {
+        switch cause {
+        case .truncated: .fetchError
+        case .unknownType, .scalableTypeInLegacyQueue: .invalidType
+        case .reservedBits, .reservedGranularity, .addressMaskAboveMAMV: .reservedField
+        }
+    }
+
+    /// The quadword (0–3) holding the offending bits, for reserved fields.
+    public var quadword: Int? {
+        switch cause {
+        case .reservedBits(let q, _): q
+        case .reservedGranularity: 0
+        case .addressMaskAboveMAMV: 1
+        case .truncated, .unknownType, .scalableTypeInLegacyQueue: nil
+        }
+    }
+
+    /// The offending bits of `quadword`.
+    public var bits: UInt64 {
+        switch cause {
+        case .reservedBits(_, let b): b
+        case .reservedGranularity(let g): UInt64(g) << DescriptorField.granularityShift
+        case .addressMaskAboveMAMV(let mask, _): UInt64(mask)
+        case .truncated, .unknownType, .scalableTypeInLegacyQueue: 0
+        }
+    }
+
+    /// Why, in words.
+    public var why: String {
+        switch cause {
+        case .truncated: "fewer bytes than one descriptor"
+        case .unknownType: "no descriptor type \(type)"
+        case .scalableTypeInLegacyQueue: "type \(type) is a scalable-mode descriptor: it needs a 256-bit queue"
+        case .reservedBits(let q, let b): "reserved bits 0x\(String(b, radix: 16)) set in qw\(q)"
+        case .reservedGranularity(let g): "granularity \(g) is reserved for type \(type)"
+        case .addressMaskAboveMAMV(let mask, let mamv):
+            "address mask \(mask) is above the unit's MAMV (\(mamv)), which bounds type-2 page-selective flushes"
+        }
+    }
+
+    public var description: String { "invalid descriptor (type \(type)): \(reason): \(why)" }
 }
 
 extension InvalidationDescriptor {
@@ -64,23 +121,27 @@ extension InvalidationDescriptor {
     /// Decode a descriptor as the hardware does when it fetches it. Pure,
     /// total and allocation-free: any 256 bits give either a descriptor or
     /// the IQE reason (this is the fuzz target). `maxAddressMask` is the
-    /// capability MAMV: a larger AM is refused as a reserved value.
+    /// capability MAMV: it bounds the AM of a type-2 page-selective flush
+    /// only. A page-selective-within-PASID PASID-IOTLB flush (type 6) takes
+    /// any mask: the specification requires scalable-mode hardware to, QEMU
+    /// checks none (vtd_process_piotlb_desc), and Linux's first-stage
+    /// flushes send masks far above any MAMV (cache_tag_flush_range).
     public static func decode(
         _ raw: RawDescriptor, width: DescriptorWidth, maxAddressMask: UInt8 = 63
     ) -> Result<InvalidationDescriptor, DescriptorDecodeError> {
         typealias F = DescriptorField
         let type = raw.type
-        func fail(_ reason: IQEReason, _ q: Int? = nil, _ bits: UInt64 = 0) -> Result<InvalidationDescriptor, DescriptorDecodeError> {
-            .failure(DescriptorDecodeError(reason: reason, type: type, quadword: q, bits: bits))
+        func fail(_ cause: DescriptorDecodeError.Cause) -> Result<InvalidationDescriptor, DescriptorDecodeError> {
+            .failure(DescriptorDecodeError(cause, type: type))
         }
-        guard type >= 1, Int(type) < reservedBits.count else { return fail(.invalidType) }
-        if width == .bits128, needs256Bit(typeCode: type) { return fail(.invalidWidth) }
+        guard type >= 1, Int(type) < reservedBits.count else { return fail(.unknownType) }
+        if width == .bits128, needs256Bit(typeCode: type) { return fail(.scalableTypeInLegacyQueue) }
         let (r0, r1) = reservedBits[Int(type)]
-        if raw.qw0 & r0 != 0 { return fail(.reservedField, 0, raw.qw0 & r0) }
-        if raw.qw1 & r1 != 0 { return fail(.reservedField, 1, raw.qw1 & r1) }
+        if raw.qw0 & r0 != 0 { return fail(.reservedBits(quadword: 0, bits: raw.qw0 & r0)) }
+        if raw.qw1 & r1 != 0 { return fail(.reservedBits(quadword: 1, bits: raw.qw1 & r1)) }
         if width == .bits256 {
-            if raw.qw2 != 0 { return fail(.reservedField, 2, raw.qw2) }
-            if raw.qw3 != 0 { return fail(.reservedField, 3, raw.qw3) }
+            if raw.qw2 != 0 { return fail(.reservedBits(quadword: 2, bits: raw.qw2)) }
+            if raw.qw3 != 0 { return fail(.reservedBits(quadword: 3, bits: raw.qw3)) }
         }
 
         let g = (raw.qw0 >> F.granularityShift) & 3
@@ -99,7 +160,7 @@ extension InvalidationDescriptor {
                 return .success(.contextCache(.device(
                     did: did, sid: UInt16(truncatingIfNeeded: raw.qw0 >> F.ccSIDShift),
                     functionMask: UInt8((raw.qw0 >> F.ccFMShift) & 3))))
-            default: return fail(.reservedField, 0, 3 << F.granularityShift)
+            default: return fail(.reservedGranularity(UInt8(g)))
             }
 
         case 2:
@@ -108,9 +169,9 @@ extension InvalidationDescriptor {
             case 1: granularity = .global
             case 2: granularity = .domain(did: did)
             case 3:
-                guard am <= maxAddressMask else { return fail(.reservedField, 1, UInt64(am)) }
+                guard am <= maxAddressMask else { return fail(.addressMaskAboveMAMV(mask: am, mamv: maxAddressMask)) }
                 granularity = .page(did: did, address: address, addressMask: am, invalidationHint: ih)
-            default: return fail(.reservedField, 0, 3 << F.granularityShift)
+            default: return fail(.reservedGranularity(UInt8(g)))
             }
             return .success(.iotlb(IOTLBInvalidation(
                 granularity, drainReads: raw.qw0 & F.iotlbDrainReads != 0,
@@ -139,10 +200,9 @@ extension InvalidationDescriptor {
             switch g {
             case 2: return .success(.pasidIOTLB(PASIDIOTLBInvalidation(did: did, pasid: pasid, granularity: .pasid)))
             case 3:
-                guard am <= maxAddressMask else { return fail(.reservedField, 1, UInt64(am)) }
                 return .success(.pasidIOTLB(PASIDIOTLBInvalidation(
                     did: did, pasid: pasid, granularity: .page(address: address, addressMask: am, invalidationHint: ih))))
-            default: return fail(.reservedField, 0, 3 << F.granularityShift)
+            default: return fail(.reservedGranularity(UInt8(g)))
             }
 
         case 7:
@@ -150,7 +210,7 @@ extension InvalidationDescriptor {
             case 0: return .success(.pasidCache(.domain(did: did)))
             case 1: return .success(.pasidCache(.pasid(did: did, pasid: pasid)))
             case 3: return .success(.pasidCache(.global))
-            default: return fail(.reservedField, 0, 3 << F.granularityShift)
+            default: return fail(.reservedGranularity(UInt8(g)))
             }
 
         default:  // 8
@@ -167,9 +227,7 @@ extension InvalidationDescriptor {
     public static func decode(
         bytes: some Collection<UInt8>, width: DescriptorWidth, maxAddressMask: UInt8 = 63
     ) -> Result<InvalidationDescriptor, DescriptorDecodeError> {
-        guard bytes.count >= width.bytes else {
-            return .failure(DescriptorDecodeError(reason: .memoryAccessError, type: 0, quadword: nil, bits: 0))
-        }
+        guard bytes.count >= width.bytes else { return .failure(DescriptorDecodeError(.truncated, type: 0)) }
         var q: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         var index = bytes.startIndex
         for i in 0..<width.bytes {

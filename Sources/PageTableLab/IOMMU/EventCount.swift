@@ -22,7 +22,11 @@ final class EventCount: @unchecked Sendable {
         mutex = .allocate(capacity: 1)
         cond = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
     }
 
     deinit {
@@ -47,6 +51,28 @@ final class EventCount: @unchecked Sendable {
         }
         sleepers.subtract(1, ordering: .sequentiallyConsistent)
         pthread_mutex_unlock(mutex)
+    }
+
+    /// Sleep until a signal newer than `key`, or until `timeoutNanoseconds`
+    /// have passed: false when the time ran out with no signal. For
+    /// watchdogs, which bound a wait that should end but might not.
+    func wait(_ key: UInt64, timeoutNanoseconds: UInt64) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let deadline = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) + timeoutNanoseconds
+        var until = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+        pthread_mutex_lock(mutex)
+        sleepers.add(1, ordering: .sequentiallyConsistent)
+        var signalled = true
+        while epoch.load(ordering: .sequentiallyConsistent) == key {
+            if pthread_cond_timedwait(cond, mutex, &until) == ETIMEDOUT {
+                signalled = epoch.load(ordering: .sequentiallyConsistent) != key
+                break
+            }
+        }
+        sleepers.subtract(1, ordering: .sequentiallyConsistent)
+        pthread_mutex_unlock(mutex)
+        return signalled
     }
 
     /// Wake every waiter whose key is older than now.

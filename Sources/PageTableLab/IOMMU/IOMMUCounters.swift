@@ -31,6 +31,10 @@ public final class IOMMUCounters: Sendable {
     let iteHandled = Atomic<UInt64>(0)
     let iceHandled = Atomic<UInt64>(0)
     let qiTimeouts = Atomic<UInt64>(0)
+    let qiLockups = Atomic<UInt64>(0)
+    let misdirectedAborts = Atomic<UInt64>(0)
+    let misdirectedCompletions = Atomic<UInt64>(0)
+    let ringOverruns = Atomic<UInt64>(0)
 
     // translation: the DMA walker
     let walks = Atomic<UInt64>(0)
@@ -76,7 +80,8 @@ public final class IOMMUCounters: Sendable {
             waitsAborted: l(waitsAborted), iqeRaised: l(iqeRaised), iteRaised: l(iteRaised), iceRaised: l(iceRaised),
             qiSubmissions: l(qiSubmissions), qiDescriptors: l(qiDescriptors), qiRetries: l(qiRetries),
             queueFull: l(queueFull), iqeHandled: l(iqeHandled), iteHandled: l(iteHandled),
-            iceHandled: l(iceHandled), qiTimeouts: l(qiTimeouts),
+            iceHandled: l(iceHandled), qiTimeouts: l(qiTimeouts), qiLockups: l(qiLockups),
+            misdirectedAborts: l(misdirectedAborts), misdirectedCompletions: l(misdirectedCompletions), ringOverruns: l(ringOverruns),
             walks: l(walks), iotlbHits: l(iotlbHits), iotlbMisses: l(iotlbMisses), pscHits: l(pscHits),
             pasidCacheHits: l(pasidCacheHits), pasidCacheMisses: l(pasidCacheMisses),
             contextCacheHits: l(contextCacheHits), contextCacheMisses: l(contextCacheMisses),
@@ -115,6 +120,21 @@ public struct IOMMUStats: Sendable, Equatable, Codable {
     public var iceHandled: UInt64
     /// Submissions given up with a device-TLB time-out (-ETIMEDOUT).
     public var qiTimeouts: UInt64
+    /// qi_submit_sync calls that would never have returned (Linux driver).
+    public var qiLockups: UInt64
+    /// Linux driver: slots its ITE walk marked ABORT that held a wait the
+    /// unit had not aborted (the owner resubmits while its first wait is
+    /// still to run).
+    public var misdirectedAborts: UInt64
+    /// Linux driver: waits taken as done on a status the wait itself had not
+    /// written yet (a refused descriptor's copy of it, or a late write into
+    /// a reused slot): the submitter returned before its descriptors ran.
+    public var misdirectedCompletions: UInt64
+    /// Submissions posted into slots the unit had not fetched yet: the
+    /// driver let slots go early (Linux after an IQE), so IQT reached or
+    /// passed IQH and the unit skipped, or ran out of order, what it had
+    /// not fetched.
+    public var ringOverruns: UInt64
 
     public var walks: UInt64
     public var iotlbHits: UInt64

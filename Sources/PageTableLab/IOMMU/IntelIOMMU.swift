@@ -14,12 +14,16 @@ public final class IntelIOMMU: @unchecked Sendable {
         public var descriptorWidth: DescriptorWidth = .bits256
         /// IQA.QS: the ring is 2^QS pages. nil: 256 slots, Linux's QI_LENGTH.
         public var queueSizeOrder: Int?
-        /// Capability MAMV: the largest address mask of a page-selective flush.
+        /// Capability MAMV: the largest address mask of a type-2
+        /// page-selective IOTLB flush (PASID-IOTLB flushes take any).
         public var maxAddressMask: UInt8 = 18
-        /// Resubmissions after ITE before qi_submit_sync gives up.
-        public var maxRetries: Int = 8
         /// Node of the ring and status words; nil: the caller's node.
         public var node: Int?
+        /// Whose qi_submit_sync polls the queue (module parameter qi_driver).
+        public var driver: QIDriver = .robust
+        /// The invalidation hint the SVA mm notifier sends (module parameter
+        /// sva_notifier_ih).
+        public var notifierHint: SVANotifierHint = .linux
 
         public init() {}
     }
@@ -42,7 +46,6 @@ public final class IntelIOMMU: @unchecked Sendable {
         guard parameters.maxAddressMask <= 63 else {
             throw .invalidParameter("max_address_mask \(parameters.maxAddressMask) is outside 0...63")
         }
-        guard parameters.maxRetries >= 0 else { throw .invalidParameter("max_retries must not be negative") }
         self.parameters = parameters
         remapping = RemappingHardware(allocator: allocator, counters: counters)
         hardware = InvalidationQueueHardware(
@@ -52,7 +55,7 @@ public final class IntelIOMMU: @unchecked Sendable {
         do {
             queue = try QueuedInvalidation(
                 hardware: hardware, width: parameters.descriptorWidth, queueSizeOrder: order,
-                node: parameters.node.map { .node($0) } ?? .local, maxRetries: parameters.maxRetries,
+                node: parameters.node.map { .node($0) } ?? .local, driver: parameters.driver,
                 counters: counters, isDevicePresent: { remapping.isDevicePresent(sid: $0) })
         } catch {
             throw .allocation(error)
@@ -118,6 +121,10 @@ public final class IntelIOMMU: @unchecked Sendable {
     public func qiSubmitSync(_ descriptors: [InvalidationDescriptor]) throws(QIError) {
         try qiSubmitSync(descriptors.map { $0.encode() })
     }
+
+    /// The first qi_submit_sync that would never have returned
+    /// (qi_driver=linux); nil while none has.
+    public var lockup: QILockup? { queue.firstLockup.withLock { $0 } }
 
     /// qi_wait_us: how long each qi_submit_sync took, in microseconds.
     public var qiWaitMicroseconds: Histogram<UInt64> { queue.waitMicroseconds.withLock { $0 } }

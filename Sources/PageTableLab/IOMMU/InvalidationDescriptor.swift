@@ -74,9 +74,35 @@ public enum InvalidationDescriptor: Hashable, Sendable {
 public enum ContextCacheInvalidation: Hashable, Sendable {
     case global
     case domain(did: UInt16)
-    /// Device-selective: `functionMask` (FM, 0–3) masks the low 0–3 bits of
-    /// the SID's function number, for multi-function devices.
+    /// Device-selective: `functionMask` (FM, 0–3) leaves bits of the SID's
+    /// 3-bit function number out of the comparison, from the top: FM=1 bit
+    /// 2, FM=2 bits 2:1, FM=3 bits 2:0 (VT-d context-cache invalidate descriptor; QEMU's
+    /// vtd_context_device_invalidate masks the same way).
     case device(did: UInt16, sid: UInt16, functionMask: UInt8)
+
+    /// The SID bits FM leaves out of the comparison.
+    static func maskedFunctionBits(_ functionMask: UInt8) -> UInt16 {
+        switch functionMask & 3 {
+        case 0: 0
+        case 1: 0b100
+        case 2: 0b110
+        default: 0b111
+        }
+    }
+
+    /// Does a device-selective invalidation of `sid` under `functionMask`
+    /// reach the context entry of `other`?
+    static func covers(sid: UInt16, functionMask: UInt8, _ other: UInt16) -> Bool {
+        let compared = ~maskedFunctionBits(functionMask)
+        return sid & compared == other & compared
+    }
+
+    /// Every source-id a device-selective invalidation reaches, ascending.
+    public static func sourceIDs(sid: UInt16, functionMask: UInt8) -> [UInt16] {
+        let masked = maskedFunctionBits(functionMask)
+        let base = sid & ~masked
+        return (0...UInt16(7)).filter { $0 & ~masked == 0 }.map { base | $0 }
+    }
 }
 
 /// Type 2: IOTLB invalidation, by domain ID.

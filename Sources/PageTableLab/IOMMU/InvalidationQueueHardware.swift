@@ -135,10 +135,12 @@ final class InvalidationQueueHardware: @unchecked Sendable {
         let enabled = gsts.load(ordering: .acquiring) & DMARRegister.queuedInvalidationEnable != 0
         if enable != enabled {
             if enable {
-                iqh.store(0, ordering: .releasing)     // enabling resets the head
                 gsts.bitwiseOr(DMARRegister.queuedInvalidationEnable, ordering: .acquiringAndReleasing)
             } else {
+                // Hardware resets IQH whenever QIES clears (VT-d, IQH_REG): it is
+                // reset as the queue goes off, not when it comes back on.
                 timedOut = nil
+                iqh.store(0, ordering: .releasing)
                 gsts.bitwiseAnd(~DMARRegister.queuedInvalidationEnable, ordering: .acquiringAndReleasing)
             }
             progress.signal()
@@ -163,7 +165,7 @@ final class InvalidationQueueHardware: @unchecked Sendable {
         if head == Int(tail >> UInt64(width.shift)) {
             // Nothing left to fetch: a pending time-out has now expired.
             guard let t = timedOut else { return false }
-            raiseITE(t)
+            raiseITE(t, abortedWait: nil)
             return true
         }
         process(at: head, entries: entries, width: width, base: queue & ~0xFFF)
@@ -173,7 +175,7 @@ final class InvalidationQueueHardware: @unchecked Sendable {
     private func process(at index: Int, entries: Int, width: DescriptorWidth, base: UInt64) {
         counters.descriptorsFetched.add(1, ordering: .relaxed)
         guard let raw = fetch(base + UInt64(index << width.shift), width: width) else {
-            raiseIQE(.memoryAccessError, index: index)
+            raiseIQE(.fetchError, index: index)
             return
         }
         if raw.type != 5, injection.consumeIQE() {
@@ -197,19 +199,27 @@ final class InvalidationQueueHardware: @unchecked Sendable {
                 counters.countExecuted(type: 5)
                 counters.waitsAborted.add(1, ordering: .relaxed)
                 iqh.store(next, ordering: .releasing)
-                raiseITE(t)
+                raiseITE(t, abortedWait: index)
                 return
             }
-            if let sw = wait.statusWrite {
-                guard let word = statusWord(at: sw.address) else {
-                    raiseIQE(.memoryAccessError, index: index)
-                    return
-                }
-                ptlab_u32_store_release(word, sw.data)
-                counters.statusWrites.add(1, ordering: .relaxed)
+            // The unit reaches only the lab's memory: a status address
+            // outside it lies above the host address width the unit
+            // implements, bits the wait descriptor reserves. (Real hardware
+            // would send the write and lose it.)
+            let word = wait.statusWrite.map { statusWord(at: $0.address) }
+            if case .some(nil) = word {
+                raiseIQE(.reservedField, index: index)
+                return
             }
+            // IQH moves past the wait before its status is written: whoever
+            // sees the status sees the head past it, so a status seen
+            // before the head moved was written by something else.
             counters.countExecuted(type: 5)
             iqh.store(next, ordering: .releasing)
+            if let sw = wait.statusWrite, case .some(.some(let w)) = word {
+                ptlab_u32_store_release(w, sw.data)
+                counters.statusWrites.add(1, ordering: .relaxed)
+            }
             if wait.interrupt {
                 ics.bitwiseOr(DMARRegister.invalidationWaitComplete, ordering: .acquiringAndReleasing)
                 counters.completionInterrupts.add(1, ordering: .relaxed)
@@ -272,11 +282,13 @@ final class InvalidationQueueHardware: @unchecked Sendable {
         progress.signal()
     }
 
-    private func raiseITE(_ t: (sid: UInt16, index: Int)) {
+    private func raiseITE(_ t: (sid: UInt16, index: Int), abortedWait: Int?) {
         timedOut = nil
+        injection.raisingITE()
         record.withLock { r in
             r.iteSID = t.sid
             r.iteIndex = t.index
+            r.iteAbortedWait = abortedWait
         }
         fsts.bitwiseOr(DMARRegister.invalidationTimeoutError, ordering: .acquiringAndReleasing)
         counters.iteRaised.add(1, ordering: .relaxed)

@@ -12,12 +12,16 @@ public enum QIError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidDescriptor(position: Int, ringIndex: Int, reason: IQEReason, injected: Bool,
                            decodeError: DescriptorDecodeError?)
     /// -ETIMEDOUT: a device-TLB invalidation timed out (ITE) and the device
-    /// is gone, or it kept timing out for `attempts` resubmissions.
-    case deviceTLBTimeout(sid: UInt16, deviceGone: Bool, attempts: Int)
+    /// is gone (`attempts`: resubmissions before that was found). A present
+    /// device that times out is resubmitted to for as long as it does.
+    case deviceTLBTimeout(sid: UInt16, attempts: Int)
     /// A device answered a device-TLB invalidation with an invalid
     /// completion (ICE). Linux clears ICE and carries on; the lab reports it
     /// to the submitter whose descriptor drew it, once its wait completed.
     case completionError(sid: UInt16)
+    /// qi_driver=linux: Linux's qi_submit_sync would never return here; the
+    /// lab found the state that keeps it spinning (see QILockup).
+    case lockup(QILockup)
 
     public var description: String {
         switch self {
@@ -28,11 +32,13 @@ public enum QIError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidDescriptor(let pos, let ring, let reason, let injected, let detail):
             "descriptor \(pos) of the submission (ring slot \(ring)) refused by the hardware: \(reason)"
                 + (injected ? " (injected)" : "") + (detail.map { " — \($0)" } ?? "")
-        case .deviceTLBTimeout(let sid, let gone, let attempts):
-            "device-TLB invalidation of device \(sid) timed out"
-                + (gone ? " (device gone)" : " after \(attempts) resubmissions")
+        case .deviceTLBTimeout(let sid, let attempts):
+            "device-TLB invalidation of device \(sid) timed out and the device is gone"
+                + (attempts > 0 ? " (after \(attempts) resubmissions)" : "")
         case .completionError(let sid):
             "invalid device-TLB invalidation completion from device \(sid)"
+        case .lockup(let l):
+            "qi_submit_sync would never return (Linux spins here with interrupts off): \(l)"
         }
     }
 }

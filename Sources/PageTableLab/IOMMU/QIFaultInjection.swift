@@ -9,6 +9,8 @@ public final class QIFaultInjection: Sendable {
     private let pendingITE = Atomic<Int>(0)
     private let pendingICE = Atomic<Int>(0)
     private let stalled = Atomic<Bool>(false)
+    private let stallOnIQE = Atomic<Bool>(false)
+    private let stallOnITE = Atomic<Bool>(false)
     private let doorbell: EventCount
 
     let injectedIQE = Atomic<UInt64>(0)
@@ -22,13 +24,19 @@ public final class QIFaultInjection: Sendable {
     /// Make the hardware refuse a descriptor as if a reserved bit were set:
     /// the first non-wait descriptor fetched after `skipping` others. Wait
     /// descriptors are spared because software never builds a bad one; the
-    /// injection stands for a corrupted invalidation.
-    public func injectIQE(skipping: Int = 0) {
+    /// injection stands for a corrupted invalidation. `thenStall`: the unit
+    /// also stops fetching (as `stallFetching`) when it raises that IQE, so
+    /// a test can see what software does between clearing the error and
+    /// the unit fetching again.
+    public func injectIQE(skipping: Int = 0, thenStall: Bool = false) {
+        stallOnIQE.store(thenStall, ordering: .releasing)
         iqeCountdown.store(max(0, skipping), ordering: .releasing)
     }
 
     /// Make the next `count` device-TLB invalidations time out (ITE).
-    public func injectITE(count: Int = 1) {
+    /// `thenStall`: the unit also stops fetching when it next raises ITE.
+    public func injectITE(count: Int = 1, thenStall: Bool = false) {
+        stallOnITE.store(thenStall, ordering: .releasing)
         pendingITE.add(count, ordering: .acquiringAndReleasing)
     }
 
@@ -66,8 +74,10 @@ public final class QIFaultInjection: Sendable {
             let (done, now) = iqeCountdown.compareExchange(
                 expected: current, desired: current - 1, ordering: .acquiringAndReleasing)
             if done {
-                if current == 0 { injectedIQE.add(1, ordering: .relaxed) }
-                return current == 0
+                guard current == 0 else { return false }
+                injectedIQE.add(1, ordering: .relaxed)
+                if stallOnIQE.exchange(false, ordering: .acquiringAndReleasing) { stallFetching() }
+                return true
             }
             current = now
         }
@@ -75,6 +85,11 @@ public final class QIFaultInjection: Sendable {
     }
 
     func consumeITE() -> Bool { consume(pendingITE, counter: injectedITE) }
+
+    /// The unit is raising ITE: stall now if a test asked for it.
+    func raisingITE() {
+        if stallOnITE.exchange(false, ordering: .acquiringAndReleasing) { stallFetching() }
+    }
     func consumeICE() -> Bool { consume(pendingICE, counter: injectedICE) }
 
     private func consume(_ pending: borrowing Atomic<Int>, counter: borrowing Atomic<UInt64>) -> Bool {

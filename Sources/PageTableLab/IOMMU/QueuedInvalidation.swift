@@ -31,16 +31,35 @@ final class QueuedInvalidation: @unchecked Sendable {
         var freeTail = 0
         var freeCount: Int
         /// Per slot, the ITESID of the time-out that aborted it: tells an
-        /// aborted submitter whose device did not answer.
+        /// aborted submitter whose device did not answer (robust driver).
         var abortedBy: [UInt16]
         /// Per slot: holds the wait descriptor a submitter polls. An ITE
         /// aborts pending waits only; the descriptors before them ran.
         var isWait: [Bool]
+        /// Per slot: the first slot of a submission whose owner still polls.
+        /// Lab bookkeeping for the Linux driver's lockup detector.
+        var isFirst: [Bool]
+        /// Per slot: posted by a submitter that has not yet let it go
+        /// (turned it back to FREE). Lab bookkeeping, as `isFirst`.
+        var owned: [Bool]
+        /// Per slot: a wait the unit aborted and no ITE handling marked;
+        /// its owner would poll it forever (Linux driver).
+        var lostWait: [Bool]
+        /// Per slot: its owner locked up and will never let it go (Linux
+        /// driver): reclaim stops here for good.
+        var abandoned: [Bool]
+        /// Set when a Linux-driver CPU spins in qi_check_fault holding
+        /// q_lock for ever: nobody else can take the lock again.
+        var lockHeldForever = false
 
         init(entries: Int) {
             freeCount = entries
             abortedBy = [UInt16](repeating: 0, count: entries)
             isWait = [Bool](repeating: false, count: entries)
+            isFirst = [Bool](repeating: false, count: entries)
+            owned = [Bool](repeating: false, count: entries)
+            lostWait = [Bool](repeating: false, count: entries)
+            abandoned = [Bool](repeating: false, count: entries)
         }
     }
 
@@ -50,27 +69,28 @@ final class QueuedInvalidation: @unchecked Sendable {
     let entries: Int
     let ring: Page
     let statusPage: Page
-    let maxRetries: Int
-    private let counters: IOMMUCounters
+    /// Whose qi_submit_sync runs: the lab's robust one or Linux's.
+    let driver: QIDriver
+    let counters: IOMMUCounters
     private let ringBase: UnsafeMutableRawPointer
     private let statusBase: UnsafeMutablePointer<UInt32>
     private let queueSizeOrder: Int
-    private let isDevicePresent: @Sendable (UInt16) -> Bool
+    let isDevicePresent: @Sendable (UInt16) -> Bool
     /// q_lock and what it protects.
-    private let state: LabMutex<State>
+    let state: LabMutex<State>
     let waitMicroseconds = LabMutex(Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three))
 
     /// Allocate the ring (2^queueSizeOrder pages: IQA.QS) and the status
     /// words on `node`, zeroed, as dmar_enable_qi does.
     init(hardware: InvalidationQueueHardware, width: DescriptorWidth, queueSizeOrder: Int, node: NodePreference,
-         maxRetries: Int, counters: IOMMUCounters,
+         driver: QIDriver, counters: IOMMUCounters,
          isDevicePresent: @escaping @Sendable (UInt16) -> Bool) throws(PageAllocError) {
         let allocator = hardware.allocator
         self.hardware = hardware
         self.width = width
         self.queueSizeOrder = queueSizeOrder
         self.entries = 1 << (queueSizeOrder + 8 - width.rawValue)
-        self.maxRetries = maxRetries
+        self.driver = driver
         self.counters = counters
         self.isDevicePresent = isDevicePresent
         ring = try allocator.alloc(order: queueSizeOrder, node: node, zero: true)
@@ -95,13 +115,13 @@ final class QueuedInvalidation: @unchecked Sendable {
         try? hardware.allocator.free(statusPage)
     }
 
-    private var shift: Int { width.shift }
+    var shift: Int { width.shift }
     private var ringPhysical: UInt64 { UInt64(ring.pfn) << 12 }
     private func statusPhysical(_ slot: Int) -> UInt64 { UInt64(statusPage.pfn) << 12 + UInt64(slot * 4) }
-    private func status(_ slot: Int) -> UInt32 { ptlab_u32_load_acquire(statusBase + slot) }
-    private func setStatus(_ slot: Int, _ s: SlotStatus) { ptlab_u32_store_release(statusBase + slot, s.rawValue) }
+    func status(_ slot: Int) -> UInt32 { ptlab_u32_load_acquire(statusBase + slot) }
+    func setStatus(_ slot: Int, _ s: SlotStatus) { ptlab_u32_store_release(statusBase + slot, s.rawValue) }
 
-    private func writeSlot(_ slot: Int, _ d: RawDescriptor) {
+    func writeSlot(_ slot: Int, _ d: RawDescriptor) {
         let p = ringBase + slot << shift
         p.storeBytes(of: d.qw0, toByteOffset: 0, as: UInt64.self)
         p.storeBytes(of: d.qw1, toByteOffset: 8, as: UInt64.self)
@@ -111,8 +131,22 @@ final class QueuedInvalidation: @unchecked Sendable {
         }
     }
 
-    /// What replaces a refused descriptor: a wait that writes nothing.
-    private static let harmless = InvalidationDescriptor.wait(InvalidationWait()).encode()
+    /// Copy ring slot `from` over ring slot `to`, all of it: how Linux's
+    /// qi_check_fault replaces a refused descriptor with the submission's
+    /// own wait (a memcpy of 1 << shift bytes).
+    func copySlot(from: Int, to: Int) {
+        (ringBase + to << shift).copyMemory(from: ringBase + from << shift, byteCount: 1 << shift)
+    }
+
+    /// The ring index the hardware will fetch next.
+    var hardwareHead: Int { Int(hardware.read(.iqh) >> UInt64(shift)) }
+
+    /// Has the hardware fetched (and so executed or aborted) the wait of the
+    /// submission at `index` with `count` descriptors? IQH cannot have gone
+    /// round the ring past it: its slots stay owned until it is let go.
+    func hardwareHasPassed(index: Int, count: Int) -> Bool {
+        (hardwareHead - index + entries) % entries > count
+    }
 
     // MARK: - enable / disable (dmar_enable_qi, dmar_disable_qi)
 
@@ -151,8 +185,10 @@ final class QueuedInvalidation: @unchecked Sendable {
 
     /// Submit `descriptors` and a wait descriptor whose status word belongs
     /// to this submission, then wait for that status while handling queue
-    /// errors. A submission whose wait an ITE aborted is resubmitted
-    /// (-EAGAIN), at most `maxRetries` times.
+    /// errors, in the manner of `driver`. A submission whose wait an ITE
+    /// aborted is resubmitted (-EAGAIN) for as long as that happens, as in
+    /// Linux: only a device that is gone ends it (-ETIMEDOUT). Injected
+    /// time-outs are finite and a present device answers, so this ends.
     func submitSync(_ descriptors: UnsafeBufferPointer<RawDescriptor>) throws(QIError) {
         let count = descriptors.count
         guard count + 2 <= entries else { throw .tooManyDescriptors(count: count, max: entries - 2) }
@@ -164,52 +200,96 @@ final class QueuedInvalidation: @unchecked Sendable {
         }
         var attempts = 0
         while true {
-            let (index, waitIndex) = post(descriptors)
+            let index: Int, waitIndex: Int
+            do {
+                (index, waitIndex) = try post(descriptors)
+            } catch {
+                if case .lockup(let l) = error { lockedUp(l) }
+                throw error
+            }
             counters.qiSubmissions.add(1, ordering: .relaxed)
             counters.qiDescriptors.add(UInt64(count), ordering: .relaxed)
-            switch waitForCompletion(index: index, waitIndex: waitIndex, count: count, attempts: attempts) {
+            let outcome = switch driver {
+            case .robust: robustWaitForCompletion(index: index, waitIndex: waitIndex, count: count, attempts: attempts)
+            case .linux: linuxWaitForCompletion(index: index, waitIndex: waitIndex, count: count, attempts: attempts)
+            }
+            switch outcome {
             case .done:
                 return
             case .failed(let error):
+                if case .lockup(let l) = error { lockedUp(l) }
                 throw error
-            case .again(let sid):
+            case .again:
                 attempts += 1
                 counters.qiRetries.add(1, ordering: .relaxed)
-                if attempts > maxRetries {
-                    counters.qiTimeouts.add(1, ordering: .relaxed)
-                    throw .deviceTLBTimeout(sid: sid, deviceGone: false, attempts: attempts - 1)
-                }
             }
         }
     }
 
+    /// The first lockup a submitter met (Linux driver), for reports.
+    let firstLockup = LabMutex<QILockup?>(nil)
+
+    private func lockedUp(_ lockup: QILockup) {
+        counters.qiLockups.add(1, ordering: .relaxed)
+        firstLockup.withLock { if $0 == nil { $0 = lockup } }
+    }
+
+    enum Outcome {
+        case done
+        /// -EAGAIN: the wait was aborted by a time-out; post it again.
+        case again
+        case failed(QIError)
+    }
+
     /// Wait for count + 2 free slots (the descriptors, the wait, and the gap
-    /// that keeps IQT from catching IQH), write them, and ring the doorbell.
-    private func post(_ descriptors: UnsafeBufferPointer<RawDescriptor>) -> (index: Int, waitIndex: Int) {
+    /// that keeps IQT from catching IQH), write them and a wait that is
+    /// Linux's (status write of QI_DONE, neither IF nor FN), and ring the
+    /// doorbell. The Linux driver can find that no slot will ever come back
+    /// (a lockup it already hit): that is an error, not a hang.
+    private func post(_ descriptors: UnsafeBufferPointer<RawDescriptor>) throws(QIError) -> (index: Int, waitIndex: Int) {
         let count = descriptors.count
         var waited = false
         while true {
             let key = hardware.progress.prepareWait()
-            let slots: (Int, Int)? = state.withLock { st in
-                guard st.freeCount >= count + 2 else { return nil }
+            let slots: Result<(Int, Int), QIError>? = state.withLock { st in
+                if st.lockHeldForever { return .failure(.lockup(.queueLockHeld)) }
+                guard st.freeCount >= count + 2 else {
+                    if driver == .linux, let pinned = linuxPinnedTail(st) { return .failure(.lockup(pinned)) }
+                    return nil
+                }
                 let index = st.freeHead
                 let waitIndex = (index + count) % entries
+                // The count + 2 rule keeps IQT from reaching IQH only while
+                // software's free count matches what the unit has fetched.
+                let pending = (index - hardwareHead + entries) % entries
+                if count + 2 > entries - pending { counters.ringOverruns.add(1, ordering: .relaxed) }
                 for i in 0..<count {
-                    writeSlot((index + i) % entries, descriptors[i])
-                    setStatus((index + i) % entries, .inUse)
-                    st.isWait[(index + i) % entries] = false
+                    let slot = (index + i) % entries
+                    writeSlot(slot, descriptors[i])
+                    setStatus(slot, .inUse)
+                    st.isWait[slot] = false
+                    st.isFirst[slot] = false
+                    st.owned[slot] = true
+                    st.lostWait[slot] = false
                 }
                 setStatus(waitIndex, .inUse)
                 st.isWait[waitIndex] = true
-                let wait = InvalidationWait(
-                    statusWrite: .init(address: statusPhysical(waitIndex), data: SlotStatus.done.rawValue), fence: true)
+                st.isFirst[waitIndex] = false
+                st.owned[waitIndex] = true
+                st.lostWait[waitIndex] = false
+                st.isFirst[index] = true
+                let wait = InvalidationWait(statusWrite: .init(address: statusPhysical(waitIndex), data: SlotStatus.done.rawValue))
                 writeSlot(waitIndex, InvalidationDescriptor.wait(wait).encode())
                 st.freeHead = (st.freeHead + count + 1) % entries
                 st.freeCount -= count + 1
                 try? hardware.write(.iqt, UInt64(st.freeHead << shift))
-                return (index, waitIndex)
+                return .success((index, waitIndex))
             }
-            if let slots { return slots }
+            switch slots {
+            case .success(let s): return s
+            case .failure(let e): throw e
+            case nil: break
+            }
             if !waited {
                 waited = true
                 counters.queueFull.add(1, ordering: .relaxed)
@@ -218,103 +298,22 @@ final class QueuedInvalidation: @unchecked Sendable {
         }
     }
 
-    private enum Outcome {
-        case done
-        case again(sid: UInt16)
-        case failed(QIError)
-    }
-
-    /// Poll this submission's status word, checking faults under q_lock
-    /// between polls. An error found on the way is held until the wait has
-    /// resolved (done or aborted), so no slot is reclaimed while the
-    /// hardware may still fetch it.
-    ///
-    /// The status is read before the faults: the hardware raises a fault of
-    /// this submission (ICE) before it writes the wait's status, so a status
-    /// seen resolved here guarantees the fault check after it sees that
-    /// fault. Read the other way round, an ICE raised between the two reads
-    /// would be missed and left set for nobody. A status resolved by the
-    /// fault check itself is seen on the next round: the check's FSTS write
-    /// signalled progress, so the wait below returns at once.
-    private func waitForCompletion(index: Int, waitIndex: Int, count: Int, attempts: Int) -> Outcome {
-        var latched: QIError?
-        while true {
-            let key = hardware.progress.prepareWait()
-            let outcome: Outcome? = state.withLock { st in
-                let s = status(waitIndex)
-                checkFault(&st, index: index, waitIndex: waitIndex, count: count, latched: &latched)
-                guard s == SlotStatus.done.rawValue || s == SlotStatus.abort.rawValue else { return nil }
-                for i in 0...count { setStatus((index + i) % entries, .free) }
-                reclaim(&st)
-                if let latched { return .failed(latched) }
-                if s == SlotStatus.done.rawValue { return .done }
-                let sid = st.abortedBy[waitIndex]
-                if sid != 0, !isDevicePresent(sid) {
-                    counters.qiTimeouts.add(1, ordering: .relaxed)
-                    return .failed(.deviceTLBTimeout(sid: sid, deviceGone: true, attempts: attempts))
-                }
-                return .again(sid: sid)
-            }
-            if let outcome {
-                hardware.progress.signal()     // slots were reclaimed
-                return outcome
-            }
-            hardware.progress.wait(key)
+    /// Let a finished submission's slots go: FREE each (its wait too, as
+    /// Linux does since 3cf74230c139) and reclaim what that freed.
+    func release(_ st: inout State, index: Int, count: Int) {
+        for i in 0...count {
+            let slot = (index + i) % entries
+            setStatus(slot, .free)
+            st.owned[slot] = false
+            st.isFirst[slot] = false
         }
-    }
-
-    /// qi_check_fault, under q_lock.
-    private func checkFault(_ st: inout State, index: Int, waitIndex: Int, count: Int, latched: inout QIError?) {
-        let fault = hardware.read(.fsts)
-        if fault & DMARRegister.invalidationQueueError != 0 {
-            // IQH stops on the refused descriptor; if it is ours, replace it.
-            // (A bad tail is not a descriptor error: whoever wrote IQT fixes it.)
-            let head = Int(hardware.read(.iqh) >> UInt64(shift))
-            let position = (head - index + entries) % entries
-            let record = hardware.errorRecord
-            if position <= count, record.iqeReason != .invalidTail, record.iqeReason != .tailMisaligned {
-                writeSlot(head, Self.harmless)
-                if head == waitIndex { setStatus(waitIndex, .done) }   // our wait will never write now
-                if latched == nil {
-                    latched = .invalidDescriptor(position: position, ringIndex: head, reason: record.iqeReason,
-                                                 injected: record.iqeInjected, decodeError: record.iqeDecodeError)
-                }
-                counters.iqeHandled.add(1, ordering: .relaxed)
-                try? hardware.write(.fsts, DMARRegister.invalidationQueueError)
-            }
-        }
-        if fault & DMARRegister.invalidationTimeoutError != 0 {
-            // The hardware aborted the waits it fetched after the time-out:
-            // every wait it has passed that it did not complete, whoever's
-            // it is (its owner resubmits). Only waits: marking another
-            // submission's descriptors would tell nobody anything.
-            let head = Int(hardware.read(.iqh) >> UInt64(shift))
-            let sid = UInt16(truncatingIfNeeded: hardware.read(.iqercd) >> 32)
-            var slot = st.freeTail
-            while slot != head {
-                if st.isWait[slot], status(slot) == SlotStatus.inUse.rawValue {
-                    setStatus(slot, .abort)
-                    st.abortedBy[slot] = sid
-                }
-                slot = (slot + 1) % entries
-            }
-            counters.iteHandled.add(1, ordering: .relaxed)
-            try? hardware.write(.fsts, DMARRegister.invalidationTimeoutError)
-        }
-        if fault & DMARRegister.invalidationCompletionError != 0 {
-            let record = hardware.errorRecord
-            if let i = record.iceIndex, (i - index + entries) % entries < count {
-                if latched == nil { latched = .completionError(sid: record.iceSID) }
-                counters.iceHandled.add(1, ordering: .relaxed)
-                try? hardware.write(.fsts, DMARRegister.invalidationCompletionError)
-            }
-        }
+        reclaim(&st)
     }
 
     /// reclaim_free_desc: return the slots their owners released, oldest
     /// first, up to the first one still owned (FREE is also what unposted
     /// slots hold, hence the stop at the free head).
-    private func reclaim(_ st: inout State) {
+    func reclaim(_ st: inout State) {
         while st.freeTail != st.freeHead, status(st.freeTail) == SlotStatus.free.rawValue {
             st.freeTail = (st.freeTail + 1) % entries
             st.freeCount += 1

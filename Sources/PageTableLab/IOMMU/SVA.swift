@@ -2,13 +2,11 @@ import Synchronization
 
 /// iommu-sva: mms bound to PASIDs on one IOMMU, kept informed of changes.
 public final class SVA: Sendable {
-    /// PAGE_OFFSET with 4-level paging: where the kernel range starts.
-    public static let pageOffset: UInt64 = 0xffff_8880_0000_0000
-
     public let iommu: IntelIOMMU
     /// iommu_sva_lock, and the bonds it protects.
     private let bonds = LabMutex<[SVABond]>([])
-    /// KVA invalidations that failed even after resubmitting.
+    /// KVA invalidations of a bound mm that did not complete (the queue
+    /// locked up, or refused a descriptor that was not a stand-in).
     public let kvaFailures = Atomic<Int>(0)
     public let kvaInvalidations = Atomic<Int>(0)
 
@@ -34,34 +32,29 @@ public final class SVA: Sendable {
 
     public var boundPASIDs: [UInt32] { bonds.withLock { $0.map(\.pasid) } }
 
-    /// iommu_sva_invalidate_kva_range: under the SVA lock, invalidate the
-    /// kernel range in every bound mm (PASID-selective when `end` is
-    /// TLB_FLUSH_ALL, which also drops paging-structure caches), all
-    /// PASIDs sharing waits, and return once the IOMMU has done it. A
-    /// submission refused by an injected fault is resubmitted: returning
-    /// early would let the caller free what the IOMMU still caches.
-    public func invalidateKVARange(start: UInt64 = SVA.pageOffset, end: UInt64 = .max) {
+    /// iommu_sva_invalidate_kva_range (6.19): under the SVA lock, hand
+    /// [start, end) to every bound mm's notifier, as
+    /// mmu_notifier_arch_invalidate_secondary_tlbs does. The freeing work
+    /// passes PAGE_OFFSET and TLB_FLUSH_ALL, which on VT-d becomes one
+    /// page-selective flush per mm with IH=0 over the whole kernel half,
+    /// dropping its paging-structure caches. True once every mm's flush has
+    /// completed; the caller must not free what the IOMMU may cache otherwise.
+    @discardableResult
+    public func invalidateKVARange(start: UInt64 = KernelLayout.fourLevel.pageOffset, end: UInt64 = .max) -> Bool {
         bonds.withLock { list in
-            guard !list.isEmpty else { return }
-            for attempt in 1...64 {
-                var batch = QIBatch()
-                do {
-                    for bond in list {
-                        try iommu.iommuSVAInvalidateRange(pasid: bond.pasid, start: start, end: end, ih: false, into: &batch)
-                    }
-                    try batch.flush(to: iommu)
-                    kvaInvalidations.add(1, ordering: .relaxed)
-                    return
-                } catch {
-                    if attempt == 64 { kvaFailures.add(1, ordering: .relaxed) }
-                }
+            var completed = true
+            for bond in list where !bond.invalidateCompleting(start: start, end: end) {
+                completed = false
+                kvaFailures.add(1, ordering: .relaxed)
             }
+            if completed && !list.isEmpty { kvaInvalidations.add(1, ordering: .relaxed) }
+            return completed
         }
     }
 }
 
-/// One mm bound to one PASID: the mmu_notifier that forwards user-half
-/// TLB flushes to the IOMMU.
+/// One mm bound to one PASID: the mmu_notifier that forwards the mm's TLB
+/// flushes to the IOMMU.
 public final class SVABond: MMUNotifier, Sendable {
     unowned let sva: SVA
     public let mm: MM
@@ -74,14 +67,42 @@ public final class SVABond: MMUNotifier, Sendable {
         self.pasid = pasid
     }
 
-    /// intel_arch_invalidate_secondary_tlbs. IH = 1 only when no table was
-    /// freed: then the paging-structure caches may stay.
-    public func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64, freedTables: Bool) {
+    /// intel_arch_invalidate_secondary_tlbs: IH=0, always, as Linux sends
+    /// it; sva_notifier_ih=leaf-only forces IH=1 for tests that must show
+    /// what that breaks.
+    public func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {
         do {
-            try sva.iommu.iommuSVAInvalidateRange(pasid: pasid, start: start, end: end, ih: !freedTables)
+            try flush(start: start, end: end)
         } catch {
             notifierFailures.add(1, ordering: .relaxed)
             Integrity.notifierFailureCount.add(1, ordering: .relaxed)
+        }
+    }
+
+    private func flush(start: UInt64, end: UInt64) throws(IOMMUError) {
+        try sva.iommu.invalidateSecondaryTLBs(pasid: pasid, start: start, end: end,
+                                              ih: sva.iommu.parameters.notifierHint == .leafOnly)
+    }
+
+    /// The notifier's flush for a range whose tables are about to be freed,
+    /// repeated until the IOMMU has done it. A descriptor refused by an
+    /// injected IQE (a stand-in for a corrupted one) is sent again: Linux's
+    /// callers ignore the -EINVAL, and the lab's would otherwise free what
+    /// the IOMMU still caches. A device that is gone, or that answered with
+    /// an invalid completion, cannot hold the IOMMU's caches: the
+    /// PASID-IOTLB descriptor before it ran. Anything else did not complete.
+    func invalidateCompleting(start: UInt64, end: UInt64) -> Bool {
+        while true {
+            do {
+                try flush(start: start, end: end)
+                return true
+            } catch .queue(.invalidDescriptor(_, _, _, true, _)) {
+                continue
+            } catch .queue(.deviceTLBTimeout), .queue(.completionError) {
+                return true
+            } catch {
+                return false
+            }
         }
     }
 }

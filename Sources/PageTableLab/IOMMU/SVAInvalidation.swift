@@ -1,50 +1,68 @@
+/// How Linux flushes an SVA (first-stage) domain for an address range:
+/// intel_arch_invalidate_secondary_tlbs (svm.c) → cache_tag_flush_range
+/// (cache.c), batched with qi_batch_add_* and one wait per domain. Read in
+/// a 6.17-era tree; the kernel-range flush of 6.19 reaches it through the
+/// same notifier.
 extension IntelIOMMU {
-    /// The page-selective form that covers pages `first`…`last` (inclusive
-    /// addresses): the smallest naturally aligned block of 2^mask pages
-    /// holding both. A range that straddles a large alignment boundary needs
-    /// a large mask, as in the kernel's calculate_psi_aligned_address.
-    public static func addressMask(first: UInt64, last: UInt64) -> (address: UInt64, mask: UInt8) {
-        let differing = (first >> 12) ^ (last >> 12)
-        let mask = UInt8(UInt64.bitWidth - differing.leadingZeroBitCount)
-        let span: UInt64 = mask >= 52 ? .max : (4096 << UInt64(mask)) - 1
-        return (first & ~span, mask)
+    /// calculate_psi_aligned_address (cache.c): the naturally aligned block
+    /// of 2^mask pages that a page-selective flush of the inclusive range
+    /// [start, last] must name. Start with the range's page count rounded
+    /// up to a power of two; if the start is not aligned to it, take the
+    /// lowest bit above that size in which the first and last page frames
+    /// agree (the carry out of the unaligned start ends there). Bits above
+    /// the 52-bit frame number always agree, so the mask is at most 52 (the
+    /// whole space, MAX_AGAW_PFN_WIDTH).
+    public static func calculatePSIAlignedAddress(start: UInt64, last: UInt64) -> (address: UInt64, pages: UInt64, mask: UInt8) {
+        let pfn = start >> 12
+        let pages = (last >> 12) - pfn + 1
+        var mask = UInt8(pages <= 1 ? 0 : UInt64.bitWidth - (pages - 1).leadingZeroBitCount)
+        let bitmask: UInt64 = (1 << UInt64(mask)) - 1
+        if bitmask & pfn != 0 {
+            let shared = ~(pfn ^ (pfn + pages - 1)) & ~bitmask
+            mask = UInt8(shared.trailingZeroBitCount)
+        }
+        let address = mask >= 52 ? 0 : start & ~((4096 << UInt64(mask)) - 1)
+        return (address, 1 << UInt64(mask), mask)
     }
 
-    /// Invalidate [start, end) of a bound PASID and wait: one PASID-IOTLB
-    /// descriptor, plus a PASID device-TLB descriptor for each present ATS
-    /// device, sharing one wait. `end == UInt64.max` (TLB_FLUSH_ALL), or a
-    /// range whose mask exceeds MAMV, becomes a PASID-selective flush, which
-    /// drops every paging-structure entry of the PASID.
-    ///
-    /// `ih` is the invalidation hint: true promises that only leaf entries
-    /// changed, and leaves the paging-structure caches alone. Pass it only
-    /// when no page table was freed in the range.
-    public func iommuSVAInvalidateRange(pasid: UInt32, start: UInt64, end: UInt64, ih: Bool = false) throws(IOMMUError) {
+    /// intel_arch_invalidate_secondary_tlbs: the mm notifier's flush of
+    /// [start, end) for one bound PASID, and wait. start = 0 and end = max
+    /// is a flush of everything; any other range goes to
+    /// cache_tag_flush_range with its last byte (mm ranges end exclusive,
+    /// IOMMU ranges inclusive).
+    public func invalidateSecondaryTLBs(pasid: UInt32, start: UInt64, end: UInt64, ih: Bool) throws(IOMMUError) {
+        guard start < end else { throw .emptyRange(start: start, end: end) }
         var batch = QIBatch()
-        try iommuSVAInvalidateRange(pasid: pasid, start: start, end: end, ih: ih, into: &batch)
+        try cacheTagFlushRange(pasid: pasid, start: start, last: start == 0 && end == .max ? .max : end - 1,
+                               ih: ih, into: &batch)
         do { try batch.flush(to: self) } catch { throw .queue(error) }
     }
 
-    /// The same descriptors, gathered into `batch` (which submits each time
-    /// it fills), so that a flush of many PASIDs shares waits, 16 descriptors
-    /// to a wait. The caller flushes the batch.
-    public func iommuSVAInvalidateRange(pasid: UInt32, start: UInt64, end: UInt64, ih: Bool = false,
-                                        into batch: inout QIBatch) throws(IOMMUError) {
+    /// cache_tag_flush_range for a first-stage domain, gathered into `batch`
+    /// (which submits each time it fills; the caller flushes it): one
+    /// PASID-IOTLB descriptor, then one PASID device-TLB descriptor per ATS
+    /// device the PASID is bound for, all over the same aligned block. No
+    /// MAMV check: for first-stage flushes Linux sends whatever mask the
+    /// range needs. [0, max] is the whole PASID: PASID-selective, and the
+    /// device TLBs over all 2^64 bytes (cache_tag_flush_all).
+    public func cacheTagFlushRange(pasid: UInt32, start: UInt64, last: UInt64, ih: Bool,
+                                   into batch: inout QIBatch) throws(IOMMUError) {
         guard let entry = remapping.pasidTable.withLock({ $0[pasid] }) else { throw .pasidNotBound(pasid) }
-        guard start < end else { throw .emptyRange(start: start, end: end) }
-        var granularity = PASIDIOTLBInvalidation.Granularity.pasid
-        var deviceRange = DeviceTLBRange(base: 0, sizeOrder: 52)
-        if end != .max {
-            let (address, mask) = Self.addressMask(first: start, last: end - 1)
-            if mask <= parameters.maxAddressMask {
-                granularity = .page(address: address, addressMask: mask, invalidationHint: ih)
-                deviceRange = DeviceTLBRange(base: address, sizeOrder: Int(mask))
-            }
+        guard start <= last else { throw .emptyRange(start: start, end: last) }
+        let granularity: PASIDIOTLBInvalidation.Granularity
+        let deviceRange: DeviceTLBRange
+        if start == 0 && last == .max {
+            granularity = .pasid
+            deviceRange = DeviceTLBRange(base: 0, sizeOrder: 52)
+        } else {
+            let (address, _, mask) = Self.calculatePSIAlignedAddress(start: start, last: last)
+            granularity = .page(address: address, addressMask: mask, invalidationHint: ih)
+            deviceRange = DeviceTLBRange(base: address, sizeOrder: Int(mask))
         }
         do {
             try batch.add(InvalidationDescriptor.pasidIOTLB(
                 PASIDIOTLBInvalidation(did: entry.did, pasid: pasid, granularity: granularity)).encode(), to: self)
-            for device in entry.devices where device.ats && device.isPresent {
+            for device in entry.devices where device.ats {
                 try batch.add(InvalidationDescriptor.pasidDeviceTLB(
                     PASIDDeviceTLBInvalidation(sid: device.sid, pasid: pasid, range: deviceRange)).encode(), to: self)
             }

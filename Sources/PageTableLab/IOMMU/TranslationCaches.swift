@@ -26,9 +26,7 @@ struct TranslationCaches: Sendable {
         case .domain(let did):
             contexts.removeEntries { _, d in d == did }
         case .device(let did, let sid, let fm):
-            // FM masks the low 0–3 bits of the function number.
-            let mask: UInt16 = ~((1 << UInt16(fm)) - 1)
-            contexts.removeEntries { s, d in d == did && s & mask == sid & mask }
+            contexts.removeEntries { s, d in d == did && ContextCacheInvalidation.covers(sid: sid, functionMask: fm, s) }
         }
     }
 

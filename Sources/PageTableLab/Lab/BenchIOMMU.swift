@@ -2,8 +2,9 @@
 /// invalidations the deferred free spends per table (the batching promise),
 /// and what one synchronous invalidation costs the caller that waits on it.
 extension Bench {
-    /// A short kernel-free stress run in deferred mode (vmalloc churn with a
-    /// DMA walker on an SVA-bound PASID): invalidations issued / tables freed.
+    /// A short kernel-free stress run in deferred mode (the kernel's
+    /// table-freeing callers churned under a DMA walker on SVA-bound
+    /// PASIDs): invalidations issued / tables freed.
     static func kernelFreeInvalidationsPerTable(duration: Double, allocator: PageAllocator) throws -> Double {
         var options = StressOptions(scenario: "kernel-free", mode: KernelPageTableFree.Mode.deferred.rawValue)
         options.duration = duration

@@ -136,6 +136,11 @@ public struct ModuleParameters: Sendable, Equatable {
                 "the model's /sys/kernel/mm/transparent_hugepage/enabled: kernel reads the running kernel's"),
         .choice("thp_shmem_enabled", "kernel", ["kernel"] + THPSettings.ShmemEnabled.allCases.map(\.rawValue),
                 "the model's .../transparent_hugepage/shmem_enabled: kernel reads the running kernel's"),
+        // IOMMU/ (IntelIOMMU.Parameters)
+        .choice("qi_driver", QIDriver.robust.rawValue, QIDriver.allCases.map(\.rawValue),
+                "qi_submit_sync's polling: the lab's batch-safe one, or Linux's qi_check_fault step for step (whose lockups are reported, not hung on)"),
+        .choice("sva_notifier_ih", SVANotifierHint.linux.rawValue, SVANotifierHint.allCases.map(\.rawValue),
+                "IH of the SVA notifier's flushes: 0 as Linux sends it, or leaf-only (unsafe: IH=1 keeps paging-structure caches)"),
     ]
 
     private var values: [String: ModuleParameterValue]
@@ -224,6 +229,14 @@ extension ModuleParameters {
         let running = THPSettings.running
         return THPSettings(enabled: THPSettings.Enabled(rawValue: string("thp_enabled")) ?? running.enabled,
                            shmemEnabled: THPSettings.ShmemEnabled(rawValue: string("thp_shmem_enabled")) ?? running.shmemEnabled)
+    }
+
+    /// What an IOMMU is brought up with.
+    public var iommu: IntelIOMMU.Parameters {
+        var p = IntelIOMMU.Parameters()
+        p.driver = QIDriver(rawValue: string("qi_driver"))!
+        p.notifierHint = SVANotifierHint(rawValue: string("sva_notifier_ih"))!
+        return p
     }
 
     /// Put the RCU parameters into effect for this process (module_init's

@@ -108,7 +108,7 @@ extension MM {
             ptlab_ptl_unlock(table.desc)
             ptlab_ptl_unlock(pmdTable.desc)
             tlb.flush()
-            invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize, freedTables: true)
+            invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize)
             tlb.syncOne()
             // __collapse_huge_page_copy: each small page into the folio, then freed.
             let target = allocator.address(of: folio)
@@ -198,7 +198,7 @@ extension MM {
             // pmdp_collapse_flush: clear the PMD and flush the range.
             ptlab_pte_write(slot, 0)
             tlb.flush()
-            invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize, freedTables: true)
+            invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize)
         }
         ptlab_ptl_unlock(table.desc)
         ptlab_ptl_unlock(pmdTable.desc)

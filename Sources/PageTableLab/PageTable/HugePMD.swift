@@ -108,7 +108,7 @@ extension MM {
         ptlab_pte_write(slot, 0)
         tlb.flush()
         let base = address & ~(Self.pmdSize - 1)
-        invalidateSecondaryTLBs(start: base, end: base + Self.pmdSize, freedTables: false)
+        invalidateSecondaryTLBs(start: base, end: base + Self.pmdSize)
         guard vma.isAnonymous else { return }
         let table = withdraw(from: pmdTable)
         if let d = allocator.descriptor(pfn: old.pfn) { allocator.split(Page(d)) }

@@ -47,6 +47,7 @@ public final class MM: @unchecked Sendable {
         self.profile = profile
         self.tableNode = tableNode
         self.tlb = TLBModel()
+        if let kernel, kernel.layout.fiveLevel != profile.fiveLevel { throw .pagingModeMismatch(mmFiveLevel: profile.fiveLevel) }
         do {
             pgd = try allocator.alloc(node: tableNode, zero: true)
         } catch {

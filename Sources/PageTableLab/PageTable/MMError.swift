@@ -30,6 +30,11 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
     case collapseRefused(address: UInt64, errno: CollapseErrno, why: String)
     case outOfMemory(PageAllocError)
     case mmGone
+    /// A kernel operation outside the kernel area it works in.
+    case outsideKernelArea(address: UInt64, length: UInt64, operation: String)
+    /// An mm and init_mm with different paging modes: the kernel half
+    /// copied into the mm's root would point at tables of the wrong level.
+    case pagingModeMismatch(mmFiveLevel: Bool)
 
     public var description: String {
         switch self {
@@ -47,6 +52,10 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
             "MADV_COLLAPSE at 0x\(String(a, radix: 16)) refused (\(e.rawValue)): \(why)"
         case .outOfMemory(let e): "out of memory: \(e)"
         case .mmGone: "the mm has exited"
+        case .outsideKernelArea(let a, let l, let op):
+            "\(op): 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside the kernel area it works in (EINVAL)"
+        case .pagingModeMismatch(let five):
+            "a \(five ? 5 : 4)-level mm cannot share the kernel half of a \(five ? 4 : 5)-level init_mm"
         }
     }
 }

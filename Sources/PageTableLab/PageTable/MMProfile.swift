@@ -44,17 +44,6 @@ public struct MMProfile: Sendable, Equatable, Codable {
         case immediate
     }
 
-    /// What the mm's notifiers (an IOMMU bound through SVA) hear when a
-    /// flush also freed page tables.
-    public enum SecondaryTLBFlush: String, Sendable, Codable, CaseIterable {
-        /// The kernel: the flush says tables went, and the IOMMU drops its
-        /// paging-structure caches for the range too (IH = 0).
-        case allLevels = "all-levels"
-        /// Unsafe: every flush claims only leaves changed (IH = 1), so the
-        /// IOMMU keeps cached PDEs that lead into freed tables.
-        case leafOnly = "leaf-only"
-    }
-
     public var fiveLevel = false
     /// CONFIG_PT_RECLAIM: MADV_DONTNEED frees PTE tables it emptied.
     public var ptReclaim = true
@@ -64,7 +53,6 @@ public struct MMProfile: Sendable, Equatable, Codable {
     /// Fault injection: every table-batch page allocation fails.
     public var failBatchAllocation = false
     public var collapseFree = CollapseFree.defer
-    public var secondaryTLBFlush = SecondaryTLBFlush.allLevels
     /// The transparent-hugepage policy faults follow (sysfs).
     public var thp = THPSettings()
     /// mremap realigns a move down to a PMD boundary when nothing is mapped

@@ -1,9 +1,9 @@
 /// mmu_notifier's arch_invalidate_secondary_tlbs: another TLB (an IOMMU
 /// walking this mm through SVA) must drop [start, end) whenever the CPU's
-/// TLB does. `freedTables` says whether page tables went too: only when
-/// none did may the secondary keep its paging-structure caches (IH = 1).
+/// TLB does, its paging-structure caches included: the notifier is not told
+/// whether page tables went, so it must assume they did.
 public protocol MMUNotifier: AnyObject, Sendable {
-    func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64, freedTables: Bool)
+    func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64)
 }
 
 extension MM {
@@ -16,13 +16,11 @@ extension MM {
     }
 
     /// Called with every TLB flush of the mm. A fullmm flush (start = end
-    /// = ~0) is a flush of everything. The leaf-only profile hides freed
-    /// tables from the notifiers: the bug an IOMMU's walk caches expose.
-    func invalidateSecondaryTLBs(start: UInt64, end: UInt64, freedTables: Bool) {
+    /// = ~0) is a flush of everything.
+    func invalidateSecondaryTLBs(start: UInt64, end: UInt64) {
         let list = notifiers.withLock { $0 }
         guard !list.isEmpty else { return }
         let (s, e) = start == .max ? (0, UInt64.max) : (start, end)
-        let freed = freedTables && profile.secondaryTLBFlush == .allLevels
-        for n in list { n.invalidateSecondaryTLBs(mm: self, start: s, end: e, freedTables: freed) }
+        for n in list { n.invalidateSecondaryTLBs(mm: self, start: s, end: e) }
     }
 }

@@ -40,7 +40,7 @@ extension MM {
             for vma in slices { changeProtection(vma, protection) }
             if !slices.isEmpty {
                 tlb.flush()
-                invalidateSecondaryTLBs(start: address, end: hole ?? end, freedTables: false)
+                invalidateSecondaryTLBs(start: address, end: hole ?? end)
             }
             return hole
         }

@@ -123,7 +123,7 @@ extension MM {
         ptlab_pte_write(from, 0)
         ptlab_pte_write(to, e.rawValue)
         tlb.flush()
-        invalidateSecondaryTLBs(start: address, end: address + span, freedTables: false)
+        invalidateSecondaryTLBs(start: address, end: address + span)
         return true
     }
 
@@ -138,7 +138,7 @@ extension MM {
         if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) }
         ptlab_ptl_unlock(oldTable.desc)
         tlb.flush()
-        invalidateSecondaryTLBs(start: address, end: address + Self.pmdSize, freedTables: false)
+        invalidateSecondaryTLBs(start: address, end: address + Self.pmdSize)
     }
 
     /// The PTE table under PMD entry `slot`, allocated if missing (pte_alloc).
@@ -163,7 +163,7 @@ extension MM {
         ptlab_ptl_unlock(oldTable.desc)
         if moved {
             tlb.flush()
-            invalidateSecondaryTLBs(start: old, end: old + extent, freedTables: false)
+            invalidateSecondaryTLBs(start: old, end: old + extent)
         }
     }
 

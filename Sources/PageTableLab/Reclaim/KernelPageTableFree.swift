@@ -23,41 +23,54 @@ public final class KernelPageTableFree: @unchecked Sendable {
 
     public let mode: Mode
     let allocator: PageAllocator
-    /// Invalidates every SVA-bound mm's kernel range and waits; nil when no
-    /// IOMMU shares the tables.
-    let invalidateKVA: (@Sendable () -> Void)?
+    /// Invalidates every SVA-bound mm's kernel range and waits: true once
+    /// the IOMMU has done it. nil when no IOMMU shares the tables.
+    let invalidateKVA: (@Sendable () -> Bool)?
     private let lock = LabMutex<Void>(())
     private let list: UnsafeMutablePointer<cds_list_head>
     /// Only the work touches this: the batch being freed.
     private let batch: UnsafeMutablePointer<cds_list_head>
+    /// Tables whose invalidation never completed (the queue locked up):
+    /// never freed while the lab runs, as in Linux, whose freeing work
+    /// would still be waiting. Under `lock`.
+    private let stranded: UnsafeMutablePointer<cds_list_head>
     public private(set) var work: Work!
 
     public let tablesQueued = Atomic<Int>(0)
     public let tablesFreed = Atomic<Int>(0)
     public let invalidations = Atomic<Int>(0)
     public let batches = Atomic<Int>(0)
+    /// Tables left waiting on an invalidation that never completed.
+    public let tablesStranded = Atomic<Int>(0)
 
     /// `workCPU`: the CPU the freeing thread runs on, to bind the work there
     /// as schedule_work does (nil: unbound).
-    public init(mode: Mode, allocator: PageAllocator, workCPU: Int? = nil, invalidateKVA: (@Sendable () -> Void)?) {
+    public init(mode: Mode, allocator: PageAllocator, workCPU: Int? = nil, invalidateKVA: (@Sendable () -> Bool)?) {
         self.mode = mode
         self.allocator = allocator
         self.invalidateKVA = invalidateKVA
         list = .allocate(capacity: 1)
         batch = .allocate(capacity: 1)
+        stranded = .allocate(capacity: 1)
         ptlab_list_init(list)
         ptlab_list_init(batch)
+        ptlab_list_init(stranded)
         work = Work(cpu: workCPU) { [unowned self] in self.workFunction() }
     }
 
-    /// Drain and stop the work. Every table queued so far is freed.
+    /// Drain and stop the work: every table queued so far is freed. Then
+    /// the stranded ones too: the lab is unloading and the caller has
+    /// stopped everything that walks kernel tables (DMA walkers included),
+    /// the only thing an invalidation would have protected them from.
     public func shutdown() {
         work.shutdown()
+        _ = lock.withLock { _ in freeAll(stranded) }
     }
 
     deinit {
         list.deallocate()
         batch.deallocate()
+        stranded.deallocate()
     }
 
     /// pagetable_free: a kernel table (ptdesc kernel bit) takes the path of
@@ -77,9 +90,14 @@ public final class KernelPageTableFree: @unchecked Sendable {
         case .deferred:
             pagetableFreeKernel(page)
         case .perPage:
-            invalidate()
-            PageTables.dtorFree(page, allocator: allocator)
-            tablesFreed.add(1, ordering: .relaxed)
+            guard PageTables.markDeferred(page) else { return }
+            if invalidate() {
+                PageTables.dtorFree(page, allocator: allocator)
+                tablesFreed.add(1, ordering: .relaxed)
+            } else {
+                lock.withLock { _ in cds_list_add(ptlab_ptdesc_list(page.desc), stranded) }
+                tablesStranded.add(1, ordering: .relaxed)
+            }
         case .noInvalidate:
             PageTables.dtorFree(page, allocator: allocator)
             tablesFreed.add(1, ordering: .relaxed)
@@ -96,13 +114,15 @@ public final class KernelPageTableFree: @unchecked Sendable {
         work.schedule()
     }
 
-    private func invalidate() {
-        guard let invalidateKVA else { return }
-        invalidateKVA()
+    /// iommu_sva_invalidate_kva_range, and whether it completed.
+    private func invalidate() -> Bool {
+        guard let invalidateKVA else { return true }
         invalidations.add(1, ordering: .relaxed)
+        return invalidateKVA()
     }
 
     /// The work: splice, one invalidation for the whole batch, wait, free.
+    /// A batch whose invalidation did not complete is kept, not freed.
     private func workFunction() {
         lock.withLock { _ in
             if !isEmpty(list) {
@@ -111,18 +131,35 @@ public final class KernelPageTableFree: @unchecked Sendable {
             }
         }
         guard !isEmpty(batch) else { return }
-        invalidate()
+        guard invalidate() else {
+            var n = 0
+            var node = batch.pointee.next!
+            while node != batch {
+                n += 1
+                node = node.pointee.next!
+            }
+            lock.withLock { _ in cds_list_splice(batch, stranded) }
+            ptlab_list_init(batch)
+            tablesStranded.add(n, ordering: .relaxed)
+            return
+        }
+        tablesFreed.add(freeAll(batch), ordering: .relaxed)
+        batches.add(1, ordering: .relaxed)
+    }
+
+    /// Free every table on `head` and empty it; the number freed.
+    @discardableResult
+    private func freeAll(_ head: UnsafeMutablePointer<cds_list_head>) -> Int {
         var freed = 0
-        var node = batch.pointee.next!
-        while node != batch {
+        var node = head.pointee.next!
+        while node != head {
             let next = node.pointee.next!
             PageTables.dtorFree(Page(ptlab_ptdesc_of_list(node)), allocator: allocator)
             freed += 1
             node = next
         }
-        ptlab_list_init(batch)
-        tablesFreed.add(freed, ordering: .relaxed)
-        batches.add(1, ordering: .relaxed)
+        ptlab_list_init(head)
+        return freed
     }
 
     private func isEmpty(_ head: UnsafeMutablePointer<cds_list_head>) -> Bool {

@@ -4,14 +4,11 @@ import Glibc
 import Synchronization
 
 /// `ptlab stress kernel-free` and `ptlab stress iommu-faults`: DMA walkers
-/// on SVA-bound PASIDs translating kernel (vmalloc) addresses, while a
-/// thread maps and unmaps kernel memory so kernel PTE and PMD tables are
-/// freed and reused under them.
+/// on SVA-bound PASIDs translating kernel addresses, while a thread maps
+/// and unmaps kernel memory so that kernel page tables are freed, by every
+/// kernel function that frees them (KernelChurn), and reused under them.
 public struct KernelFreeStress {
     public static let modes = KernelPageTableFree.Mode.allCases.map(\.rawValue)
-    /// 2 MiB slots of the vmalloc area the churn maps and unmaps, in areas
-    /// of 1–16 slots.
-    static let slots = 64
     static let pasids: [UInt32] = [1, 2]
 
     public let options: StressOptions
@@ -54,10 +51,13 @@ public struct KernelFreeStress {
             let cpu0 = NUMATopology.current.nodes.first?.cpus.first
             if let cpu0 { pinCurrentThread(toCPU: cpu0) }
             defer { unpinCurrentThread() }
-            let iommu = try IntelIOMMU(allocator: allocator)
+            let layout = KernelLayout.fourLevel
+            let iommu = try IntelIOMMU(allocator: allocator, parameters: options.iommu)
             let sva = SVA(iommu: iommu)
-            let freer = KernelPageTableFree(mode: mode, allocator: allocator, workCPU: cpu0) { sva.invalidateKVARange() }
-            let kernel = try InitMM(allocator: allocator, freer: freer)
+            let freer = KernelPageTableFree(mode: mode, allocator: allocator, workCPU: cpu0) {
+                sva.invalidateKVARange(start: layout.pageOffset)
+            }
+            let kernel = try InitMM(allocator: allocator, freer: freer, fiveLevel: layout.fiveLevel)
             let device = try iommu.attachDevice(sid: 1, did: 1, ats: true)
             var mms: [MM] = []
             var bonds: [SVABond] = []
@@ -66,40 +66,38 @@ public struct KernelFreeStress {
                 mms.append(mm)
                 bonds.append(try sva.bind(mm, pasid: pasid, did: 1, devices: [device]))
             }
-            let faults = FaultSchedule()
+            let faults = FaultSchedule(pasid: Self.pasids[0])
+            let blocks = OnlineBlocks()
+            let entered = EnteredBlocks(walkers: options.walkers)
             let seed = options.seed
             let walkers = DMAWalkers(iommu: iommu, count: options.walkers, request: { w, i in
                 var rng = SplitMix64(seed: seed ^ UInt64(w) << 56 ^ i)
                 let r = rng.next()
                 let pasid = Self.pasids[Int(r % UInt64(Self.pasids.count))]
-                let address = InitMM.vmallocStart + (r >> 8) % UInt64(Self.slots) << 21 + (r >> 20) % 16 << 12
-                return DMARequest(pasid: pasid, address: address, write: r & 1 == 1)
+                let (address, block) = KernelChurn.walkTarget(layout, blocks, rng.next())
+                entered.set(w, block)
+                return DMARequest(pasid: pasid, address: address, write: r & 2 == 2)
+            }, onResult: { w, _ in
+                if let b = entered.take(w) { blocks.leave(b) }
             })
 
+            var churn = KernelChurn(kernel: kernel, blocks: blocks)
             var rng = SplitMix64(seed: seed)
-            var mapped = [Bool](repeating: false, count: Self.slots)
             var ops = 0
             let start = monotonicNanoseconds()
             var elapsed = 0.0
             var nextReport = start
-            while elapsed < options.duration, ops < options.maxOps ?? .max,
+            var failure: Error?
+            while elapsed < options.duration, ops < options.maxOps ?? .max, iommu.lockup == nil,
                   !(options.stopOnDetection && watchedDetections(iommu) > 0) {
-                // vmalloc/vfree of areas of 1–16 slots: a vfree of a large
-                // area frees its tables in a burst, as the kernel's do.
-                let first = Int(rng.next() % UInt64(Self.slots))
-                let count = min(1 + Int(rng.next() % 16), Self.slots - first)
-                let base = InitMM.vmallocStart + UInt64(first) << 21
-                if mapped[first] {
-                    try kernel.vunmap(address: base, length: UInt64(count) << 21)
-                    for i in first..<(first + count) { mapped[i] = false }
-                } else {
-                    for i in first..<(first + count) where !mapped[i] {
-                        try kernel.vmap(address: InitMM.vmallocStart + UInt64(i) << 21, length: (1 + rng.next() % 16) << 12)
-                        mapped[i] = true
-                    }
+                do {
+                    try churn.step(&rng)
+                } catch {
+                    failure = error      // reported after the teardown, which must still run
+                    break
                 }
                 ops += 1
-                if injectFaults && ops % 16 == 0 { faults.injectNext(iommu: iommu, sva: sva) }
+                if injectFaults && ops % 16 == 0 { faults.injectNext(iommu: iommu) }
                 let now = monotonicNanoseconds()
                 elapsed = Double(now - start) / 1e9
                 if let progress = options.progress, now >= nextReport {
@@ -110,27 +108,40 @@ public struct KernelFreeStress {
                 }
             }
             walkers.stop()
-            for slot in mapped.indices where mapped[slot] {
-                try kernel.vunmap(address: InitMM.vmallocStart + UInt64(slot) << 21, length: 1 << 21)
-            }
+            try churn.tearDown()
             freer.shutdown()
-            for bond in bonds { try sva.unbind(bond) }
+            // After a lockup the queue takes no more work: the unbinds'
+            // flushes fail, and nothing walks any more to care.
+            var unbindFailures = 0
+            for bond in bonds {
+                do { try sva.unbind(bond) } catch { unbindFailures += 1 }
+            }
             for mm in mms { mm.exit() }
+            let tablesFreedBy = kernel.tablesFreedBy
+            let kernelFlushes = kernel.rangeFlushes.load(ordering: .relaxed) + kernel.fullFlushes.load(ordering: .relaxed)
             kernel.release()
             let stats = iommu.counters.snapshot()
             let wait = iommu.qiWaitMicroseconds
+            let lockup = iommu.lockup
             _ = iommu.shutdown()
             let deferredPeak = deferredMonitor.stop()
             try RCU.barrier()
+            if let failure { throw failure }
 
             let detections = WalkCounters(iommu: stats)
             let tables = freer.tablesFreed.load(ordering: .relaxed)
             var problems: [String] = []
-            if sva.kvaFailures.load(ordering: .relaxed) > 0 {
-                problems.append("\(sva.kvaFailures.load(ordering: .relaxed)) KVA invalidations never completed")
+            if let lockup {
+                problems.append("qi_submit_sync locked up (qi_driver=\(iommu.parameters.driver.rawValue)): \(lockup)")
+            } else {
+                let failures = sva.kvaFailures.load(ordering: .relaxed)
+                if failures > 0 { problems.append("\(failures) KVA invalidations never completed") }
+                if unbindFailures > 0 { problems.append("\(unbindFailures) unbinds failed") }
+                let lost = faults.lost.load(ordering: .relaxed)
+                if lost > 0 { problems.append("\(lost) submissions lost in a full queue") }
             }
-            if faults.lost.load(ordering: .relaxed) > 0 {
-                problems.append("\(faults.lost.load(ordering: .relaxed)) submissions lost in a full queue")
+            if stats.misdirectedCompletions > 0 {
+                problems.append("\(stats.misdirectedCompletions) waits taken as done before they ran (misdirected status writes)")
             }
             var result = StressResult(
                 scenario: injectFaults ? "iommu-faults" : "kernel-free", path: nil, mode: mode.rawValue, safe: safe,
@@ -138,7 +149,7 @@ public struct KernelFreeStress {
                 seed: seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops,
                 walks: Int(walkers.translations.load(ordering: .relaxed)), uafDetected: detections.useAfterFree,
                 leakedPages: allocator.totalAllocatedPages - startAllocated,
-                tablesFreed: tables, rcuCallbacks: 0, tlbFlushes: 0,
+                tablesFreed: tables, rcuCallbacks: 0, tlbFlushes: kernelFlushes,
                 peakDeferredBytes: Int(deferredPeak),
                 freeLatencyUs: FreeLatency.summary(), detections: detections,
                 integrity: Integrity.snapshot() - integrityBefore, pass: false, verdict: "",
@@ -147,78 +158,36 @@ public struct KernelFreeStress {
                 invalidationsPerTable: tables == 0 ? 0 : Double(freer.invalidations.load(ordering: .relaxed)) / Double(tables),
                 writeAfterFree: Int(stats.writeAfterFree),
                 faultsInjected: injectFaults ? faults.counts(iommu) : nil)
+            result.qiDriver = iommu.parameters.driver.rawValue
+            result.qiLockup = lockup?.description
+            result.tablesFreedBy = Dictionary(uniqueKeysWithValues: tablesFreedBy.map { ($0.key.rawValue, $0.value) })
+            result.tablesStranded = freer.tablesStranded.load(ordering: .relaxed)
             result.judge(problems: problems)
             return result
         }
     }
 }
 
-/// Round-robin fault injection for iommu-faults: IQE, ITE, ICE, then a
-/// queue-full episode (fetching stalled while submitters pile up).
-final class FaultSchedule: Sendable {
-    private let next = Atomic<Int>(0)
-    private let queueFull = Atomic<Int>(0)
-    /// fillQueue submitters that have returned, over all episodes.
-    private let submittersFinished = Atomic<Int>(0)
-
-    func injectNext(iommu: IntelIOMMU, sva: SVA) {
-        switch next.add(1, ordering: .relaxed).newValue % 4 {
-        case 1: iommu.faultInjection.injectIQE()
-        case 2: iommu.faultInjection.injectITE()
-        case 3: iommu.faultInjection.injectICE()
-        default: fillQueue(iommu: iommu, sva: sva)
-        }
+/// Which online block each DMA walker is in, between its request and its
+/// result.
+private final class EnteredBlocks: Sendable {
+    private final class Cell: Sendable {
+        let block = Atomic<Int>(-1)
     }
 
-    /// Stall the hardware, let three submitters of large batches fill the
-    /// ring until one must wait for room (qi_submit_sync's count + 2 rule),
-    /// then let the hardware go: every submission must still complete.
-    /// The stall ends as soon as a submitter waits for room or one has
-    /// finished (one that failed early never fills the ring).
-    private func fillQueue(iommu: IntelIOMMU, sva: SVA) {
-        let before = iommu.counters.snapshot().queueFull
-        let finishedBefore = submittersFinished.load(ordering: .acquiring)
-        let flush = InvalidationDescriptor.pasidIOTLB(
-            PASIDIOTLBInvalidation(did: 1, pasid: KernelFreeStress.pasids[0], granularity: .pasid)).encode()
-        let batch = [RawDescriptor](repeating: flush, count: iommu.queueLength * 2 / 5)
-        iommu.faultInjection.stallFetching()
-        let submitters = (0..<3).map { _ in
-            RCUThread { [self] in
-                submit(batch, to: iommu)
-                submittersFinished.add(1, ordering: .releasing)
-            }
-        }
-        while iommu.counters.snapshot().queueFull == before,
-              submittersFinished.load(ordering: .acquiring) == finishedBefore {
-            sched_yield()
-        }
-        iommu.faultInjection.resumeFetching()
-        for t in submitters { t.join() }
-        queueFull.add(1, ordering: .relaxed)
+    private let cells: [Cell]
+
+    init(walkers: Int) {
+        cells = (0..<walkers).map { _ in Cell() }
     }
 
-    /// An IQE injected earlier and not yet consumed may land on the batch:
-    /// refused, so the caller submits it again, as any caller of
-    /// qi_submit_sync would. Once is enough: only the thread blocked in
-    /// fillQueue injects, so no other IQE can be armed meanwhile.
-    private func submit(_ batch: [RawDescriptor], to iommu: IntelIOMMU) {
-        do {
-            do {
-                try iommu.qiSubmitSync(batch)
-            } catch QIError.invalidDescriptor(_, _, _, true, _) {
-                try iommu.qiSubmitSync(batch)
-            }
-        } catch {
-            lost.add(1, ordering: .relaxed)
-        }
+    func set(_ walker: Int, _ block: Int?) {
+        cells[walker].block.store(block ?? -1, ordering: .relaxed)
     }
 
-    /// Queue-full submissions that failed, other than by an injected IQE
-    /// (resubmitted): each one is something lost.
-    let lost = Atomic<Int>(0)
-
-    func counts(_ iommu: IntelIOMMU) -> StressResult.FaultsInjected {
-        let i = iommu.faultInjection.injected
-        return .init(iqe: Int(i.iqe), ite: Int(i.ite), ice: Int(i.ice), queueFull: queueFull.load(ordering: .relaxed))
+    /// The block walker `walker` entered, forgetting it.
+    func take(_ walker: Int) -> Int? {
+        let b = cells[walker].block.exchange(-1, ordering: .relaxed)
+        return b < 0 ? nil : b
     }
 }

@@ -8,8 +8,8 @@ struct SVABinding {
     let sva: SVA
     let bond: SVABond
 
-    init(mm: MM, allocator: PageAllocator) throws {
-        iommu = try IntelIOMMU(allocator: allocator)
+    init(mm: MM, allocator: PageAllocator, parameters: IntelIOMMU.Parameters) throws {
+        iommu = try IntelIOMMU(allocator: allocator, parameters: parameters)
         sva = SVA(iommu: iommu)
         do {
             bond = try sva.bind(mm, pasid: Self.pasid, did: 1)

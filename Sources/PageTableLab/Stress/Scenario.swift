@@ -11,6 +11,8 @@ public struct Scenario: Sendable {
         /// prove this one works). nil for safe modes.
         public let expectedDetector: Detector?
         let profile: @Sendable (inout MMProfile) -> Void
+        /// The IOMMU's driver as this mode has it, for scenarios with one.
+        var iommu: @Sendable (inout IntelIOMMU.Parameters) -> Void = { _ in }
 
         /// The kernel with its fix: nothing may be detected.
         static func safe(_ name: String, _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
@@ -21,6 +23,13 @@ public struct Scenario: Sendable {
         static func unsafe(_ name: String, caughtBy detector: Detector,
                            _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
             Mode(name: name, safe: false, expectedDetector: detector, profile: profile)
+        }
+
+        /// The same mode with its IOMMU set up by `configure`.
+        func withIOMMU(_ configure: @escaping @Sendable (inout IntelIOMMU.Parameters) -> Void) -> Mode {
+            var mode = self
+            mode.iommu = configure
+            return mode
         }
     }
 

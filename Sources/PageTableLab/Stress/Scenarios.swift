@@ -117,8 +117,8 @@ extension Scenario {
         name: "sva",
         summary: "munmap, DONTNEED (PT_RECLAIM) and collapse vs DMA walkers of an SVA-bound mm",
         modes: [
-            .safe("all-levels") { $0.secondaryTLBFlush = .allLevels },
-            .unsafe("leaf-only", caughtBy: .iommuFromCache) { $0.secondaryTLBFlush = .leafOnly },
+            .safe("all-levels") { _ in }.withIOMMU { $0.notifierHint = .linux },
+            .unsafe("leaf-only", caughtBy: .iommuFromCache) { _ in }.withIOMMU { $0.notifierHint = .leafOnly },
         ],
         walks: [.dma],
         step: { mm, region, rng in

@@ -41,6 +41,14 @@ public struct StressResult: Encodable, Sendable, Equatable {
     public var invalidationsPerTable: Double?
     public var writeAfterFree: Int?
     public var faultsInjected: FaultsInjected?
+    /// kernel-free and iommu-faults: the qi_submit_sync that ran (robust or
+    /// linux); the first lockup of the linux one, if it had one; kernel
+    /// tables freed by each kernel function; tables left unfreed because
+    /// their invalidation never completed.
+    public var qiDriver: String?
+    public var qiLockup: String?
+    public var tablesFreedBy: [String: Int]?
+    public var tablesStranded: Int?
 
     public struct Percentiles: Codable, Sendable, Equatable {
         public var p50: Double
@@ -98,6 +106,10 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case freeErrors = "free_errors"
         case doubleQueued = "double_queued"
         case notifierFailures = "notifier_failures"
+        case qiDriver = "qi_driver"
+        case qiLockup = "qi_lockup"
+        case tablesFreedBy = "tables_freed_by"
+        case tablesStranded = "tables_stranded"
     }
 
     /// Written by hand so that `expected_detector` is always present (null
@@ -134,5 +146,9 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encodeIfPresent(invalidationsPerTable, forKey: .invalidationsPerTable)
         try c.encodeIfPresent(writeAfterFree, forKey: .writeAfterFree)
         try c.encodeIfPresent(faultsInjected, forKey: .faultsInjected)
+        try c.encodeIfPresent(qiDriver, forKey: .qiDriver)
+        try c.encodeIfPresent(qiLockup, forKey: .qiLockup)
+        try c.encodeIfPresent(tablesFreedBy, forKey: .tablesFreedBy)
+        try c.encodeIfPresent(tablesStranded, forKey: .tablesStranded)
     }
 }

@@ -25,6 +25,9 @@ public struct StressOptions: Sendable {
     public var injectDoubleFree = false
     /// Called about twice a second from the updater with (elapsed, ops, walks, uaf).
     public var progress: (@Sendable (StressProgress) -> Void)?
+    /// The IOMMU of kernel-free and iommu-faults runs (qi_driver,
+    /// sva_notifier_ih from the module parameters).
+    public var iommu = IntelIOMMU.Parameters()
 
     public init(scenario: String, mode: String) {
         self.scenario = scenario
@@ -102,7 +105,9 @@ public struct StressRunner {
 
         return try RCU.withRegisteredThread {
             let mm = try MM(allocator: allocator, profile: profile)
-            let binding = scenario.needsIOMMU ? try SVABinding(mm: mm, allocator: allocator) : nil
+            var iommuParameters = options.iommu
+            mode.iommu(&iommuParameters)
+            let binding = scenario.needsIOMMU ? try SVABinding(mm: mm, allocator: allocator, parameters: iommuParameters) : nil
             let crew = WalkerCrew(mm: mm, region: region, kinds: scenario.walks, count: options.walkers, seed: options.seed,
                                   watching: mode.expectedDetector, iommu: binding?.iommu)
             var rng = SplitMix64(seed: options.seed)

@@ -22,7 +22,7 @@ public func fuzzDescriptorDecoder(_ data: UnsafePointer<UInt8>, _ size: Int) -> 
         precondition(again == .success(descriptor), "\(descriptor) re-encoded as \(raw) decodes as \(again)")
     case .failure(let error):
         if bytes.count < width.bytes {
-            precondition(error.reason == .memoryAccessError, "a short descriptor gave \(error)")
+            precondition(error.reason == .fetchError, "a short descriptor gave \(error)")
         }
     }
     return 0
