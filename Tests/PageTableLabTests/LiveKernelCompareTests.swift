@@ -201,5 +201,7 @@ private final class LeakingModel: TraceTarget {
     func madviseCollapse(address: UInt64, length: UInt64) throws {}
     func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws {}
     func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {}
+    func hugePMDs(in regions: [Range<UInt64>]) throws -> Int { 0 }
+    func thpEvents() throws -> THPEventCount { THPEventCount(collapses: 0, fallbacks: 0) }
     func vmPTEKilobytes() throws -> Int { kilobytes }
 }

@@ -5,8 +5,12 @@ import XCTest
 /// traces state each profile's value, measured on 6.18 and on 6.1), and side
 /// by side with the kernel this test runs on.
 final class ModelCompareTests: XCTestCase {
+    /// The THP settings the shipped traces' values assume (VM_HUGEPAGE
+    /// ranges fault huge pages; shmem faults do not), whatever this host has.
+    static let tracesTHP = THPSettings(enabled: .madvise, shmemEnabled: .never)
+
     private func assertModelMeetsTraces(_ profile: CompareProfile) throws {
-        let model = try ModelTarget(profile: profile)
+        let model = try ModelTarget(profile: profile, thp: Self.tracesTHP)
         for url in try TraceParserTests.shippedTraces() {
             let trace = try TraceParser.parse(contentsOf: url.path)
             let run = CompareRunner(targets: [model], profile: profile).run(trace)

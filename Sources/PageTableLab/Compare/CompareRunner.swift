@@ -35,9 +35,11 @@ public struct CompareRunner {
             return run
         }
         var sides = targets.map { Side(target: $0) }
+        let thp = THPWatch(trace: trace, targets: targets)
         do throws(TraceError) {
             for step in trace.steps {
                 if case .expect(let expectation) = step.op {
+                    try thp?.check(at: step.line, file: trace.file)
                     run.checkpoints.append(TraceCheckpoint(
                         line: step.line, kilobytes: sides.map(\.growth), expected: expectation.kilobytes(for: profile)))
                     continue
@@ -65,6 +67,54 @@ public struct CompareRunner {
         }
         run.afterCleanup = sides.map(\.growth)
         return run
+    }
+}
+
+/// Which pages are huge is part of the state the sides must share once a
+/// trace uses THP (`hugepage`, `collapse`), though VmPTE may not show it (a
+/// deposit and a PTE table weigh the same): at each checkpoint the sides'
+/// huge PMDs in the trace's regions are compared. When they differ and the
+/// kernel fell back to small pages or collapsed more than the model did
+/// (khugepaged, which MADV_HUGEPAGE wakes), the rest of the trace is not
+/// comparable; otherwise it is a disagreement, and the trace stops there.
+private struct THPWatch {
+    let targets: [any TraceTarget]
+    let regions: [Range<UInt64>]
+    let start: [THPEventCount]
+
+    init?(trace: Trace, targets: [any TraceTarget]) {
+        let usesTHP = trace.steps.contains {
+            switch $0.op {
+            case .hugepage, .collapse: true
+            default: false
+            }
+        }
+        guard usesTHP, targets.count > 1, let start = try? targets.map({ try $0.thpEvents() }) else { return nil }
+        var regions: [Range<UInt64>] = []
+        for range in trace.steps.flatMap(\.op.ranges) {
+            for region in TraceAddressSpace.regions(of: range) where !regions.contains(region) { regions.append(region) }
+        }
+        self.targets = targets
+        self.regions = regions
+        self.start = start
+    }
+
+    func check(at line: Int, file: String) throws(TraceError) {
+        let counts: [Int]
+        let events: [THPEventCount]
+        do {
+            counts = try targets.map { try $0.hugePMDs(in: regions) }
+            events = try zip(targets, start).map { try $0.0.thpEvents() - $0.1 }
+        } catch {
+            throw TraceError(file: file, line: line, message: "cannot count huge pages: \(error)")
+        }
+        guard Set(counts).count > 1 else { return }
+        let said = zip(targets, counts).map { "\($0.0.name) maps \($0.1)" }.joined(separator: ", ")
+        let most = events.map(\.collapses).max() ?? 0, fewest = events.map(\.collapses).min() ?? 0
+        if events.contains(where: { $0.fallbacks > 0 }) || most > fewest {
+            throw TraceError(file: file, line: line, message: "huge PMDs differ (\(said)) where the kernel fell back to small pages or khugepaged collapsed memory on its own", notComparable: true)
+        }
+        throw TraceError(file: file, line: line, message: "huge PMDs differ: \(said)")
     }
 }
 

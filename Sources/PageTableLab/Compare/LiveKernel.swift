@@ -11,9 +11,8 @@ public final class LiveKernel: TraceTarget, TracePreflight {
     public let name = "kernel"
     private let reader = VmPTEReader()
     private let vmstat = ProcReader("/proc/vmstat")
-    /// /proc/vmstat's THP events after the last op: a collapse between ops
-    /// is khugepaged's, not the trace's.
-    private var lastTHP: THPVMStat?
+    /// /proc/self/smaps, read only for traces that use THP (it is large).
+    private lazy var smaps = ProcReader("/proc/self/smaps", capacity: 16 << 20)
 
     /// Fails when this kernel does not report VmPTE, i.e. when there is
     /// nothing to compare with.
@@ -118,7 +117,7 @@ public final class LiveKernel: TraceTarget, TracePreflight {
     /// model cannot be held to that, so the rest is not comparable.
     public func madviseCollapse(address: UInt64, length: UInt64) throws {
         let most = Self.tableKilobytes(address..<address + length, levels: [.pte])
-        try quiet("madvise(MADV_COLLAPSE)", address: address, length: length, allowed: -most...0, collapses: true) {
+        try quiet("madvise(MADV_COLLAPSE)", address: address, length: length, allowed: -most...0) {
             guard madvise(UnsafeMutableRawPointer(bitPattern: UInt(address)), Int(length), Self.madvCollapse) == 0 else {
                 let e = errno
                 if e == ENOMEM || e == EAGAIN || e == EBUSY {
@@ -173,35 +172,21 @@ public final class LiveKernel: TraceTarget, TracePreflight {
     /// a thread mapping and writing 4 MiB blocks nonstop, most runs stop with
     /// this error and roughly one in six mismatches silently.)
     ///
-    /// THP is watched the same way, through /proc/vmstat: a fault that could
-    /// not get its huge page (thp_fault_fallback, thp_file_fallback), or a
-    /// collapse the trace did not ask for (khugepaged's, between ops or
-    /// during one that is not a `collapse`), means the kernel's memory is no
+    /// A fault that could not get its huge page (thp_fault_fallback,
+    /// thp_file_fallback in /proc/vmstat) means the kernel's memory is no
     /// longer what the model's is, and the trace stops as not comparable.
     /// (The counters are the whole system's: another process's fallback
     /// stops a trace too, erring towards no verdict.)
     private func quiet(_ op: String, address: UInt64, length: UInt64, allowed: ClosedRange<Int>,
-                       collapses: Bool = false, _ body: () throws -> Void) throws {
+                       _ body: () throws -> Void) throws {
         let thpBefore = THPVMStat.read(vmstat)
-        // Found before the op, reported after it, so that whoever follows the
-        // trace's mappings can count on the op having run.
-        var background: NotComparable?
-        if let last = lastTHP, let now = thpBefore, now["thp_collapse_alloc"] != last["thp_collapse_alloc"] {
-            background = NotComparable("khugepaged collapsed memory before \(op) at \(address.traceHex) (thp_collapse_alloc rose between ops)")
-        }
         let before = try vmPTEKilobytes()
         try body()
         let change = try vmPTEKilobytes() - before
-        let thpAfter = THPVMStat.read(vmstat)
-        lastTHP = thpAfter
-        if let background { throw background }
-        if let b = thpBefore, let a = thpAfter {
+        if let b = thpBefore, let a = THPVMStat.read(vmstat) {
             let d = a - b
             if d["thp_fault_fallback"] > 0 || d["thp_file_fallback"] > 0 {
                 throw NotComparable("the kernel could not get a huge page during \(op) at \(address.traceHex) and mapped small pages (thp_fault_fallback or thp_file_fallback rose)")
-            }
-            if !collapses && d["thp_collapse_alloc"] > 0 {
-                throw NotComparable("khugepaged collapsed memory during \(op) at \(address.traceHex) (thp_collapse_alloc rose)")
             }
         }
         guard allowed.contains(change) else {
@@ -226,6 +211,65 @@ public final class LiveKernel: TraceTarget, TracePreflight {
     /// does not otherwise use.
     public func preflight(_ trace: Trace) throws(TraceError) {
         try ProcessMaps.current().checkRegionsFree(for: trace)
+    }
+
+    /// Huge PMDs in `regions`: AnonHugePages and ShmemPmdMapped of the
+    /// VMAs there, as /proc/self/smaps counts them.
+    public func hugePMDs(in regions: [Range<UInt64>]) throws -> Int {
+        let text = try smaps.read()
+        var kilobytes = 0
+        var inside = false
+        let keys = [Array("AnonHugePages:".utf8), Array("ShmemPmdMapped:".utf8)]
+        var lineStart = 0
+        for i in 0...text.count where i == text.count || text[i] == UInt8(ascii: "\n") {
+            let line = UnsafeRawBufferPointer(rebasing: text[lineStart..<i])
+            lineStart = i + 1
+            if let range = Self.vmaRange(line) {
+                // The regions hold nothing but the trace's (preflight), so
+                // every VMA that meets them is the trace's, even one that
+                // runs across two of them.
+                inside = regions.contains { $0.overlaps(range) }
+            } else if inside, let v = keys.lazy.compactMap({ ProcReader.parse(line, key: $0) }).first {
+                kilobytes += v
+            }
+        }
+        return kilobytes / 2048
+    }
+
+    /// The range of an smaps header line ("start-end perms ..."), or nil.
+    static func vmaRange(_ line: UnsafeRawBufferPointer) -> Range<UInt64>? {
+        var i = 0
+        func hex() -> UInt64? {
+            var v: UInt64 = 0
+            var digits = 0
+            while i < line.count, let d = Self.hexDigit(line[i]) {
+                v = v << 4 | d
+                digits += 1
+                i += 1
+            }
+            return digits > 0 ? v : nil
+        }
+        guard let start = hex(), i < line.count, line[i] == UInt8(ascii: "-") else { return nil }
+        i += 1
+        guard let end = hex(), i < line.count, line[i] == UInt8(ascii: " "), start < end else { return nil }
+        return start..<end
+    }
+
+    private static func hexDigit(_ c: UInt8) -> UInt64? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt64(c - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): UInt64(c - UInt8(ascii: "a") + 10)
+        default: nil
+        }
+    }
+
+    /// THP events so far, the whole system's (/proc/vmstat).
+    public func thpEvents() throws -> THPEventCount {
+        guard let now = THPVMStat.read(vmstat) else {
+            throw LiveKernelError.syscall("read /proc/vmstat", address: 0, length: 0, errno: errno)
+        }
+        return THPEventCount(collapses: now["thp_collapse_alloc"],
+                             fallbacks: now["thp_fault_fallback"] + now["thp_file_fallback"])
     }
 }
 

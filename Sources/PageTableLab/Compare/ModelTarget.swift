@@ -76,6 +76,13 @@ public final class ModelTarget: TraceTarget {
         try mm.mprotect(address: address, length: length, protection: protection)
     }
     public func vmPTEKilobytes() throws -> Int { mm.vmPTEKilobytes }
+    public func hugePMDs(in regions: [Range<UInt64>]) throws -> Int {
+        regions.reduce(0) { $0 + mm.hugePMDCount(in: $1) }
+    }
+    public func thpEvents() throws -> THPEventCount {
+        THPEventCount(collapses: mm.thpEvents.collapseAlloc.load(ordering: .relaxed),
+                      fallbacks: mm.thpEvents.faultFallback.load(ordering: .relaxed))
+    }
 }
 
 extension CompareProfile {

@@ -7,9 +7,12 @@ import Glibc
 /// could grow a page table of its own and show up in the measurement.
 final class ProcReader {
     let path: String
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 << 10, alignment: 16)
+    private let buffer: UnsafeMutableRawBufferPointer
 
-    init(_ path: String) { self.path = path }
+    init(_ path: String, capacity: Int = 16 << 10) {
+        self.path = path
+        buffer = .allocate(byteCount: capacity, alignment: 16)
+    }
 
     deinit { buffer.deallocate() }
 

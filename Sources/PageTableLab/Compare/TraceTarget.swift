@@ -16,6 +16,28 @@ public protocol TraceTarget: AnyObject {
     func mprotect(address: UInt64, length: UInt64, protection: Protection) throws
     /// VmPTE in kB now.
     func vmPTEKilobytes() throws -> Int
+    /// Huge PMDs mapping memory in `regions` now: with THP, which pages are
+    /// huge is part of the state both sides must agree on.
+    func hugePMDs(in regions: [Range<UInt64>]) throws -> Int
+    /// THP events so far: for the kernel the whole system's, for the model
+    /// its mm's.
+    func thpEvents() throws -> THPEventCount
+}
+
+/// /proc/vmstat's thp_collapse_alloc and thp_fault_fallback (+
+/// thp_file_fallback), or the model's own count of the same.
+public struct THPEventCount: Equatable, Sendable {
+    public var collapses: Int
+    public var fallbacks: Int
+
+    public init(collapses: Int, fallbacks: Int) {
+        self.collapses = collapses
+        self.fallbacks = fallbacks
+    }
+
+    public static func - (a: THPEventCount, b: THPEventCount) -> THPEventCount {
+        THPEventCount(collapses: a.collapses - b.collapses, fallbacks: a.fallbacks - b.fallbacks)
+    }
 }
 
 /// A target that must look at a whole trace before any of it runs — the live

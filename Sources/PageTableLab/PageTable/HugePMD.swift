@@ -34,6 +34,28 @@ extension MM {
         return Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf
     }
 
+    /// Huge PMDs mapping memory in `range`, found by walking only the
+    /// tables that exist.
+    public func hugePMDCount(in range: Range<UInt64>) -> Int {
+        countHuge(pgd, .pgd, range.lowerBound, range.upperBound)
+    }
+
+    private func countHuge(_ table: Page, _ level: Level, _ start: UInt64, _ end: UInt64) -> Int {
+        var count = 0
+        var at = start
+        while at < end {
+            let next = addressEnd(at, end, span: 1 << UInt64(shift(level)))
+            let e = Entry(rawValue: ptlab_pte_read(entry(in: table, level: level, address: at)))
+            if level == .pmd {
+                if e.isHugeLeaf { count += 1 }
+            } else if e.isPresent, let d = allocator.descriptor(pfn: e.pfn) {
+                count += countHuge(Page(d), childLevel(of: level)!, at, next)
+            }
+            at = next
+        }
+        return count
+    }
+
     /// The entry a huge PMD mapping `folio` gets.
     static func hugeEntry(_ folio: Page, writable: Bool) -> Entry {
         Entry(pfn: folio.pfn, flags: Entry.present | Entry.user | Entry.huge | Entry.accessed | Entry.dirty
