@@ -8,14 +8,17 @@ import XCTest
 /// detection; the duration is only a bound so a broken detector fails
 /// instead of hanging.
 final class StressScenarioTests: XCTestCase {
-    private func run(_ scenario: String, _ mode: String, ops: Int? = nil) throws -> StressResult {
+    private func run(_ scenario: String, _ mode: String, ops: Int? = nil, path: String? = nil) throws -> StressResult {
         try runStressForTest(scenario, mode, ops: ops) { options, allocator in
-            try StressRunner(options).run(allocator: allocator)
+            var options = options
+            options.path = path
+            return try StressRunner(options).run(allocator: allocator)
         }
     }
 
-    private func assertSafe(_ scenario: String, _ mode: String, ops: Int = 150) throws {
-        let r = try run(scenario, mode, ops: ops)
+    private func assertSafe(_ scenario: String, _ mode: String, ops: Int = 150, path: String? = nil) throws {
+        let r = try run(scenario, mode, ops: ops, path: path)
+        XCTAssertEqual(r.path, path ?? Scenario.named(scenario)?.path)
         XCTAssertEqual(r.uafDetected, 0, "\(scenario)/\(mode): \(r.detections)")
         XCTAssertEqual(r.leakedPages, 0)
         XCTAssertGreaterThan(r.walks, 0)
@@ -36,6 +39,15 @@ final class StressScenarioTests: XCTestCase {
     }
 
     func testCollapseDeferIsSafe() throws { try assertSafe("collapse", "defer") }
+    func testCollapseOfAnonymousMemoryIsSafe() throws {
+        try assertSafe("collapse", "kernel", path: "anon")
+        XCTAssertThrowsError(try StressRunner({ var o = StressOptions(scenario: "collapse", mode: "immediate"); o.path = "anon"; return o }())) {
+            XCTAssertTrue("\($0)".contains("has no mode 'immediate'"), "\($0)")
+        }
+        XCTAssertThrowsError(try StressRunner({ var o = StressOptions(scenario: "collapse", mode: "defer"); o.path = "file"; return o }())) {
+            XCTAssertEqual("\($0)", "scenario 'collapse' has no path 'file' (paths: shmem, anon)")
+        }
+    }
     func testCollapseImmediateIsCaughtByPteOffsetMap() throws { try assertDetects("collapse", "immediate", by: .pteOffsetMap) }
     func testUnmapRCUTableFreeIsSafe() throws { try assertSafe("unmap", "rcu-table-free") }
     func testUnmapImmediateIsCaughtByGUPFast() throws { try assertDetects("unmap", "immediate", by: .gupFast) }

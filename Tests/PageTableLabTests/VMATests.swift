@@ -57,3 +57,108 @@ final class VMATests: XCTestCase {
         }
     }
 }
+
+/// The merge rules the kernel applies, as far as they decide floor,
+/// ceiling and PT_RECLAIM: flags, file and pgoff must agree.
+final class VMAMergeTests: XCTestCase {
+    func testMprotectSplitsAndMergesBack() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 6 * mib)
+            try mm.touch(address: tib, length: 6 * mib, stride: mib)
+            try mm.mprotect(address: tib + mib, length: mib, protection: .r)
+            XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] }, [[tib, tib + mib], [tib + mib, tib + 2 * mib], [tib + 2 * mib, tib + 6 * mib]])
+            XCTAssertEqual(mm.vmas[1].flags, .read)
+            try mm.mprotect(address: tib + mib, length: mib, protection: .rw)
+            XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] }, [[tib, tib + 6 * mib]], "split pieces share their anon_vma and pgoff: they merge back")
+            XCTAssertThrowsError(try mm.mprotect(address: tib + 5 * mib, length: 2 * mib, protection: .none)) {
+                XCTAssertEqual($0 as? MMError, .notMapped(address: tib + 6 * mib))
+            }
+            XCTAssertEqual(mm.vmas.last?.flags, [], "mprotect changed what lay before the hole")
+            mm.exit()
+        }
+    }
+
+    func testAMovedVMAKeepsItsPgoffAndDoesNotMergeWhereItLands() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 4096)
+            try mm.mmap(address: tib + 8 * mib, length: 2 * mib)
+            try mm.mremap(from: tib, length: 2 * mib, to: tib + 6 * mib)
+            XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] }, [[tib + 6 * mib, tib + 8 * mib], [tib + 8 * mib, tib + 10 * mib]],
+                           "faulted anonymous memory keeps its pgoff: no merge")
+            // Never faulted: it takes its new address as pgoff, so it merges
+            // with the VMA that was mapped where it lands' neighbour.
+            try mm.mmap(address: tib + 20 * mib, length: 2 * mib)
+            try mm.mremap(from: tib + 20 * mib, length: 2 * mib, to: tib + 10 * mib)
+            XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] }, [[tib + 6 * mib, tib + 8 * mib], [tib + 8 * mib, tib + 12 * mib]])
+            XCTAssertThrowsError(try mm.mremap(from: tib + 8 * mib, length: 2 * mib, to: tib + 9 * mib)) {
+                XCTAssertEqual($0 as? MMError, .overlappingMove(from: tib + 8 * mib, to: tib + 9 * mib, length: 2 * mib))
+            }
+            XCTAssertThrowsError(try mm.mremap(from: tib + 7 * mib, length: 2 * mib, to: tib + 40 * mib)) {
+                XCTAssertEqual($0 as? MMError, .moveAcrossVMAs(address: tib + 7 * mib, length: 2 * mib))
+            }
+            mm.exit()
+        }
+    }
+
+    func testSharedMemoryNeverMergesWithPrivateOrAnotherFile() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: mib)
+            try mm.mmap(address: tib + mib, length: mib, shared: true)
+            try mm.mmap(address: tib + 2 * mib, length: mib, shared: true)
+            XCTAssertEqual(mm.vmas.count, 3)
+            XCTAssertTrue(mm.vmas[1].file != nil && mm.vmas[1].file !== mm.vmas[2].file)
+            mm.exit()
+        }
+    }
+
+    func testHugepageSplitsAHugePMDWhereTheVMASplits() throws {
+        try withLab { allocator in
+            var profile = MMProfile.v6_14
+            profile.thp = THPSettings(enabled: .madvise, shmemEnabled: .never)
+            let mm = try MM(allocator: allocator, profile: profile)
+            try mm.mmap(address: tib, length: 4 * mib)
+            try mm.madviseHugepage(address: tib, length: 4 * mib)
+            try mm.touch(address: tib, length: 4 * mib, stride: 2 * mib)
+            XCTAssertEqual(mm.hugePMDCount(in: tib..<tib + 4 * mib), 2)
+            XCTAssertEqual(mm.vmPTEKilobytes, 16, "PUD + PMD + two deposits")
+            try mm.madviseHugepage(address: tib + mib, length: 3 * mib, enable: false)
+            XCTAssertEqual(mm.hugePMDCount(in: tib..<tib + 4 * mib), 1, "the VMA split at 1 MiB split the first huge PMD")
+            XCTAssertEqual(mm.vmPTEKilobytes, 16, "a split moves the deposit into place")
+            XCTAssertEqual(mm.thpEvents.splitPMD.load(ordering: .relaxed), 1)
+            mm.exit()
+        }
+    }
+}
+
+/// Shared memory's page cache outlives its mappings until the last goes,
+/// and then every page comes back.
+final class ShmemFileTests: XCTestCase {
+    func testThePageCacheGoesWithTheLastMapping() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let before = allocator.totalAllocatedPages
+            try mm.mmap(address: tib, length: 4 * mib, shared: true)
+            try mm.touch(address: tib, length: 4 * mib, stride: 64 << 10)
+            let file = try XCTUnwrap(mm.vmas.first?.file)
+            XCTAssertEqual(file.cachedPages, 64)
+            try mm.madviseDontneed(address: tib, length: 4 * mib)
+            XCTAssertEqual(file.cachedPages, 64, "DONTNEED zaps the mapping, not the page cache")
+            try mm.mremap(from: tib, length: 2 * mib, to: tib + 8 * mib)
+            try mm.munmap(address: tib + 2 * mib, length: 2 * mib)
+            XCTAssertEqual(file.cachedPages, 64, "still mapped at its new place")
+            try mm.madviseHugepage(address: tib + 8 * mib, length: 2 * mib)
+            try mm.touch(address: tib + 8 * mib, length: 4096)
+            try mm.madviseCollapse(address: tib + 8 * mib, length: 2 * mib)
+            XCTAssertEqual(file.cachedPages, 32 + 512, "the first 2 MiB became one huge page")
+            try mm.munmap(address: tib + 8 * mib, length: 2 * mib)
+            XCTAssertEqual(file.cachedPages, 0)
+            try RCU.barrier()   // the retracted table went through pte_free_defer
+            XCTAssertEqual(allocator.totalAllocatedPages, before, "pages of the file not returned")
+            mm.exit()
+        }
+    }
+}
