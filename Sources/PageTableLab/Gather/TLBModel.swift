@@ -3,30 +3,53 @@ import Glibc
 #endif
 import Synchronization
 
-/// The TLB side of an mm: which CPUs run it, and flushes that wait for them.
+/// How the architecture flushes other CPUs' TLBs (the `tlb_flush` module
+/// parameter).
+public enum TLBFlushKind: String, Sendable, Codable, CaseIterable {
+    /// x86 native: an IPI to every CPU of the mm, waited for. Since a CPU
+    /// takes it only with IRQs on, the flush also waits out GUP-fast.
+    case ipi
+    /// A flush that sends no IPI (AMD's INVLPGB + TLBSYNC, a paravirt flush
+    /// under a hypervisor): every CPU's TLB and paging-structure caches are
+    /// invalidated and no hardware walk still uses them when it returns, but
+    /// nothing waits for GUP-fast. That is why x86 selects
+    /// MMU_GATHER_RCU_TABLE_FREE with PARAVIRT: only a grace period then
+    /// protects GUP-fast.
+    case noIPI = "no-ipi"
+}
+
+/// The TLB side of an mm: which CPUs run it, the flushes that invalidate
+/// their caches, and the IPIs that wait for them.
 ///
-/// A flush is an IPI: it bumps the mm's TLB generation and waits until every
-/// CPU of the mm has acknowledged, i.e. dropped its TLB and paging-structure
-/// caches. CPUs acknowledge only between accesses and walks (a walk runs
-/// "with IRQs off"), so a completed flush also means no hardware walk or
-/// GUP-fast walk that started before it is still running. That is what makes
-/// a missing flush observable: a CPU keeps a stale paging-structure-cache
-/// entry and walks into a freed table.
+/// A flush and an IPI are two things. A flush bumps the flush generation:
+/// every CPU's paging-structure cache filled before it is stale from then
+/// on, whether an IPI carries it or the hardware broadcasts it. An IPI bumps
+/// the IPI generation and waits until every CPU of the mm has taken it,
+/// which a CPU does only between walks (a walk runs "with IRQs off") — so a
+/// completed IPI means no GUP-fast walk that began before it is still
+/// running. `tlb_remove_table_sync_one` is an IPI and nothing more: it
+/// flushes no cache, so a table it frees must have been flushed already.
 public final class TLBModel: Sendable {
-    /// Bumped by every flush and every sync IPI.
-    let generation = Atomic<UInt64>(0)
+    public let kind: TLBFlushKind
+    /// Bumped by every flush.
+    let flushGeneration = Atomic<UInt64>(0)
+    /// Bumped by every IPI: a flush's (when flushes send IPIs) and the sync IPI.
+    let ipiGeneration = Atomic<UInt64>(0)
     let cpus = LabMutex<[CPU]>([])
     /// nr_tlb_remote_flush: flushes sent to the CPUs of the mm.
     public let remoteFlushes = Atomic<Int>(0)
     /// tlb_remove_table_sync_one IPIs.
     public let syncIPIs = Atomic<Int>(0)
 
-    public init() {}
+    public init(kind: TLBFlushKind = .ipi) { self.kind = kind }
 
-    public var currentGeneration: UInt64 { generation.load(ordering: .acquiring) }
+    /// The flush generation: a table unlinked at generation g is safe from
+    /// every CPU's caches once the generation passes g.
+    public var currentGeneration: UInt64 { flushGeneration.load(ordering: .acquiring) }
 
     func attach(_ cpu: CPU) {
-        cpu.acked.store(generation.load(ordering: .acquiring), ordering: .releasing)
+        cpu.acked.store(ipiGeneration.load(ordering: .acquiring), ordering: .releasing)
+        cpu.flushedAt = flushGeneration.load(ordering: .acquiring)
         cpus.withLock { $0.append(cpu) }
     }
 
@@ -34,24 +57,30 @@ public final class TLBModel: Sendable {
         cpus.withLock { list in list.removeAll { $0 === cpu } }
     }
 
-    /// flush_tlb_mm_range: every CPU of the mm drops its translations.
+    /// flush_tlb_mm_range: every CPU of the mm drops its translations. With
+    /// IPIs, it waits for every CPU to take one; without, it waits only for
+    /// hardware walks begun before it (TLBSYNC), not for GUP-fast.
     public func flush() {
         remoteFlushes.add(1, ordering: .relaxed)
-        interruptAll()
+        let target = flushGeneration.add(1, ordering: .sequentiallyConsistent).newValue
+        switch kind {
+        case .ipi: interruptAll()
+        case .noIPI: waitForHardwareWalks(before: target)
+        }
     }
 
-    /// tlb_remove_table_sync_one: an IPI that returns once every CPU has
-    /// left the IRQs-off section it was in (GUP-fast finished).
+    /// tlb_remove_table_sync_one: an empty IPI, which returns once every CPU
+    /// has left the IRQs-off section it was in (GUP-fast finished). It
+    /// invalidates nothing.
     public func syncOne() {
         syncIPIs.add(1, ordering: .relaxed)
         interruptAll()
     }
 
     private func interruptAll() {
-        let target = generation.add(1, ordering: .sequentiallyConsistent).newValue
-        let waitFor = cpus.withLock { $0 }
-        for cpu in waitFor {
-            // The sender's own CPU flushes locally, as flush_tlb_mm_range does.
+        let target = ipiGeneration.add(1, ordering: .sequentiallyConsistent).newValue
+        for cpu in cpus.withLock({ $0 }) {
+            // The sender's own CPU takes it locally.
             if cpu.isCurrentThread {
                 cpu.handleInterrupts()
                 continue
@@ -61,19 +90,34 @@ public final class TLBModel: Sendable {
             }
         }
     }
+
+    private func waitForHardwareWalks(before target: UInt64) {
+        for cpu in cpus.withLock({ $0 }) where !cpu.isCurrentThread {
+            while true {
+                let walking = cpu.hardwareWalkSince.load(ordering: .acquiring)
+                if walking == 0 || walking >= target || !cpu.online.load(ordering: .acquiring) { break }
+                sched_yield()
+            }
+        }
+    }
 }
 
 /// A CPU running an mm: a walker thread's view of the MMU. Its caches are
-/// touched only by its own thread; other threads only bump the generation it
-/// acknowledges.
+/// touched only by its own thread; other threads only bump the generations
+/// it checks.
 public final class CPU: @unchecked Sendable {
     public let id: Int
     let acked = Atomic<UInt64>(0)
     let online = Atomic<Bool>(true)
+    /// The flush generation + 1 at which the hardware walk in progress
+    /// began, or 0: what a flush without IPIs waits for.
+    let hardwareWalkSince = Atomic<UInt64>(0)
     let tlb: TLBModel
+    /// The flush generation the caches were last dropped at.
+    fileprivate(set) var flushedAt: UInt64 = 0
     /// Paging-structure cache: PDE entries (2 MiB region → PTE table PFN and
     /// the table's generation when cached), direct-mapped.
-    var psc = PDECache()
+    private(set) var psc = PDECache()
 
     /// The thread this CPU is, for telling a local flush from a remote one.
     private let owner = pthread_self()
@@ -87,14 +131,15 @@ public final class CPU: @unchecked Sendable {
 
     var isCurrentThread: Bool { pthread_equal(owner, pthread_self()) != 0 }
 
-    /// Take pending "IPIs": drop the caches and acknowledge. Called between
-    /// walks and while spinning on a lock, where the kernel has IRQs on.
+    /// Take pending IPIs and acknowledge them. Called between walks and
+    /// while spinning on a lock, where the kernel has IRQs on. An IPI by
+    /// itself drops no cache (a flush's does, through `dropStaleCaches`).
     /// True when an interrupt was taken.
     @inline(__always) @discardableResult
     public func handleInterrupts() -> Bool {
-        let g = tlb.generation.load(ordering: .acquiring)
+        let g = tlb.ipiGeneration.load(ordering: .acquiring)
         guard g != acked.load(ordering: .relaxed) else { return false }
-        psc.flushAll()
+        dropStaleCaches()
         acked.store(g, ordering: .releasing)
         return true
     }
@@ -105,6 +150,25 @@ public final class CPU: @unchecked Sendable {
     @inline(__always)
     public func handleInterruptsAndMaybePreempt() {
         if handleInterrupts() { sched_yield() }
+    }
+
+    /// Caches filled before the last flush are gone, however the flush came.
+    @inline(__always)
+    func dropStaleCaches() {
+        let g = tlb.flushGeneration.load(ordering: .acquiring)
+        guard g != flushedAt else { return }
+        psc.flushAll()
+        flushedAt = g
+    }
+
+    /// A hardware walk: caches checked against the flushes first, and the
+    /// walk announced, so that a flush without IPIs waits for it.
+    @inline(__always)
+    func hardwareWalk<R>(_ body: (inout PDECache) -> R) -> R {
+        hardwareWalkSince.store(tlb.flushGeneration.load(ordering: .acquiring) + 1, ordering: .sequentiallyConsistent)
+        defer { hardwareWalkSince.store(0, ordering: .releasing) }
+        dropStaleCaches()
+        return body(&psc)
     }
 
     /// The CPU goes away; flushes stop waiting for it.

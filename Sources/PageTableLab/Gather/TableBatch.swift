@@ -50,7 +50,7 @@ extension MMUGather {
             stats.freedBeforeFlush += 1
             PageTables.dtorFree(table, allocator: mm.allocator)
             return
-        case .rcu, .noFlush:
+        case .rcu, .noFlush, .noRCU:
             break
         }
         guard PageTables.markDeferred(table) else { return }
@@ -58,7 +58,8 @@ extension MMUGather {
         if tableBatch == nil {
             guard !mm.profile.failBatchAllocation,
                   let page = try? mm.allocator.alloc(node: .local) else {
-                tableInvalidate()
+                // The bug of the no-invalidate fallback: no flush first.
+                if mm.profile.batchFallback != .noInvalidate { tableInvalidate() }
                 removeTableOne(table)
                 return
             }
@@ -73,12 +74,17 @@ extension MMUGather {
         flushTLBOnly()
     }
 
-    /// tlb_table_flush: flush, then one call_rcu for the whole batch.
+    /// tlb_table_flush: flush, then one call_rcu for the whole batch (or,
+    /// without RCU table freeing, free it now: the flush was the only wait).
     func tableFlush() {
         guard let batch = tableBatch else { return }
         tableInvalidate()
         checkFlushed(batch)
         tableBatch = nil
+        if mm.profile.tableFree == .noRCU {
+            freeTableBatch(batch.page, allocator: mm.allocator)
+            return
+        }
         queueRCU(batch.page, bytes: UInt64(4096 * (batch.count + 1)), callback: tlbRemoveTableRCU)
     }
 
@@ -108,8 +114,14 @@ extension MMUGather {
     func removeTableOne(_ table: Page) {
         stats.batchFallbacks += 1
         if table.desc.pointee.tlb_gen > mm.tlb.currentGeneration { stats.freedBeforeFlush += 1 }
+        if mm.profile.tableFree == .noRCU {
+            // No RCU table freeing at all: tables go with the pages, after
+            // the flush just made.
+            PageTables.dtorFree(table, allocator: mm.allocator)
+            return
+        }
         switch mm.profile.batchFallback {
-        case .rcuOne:
+        case .rcuOne, .noInvalidate:
             queueRCU(table, bytes: 4096, callback: tlbRemoveTableOneRCU)
         case .ipiSync:
             mm.tlb.syncOne()
@@ -132,12 +144,15 @@ extension MMUGather {
 /// of the batch, then the batch page. Runs on liburcu's worker.
 func tlbRemoveTableRCU(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
     guard let head else { return }
-    _ = PageAllocator.withLoaded { allocator in
-        let page = Page(ptlab_ptdesc_of_rcu(head))
-        let batch = TableBatch(existing: page, allocator: allocator)
-        for i in 0..<batch.count { PageTables.dtorFree(Page(batch.slots[i]), allocator: allocator) }
-        PageTables.release(page, allocator: allocator)
-    }
+    _ = PageAllocator.withLoaded { freeTableBatch(Page(ptlab_ptdesc_of_rcu(head)), allocator: $0) }
+}
+
+/// __tlb_remove_table for every table of the batch on `page`, then the page.
+@inline(__always)
+func freeTableBatch(_ page: Page, allocator: PageAllocator) {
+    let batch = TableBatch(existing: page, allocator: allocator)
+    for i in 0..<batch.count { PageTables.dtorFree(Page(batch.slots[i]), allocator: allocator) }
+    PageTables.release(page, allocator: allocator)
 }
 
 /// __tlb_remove_table_one_rcu: one table on its own rcu_head.

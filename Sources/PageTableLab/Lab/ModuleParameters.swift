@@ -136,6 +136,9 @@ public struct ModuleParameters: Sendable, Equatable {
                 "the model's /sys/kernel/mm/transparent_hugepage/enabled: kernel reads the running kernel's"),
         .choice("thp_shmem_enabled", "kernel", ["kernel"] + THPSettings.ShmemEnabled.allCases.map(\.rawValue),
                 "the model's .../transparent_hugepage/shmem_enabled: kernel reads the running kernel's"),
+        // Gather/ (TLBModel)
+        .choice("tlb_flush", TLBFlushKind.ipi.rawValue, TLBFlushKind.allCases.map(\.rawValue),
+                "how a TLB flush reaches other CPUs: an IPI each CPU answers with IRQs on (x86 native), or no-ipi (INVLPGB, paravirt), which does not wait out GUP-fast"),
         // IOMMU/ (IntelIOMMU.Parameters)
         .choice("qi_driver", QIDriver.robust.rawValue, QIDriver.allCases.map(\.rawValue),
                 "qi_submit_sync's polling: the lab's batch-safe one, or Linux's qi_check_fault step for step (whose lockups are reported, not hung on)"),
@@ -230,6 +233,9 @@ extension ModuleParameters {
         return THPSettings(enabled: THPSettings.Enabled(rawValue: string("thp_enabled")) ?? running.enabled,
                            shmemEnabled: THPSettings.ShmemEnabled(rawValue: string("thp_shmem_enabled")) ?? running.shmemEnabled)
     }
+
+    /// How the model's TLB flushes reach other CPUs.
+    public var tlbFlush: TLBFlushKind { TLBFlushKind(rawValue: string("tlb_flush"))! }
 
     /// What an IOMMU is brought up with.
     public var iommu: IntelIOMMU.Parameters {

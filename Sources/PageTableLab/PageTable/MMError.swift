@@ -30,6 +30,8 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
     case collapseRefused(address: UInt64, errno: CollapseErrno, why: String)
     case outOfMemory(PageAllocError)
     case mmGone
+    /// A profile no kernel shipped, not asked for as an unsafe mode.
+    case unshippedProfile(String)
     /// A kernel operation outside the kernel area it works in.
     case outsideKernelArea(address: UInt64, length: UInt64, operation: String)
     /// An mm and init_mm with different paging modes: the kernel half
@@ -52,6 +54,7 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
             "MADV_COLLAPSE at 0x\(String(a, radix: 16)) refused (\(e.rawValue)): \(why)"
         case .outOfMemory(let e): "out of memory: \(e)"
         case .mmGone: "the mm has exited"
+        case .unshippedProfile(let why): "refused profile: \(why)"
         case .outsideKernelArea(let a, let l, let op):
             "\(op): 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside the kernel area it works in (EINVAL)"
         case .pagingModeMismatch(let five):

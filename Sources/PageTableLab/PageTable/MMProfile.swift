@@ -11,6 +11,10 @@ public struct MMProfile: Sendable, Equatable, Codable {
         /// Unsafe: after a grace period but with no TLB flush, so a CPU's
         /// paging-structure cache keeps pointing at the freed table.
         case noFlush = "no-flush"
+        /// x86 native before MMU_GATHER_RCU_TABLE_FREE: freed right after
+        /// the TLB flush, with no grace period. Safe when that flush is an
+        /// IPI (it waits out GUP-fast); not when it sends none.
+        case noRCU = "no-rcu"
     }
 
     /// When a page table's destructor (ptlock teardown, NR_PAGETABLE) runs.
@@ -24,12 +28,17 @@ public struct MMProfile: Sendable, Equatable, Codable {
 
     /// What tlb_remove_table_one does when no batch page can be had.
     public enum BatchFallback: String, Sendable, Codable, CaseIterable {
-        /// Wait for every CPU to leave its IRQs-off section, then free now.
+        /// Wait for every CPU to leave its IRQs-off section, then free now:
+        /// enough only when every walker that can be in the table runs with
+        /// IRQs off, which PT_RECLAIM breaks (seed 003).
         case ipiSync = "ipi-sync"
         /// call_rcu on the table's own rcu_head (PT_RECLAIM kernels).
         case rcuOne = "rcu-one"
         /// synchronize_rcu, then free now (7.x).
         case synchronize
+        /// Unsafe: rcu-one without tlb_table_invalidate first, so a CPU's
+        /// paging-structure cache may still point at the table it frees.
+        case noInvalidate = "no-invalidate"
     }
 
     /// How khugepaged's retract frees the PTE table it removed.
@@ -45,6 +54,15 @@ public struct MMProfile: Sendable, Equatable, Codable {
     }
 
     public var fiveLevel = false
+    /// How TLB flushes reach other CPUs (module parameter tlb_flush).
+    public var tlbFlush = TLBFlushKind.ipi
+    /// Fault injection: the pmd_same re-check of pte_offset_map_lock is
+    /// skipped, so an updater may change a PTE table another updater has
+    /// just unlinked (the unsafe mode of the race scenario).
+    public var skipPMDRecheck = false
+    /// A combination no kernel shipped, asked for on purpose (an unsafe
+    /// mode): `check` lets it through.
+    public var deliberatelyUnsafe = false
     /// CONFIG_PT_RECLAIM: MADV_DONTNEED frees PTE tables it emptied.
     public var ptReclaim = true
     public var tableFree = TableFree.rcu
@@ -61,6 +79,18 @@ public struct MMProfile: Sendable, Equatable, Codable {
     public var mremapRealign = true
 
     public init() {}
+
+    /// Refuse a profile that claims to be a kernel when no kernel ever was
+    /// one: PT_RECLAIM with the ipi-sync fallback. PT_RECLAIM frees PTE
+    /// tables under the mmap *read* lock, where pte_offset_map walkers hold
+    /// only RCU, and the sync IPI does not wait for them; the series that
+    /// brought PT_RECLAIM made tlb_remove_table_one use call_rcu for that
+    /// reason (seed 003).
+    public func check() throws(MMError) {
+        if ptReclaim && batchFallback == .ipiSync && !deliberatelyUnsafe {
+            throw .unshippedProfile("PT_RECLAIM with the ipi-sync fallback of tlb_remove_table_one: PT_RECLAIM frees tables under the mmap read lock, where pte_offset_map walkers hold only RCU, which the sync IPI does not wait for; no kernel shipped it (seed 003: the series made the fallback call_rcu)")
+        }
+    }
 
     /// The kernel this machine runs (6.14+ with PT_RECLAIM).
     public static let v6_14 = MMProfile()
