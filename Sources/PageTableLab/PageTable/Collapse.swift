@@ -89,42 +89,45 @@ extension MM {
 
     /// collapse_huge_page for the 2 MiB at `at`.
     private func collapseAnonymous(_ at: UInt64) -> CollapseResult {
-        mmapLock.withWriteLock {
-            guard revalidate(at, anonymous: true) != nil else { return .vmaCheck }
-            guard let (pmdTable, slot) = findPMD(at) else { return .pmdNull }
-            let pmd = Entry(rawValue: ptlab_pte_read(slot))
-            if pmd.isHugeLeaf { return .pmdMapped }
-            guard pmd.isPresent, let d = allocator.descriptor(pfn: pmd.pfn) else { return .pmdNull }
-            let table = Page(d)
-            let ptes = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
-            guard (0..<512).contains(where: { Entry(rawValue: ptlab_pte_read(ptes + $0)).has(Entry.writable) }) else {
-                return .pageReadOnly
-            }
-            guard let folio = try? allocator.alloc(order: 9, node: tableNode, zero: true) else { return .allocFailed }
-            // pmdp_collapse_flush under the PMD lock (PTE lock nested).
-            lockPTL(pmdTable)
-            lockPTL(table)
-            ptlab_pte_write(slot, 0)
-            ptlab_ptl_unlock(table.desc)
-            ptlab_ptl_unlock(pmdTable.desc)
-            tlb.flush()
-            invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize)
-            tlb.syncOne()
-            // __collapse_huge_page_copy: each small page into the folio, then freed.
-            let target = allocator.address(of: folio)
-            for i in 0..<512 {
-                let e = Entry(rawValue: ptlab_pte_xchg(ptes + i, 0))
-                guard e.isMapped, let small = allocator.descriptor(pfn: e.pfn) else { continue }
-                (target + i << 12).copyMemory(from: allocator.address(of: Page(small)), byteCount: 4096)
-                PageTables.release(Page(small), allocator: allocator)
-            }
-            lockPTL(pmdTable)
-            deposit(table, under: pmdTable)
-            ptlab_pte_write(slot, Self.hugeEntry(folio, writable: true).rawValue)
-            ptlab_ptl_unlock(pmdTable.desc)
-            thpEvents.collapseAlloc.add(1, ordering: .relaxed)
-            return .succeeded
+        // mmap write lock, and anon_vma_lock_write for the copy.
+        mmapLock.withWriteLock { rmapLock.withWriteLock { collapseHugePage(at) } }
+    }
+
+    private func collapseHugePage(_ at: UInt64) -> CollapseResult {
+        guard revalidate(at, anonymous: true) != nil else { return .vmaCheck }
+        guard let (pmdTable, slot) = findPMD(at) else { return .pmdNull }
+        let pmd = Entry(rawValue: ptlab_pte_read(slot))
+        if pmd.isHugeLeaf { return .pmdMapped }
+        guard pmd.isPresent, let d = allocator.descriptor(pfn: pmd.pfn) else { return .pmdNull }
+        let table = Page(d)
+        let ptes = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
+        guard (0..<512).contains(where: { Entry(rawValue: ptlab_pte_read(ptes + $0)).has(Entry.writable) }) else {
+            return .pageReadOnly
         }
+        guard let folio = try? allocator.alloc(order: 9, node: tableNode, zero: true) else { return .allocFailed }
+        // pmdp_collapse_flush under the PMD lock (PTE lock nested).
+        lockPTL(pmdTable)
+        lockPTL(table)
+        ptlab_pte_write(slot, 0)
+        ptlab_ptl_unlock(table.desc)
+        ptlab_ptl_unlock(pmdTable.desc)
+        tlb.flush()
+        invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize)
+        tlb.syncOne()
+        // __collapse_huge_page_copy: each small page into the folio, then freed.
+        let target = allocator.address(of: folio)
+        for i in 0..<512 {
+            let e = Entry(rawValue: ptlab_pte_xchg(ptes + i, 0))
+            guard e.isMapped, let small = allocator.descriptor(pfn: e.pfn) else { continue }
+            (target + i << 12).copyMemory(from: allocator.address(of: Page(small)), byteCount: 4096)
+            PageTables.release(Page(small), allocator: allocator)
+        }
+        lockPTL(pmdTable)
+        deposit(table, under: pmdTable)
+        ptlab_pte_write(slot, Self.hugeEntry(folio, writable: true).rawValue)
+        ptlab_ptl_unlock(pmdTable.desc)
+        thpEvents.collapseAlloc.add(1, ordering: .relaxed)
+        return .succeeded
     }
 
     // MARK: - shared memory
@@ -172,37 +175,41 @@ extension MM {
 
     /// retract_page_tables, this mm's share: every VMA mapping file page
     /// `base` with a whole 2 MiB a huge PMD could map loses the PTE table
-    /// there. Takes no mmap lock: only the PMD and PTE locks, and RCU for
-    /// the walkers still inside the table.
+    /// there. Takes no mmap lock: the rmap lock (i_mmap_lock_read) keeps
+    /// free_pgtables from tearing down a range still linked, and the PMD
+    /// and PTE locks serialise with the other updaters; RCU covers the
+    /// walkers still inside the table.
     func retractPageTables(_ file: ShmemFile, _ base: UInt64) {
-        let vmas = vmaTree.withLock { $0.vmas.filter { $0.file === file } }
-        for vma in vmas where base >= vma.pgoff {
-            let at = vma.start &+ (base - vma.pgoff) << 12
-            guard vma.contains(at), vma.suitsHugePMD(at: at) else { continue }
-            retract(at)
+        rmapLock.withReadLock {
+            let vmas = vmaTree.withLock { $0.vmas.filter { $0.file === file } }
+            for vma in vmas where base >= vma.pgoff {
+                let at = vma.start &+ (base - vma.pgoff) << 12
+                guard vma.contains(at), vma.suitsHugePMD(at: at), rmap.withLock({ $0.contains(at) }) else { continue }
+                retract(at)
+            }
         }
     }
 
     /// Clear the PMD at `at` if it maps a PTE table, and free that table the
-    /// profile's way. True when a table went.
+    /// profile's way. The entry is read under the PMD lock, which every
+    /// updater that unlinks a PTE table holds. True when a table went.
     @discardableResult
     private func retract(_ at: UInt64) -> Bool {
         guard let (pmdTable, slot) = findPMD(at) else { return false }
-        let pmd = Entry(rawValue: ptlab_pte_read(slot))
-        guard pmd.isPresent, !pmd.isHugeLeaf, let d = allocator.descriptor(pfn: pmd.pfn) else { return false }
-        let table = Page(d)
         lockPTL(pmdTable)
-        lockPTL(table)
-        let stillLinked = ptlab_pte_read(slot) == pmd.rawValue
-        if stillLinked {
-            // pmdp_collapse_flush: clear the PMD and flush the range.
-            ptlab_pte_write(slot, 0)
-            tlb.flush()
-            invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize)
+        let pmd = Entry(rawValue: ptlab_pte_read(slot))
+        guard pmd.isPresent, !pmd.isHugeLeaf, let d = allocator.descriptor(pfn: pmd.pfn) else {
+            ptlab_ptl_unlock(pmdTable.desc)
+            return false
         }
+        let table = Page(d)
+        lockPTL(table)
+        // pmdp_collapse_flush: clear the PMD and flush the range.
+        ptlab_pte_write(slot, 0)
+        tlb.flush()
+        invalidateSecondaryTLBs(start: at, end: at + Self.pmdSize)
         ptlab_ptl_unlock(table.desc)
         ptlab_ptl_unlock(pmdTable.desc)
-        guard stillLinked else { return false }
         accountTable(.pte, -1)
         freeRetracted(table)
         return true

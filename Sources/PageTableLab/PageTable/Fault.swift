@@ -40,11 +40,7 @@ extension MM {
                 if Entry(rawValue: ptlab_pte_read(pmdSlot)).isHugeLeaf { continue }
                 _ = try populate(pmdSlot, parent: pmdTable, level: .pmd, child: .pte, address: address)
             }
-            let e = Entry(rawValue: ptlab_pte_read(pmdSlot))
-            guard e.isPresent, !e.isHugeLeaf, let d = allocator.descriptor(pfn: e.pfn) else { continue }
-            if let mapped = try mapPTE(Page(d), pmdSlot: pmdSlot, pmd: e.rawValue, address: address, vma: vma) {
-                return mapped
-            }
+            if let mapped = try mapPTE(pmdSlot: pmdSlot, address: address, vma: vma) { return mapped }
         }
     }
 
@@ -87,13 +83,22 @@ extension MM {
         return allocator.address(of: folio.page) + Int(address & (Self.pmdSize - 1))
     }
 
-    /// Map the page for `address` in PTE table `table` (pte_offset_map_lock:
-    /// the PMD is re-checked under the lock, since a collapse or PT_RECLAIM
-    /// may have taken the table away). nil: look again from the top.
-    private func mapPTE(_ table: Page, pmdSlot: UnsafeMutablePointer<UInt64>, pmd: UInt64, address: UInt64, vma: VMA)
+    /// The page mapped at `address` now, looked up locklessly under RCU
+    /// (what the MMU finds: a write to a present page takes no fault).
+    private func presentPage(pmdSlot: UnsafeMutablePointer<UInt64>, address: UInt64) -> UnsafeMutableRawPointer? {
+        RCU.read {
+            let pmd = Entry(rawValue: ptlab_pte_read(pmdSlot))
+            guard pmd.isPresent, !pmd.isHugeLeaf, let d = allocator.descriptor(pfn: pmd.pfn) else { return nil }
+            return mapped(entry(in: Page(d), level: .pte, address: address))
+        }
+    }
+
+    /// do_anonymous_page / do_shared_fault: the page for `address` is had
+    /// first, then the PTE table is reached with pte_offset_map_lock and
+    /// the entry filled if still none. nil: the PMD changed, look again.
+    private func mapPTE(pmdSlot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA)
         throws(MMError) -> UnsafeMutableRawPointer? {
-        let pte = entry(in: table, level: .pte, address: address)
-        if let present = mapped(pte) { return present }
+        if let present = presentPage(pmdSlot: pmdSlot, address: address) { return present }
         let data: Page
         var owned = false
         if let file = vma.file {
@@ -108,17 +113,16 @@ extension MM {
             }
             owned = true
         }
-        lockPTL(table)
-        let stillLinked = ptlab_pte_read(pmdSlot) == pmd
-        if stillLinked, mapped(pte) == nil {
+        // The page another fault mapped first, or ours once installed.
+        let result = withPTEOffsetMapLock(pmdSlot) { table -> (page: UnsafeMutableRawPointer, ours: Bool) in
+            let pte = entry(in: table, level: .pte, address: address)
+            if let present = mapped(pte) { return (present, false) }
             ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.dirty | Entry.accessed).rawValue)
-            ptlab_ptl_unlock(table.desc)
-            return allocator.address(of: data)
+            noteWrite(to: table, under: pmdSlot)
+            return (allocator.address(of: data), true)
         }
-        let present = stillLinked ? mapped(pte) : nil
-        ptlab_ptl_unlock(table.desc)
-        if owned { PageTables.release(data, allocator: allocator) }
-        return present
+        if owned && result?.ours != true { PageTables.release(data, allocator: allocator) }
+        return result?.page
     }
 
     private func mapped(_ pte: UnsafeMutablePointer<UInt64>) -> UnsafeMutableRawPointer? {

@@ -6,6 +6,10 @@ extension MM {
     /// hole (0 if none), `ceiling` the start of the VMA above (0 = the top).
     /// VMAs less than a PMD apart are taken together, as the kernel does.
     func freePgtables(_ tlb: MMUGather, _ removed: [VMA], floor: UInt64, ceiling: UInt64) {
+        // unlink_anon_vmas / unlink_file_vma: no rmap walker finds them now.
+        rmapLock.withWriteLock {
+            rmap.withLock { r in for vma in removed { r.unlink(vma.start..<vma.end) } }
+        }
         var i = 0
         while i < removed.count {
             var j = i

@@ -13,6 +13,10 @@ public final class MM: @unchecked Sendable {
     public let tableNode: NodePreference
     public let pgd: Page
     public let mmapLock = MMapLock()
+    /// The rmap lock (anon_vma / i_mmap, one for the mm here) and what it
+    /// guards: which ranges rmap walkers can still find.
+    public let rmapLock = MMapLock()
+    let rmap = LabMutex(RmapRanges())
     /// mm->page_table_lock: guards populating PGD/P4D/PUD entries.
     let pageTableLock = LabMutex<Void>(())
     let vmaTree = LabMutex(VMATree())
@@ -25,8 +29,12 @@ public final class MM: @unchecked Sendable {
     var token: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
     private let exited = Atomic<Bool>(false)
     /// What the last munmap/madvise/exit gather did (for tests and reports).
-    /// Written under mmap_lock.
-    public internal(set) var lastGather = GatherStats()
+    /// (Several updaters may finish gathers at once under the read lock.)
+    public internal(set) var lastGather: GatherStats {
+        get { lastGatherStats.withLock { $0 } }
+        set { lastGatherStats.withLock { $0 = newValue } }
+    }
+    private let lastGatherStats = LabMutex(GatherStats())
     let notifiers = LabMutex<[any MMUNotifier]>([])
     /// Deposited PTE tables (pmd_huge_pte): for each PMD table, the tables
     /// held for the huge PMDs it maps, one each, to split them with.
@@ -35,6 +43,9 @@ public final class MM: @unchecked Sendable {
     let mappedFiles = LabMutex<[ObjectIdentifier: ShmemFile]>([:])
     /// Transparent-hugepage events, as /proc/vmstat counts them.
     public let thpEvents = THPEvents()
+    /// Updates an updater made to a PTE table already unlinked (possible
+    /// only without pte_offset_map_lock's pmd_same re-check).
+    public let staleTableWrites = Atomic<Int>(0)
 
     /// The highest user address + 1 (TASK_SIZE).
     public var taskSize: UInt64 { profile.fiveLevel ? 1 << 56 : 1 << 47 }
@@ -43,10 +54,11 @@ public final class MM: @unchecked Sendable {
     /// (needed for an IOMMU bound through SVA to see kernel mappings).
     public init(allocator: PageAllocator, profile: MMProfile = .v6_14,
                 tableNode: NodePreference = .local, kernel: InitMM? = nil) throws(MMError) {
+        try profile.check()
         self.allocator = allocator
         self.profile = profile
         self.tableNode = tableNode
-        self.tlb = TLBModel()
+        self.tlb = TLBModel(kind: profile.tlbFlush)
         if let kernel, kernel.layout.fiveLevel != profile.fiveLevel { throw .pagingModeMismatch(mmFiveLevel: profile.fiveLevel) }
         do {
             pgd = try allocator.alloc(node: tableNode, zero: true)

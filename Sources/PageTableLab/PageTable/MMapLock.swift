@@ -2,31 +2,109 @@
 import Glibc
 #endif
 
-/// mmap_lock: a reader/writer lock. Faults and MADV_DONTNEED take it for
-/// read, mmap and munmap for write; lockless walkers take nothing.
+/// mmap_lock: a reader/writer lock with the kernel's three uses — write for
+/// mmap, munmap, mremap and mprotect; read for faults and madvise; and a
+/// write lock *downgraded* to read partway (munmap detaches its VMAs under
+/// the write lock, then zaps and frees tables holding it for read, as
+/// vms_complete_munmap_vmas does).
+///
+/// Waiting writers hold new readers back, so a stream of readers (walkers
+/// that take it) cannot starve munmap. A walker that is a "CPU" must keep
+/// answering IPIs while it waits, so it uses `tryLockRead` in a loop of its
+/// own instead of sleeping here.
 public final class MMapLock: @unchecked Sendable {
-    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let cond: UnsafeMutablePointer<pthread_cond_t>
+    private var readers = 0
+    private var writer = false
+    private var waitingWriters = 0
 
     public init() {
-        lock = .allocate(capacity: 1)
-        lock.initialize(to: pthread_rwlock_t())
-        pthread_rwlock_init(lock, nil)
+        mutex = .allocate(capacity: 1)
+        cond = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(cond, nil)
     }
 
     deinit {
-        pthread_rwlock_destroy(lock)
-        lock.deallocate()
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    /// mmap_read_lock.
+    public func lockRead() {
+        pthread_mutex_lock(mutex)
+        while writer || waitingWriters > 0 { pthread_cond_wait(cond, mutex) }
+        readers += 1
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// mmap_read_trylock.
+    public func tryLockRead() -> Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        guard !writer && waitingWriters == 0 else { return false }
+        readers += 1
+        return true
+    }
+
+    /// mmap_read_unlock.
+    public func unlockRead() {
+        pthread_mutex_lock(mutex)
+        readers -= 1
+        if readers == 0 { pthread_cond_broadcast(cond) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// mmap_write_lock.
+    public func lockWrite() {
+        pthread_mutex_lock(mutex)
+        waitingWriters += 1
+        while writer || readers > 0 { pthread_cond_wait(cond, mutex) }
+        waitingWriters -= 1
+        writer = true
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// mmap_write_unlock.
+    public func unlockWrite() {
+        pthread_mutex_lock(mutex)
+        writer = false
+        pthread_cond_broadcast(cond)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// mmap_write_downgrade: the writer stays, as a reader; readers may
+    /// come in (writers still wait).
+    public func downgrade() {
+        pthread_mutex_lock(mutex)
+        writer = false
+        readers += 1
+        pthread_cond_broadcast(cond)
+        pthread_mutex_unlock(mutex)
     }
 
     public func withReadLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        pthread_rwlock_rdlock(lock)
-        defer { pthread_rwlock_unlock(lock) }
+        lockRead()
+        defer { unlockRead() }
         return try body()
     }
 
     public func withWriteLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        pthread_rwlock_wrlock(lock)
-        defer { pthread_rwlock_unlock(lock) }
+        lockWrite()
+        defer { unlockWrite() }
         return try body()
+    }
+
+    /// The write lock for `exclusive`, then the same lock downgraded to read
+    /// for `shared`, which gets what `exclusive` returned.
+    public func withWriteLockDowngrading<T, R>(_ exclusive: () -> T, then shared: (T) -> R) -> R {
+        lockWrite()
+        let t = exclusive()
+        downgrade()
+        defer { unlockRead() }
+        return shared(t)
     }
 }

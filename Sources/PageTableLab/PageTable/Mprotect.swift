@@ -56,7 +56,7 @@ extension MM {
                 address = next
                 continue
             }
-            var pmd = Entry(rawValue: ptlab_pte_read(slot))
+            let pmd = Entry(rawValue: ptlab_pte_read(slot))
             if pmd.isHugeLeaf {
                 if next - address == Self.pmdSize {
                     lockPTL(pmdTable)
@@ -66,19 +66,19 @@ extension MM {
                     continue
                 }
                 splitHugePMD(pmdTable: pmdTable, slot: slot, address: address, vma: vma)
-                pmd = Entry(rawValue: ptlab_pte_read(slot))
             }
-            if pmd.isPresent, let d = allocator.descriptor(pfn: pmd.pfn) {
-                let table = Page(d)
-                lockPTL(table)
-                var at = address
-                while at < next {
-                    let pte = entry(in: table, level: .pte, address: at)
-                    let e = Entry(rawValue: ptlab_pte_read(pte))
-                    if e.isMapped { ptlab_pte_write(pte, Self.protected(e, protection).rawValue) }
-                    at += 4096
+            if Entry(rawValue: ptlab_pte_read(slot)).isPresent {
+                _ = withPTEOffsetMapLock(slot) { table in
+                    var wrote = false
+                    for at in stride(from: address, to: next, by: 4096) {
+                        let pte = entry(in: table, level: .pte, address: at)
+                        let e = Entry(rawValue: ptlab_pte_read(pte))
+                        guard e.isMapped else { continue }
+                        ptlab_pte_write(pte, Self.protected(e, protection).rawValue)
+                        wrote = true
+                    }
+                    if wrote { noteWrite(to: table, under: slot) }
                 }
-                ptlab_ptl_unlock(table.desc)
             }
             address = next
         }

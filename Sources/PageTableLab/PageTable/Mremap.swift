@@ -35,8 +35,10 @@ extension MM {
             moved.end = new + length
             if moved.isAnonymous && moved.anonVMA == 0 { moved.pgoff = new >> 12 }
             vmaTree.withLock { $0.insert(moved) }
+            rmap.withLock { $0.link(new..<new + length) }
             if let file = moved.file { file.mapped(by: self) }
-            movePageTables(vma: vma, from: old, to: new, length: length)
+            // take_rmap_locks: rmap walkers see the old tables or the new.
+            rmapLock.withWriteLock { movePageTables(vma: vma, from: old, to: new, length: length) }
             unmapLocked(old, old + length)
         }
     }
@@ -84,10 +86,9 @@ extension MM {
                 new += extent
                 continue
             }
-            let oldEntry = Entry(rawValue: ptlab_pte_read(oldPMD))
-            if oldEntry.isPresent, let d = allocator.descriptor(pfn: oldEntry.pfn) {
+            if Entry(rawValue: ptlab_pte_read(oldPMD)).isPresent {
                 guard let newTable = try? pteTable(at: newPMD, parent: newPMDTable, address: new) else { break }
-                movePTEs(from: Page(d), at: old, to: newTable, at: new, extent: extent)
+                movePTEs(from: oldPMD, at: old, to: newTable, at: new, extent: extent)
             }
             old += extent
             new += extent
@@ -148,19 +149,23 @@ extension MM {
         return Page(allocator.descriptor(pfn: e.pfn)!)
     }
 
-    /// move_ptes: under both PTE locks, each entry of the extent moves.
-    private func movePTEs(from oldTable: Page, at old: UInt64, to newTable: Page, at new: UInt64, extent: UInt64) {
-        lockPTL(oldTable)
-        if newTable != oldTable { lockPTL(newTable) }
-        var moved = false
-        for offset in stride(from: 0, to: extent, by: 4096) {
-            let e = ptlab_pte_xchg(entry(in: oldTable, level: .pte, address: old + offset), 0)
-            guard e != 0 else { continue }
-            ptlab_pte_write(entry(in: newTable, level: .pte, address: new + offset), e)
-            moved = true
-        }
-        if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) }
-        ptlab_ptl_unlock(oldTable.desc)
+    /// move_ptes: the old table through pte_offset_map_lock, the new one
+    /// locked beside it; each entry of the extent moves.
+    private func movePTEs(from oldPMD: UnsafeMutablePointer<UInt64>, at old: UInt64, to newTable: Page, at new: UInt64,
+                          extent: UInt64) {
+        let moved = withPTEOffsetMapLock(oldPMD) { oldTable in
+            if newTable != oldTable { lockPTL(newTable) }
+            defer { if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) } }
+            var moved = false
+            for offset in stride(from: 0, to: extent, by: 4096) {
+                let e = ptlab_pte_xchg(entry(in: oldTable, level: .pte, address: old + offset), 0)
+                guard e != 0 else { continue }
+                ptlab_pte_write(entry(in: newTable, level: .pte, address: new + offset), e)
+                moved = true
+            }
+            if moved { noteWrite(to: oldTable, under: oldPMD) }
+            return moved
+        } ?? false
         if moved {
             tlb.flush()
             invalidateSecondaryTLBs(start: old, end: old + extent)

@@ -29,6 +29,7 @@ extension MM {
                 }
                 tree.insert(VMA(start: address, end: address + length, flags: flags, file: file, pgoff: shared ? 0 : nil))
             }
+            rmap.withLock { $0.link(address..<address + length) }
             if let file {
                 mappedFiles.withLock { $0[ObjectIdentifier(file)] = file }
                 file.mapped(by: self)
@@ -49,23 +50,43 @@ extension MM {
         }
     }
 
-    /// munmap: split the VMAs at the edges, zap what is inside, then
-    /// free_pgtables between the neighbours left around the hole.
+    /// munmap: split the VMAs at the edges and detach what is inside under
+    /// the mmap write lock, then downgrade it to read (as
+    /// vms_complete_munmap_vmas does) to zap and free_pgtables between the
+    /// neighbours left around the hole: faults and walkers under the read
+    /// lock run meanwhile, but can no longer find the detached VMAs.
     public func munmap(address: UInt64, length: UInt64) throws(MMError) {
         try validate("munmap", address, length)
-        mmapLock.withWriteLock { unmapLocked(address, address + length) }
+        mmapLock.withWriteLockDowngrading({ detachVMAs(address, address + length) }, then: unmapDetached)
     }
 
-    /// do_vmi_munmap with mmap_lock held for write.
-    func unmapLocked(_ start: UInt64, _ end: UInt64) {
+    /// The VMAs of [start, end), split at the edges and taken out of the
+    /// tree, and the neighbours left around the hole.
+    struct DetachedVMAs {
+        let removed: [VMA]
+        let prev: VMA?
+        let next: VMA?
+    }
+
+    func detachVMAs(_ start: UInt64, _ end: UInt64) -> DetachedVMAs {
         let (removed, prev, next) = vmaTree.withLock { $0.remove(start, end) }
-        guard !removed.isEmpty else { return }
+        return DetachedVMAs(removed: removed, prev: prev, next: next)
+    }
+
+    /// unmap_region: zap the detached VMAs and free their tables.
+    func unmapDetached(_ detached: DetachedVMAs) {
+        guard !detached.removed.isEmpty else { return }
         let tlb = MMUGather(mm: self)
-        for vma in removed { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
-        freePgtables(tlb, removed, floor: prev?.end ?? 0, ceiling: next?.start ?? 0)
+        for vma in detached.removed { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
+        freePgtables(tlb, detached.removed, floor: detached.prev?.end ?? 0, ceiling: detached.next?.start ?? 0)
         tlb.finish()
         lastGather = tlb.stats
         releaseUnmappedFiles()
+    }
+
+    /// do_vmi_munmap with mmap_lock held for write throughout (mremap).
+    func unmapLocked(_ start: UInt64, _ end: UInt64) {
+        unmapDetached(detachVMAs(start, end))
     }
 
     /// madvise(MADV_DONTNEED): zap the mapped parts of the range under the

@@ -23,6 +23,13 @@ public enum Detector: String, Sendable, CaseIterable, Codable {
     case iommuFromCache = "iommu_from_cache"
     /// The IOMMU's walk found a freed table from a live one.
     case iommuWalk = "iommu_walk"
+    /// An updater changed a PTE table that a concurrent updater had already
+    /// unlinked (pte_offset_map_lock without its pmd_same re-check): the
+    /// change is lost, and a page it mapped leaks.
+    case staleTableWrite = "stale_table_write"
+
+    /// The bug this detector catches leaks the pages it lost.
+    public var losesPages: Bool { self == .staleTableWrite }
 }
 
 /// What walkers saw. Each walker thread keeps its own and they are summed
@@ -122,6 +129,12 @@ extension WalkCounters {
         return nil
     }
 
+    /// A walk that found no VMA (or rmap range) for its address.
+    mutating func notFound() {
+        walks += 1
+        notMapped += 1
+    }
+
     mutating func detected(_ detector: Detector, poison: Bool = false) {
         self[detector] += 1
         if poison { poisonSeen += 1 }
@@ -176,9 +189,12 @@ extension MM {
     /// GUP-fast (gup_fast_pte_range): with IRQs off and inside an RCU read
     /// section, walk to the PTE table and read `nrPages` consecutive PTEs,
     /// then check the table was not freed meanwhile. No lock, no mmap_lock.
-    /// IRQs off means a TLB-flush IPI waits for it.
+    /// IRQs off means a TLB-flush IPI waits for it. Where flushes send no
+    /// IPI (a paravirt guest), the hypervisor may still deschedule the vCPU
+    /// in the middle of the walk, IRQs off or not: the walk yields halfway.
     public func gupFast(_ address: UInt64, nrPages: Int = 16, counters: inout WalkCounters) {
-        locklessWalk(address, nrPages: nrPages, interruptible: nil, detector: .gupFast, counters: &counters)
+        locklessWalk(address, nrPages: nrPages, interruptible: nil, vcpuPreempted: tlb.kind == .noIPI,
+                     detector: .gupFast, counters: &counters)
     }
 
     /// pte_offset_map: the same lockless walk, but with IRQs on, so `cpu`
@@ -186,19 +202,49 @@ extension MM {
     /// table (as page_vma_mapped_walk or mincore do). Only RCU keeps its PTE
     /// table alive: this is the walker pte_free_defer exists for.
     public func pteOffsetMap(_ address: UInt64, nrPages: Int = 512, cpu: CPU, counters: inout WalkCounters) {
-        locklessWalk(address, nrPages: nrPages, interruptible: cpu, detector: .pteOffsetMap, counters: &counters)
+        locklessWalk(address, nrPages: nrPages, interruptible: cpu, vcpuPreempted: false, detector: .pteOffsetMap,
+                     counters: &counters)
     }
 
-    private func locklessWalk(_ address: UInt64, nrPages: Int, interruptible cpu: CPU?, detector: Detector,
-                              counters: inout WalkCounters) {
+    /// pte_offset_map by a walker holding `context`'s lock: the mmap read
+    /// lock (walking only inside a VMA it finds), or the rmap lock (only a
+    /// range still linked in the rmap), or nothing but RCU. A CPU waiting
+    /// for the lock keeps taking IPIs, as it would with IRQs on.
+    public func pteOffsetMap(_ address: UInt64, context: LockContext, cpu: CPU, counters: inout WalkCounters) {
+        switch context {
+        case .mmapRead:
+            withLock(mmapLock, cpu) {
+                guard vmaTree.withLock({ $0.find(address) }) != nil else { return counters.notFound() }
+                pteOffsetMap(address, cpu: cpu, counters: &counters)
+            }
+        case .rmap:
+            withLock(rmapLock, cpu) {
+                guard rmap.withLock({ $0.contains(address) }) else { return counters.notFound() }
+                pteOffsetMap(address, cpu: cpu, counters: &counters)
+            }
+        case .rcu, .irqsOff, .hardware:
+            pteOffsetMap(address, cpu: cpu, counters: &counters)
+        }
+    }
+
+    private func withLock(_ lock: MMapLock, _ cpu: CPU, _ body: () -> Void) {
+        while !lock.tryLockRead() { cpu.handleInterruptsAndMaybePreempt() }
+        defer { lock.unlockRead() }
+        body()
+    }
+
+    private func locklessWalk(_ address: UInt64, nrPages: Int, interruptible cpu: CPU?, vcpuPreempted: Bool,
+                              detector: Detector, counters: inout WalkCounters) {
         counters.walks += 1
         RCU.read {
             guard let (table, gen, _, _) = counters.reached(walkToPTETable(address), detector: detector) else { return }
             let base = allocator.address(of: table)
             let first = Int((address >> 12) & 511)
             var sawPoison = false
-            for i in first..<min(first + nrPages, 512) {
+            let last = min(first + nrPages, 512)
+            for i in first..<last {
                 if i & 63 == 0 { cpu?.handleInterruptsAndMaybePreempt() }
+                if vcpuPreempted && i == (first + last) / 2 { sched_yield() }
                 let raw = ptlab_pte_read(base.assumingMemoryBound(to: UInt64.self) + i)
                 if raw == poisonEntry { sawPoison = true }
             }
@@ -242,17 +288,19 @@ extension MM {
     /// only by TLB flushes, which `cpu` answers between accesses.
     public func hardwareAccess(_ address: UInt64, cpu: CPU, counters: inout WalkCounters) {
         counters.walks += 1
-        if let cached = cpu.psc.lookup(address), let d = allocator.descriptor(pfn: cached.pfn) {
-            guard isLiveTable(d, .pte, cached.generation) else {
-                counters.detected(.stalePSC)
+        cpu.hardwareWalk { psc in
+            if let cached = psc.lookup(address), let d = allocator.descriptor(pfn: cached.pfn) {
+                guard isLiveTable(d, .pte, cached.generation) else {
+                    counters.detected(.stalePSC)
+                    return
+                }
+                let raw = ptlab_pte_read(entry(in: Page(d), level: .pte, address: address))
+                if raw == poisonEntry { counters.detected(.stalePSC, poison: true) } else { counters.mapped += 1 }
                 return
             }
-            let raw = ptlab_pte_read(entry(in: Page(d), level: .pte, address: address))
-            if raw == poisonEntry { counters.detected(.stalePSC, poison: true) } else { counters.mapped += 1 }
-            return
+            guard let (table, gen, _, _) = counters.reached(walkToPTETable(address), detector: .mmuWalk) else { return }
+            psc.fill(address, pfn: UInt64(table.pfn), generation: gen)
+            counters.mapped += 1
         }
-        guard let (table, gen, _, _) = counters.reached(walkToPTETable(address), detector: .mmuWalk) else { return }
-        cpu.psc.fill(address, pfn: UInt64(table.pfn), generation: gen)
-        counters.mapped += 1
     }
 }

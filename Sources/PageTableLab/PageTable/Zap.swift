@@ -22,60 +22,78 @@ extension MM {
             let next = addressEnd(address, end, span: 1 << UInt64(shift(level)))
             let slot = entry(in: table, level: level, address: address)
             let e = Entry(rawValue: ptlab_pte_read(slot))
-            if child == .pte && e.isHugeLeaf {
-                if address & (Self.pmdSize - 1) == 0 && next - address == Self.pmdSize {
-                    zapHugePMD(tlb, pmdTable: table, slot: slot, address: address, vma: vma)
-                    address = next
+            if child == .pte {
+                if e.isHugeLeaf {
+                    if address & (Self.pmdSize - 1) == 0 && next - address == Self.pmdSize {
+                        zapHugePMD(tlb, pmdTable: table, slot: slot, address: address, vma: vma)
+                        address = next
+                        continue
+                    }
+                    splitHugePMD(pmdTable: table, slot: slot, address: address, vma: vma)
+                }
+                // zap_pte_range gives up where the PMD changed under it (a
+                // collapse made it huge): look at the entry again.
+                if Entry(rawValue: ptlab_pte_read(slot)).isPresent,
+                   !zapPTERange(tlb, vma, pmdTable: table, pmdSlot: slot, address, next, reclaimPT: reclaimPT) {
                     continue
                 }
-                splitHugePMD(pmdTable: table, slot: slot, address: address, vma: vma)
-            }
-            let now = Entry(rawValue: ptlab_pte_read(slot))
-            if now.isPresent, !now.isHugeLeaf, let d = allocator.descriptor(pfn: now.pfn) {
-                if child == .pte {
-                    zapPTERange(tlb, vma, pmdTable: table, pmdSlot: slot, pteTable: Page(d), address, next, reclaimPT: reclaimPT)
-                } else {
-                    zapLevel(tlb, vma, table: Page(d), level: child, address, next, reclaimPT: reclaimPT)
-                }
+            } else if e.isPresent, let d = allocator.descriptor(pfn: e.pfn) {
+                zapLevel(tlb, vma, table: Page(d), level: child, address, next, reclaimPT: reclaimPT)
             }
             address = next
         }
     }
 
-    /// zap_pte_range, with mm/pt_reclaim.c's tail.
+    /// zap_pte_range, with mm/pt_reclaim.c's tail. Each round reaches the
+    /// table through pte_offset_map_lock; false when the PMD no longer
+    /// names a PTE table before the range was done.
     private func zapPTERange(_ tlb: MMUGather, _ vma: VMA, pmdTable: Page, pmdSlot: UnsafeMutablePointer<UInt64>,
-                             pteTable: Page, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
-        let base = allocator.address(of: pteTable)
+                             _ start: UInt64, _ end: UInt64, reclaimPT: Bool) -> Bool {
         var address = start
         repeat {
-            var forceFlush = false
-            lockPTL(pteTable)
-            while address < end {
-                let slot = entry(inTableAt: base, level: .pte, address: address)
-                let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
-                address += 4096
-                guard old.isMapped, let d = allocator.descriptor(pfn: old.pfn) else { continue }
-                tlb.clearedPTE(at: address - 4096)
-                // A shmem page belongs to its page cache, not to this mapping.
-                if vma.isAnonymous && tlb.removePage(Page(d)) {
-                    forceFlush = true
-                    break
+            let forceFlush = withPTEOffsetMapLock(pmdSlot) { pteTable in
+                let base = allocator.address(of: pteTable)
+                var wrote = false
+                defer { if wrote { noteWrite(to: pteTable, under: pmdSlot) } }
+                while address < end {
+                    let slot = entry(inTableAt: base, level: .pte, address: address)
+                    let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
+                    address += 4096
+                    guard old.isMapped, let d = allocator.descriptor(pfn: old.pfn) else { continue }
+                    wrote = true
+                    tlb.clearedPTE(at: address - 4096)
+                    // A shmem page belongs to its page cache, not to this mapping.
+                    if vma.isAnonymous && tlb.removePage(Page(d)) { return true }
                 }
+                return false
             }
-            ptlab_ptl_unlock(pteTable.desc)
+            guard let forceFlush else { return Entry(rawValue: ptlab_pte_read(pmdSlot)).isNone }
             if forceFlush { tlb.flushMMU() }
         } while address < end
 
         // reclaim_pt_is_enabled: only when this zap covered the table's span.
-        guard reclaimPT, end - start >= Self.pmdSize else { return }
+        guard reclaimPT, end - start >= Self.pmdSize else { return true }
+        tryToFreePTE(tlb, pmdTable: pmdTable, pmdSlot: pmdSlot, start)
+        return true
+    }
+
+    /// try_to_free_pte: under the PMD lock and the PTE lock, unlink the
+    /// table if every entry is none, and free it through the gather.
+    private func tryToFreePTE(_ tlb: MMUGather, pmdTable: Page, pmdSlot: UnsafeMutablePointer<UInt64>, _ start: UInt64) {
         lockPTL(pmdTable)
+        let pmd = Entry(rawValue: ptlab_pte_read(pmdSlot))
+        guard pmd.isPresent, !pmd.isHugeLeaf, let d = allocator.descriptor(pfn: pmd.pfn) else {
+            ptlab_ptl_unlock(pmdTable.desc)
+            return
+        }
+        let pteTable = Page(d)
         lockPTL(pteTable)
-        let empty = (0..<512).allSatisfy { ptlab_pte_read(base.assumingMemoryBound(to: UInt64.self) + $0) == 0 }
-        let linked = Entry(rawValue: ptlab_pte_read(pmdSlot)).pfn == UInt64(pteTable.pfn)
-        if empty && linked { ptlab_pte_write(pmdSlot, 0) }
+        let base = allocator.address(of: pteTable).assumingMemoryBound(to: UInt64.self)
+        let empty = (0..<512).allSatisfy { ptlab_pte_read(base + $0) == 0 }
+        if empty { ptlab_pte_write(pmdSlot, 0) }
         ptlab_ptl_unlock(pteTable.desc)
         ptlab_ptl_unlock(pmdTable.desc)
-        guard empty && linked else { return }
+        guard empty else { return }
         // free_pte: pte_free_tlb + mm_dec_nr_ptes.
         tlb.freeTable(pteTable, level: .pte, address: start)
         accountTable(.pte, -1)
