@@ -31,7 +31,8 @@ final class CLIContractTests: XCTestCase {
         var stderr: String
     }
 
-    private func run(_ arguments: [String]) throws -> Run {
+    /// `usageError`: the run is refused before it starts (no JSON).
+    private func run(_ arguments: [String], usageError: Bool = false) throws -> Run {
         let process = Process()
         process.executableURL = try ptlab()
         process.arguments = arguments
@@ -42,6 +43,7 @@ final class CLIContractTests: XCTestCase {
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
+        if usageError { return Run(status: process.terminationStatus, json: [:], stderr: stderr) }
         let object = try JSONSerialization.jsonObject(with: stdout) as? [String: Any]
         return Run(status: process.terminationStatus, json: try XCTUnwrap(object, "stdout is not one JSON object: \(stderr)"),
                    stderr: stderr)
@@ -57,6 +59,7 @@ final class CLIContractTests: XCTestCase {
         "scenario", "mode", "safe", "expected_detector", "seed", "walkers", "duration_s", "ops", "walks",
         "uaf_detected", "leaked_pages", "tables_freed", "rcu_callbacks", "tlb_flushes", "peak_deferred_bytes",
         "free_latency_us", "detections", "free_errors", "double_queued", "notifier_failures", "pass", "verdict",
+        "updaters", "walker_contexts", "tlb_flush", "vmpte_bytes", "table_bytes_held",
     ]
     static let detectionKeys = ["walks", "mapped", "not_mapped", "retries", "poison_seen"] + Detector.allCases.map(\.rawValue)
 
@@ -68,6 +71,35 @@ final class CLIContractTests: XCTestCase {
         assertKeys(try XCTUnwrap(r.json["free_latency_us"] as? [String: Any]), ["p50", "p99", "max"], "free_latency_us")
         XCTAssertTrue(r.json["expected_detector"] is NSNull, "a safe mode expects no detector")
         XCTAssertEqual(r.json["pass"] as? Bool, true)
+    }
+
+    /// `race` names its updaters and every walker with its lock context;
+    /// --updaters belongs to it alone.
+    func testStressJSONNamesUpdatersAndLockContexts() throws {
+        let r = try run(["stress", "race", "--updaters", "3", "--duration", "0.5", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.json["updaters"] as? Int, 3)
+        let walkers = try XCTUnwrap(r.json["walker_contexts"] as? [[String: String]])
+        XCTAssertTrue(walkers.contains(["walker": "pte_offset_map", "context": "mmap-read"]), "\(walkers)")
+        XCTAssertTrue(walkers.contains(["walker": "gup_fast", "context": "irqs-off"]), "\(walkers)")
+        XCTAssertEqual(r.json["vmpte_bytes"] as? Int, r.json["table_bytes_held"] as? Int)
+        let refused = try run(["stress", "unmap", "--updaters", "2"], usageError: true)
+        XCTAssertEqual(refused.status, 64)
+        XCTAssertTrue(refused.stderr.contains("--updaters belongs to race"), refused.stderr)
+    }
+
+    /// The verdict follows tlb_flush: unmap's no-rcu is safe with IPIs and
+    /// must be caught by GUP-fast without them.
+    func testTLBFlushDecidesNoRCUsVerdict() throws {
+        let safe = try run(["stress", "unmap", "--mode", "no-rcu", "--duration", "0.3", "--json"])
+        XCTAssertEqual(safe.status, 0, safe.stderr)
+        XCTAssertTrue(safe.json["expected_detector"] is NSNull)
+        XCTAssertEqual(safe.json["tlb_flush"] as? String, "ipi")
+        let caught = try run(["stress", "unmap", "--mode", "no-rcu", "--param", "tlb_flush=no-ipi", "--stop-on-detect",
+                              "--duration", "30", "--json"])
+        XCTAssertEqual(caught.status, 0, caught.stderr)
+        XCTAssertEqual(caught.json["expected_detector"] as? String, "gup_fast")
+        XCTAssertEqual(caught.json["tlb_flush"] as? String, "no-ipi")
     }
 
     func testStressJSONNamesAnUnsafeRunsDetector() throws {

@@ -89,6 +89,7 @@ final class MMUGatherTests: XCTestCase {
             var profile = MMProfile()
             profile.failBatchAllocation = true
             profile.batchFallback = fallback
+            profile.ptReclaim = fallback != .ipiSync
             try withLab { allocator in
                 let mm = try MM(allocator: allocator, profile: profile)
                 let tables = try makeTables(5, mm: mm)
@@ -101,6 +102,13 @@ final class MMUGatherTests: XCTestCase {
                         XCTAssertEqual(tlb.stats.rcuCallbacks, 5, "one call_rcu per table on its own head")
                         XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
                     }
+                case .noInvalidate:
+                    let flushesBefore = mm.tlb.remoteFlushes.load(ordering: .relaxed)
+                    withGracePeriodHeld {
+                        for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
+                        XCTAssertEqual(mm.tlb.remoteFlushes.load(ordering: .relaxed), flushesBefore,
+                                       "the bug: no tlb_table_invalidate before the free")
+                    }
                 case .ipiSync:
                     for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(mm.tlb.syncIPIs.load(ordering: .relaxed) - syncsBefore, 5)
@@ -112,7 +120,8 @@ final class MMUGatherTests: XCTestCase {
                 }
                 XCTAssertEqual(tlb.stats.batchFallbacks, 5, "\(fallback)")
                 tlb.finish()
-                XCTAssertEqual(tlb.stats.freedBeforeFlush, 0, "\(fallback): flushed before the fallback")
+                XCTAssertEqual(tlb.stats.freedBeforeFlush, fallback == .noInvalidate ? 5 : 0,
+                               "\(fallback): flushed before the fallback (all but the unsafe one)")
                 mm.exit()
             }
         }

@@ -26,11 +26,11 @@ final class WalkerTests: XCTestCase {
         }
     }
 
-    /// A CPU that missed a flush walks into the freed table through its
-    /// paging-structure cache; one that took the flush does not.
+    /// A CPU whose tables were freed without a flush walks into the freed
+    /// table through its paging-structure cache; after a flush it does not.
     func testStalePagingStructureCacheIsDetected() throws {
         var profile = MMProfile()
-        profile.tableFree = .immediate
+        profile.tableFree = .noFlush
         try withLab(profile: profile) { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             try mm.mmap(address: tib, length: 2 * mib)
@@ -38,16 +38,15 @@ final class WalkerTests: XCTestCase {
             let cpu = CPU(id: 0, tlb: mm.tlb)
             var c = WalkCounters()
             mm.hardwareAccess(tib, cpu: cpu, counters: &c)   // fills the PSC
-            // Gone from the mm's CPU mask: the munmap's flush skips it, as a
-            // CPU that switched away lazily would be skipped.
-            cpu.offline()
             try mm.munmap(address: tib, length: 2 * mib)
+            try RCU.barrier()
             mm.hardwareAccess(tib, cpu: cpu, counters: &c)
             XCTAssertEqual(c[.stalePSC], 1, "the cached PDE pointed at a freed table")
-            cpu.handleInterrupts()
+            mm.tlb.flush()
             mm.hardwareAccess(tib, cpu: cpu, counters: &c)
-            XCTAssertEqual(c[.stalePSC], 1, "after taking the flush the CPU walks afresh")
+            XCTAssertEqual(c[.stalePSC], 1, "after the flush the CPU walks afresh")
             XCTAssertEqual(c.notMapped, 1)
+            cpu.offline()
             mm.exit()
         }
     }

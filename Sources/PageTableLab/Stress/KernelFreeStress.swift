@@ -158,6 +158,7 @@ public struct KernelFreeStress {
                 invalidationsPerTable: tables == 0 ? 0 : Double(freer.invalidations.load(ordering: .relaxed)) / Double(tables),
                 writeAfterFree: Int(stats.writeAfterFree),
                 faultsInjected: injectFaults ? faults.counts(iommu) : nil)
+            result.walkerContexts = [.dma]
             result.qiDriver = iommu.parameters.driver.rawValue
             result.qiLockup = lockup?.description
             result.tablesFreedBy = Dictionary(uniqueKeysWithValues: tablesFreedBy.map { ($0.key.rawValue, $0.value) })

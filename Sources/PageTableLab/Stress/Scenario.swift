@@ -5,24 +5,34 @@
 public struct Scenario: Sendable {
     public struct Mode: Sendable {
         public let name: String
-        public let safe: Bool
-        /// An unsafe mode's own detector: the walker the bug is about, which
-        /// must be the one to catch it (another walker firing does not
-        /// prove this one works). nil for safe modes.
-        public let expectedDetector: Detector?
+        /// The detector that must catch this mode under each kind of TLB
+        /// flush (the walker the bug is about: another walker firing does
+        /// not prove this one works); nil where the mode is the kernel with
+        /// its fix, which must detect nothing.
+        let detector: @Sendable (TLBFlushKind) -> Detector?
         let profile: @Sendable (inout MMProfile) -> Void
         /// The IOMMU's driver as this mode has it, for scenarios with one.
         var iommu: @Sendable (inout IntelIOMMU.Parameters) -> Void = { _ in }
 
+        public func expectedDetector(under flush: TLBFlushKind) -> Detector? { detector(flush) }
+        public func isSafe(under flush: TLBFlushKind) -> Bool { detector(flush) == nil }
+
         /// The kernel with its fix: nothing may be detected.
         static func safe(_ name: String, _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
-            Mode(name: name, safe: true, expectedDetector: nil, profile: profile)
+            Mode(name: name, detector: { _ in nil }, profile: profile)
         }
 
         /// The kernel before the fix, caught by `detector`.
         static func unsafe(_ name: String, caughtBy detector: Detector,
                            _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
-            Mode(name: name, safe: false, expectedDetector: detector, profile: profile)
+            Mode(name: name, detector: { _ in detector }, profile: profile)
+        }
+
+        /// Safe while TLB flushes are IPIs, which wait out GUP-fast; caught
+        /// by `detector` when they are not.
+        static func safeWithIPIs(_ name: String, caughtWithoutBy detector: Detector,
+                                 _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
+            Mode(name: name, detector: { $0 == .ipi ? nil : detector }, profile: profile)
         }
 
         /// The same mode with its IOMMU set up by `configure`.
@@ -34,11 +44,12 @@ public struct Scenario: Sendable {
     }
 
     /// What a walker does on each step.
-    enum WalkKind: Sendable {
-        case gupFast
-        case pteOffsetMap
-        case pteOffsetMapLock
-        case hardware
+    public enum WalkKind: String, Sendable, Codable {
+        case gupFast = "gup_fast"
+        case pteOffsetMap = "pte_offset_map"
+        case pteOffsetMapLock = "pte_offset_map_lock"
+        /// A CPU's MMU.
+        case hardware = "mmu"
         /// A DMA translation by an IOMMU bound to the mm through SVA: no
         /// RCU, no IPIs, only the invalidations the notifier sends.
         case dma
@@ -47,30 +58,56 @@ public struct Scenario: Sendable {
         var isCPU: Bool { self != .dma }
     }
 
+    /// A walker and what it holds while walking.
+    public struct Walker: Sendable, Equatable, Codable {
+        public let kind: WalkKind
+        public let context: LockContext
+
+        enum CodingKeys: String, CodingKey {
+            case kind = "walker"
+            case context
+        }
+
+        static let gupFast = Walker(kind: .gupFast, context: .irqsOff)
+        static let mmu = Walker(kind: .hardware, context: .hardware)
+        static let dma = Walker(kind: .dma, context: .hardware)
+        static func pteOffsetMap(_ context: LockContext) -> Walker { Walker(kind: .pteOffsetMap, context: context) }
+        static let pteOffsetMapLock = Walker(kind: .pteOffsetMapLock, context: .rcu)
+
+        public var description: String { "\(kind.rawValue) (\(context.rawValue))" }
+    }
+
     public let name: String
     /// Which of a scenario's kernel paths this is (`collapse`: shmem or
     /// anon); nil where there is one.
     public let path: String?
     public let summary: String
     public let modes: [Mode]
-    let walks: [WalkKind]
+    public let walkers: [Walker]
+    /// Updater threads unless the run says otherwise (only `race` has more).
+    public let updaters: Int
     /// The updater's loop body: one operation on `mm` inside the region.
     let step: @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void
+    /// What the mm holds before the first step, if anything.
+    let setUp: (@Sendable (MM, StressRegion) throws -> Void)?
 
     public func mode(named name: String) -> Mode? { modes.first { $0.name == name } }
 
-    init(name: String, path: String? = nil, summary: String, modes: [Mode], walks: [WalkKind],
+    init(name: String, path: String? = nil, summary: String, modes: [Mode], walkers: [Walker], updaters: Int = 1,
+         setUp: (@Sendable (MM, StressRegion) throws -> Void)? = nil,
          step: @escaping @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void) {
+        self.setUp = setUp
         self.name = name
         self.path = path
         self.summary = summary
         self.modes = modes
-        self.walks = walks
+        self.walkers = walkers
+        self.updaters = updaters
         self.step = step
     }
 
     /// The scenario's mm is bound to an emulated IOMMU through SVA.
-    var needsIOMMU: Bool { walks.contains(.dma) }
+    var needsIOMMU: Bool { walkers.contains { $0.kind == .dma } }
 }
 
 /// Where a scenario works: whole PTE tables, in an otherwise empty 512 GiB

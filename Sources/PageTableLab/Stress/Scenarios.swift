@@ -1,6 +1,6 @@
 extension Scenario {
     /// Every scenario `ptlab stress` knows, in the order `stress all` runs them.
-    public static let all: [Scenario] = [collapseShmem, collapseAnonymous, unmap, reclaim, ptlock, batchFail, sva]
+    public static let all: [Scenario] = [collapseShmem, collapseAnonymous, unmap, reclaim, ptlock, batchFail, sva, race]
 
     /// The scenario called `name`: the one on `path` where it has several
     /// (the first is the default).
@@ -29,7 +29,7 @@ extension Scenario {
             .safe("defer") { $0.collapseFree = .defer },
             .unsafe("immediate", caughtBy: .pteOffsetMap) { $0.collapseFree = .immediate },
         ],
-        walks: [.pteOffsetMap, .gupFast, .hardware],
+        walkers: [.pteOffsetMap(.rcu), .gupFast, .mmu],
         step: { mm, region, rng in
             if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length, shared: true) }
             let table = region.table(Int(rng.next() % UInt64(region.tables)))
@@ -51,7 +51,7 @@ extension Scenario {
         name: "collapse", path: "anon",
         summary: "MADV_COLLAPSE of anonymous memory: collapse_huge_page vs GUP-fast and MMU walks",
         modes: [.safe("kernel") { _ in }],
-        walks: [.gupFast, .hardware],
+        walkers: [.gupFast, .mmu],
         step: { mm, region, rng in
             if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length) }
             let table = region.table(Int(rng.next() % UInt64(region.tables)))
@@ -62,7 +62,9 @@ extension Scenario {
             try mm.madviseCollapse(address: table, length: MM.pmdSize)
         })
 
-    /// munmap through an mmu_gather with RCU table freeing.
+    /// munmap through an mmu_gather with RCU table freeing. Its walkers are
+    /// the ones that can be in a table munmap frees: GUP-fast, and the MMU
+    /// (walkers under the mmap read lock cannot find the detached VMAs).
     static let unmap = Scenario(
         name: "unmap",
         summary: "munmap's free_pgtables through mmu_gather vs GUP-fast and MMU walks",
@@ -70,19 +72,22 @@ extension Scenario {
             .safe("rcu-table-free") { $0.tableFree = .rcu },
             .unsafe("immediate", caughtBy: .gupFast) { $0.tableFree = .immediate },
             .unsafe("no-flush", caughtBy: .stalePSC) { $0.tableFree = .noFlush },
+            .safeWithIPIs("no-rcu", caughtWithoutBy: .gupFast) { $0.tableFree = .noRCU },
         ],
-        walks: [.gupFast, .hardware],
+        walkers: [.gupFast, .mmu],
         step: mapTouchUnmap)
 
-    /// MADV_DONTNEED reclaiming empty PTE tables (PT_RECLAIM).
+    /// MADV_DONTNEED reclaiming empty PTE tables (PT_RECLAIM), under the
+    /// mmap read lock: a pte_offset_map walker holding the read lock too
+    /// walks beside it.
     static let reclaim = Scenario(
         name: "reclaim",
-        summary: "MADV_DONTNEED with PT_RECLAIM vs GUP-fast and MMU walks",
+        summary: "MADV_DONTNEED with PT_RECLAIM vs GUP-fast, pte_offset_map (mmap read lock) and MMU walks",
         modes: [
             .safe("rcu-table-free") { $0.tableFree = .rcu },
             .unsafe("immediate", caughtBy: .gupFast) { $0.tableFree = .immediate },
         ],
-        walks: [.gupFast, .hardware],
+        walkers: [.gupFast, .pteOffsetMap(.mmapRead), .mmu],
         step: touchDontneed)
 
     /// The ptlock lifetime of seed 003: dtor at free vs at unlink.
@@ -93,21 +98,41 @@ extension Scenario {
             .safe("dtor-at-free") { $0.dtor = .atFree },
             .unsafe("dtor-at-unlink", caughtBy: .freedPTLock) { $0.dtor = .atUnlink },
         ],
-        walks: [.pteOffsetMapLock],
+        walkers: [.pteOffsetMapLock],
         step: touchDontneed)
 
-    /// No page for the table batch: every fallback must stay safe.
+    /// No page for the table batch (tlb_remove_table_one), under munmap and
+    /// under MADV_DONTNEED. Without PT_RECLAIM (ipi-sync, the kernel before
+    /// 6.14) DONTNEED frees no table, and munmap's walkers all run with IRQs
+    /// off or cannot find its VMAs: the sync IPI is enough. With PT_RECLAIM,
+    /// DONTNEED frees tables under the mmap read lock, beside pte_offset_map
+    /// walkers that hold only that lock and RCU: the IPI does not wait for
+    /// them (ipi-sync-reclaim, the combination no kernel shipped). And a
+    /// table freed without tlb_table_invalidate first is still in a CPU's
+    /// paging-structure cache (no-invalidate).
     static let batchFail = Scenario(
         name: "batch-fail",
-        summary: "table-batch allocation failure: tlb_remove_table_one fallbacks vs GUP-fast",
-        modes: MMProfile.BatchFallback.allCases.map { fallback in
-            .safe(fallback.rawValue) {
-                $0.failBatchAllocation = true
-                $0.batchFallback = fallback
-            }
-        },
-        walks: [.gupFast, .hardware],
-        step: mapTouchUnmap)
+        summary: "table-batch allocation failure: tlb_remove_table_one fallbacks vs GUP-fast, pte_offset_map (mmap read lock) and MMU walks",
+        modes: [
+            .safe("ipi-sync") { batchFallback(&$0, .ipiSync, ptReclaim: false) },
+            .safe("rcu-one") { batchFallback(&$0, .rcuOne, ptReclaim: true) },
+            .safe("synchronize") { batchFallback(&$0, .synchronize, ptReclaim: true) },
+            .unsafe("ipi-sync-reclaim", caughtBy: .pteOffsetMap) {
+                batchFallback(&$0, .ipiSync, ptReclaim: true)
+                $0.deliberatelyUnsafe = true
+            },
+            .unsafe("no-invalidate", caughtBy: .stalePSC) { batchFallback(&$0, .noInvalidate, ptReclaim: true) },
+        ],
+        walkers: [.gupFast, .pteOffsetMap(.mmapRead), .mmu],
+        step: { mm, region, rng in
+            if rng.next() & 1 == 0 { try mapTouchUnmap(mm, region, &rng) } else { try touchDontneed(mm, region, &rng) }
+        })
+
+    static func batchFallback(_ profile: inout MMProfile, _ fallback: MMProfile.BatchFallback, ptReclaim: Bool) {
+        profile.failBatchAllocation = true
+        profile.batchFallback = fallback
+        profile.ptReclaim = ptReclaim
+    }
 
     /// The user half of SVA: a device walks the mm's own tables through the
     /// IOMMU while munmap, MADV_DONTNEED with PT_RECLAIM and collapse free
@@ -120,7 +145,7 @@ extension Scenario {
             .safe("all-levels") { _ in }.withIOMMU { $0.notifierHint = .linux },
             .unsafe("leaf-only", caughtBy: .iommuFromCache) { _ in }.withIOMMU { $0.notifierHint = .leafOnly },
         ],
-        walks: [.dma],
+        walkers: [.dma],
         step: { mm, region, rng in
             // Shared memory, so that collapse retracts (and frees) tables.
             if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length, shared: true) }
@@ -141,6 +166,72 @@ extension Scenario {
                 try mm.madviseCollapse(address: table, length: MM.pmdSize)
             }
         })
+
+    /// Several updaters at once on overlapping ranges, each op under the
+    /// lock the kernel takes for it: faults and MADV_DONTNEED (PT_RECLAIM)
+    /// under the mmap read lock, munmap + mmap and mremap under the write
+    /// lock (munmap downgraded), the collapse of shared memory under the
+    /// read lock with the retract under none. What keeps one updater out of
+    /// a table another has just unlinked is pte_offset_map_lock's pmd_same
+    /// re-check; without it (no-pmd-recheck) a fault can install a PTE into
+    /// a table PT_RECLAIM took away — lost, its page leaked.
+    static let race = Scenario(
+        name: "race",
+        summary: "several updaters (faults, DONTNEED, munmap/mmap, mremap, shmem collapse) vs each other and every kind of walker",
+        modes: [
+            .safe("kernel") { _ in },
+            .unsafe("no-pmd-recheck", caughtBy: .staleTableWrite) { $0.skipPMDRecheck = true },
+        ],
+        walkers: [.gupFast, .pteOffsetMap(.rcu), .pteOffsetMap(.mmapRead), .pteOffsetMap(.rmap), .pteOffsetMapLock, .mmu],
+        updaters: 2,
+        setUp: raceSetUp,
+        step: raceStep)
+
+    /// One updater's op in `race`. The region's last quarter is shared
+    /// memory, the rest private. Another updater may have changed what an op
+    /// expected (a range unmapped, a slot mapped): those refusals are the
+    /// race, not failures.
+    @Sendable static func raceStep(_ mm: MM, _ region: StressRegion, _ rng: inout SplitMix64) throws {
+        let sharedTables = max(1, region.tables / 4)
+        let privateTables = region.tables - sharedTables
+        let privateEnd = region.table(privateTables)
+        let table = region.table(Int(rng.next() % UInt64(privateTables)))
+        do {
+            switch rng.next() % 8 {
+            case 0, 1:
+                try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
+            case 2, 3:
+                try mm.madviseDontneed(address: table, length: MM.pmdSize)
+            case 4:
+                try mm.munmap(address: table, length: MM.pmdSize)
+                try mm.mmap(address: table, length: MM.pmdSize)
+            case 5:
+                let to = region.table(Int(rng.next() % UInt64(privateTables)))
+                if to != table { try mm.mremap(from: table, length: MM.pmdSize, to: to) }
+            default:
+                let shared = region.table(privateTables + Int(rng.next() % UInt64(sharedTables)))
+                if mm.isHugePMD(shared) {
+                    try mm.munmap(address: privateEnd, length: region.base + region.length - privateEnd)
+                    try mm.mmap(address: privateEnd, length: region.base + region.length - privateEnd, shared: true)
+                } else {
+                    try mm.touch(address: shared, length: MM.pmdSize, stride: 64 << 10)
+                    try mm.madviseCollapse(address: shared, length: MM.pmdSize)
+                }
+            }
+        } catch let error as MMError {
+            switch error {
+            case .notMapped, .mappingExists, .moveAcrossVMAs, .collapseRefused: return
+            default: throw error
+            }
+        }
+    }
+
+    /// The mappings `race` starts from.
+    @Sendable static func raceSetUp(_ mm: MM, _ region: StressRegion) throws {
+        let privateEnd = region.table(region.tables - max(1, region.tables / 4))
+        try mm.mmap(address: region.base, length: privateEnd - region.base)
+        try mm.mmap(address: privateEnd, length: region.base + region.length - privateEnd, shared: true)
+    }
 
     static func mapTouchUnmap(_ mm: MM, _ region: StressRegion, _ rng: inout SplitMix64) throws {
         if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length) }

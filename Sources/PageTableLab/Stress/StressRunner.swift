@@ -10,11 +10,16 @@ public struct StressOptions: Sendable {
     public var path: String?
     public var duration: Double = 3
     public var walkers: Int = 2
+    /// Updater threads; nil: the scenario's own number (2 for `race`, 1
+    /// elsewhere). Only scenarios built for concurrent updaters take more.
+    public var updaters: Int?
+    /// How TLB flushes reach the walkers' CPUs (module parameter tlb_flush).
+    public var tlbFlush = TLBFlushKind.ipi
     public var seed: UInt64 = 1
     /// PTE tables' worth of address space the updater churns.
     public var tables: Int = 8
-    /// Stop after this many updater operations (reproducible amounts of
-    /// work for tests), whatever the duration.
+    /// Stop after this many updater operations, all updaters together
+    /// (reproducible amounts of work for tests), whatever the duration.
     public var maxOps: Int?
     /// Stop at the first detection by the mode's own detector (any
     /// detection for a safe mode): an unsafe mode has proved its point.
@@ -85,6 +90,13 @@ public struct StressRunner {
             throw .unknownMode(scenario: scenario.name, mode: options.mode, known: scenario.modes.map(\.name))
         }
         guard options.walkers >= 1, options.walkers <= 256 else { throw .invalidOption("--walkers must be 1...256") }
+        if let updaters = options.updaters {
+            guard updaters >= 1, updaters <= 64 else { throw .invalidOption("--updaters must be 1...64") }
+            guard scenario.updaters > 1 || updaters == 1 else {
+                let racing = Scenario.all.filter { $0.updaters > 1 }.map(\.name).joined(separator: ", ")
+                throw .invalidOption("scenario '\(scenario.name)' has one updater (its steps assume it); --updaters belongs to \(racing)")
+            }
+        }
         guard options.duration > 0, options.duration <= 86_400 else { throw .invalidOption("--duration must be in (0, 86400] seconds") }
         guard options.tables >= 1, options.tables <= 512 else { throw .invalidOption("tables must be 1...512") }
         self.options = options
@@ -92,9 +104,16 @@ public struct StressRunner {
         self.mode = mode
     }
 
+    /// Updater threads this run has.
+    public var updaters: Int { options.updaters ?? scenario.updaters }
+
+    /// The detector that must catch this run (nil: nothing may be caught).
+    public var expectedDetector: Detector? { mode.expectedDetector(under: options.tlbFlush) }
+
     public func run(allocator: PageAllocator) throws -> StressResult {
         var profile = MMProfile()
         mode.profile(&profile)
+        profile.tlbFlush = options.tlbFlush
         let region = StressRegion(base: Self.regionBase, tables: options.tables)
         let startAllocated = allocator.totalAllocatedPages
         let freedBefore = PageTables.stats.freed
@@ -102,39 +121,26 @@ public struct StressRunner {
         let integrityBefore = Integrity.snapshot()
         FreeLatency.reset()
         let deferredMonitor = DeferredMemoryMonitor(periodMicroseconds: 250)
+        let expected = expectedDetector
 
         return try RCU.withRegisteredThread {
             let mm = try MM(allocator: allocator, profile: profile)
             var iommuParameters = options.iommu
             mode.iommu(&iommuParameters)
             let binding = scenario.needsIOMMU ? try SVABinding(mm: mm, allocator: allocator, parameters: iommuParameters) : nil
-            let crew = WalkerCrew(mm: mm, region: region, kinds: scenario.walks, count: options.walkers, seed: options.seed,
-                                  watching: mode.expectedDetector, iommu: binding?.iommu)
-            var rng = SplitMix64(seed: options.seed)
-            var ops = 0
-            let start = monotonicNanoseconds()
-            var nextReport = start
-            var elapsed = 0.0
-            var failure: Error?
-            while elapsed < options.duration, ops < options.maxOps ?? .max,
-                  !(options.stopOnDetection && crew.watchedSoFar > 0) {
-                do {
-                    try scenario.step(mm, region, &rng)
-                } catch {
-                    failure = error
-                    break
-                }
-                ops += 1
-                let now = monotonicNanoseconds()
-                elapsed = Double(now - start) / 1e9
-                if let progress = options.progress, now >= nextReport {
-                    nextReport = now + 500_000_000
-                    progress(StressProgress(elapsed: elapsed, duration: options.duration, ops: ops,
-                                            walks: crew.walksSoFar, uaf: crew.uafSoFar))
-                }
+            try scenario.setUp?(mm, region)
+            let crew = WalkerCrew(mm: mm, region: region, walkers: scenario.walkers, count: options.walkers, seed: options.seed,
+                                  watching: expected, iommu: binding?.iommu)
+            let updaterCrew = UpdaterCrew(options: options, scenario: scenario, mm: mm, region: region, count: updaters) {
+                crew.watchedSoFar + (expected == nil || expected == .staleTableWrite ? mm.staleTableWrites.load(ordering: .relaxed) : 0)
+            } walks: {
+                (crew.walksSoFar, crew.uafSoFar + mm.staleTableWrites.load(ordering: .relaxed))
             }
-            let counters = crew.stop()
+            let (ops, elapsed, failure) = updaterCrew.run()
+            var counters = crew.stop()
+            counters[.staleTableWrite] = mm.staleTableWrites.load(ordering: .relaxed)
             let tlbFlushes = mm.tlb.remoteFlushes.load(ordering: .relaxed)
+            let vmPTE = (accounted: mm.pgtablesBytes, held: mm.tableBytesHeld)
             try binding?.teardown()
             mm.exit()
             let deferredPeak = deferredMonitor.stop()
@@ -146,8 +152,8 @@ public struct StressRunner {
                 PageTables.release(page, allocator: allocator)
             }
             var result = StressResult(
-                scenario: scenario.name, path: scenario.path, mode: mode.name, safe: mode.safe,
-                expectedDetector: mode.expectedDetector,
+                scenario: scenario.name, path: scenario.path, mode: mode.name, safe: expected == nil,
+                expectedDetector: expected,
                 seed: options.seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops, walks: counters.walks,
                 uafDetected: counters.useAfterFree, leakedPages: allocator.totalAllocatedPages - startAllocated,
                 tablesFreed: PageTables.stats.freed - freedBefore,
@@ -155,12 +161,21 @@ public struct StressRunner {
                 tlbFlushes: tlbFlushes, peakDeferredBytes: Int(deferredPeak),
                 freeLatencyUs: FreeLatency.summary(), detections: counters,
                 integrity: Integrity.snapshot() - integrityBefore, pass: false, verdict: "")
+            result.updaters = updaters
+            result.walkerContexts = scenario.walkers
+            result.tlbFlush = options.tlbFlush
+            result.vmPTEBytes = vmPTE.accounted
+            result.tableBytesHeld = vmPTE.held
             if let iommu = binding?.iommu {
                 let stats = iommu.counters.snapshot()
                 result.iotlbInvalidations = Int(stats.iotlbInvalidations)
                 result.qiDescriptors = Int(stats.qiDescriptors)
             }
-            result.judge()
+            var problems: [String] = []
+            if expected == nil && vmPTE.accounted != vmPTE.held {
+                problems.append("VmPTE \(vmPTE.accounted >> 10) kB but the mm holds \(vmPTE.held >> 10) kB of tables at the end")
+            }
+            result.judge(problems: problems)
             return result
         }
     }

@@ -13,16 +13,18 @@ final class WalkerCrew: Sendable {
     private let watching: Detector?
     private let threads: LabMutex<[RCUThread]>
 
-    init(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], count: Int, seed: UInt64, watching: Detector?,
+    /// Each of `count` threads takes the scenario's `walkers` in turn, one
+    /// per step, each in its lock context.
+    init(mm: MM, region: StressRegion, walkers: [Scenario.Walker], count: Int, seed: UInt64, watching: Detector?,
          iommu: IntelIOMMU?) {
-        precondition(iommu != nil || !kinds.contains(.dma), "DMA walkers need an IOMMU bound to the mm")
+        precondition(iommu != nil || !walkers.contains { $0.kind == .dma }, "DMA walkers need an IOMMU bound to the mm")
         threads = LabMutex([])
         self.watching = watching
         let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
         for id in 0..<count {
             let pin = cpus.isEmpty ? nil : cpus[id % cpus.count]
             let thread = RCUThread(cpu: pin) { [self] in
-                walk(mm: mm, region: region, kinds: kinds, id: id, seed: seed, iommu: iommu)
+                walk(mm: mm, region: region, walkers: walkers, id: id, seed: seed, iommu: iommu)
             }
             threads.withLock { $0.append(thread) }
         }
@@ -33,10 +35,10 @@ final class WalkerCrew: Sendable {
     /// Detections by the watched detector (by any, if none is watched).
     var watchedSoFar: Int { watched.load(ordering: .relaxed) }
 
-    private func walk(mm: MM, region: StressRegion, kinds: [Scenario.WalkKind], id: Int, seed: UInt64,
+    private func walk(mm: MM, region: StressRegion, walkers: [Scenario.Walker], id: Int, seed: UInt64,
                       iommu: IntelIOMMU?) {
         // A DMA engine is not a CPU: flushes do not wait for it.
-        let cpu = kinds.contains(where: \.isCPU) ? CPU(id: id, tlb: mm.tlb) : nil
+        let cpu = walkers.contains(where: \.kind.isCPU) ? CPU(id: id, tlb: mm.tlb) : nil
         var rng = SplitMix64(seed: seed &+ UInt64(id + 1) &* 0x1000_0001)
         var counters = WalkCounters()
         var step = 0
@@ -45,9 +47,10 @@ final class WalkerCrew: Sendable {
         while !stopFlag.load(ordering: .relaxed) {
             cpu?.handleInterrupts()
             let address = region.randomAddress(&rng)
-            switch kinds[step % kinds.count] {
+            let walker = walkers[step % walkers.count]
+            switch walker.kind {
             case .gupFast: mm.gupFast(address, counters: &counters)
-            case .pteOffsetMap: mm.pteOffsetMap(address, cpu: cpu!, counters: &counters)
+            case .pteOffsetMap: mm.pteOffsetMap(address, context: walker.context, cpu: cpu!, counters: &counters)
             case .pteOffsetMapLock: mm.pteOffsetMapLock(address, cpu: cpu, counters: &counters)
             case .hardware: mm.hardwareAccess(address, cpu: cpu!, counters: &counters)
             case .dma: iommu!.translate(DMARequest(pasid: SVABinding.pasid, address: address), counters: &counters)

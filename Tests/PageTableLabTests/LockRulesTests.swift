@@ -1,0 +1,241 @@
+import CSupport
+import Synchronization
+import XCTest
+@testable import PageTableLab
+
+/// The kernel's lock rules, one at a time (KERNEL-NOTES §9): two updaters
+/// on one PTE table, each under the lock its operation takes; munmap's
+/// downgrade of the mmap lock; the sync IPI that waits but flushes nothing;
+/// and the profile no kernel shipped. A race test runs both updaters for a
+/// fixed number of rounds; its unsafe twin (no pmd_same re-check) must see
+/// the bug within the same bound, or the test could not fail.
+final class LockRulesTests: XCTestCase {
+    /// Rounds each racing updater runs (a collapse round costs a hundred
+    /// faults); an unsafe twin stops at its first stale write.
+    private let faultRounds = 40_000
+    private let collapseRounds = 2_000
+
+    /// Run `a` and `b` on two registered threads for `rounds` rounds each
+    /// (or until `stop` says so), with the MMError refusals a racing
+    /// updater meets (its range unmapped meanwhile) ignored.
+    private func race(rounds: Int, _ a: @escaping @Sendable (Int) throws -> Void, _ b: @escaping @Sendable (Int) throws -> Void,
+                      stop: @escaping @Sendable () -> Bool) {
+        let failures = LabMutex<[String]>([])
+        let loop: @Sendable (@escaping @Sendable (Int) throws -> Void) -> RCUThread = { body in
+            RCUThread {
+                for i in 0..<rounds where !stop() {
+                    do {
+                        try body(i)
+                    } catch MMError.notMapped, MMError.mappingExists, MMError.collapseRefused {
+                        continue
+                    } catch {
+                        failures.withLock { $0.append("\(error)") }
+                        return
+                    }
+                }
+            }
+        }
+        let threads = [loop(a), loop(b)]
+        for t in threads { t.join() }
+        XCTAssertEqual(failures.withLock { $0 }, [])
+    }
+
+    /// A fault and MADV_DONTNEED (PT_RECLAIM) on the same table, both under
+    /// the mmap read lock: the DONTNEED may unlink the table between the
+    /// fault's PMD read and its ptlock, and only the re-check sends the
+    /// fault back to allocate a new one.
+    private func faultRacingDontneed(recheck: Bool) throws -> (staleWrites: Int, leaked: Int) {
+        var profile = MMProfile()
+        profile.skipPMDRecheck = !recheck
+        return try withLoadedAllocator { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            try mm.mmap(address: tib, length: 2 * mib)
+            let stale: @Sendable () -> Bool = { !recheck && mm.staleTableWrites.load(ordering: .relaxed) > 0 }
+            race(rounds: faultRounds, { i in try mm.touch(address: tib + UInt64(i % 512) << 12, length: 4096) },
+                 { _ in try mm.madviseDontneed(address: tib, length: 2 * mib) },
+                 stop: stale)
+            XCTAssertEqual(mm.pgtablesBytes, mm.tableBytesHeld, "VmPTE against the tables held")
+            let staleWrites = mm.staleTableWrites.load(ordering: .relaxed)
+            try mm.munmap(address: tib, length: 2 * mib)
+            mm.exit()
+            return staleWrites
+        }
+    }
+
+    func testAFaultRacingDontneedRechecksThePMD() throws {
+        let (stale, leaked) = try faultRacingDontneed(recheck: true)
+        XCTAssertEqual(stale, 0)
+        XCTAssertEqual(leaked, 0)
+    }
+
+    /// Without the re-check the fault fills the reclaimed table: the PTE is
+    /// lost with it, and so is the page it mapped, one page per stale write.
+    func testAFaultRacingDontneedWithoutTheRecheckLosesItsPage() throws {
+        let (stale, leaked) = try faultRacingDontneed(recheck: false)
+        XCTAssertGreaterThan(stale, 0, "no fault filled a reclaimed table in \(faultRounds) rounds")
+        XCTAssertEqual(leaked, stale, "each stale write loses the page it mapped")
+    }
+
+    /// The retract of a shmem collapse (no mmap lock) against faults and
+    /// DONTNEED zaps of the same table under the read lock: a fault that
+    /// found the table before the retract cleared the PMD must not fill it.
+    private func retractRacingFaultsAndZaps(recheck: Bool) throws -> Int {
+        var profile = MMProfile()
+        profile.skipPMDRecheck = !recheck
+        return try withLoadedAllocator { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            let stale: @Sendable () -> Bool = { !recheck && mm.staleTableWrites.load(ordering: .relaxed) > 0 }
+            race(rounds: collapseRounds, { _ in
+                if mm.isHugePMD(tib) {
+                    try mm.munmap(address: tib, length: 2 * mib)
+                    try mm.mmap(address: tib, length: 2 * mib, shared: true)
+                }
+                try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+                try mm.madviseCollapse(address: tib, length: 2 * mib)
+            }, { i in
+                if i & 1 == 0 {
+                    try mm.touch(address: tib + UInt64(i % 512) << 12, length: 4096)
+                } else {
+                    try mm.madviseDontneed(address: tib + UInt64(i % 32) << 16, length: 64 << 10)
+                }
+            }, stop: stale)
+            XCTAssertEqual(mm.pgtablesBytes, mm.tableBytesHeld, "VmPTE against the tables held")
+            XCTAssertGreaterThan(mm.thpEvents.collapseAlloc.load(ordering: .relaxed), 0, "no collapse, so no retract")
+            let staleWrites = mm.staleTableWrites.load(ordering: .relaxed)
+            try mm.munmap(address: tib, length: 2 * mib)
+            mm.exit()
+            return staleWrites
+        }.staleWrites
+    }
+
+    func testTheRetractRacingFaultsAndZapsIsRechecked() throws {
+        XCTAssertEqual(try retractRacingFaultsAndZaps(recheck: true), 0)
+    }
+
+    func testTheRetractRacingAFaultWithoutTheRecheckIsAStaleWrite() throws {
+        XCTAssertGreaterThan(try retractRacingFaultsAndZaps(recheck: false), 0, "no fault filled a retracted table in \(collapseRounds) rounds")
+    }
+
+    /// munmap detaches its VMAs under the write lock, then zaps and frees
+    /// their tables under the read lock: while it does, other readers get
+    /// in, and a walker under the read lock no longer finds the range.
+    func testMunmapZapsWithItsLockDowngraded() throws {
+        final class Probe: MMUNotifier, @unchecked Sendable {
+            var calls = 0
+            var readLockTaken = 0
+            var walkerFoundTheRange = 0
+            func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {
+                calls += 1
+                guard mm.mmapLock.tryLockRead() else { return }
+                mm.mmapLock.unlockRead()
+                readLockTaken += 1
+                let cpu = CPU(id: 0, tlb: mm.tlb)
+                var counters = WalkCounters()
+                mm.pteOffsetMap(tib, context: .mmapRead, cpu: cpu, counters: &counters)
+                cpu.offline()
+                if counters.notMapped == 0 { walkerFoundTheRange += 1 }
+            }
+        }
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 8 * mib)
+            try mm.touch(address: tib, length: 8 * mib)
+            let probe = Probe()
+            mm.registerNotifier(probe)
+            try mm.munmap(address: tib, length: 8 * mib)
+            mm.unregisterNotifier(probe)
+            XCTAssertGreaterThan(probe.calls, 0, "munmap flushed nothing")
+            XCTAssertEqual(probe.readLockTaken, probe.calls, "a reader was shut out while munmap zapped")
+            XCTAssertEqual(probe.walkerFoundTheRange, 0, "a walker under the read lock found a detached VMA")
+            XCTAssertGreaterThan(mm.lastGather.tablesQueued, 0)
+            mm.exit()
+        }
+    }
+
+    /// mmap, mremap and mprotect keep the write lock: no reader meanwhile.
+    func testMprotectHoldsTheWriteLock() throws {
+        final class Probe: MMUNotifier, @unchecked Sendable {
+            var calls = 0
+            var readLockTaken = 0
+            func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {
+                calls += 1
+                if mm.mmapLock.tryLockRead() {
+                    mm.mmapLock.unlockRead()
+                    readLockTaken += 1
+                }
+            }
+        }
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 2 * mib)
+            let probe = Probe()
+            mm.registerNotifier(probe)
+            try mm.mprotect(address: tib, length: 2 * mib, protection: .r)
+            mm.unregisterNotifier(probe)
+            XCTAssertGreaterThan(probe.calls, 0)
+            XCTAssertEqual(probe.readLockTaken, 0)
+            try mm.munmap(address: tib, length: 2 * mib)
+            mm.exit()
+        }
+    }
+
+    /// tlb_remove_table_sync_one is an empty IPI: it waits for IRQs-off
+    /// walkers and flushes no cache. A flush does.
+    func testTheSyncIPILeavesCachesIntact() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 4096)
+            let cpu = CPU(id: 0, tlb: mm.tlb)
+            var counters = WalkCounters()
+            mm.hardwareAccess(tib, cpu: cpu, counters: &counters)
+            XCTAssertNotNil(cpu.psc.lookup(tib), "the walk cached the PDE")
+            mm.tlb.syncOne()
+            XCTAssertEqual(mm.tlb.syncIPIs.load(ordering: .relaxed), 1)
+            XCTAssertNotNil(cpu.psc.lookup(tib), "the sync IPI dropped a cached PDE")
+            mm.tlb.flush()
+            XCTAssertNil(cpu.psc.lookup(tib), "a flush leaves no cached PDE")
+            cpu.offline()
+            try mm.munmap(address: tib, length: 2 * mib)
+            mm.exit()
+        }
+    }
+
+    /// PT_RECLAIM with the ipi-sync fallback is refused as a kernel, and
+    /// runs only as the unsafe mode that asks for it.
+    func testAProfileNoKernelShippedIsRefused() throws {
+        try withLab { allocator in
+            var profile = MMProfile()
+            profile.ptReclaim = true
+            profile.batchFallback = .ipiSync
+            XCTAssertThrowsError(try MM(allocator: allocator, profile: profile)) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.hasPrefix("refused profile: PT_RECLAIM with the ipi-sync fallback"), text)
+                XCTAssertTrue(text.contains("pte_offset_map"), "the error says why: \(text)")
+            }
+            profile.deliberatelyUnsafe = true
+            try MM(allocator: allocator, profile: profile).exit()
+            profile = .pre6_14
+            try MM(allocator: allocator, profile: profile).exit()
+        }
+    }
+}
+
+/// A loaded allocator and a registered thread for `body`, which may leave
+/// pages behind on purpose: the result comes back with the pages still
+/// allocated once every deferred free ran.
+private func withLoadedAllocator<R>(_ body: (PageAllocator) throws -> R) throws -> (staleWrites: R, leaked: Int) {
+    var params = PageAllocator.Parameters()
+    params.nodeBudgetPages = 16_384
+    let allocator = try PageAllocator(parameters: params)
+    defer { allocator.unload() }
+    let integrityBefore = Integrity.snapshot()
+    return try RCU.withRegisteredThread {
+        let result = try body(allocator)
+        try RCU.barrier()
+        assertIntegrity(since: integrityBefore)
+        return (result, allocator.totalAllocatedPages)
+    }
+}
