@@ -154,12 +154,12 @@ struct StressCommand: ParsableCommand {
             options.duration = self.scenario == "all" && !safe ? max(duration, Self.unsafeBoundUnderAll) : duration
             options.walkers = walkers
             options.updaters = Scenario.named(scenario).map { $0.updaters > 1 } == true ? updaters : nil
-            options.tlbFlush = params.tlbFlush
+            options.tlbFlush = run.tlbFlush
             options.seed = seed
             options.iommu = params.iommu
             options.stopOnDetection = stopOnDetect || (self.scenario == "all" && !safe)
             options.injectDoubleFree = inject == "double-free"
-            let progress = ProgressLine("stress \(scenario)\(run.path.map { "(\($0))" } ?? "")/\(mode)")
+            let progress = ProgressLine("stress \(scenario)\(run.path.map { "(\($0))" } ?? "")/\(mode)\(run.tlbFlush == params.tlbFlush ? "" : " tlb_flush=\(run.tlbFlush.rawValue)")")
             options.progress = { p in
                 progress.update(String(format: "%.1f/%.0fs  ops %d  walks %d  uaf %d", p.elapsed, p.duration, p.ops, p.walks, p.uaf))
             }
@@ -196,15 +196,22 @@ struct StressCommand: ParsableCommand {
         var path: String?
         var mode: String
         var safe: Bool
+        var tlbFlush = TLBFlushKind.ipi
     }
 
     /// Each run asked for, in order.
     private func plan(flush: TLBFlushKind) throws -> [PlannedRun] {
         let iommuModes = KernelFreeStress.modes
         if scenario == "all" {
-            var runs = Scenario.all.flatMap { s in s.modes.map { PlannedRun(scenario: s.name, path: s.path, mode: $0.name, safe: $0.isSafe(under: flush)) } }
-            runs += iommuModes.map { PlannedRun(scenario: "kernel-free", mode: $0, safe: $0 != "no-invalidate") }
-            runs += ["deferred", "per-page"].map { PlannedRun(scenario: "iommu-faults", mode: $0, safe: true) }
+            // A mode whose verdict depends on the flush runs under both kinds.
+            var runs = Scenario.all.flatMap { s in
+                s.modes.flatMap { mode in
+                    let kinds = mode.isSafe(under: .ipi) == mode.isSafe(under: .noIPI) ? [flush] : [flush] + TLBFlushKind.allCases.filter { $0 != flush }
+                    return kinds.map { PlannedRun(scenario: s.name, path: s.path, mode: mode.name, safe: mode.isSafe(under: $0), tlbFlush: $0) }
+                }
+            }
+            runs += iommuModes.map { PlannedRun(scenario: "kernel-free", mode: $0, safe: $0 != "no-invalidate", tlbFlush: flush) }
+            runs += ["deferred", "per-page"].map { PlannedRun(scenario: "iommu-faults", mode: $0, safe: true, tlbFlush: flush) }
             return runs
         }
         let chosen = mode ?? fallback
@@ -213,7 +220,7 @@ struct StressCommand: ParsableCommand {
             guard iommuModes.contains(m) else {
                 throw ValidationError("scenario '\(scenario)' has no mode '\(m)' (modes: \(iommuModes.joined(separator: ", ")))")
             }
-            return [PlannedRun(scenario: scenario, mode: m, safe: m != "no-invalidate")]
+            return [PlannedRun(scenario: scenario, mode: m, safe: m != "no-invalidate", tlbFlush: flush)]
         }
         guard let s = Scenario.named(scenario, path: path) else {
             let known = Scenario.names + ["kernel-free", "iommu-faults", "all"]
@@ -224,7 +231,7 @@ struct StressCommand: ParsableCommand {
             let on = s.path.map { " on path \($0)" } ?? ""
             throw ValidationError("scenario '\(scenario)'\(on) has no mode '\(m)' (modes: \(s.modes.map(\.name).joined(separator: ", ")))")
         }
-        return [PlannedRun(scenario: s.name, path: s.path, mode: found.name, safe: found.isSafe(under: flush))]
+        return [PlannedRun(scenario: s.name, path: s.path, mode: found.name, safe: found.isSafe(under: flush), tlbFlush: flush)]
     }
 
     private func printTable(_ r: StressResult, params: ModuleParameters) {

@@ -123,7 +123,11 @@ final class CLIContractTests: XCTestCase {
         let r = try run(["stress", "all", "--duration", "0.2", "--json"])
         let runs = try XCTUnwrap(r.json["runs"] as? [[String: Any]])
         XCTAssertEqual(r.status, 0, runs.filter { $0["pass"] as? Bool != true }.map { "\($0["scenario"] ?? "")/\($0["mode"] ?? ""): \($0["verdict"] ?? "")" }.joined(separator: "; "))
-        XCTAssertEqual(runs.count, Scenario.all.map(\.modes.count).reduce(0, +) + KernelFreeStress.modes.count + 2)
+        // unmap/no-rcu twice: its verdict depends on tlb_flush, so `all` runs it under both.
+        XCTAssertEqual(runs.count, Scenario.all.map(\.modes.count).reduce(0, +) + 1 + KernelFreeStress.modes.count + 2)
+        let noRCU = runs.filter { $0["scenario"] as? String == "unmap" && $0["mode"] as? String == "no-rcu" }
+        XCTAssertEqual(noRCU.map { $0["tlb_flush"] as? String }, ["ipi", "no-ipi"])
+        XCTAssertEqual(noRCU.map { $0["expected_detector"] as? String }, [nil, "gup_fast"])
         for run in runs { assertKeys(run, Self.stressKeys, "stress all run \(run["scenario"] ?? "")/\(run["mode"] ?? "")") }
     }
 

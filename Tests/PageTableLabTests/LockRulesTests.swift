@@ -10,32 +10,40 @@ import XCTest
 /// fixed number of rounds; its unsafe twin (no pmd_same re-check) must see
 /// the bug within the same bound, or the test could not fail.
 final class LockRulesTests: XCTestCase {
-    /// Rounds each racing updater runs (a collapse round costs a hundred
-    /// faults); an unsafe twin stops at its first stale write.
+    /// Rounds the leading updater runs (a collapse round costs a hundred
+    /// faults) while the other races it; an unsafe twin stops at its first
+    /// stale write.
     private let faultRounds = 40_000
     private let collapseRounds = 2_000
 
-    /// Run `a` and `b` on two registered threads for `rounds` rounds each
-    /// (or until `stop` says so), with the MMError refusals a racing
-    /// updater meets (its range unmapped meanwhile) ignored.
+    /// Run `a` for `rounds` rounds and `b` for as long as `a` runs, on two
+    /// registered threads (both stop early when `stop` says so), with the
+    /// MMError refusals a racing updater meets (its range unmapped
+    /// meanwhile) ignored.
     private func race(rounds: Int, _ a: @escaping @Sendable (Int) throws -> Void, _ b: @escaping @Sendable (Int) throws -> Void,
                       stop: @escaping @Sendable () -> Bool) {
         let failures = LabMutex<[String]>([])
-        let loop: @Sendable (@escaping @Sendable (Int) throws -> Void) -> RCUThread = { body in
-            RCUThread {
-                for i in 0..<rounds where !stop() {
-                    do {
-                        try body(i)
-                    } catch MMError.notMapped, MMError.mappingExists, MMError.collapseRefused {
-                        continue
-                    } catch {
-                        failures.withLock { $0.append("\(error)") }
-                        return
-                    }
+        let aDone = LabMutex(false)
+        let loop: @Sendable (Int, @escaping @Sendable () -> Bool, @escaping @Sendable (Int) throws -> Void) -> Void = { rounds, done, body in
+            for i in 0..<rounds {
+                if stop() || done() { break }
+                do {
+                    try body(i)
+                } catch MMError.notMapped, MMError.mappingExists, MMError.collapseRefused {
+                    continue
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                    return
                 }
             }
         }
-        let threads = [loop(a), loop(b)]
+        let threads = [
+            RCUThread {
+                loop(rounds, { false }, a)
+                aDone.withLock { $0 = true }
+            },
+            RCUThread { loop(.max, { aDone.withLock { $0 } }, b) },
+        ]
         for t in threads { t.join() }
         XCTAssertEqual(failures.withLock { $0 }, [])
     }

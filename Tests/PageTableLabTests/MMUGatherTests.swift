@@ -104,11 +104,10 @@ final class MMUGatherTests: XCTestCase {
                     }
                 case .noInvalidate:
                     let flushesBefore = mm.tlb.remoteFlushes.load(ordering: .relaxed)
-                    withGracePeriodHeld {
-                        for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
-                        XCTAssertEqual(mm.tlb.remoteFlushes.load(ordering: .relaxed), flushesBefore,
-                                       "the bug: no tlb_table_invalidate before the free")
-                    }
+                    for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
+                    XCTAssertEqual(mm.tlb.remoteFlushes.load(ordering: .relaxed), flushesBefore,
+                                   "the bug: no tlb_table_invalidate before the free")
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed after synchronize_rcu")
                 case .ipiSync:
                     for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(mm.tlb.syncIPIs.load(ordering: .relaxed) - syncsBefore, 5)

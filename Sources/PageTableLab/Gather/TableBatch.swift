@@ -121,12 +121,12 @@ extension MMUGather {
             return
         }
         switch mm.profile.batchFallback {
-        case .rcuOne, .noInvalidate:
+        case .rcuOne:
             queueRCU(table, bytes: 4096, callback: tlbRemoveTableOneRCU)
         case .ipiSync:
             mm.tlb.syncOne()
             PageTables.dtorFree(table, allocator: mm.allocator)
-        case .synchronize:
+        case .synchronize, .noInvalidate:
             do {
                 try RCU.synchronize()
             } catch {

@@ -36,8 +36,10 @@ public struct MMProfile: Sendable, Equatable, Codable {
         case rcuOne = "rcu-one"
         /// synchronize_rcu, then free now (7.x).
         case synchronize
-        /// Unsafe: rcu-one without tlb_table_invalidate first, so a CPU's
-        /// paging-structure cache may still point at the table it frees.
+        /// Unsafe: synchronize without tlb_table_invalidate first. The
+        /// grace period waits out every software walker, but a CPU's
+        /// paging-structure cache still points at the table it frees until
+        /// the gather's final flush.
         case noInvalidate = "no-invalidate"
     }
 

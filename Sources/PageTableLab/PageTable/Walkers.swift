@@ -207,9 +207,10 @@ extension MM {
     }
 
     /// pte_offset_map by a walker holding `context`'s lock: the mmap read
-    /// lock (walking only inside a VMA it finds), or the rmap lock (only a
-    /// range still linked in the rmap), or nothing but RCU. A CPU waiting
-    /// for the lock keeps taking IPIs, as it would with IRQs on.
+    /// lock (walking only inside a VMA it finds, over the rest of the table
+    /// as mincore does), or the rmap lock (only a range still linked in the
+    /// rmap, over one 64 KiB folio's PTEs as page_vma_mapped_walk does), or
+    /// nothing but RCU.
     public func pteOffsetMap(_ address: UInt64, context: LockContext, cpu: CPU, counters: inout WalkCounters) {
         switch context {
         case .mmapRead:
@@ -220,15 +221,22 @@ extension MM {
         case .rmap:
             withLock(rmapLock, cpu) {
                 guard rmap.withLock({ $0.contains(address) }) else { return counters.notFound() }
-                pteOffsetMap(address, cpu: cpu, counters: &counters)
+                pteOffsetMap(address, nrPages: 16, cpu: cpu, counters: &counters)
             }
         case .rcu, .irqsOff, .hardware:
             pteOffsetMap(address, cpu: cpu, counters: &counters)
         }
     }
 
+    /// `body` under `lock` for read, if it can be had now. A walker that
+    /// cannot have it gives way and walks again later (as mmap_read_trylock
+    /// users do), rather than spinning against the writer it waits for.
     private func withLock(_ lock: MMapLock, _ cpu: CPU, _ body: () -> Void) {
-        while !lock.tryLockRead() { cpu.handleInterruptsAndMaybePreempt() }
+        guard lock.tryLockRead() else {
+            cpu.handleInterrupts()
+            sched_yield()
+            return
+        }
         defer { lock.unlockRead() }
         body()
     }
