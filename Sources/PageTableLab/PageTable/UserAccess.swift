@@ -1,4 +1,4 @@
-internal import CSupport
+import CSupport
 
 extension MM {
     /// A user program's store of `value` at `address`: through the page
