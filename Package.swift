@@ -5,6 +5,7 @@ let package = Package(
     name: "PageTableLab",
     products: [
         .library(name: "PageTableLab", targets: ["PageTableLab"]),
+        .library(name: "PageTableLabHarness", targets: ["PageTableLabHarness"]),
         .executable(name: "ptlab", targets: ["ptlab"]),
     ],
     dependencies: [
@@ -38,16 +39,23 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        .target(
+            name: "PageTableLabHarness",
+            dependencies: [
+                "PageTableLab", "CSupport",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         .executableTarget(
             name: "ptlab",
             dependencies: [
-                "PageTableLab",
+                "PageTableLab", "PageTableLabHarness",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "PageTableLabTests",
-            dependencies: ["PageTableLab", "CSupport"],
+            dependencies: ["PageTableLab", "PageTableLabHarness", "CSupport"],
             resources: [.copy("Traces")]
         ),
     ],

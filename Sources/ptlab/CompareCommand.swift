@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PageTableLab
+import PageTableLabHarness
 
 /// `ptlab compare`: replays mapping traces on the mm model and on the kernel
 /// this process runs on, and shows VmPTE growth side by side at every

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The JSON keys and exit statuses README.md documents are a public
 /// interface: scripts parse them. These tests run the built `ptlab` (as a

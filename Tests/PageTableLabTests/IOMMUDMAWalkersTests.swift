@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class IOMMUDMAWalkersTests: XCTestCase {
     /// A 2 MiB region whose PTE table a "kernel" thread keeps replacing.

@@ -5,6 +5,7 @@ import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// A small allocator for IOMMU tests (one per process at a time: unload it).
 func makeIOMMUTestAllocator(poison: Bool = false) throws -> PageAllocator {

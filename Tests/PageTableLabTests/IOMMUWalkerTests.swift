@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class IOMMUWalkerTests: XCTestCase {
     let va: UInt64 = 0x7F12_3456_7000

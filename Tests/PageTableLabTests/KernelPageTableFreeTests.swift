@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// pagetable_free_kernel and its work, one step at a time.
 final class KernelPageTableFreeTests: XCTestCase {

@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The kernel functions that free kernel page tables, called as the kernel
 /// calls them: each takes the table out of use, flushes the CPUs' TLBs,

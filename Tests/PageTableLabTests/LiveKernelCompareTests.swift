@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The comparison's kernel side, against the kernel this test runs on: the
 /// shipped traces' stated values must be what this kernel really does.

@@ -2,6 +2,7 @@ import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The kernel's lock rules, one at a time (KERNEL-NOTES §9): two updaters
 /// on one PTE table, each under the lock its operation takes; munmap's

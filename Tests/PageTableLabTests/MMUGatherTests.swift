@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class MMUGatherTests: XCTestCase {
     /// Tables as free_pgtables would hand them over: unlinked PTE tables.

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The model against every shipped trace: alone under both profiles (the
 /// traces state each profile's value, measured on 6.18 and on 6.1), and side

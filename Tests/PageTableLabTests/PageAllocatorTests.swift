@@ -2,6 +2,7 @@ import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The NUMA page allocator: placement, the page state machine, poisoning,
 /// per-thread caches under concurrency, buddy alignment, and its errors.

@@ -2,6 +2,7 @@ import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class PteFreeDeferTests: XCTestCase {
     /// A reader inside a read section holds the table: pte_free_defer's

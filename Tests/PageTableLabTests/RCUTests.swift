@@ -3,6 +3,7 @@ import Dispatch
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// An object with an embedded head at offset 0, as the lab's descriptors
 /// have: the callback reaches the object from the head without a side table.

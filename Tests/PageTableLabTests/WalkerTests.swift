@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// Single-threaded checks of what each walker reports; the racing cases
 /// are in StressScenarioTests.

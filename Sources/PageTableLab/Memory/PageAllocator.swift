@@ -60,7 +60,8 @@ public final class PageAllocator: @unchecked Sendable {
 
     private static let loaded = Atomic<Bool>(false)
     private static let epochs = Atomic<UInt64>(0)
-    nonisolated(unsafe) static var current: PageAllocator? {
+    /// The allocator loaded now (module_init), if any.
+    public internal(set) nonisolated(unsafe) static var current: PageAllocator? {
         didSet { ptlab_set_loaded_allocator(current.map { Unmanaged.passUnretained($0).toOpaque() }) }
     }
 
@@ -69,7 +70,7 @@ public final class PageAllocator: @unchecked Sendable {
     /// keeps it alive, and unload waits for every callback before clearing
     /// it. False when none is loaded.
     @inline(__always)
-    static func withLoaded(_ body: (PageAllocator) -> Void) -> Bool {
+    public static func withLoaded(_ body: (PageAllocator) -> Void) -> Bool {
         guard let p = ptlab_loaded_allocator() else { return false }
         Unmanaged<PageAllocator>.fromOpaque(p)._withUnsafeGuaranteedRef(body)
         return true

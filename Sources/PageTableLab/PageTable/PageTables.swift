@@ -13,7 +13,7 @@ public enum PageTables {
     /// pagetable_alloc + pagetable_*_ctor: a page that becomes a table,
     /// zeroed unless `zero` is false (GFP_PGTABLE_USER without __GFP_ZERO:
     /// only the bench, whose tables are never linked, asks for that).
-    static func alloc(_ level: Level, base: UInt64, mm: MM?, node: NodePreference,
+    public static func alloc(_ level: Level, base: UInt64, mm: MM?, node: NodePreference,
                       allocator: PageAllocator, kernel: Bool = false, zero: Bool = true) throws(MMError) -> Page {
         let page: Page
         do {
@@ -63,7 +63,7 @@ public enum PageTables {
     /// cannot fail: a refusal (a double free) is a bug, counted in
     /// `Integrity` rather than thrown. Returns whether the page was freed.
     @inline(__always) @discardableResult
-    static func release(_ page: Page, allocator: PageAllocator) -> Bool {
+    public static func release(_ page: Page, allocator: PageAllocator) -> Bool {
         do {
             try allocator.free(page)
             return true
@@ -81,7 +81,7 @@ public enum PageTables {
     /// of pte_free_defer's cost (BENCHMARKS.md). It catches a table queued
     /// twice, not two threads queueing it at once; the kernel checks
     /// neither.
-    static func markDeferred(_ page: Page) -> Bool {
+    public static func markDeferred(_ page: Page) -> Bool {
         let found = ptlab_page_state(page.desc)
         if found == PTLAB_PAGE_ALLOCATED.rawValue { ptlab_page_set_state(page.desc, PTLAB_PAGE_DEFERRED.rawValue) }
         guard found == PTLAB_PAGE_ALLOCATED.rawValue else {

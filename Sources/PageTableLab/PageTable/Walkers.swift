@@ -135,7 +135,7 @@ extension WalkCounters {
         notMapped += 1
     }
 
-    mutating func detected(_ detector: Detector, poison: Bool = false) {
+    public mutating func detected(_ detector: Detector, poison: Bool = false) {
         self[detector] += 1
         if poison { poisonSeen += 1 }
     }

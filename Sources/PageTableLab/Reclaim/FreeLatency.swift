@@ -42,5 +42,11 @@ public enum FreeLatency {
         }
     }
 
+    /// The latency in microseconds at each of `percentiles`; empty when
+    /// nothing was recorded.
+    public static func microseconds(atPercentiles percentiles: [Double]) -> [Double] {
+        histogram.withLock { h in h.totalCount == 0 ? [] : percentiles.map { Double(h.valueAtPercentile($0)) / 1000 } }
+    }
+
     public static func reset() { histogram.withLock { $0.reset() } }
 }
