@@ -23,7 +23,7 @@ final class MMUGatherTests: XCTestCase {
             XCTAssertEqual(DeferredBound.snapshot().queued - before, 2)
             XCTAssertEqual(tlb.stats.tablesQueued, 1000)
             try RCU.barrier()
-            XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue })
+            XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free })
             mm.exit()
         }
     }
@@ -40,7 +40,7 @@ final class MMUGatherTests: XCTestCase {
                 XCTAssertEqual(tlb.stats.tlbFlushes, 1)
                 XCTAssertEqual(tlb.stats.rcuCallbacks, 1)
                 // The other 91 wait in the open batch: not even queued to RCU.
-                XCTAssertTrue(tables[509...].allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+                XCTAssertTrue(tables[509...].allSatisfy { $0.state == PageState.deferred })
                 XCTAssertEqual(zip(tables, generations).filter { $0.0.generation != $0.1 }.count, 0,
                                "nothing freed before the grace period")
             }
@@ -77,7 +77,7 @@ final class MMUGatherTests: XCTestCase {
             let tables = try makeTables(3, mm: mm)
             let tlb = MMUGather(mm: mm)
             tlb.freeTable(tables[0], level: .pte, address: tib)
-            XCTAssertEqual(tables[0].state, PTLAB_PAGE_FREE.rawValue, "freed before any flush")
+            XCTAssertEqual(tables[0].state, PageState.free, "freed before any flush")
             for t in tables[1...] { tlb.freeTable(t, level: .pte, address: tib) }
             tlb.finish()
             XCTAssertEqual(tlb.stats.freedBeforeFlush, 3)
@@ -101,22 +101,22 @@ final class MMUGatherTests: XCTestCase {
                     withGracePeriodHeld {
                         for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                         XCTAssertEqual(tlb.stats.rcuCallbacks, 5, "one call_rcu per table on its own head")
-                        XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+                        XCTAssertTrue(tables.allSatisfy { $0.state == PageState.deferred })
                     }
                 case .noInvalidate:
                     let flushesBefore = mm.tlb.remoteFlushes.load(ordering: .relaxed)
                     for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(mm.tlb.remoteFlushes.load(ordering: .relaxed), flushesBefore,
                                    "the bug: no tlb_table_invalidate before the free")
-                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed after synchronize_rcu")
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free }, "freed after synchronize_rcu")
                 case .ipiSync:
                     for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(mm.tlb.syncIPIs.load(ordering: .relaxed) - syncsBefore, 5)
-                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed at once after the IPI")
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free }, "freed at once after the IPI")
                 case .synchronize:
                     for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(tlb.stats.rcuCallbacks, 0)
-                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed after synchronize_rcu")
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free }, "freed after synchronize_rcu")
                 }
                 XCTAssertEqual(tlb.stats.batchFallbacks, 5, "\(fallback)")
                 tlb.finish()

@@ -29,14 +29,14 @@ final class PteFreeDeferTests: XCTestCase {
             XCTAssertTrue(mm.isHugePMD(tib))
             // A grace period cannot end while the reader is inside: the
             // callback has not run, however long we look.
-            XCTAssertEqual(table.state, PTLAB_PAGE_DEFERRED.rawValue)
+            XCTAssertEqual(table.state, PageState.deferred)
             XCTAssertEqual(table.generation, gen)
             XCTAssertEqual(ptlab_ptl_alive(table.desc), 1, "6.14+: the ptlock lives until the free")
             XCTAssertEqual(mm.vmPTEKilobytes, 8, "mm_dec_nr_ptes at unlink")
             leave.signal()
             reader.join()
             try RCU.barrier()
-            XCTAssertEqual(table.state, PTLAB_PAGE_FREE.rawValue)
+            XCTAssertEqual(table.state, PageState.free)
             XCTAssertEqual(table.generation, gen + 1)
             XCTAssertEqual(ptlab_ptl_alive(table.desc), 0)
             mm.exit()

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// struct mmu_gather (mm/mmu_gather.c, include/asm-generic/tlb.h).
 ///

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// struct mmu_table_batch: one page of table pointers freed by one RCU
 /// callback. The kernel's header is an rcu_head (16 bytes) and `nr`, so a
@@ -97,7 +97,7 @@ extension MMUGather {
         }
     }
 
-    func queueRCU(_ page: Page, bytes: UInt64, callback: RCUCallback) {
+    func queueRCU(_ page: Page, bytes: UInt64, callback: CRCUCallback) {
         do {
             try RCU.call(ptlab_ptdesc_rcu_head(page.desc), bytes: bytes, callback)
             stats.rcuCallbacks += 1

@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CNUMA
-import CSupport
+internal import CNUMA
+internal import CSupport
 import Synchronization
 
 /// Where an allocation should come from.
@@ -45,9 +45,9 @@ public final class PageAllocator: @unchecked Sendable {
     public let maxOrder: Int
     public let pagesPerNode: Int
     public let frameCount: Int
-    @usableFromInline let chunkPages: Int
-    @usableFromInline let memmap: UnsafeMutablePointer<ptdesc>
-    @usableFromInline let chunkBases: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    let chunkPages: Int
+    let memmap: UnsafeMutablePointer<ptdesc>
+    let chunkBases: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     let nodes: [NodeArena]
     /// Each node's free area and lock, indexed like `nodes`.
     let zones: UnsafeMutablePointer<ptlab_zone>
@@ -149,7 +149,6 @@ public final class PageAllocator: @unchecked Sendable {
     // MARK: - frame numbers
 
     /// The descriptor of `pfn`, if the frame exists and its chunk is up.
-    @inlinable
     public func page(pfn: UInt64) throws(PageAllocError) -> Page {
         guard pfn < UInt64(frameCount) else { throw .pfnOutOfRange(pfn: pfn, limit: UInt64(frameCount)) }
         guard chunkBase(pfn: UInt32(pfn)) != nil else { throw .pfnOutOfRange(pfn: pfn, limit: UInt64(frameCount)) }
@@ -158,23 +157,26 @@ public final class PageAllocator: @unchecked Sendable {
 
     /// PFN → the page's memory; nil for a frame outside the memmap, so a
     /// garbage entry read by a walker is caught rather than dereferenced.
-    @inlinable @inline(__always)
+    @inline(__always)
     public func address(pfn: UInt64) -> UnsafeMutableRawPointer? {
         guard pfn < UInt64(frameCount), let base = chunkBase(pfn: UInt32(pfn)) else { return nil }
         return base + (Int(pfn) & (chunkPages - 1)) << 12
     }
 
-    @inlinable @inline(__always)
+    @inline(__always)
     public func address(of page: Page) -> UnsafeMutableRawPointer {
         address(pfn: UInt64(page.pfn))!
     }
 
-    @inlinable @inline(__always)
-    public func descriptor(pfn: UInt64) -> UnsafeMutablePointer<ptdesc>? {
+    /// pfn_to_page; nil for a frame outside the memmap (a garbage PFN read
+    /// from a stale entry).
+    public func pfnToPage(_ pfn: UInt64) -> Page? { descriptor(pfn: pfn).map(Page.init) }
+
+    @inline(__always)
+    func descriptor(pfn: UInt64) -> UnsafeMutablePointer<ptdesc>? {
         pfn < UInt64(frameCount) ? memmap + Int(pfn) : nil
     }
 
-    @usableFromInline
     func chunkBase(pfn: UInt32) -> UnsafeMutableRawPointer? {
         chunkBases[Int(pfn) >> maxOrder]
     }

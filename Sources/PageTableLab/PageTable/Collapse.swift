@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// MADV_COLLAPSE (mm/khugepaged.c's madvise_collapse): every 2 MiB of the
 /// range becomes a huge PMD, synchronously, whatever the THP sysfs

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     /// handle_mm_fault for a write: allocate missing tables top-down and map
@@ -117,7 +117,7 @@ extension MM {
         let result = withPTEOffsetMapLock(pmdSlot) { table -> (page: UnsafeMutableRawPointer, ours: Bool) in
             let pte = entry(in: table, level: .pte, address: address)
             if let present = mapped(pte) { return (present, false) }
-            ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.dirty | Entry.accessed).rawValue)
+            ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: [.present, .writable, .user, .dirty, .accessed]).rawValue)
             noteWrite(to: table, under: pmdSlot)
             return (allocator.address(of: data), true)
         }
@@ -135,7 +135,7 @@ extension MM {
                   address: UInt64) throws(MMError) -> Entry {
         let base = address & ~(tableSpan(child) - 1)
         let fresh = try PageTables.alloc(child, base: base, mm: self, node: tableNode, allocator: allocator)
-        let installed = Entry(pfn: fresh.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.accessed)
+        let installed = Entry(pfn: fresh.pfn, flags: [.present, .writable, .user, .accessed])
         let won: Bool
         if level == .pmd {
             lockPTL(parent)

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// mm_struct: an address space whose page tables live in allocator pages.

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// pagetable_alloc, the level constructors and pagetable_dtor / _free.

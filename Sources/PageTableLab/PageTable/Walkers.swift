@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// The lab's use-after-free detectors, one per walker and the way it
 /// found out. The raw values are the keys of a stress report's

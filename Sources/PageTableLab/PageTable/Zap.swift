@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     /// 2 MiB: the span of one PTE table, and of a huge PMD.

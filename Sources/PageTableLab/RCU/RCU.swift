@@ -1,5 +1,9 @@
-import CSupport
-import CURCU
+// Public: RCU.read's @inlinable body is liburcu's read-side inline code,
+// compiled into callers in other modules (a read section is a handful of
+// instructions, and the bench holds it to C's cost). No C type appears in a
+// signature here.
+public import CSupport
+internal import CURCU
 import Synchronization
 
 /// Misuse of the RCU API. Each of these would be a hang or silent corruption
@@ -26,10 +30,36 @@ public enum RCUError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// A callback liburcu's worker runs after a grace period. It must be a
-/// nonisolated global function: a closure literal in main-actor code traps
-/// when the worker thread calls it.
-public typealias RCUCallback = @convention(c) (UnsafeMutablePointer<ptlab_rcu_head>?) -> Void
+/// A callback liburcu's worker runs after a grace period, given the address
+/// of the head it was queued on (`RCUHead(at:)` turns it back into one). It
+/// must be a nonisolated global function: a closure literal in main-actor
+/// code traps when the worker thread calls it.
+public typealias RCUCallback = @convention(c) (UnsafeMutableRawPointer?) -> Void
+
+/// The C face of the same callback, for the library's own.
+typealias CRCUCallback = @convention(c) (UnsafeMutablePointer<ptlab_rcu_head>?) -> Void
+
+/// struct rcu_head: where an object waiting for a grace period is queued.
+/// It lives inside the object (a page's descriptor, or memory the caller
+/// owns), so queueing allocates nothing, and the callback finds the object
+/// from it (container_of).
+public struct RCUHead: Hashable, @unchecked Sendable {
+    let raw: UnsafeMutablePointer<ptlab_rcu_head>
+
+    init(_ raw: UnsafeMutablePointer<ptlab_rcu_head>) { self.raw = raw }
+
+    /// The head at `memory`, which the caller owns, `RCUHead.size` bytes of
+    /// it, suitably aligned, until the callback has run.
+    public init(at memory: UnsafeMutableRawPointer) {
+        raw = memory.bindMemory(to: ptlab_rcu_head.self, capacity: 1)
+    }
+
+    /// Where the head lives: what an `RCUCallback` is given.
+    public var address: UnsafeMutableRawPointer { UnsafeMutableRawPointer(raw) }
+
+    /// The bytes a head needs.
+    public static var size: Int { MemoryLayout<ptlab_rcu_head>.size }
+}
 
 /// What `call` did with the head.
 public enum RCUCallOutcome: Equatable, Sendable {
@@ -64,8 +94,13 @@ public enum RCU {
     /// head is embedded in the object. `bytes` is what the object holds, for
     /// the outstanding-memory account and its bound.
     @discardableResult
-    public static func call(
-        _ head: UnsafeMutablePointer<ptlab_rcu_head>, bytes: UInt64, _ callback: RCUCallback
+    public static func call(_ head: RCUHead, bytes: UInt64, _ callback: RCUCallback) throws(RCUError) -> RCUCallOutcome {
+        try call(head.raw, bytes: bytes, unsafeBitCast(callback, to: CRCUCallback.self))
+    }
+
+    @discardableResult
+    static func call(
+        _ head: UnsafeMutablePointer<ptlab_rcu_head>, bytes: UInt64, _ callback: CRCUCallback
     ) throws(RCUError) -> RCUCallOutcome {
         guard ptlab_rcu_thread_may_call() != 0 else { throw .unregisteredThread(operation: "call") }
         if ptlab_call_rcu_bounded(head, callback, bytes, DeferredBound.enforced.load(ordering: .relaxed)) != 0 {

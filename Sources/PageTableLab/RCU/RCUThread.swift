@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CSupport
-import CURCU
+internal import CSupport
+internal import CURCU
 
 extension RCU {
     /// Run `body` with this thread registered; registration nests, and is

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// Freeing kernel page tables when an IOMMU may have cached them (seeds

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     /// pte_free_defer: free a PTE table after a grace period, through the

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// `Synchronization.Mutex`, with the ordering it provides spelled out for

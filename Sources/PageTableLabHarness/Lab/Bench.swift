@@ -236,7 +236,7 @@ public enum Bench {
         do {
             for _ in 0..<count {
                 let page = try allocator.alloc()
-                try RCU.call(ptlab_ptdesc_rcu_head(page.desc), bytes: UInt64(page.bytes), benchFreePageCallback)
+                try RCU.call(page.rcuHead, bytes: UInt64(page.bytes), benchFreePageCallback)
             }
         } catch {
             // The pages already queued must be freed before the allocator
@@ -266,7 +266,7 @@ public enum Bench {
     @inline(never)
     static func mallocCalls(_ count: Int) throws {
         for _ in 0..<count {
-            let head = malloc(mallocObjectBytes)!.bindMemory(to: ptlab_rcu_head.self, capacity: 1)
+            let head = RCUHead(at: malloc(mallocObjectBytes)!)
             try RCU.call(head, bytes: UInt64(mallocObjectBytes), benchFreeMallocCallback)
         }
     }
@@ -339,16 +339,16 @@ public enum BenchError: Error, CustomStringConvertible {
 
 let benchFreeFailures = Atomic<Int>(0)
 
-private func benchFreeMallocCallback(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
+private func benchFreeMallocCallback(_ head: UnsafeMutableRawPointer?) {
     free(head)
 }
 
 /// pte_free_now: runs on liburcu's worker after the grace period. A global
 /// function, not a closure, so that it is not isolated to any actor.
-func benchFreePageCallback(_ head: UnsafeMutablePointer<ptlab_rcu_head>?) {
+func benchFreePageCallback(_ head: UnsafeMutableRawPointer?) {
     var freed = false
     if let head {
-        _ = PageAllocator.withLoaded { freed = (try? $0.free(Page(ptlab_ptdesc_of_rcu(head)))) != nil }
+        _ = PageAllocator.withLoaded { freed = (try? $0.free(Page(embedding: RCUHead(at: head)))) != nil }
     }
     if !freed { benchFreeFailures.add(1, ordering: .relaxed) }
 }

@@ -62,7 +62,7 @@ extension Bench {
                     }
                     if calls.add(1, ordering: .relaxed).newValue == stallCalls { stall.end() }
                     do {
-                        try RCU.call(ptlab_ptdesc_rcu_head(page.desc), bytes: UInt64(page.bytes), benchFreePageCallback)
+                        try RCU.call(page.rcuHead, bytes: UInt64(page.bytes), benchFreePageCallback)
                     } catch {
                         failures.add(1, ordering: .relaxed)
                         try? allocator.free(page)

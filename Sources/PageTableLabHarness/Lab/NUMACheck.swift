@@ -254,14 +254,13 @@ private struct Run {
     /// PTEs map. The mm is quiet: only this thread touches it.
     private static func collect(_ mm: MM, _ table: Page, _ level: Level, tables: inout [(Page, Level)], data: inout [Page]) {
         tables.append((table, level))
-        let entries = mm.allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
         for i in 0..<512 {
-            let e = Entry(rawValue: ptlab_pte_read(entries + i))
-            guard e.isPresent, let d = mm.allocator.descriptor(pfn: e.pfn) else { continue }
+            let e = mm.slot(in: table, index: i).load()
+            guard e.isPresent, let page = mm.allocator.pfnToPage(e.pfn) else { continue }
             if let child = mm.childLevel(of: level) {
-                collect(mm, Page(d), child, tables: &tables, data: &data)
+                collect(mm, page, child, tables: &tables, data: &data)
             } else {
-                data.append(Page(d))
+                data.append(page)
             }
         }
     }
@@ -333,7 +332,7 @@ private struct Run {
 
     /// Every 4 KiB frame of a (possibly compound) page.
     private func frames(of page: Page) -> [Page] {
-        (0..<(1 << page.order)).map { Page(page.desc + $0) }
+        (0..<(1 << page.order)).map { page.subpage($0) }
     }
 
     /// How many times each value occurs: pages per node.
