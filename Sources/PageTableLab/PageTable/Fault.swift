@@ -2,7 +2,9 @@ internal import CSupport
 
 extension MM {
     /// handle_mm_fault for a write: allocate missing tables top-down and map
-    /// the page. Returns the byte's memory.
+    /// the page. Returns the byte's memory, which stays the mapped page only
+    /// while no other thread unmaps it: a concurrent store goes through
+    /// `touch`, which writes under the entry's lock.
     ///
     /// As in __pte_alloc and friends, a new table is allocated before the
     /// lock is taken and freed again if another thread populated the entry

@@ -44,8 +44,7 @@ extension MM {
         guard !hasExited else { throw .mmGone }
         var at = address
         while at < address + length {
-            let page = try fault(at: at & ~4095)
-            page.storeBytes(of: 1, toByteOffset: Int(at & 4095), as: UInt8.self)
+            try storeByte(1, at: at)
             at += stride
         }
     }
