@@ -183,7 +183,7 @@ public struct TraceRun: Sendable {
 
     /// The trace stopped because something else in the process changed
     /// VmPTE during a kernel op: no verdict on the model either way.
-    public var interfered: Bool { error?.message.hasSuffix(LiveKernelError.interference) ?? false }
+    public var interfered: Bool { error?.message.contains(LiveKernelError.interference) ?? false }
 
     /// The trace stopped where the live kernel went where the model cannot
     /// follow (no huge page to be had, khugepaged at work): no verdict.
