@@ -24,11 +24,11 @@ final class KernelPageTableFreeTests: XCTestCase {
         }
     }
 
-    private func withRig(_ mode: KernelPageTableFree.Mode, _ body: (Rig) throws -> Void) throws {
+    private func withRig(_ mode: any KernelTableFreePolicy, _ body: (Rig) throws -> Void) throws {
         try withLab { allocator in
             let iommu = try IntelIOMMU(allocator: allocator)
             let sva = SVA(iommu: iommu)
-            let freer = KernelPageTableFree(mode: mode, allocator: allocator) { sva.invalidateKVARange() }
+            let freer = KernelPageTableFree(policy: mode, allocator: allocator) { sva.invalidateKVARange() }
             let kernel = try InitMM(allocator: allocator, freer: freer)
             let mm = try MM(allocator: allocator, kernel: kernel)
             let bond = try sva.bind(mm, pasid: 1, did: 1)

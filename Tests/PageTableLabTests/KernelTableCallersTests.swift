@@ -10,7 +10,7 @@ import XCTest
 final class KernelTableCallersTests: XCTestCase {
     private func withKernel(fiveLevel: Bool = false, _ body: (InitMM, PageAllocator) throws -> Void) throws {
         try withLab { allocator in
-            let freer = KernelPageTableFree(mode: .deferred, allocator: allocator, invalidateKVA: nil)
+            let freer = KernelPageTableFree(policy: .deferred, allocator: allocator, invalidateKVA: nil)
             freer.work.freeze()
             let kernel = try InitMM(allocator: allocator, freer: freer, fiveLevel: fiveLevel)
             try body(kernel, allocator)
@@ -127,7 +127,7 @@ final class KernelTableCallersTests: XCTestCase {
             let iommu = try IntelIOMMU(allocator: allocator)
             defer { iommu.shutdown() }
             let sva = SVA(iommu: iommu)
-            let freer = KernelPageTableFree(mode: .deferred, allocator: allocator) {
+            let freer = KernelPageTableFree(policy: .deferred, allocator: allocator) {
                 sva.invalidateKVARange(start: KernelLayout.fiveLevel.pageOffset)
             }
             let kernel = try InitMM(allocator: allocator, freer: freer, fiveLevel: true)

@@ -218,7 +218,7 @@ final class LockRulesTests: XCTestCase {
         try withLab { allocator in
             var profile = MMProfile()
             profile.ptReclaim = true
-            profile.batchFallback = .ipiSync
+            profile.tableFree = .rcu(fallback: .ipiSync)
             XCTAssertThrowsError(try MM(allocator: allocator, profile: profile)) { error in
                 let text = "\(error)"
                 XCTAssertTrue(text.hasPrefix("refused profile: PT_RECLAIM with the ipi-sync fallback"), text)

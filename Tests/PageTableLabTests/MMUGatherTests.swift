@@ -56,7 +56,7 @@ final class MMUGatherTests: XCTestCase {
     /// The checker itself: with the flush left out it must complain.
     func testMissingFlushIsCounted() throws {
         var profile = MMProfile()
-        profile.tableFree = .noFlush
+        profile.gatherSkipsFlush = true
         try withLab { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             let tables = try makeTables(10, mm: mm)
@@ -86,10 +86,10 @@ final class MMUGatherTests: XCTestCase {
     }
 
     func testBatchFailureTakesEachFallback() throws {
-        for fallback in MMProfile.BatchFallback.allCases {
+        for fallback in RCUTableFree.Fallback.allCases {
             var profile = MMProfile()
             profile.failBatchAllocation = true
-            profile.batchFallback = fallback
+            profile.tableFree = .rcu(fallback: fallback)
             profile.ptReclaim = fallback != .ipiSync
             try withLab { allocator in
                 let mm = try MM(allocator: allocator, profile: profile)

@@ -106,7 +106,7 @@ public final class MMUGather {
     /// freed, then start a new range.
     public func flushTLBOnly() {
         guard freedTables || clearedPTEs || clearedPMDs || clearedPUDs || clearedP4Ds else { return }
-        if mm.profile.tableFree != .noFlush {
+        if !mm.profile.gatherSkipsFlush {
             mm.tlb.flush()
             mm.invalidateSecondaryTLBs(start: start, end: end)
             stats.tlbFlushes += 1

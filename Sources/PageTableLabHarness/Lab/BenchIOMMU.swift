@@ -7,7 +7,7 @@ extension Bench {
     /// table-freeing callers churned under a DMA walker on SVA-bound
     /// PASIDs): invalidations issued / tables freed.
     static func kernelFreeInvalidationsPerTable(duration: Double, allocator: PageAllocator) throws -> Double {
-        var options = StressOptions(scenario: "kernel-free", mode: KernelPageTableFree.Mode.deferred.rawValue)
+        var options = StressOptions(scenario: "kernel-free", mode: DeferredKernelTableFree().name)
         options.duration = duration
         options.walkers = 1
         let result = try KernelFreeStress(options).run(allocator: allocator)

@@ -9,30 +9,39 @@ import Synchronization
 /// and unmaps kernel memory so that kernel page tables are freed, by every
 /// kernel function that frees them (KernelChurn), and reused under them.
 public struct KernelFreeStress {
-    public static let modes = KernelPageTableFree.Mode.allCases.map(\.rawValue)
+    /// The kernel's own policies, by the mode names `--mode` takes.
+    public static let policies: [any KernelTableFreePolicy] = [.deferred, .perPage, .noInvalidate]
+    public static let modes = policies.map(\.name)
     static let pasids: [UInt32] = [1, 2]
 
     public let options: StressOptions
-    public let mode: KernelPageTableFree.Mode
+    public let policy: any KernelTableFreePolicy
+    /// True when the policy must be caught (by the IOMMU's caches).
+    public let unsafe: Bool
     /// iommu-faults: inject IQE, ITE, ICE and queue-full while churning.
     public let injectFaults: Bool
 
-    public init(_ options: StressOptions, injectFaults: Bool = false) throws(StressError) {
+    /// The kernel's policy named by `options.mode`, or `policy` (a
+    /// prototype's own, which is `unsafe` when it is expected to be caught).
+    public init(_ options: StressOptions, injectFaults: Bool = false, policy: (any KernelTableFreePolicy)? = nil,
+                unsafe: Bool = false) throws(StressError) {
         let scenario = injectFaults ? "iommu-faults" : "kernel-free"
-        guard let mode = KernelPageTableFree.Mode(rawValue: options.mode) else {
+        guard let policy = policy ?? Self.policies.first(where: { $0.name == options.mode }) else {
             throw .unknownMode(scenario: scenario, mode: options.mode, known: Self.modes)
         }
-        guard !injectFaults || mode != .noInvalidate else {
+        let unsafe = unsafe || policy is NoInvalidateKernelTableFree
+        guard !injectFaults || !unsafe else {
             throw .invalidOption("iommu-faults runs the deferred or per-page path; no-invalidate injects nothing")
         }
         guard options.walkers >= 1, options.walkers <= 64 else { throw .invalidOption("--walkers must be 1...64") }
         guard options.duration > 0 else { throw .invalidOption("--duration must be positive") }
         self.options = options
-        self.mode = mode
+        self.policy = policy
+        self.unsafe = unsafe
         self.injectFaults = injectFaults
     }
 
-    public var safe: Bool { mode != .noInvalidate }
+    public var safe: Bool { !unsafe }
 
     /// What ends a run with --stop-on-detect: the unsafe mode's own
     /// detector (the IOMMU's caches), or any detection in a safe mode.
@@ -55,7 +64,7 @@ public struct KernelFreeStress {
             let layout = KernelLayout.fourLevel
             let iommu = try IntelIOMMU(allocator: allocator, parameters: options.iommu)
             let sva = SVA(iommu: iommu)
-            let freer = KernelPageTableFree(mode: mode, allocator: allocator, workCPU: cpu0) {
+            let freer = KernelPageTableFree(policy: policy, allocator: allocator, workCPU: cpu0) {
                 sva.invalidateKVARange(start: layout.pageOffset)
             }
             let kernel = try InitMM(allocator: allocator, freer: freer, fiveLevel: layout.fiveLevel)
@@ -145,7 +154,7 @@ public struct KernelFreeStress {
                 problems.append("\(stats.misdirectedCompletions) waits taken as done before they ran (misdirected status writes)")
             }
             var result = StressResult(
-                scenario: injectFaults ? "iommu-faults" : "kernel-free", path: nil, mode: mode.rawValue, safe: safe,
+                scenario: injectFaults ? "iommu-faults" : "kernel-free", path: nil, mode: policy.name, safe: safe,
                 expectedDetector: safe ? nil : .iommuFromCache,
                 seed: seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops,
                 walks: Int(walkers.translations.load(ordering: .relaxed)), uafDetected: detections.useAfterFree,

@@ -27,7 +27,7 @@ extension Scenario {
         name: "collapse", path: "shmem",
         summary: "MADV_COLLAPSE of shmem: the retract + pte_free_defer vs pte_offset_map, GUP-fast and MMU walks",
         modes: [
-            .safe("defer") { $0.collapseFree = .defer },
+            .safe("defer") { $0.collapseFree = .pteFreeDefer },
             .unsafe("immediate", caughtBy: .pteOffsetMap) { $0.collapseFree = .immediate },
         ],
         walkers: [.pteOffsetMap(.rcu), .gupFast, .mmu],
@@ -72,7 +72,7 @@ extension Scenario {
         modes: [
             .safe("rcu-table-free") { $0.tableFree = .rcu },
             .unsafe("immediate", caughtBy: .gupFast) { $0.tableFree = .immediate },
-            .unsafe("no-flush", caughtBy: .stalePSC) { $0.tableFree = .noFlush },
+            .unsafe("no-flush", caughtBy: .stalePSC) { $0.gatherSkipsFlush = true },
             .safeWithIPIs("no-rcu", caughtWithoutBy: .gupFast) { $0.tableFree = .noRCU },
         ],
         walkers: [.gupFast, .mmu],
@@ -129,9 +129,9 @@ extension Scenario {
             if rng.next() & 1 == 0 { try mapTouchUnmap(mm, region, &rng) } else { try touchDontneed(mm, region, &rng) }
         })
 
-    static func batchFallback(_ profile: inout MMProfile, _ fallback: MMProfile.BatchFallback, ptReclaim: Bool) {
+    static func batchFallback(_ profile: inout MMProfile, _ fallback: RCUTableFree.Fallback, ptReclaim: Bool) {
         profile.failBatchAllocation = true
-        profile.batchFallback = fallback
+        profile.tableFree = .rcu(fallback: fallback)
         profile.ptReclaim = ptReclaim
     }
 
