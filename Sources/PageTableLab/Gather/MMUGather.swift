@@ -64,20 +64,20 @@ public final class MMUGather {
     // MARK: - data pages
 
     /// tlb_remove_tlb_entry: a PTE was cleared at `address`.
-    func clearedPTE(at address: UInt64) {
+    public func clearedPTE(at address: UInt64) {
         adjustRange(address, 4096)
         clearedPTEs = true
     }
 
     /// tlb_remove_pmd_tlb_entry: a huge PMD was cleared at `address`.
-    func clearedPMD(at address: UInt64) {
+    public func clearedPMD(at address: UInt64) {
         adjustRange(address & ~(MM.pmdSize - 1), MM.pmdSize)
         clearedPMDs = true
     }
 
     /// __tlb_remove_page: queue a data page for after the flush. True means
     /// the batches are full and the caller must tlbFlushMMU before going on.
-    func removePage(_ page: Page) -> Bool {
+    public func removePage(_ page: Page) -> Bool {
         pages.add(page)
     }
 

@@ -96,19 +96,21 @@ public final class MM: @unchecked Sendable {
     @inlinable public func tableSpan(_ level: Level) -> UInt64 { 1 << UInt64(shift(level) + 9) }
 
     /// The entry of `table` (a table of `level`) that maps `address`.
-    @inlinable
-    public func entry(in table: Page, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
+    func entry(in table: Page, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
         entry(inTableAt: allocator.address(of: table), level: level, address: address)
     }
 
-    @inlinable
-    public func entry(inTableAt base: UnsafeMutableRawPointer, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
+    func entry(inTableAt base: UnsafeMutableRawPointer, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
         base.assumingMemoryBound(to: UInt64.self) + Int((address >> UInt64(shift(level))) & 511)
     }
 
     // MARK: - accounting (mm_inc_nr_ptes and friends)
 
-    func accountTable(_ level: Level, _ delta: Int) {
+    /// mm_inc_nr_ptes / mm_dec_nr_ptes (and the PMD and PUD ones): VmPTE
+    /// follows the tables an mm links. Whoever unlinks a table takes it off
+    /// (`-1`) before handing it to a gather or a free, as free_pte_range
+    /// does after pte_free_tlb.
+    public func accountTable(_ level: Level, _ delta: Int) {
         switch level {
         case .pte, .pmd, .pud: pgtablesBytesCounter.add(delta * 4096, ordering: .relaxed)
         case .p4d, .pgd: break

@@ -18,26 +18,38 @@ public struct Scenario: Sendable {
         public func expectedDetector(under flush: TLBFlushKind) -> Detector? { detector(flush) }
         public func isSafe(under flush: TLBFlushKind) -> Bool { detector(flush) == nil }
 
+        /// A mode whose detector may depend on how TLB flushes are sent
+        /// (nil under a kind: nothing may be detected under it), with the
+        /// profile and IOMMU it sets up.
+        public init(name: String, detector: @escaping @Sendable (TLBFlushKind) -> Detector?,
+                    profile: @escaping @Sendable (inout MMProfile) -> Void,
+                    iommu: @escaping @Sendable (inout IntelIOMMU.Parameters) -> Void = { _ in }) {
+            self.name = name
+            self.detector = detector
+            self.profile = profile
+            self.iommu = iommu
+        }
+
         /// The kernel with its fix: nothing may be detected.
-        static func safe(_ name: String, _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
+        public static func safe(_ name: String, _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
             Mode(name: name, detector: { _ in nil }, profile: profile)
         }
 
         /// The kernel before the fix, caught by `detector`.
-        static func unsafe(_ name: String, caughtBy detector: Detector,
+        public static func unsafe(_ name: String, caughtBy detector: Detector,
                            _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
             Mode(name: name, detector: { _ in detector }, profile: profile)
         }
 
         /// Safe while TLB flushes are IPIs, which wait out GUP-fast; caught
         /// by `detector` when they are not.
-        static func safeWithIPIs(_ name: String, caughtWithoutBy detector: Detector,
+        public static func safeWithIPIs(_ name: String, caughtWithoutBy detector: Detector,
                                  _ profile: @escaping @Sendable (inout MMProfile) -> Void) -> Mode {
             Mode(name: name, detector: { $0 == .ipi ? nil : detector }, profile: profile)
         }
 
         /// The same mode with its IOMMU set up by `configure`.
-        func withIOMMU(_ configure: @escaping @Sendable (inout IntelIOMMU.Parameters) -> Void) -> Mode {
+        public func withIOMMU(_ configure: @escaping @Sendable (inout IntelIOMMU.Parameters) -> Void) -> Mode {
             var mode = self
             mode.iommu = configure
             return mode
@@ -69,11 +81,16 @@ public struct Scenario: Sendable {
             case context
         }
 
-        static let gupFast = Walker(kind: .gupFast, context: .irqsOff)
-        static let mmu = Walker(kind: .hardware, context: .hardware)
-        static let dma = Walker(kind: .dma, context: .hardware)
-        static func pteOffsetMap(_ context: LockContext) -> Walker { Walker(kind: .pteOffsetMap, context: context) }
-        static let pteOffsetMapLock = Walker(kind: .pteOffsetMapLock, context: .rcu)
+        public init(kind: WalkKind, context: LockContext) {
+            self.kind = kind
+            self.context = context
+        }
+
+        public static let gupFast = Walker(kind: .gupFast, context: .irqsOff)
+        public static let mmu = Walker(kind: .hardware, context: .hardware)
+        public static let dma = Walker(kind: .dma, context: .hardware)
+        public static func pteOffsetMap(_ context: LockContext) -> Walker { Walker(kind: .pteOffsetMap, context: context) }
+        public static let pteOffsetMapLock = Walker(kind: .pteOffsetMapLock, context: .rcu)
 
         public var description: String { "\(kind.rawValue) (\(context.rawValue))" }
     }
@@ -94,7 +111,11 @@ public struct Scenario: Sendable {
 
     public func mode(named name: String) -> Mode? { modes.first { $0.name == name } }
 
-    init(name: String, path: String? = nil, summary: String, modes: [Mode], walkers: [Walker], updaters: Int = 1,
+    /// A scenario: `step` is one updater operation on `mm` inside `region`
+    /// (run by `updaters` threads at once where it is written for that),
+    /// `setUp` what the mm holds before the first, `walkers` what each
+    /// walker thread walks in turn.
+    public init(name: String, path: String? = nil, summary: String, modes: [Mode], walkers: [Walker], updaters: Int = 1,
          setUp: (@Sendable (MM, StressRegion) throws -> Void)? = nil,
          step: @escaping @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void) {
         self.setUp = setUp
@@ -118,9 +139,10 @@ public struct StressRegion: Sendable {
     public let tables: Int
     public var length: UInt64 { UInt64(tables) << 21 }
 
-    func table(_ i: Int) -> UInt64 { base + UInt64(i) << 21 }
+    /// The start of the region's `i`th 2 MiB (one PTE table's span).
+    public func table(_ i: Int) -> UInt64 { base + UInt64(i) << 21 }
 
-    func randomAddress(_ rng: inout SplitMix64) -> UInt64 {
+    public func randomAddress(_ rng: inout SplitMix64) -> UInt64 {
         base + (rng.next() % (length >> 12)) << 12
     }
 }

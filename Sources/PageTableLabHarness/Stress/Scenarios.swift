@@ -219,7 +219,7 @@ extension Scenario {
                     try mm.madviseCollapse(address: shared, length: MM.pmdSize)
                 }
             }
-        } catch let error as MMError {
+        } catch {
             switch error {
             case .notMapped, .mappingExists, .moveAcrossVMAs, .collapseRefused: return
             default: throw error

@@ -80,6 +80,7 @@ public struct StressRunner {
     public let scenario: Scenario
     public let mode: Scenario.Mode
 
+    /// The run `options` names: one of `Scenario.all`, by name and path.
     public init(_ options: StressOptions) throws(StressError) {
         guard Scenario.named(options.scenario) != nil else {
             throw .unknownScenario(options.scenario, known: Scenario.names)
@@ -87,6 +88,13 @@ public struct StressRunner {
         guard let scenario = Scenario.named(options.scenario, path: options.path) else {
             throw .unknownPath(scenario: options.scenario, path: options.path ?? "", known: Scenario.paths(of: options.scenario))
         }
+        try self.init(options, scenario: scenario)
+    }
+
+    /// A run of `scenario` — the lab's own or a prototype's — in the mode
+    /// `options.mode` names (`options.scenario` and `options.path` are not
+    /// looked at).
+    public init(_ options: StressOptions, scenario: Scenario) throws(StressError) {
         guard let mode = scenario.mode(named: options.mode) else {
             throw .unknownMode(scenario: scenario.name, mode: options.mode, known: scenario.modes.map(\.name))
         }
