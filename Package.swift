@@ -26,7 +26,10 @@ let package = Package(
         ),
         .target(
             name: "CSupport",
-            dependencies: ["CURCU"],
+            // Every library the C files call: liburcu-memb (rcu.c, baseline.c
+            // and the read-side inlines in CSupport/rcu.h), libnuma (system.c)
+            // and zlib (kconfig.c).
+            dependencies: ["CURCU", "CNUMA"],
             path: "CSupport",
             cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("z")]
