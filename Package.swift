@@ -25,11 +25,18 @@ let package = Package(
             pkgConfig: "numa",
             providers: [.apt(["libnuma-dev"])]
         ),
+        // No optimisation flags (SwiftPM refuses unsafeFlags in a package
+        // required by version): a release build compiles the C at -O2
+        // already, and the hot paths are static inlines in the headers that
+        // Swift compiles into its callers (BENCHMARKS.md, "CSupport without
+        // -O2").
         .target(
             name: "CSupport",
-            dependencies: ["CURCU"],
+            // Every library the C files call: liburcu-memb (rcu.c, baseline.c
+            // and the read-side inlines in CSupport/rcu.h), libnuma (system.c)
+            // and zlib (kconfig.c).
+            dependencies: ["CURCU", "CNUMA"],
             path: "CSupport",
-            cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("z")]
         ),
         .target(

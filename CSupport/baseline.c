@@ -8,7 +8,9 @@
  */
 #include <stdlib.h>
 #include <time.h>
-#include "CSupport.h"
+#include "CSupport/rcu.h"
+#include "CSupport/sanitizer.h"
+#include "CSupport/baseline.h"
 
 static double now_ns(void)
 {

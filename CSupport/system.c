@@ -7,7 +7,7 @@
 #include <sys/mman.h>
 #include <errno.h>
 #include <unistd.h>
-#include "CSupport.h"
+#include "CSupport/system.h"
 
 int ptlab_current_cpu(void) { return sched_getcpu(); }
 
