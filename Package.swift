@@ -30,13 +30,22 @@ let package = Package(
         // already, and the hot paths are static inlines in the headers that
         // Swift compiles into its callers (BENCHMARKS.md, "CSupport without
         // -O2").
+        // The model's C, internal to the package: every library it calls,
+        // liburcu-memb (rcu.c and the read-side inlines in CSupport/rcu.h)
+        // and libnuma (system.c), comes from its dependencies.
         .target(
             name: "CSupport",
-            // Every library the C files call: liburcu-memb (rcu.c, baseline.c
-            // and the read-side inlines in CSupport/rcu.h), libnuma (system.c)
-            // and zlib (kconfig.c).
             dependencies: ["CURCU", "CNUMA"],
             path: "CSupport",
+            exclude: ["Harness"]
+        ),
+        // The harness's C: the raw liburcu baselines (on CSupport's thread
+        // registration and TSan hooks, so that they nest with the Swift
+        // side's), the kernel config through zlib, compare's system calls.
+        .target(
+            name: "CHarness",
+            dependencies: ["CSupport", "CURCU"],
+            path: "CSupport/Harness",
             linkerSettings: [.linkedLibrary("z")]
         ),
         .target(
@@ -49,7 +58,7 @@ let package = Package(
         .target(
             name: "PageTableLabHarness",
             dependencies: [
-                "PageTableLab", "CSupport",
+                "PageTableLab", "CHarness", "CNUMA",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),

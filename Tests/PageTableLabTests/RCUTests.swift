@@ -308,7 +308,7 @@ final class RCUTests: XCTestCase {
     func testCondSynchronizeWaitsForAGracePeriodWhenNoneHasPassed() throws {
         let returned = DispatchSemaphore(value: 0)
         let cookieDone = Atomic<Bool>(false)
-        let waiter: RCUThread = try withGracePeriodHeld {
+        let waiter: RCUThread = withGracePeriodHeld {
             let cookie = GracePeriod.state()
             let waiter = RCUThread {
                 do {

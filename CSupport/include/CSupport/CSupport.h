@@ -1,6 +1,9 @@
 /*
  * CSupport: the kernel-shaped structures PageTableLab's freeing paths need,
- * and the few lines of C that must stay C.
+ * and the few lines of C that must stay C. It is internal to the package
+ * (no product names it): the PageTableLab module wraps all of it in Swift
+ * types, and the harness's own C (baselines, kconfig, compare's system
+ * calls) is the CHarness target in Harness/.
  *
  * Why C at all: the freeing paths (call_rcu callbacks, gather flushes, the
  * deferred kernel-table work) must not allocate, so the rcu_head and the list
@@ -24,9 +27,7 @@
  *                IOMMU's status words
  *   pcp.h        struct zone, per-thread page lists, per-thread counters
  *   poison.h     page_poison's fill
- *   baseline.h   the raw C that `ptlab bench` measures against
- *   system.h     syscalls Swift cannot make (mremap, memfd, affinity)
- *   kconfig.h    the running kernel's config, through zlib
+ *   system.h     CPU affinity and libnuma's node mask
  */
 #ifndef PTLAB_CSUPPORT_H
 #define PTLAB_CSUPPORT_H
@@ -38,8 +39,6 @@
 #include "pgtable.h"
 #include "pcp.h"
 #include "poison.h"
-#include "baseline.h"
 #include "system.h"
-#include "kconfig.h"
 
 #endif /* PTLAB_CSUPPORT_H */

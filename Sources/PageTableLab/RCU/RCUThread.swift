@@ -13,6 +13,21 @@ extension RCU {
         return try body()
     }
 
+    /// Register the calling thread until `unregisterThread()`, for a
+    /// registration that spans an object's life rather than one scope
+    /// (`withRegisteredThread` is the scoped form). Registration nests.
+    public static func registerThread() { ptlab_rcu_register() }
+
+    /// Undo one `registerThread()`; the thread must not be in a read-side
+    /// critical section.
+    public static func unregisterThread() { ptlab_rcu_unregister() }
+
+    /// Start liburcu's call_rcu worker now (queue a no-op and wait for it),
+    /// so that its thread, stack and first wake-up do not land inside a
+    /// measurement. The calling thread must be registered and outside any
+    /// read-side critical section.
+    public static func startWorker() { ptlab_rcu_prime() }
+
     /// Which call_rcu worker threads run callbacks.
     public enum Workers: String, Sendable, CaseIterable, Codable {
         /// liburcu's one default worker.

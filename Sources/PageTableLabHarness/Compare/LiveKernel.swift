@@ -2,7 +2,7 @@
 import PageTableLab
 import Glibc
 #endif
-import CSupport
+import CHarness
 
 /// The kernel this process runs on, as a trace target: the trace's ops become
 /// real syscalls on this process's own address space, and VmPTE comes from

@@ -1,5 +1,4 @@
 import PageTableLab
-import CSupport
 
 /// The mm model as a trace target: one MM on the lab's allocator, following
 /// the comparison profile's kernel. Use it from one thread: it registers
@@ -9,7 +8,7 @@ import CSupport
 /// anything the model does meanwhile (liburcu's worker running callbacks,
 /// touching code and heap for the first time) can add a page table to the
 /// reading. So liburcu's worker is started before the first trace
-/// (ptlab_rcu_prime), every op that queues callbacks waits for them
+/// (RCU.startWorker), every op that queues callbacks waits for them
 /// (rcu_barrier) before returning, and the process is quiet when the kernel
 /// side runs.
 public final class ModelTarget: TraceTarget {
@@ -28,14 +27,14 @@ public final class ModelTarget: TraceTarget {
             allocator = try PageAllocator(parameters: parameters)
             ownAllocator = allocator
         }
-        ptlab_rcu_register()
-        ptlab_rcu_prime()
+        RCU.registerThread()
+        RCU.startWorker()
         do {
             var mmProfile = profile.mmProfile
             mmProfile.thp = thp
             mm = try MM(allocator: allocator, profile: mmProfile)
         } catch {
-            ptlab_rcu_unregister()
+            RCU.unregisterThread()
             ownAllocator?.unload()
             throw error
         }
@@ -44,7 +43,7 @@ public final class ModelTarget: TraceTarget {
     deinit {
         mm.exit()
         try? RCU.barrier()
-        ptlab_rcu_unregister()
+        RCU.unregisterThread()
         ownAllocator?.unload()
     }
 

@@ -3,7 +3,7 @@ import PageTableLab
 import Glibc
 #endif
 import CNUMA
-import CSupport
+import CHarness
 import Synchronization
 
 /// The foundation's speed promises, measured: each Swift path beside the raw
@@ -306,15 +306,15 @@ public enum Bench {
         let pages = 4
         let base = UnsafeMutableRawPointer.allocate(byteCount: 4096 * pages, alignment: 4096)
         defer { base.deallocate() }
-        memset(base, Int32(PTLAB_POISON_FREE), 4096 * pages)
+        memset(base, Int32(PagePoison.freeByte), 4096 * pages)
         var sum = 0
         let t0 = nowNs()
         for i in 0..<iterations {
-            ptlab_poison_pages(base + 4096 * (i & (pages - 1)), 4096)
+            PagePoison.fill(base + 4096 * (i & (pages - 1)), bytes: 4096)
             sum &+= Int(base.load(fromByteOffset: 4096 * ((i + 1) & (pages - 1)) + (i & 4095), as: UInt8.self))
         }
         let ns = (nowNs() - t0) / Double(iterations)
-        guard sum == iterations * Int(PTLAB_POISON_FREE) else { throw BenchError.poisonNotWritten }
+        guard sum == iterations * Int(PagePoison.freeByte) else { throw BenchError.poisonNotWritten }
         return ns
     }
 }
@@ -330,7 +330,7 @@ public enum BenchError: Error, CustomStringConvertible {
         switch self {
         case .invalidConfiguration(let what): "bench: \(what)"
         case .callbackFreeFailed(let n): "bench: \(n) RCU callbacks could not free their page (allocator state corrupted?)"
-        case .poisonNotWritten: "bench: ptlab_poison_pages left bytes other than 0x6b"
+        case .poisonNotWritten: "bench: PagePoison.fill left bytes other than 0x6b"
         case .tablesLost(let n, let q): "bench: \(n) tables given to the mmu_gather but \(q) queued for freeing"
         case .stressFailed(let verdict): "bench: the kernel-free run failed: \(verdict)"
         }

@@ -1,5 +1,4 @@
 import PageTableLab
-import CSupport
 import Dispatch
 import Synchronization
 

@@ -1,5 +1,4 @@
 import PageTableLab
-import CSupport
 import Synchronization
 
 /// Throughput against producer threads, with liburcu's one call_rcu worker

@@ -1,5 +1,4 @@
 import PageTableLab
-import CSupport
 
 /// The page-table freeing paths end to end, each shaped like the C baseline
 /// it is held against: the table is allocated inside the timed loop (C

@@ -1,5 +1,4 @@
 import PageTableLab
-import CSupport
 import Synchronization
 
 /// Proof, on the machine the lab runs on, that "allocated on node N" is where

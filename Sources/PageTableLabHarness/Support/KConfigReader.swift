@@ -1,5 +1,5 @@
 import PageTableLab
-import CSupport
+import CHarness
 
 extension KConfig {
     /// The running kernel's, read once: it cannot change under a running

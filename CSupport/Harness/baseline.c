@@ -10,7 +10,7 @@
 #include <time.h>
 #include "CSupport/rcu.h"
 #include "CSupport/sanitizer.h"
-#include "CSupport/baseline.h"
+#include "CHarness/baseline.h"
 
 static double now_ns(void)
 {

@@ -5,7 +5,7 @@
  * measures a kernel op shows up in this process's VmPTE.
  */
 #include <zlib.h>
-#include "CSupport/kconfig.h"
+#include "CHarness/kconfig.h"
 
 long ptlab_kconfig_read(const char *path, void *buf, size_t cap)
 {
