@@ -126,6 +126,7 @@ struct ptlab_pcp {
     _Atomic int64_t numa_hit_delta[PTLAB_PCP_MAX_NODES];   /* per-cpu vm_event, like NUMA_HIT */
     _Atomic int64_t nr_pagetable_delta[PTLAB_PCP_MAX_NODES]; /* NR_PAGETABLE, a per-cpu vmstat */
     _Atomic int64_t events[PTLAB_NR_EVENTS];
+    uint32_t latency_tick;                   /* deferred frees queued, for sampling */
     int registered;
 };
 extern _Thread_local struct ptlab_pcp ptlab_pcp_local;
@@ -143,6 +144,15 @@ static inline void *ptlab_loaded_allocator(void)
 static inline void ptlab_set_loaded_allocator(void *allocator)
 {
     atomic_store_explicit(&ptlab_loaded_allocator_ptr, allocator, memory_order_release);
+}
+/*
+ * Whether this thread's next deferred free is one in @every (a power of two)
+ * whose queue-to-free latency is timed. Counted per thread, not chosen by
+ * PFN: a run that recycles a handful of table pages must still be sampled.
+ */
+static inline int ptlab_latency_sample(uint32_t every)
+{
+    return (++ptlab_pcp_local.latency_tick & (every - 1)) == 0;
 }
 /* Add this thread's cache to the registry once; returns it. */
 struct ptlab_pcp *ptlab_pcp_register(void);

@@ -32,6 +32,9 @@ public enum PageTables {
         let d = page.desc
         ptlab_page_set_mm(d, mm)
         d.pointee.index = base
+        // A timed free that ended on a path that does not record it must
+        // not be timed across this life too.
+        d.pointee.queued_ns = 0
         if !kernel && (level == .pte || level == .pmd) { ptlab_ptl_init(d) }
         ptlab_page_set_level(d, UInt32(level.rawValue))
         ptlab_page_mark_table(d, PTLAB_PG_TABLE | (kernel ? PTLAB_PT_KERNEL : 0))
@@ -54,7 +57,7 @@ public enum PageTables {
     @inline(__always)
     public static func dtorFree(_ page: Page, allocator: PageAllocator) {
         dtor(page, allocator: allocator)
-        recordFreeLatency(page, pfn: allocator.pfn(of: page.desc))
+        recordFreeLatency(page)
         guard release(page, allocator: allocator) else { return }
         ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_TABLES_FREED, 1)
     }
@@ -88,13 +91,15 @@ public enum PageTables {
             Integrity.doubleQueuedCount.add(1, ordering: .relaxed)
             return false
         }
-        if FreeLatency.samples(pfn: page.desc.pointee.pfn) { page.desc.pointee.queued_ns = monotonicNanoseconds() }
+        if FreeLatency.samplesNextQueued() { page.desc.pointee.queued_ns = monotonicNanoseconds() }
         return true
     }
 
+    /// The descriptor's line is the one the free writes anyway, so the
+    /// test costs nothing on the frees that were not timed.
     @inline(__always)
-    private static func recordFreeLatency(_ page: Page, pfn: UInt32) {
-        guard FreeLatency.samples(pfn: pfn) else { return }
+    private static func recordFreeLatency(_ page: Page) {
+        guard page.desc.pointee.queued_ns != 0 else { return }
         recordSampledFreeLatency(page)
     }
 
@@ -103,7 +108,6 @@ public enum PageTables {
     @inline(never)
     private static func recordSampledFreeLatency(_ page: Page) {
         let queued = page.desc.pointee.queued_ns
-        guard queued != 0 else { return }
         page.desc.pointee.queued_ns = 0
         FreeLatency.record(nanoseconds: monotonicNanoseconds() &- queued)
     }

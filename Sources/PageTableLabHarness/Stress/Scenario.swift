@@ -128,8 +128,9 @@ public struct Scenario: Sendable {
         self.step = step
     }
 
-    /// The scenario's mm is bound to an emulated IOMMU through SVA.
-    var needsIOMMU: Bool { walkers.contains { $0.kind == .dma } }
+    /// Whether a run of this scenario binds its mm to an emulated IOMMU
+    /// (SVA): it has DMA walkers.
+    public var needsIOMMU: Bool { walkers.contains { $0.kind == .dma } }
 }
 
 /// Where a scenario works: whole PTE tables, in an otherwise empty 512 GiB
