@@ -1,3 +1,54 @@
+// Memory/: the page allocator, the memmap, and struct page.
+//
+// What it models: mm/page_alloc.c's buddy allocator (free_area per order,
+// __rmqueue_smallest's splits, __free_one_page's merges, zone->lock) with
+// its per-CPU pagesets (struct per_cpu_pages, rmqueue_pcplist,
+// free_pcppages_bulk), one memmap of descriptors indexed by PFN
+// (pfn_to_page), compound allocations and split_page, NUMA placement with
+// fallback in distance order (the zonelist), the counters mm/vmstat.c names
+// (numa_hit, numa_miss, numa_foreign, nr_page_table_pages), and free-page
+// poisoning. The memory is real and node-bound: each node's budget
+// (node_budget_pages) is brought up as the allocator needs it, in naturally
+// aligned chunks of 2^chunk_order pages bound with numa_tonode_memory, as
+// numa_alloc_onnode does. A syscall per 4 KiB page would cost 7-9 us.
+//
+// How the pieces fit. An order-0 allocation pops this thread's pcp list
+// (a thread stands for a CPU), refilled from the node's buddy lists 16
+// pages at a time under zone->lock; higher orders come from the buddy lists
+// directly and are marked compound (head, tail pages). A node that has
+// nothing left falls back to the next nearest, counted as numa_foreign on
+// the node asked for and numa_miss on the node that gave. A free moves the
+// descriptor from ALLOCATED (or DEFERRED: queued for an RCU or work free)
+// to FREE with one compare-and-swap, bumps its generation, optionally
+// poisons the page, and pushes it on this thread's pcp list, which drains
+// 16 back to the buddy lists when full and everything at thread exit.
+//
+// The rules:
+//  - One memmap per process, as in the kernel: a second PageAllocator
+//    cannot be loaded. RCU callbacks reach the loaded one through
+//    PageAllocator.withLoaded, lent, not retained.
+//  - Nothing from free() down allocates: it runs on liburcu's
+//    worker and in the deferred kernel-table work. Free lists are threaded
+//    through the descriptors, pcp lists live in static TLS, counters are
+//    per-thread deltas that readers sum (vm_stat_diff style).
+//  - zone->lock is taken only to refill, drain, hand out or take back a
+//    compound block, and bring up a chunk (allocation side only).
+//  - A bad free (double free, tail page, never allocated) is an error that
+//    names the PFN; paths that cannot fail count it in Integrity instead.
+//  - Every free changes the state and the generation, so a walker that
+//    recorded them sees a racing free with or without page_poison.
+//
+// Files:
+//   PageAllocator.swift   load/unload, alloc, free, split_page, pcp refill and drain, counters
+//   Buddy.swift           one node's free area; chunk bring-up and release
+//   Page.swift            Page (struct page / ptdesc as the API sees it), PageState
+//   PagePoison.swift      the poison byte and its fill
+//   NUMATopology.swift    nodes, CPUs and distances from libnuma; numa_node_id; fallback order
+//   NodeArena.swift       per-node counters, NodeStats with vmstat/numastat names
+//   Placement.swift       move_pages(2): where the kernel really put a page
+//   PageAllocError.swift  errors, each naming its page or node
+// The descriptor itself, struct ptdesc, is C: CSupport/include/CSupport/ptdesc.h.
+
 #if canImport(Glibc)
 import Glibc
 #endif
