@@ -6,14 +6,17 @@ import PageTableLab
 /// `comparable` and `not_comparable` (why not: the live kernel went where
 /// the model cannot follow, e.g. no huge page to be had; such a trace has
 /// no verdict, `match` false but no mismatch either); per checkpoint
-/// `expected_kb` and `match`.
+/// `expected_kb` and `match`; with `--time`, per trace `ops`,
+/// `model_seconds`, `kernel_seconds` (each side's pass: its ops, cleanup
+/// and VmPTE readings) and `ratio` (kernel / model: how many times faster
+/// the model replayed the trace).
 public struct CompareReport: Codable, Equatable, Sendable {
     public var profile: String
     public var traces: [TraceReport]
 
-    public init(profile: CompareProfile, runs: [TraceRun]) {
+    public init(profile: CompareProfile, runs: [TraceRun], timed: Bool = false) {
         self.profile = profile.rawValue
-        traces = runs.map(TraceReport.init)
+        traces = runs.map { TraceReport($0, timed: timed) }
     }
 
     public var matches: Bool { traces.allSatisfy(\.match) }
@@ -36,6 +39,12 @@ public struct TraceReport: Codable, Equatable, Sendable {
     public var notComparable: String?
     /// Growth once the runner unmapped what the trace left mapped.
     public var afterCleanup: Sides?
+    /// With `--time`: the trace's ops, each side's seconds, and kernel /
+    /// model when both ran.
+    public var ops: Int?
+    public var modelSeconds: Double?
+    public var kernelSeconds: Double?
+    public var ratio: Double?
 
     public struct Sides: Codable, Equatable, Sendable {
         public var modelKB: Int?
@@ -56,9 +65,11 @@ public struct TraceReport: Codable, Equatable, Sendable {
         case file, match, checkpoints, error, comparable
         case afterCleanup = "after_cleanup"
         case notComparable = "not_comparable"
+        case ops, ratio
+        case modelSeconds = "model_seconds", kernelSeconds = "kernel_seconds"
     }
 
-    public init(_ run: TraceRun) {
+    public init(_ run: TraceRun, timed: Bool = false) {
         file = run.file
         match = run.matches
         checkpoints = run.checkpoints.map { checkpoint in
@@ -73,6 +84,12 @@ public struct TraceReport: Codable, Equatable, Sendable {
         error = run.notComparable ? nil : run.error?.description
         afterCleanup = run.afterCleanup.isEmpty ? nil
             : Sides(modelKB: run.value(run.afterCleanup, of: "model"), kernelKB: run.value(run.afterCleanup, of: "kernel"))
+        if timed {
+            ops = run.ops
+            modelSeconds = run.value(run.seconds, of: "model")
+            kernelSeconds = run.value(run.seconds, of: "kernel")
+            if let m = modelSeconds, let k = kernelSeconds, m > 0 { ratio = k / m }
+        }
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -84,6 +101,12 @@ public struct TraceReport: Codable, Equatable, Sendable {
         try c.encode(afterCleanup, forKey: .afterCleanup)
         try c.encode(comparable, forKey: .comparable)
         try c.encode(notComparable, forKey: .notComparable)
+        if let ops {
+            try c.encode(ops, forKey: .ops)
+            try c.encode(modelSeconds, forKey: .modelSeconds)
+            try c.encode(kernelSeconds, forKey: .kernelSeconds)
+            try c.encode(ratio, forKey: .ratio)
+        }
     }
 }
 

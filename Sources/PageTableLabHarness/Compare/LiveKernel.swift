@@ -8,12 +8,16 @@ import CHarness
 /// real syscalls on this process's own address space, and VmPTE comes from
 /// /proc/self/status. Nothing here allocates between the VmPTE readings that
 /// bracket an op (see `CompareRunner`).
-public final class LiveKernel: TraceTarget, TracePreflight {
+public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess {
     public let name = "kernel"
     private let reader = VmPTEReader()
     private let vmstat = ProcReader("/proc/vmstat")
     /// /proc/self/smaps, read only for traces that use THP (it is large).
     private lazy var smaps = ProcReader("/proc/self/smaps", capacity: 16 << 20)
+    /// Whether the trace about to run can map huge pages, so that an op
+    /// must watch for THP fallbacks (set by `preflight`).
+    private var watchesTHP = true
+    public private(set) var lastOpChangeKilobytes = 0
 
     /// Fails when this kernel does not report VmPTE, i.e. when there is
     /// nothing to compare with.
@@ -175,15 +179,18 @@ public final class LiveKernel: TraceTarget, TracePreflight {
     ///
     /// A fault that could not get its huge page (thp_fault_fallback,
     /// thp_file_fallback in /proc/vmstat) means the kernel's memory is no
-    /// longer what the model's is, and the trace stops as not comparable.
+    /// longer what the model's is, and the trace stops as not comparable;
+    /// a trace without hugepage or collapse maps no huge page (mmap gives
+    /// MADV_NOHUGEPAGE), so it skips the two /proc/vmstat reads.
     /// (The counters are the whole system's: another process's fallback
     /// stops a trace too, erring towards no verdict.)
     private func quiet(_ op: String, address: UInt64, length: UInt64, allowed: ClosedRange<Int>,
                        _ body: () throws -> Void) throws {
-        let thpBefore = THPVMStat.read(vmstat)
+        let thpBefore = watchesTHP ? THPVMStat.read(vmstat) : nil
         let before = try vmPTEKilobytes()
         try body()
         let change = try vmPTEKilobytes() - before
+        lastOpChangeKilobytes = change
         if let b = thpBefore, let a = THPVMStat.read(vmstat) {
             let d = a - b
             if d["thp_fault_fallback"] > 0 || d["thp_file_fallback"] > 0 {
@@ -212,6 +219,7 @@ public final class LiveKernel: TraceTarget, TracePreflight {
     /// does not otherwise use.
     public func preflight(_ trace: Trace) throws(TraceError) {
         try ProcessMaps.current().checkRegionsFree(for: trace)
+        watchesTHP = trace.usesTHP
     }
 
     /// Huge PMDs in `regions`: AnonHugePages and ShmemPmdMapped of the

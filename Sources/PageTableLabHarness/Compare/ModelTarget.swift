@@ -8,10 +8,11 @@ import PageTableLab
 /// anything the model does meanwhile (liburcu's worker running callbacks,
 /// touching code and heap for the first time) can add a page table to the
 /// reading. So liburcu's worker is started before the first trace
-/// (RCU.startWorker), every op that queues callbacks waits for them
-/// (rcu_barrier) before returning, and the process is quiet when the kernel
-/// side runs.
-public final class ModelTarget: TraceTarget {
+/// (RCU.startWorker), and `settle` (rcu_barrier) lets the callbacks the
+/// model's ops queued run before the runner starts a kernel pass. The ops
+/// themselves wait for nothing: the model's VmPTE is pgtables_bytes, which
+/// the kernel too decrements at unlink, not when the table is freed.
+public final class ModelTarget: TraceTarget, TraceSettling {
     public let name = "model"
     public let mm: MM
     /// The allocator this target loaded itself, if none was loaded.
@@ -40,12 +41,19 @@ public final class ModelTarget: TraceTarget {
         }
     }
 
+    /// Ends the mm and gives the allocator back only once every callback
+    /// has run. The barrier fails only inside a read section or a callback,
+    /// where no one can release a target; unloading anyway would free the
+    /// memmap under callbacks still queued, so that is a stop.
     deinit {
         mm.exit()
-        try? RCU.barrier()
+        do { try RCU.barrier() } catch { preconditionFailure("ModelTarget released \(error)") }
         RCU.unregisterThread()
         ownAllocator?.unload()
     }
+
+    /// rcu_barrier: every table the model's ops queued for freeing is free.
+    public func settle() throws { try RCU.barrier() }
 
     public func mmap(address: UInt64, length: UInt64, shared: Bool) throws {
         try mm.mmap(address: address, length: length, shared: shared, noHugepage: true)
@@ -54,22 +62,18 @@ public final class ModelTarget: TraceTarget {
         try mm.touch(address: address, length: length, stride: stride)
     }
     public func madviseDontneed(address: UInt64, length: UInt64) throws {
-        defer { try? RCU.barrier() }
         try mm.madviseDontneed(address: address, length: length)
     }
     public func munmap(address: UInt64, length: UInt64) throws {
-        defer { try? RCU.barrier() }
         try mm.munmap(address: address, length: length)
     }
     public func madviseHugepage(address: UInt64, length: UInt64) throws {
         try mm.madviseHugepage(address: address, length: length)
     }
     public func madviseCollapse(address: UInt64, length: UInt64) throws {
-        defer { try? RCU.barrier() }
         try mm.madviseCollapse(address: address, length: length)
     }
     public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws {
-        defer { try? RCU.barrier() }
         try mm.mremap(from: old, length: length, to: new)
     }
     public func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {

@@ -15,6 +15,20 @@ public struct Trace: Equatable, Sendable {
     public var checkpoints: [TraceStep] {
         steps.filter { if case .expect = $0.op { true } else { false } }
     }
+
+    /// Whether the trace asks for huge pages (hugepage or collapse): only
+    /// then can memory be huge, mmap giving MADV_NOHUGEPAGE.
+    public var usesTHP: Bool {
+        steps.contains {
+            switch $0.op {
+            case .hugepage, .collapse: true
+            default: false
+            }
+        }
+    }
+
+    /// How many ops (steps but `expect`) the trace has.
+    public var opCount: Int { steps.count - checkpoints.count }
 }
 
 public struct TraceStep: Equatable, Sendable {

@@ -41,7 +41,22 @@ public struct THPEventCount: Equatable, Sendable {
     }
 }
 
-/// A target that must look at a whole trace before any of it runs — the live
+/// A target whose readings are of this very process (the live kernel's
+/// VmPTE): the runner runs it while nothing else here maps or frees memory.
+public protocol MeasuresThisProcess: TraceTarget {
+    /// VmPTE's change across the last op, read just before and just after
+    /// its system calls.
+    var lastOpChangeKilobytes: Int { get }
+}
+
+/// A target that leaves work running after its ops return (the model's
+/// call_rcu callbacks). `settle` waits for it; the runner calls it before a
+/// `MeasuresThisProcess` target runs, and at the end.
+public protocol TraceSettling: TraceTarget {
+    func settle() throws
+}
+
+/// A target that must look at a whole trace, just before it replays it, before any of it runs — the live
 /// kernel checks that the trace's address-space regions are its alone.
 public protocol TracePreflight {
     func preflight(_ trace: Trace) throws(TraceError)
