@@ -3,7 +3,8 @@
  * summed and a dying thread's cached pages go back to the allocator.
  */
 #include <pthread.h>
-#include "CSupport.h"
+#include <stddef.h>
+#include "CSupport/pcp.h"
 
 _Thread_local struct ptlab_pcp ptlab_pcp_local;
 void *_Atomic ptlab_loaded_allocator_ptr;

@@ -6,9 +6,11 @@
  * against 139 ns). Poisoning is most of an order-0 alloc+free, so it is
  * worth the few lines.
  */
+#include <stdatomic.h>
+#include <stdint.h>
 #include <string.h>
 #include <immintrin.h>
-#include "CSupport.h"
+#include "CSupport/poison.h"
 
 /* no_builtin: clang would otherwise recognise the loop and call memset. */
 __attribute__((target("avx2"), no_builtin("memset")))

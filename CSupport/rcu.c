@@ -3,7 +3,9 @@
  * accounting around it. Nothing here allocates: the head is embedded in the
  * object being freed.
  */
-#include "CSupport.h"
+#include "CSupport/rcu.h"
+#include "CSupport/pcp.h"
+#include "CSupport/sanitizer.h"
 
 struct ptlab_rcu_stats ptlab_rcu_stats;
 /* TSan's name for "a grace period has passed" (see ptlab_rcu_read_unlock). */
@@ -16,7 +18,7 @@ _Thread_local int ptlab_rcu_in_callback;
 /*
  * liburcu is not instrumented, so TSan cannot see that a grace period orders
  * the caller's last write before the callback's first read. Tell it (the
- * hooks are in CSupport.h): release on the head before queueing, acquire on
+ * hooks are in CSupport/sanitizer.h): release on the head before queueing, acquire on
  * it first thing in the callback.
  */
 

@@ -7,7 +7,7 @@
 #include <sys/mman.h>
 #include <errno.h>
 #include <unistd.h>
-#include "CSupport.h"
+#include "CSupport/system.h"
 
 int ptlab_current_cpu(void) { return sched_getcpu(); }
 
@@ -37,26 +37,4 @@ int ptlab_unpin(void)
     for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
         CPU_SET(cpu, &set);
     return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
-
-/* mremap is variadic (the new address is the fifth argument), which Swift
- * cannot call. */
-void *ptlab_mremap_fixed(void *old_address, size_t length, void *new_address)
-{
-    return mremap(old_address, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, new_address);
-}
-
-/* memfd_create + ftruncate: a shmem file of @size bytes, or -1 with errno. */
-int ptlab_memfd(size_t size)
-{
-    int fd = memfd_create("ptlab-trace", MFD_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    if (ftruncate(fd, (off_t)size) != 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PageTableLab
+import PageTableLabHarness
 
 /// The foundation's speed promises, checked on this machine.
 struct BenchCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PageTableLab
+import PageTableLabHarness
 
 /// `ptlab compare`: replays mapping traces on the mm model and on the kernel
 /// this process runs on, and shows VmPTE growth side by side at every
@@ -59,6 +60,10 @@ struct CompareCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
+    @Flag(help: ArgumentHelp("Time each side's replay of each trace: seconds, ops/s, and kernel/model.",
+                             discussion: "JSON: per trace ops, model_seconds, kernel_seconds, ratio (kernel / model). A side's time is its whole pass: ops, cleanup, and its VmPTE readings (for the kernel, /proc reads around every op)."))
+    var time = false
+
     @Option(help: "Kernel behaviour the model follows: 6.14+ (PT_RECLAIM) or pre-6.14. Default: the running kernel's.")
     var profile: CompareProfile?
 
@@ -102,7 +107,7 @@ struct CompareCommand: ParsableCommand {
         }
 
         let runner = CompareRunner(targets: targets, profile: profile)
-        let report = CompareReport(profile: profile, runs: parsed.map(runner.run))
+        let report = CompareReport(profile: profile, runs: runner.run(parsed), timed: time)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -137,6 +142,7 @@ struct CompareTable {
                 rows.append(["\(trace.file): after cleanup", cell(cleanup.modelKB), cell(cleanup.kernelKB), "0", "MISMATCH"])
             }
             if let error = trace.error { notes.append("error: \(error)") }
+            if trace.ops != nil { notes.append("time: \(trace.file): " + Self.describe(trace)) }
             if let why = trace.notComparable { notes.append("NOT COMPARABLE: \(why)") }
         }
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max()! }
@@ -156,4 +162,14 @@ struct CompareTable {
     }
 
     private func cell(_ value: Int?) -> String { value.map(String.init) ?? "-" }
+
+    static func describe(_ trace: TraceReport) -> String {
+        let ops = trace.ops ?? 0
+        func side(_ name: String, _ seconds: Double?) -> String? {
+            seconds.map { "\(name) " + String(format: "%.3f s (%.0f ops/s)", $0, $0 > 0 ? Double(ops) / $0 : 0) }
+        }
+        var parts = [side("model", trace.modelSeconds), side("kernel", trace.kernelSeconds)].compactMap { $0 }
+        if let ratio = trace.ratio { parts.append(String(format: "kernel/model %.1f×", ratio)) }
+        return "\(ops) ops; " + parts.joined(separator: ", ")
+    }
 }

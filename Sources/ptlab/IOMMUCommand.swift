@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PageTableLab
+import PageTableLabHarness
 
 /// `ptlab iommu`: the emulated VT-d unit, from the command line.
 struct IOMMUCommand: ParsableCommand {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import PageTableLab
+import PageTableLabHarness
 
 /// What the lab runs on, and what it is set to: the two things a report
 /// must carry to be reproducible.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import PageTableLab
+import PageTableLabHarness
 
 /// `--param name=value`, shared by every subcommand, so that any run can be
 /// reproduced from the parameters its report prints.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PageTableLab
+import PageTableLabHarness
 
 /// `ptlab numa-check`: asks the kernel (move_pages) where the lab's pages,
 /// page tables and fallback allocations really are, so "NUMA-aware" is

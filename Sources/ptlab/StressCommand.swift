@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PageTableLab
+import PageTableLabHarness
 
 /// `ptlab stress`: one freeing mechanism against concurrent walkers, in the
 /// manner of the kernel's test modules: a seed, a thread count, a duration,

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The bounded-memory flood of `ptlab bench`: producers queue page frees
 /// while a reader stalls in a read section, under a DeferredBound.

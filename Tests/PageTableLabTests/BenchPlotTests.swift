@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// `ptlab bench --plot`: the hand-written SVG charts.
 final class BenchPlotTests: XCTestCase {

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// How `ptlab bench` turns rounds into the numbers its targets judge.
 final class BenchStatisticsTests: XCTestCase {

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The JSON keys and exit statuses README.md documents are a public
 /// interface: scripts parse them. These tests run the built `ptlab` (as a
@@ -141,6 +142,23 @@ final class CLIContractTests: XCTestCase {
         let checkpoint = try XCTUnwrap((traceReport["checkpoints"] as? [[String: Any]])?.first)
         assertKeys(checkpoint, ["line", "model_kb", "kernel_kb", "expected_kb", "match"], "a checkpoint")
         XCTAssertTrue(checkpoint["kernel_kb"] is NSNull, "a side that did not run is null, not absent")
+    }
+
+    /// `compare --time`: per trace ops, model_seconds, kernel_seconds and
+    /// ratio (kernel / model); a side that did not run is null.
+    func testCompareTimeJSONKeys() throws {
+        let trace = try XCTUnwrap(Bundle.module.url(forResource: "reclaim-whole", withExtension: "trace", subdirectory: "Traces"))
+        let r = try run(["compare", "--model-only", "--time", "--json", trace.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let traceReport = try XCTUnwrap((r.json["traces"] as? [[String: Any]])?.first)
+        assertKeys(traceReport, ["ops", "model_seconds", "kernel_seconds", "ratio"], "a timed trace")
+        XCTAssertGreaterThan(try XCTUnwrap(traceReport["ops"] as? Int), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(traceReport["model_seconds"] as? Double), 0)
+        XCTAssertTrue(traceReport["kernel_seconds"] is NSNull)
+        XCTAssertTrue(traceReport["ratio"] is NSNull)
+        let untimed = try run(["compare", "--model-only", "--json", trace.path])
+        let plain = try XCTUnwrap((untimed.json["traces"] as? [[String: Any]])?.first)
+        XCTAssertNil(plain["model_seconds"], "timings only when asked for")
     }
 
     /// The bench's report, from a run too small to measure anything: only

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// Traces nobody wrote by hand: seeded random sequences of every trace op,
 /// aimed at table boundaries (2 MiB, 1 GiB, 512 GiB), run on the model and

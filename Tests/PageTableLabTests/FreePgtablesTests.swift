@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// free_pgtables' floor/ceiling rule: a table goes only when everything it
 /// spans lies between the neighbouring VMAs.

@@ -1,6 +1,7 @@
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// qi_submit_sync with several submitters in flight when the hardware
 /// reports an error. Whoever polls first handles it; the error goes to the

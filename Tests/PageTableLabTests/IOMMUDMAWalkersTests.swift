@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class IOMMUDMAWalkersTests: XCTestCase {
     /// A 2 MiB region whose PTE table a "kernel" thread keeps replacing.
@@ -65,9 +66,9 @@ final class IOMMUDMAWalkersTests: XCTestCase {
                 let pte = try HandTables.makeTable(allocator, level: .pte, kernel: false)
                 for k in 0..<8 {
                     ptlab_pte_write(tables.slot(pte, Self.region + UInt64(k) << 12, shift: 12),
-                                    Entry(pfn: UInt32(2000 + k), flags: Entry.present | Entry.writable).rawValue)
+                                    Entry(pfn: UInt32(2000 + k), flags: [.present, .writable]).rawValue)
                 }
-                ptlab_pte_write(link, Entry(pfn: pte.pfn, flags: Entry.present | Entry.writable).rawValue)
+                ptlab_pte_write(link, Entry(pfn: pte.pfn, flags: [.present, .writable]).rawValue)
                 // Let a walk that began after the link finish (two walkers: the
                 // third translation from now did), so the PDE is cached.
                 let seen = walkers.translations.load(ordering: .relaxed)

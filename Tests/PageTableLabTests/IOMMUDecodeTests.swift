@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// `ptlab iommu decode`: DescriptorReport, and the command it backs.
 final class IOMMUDecodeTests: XCTestCase {

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// A quick property test of the descriptor decoder, the future fuzz target:
 /// it must be total (no input crashes it), and whatever it accepts must

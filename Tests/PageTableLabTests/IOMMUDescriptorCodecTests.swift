@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class IOMMUDescriptorCodecTests: XCTestCase {
     /// One descriptor of every type and granularity, with fields that use

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// Golden vectors. The bits each row expects were worked out by hand from
 /// the named source — Linux's QI_* macros (drivers/iommu/intel/iommu.h)

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// qi_driver=linux: Linux's qi_submit_sync and qi_check_fault. Where every
 /// submission is one descriptor and its wait (two slots: waits on odd

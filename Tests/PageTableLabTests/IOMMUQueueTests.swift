@@ -4,6 +4,7 @@ import Glibc
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class IOMMUQueueTests: XCTestCase {
     typealias R = DMARRegister

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The places where the lab's VT-d unit and its default driver disagreed
 /// with the VT-d specification or with Linux (issue 16), one test each.

@@ -5,6 +5,7 @@ import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// A small allocator for IOMMU tests (one per process at a time: unload it).
 func makeIOMMUTestAllocator(poison: Bool = false) throws -> PageAllocator {
@@ -66,7 +67,7 @@ final class HandTables {
         for (i, (level, shift)) in Self.shifts.enumerated() {
             let entry = slot(table, address, shift: shift)
             if level == .pte {
-                ptlab_pte_write(entry, Entry(pfn: frame, flags: Entry.present | Entry.user | (writable ? Entry.writable : 0)).rawValue)
+                ptlab_pte_write(entry, Entry(pfn: frame, flags: Entry.Flags([.present, .user]).union(writable ? .writable : [])).rawValue)
                 return path
             }
             let next: Page
@@ -76,7 +77,7 @@ final class HandTables {
             } else {
                 next = try Self.makeTable(allocator, level: Self.shifts[i + 1].0, kernel: kernel)
                 tables.append(next)
-                ptlab_pte_write(entry, Entry(pfn: next.pfn, flags: Entry.present | Entry.writable | Entry.user).rawValue)
+                ptlab_pte_write(entry, Entry(pfn: next.pfn, flags: [.present, .writable, .user]).rawValue)
             }
             path[Self.shifts[i + 1].0] = next
             table = next

@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class IOMMUWalkerTests: XCTestCase {
     let va: UInt64 = 0x7F12_3456_7000
@@ -52,7 +53,7 @@ final class IOMMUWalkerTests: XCTestCase {
             // A 2 MiB leaf in the PMD next to the PTE table.
             let hugeVA = (va & ~0x1F_FFFF) + 0x20_0000
             ptlab_pte_write(tables.slot(path[.pmd]!, hugeVA, shift: 21),
-                            Entry(pfn: 512 * 3, flags: Entry.present | Entry.writable | Entry.huge).rawValue)
+                            Entry(pfn: 512 * 3, flags: [.present, .writable, .huge]).rawValue)
             XCTAssertEqual(iommu.translate(DMARequest(pasid: 1, address: hugeVA + 0x12345)),
                            .translated(physical: UInt64(512 * 3) << 12 | 0x12345, level: .pmd))
             XCTAssertEqual(iommu.translate(DMARequest(pasid: 1, address: hugeVA + 0x1F_F000)).physicalAddress,
@@ -226,7 +227,7 @@ final class IOMMUWalkerTests: XCTestCase {
         try tables.unlinkAndFree(pte, from: path[.pmd]!, parentLevel: .pmd, address: va)
         let reused = asTable ? try HandTables.makeTable(allocator, level: .pte, kernel: false) : try allocator.alloc(zero: true)
         XCTAssertEqual(reused.pfn, pte.pfn, "the per-thread cache hands the freed page straight back")
-        ptlab_pte_write(tables.slot(reused, va, shift: 12), Entry(pfn: data.pfn, flags: Entry.present | Entry.writable).rawValue)
+        ptlab_pte_write(tables.slot(reused, va, shift: 12), Entry(pfn: data.pfn, flags: [.present, .writable]).rawValue)
         return (tables, data, pte.pfn, reused)
     }
 }

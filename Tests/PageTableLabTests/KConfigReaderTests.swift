@@ -3,6 +3,7 @@ import Glibc
 #endif
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// Reading a config file whole, gzip or plain, and the running kernel's
 /// config agreeing with what zcat makes of it.

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The .config parser: every form a kernel writes, and the forms it does not
 /// that must not be mistaken for options.

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The SVA bug of seeds 000–002 end to end: DMA walkers translating kernel
 /// addresses while kernel tables are freed and reused.

@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// pagetable_free_kernel and its work, one step at a time.
 final class KernelPageTableFreeTests: XCTestCase {
@@ -23,11 +24,11 @@ final class KernelPageTableFreeTests: XCTestCase {
         }
     }
 
-    private func withRig(_ mode: KernelPageTableFree.Mode, _ body: (Rig) throws -> Void) throws {
+    private func withRig(_ mode: any KernelTableFreePolicy, _ body: (Rig) throws -> Void) throws {
         try withLab { allocator in
             let iommu = try IntelIOMMU(allocator: allocator)
             let sva = SVA(iommu: iommu)
-            let freer = KernelPageTableFree(mode: mode, allocator: allocator) { sva.invalidateKVARange() }
+            let freer = KernelPageTableFree(policy: mode, allocator: allocator) { sva.invalidateKVARange() }
             let kernel = try InitMM(allocator: allocator, freer: freer)
             let mm = try MM(allocator: allocator, kernel: kernel)
             let bond = try sva.bind(mm, pasid: 1, did: 1)
@@ -67,17 +68,17 @@ final class KernelPageTableFreeTests: XCTestCase {
             _ = rig.iommu.translate(DMARequest(pasid: 1, address: a))
             let pte = try XCTUnwrap(findKernelTable(rig, a))
             try rig.kernel.vunmap(address: a, length: 2 * mib)
-            XCTAssertEqual(pte.state, PTLAB_PAGE_ALLOCATED.rawValue, "vunmap frees no table")
+            XCTAssertEqual(pte.state, PageState.allocated, "vunmap frees no table")
             rig.iommu.faultInjection.stallFetching()
             XCTAssertTrue(try rig.kernel.ioremapHuge(address: a, level: .pmd))
             // The work is stuck in qi_submit_sync: nothing may be freed yet.
             try waitUntil("the work never submitted its invalidation") {
                 rig.freer.work.runs.load(ordering: .relaxed) > 0 || rig.iommu.freeSlots < rig.iommu.queueLength
             }
-            XCTAssertEqual(pte.state, PTLAB_PAGE_DEFERRED.rawValue, "freed before the IOMMU was told")
+            XCTAssertEqual(pte.state, PageState.deferred, "freed before the IOMMU was told")
             rig.iommu.faultInjection.resumeFetching()
             rig.freer.work.flush()
-            XCTAssertEqual(pte.state, PTLAB_PAGE_FREE.rawValue)
+            XCTAssertEqual(pte.state, PageState.free)
             let result = rig.iommu.translate(DMARequest(pasid: 1, address: a + 8192))
             XCTAssertEqual(result.physicalAddress, InitMM.deviceMemoryPFN << 12 + 8192, "translated through the huge PMD: \(result)")
             try rig.kernel.vunmap(address: a, length: 2 * mib)
@@ -98,13 +99,13 @@ final class KernelPageTableFreeTests: XCTestCase {
             pages.append(big)
             for p in pages { rig.freer.pagetableFree(p) }
             XCTAssertEqual(rig.freer.work.runs.load(ordering: .relaxed), 0)
-            XCTAssertTrue(pages.allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+            XCTAssertTrue(pages.allSatisfy { $0.state == PageState.deferred })
             rig.freer.work.thaw()
             rig.freer.work.flush()
             XCTAssertEqual(rig.freer.invalidations.load(ordering: .relaxed), 1, "one invalidation for the batch")
             XCTAssertEqual(rig.freer.batches.load(ordering: .relaxed), 1)
             XCTAssertEqual(rig.freer.tablesFreed.load(ordering: .relaxed), 101)
-            XCTAssertTrue(pages.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue })
+            XCTAssertTrue(pages.allSatisfy { $0.state == PageState.free })
         }
     }
 

@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The kernel functions that free kernel page tables, called as the kernel
 /// calls them: each takes the table out of use, flushes the CPUs' TLBs,
@@ -9,7 +10,7 @@ import XCTest
 final class KernelTableCallersTests: XCTestCase {
     private func withKernel(fiveLevel: Bool = false, _ body: (InitMM, PageAllocator) throws -> Void) throws {
         try withLab { allocator in
-            let freer = KernelPageTableFree(mode: .deferred, allocator: allocator, invalidateKVA: nil)
+            let freer = KernelPageTableFree(policy: .deferred, allocator: allocator, invalidateKVA: nil)
             freer.work.freeze()
             let kernel = try InitMM(allocator: allocator, freer: freer, fiveLevel: fiveLevel)
             try body(kernel, allocator)
@@ -32,7 +33,7 @@ final class KernelTableCallersTests: XCTestCase {
             let pte = try XCTUnwrap(table(kernel, .pte, v))
             let flushes = kernel.rangeFlushes.load(ordering: .relaxed)
             try kernel.vunmap(address: v, length: 2 * mib)
-            XCTAssertEqual(pte.state, PTLAB_PAGE_ALLOCATED.rawValue)
+            XCTAssertEqual(pte.state, PageState.allocated)
             XCTAssertEqual(table(kernel, .pte, v), pte, "still linked")
             XCTAssertEqual(kernel.freer.tablesQueued.load(ordering: .relaxed), 0)
             XCTAssertEqual(kernel.rangeFlushes.load(ordering: .relaxed), flushes + 1, "flush_tlb_kernel_range")
@@ -50,7 +51,7 @@ final class KernelTableCallersTests: XCTestCase {
             }
             try kernel.vunmap(address: v, length: 2 * mib)
             XCTAssertTrue(try kernel.ioremapHuge(address: v, level: .pmd))
-            XCTAssertEqual(pte.state, PTLAB_PAGE_DEFERRED.rawValue, "handed to pagetable_free")
+            XCTAssertEqual(pte.state, PageState.deferred, "handed to pagetable_free")
             XCTAssertEqual(kernel.tablesFreedBy[.pmdFreePTEPage], 1)
             XCTAssertEqual(kernel.unflushedFreesBy[.pmdFreePTEPage], 0, "flushed before the free")
             XCTAssertNil(table(kernel, .pte, v), "a huge PMD in its place")
@@ -69,7 +70,7 @@ final class KernelTableCallersTests: XCTestCase {
             let ptes = try [g, g + 6 * mib].map { try XCTUnwrap(table(kernel, .pte, $0)) }
             try kernel.vunmap(address: g, length: gib)
             XCTAssertTrue(try kernel.ioremapHuge(address: g, level: .pud))
-            XCTAssertEqual(([pmd] + ptes).map(\.state), Array(repeating: PTLAB_PAGE_DEFERRED.rawValue, count: 3))
+            XCTAssertEqual(([pmd] + ptes).map(\.state), Array(repeating: PageState.deferred, count: 3))
             XCTAssertEqual(kernel.tablesFreedBy[.pudFreePMDPage], 3)
             XCTAssertEqual(kernel.unflushedFreesBy[.pudFreePMDPage], 0)
             try kernel.vunmap(address: g, length: gib)
@@ -91,7 +92,7 @@ final class KernelTableCallersTests: XCTestCase {
             let full = kernel.fullFlushes.load(ordering: .relaxed)
             XCTAssertEqual(try kernel.changePageAttr(address: block.address, pages: 512, readOnly: false, collapse: true), 1)
             XCTAssertEqual(kernel.fullFlushes.load(ordering: .relaxed), full + 1, "flush_tlb_all before the free")
-            XCTAssertEqual(pte.state, PTLAB_PAGE_DEFERRED.rawValue)
+            XCTAssertEqual(pte.state, PageState.deferred)
             XCTAssertNil(table(kernel, .pte, block.address), "huge again")
             XCTAssertEqual(kernel.tablesFreedBy[.cpaCollapse], 1)
             XCTAssertEqual(kernel.unflushedFreesBy[.cpaCollapse], 0)
@@ -110,7 +111,7 @@ final class KernelTableCallersTests: XCTestCase {
             let pte = try XCTUnwrap(table(kernel, .pte, block.address))
             let pmd = try XCTUnwrap(table(kernel, .pmd, block.address))
             try kernel.memoryHotRemove(block)
-            XCTAssertEqual([pte.state, pmd.state], [PTLAB_PAGE_DEFERRED.rawValue, PTLAB_PAGE_DEFERRED.rawValue])
+            XCTAssertEqual([pte.state, pmd.state], [PageState.deferred, PageState.deferred])
             XCTAssertEqual(kernel.tablesFreedBy[.freePagetable], 2)
             XCTAssertEqual(kernel.unflushedFreesBy[.freePagetable], 1, "the PMD table, queued before remove_pagetable's flush")
             XCTAssertNil(table(kernel, .pmd, block.address))
@@ -126,7 +127,7 @@ final class KernelTableCallersTests: XCTestCase {
             let iommu = try IntelIOMMU(allocator: allocator)
             defer { iommu.shutdown() }
             let sva = SVA(iommu: iommu)
-            let freer = KernelPageTableFree(mode: .deferred, allocator: allocator) {
+            let freer = KernelPageTableFree(policy: .deferred, allocator: allocator) {
                 sva.invalidateKVARange(start: KernelLayout.fiveLevel.pageOffset)
             }
             let kernel = try InitMM(allocator: allocator, freer: freer, fiveLevel: true)

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// Two threads hand a plain (non-atomic) record back and forth through one
 /// LabMutex. In any build the lock must exclude; under `scripts/sanitize

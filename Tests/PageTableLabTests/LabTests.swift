@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class LabTests: XCTestCase {
     func testUnloadDrainsDeferredFreesAndFindsLeaks() throws {

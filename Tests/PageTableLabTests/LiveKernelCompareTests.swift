@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The comparison's kernel side, against the kernel this test runs on: the
 /// shipped traces' stated values must be what this kernel really does.
@@ -107,10 +108,14 @@ final class LiveKernelCompareTests: XCTestCase {
     }
 
     /// A MAP_FIXED_NOREPLACE collision names the address and line, stops the
-    /// trace, and what was mapped is cleaned up. Two kernel targets in one
-    /// run make the collision: the second maps over the first.
+    /// trace, and what was mapped is cleaned up. The collision is made by a
+    /// kernel target that has another mapping appear at the address just
+    /// before its mmap, as another thread's would after the preflight.
     func testCollisionNamesTheAddressAndStopsTheTrace() throws {
-        let run = try kernelRun("mmap 0x10000000000 1M\ntouch 0x10000000000 1M 4K\nexpect", targets: 2)
+        let trace = try TraceParser.parse("mmap 0x10000000000 1M\ntouch 0x10000000000 1M 4K\nexpect", file: "live.trace")
+        let squatted = try SquattedKernel()
+        let run = CompareRunner(targets: [squatted], profile: .runningKernel()).run(trace)
+        squatted.leave()
         let error = try XCTUnwrap(run.error)
         XCTAssertEqual(error.line, 1)
         XCTAssertTrue(error.message.contains("kernel: mmap at 0x10000000000"), error.message)
@@ -204,4 +209,41 @@ private final class LeakingModel: TraceTarget {
     func hugePMDs(in regions: [Range<UInt64>]) throws -> Int { 0 }
     func thpEvents() throws -> THPEventCount { THPEventCount(collapses: 0, fallbacks: 0) }
     func vmPTEKilobytes() throws -> Int { kilobytes }
+}
+
+/// The live kernel, with a page of someone else's mapped where each mmap of
+/// the trace goes, just before it: a collision on cue.
+private final class SquattedKernel: TraceTarget, MeasuresThisProcess {
+    let name = "kernel"
+    private let kernel: LiveKernel
+    private var squats: [UnsafeMutableRawPointer] = []
+
+    init() throws { kernel = try LiveKernel() }
+
+    /// Unmap the squatters' pages.
+    func leave() {
+        for page in squats { Glibc.munmap(page, 4096) }
+        squats = []
+    }
+
+    var lastOpChangeKilobytes: Int { kernel.lastOpChangeKilobytes }
+
+    func mmap(address: UInt64, length: UInt64, shared: Bool) throws {
+        let page = Glibc.mmap(UnsafeMutableRawPointer(bitPattern: UInt(address)), 4096, PROT_READ,
+                              MAP_PRIVATE | MAP_ANONYMOUS | LiveKernel.mapFixedNoreplace, -1, 0)
+        if let page, page != MAP_FAILED { squats.append(page) }
+        try kernel.mmap(address: address, length: length, shared: shared)
+    }
+    func touch(address: UInt64, length: UInt64, stride: UInt64) throws { try kernel.touch(address: address, length: length, stride: stride) }
+    func madviseDontneed(address: UInt64, length: UInt64) throws { try kernel.madviseDontneed(address: address, length: length) }
+    func munmap(address: UInt64, length: UInt64) throws { try kernel.munmap(address: address, length: length) }
+    func madviseHugepage(address: UInt64, length: UInt64) throws { try kernel.madviseHugepage(address: address, length: length) }
+    func madviseCollapse(address: UInt64, length: UInt64) throws { try kernel.madviseCollapse(address: address, length: length) }
+    func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws { try kernel.mremap(from: old, length: length, to: new) }
+    func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {
+        try kernel.mprotect(address: address, length: length, protection: protection)
+    }
+    func vmPTEKilobytes() throws -> Int { try kernel.vmPTEKilobytes() }
+    func hugePMDs(in regions: [Range<UInt64>]) throws -> Int { try kernel.hugePMDs(in: regions) }
+    func thpEvents() throws -> THPEventCount { try kernel.thpEvents() }
 }

@@ -2,6 +2,7 @@ import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The kernel's lock rules, one at a time (KERNEL-NOTES §9): two updaters
 /// on one PTE table, each under the lock its operation takes; munmap's
@@ -217,7 +218,7 @@ final class LockRulesTests: XCTestCase {
         try withLab { allocator in
             var profile = MMProfile()
             profile.ptReclaim = true
-            profile.batchFallback = .ipiSync
+            profile.tableFree = .rcu(fallback: .ipiSync)
             XCTAssertThrowsError(try MM(allocator: allocator, profile: profile)) { error in
                 let text = "\(error)"
                 XCTAssertTrue(text.hasPrefix("refused profile: PT_RECLAIM with the ipi-sync fallback"), text)

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// A loaded allocator and a registered thread for the length of `body`,
 /// with every deferred free drained and every page checked back at the end,

@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class MMUGatherTests: XCTestCase {
     /// Tables as free_pgtables would hand them over: unlinked PTE tables.
@@ -22,7 +23,7 @@ final class MMUGatherTests: XCTestCase {
             XCTAssertEqual(DeferredBound.snapshot().queued - before, 2)
             XCTAssertEqual(tlb.stats.tablesQueued, 1000)
             try RCU.barrier()
-            XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue })
+            XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free })
             mm.exit()
         }
     }
@@ -39,7 +40,7 @@ final class MMUGatherTests: XCTestCase {
                 XCTAssertEqual(tlb.stats.tlbFlushes, 1)
                 XCTAssertEqual(tlb.stats.rcuCallbacks, 1)
                 // The other 91 wait in the open batch: not even queued to RCU.
-                XCTAssertTrue(tables[509...].allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+                XCTAssertTrue(tables[509...].allSatisfy { $0.state == PageState.deferred })
                 XCTAssertEqual(zip(tables, generations).filter { $0.0.generation != $0.1 }.count, 0,
                                "nothing freed before the grace period")
             }
@@ -55,7 +56,7 @@ final class MMUGatherTests: XCTestCase {
     /// The checker itself: with the flush left out it must complain.
     func testMissingFlushIsCounted() throws {
         var profile = MMProfile()
-        profile.tableFree = .noFlush
+        profile.gatherSkipsFlush = true
         try withLab { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             let tables = try makeTables(10, mm: mm)
@@ -76,7 +77,7 @@ final class MMUGatherTests: XCTestCase {
             let tables = try makeTables(3, mm: mm)
             let tlb = MMUGather(mm: mm)
             tlb.freeTable(tables[0], level: .pte, address: tib)
-            XCTAssertEqual(tables[0].state, PTLAB_PAGE_FREE.rawValue, "freed before any flush")
+            XCTAssertEqual(tables[0].state, PageState.free, "freed before any flush")
             for t in tables[1...] { tlb.freeTable(t, level: .pte, address: tib) }
             tlb.finish()
             XCTAssertEqual(tlb.stats.freedBeforeFlush, 3)
@@ -85,10 +86,10 @@ final class MMUGatherTests: XCTestCase {
     }
 
     func testBatchFailureTakesEachFallback() throws {
-        for fallback in MMProfile.BatchFallback.allCases {
+        for fallback in RCUTableFree.Fallback.allCases {
             var profile = MMProfile()
             profile.failBatchAllocation = true
-            profile.batchFallback = fallback
+            profile.tableFree = .rcu(fallback: fallback)
             profile.ptReclaim = fallback != .ipiSync
             try withLab { allocator in
                 let mm = try MM(allocator: allocator, profile: profile)
@@ -100,22 +101,22 @@ final class MMUGatherTests: XCTestCase {
                     withGracePeriodHeld {
                         for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                         XCTAssertEqual(tlb.stats.rcuCallbacks, 5, "one call_rcu per table on its own head")
-                        XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_DEFERRED.rawValue })
+                        XCTAssertTrue(tables.allSatisfy { $0.state == PageState.deferred })
                     }
                 case .noInvalidate:
                     let flushesBefore = mm.tlb.remoteFlushes.load(ordering: .relaxed)
                     for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(mm.tlb.remoteFlushes.load(ordering: .relaxed), flushesBefore,
                                    "the bug: no tlb_table_invalidate before the free")
-                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed after synchronize_rcu")
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free }, "freed after synchronize_rcu")
                 case .ipiSync:
                     for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(mm.tlb.syncIPIs.load(ordering: .relaxed) - syncsBefore, 5)
-                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed at once after the IPI")
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free }, "freed at once after the IPI")
                 case .synchronize:
                     for t in tables { tlb.freeTable(t, level: .pte, address: tib) }
                     XCTAssertEqual(tlb.stats.rcuCallbacks, 0)
-                    XCTAssertTrue(tables.allSatisfy { $0.state == PTLAB_PAGE_FREE.rawValue }, "freed after synchronize_rcu")
+                    XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free }, "freed after synchronize_rcu")
                 }
                 XCTAssertEqual(tlb.stats.batchFallbacks, 5, "\(fallback)")
                 tlb.finish()

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The model against every shipped trace: alone under both profiles (the
 /// traces state each profile's value, measured on 6.18 and on 6.1), and side
@@ -37,5 +38,52 @@ final class ModelCompareTests: XCTestCase {
             XCTAssertNil(run.error, "\(url.lastPathComponent): \(String(describing: run.error))")
             XCTAssertTrue(run.matches, "\(url.lastPathComponent): \(run.checkpoints.map(\.kilobytes))")
         }
+    }
+}
+
+/// The runner's passes: every trace on the live kernel first, in a process
+/// whose model has settled, then the model, which settles once more at the
+/// end — never between a model op and a kernel op.
+final class ComparePassOrderTests: XCTestCase {
+    final class Log: @unchecked Sendable { var events: [String] = [] }
+
+    /// A target that only logs what it is asked to do.
+    class Logging: TraceTarget {
+        let name: String
+        let log: Log
+        init(_ name: String, _ log: Log) { self.name = name; self.log = log }
+        func mmap(address: UInt64, length: UInt64, shared: Bool) throws { log.events.append("\(name) mmap") }
+        func touch(address: UInt64, length: UInt64, stride: UInt64) throws { log.events.append("\(name) touch") }
+        func madviseDontneed(address: UInt64, length: UInt64) throws {}
+        func munmap(address: UInt64, length: UInt64) throws { log.events.append("\(name) munmap") }
+        func madviseHugepage(address: UInt64, length: UInt64) throws {}
+        func madviseCollapse(address: UInt64, length: UInt64) throws {}
+        func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws {}
+        func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {}
+        func vmPTEKilobytes() throws -> Int { 0 }
+        func hugePMDs(in regions: [Range<UInt64>]) throws -> Int { 0 }
+        func thpEvents() throws -> THPEventCount { THPEventCount(collapses: 0, fallbacks: 0) }
+    }
+
+    final class Kernel: Logging, MeasuresThisProcess {
+        var lastOpChangeKilobytes: Int { 0 }
+    }
+
+    final class Model: Logging, TraceSettling {
+        func settle() throws { log.events.append("model settle") }
+    }
+
+    func testKernelPassesRunFirstAndTheModelSettlesAroundThem() throws {
+        let log = Log()
+        let traces = try (1...2).map { i in
+            try TraceParser.parse("mmap 0x10000000000 4K\ntouch 0x10000000000 4K 4K\nmunmap 0x10000000000 4K\nexpect", file: "t\(i).trace")
+        }
+        let runs = CompareRunner(targets: [Model("model", log), Kernel("kernel", log)], profile: .ptReclaim).run(traces)
+        XCTAssertTrue(runs.allSatisfy(\.matches))
+        XCTAssertEqual(runs[0].targetNames, ["model", "kernel"], "results keep the targets' order")
+        let kernelOps = ["kernel mmap", "kernel touch", "kernel munmap"]
+        let modelOps = ["model mmap", "model touch", "model munmap"]
+        XCTAssertEqual(log.events, ["model settle"] + kernelOps + kernelOps + modelOps + modelOps + ["model settle"])
+        XCTAssertEqual(runs[0].seconds.count, 2)
     }
 }

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// Module parameters: one table, strict parsing, errors that name the
 /// parameter, and a printout that reproduces the run.

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// NUMACheck on the machine the tests run on (usually one node: the
 /// two-node proof is scripts/numa-vm-check), and against a topology that

@@ -2,6 +2,7 @@ import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The NUMA page allocator: placement, the page state machine, poisoning,
 /// per-thread caches under concurrency, buddy alignment, and its errors.
@@ -78,7 +79,7 @@ final class PageAllocatorTests: XCTestCase {
         try allocator.free(page)
         XCTAssertTrue(bytes.allSatisfy { $0 == UInt8(PTLAB_POISON_FREE) }, "freed page is not poisoned with 0x6b")
         XCTAssertEqual(page.generation, generation &+ 1)
-        XCTAssertEqual(page.state, PTLAB_PAGE_FREE.rawValue)
+        XCTAssertEqual(page.state, PageState.free)
     }
 
     /// The free path's fill takes vector stores for aligned whole pages and

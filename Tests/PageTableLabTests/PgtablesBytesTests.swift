@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// mm->pgtables_bytes after every operation, against numbers measured on
 /// the live kernel (KERNEL-NOTES §4, kernel 6.18, MADV_NOHUGEPAGE).

@@ -2,6 +2,7 @@ import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class PteFreeDeferTests: XCTestCase {
     /// A reader inside a read section holds the table: pte_free_defer's
@@ -28,36 +29,54 @@ final class PteFreeDeferTests: XCTestCase {
             XCTAssertTrue(mm.isHugePMD(tib))
             // A grace period cannot end while the reader is inside: the
             // callback has not run, however long we look.
-            XCTAssertEqual(table.state, PTLAB_PAGE_DEFERRED.rawValue)
+            XCTAssertEqual(table.state, PageState.deferred)
             XCTAssertEqual(table.generation, gen)
             XCTAssertEqual(ptlab_ptl_alive(table.desc), 1, "6.14+: the ptlock lives until the free")
             XCTAssertEqual(mm.vmPTEKilobytes, 8, "mm_dec_nr_ptes at unlink")
             leave.signal()
             reader.join()
             try RCU.barrier()
-            XCTAssertEqual(table.state, PTLAB_PAGE_FREE.rawValue)
+            XCTAssertEqual(table.state, PageState.free)
             XCTAssertEqual(table.generation, gen + 1)
             XCTAssertEqual(ptlab_ptl_alive(table.desc), 0)
             mm.exit()
         }
     }
 
-    /// One deferred free in FreeLatency.sampleEvery is timed, chosen by
-    /// PFN: the histogram holds exactly those, and no other.
+    /// One deferred free in FreeLatency.sampleEvery that a thread queues is
+    /// timed: the histogram holds exactly that many, and no other.
     func testFreeLatencyTimesExactlyTheSampledTables() throws {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)
-            let tables = try (0..<256).map { i in
+            let count = 4 * Int(FreeLatency.sampleEvery)
+            let tables = try (0..<count).map { i in
                 try PageTables.alloc(.pte, base: tib + UInt64(i) << 21, mm: mm, node: .local, allocator: allocator)
             }
-            let sampled = tables.filter { FreeLatency.samples(pfn: $0.pfn) }.count
-            XCTAssertGreaterThan(sampled, 0, "256 frames include a multiple of \(FreeLatency.sampleEvery)")
             FreeLatency.reset()
             for t in tables { try mm.pteFreeDefer(t) }
             try RCU.barrier()
             let summary = FreeLatency.summary()
-            XCTAssertEqual(summary.count, UInt64(sampled))
+            XCTAssertEqual(summary.count, 4, "one in \(FreeLatency.sampleEvery) of \(count) consecutive frees")
             XCTAssertGreaterThan(summary.p50, 0, "a grace period passed between queueing and freeing")
+            mm.exit()
+        }
+    }
+
+    /// A run that recycles one table page (a one-table stress region) is
+    /// sampled too: the choice is by count, not by PFN.
+    func testFreeLatencySamplesARecycledTable() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            FreeLatency.reset()
+            var pfns = Set<UInt32>()
+            for _ in 0..<Int(FreeLatency.sampleEvery) {
+                let table = try PageTables.alloc(.pte, base: tib, mm: mm, node: .local, allocator: allocator)
+                pfns.insert(table.pfn)
+                XCTAssertTrue(PageTables.markDeferred(table))
+                PageTables.dtorFree(table, allocator: allocator)
+            }
+            XCTAssertEqual(pfns.count, 1, "the per-thread cache hands the same page back")
+            XCTAssertEqual(FreeLatency.summary().count, 1)
             mm.exit()
         }
     }

@@ -3,6 +3,7 @@ import Dispatch
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// An object with an embedded head at offset 0, as the lab's descriptors
 /// have: the callback reaches the object from the head without a side table.
@@ -307,7 +308,7 @@ final class RCUTests: XCTestCase {
     func testCondSynchronizeWaitsForAGracePeriodWhenNoneHasPassed() throws {
         let returned = DispatchSemaphore(value: 0)
         let cookieDone = Atomic<Bool>(false)
-        let waiter: RCUThread = try withGracePeriodHeld {
+        let waiter: RCUThread = withGracePeriodHeld {
             let cookie = GracePeriod.state()
             let waiter = RCUThread {
                 do {

@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// The user half of SVA, one step at a time: a DMA translation caches the
 /// walk to a user page (its PDE in the IOMMU's paging-structure cache),

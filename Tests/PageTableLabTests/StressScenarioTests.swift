@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// Every scenario against real threads: safe modes must stay at zero with
 /// no leaks over a fixed amount of work; unsafe modes must detect, which is

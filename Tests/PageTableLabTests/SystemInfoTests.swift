@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// `ptlab info`'s kernel-config table: every option answered, in the words
 /// and JSON keys reports already carry.

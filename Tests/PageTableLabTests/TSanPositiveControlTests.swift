@@ -6,6 +6,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 private struct ControlObject {
     var head = rcu_head()

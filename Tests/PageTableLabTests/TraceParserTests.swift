@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class TraceParserTests: XCTestCase {
     private let base: UInt64 = 0x100_0000_0000

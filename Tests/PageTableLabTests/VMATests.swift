@@ -1,5 +1,6 @@
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 final class VMATests: XCTestCase {
     func testAdjacentMappingsMergeAndPartialUnmapSplits() throws {
@@ -18,8 +19,8 @@ final class VMATests: XCTestCase {
         var tree = VMATree()
         tree.insert(0x1000, 0x2000)
         tree.insert(0x3000, 0x4000)
-        tree.prepareAnon(at: 0x1000)
-        tree.prepareAnon(at: 0x3000)
+        _ = tree.prepareAnonAndFind(0x1000)
+        _ = tree.prepareAnonAndFind(0x3000)
         tree.insert(0x2000, 0x3000)
         XCTAssertEqual(tree.vmas.map { [$0.start, $0.end] }, [[0x1000, 0x3000], [0x3000, 0x4000]],
                        "joins the lower neighbour only: the two anon_vmas differ")

@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// Single-threaded checks of what each walker reports; the racing cases
 /// are in StressScenarioTests.
@@ -30,7 +31,7 @@ final class WalkerTests: XCTestCase {
     /// table through its paging-structure cache; after a flush it does not.
     func testStalePagingStructureCacheIsDetected() throws {
         var profile = MMProfile()
-        profile.tableFree = .noFlush
+        profile.gatherSkipsFlush = true
         try withLab(profile: profile) { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             try mm.mmap(address: tib, length: 2 * mib)

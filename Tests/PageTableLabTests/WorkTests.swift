@@ -2,6 +2,7 @@ import Dispatch
 import Synchronization
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// schedule_work's contract, which the deferred kernel-table free relies
 /// on: work already pending is not queued twice, and work scheduled while

@@ -1,4 +1,58 @@
-import CSupport
+// Gather/: struct mmu_gather, and the TLB it flushes.
+//
+// It follows mm/mmu_gather.c and include/asm-generic/tlb.h, and keeps the
+// rule that header opens with: unhook, invalidate, free. A data page or a
+// page table is first unlinked from the page tables; then every cached
+// translation that could still reach it is invalidated (each CPU's TLB and
+// paging-structure caches, and, through the mm's notifiers, an IOMMU bound
+// to the mm); only then is it freed. A page table, which lockless walkers
+// read holding nothing, also waits out a grace period after the flush
+// (MMU_GATHER_RCU_TABLE_FREE), because a flush does not wait for them.
+//
+// The API, in the kernel's order:
+//   tlb_gather_mmu              MMUGather(mm:fullmm:): range reset, tlb_flush_pending++
+//   tlb_remove_tlb_entry        clearedPTE(at:), clearedPMD(at:): widen the range
+//   __tlb_remove_page           removePage(_:): into the page batches (8 local, then up to
+//                               MAX_GATHER_BATCH_COUNT pages of MAX_GATHER_BATCH); true: flush now
+//   p{te,md,ud}_free_tlb        freeTable(_:level:address:): cleared_* of the level above,
+//                               freed_tables, then tlb_remove_table
+//   tlb_remove_table            MMProfile.tableFree's removeTable, else into the open
+//                               TableBatch (509 per page); a full batch is flushed at once
+//   tlb_remove_table_one        no page for a batch: the policy's freeOne
+//   tlb_table_flush             tlb_table_invalidate, then the policy's freeBatch
+//   tlb_flush_mmu_tlbonly       flushTLBOnly(): TLBModel.flush and invalidateSecondaryTLBs,
+//                               only if something was cleared or freed; range reset
+//   tlb_flush_mmu               flushMMU(): the TLB, then tables, then data pages
+//   tlb_finish_mmu              finish(): a nested gather (tlb_flush_pending > 1) flushes
+//                               everything; batch pages back; tlb_flush_pending--
+//
+// The rules:
+//  - A gather belongs to one thread (the kernel's lives on the stack), whose
+//    mmap_lock, read or write, is what made the unlinks legal.
+//  - Nothing on the way to a free allocates except the batch pages, each
+//    taken like GFP_NOWAIT with a fallback when there is none:
+//    tlb_remove_table_one for tables, flush-and-reuse for data pages.
+//  - Tables go before data pages, and never before the flush that follows
+//    their unlink: each table records the flush generation it needs
+//    (tlb_gen in the ptdesc), and GatherStats.freedBeforeFlush counts any
+//    that went early.
+//  - An IPI is not a flush. TLBModel keeps a flush generation (caches
+//    dropped) apart from an IPI generation (IRQs-off walkers waited out);
+//    tlb_remove_table_sync_one is an IPI alone. Whether a flush sends IPIs
+//    at all is TLBFlushKind (tlb_flush=ipi, or no-ipi: INVLPGB, paravirt).
+//  - A TableFreePolicy may do in its hooks what a freeing path may do: no
+//    allocation, no wait for a grace period inside a read section.
+//
+// Files:
+//   MMUGather.swift        struct mmu_gather: range, cleared_*, flush, finish; GatherStats
+//   TableBatch.swift       struct mmu_table_batch; tlb_remove_table, tlb_table_flush,
+//                          tlb_remove_table_one; the RCU callbacks that free batches
+//   TableFreePolicy.swift  the policy protocol; .rcu (with tlb_remove_table_one's
+//                          fallbacks), .noRCU, .immediate
+//   PageBatches.swift      struct mmu_gather_batch: data pages
+//   TLBModel.swift         flush_tlb_mm_range, tlb_remove_table_sync_one; CPU, its PDE cache
+
+internal import CSupport
 
 /// struct mmu_gather (mm/mmu_gather.c, include/asm-generic/tlb.h).
 ///
@@ -64,20 +118,20 @@ public final class MMUGather {
     // MARK: - data pages
 
     /// tlb_remove_tlb_entry: a PTE was cleared at `address`.
-    func clearedPTE(at address: UInt64) {
+    public func clearedPTE(at address: UInt64) {
         adjustRange(address, 4096)
         clearedPTEs = true
     }
 
     /// tlb_remove_pmd_tlb_entry: a huge PMD was cleared at `address`.
-    func clearedPMD(at address: UInt64) {
+    public func clearedPMD(at address: UInt64) {
         adjustRange(address & ~(MM.pmdSize - 1), MM.pmdSize)
         clearedPMDs = true
     }
 
     /// __tlb_remove_page: queue a data page for after the flush. True means
     /// the batches are full and the caller must tlbFlushMMU before going on.
-    func removePage(_ page: Page) -> Bool {
+    public func removePage(_ page: Page) -> Bool {
         pages.add(page)
     }
 
@@ -106,7 +160,7 @@ public final class MMUGather {
     /// freed, then start a new range.
     public func flushTLBOnly() {
         guard freedTables || clearedPTEs || clearedPMDs || clearedPUDs || clearedP4Ds else { return }
-        if mm.profile.tableFree != .noFlush {
+        if !mm.profile.gatherSkipsFlush {
             mm.tlb.flush()
             mm.invalidateSecondaryTLBs(start: start, end: end)
             stats.tlbFlushes += 1

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// The gather's data-page batches (struct mmu_gather_batch): an 8-entry
 /// local batch, then up to MAX_GATHER_BATCH_COUNT batch pages of

@@ -1,3 +1,61 @@
+// IOMMU/: an emulated Intel VT-d remapping unit, its queued-invalidation
+// driver, and SVA.
+//
+// What it models: the hardware side of queued invalidation as the VT-d
+// specification describes it (the ring, IQA/IQH/IQT, descriptor types 1-8,
+// IQE/ITE/ICE), and Linux's side of it: drivers/iommu/intel/dmar.c
+// (struct q_inval, qi_submit_sync, qi_check_fault), iommu.h and cache.c
+// (descriptor layouts, qi_batch, cache_tag_flush_range,
+// calculate_psi_aligned_address), svm.c (intel_arch_invalidate_secondary_tlbs),
+// pasid.c (intel_pasid_tear_down_entry), and drivers/iommu/iommu-sva.c
+// (iommu_sva_bind_device, and 6.19's iommu_sva_invalidate_kva_range). QEMU's
+// intel-iommu stops short of what the SVA bug needs: it runs the queue
+// synchronously and has no paging-structure cache.
+//
+// How the pieces fit. Software writes descriptors into a ring of allocator
+// pages and moves IQT; a hardware thread fetches in order, executes each
+// against the IOTLB, the paging-structure caches (PML5E..PDE), the PASID and
+// context caches and the devices' ATS TLBs, writes wait status words and
+// moves IQH. DMA translations go through those caches, else walk the bound
+// mm's own page tables from the root or the deepest cached entry. Hardware
+// takes no read lock and answers no IPI, so the walk is also the detector:
+// a cached or walked frame that is no longer a live table of the expected
+// level and generation is a use-after-free, and an A/D write into it a
+// write-after-free. An mm reaches the IOMMU only through its mmu notifier:
+// SVA.bind registers an SVABond, which turns each TLB flush of the mm into
+// cache_tag_flush_range's descriptors and waits for them.
+//
+// The rules:
+//  - qi_submit_sync allocates nothing (the kernel-table free's work calls
+//    it): count + 2 free slots, the descriptors, a wait of its own, IQT,
+//    poll. Up to 16 descriptors share one wait (QIBatch, as qi_batch).
+//  - A slot is reclaimed only after its owner let it go (QI_FREE), never on
+//    another submitter's say (Linux before 3cf74230c139 did).
+//  - IH = 1 keeps paging-structure entries, which is legal only when no
+//    table was freed. The notifier sends IH = 0 (sva_notifier_ih=linux);
+//    leaf-only exists to show what breaks.
+//  - A completed invalidation means no translation begun before it still
+//    uses what it dropped: a DMA walk holds the cache lock from lookup to fill.
+//  - Errors are returned, never a hang: qi_driver=linux runs Linux's
+//    qi_check_fault step for step and returns QILockup where Linux would spin.
+//
+// Files:
+//   IntelIOMMU.swift         struct intel_iommu: bring-up, registers, qi_submit_sync, PASIDs
+//   QueuedInvalidation.swift struct q_inval: ring, status words, q_lock, post and reclaim
+//   QIRobustDriver.swift     the lab's polling and fault handling (qi_driver=robust)
+//   QILinuxDriver.swift      Linux's qi_submit_sync and qi_check_fault; QILockup.swift
+//   InvalidationQueueHardware.swift   the unit: registers, fetch and execute thread
+//   InvalidationDescriptor.swift, DescriptorEncoding.swift, DescriptorDecoding.swift
+//                            types 1-8, their fields, reserved bits and IQE reasons
+//   DescriptorReport.swift   `ptlab iommu decode`
+//   DMARRegister.swift, QIError.swift, QIFaultInjection.swift, QIBatch.swift, QIDriver.swift
+//   RemappingHardware.swift  PASID table, context entries, the DMA walk and its detector
+//   TranslationCaches.swift, IOTLB.swift, PagingStructureCache.swift, PagingMode.swift
+//   DMADevice.swift, DMATranslation.swift, DMAWalkers.swift   ATS devices, requests, threads
+//   SVA.swift                iommu-sva binding, SVABond, iommu_sva_invalidate_kva_range
+//   SVAInvalidation.swift    intel_arch_invalidate_secondary_tlbs, cache_tag_flush_range
+//   EventCount.swift, IOMMUCounters.swift, IOMMUError.swift
+
 import Histogram
 import Synchronization
 

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// What invalidation descriptors act on: the remapping unit's caches and

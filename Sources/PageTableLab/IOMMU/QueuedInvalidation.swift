@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CSupport
+internal import CSupport
 import Histogram
 import Synchronization
 

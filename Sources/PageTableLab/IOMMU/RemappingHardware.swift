@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// A PASID-table entry as software programs it: the mm's PGD and domain.
@@ -168,12 +168,12 @@ final class RemappingHardware: InvalidationTarget, @unchecked Sendable {
             let leaf = level == .pte || (entry.has(Entry.huge) && (level == .pmd || level == .pud))
             var wrote = false
             if !entry.has(Entry.accessed) {
-                ptlab_pte_or(slot, Entry.accessed)
+                ptlab_pte_or(slot, Entry.accessed.rawValue)
                 counters.accessedBitsSet.add(1, ordering: .relaxed)
                 wrote = true
             }
             if leaf, r.write, !entry.has(Entry.dirty) {
-                ptlab_pte_or(slot, Entry.dirty)
+                ptlab_pte_or(slot, Entry.dirty.rawValue)
                 counters.dirtyBitsSet.add(1, ordering: .relaxed)
                 wrote = true
             }

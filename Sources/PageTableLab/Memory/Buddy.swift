@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CNUMA
-import CSupport
+internal import CNUMA
+internal import CSupport
 
 /// The buddy algorithm over one node's free area: one doubly linked list of
 /// free blocks per order, threaded through the descriptors (PFN + 1, 0 for

@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CNUMA
-import CSupport
+internal import CNUMA
+internal import CSupport
 import Synchronization
 
 /// The machine's NUMA layout as libnuma reports it, or one pseudo-node when

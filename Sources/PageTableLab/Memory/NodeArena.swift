@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// One node: where its frames start and its vmstat-named NUMA counters. Its

@@ -1,8 +1,59 @@
+// Memory/: the page allocator, the memmap, and struct page.
+//
+// What it models: mm/page_alloc.c's buddy allocator (free_area per order,
+// __rmqueue_smallest's splits, __free_one_page's merges, zone->lock) with
+// its per-CPU pagesets (struct per_cpu_pages, rmqueue_pcplist,
+// free_pcppages_bulk), one memmap of descriptors indexed by PFN
+// (pfn_to_page), compound allocations and split_page, NUMA placement with
+// fallback in distance order (the zonelist), the counters mm/vmstat.c names
+// (numa_hit, numa_miss, numa_foreign, nr_page_table_pages), and free-page
+// poisoning. The memory is real and node-bound: each node's budget
+// (node_budget_pages) is brought up as the allocator needs it, in naturally
+// aligned chunks of 2^chunk_order pages bound with numa_tonode_memory, as
+// numa_alloc_onnode does. A syscall per 4 KiB page would cost 7-9 us.
+//
+// How the pieces fit. An order-0 allocation pops this thread's pcp list
+// (a thread stands for a CPU), refilled from the node's buddy lists 16
+// pages at a time under zone->lock; higher orders come from the buddy lists
+// directly and are marked compound (head, tail pages). A node that has
+// nothing left falls back to the next nearest, counted as numa_foreign on
+// the node asked for and numa_miss on the node that gave. A free moves the
+// descriptor from ALLOCATED (or DEFERRED: queued for an RCU or work free)
+// to FREE with one compare-and-swap, bumps its generation, optionally
+// poisons the page, and pushes it on this thread's pcp list, which drains
+// 16 back to the buddy lists when full and everything at thread exit.
+//
+// The rules:
+//  - One memmap per process, as in the kernel: a second PageAllocator
+//    cannot be loaded. RCU callbacks reach the loaded one through
+//    PageAllocator.withLoaded, lent, not retained.
+//  - Nothing from free() down allocates: it runs on liburcu's
+//    worker and in the deferred kernel-table work. Free lists are threaded
+//    through the descriptors, pcp lists live in static TLS, counters are
+//    per-thread deltas that readers sum (vm_stat_diff style).
+//  - zone->lock is taken only to refill, drain, hand out or take back a
+//    compound block, and bring up a chunk (allocation side only).
+//  - A bad free (double free, tail page, never allocated) is an error that
+//    names the PFN; paths that cannot fail count it in Integrity instead.
+//  - Every free changes the state and the generation, so a walker that
+//    recorded them sees a racing free with or without page_poison.
+//
+// Files:
+//   PageAllocator.swift   load/unload, alloc, free, split_page, pcp refill and drain, counters
+//   Buddy.swift           one node's free area; chunk bring-up and release
+//   Page.swift            Page (struct page / ptdesc as the API sees it), PageState
+//   PagePoison.swift      the poison byte and its fill
+//   NUMATopology.swift    nodes, CPUs and distances from libnuma; numa_node_id; fallback order
+//   NodeArena.swift       per-node counters, NodeStats with vmstat/numastat names
+//   Placement.swift       move_pages(2): where the kernel really put a page
+//   PageAllocError.swift  errors, each naming its page or node
+// The descriptor itself, struct ptdesc, is C: CSupport/include/CSupport/ptdesc.h.
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CNUMA
-import CSupport
+internal import CNUMA
+internal import CSupport
 import Synchronization
 
 /// Where an allocation should come from.
@@ -45,9 +96,9 @@ public final class PageAllocator: @unchecked Sendable {
     public let maxOrder: Int
     public let pagesPerNode: Int
     public let frameCount: Int
-    @usableFromInline let chunkPages: Int
-    @usableFromInline let memmap: UnsafeMutablePointer<ptdesc>
-    @usableFromInline let chunkBases: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    let chunkPages: Int
+    let memmap: UnsafeMutablePointer<ptdesc>
+    let chunkBases: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     let nodes: [NodeArena]
     /// Each node's free area and lock, indexed like `nodes`.
     let zones: UnsafeMutablePointer<ptlab_zone>
@@ -60,7 +111,8 @@ public final class PageAllocator: @unchecked Sendable {
 
     private static let loaded = Atomic<Bool>(false)
     private static let epochs = Atomic<UInt64>(0)
-    nonisolated(unsafe) static var current: PageAllocator? {
+    /// The allocator loaded now (module_init), if any.
+    public internal(set) nonisolated(unsafe) static var current: PageAllocator? {
         didSet { ptlab_set_loaded_allocator(current.map { Unmanaged.passUnretained($0).toOpaque() }) }
     }
 
@@ -69,7 +121,7 @@ public final class PageAllocator: @unchecked Sendable {
     /// keeps it alive, and unload waits for every callback before clearing
     /// it. False when none is loaded.
     @inline(__always)
-    static func withLoaded(_ body: (PageAllocator) -> Void) -> Bool {
+    public static func withLoaded(_ body: (PageAllocator) -> Void) -> Bool {
         guard let p = ptlab_loaded_allocator() else { return false }
         Unmanaged<PageAllocator>.fromOpaque(p)._withUnsafeGuaranteedRef(body)
         return true
@@ -148,7 +200,6 @@ public final class PageAllocator: @unchecked Sendable {
     // MARK: - frame numbers
 
     /// The descriptor of `pfn`, if the frame exists and its chunk is up.
-    @inlinable
     public func page(pfn: UInt64) throws(PageAllocError) -> Page {
         guard pfn < UInt64(frameCount) else { throw .pfnOutOfRange(pfn: pfn, limit: UInt64(frameCount)) }
         guard chunkBase(pfn: UInt32(pfn)) != nil else { throw .pfnOutOfRange(pfn: pfn, limit: UInt64(frameCount)) }
@@ -157,23 +208,26 @@ public final class PageAllocator: @unchecked Sendable {
 
     /// PFN → the page's memory; nil for a frame outside the memmap, so a
     /// garbage entry read by a walker is caught rather than dereferenced.
-    @inlinable @inline(__always)
+    @inline(__always)
     public func address(pfn: UInt64) -> UnsafeMutableRawPointer? {
         guard pfn < UInt64(frameCount), let base = chunkBase(pfn: UInt32(pfn)) else { return nil }
         return base + (Int(pfn) & (chunkPages - 1)) << 12
     }
 
-    @inlinable @inline(__always)
+    @inline(__always)
     public func address(of page: Page) -> UnsafeMutableRawPointer {
         address(pfn: UInt64(page.pfn))!
     }
 
-    @inlinable @inline(__always)
-    public func descriptor(pfn: UInt64) -> UnsafeMutablePointer<ptdesc>? {
+    /// pfn_to_page; nil for a frame outside the memmap (a garbage PFN read
+    /// from a stale entry).
+    public func pfnToPage(_ pfn: UInt64) -> Page? { descriptor(pfn: pfn).map(Page.init) }
+
+    @inline(__always)
+    func descriptor(pfn: UInt64) -> UnsafeMutablePointer<ptdesc>? {
         pfn < UInt64(frameCount) ? memmap + Int(pfn) : nil
     }
 
-    @usableFromInline
     func chunkBase(pfn: UInt32) -> UnsafeMutableRawPointer? {
         chunkBases[Int(pfn) >> maxOrder]
     }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CNUMA
+internal import CNUMA
 
 extension PageAllocator {
     /// Where the kernel actually put each page, by move_pages(2) in query

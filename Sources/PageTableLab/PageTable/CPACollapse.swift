@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// change_page_attr on the direct map (arch/x86/mm/pat/set_memory.c): a
 /// change inside a huge mapping splits it into a PTE table first
@@ -24,7 +24,7 @@ extension InitMM {
                 if e.has(Entry.huge) { try splitLargePage(pmd, e, at) }
                 let pte = slot(child(Entry(rawValue: ptlab_pte_read(pmd)))!, .pte, at)
                 let old = ptlab_pte_read(pte)
-                ptlab_pte_write(pte, readOnly ? old & ~Entry.writable : old | Entry.writable)
+                ptlab_pte_write(pte, readOnly ? old & ~Entry.writable.rawValue : old | Entry.writable.rawValue)
                 at += 4096
             }
             // cpa_flush
@@ -40,7 +40,7 @@ extension InitMM {
         let base = address & ~(Level.pmd.entrySpan - 1)
         let table = try PageTables.alloc(.pte, base: base, mm: nil, node: .local, allocator: allocator, kernel: true)
         let entries = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
-        let flags = huge.rawValue & ~Entry.pfnMask & ~Entry.huge
+        let flags = huge.rawValue & ~Entry.pfnMask & ~Entry.huge.rawValue
         for i in 0..<512 { ptlab_pte_write(entries + i, (huge.pfn + UInt64(i)) << 12 | flags) }
         ptlab_pte_write(pmd, Entry(pfn: table.pfn, flags: Self.tableFlags).rawValue)
         flushTLBAll()
@@ -84,7 +84,7 @@ extension InitMM {
             let entry = Entry(rawValue: ptlab_pte_read(entries + i))
             guard entry.isPresent, entry.rawValue & ~Entry.pfnMask == flags, entry.pfn == first.pfn + UInt64(i) else { return false }
         }
-        ptlab_pte_write(pmd, first.rawValue | Entry.huge)
+        ptlab_pte_write(pmd, first.with(.huge).rawValue)
         cds_list_add(ptlab_ptdesc_list(table.desc), collapsed)
         return true
     }

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// MADV_COLLAPSE (mm/khugepaged.c's madvise_collapse): every 2 MiB of the
 /// range becomes a huge PMD, synchronously, whatever the THP sysfs
@@ -211,31 +211,8 @@ extension MM {
         ptlab_ptl_unlock(table.desc)
         ptlab_ptl_unlock(pmdTable.desc)
         accountTable(.pte, -1)
-        freeRetracted(table)
+        profile.collapseFree.free(table, mm: self)
         return true
-    }
-
-    /// How the retract frees the table it cleared.
-    private func freeRetracted(_ table: Page) {
-        switch profile.collapseFree {
-        case .defer:
-            do throws(RCUError) {
-                try pteFreeDefer(table)
-            } catch .unregisteredThread {
-                // An unregistered updater cannot be in a read section:
-                // it waits out a grace period itself, then frees.
-                RCU.synchronizeUnchecked()
-                PageTables.dtorFree(table, allocator: allocator)
-            } catch {
-                // Already queued: freeing it here would free it twice
-                // (counted in Integrity.doubleQueued).
-            }
-        case .ipiSync:
-            tlb.syncOne()
-            PageTables.dtorFree(table, allocator: allocator)
-        case .immediate:
-            PageTables.dtorFree(table, allocator: allocator)
-        }
     }
 
     /// collapse_pte_mapped_thp with install_pmd: the huge folio now in the

@@ -5,35 +5,55 @@ public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     public var rawValue: UInt64
     @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
 
-    public static let present: UInt64 = 1 << 0
-    public static let writable: UInt64 = 1 << 1
-    public static let user: UInt64 = 1 << 2
-    public static let accessed: UInt64 = 1 << 5
-    public static let dirty: UInt64 = 1 << 6
-    /// PS: a huge leaf at PMD/PUD level.
-    public static let huge: UInt64 = 1 << 7
-    /// _PAGE_PROTNONE: mapped, but PROT_NONE, so not present to the MMU.
-    /// (x86 reuses the global bit, meaningless in a non-present entry.)
-    public static let protNone: UInt64 = 1 << 8
+    /// The flag bits (_PAGE_*), as x86-64 places them.
+    public struct Flags: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt64
+        @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+        public static let present = Flags(rawValue: 1 << 0)
+        public static let writable = Flags(rawValue: 1 << 1)
+        public static let user = Flags(rawValue: 1 << 2)
+        public static let accessed = Flags(rawValue: 1 << 5)
+        public static let dirty = Flags(rawValue: 1 << 6)
+        /// PS: a huge leaf at PMD/PUD level.
+        public static let huge = Flags(rawValue: 1 << 7)
+        /// _PAGE_PROTNONE: mapped, but PROT_NONE, so not present to the MMU.
+        /// (x86 reuses the global bit, meaningless in a non-present entry.)
+        public static let protNone = Flags(rawValue: 1 << 8)
+    }
+
+    public static let present = Flags.present
+    public static let writable = Flags.writable
+    public static let user = Flags.user
+    public static let accessed = Flags.accessed
+    public static let dirty = Flags.dirty
+    public static let huge = Flags.huge
+    public static let protNone = Flags.protNone
     public static let pfnMask: UInt64 = 0x000F_FFFF_FFFF_F000
 
     public static let none = Entry(rawValue: 0)
 
-    @inlinable public init(pfn: UInt32, flags: UInt64) {
-        rawValue = (UInt64(pfn) << 12) & Self.pfnMask | flags
+    @inlinable public init(pfn: UInt32, flags: Flags) {
+        rawValue = (UInt64(pfn) << 12) & Self.pfnMask | flags.rawValue
     }
 
-    @inlinable public var isPresent: Bool { rawValue & Self.present != 0 }
+    /// Everything but the PFN.
+    @inlinable public var flags: Flags { Flags(rawValue: rawValue & ~Self.pfnMask) }
+    @inlinable public var isPresent: Bool { has(.present) }
     /// pte_present as the kernel means it: present, or PROT_NONE.
-    @inlinable public var isMapped: Bool { rawValue & (Self.present | Self.protNone) != 0 }
+    @inlinable public var isMapped: Bool { !flags.isDisjoint(with: [.present, .protNone]) }
     /// A present PMD (or PUD) entry that is a huge leaf, not a table.
-    @inlinable public var isHugeLeaf: Bool { isMapped && rawValue & Self.huge != 0 }
+    @inlinable public var isHugeLeaf: Bool { isMapped && has(.huge) }
     @inlinable public var isNone: Bool { rawValue == 0 }
     @inlinable public var pfn: UInt64 { (rawValue & Self.pfnMask) >> 12 }
-    @inlinable public func has(_ flag: UInt64) -> Bool { rawValue & flag != 0 }
+    @inlinable public func has(_ flag: Flags) -> Bool { flags.contains(flag) }
+
+    /// The same entry with `flags` set or cleared.
+    @inlinable public func with(_ flags: Flags) -> Entry { Entry(rawValue: rawValue | flags.rawValue) }
+    @inlinable public func without(_ flags: Flags) -> Entry { Entry(rawValue: rawValue & ~flags.rawValue) }
 
     public var description: String {
-        isNone ? "none" : "pfn=\(pfn) flags=0x\(String(rawValue & ~Self.pfnMask, radix: 16))"
+        isNone ? "none" : "pfn=\(pfn) flags=0x\(String(flags.rawValue, radix: 16))"
     }
 }
 

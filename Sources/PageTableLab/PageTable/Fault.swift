@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     /// handle_mm_fault for a write: allocate missing tables top-down and map
@@ -16,19 +16,23 @@ extension MM {
     @discardableResult
     public func fault(at address: UInt64) throws(MMError) -> UnsafeMutableRawPointer {
         try mmapLock.withReadLock { () throws(MMError) -> UnsafeMutableRawPointer in
-            let found = vmaTree.withLock { tree -> VMA? in
-                guard tree.find(address) != nil else { return nil }
-                tree.prepareAnon(at: address)
-                return tree.find(address)
-            }
-            guard let vma = found else { throw .notMapped(address: address) }
-            guard vma.flags.contains(.write) else { throw .accessDenied(address: address) }
-            return try faultLocked(at: address, vma: vma)
+            try faultLocked(at: address, vma: faultableVMA(at: address))
         }
     }
 
-    /// The fault with mmap_lock already held.
-    func faultLocked(at address: UInt64, vma: VMA) throws(MMError) -> UnsafeMutableRawPointer {
+    /// The VMA a write fault at `address` goes to (anon_vma prepared), with
+    /// mmap_lock held.
+    func faultableVMA(at address: UInt64) throws(MMError) -> VMA {
+        guard let vma = vmaTree.withLock({ $0.prepareAnonAndFind(address) }) else { throw .notMapped(address: address) }
+        guard vma.flags.contains(.write) else { throw .accessDenied(address: address) }
+        return vma
+    }
+
+    /// The fault with mmap_lock already held. With `store`, a fault that
+    /// maps a small page also makes the user's store there, under the PTE
+    /// lock it installs the entry with, and says so in `stored`.
+    func faultLocked(at address: UInt64, vma: VMA, store: (value: UInt8, offset: Int)? = nil,
+                     stored: UnsafeMutablePointer<Bool>? = nil) throws(MMError) -> UnsafeMutableRawPointer {
         while true {
             let (pmdTable, pmdSlot) = try walkToPMD(address)
             let pmd = Entry(rawValue: ptlab_pte_read(pmdSlot))
@@ -42,7 +46,9 @@ extension MM {
                 if Entry(rawValue: ptlab_pte_read(pmdSlot)).isHugeLeaf { continue }
                 _ = try populate(pmdSlot, parent: pmdTable, level: .pmd, child: .pte, address: address)
             }
-            if let mapped = try mapPTE(pmdSlot: pmdSlot, address: address, vma: vma) { return mapped }
+            if let mapped = try mapPTE(pmdSlot: pmdSlot, address: address, vma: vma, store: store, stored: stored) {
+                return mapped
+            }
         }
     }
 
@@ -98,7 +104,8 @@ extension MM {
     /// do_anonymous_page / do_shared_fault: the page for `address` is had
     /// first, then the PTE table is reached with pte_offset_map_lock and
     /// the entry filled if still none. nil: the PMD changed, look again.
-    private func mapPTE(pmdSlot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA)
+    private func mapPTE(pmdSlot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA,
+                        store: (value: UInt8, offset: Int)?, stored: UnsafeMutablePointer<Bool>?)
         throws(MMError) -> UnsafeMutableRawPointer? {
         if let present = presentPage(pmdSlot: pmdSlot, address: address) { return present }
         let data: Page
@@ -108,8 +115,11 @@ extension MM {
             let folio = try file.folio(for: index, huge: false)
             data = folio.huge ? Page(folio.page.desc + Int(index & 511)) : folio.page
         } else {
+            // Not zeroed: nothing in the model reads a data page back (the
+            // user's stores go in, walkers read tables), so clear_page would
+            // be the kernel's cost without the kernel's reason.
             do {
-                data = try allocator.alloc(node: tableNode, zero: true)
+                data = try allocator.alloc(node: tableNode, zero: false)
             } catch {
                 throw .outOfMemory(error)
             }
@@ -118,10 +128,20 @@ extension MM {
         // The page another fault mapped first, or ours once installed.
         let result = withPTEOffsetMapLock(pmdSlot) { table -> (page: UnsafeMutableRawPointer, ours: Bool) in
             let pte = entry(in: table, level: .pte, address: address)
-            if let present = mapped(pte) { return (present, false) }
-            ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.dirty | Entry.accessed).rawValue)
-            noteWrite(to: table, under: pmdSlot)
-            return (allocator.address(of: data), true)
+            let page: UnsafeMutableRawPointer
+            let ours: Bool
+            if let present = mapped(pte) {
+                (page, ours) = (present, false)
+            } else {
+                ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: [.present, .writable, .user, .dirty, .accessed]).rawValue)
+                noteWrite(to: table, under: pmdSlot)
+                (page, ours) = (allocator.address(of: data), true)
+            }
+            if let store, let stored {
+                page.storeBytes(of: store.value, toByteOffset: store.offset, as: UInt8.self)
+                stored.pointee = true
+            }
+            return (page, ours)
         }
         if owned && result?.ours != true { PageTables.release(data, allocator: allocator) }
         return result?.page
@@ -137,7 +157,7 @@ extension MM {
                   address: UInt64) throws(MMError) -> Entry {
         let base = address & ~(tableSpan(child) - 1)
         let fresh = try PageTables.alloc(child, base: base, mm: self, node: tableNode, allocator: allocator)
-        let installed = Entry(pfn: fresh.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.accessed)
+        let installed = Entry(pfn: fresh.pfn, flags: [.present, .writable, .user, .accessed])
         let won: Bool
         if level == .pmd {
             lockPTL(parent)

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     /// free_pgtables: after the VMAs in `removed` were zapped, free the page

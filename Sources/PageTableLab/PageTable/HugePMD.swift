@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// Transparent huge pages at the PMD level (mm/huge_memory.c).
 ///
@@ -58,8 +58,8 @@ extension MM {
 
     /// The entry a huge PMD mapping `folio` gets.
     static func hugeEntry(_ folio: Page, writable: Bool) -> Entry {
-        Entry(pfn: folio.pfn, flags: Entry.present | Entry.user | Entry.huge | Entry.accessed | Entry.dirty
-              | (writable ? Entry.writable : 0))
+        Entry(pfn: folio.pfn, flags: Entry.Flags([.present, .user, .huge, .accessed, .dirty])
+              .union(writable ? .writable : []))
     }
 
     /// do_huge_pmd_anonymous_page: map a zeroed 2 MiB folio at the empty
@@ -135,11 +135,11 @@ extension MM {
         let table = withdraw(from: pmdTable)
         if let d = allocator.descriptor(pfn: old.pfn) { allocator.split(Page(d)) }
         let entries = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
-        let keep = old.rawValue & (Entry.writable | Entry.protNone | Entry.present)
+        let keep = old.flags.intersection([.writable, .protNone, .present])
         for i in 0..<512 {
-            let flags = Entry.user | Entry.accessed | Entry.dirty | keep
+            let flags = keep.union([.user, .accessed, .dirty])
             ptlab_pte_write(entries + i, Entry(pfn: UInt32(old.pfn) + UInt32(i), flags: flags).rawValue)
         }
-        ptlab_pte_write(slot, Entry(pfn: table.pfn, flags: Entry.present | Entry.writable | Entry.user | Entry.accessed).rawValue)
+        ptlab_pte_write(slot, Entry(pfn: table.pfn, flags: [.present, .writable, .user, .accessed]).rawValue)
     }
 }

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// init_mm: the kernel's page tables. Every table carries the ptdesc kernel
@@ -173,8 +173,8 @@ public final class InitMM: @unchecked Sendable {
 
     /// _KERNPG_TABLE and PAGE_KERNEL: kernel entries are made with A and D
     /// already set, so no walker, CPU or IOMMU, ever writes them.
-    static let tableFlags = Entry.present | Entry.writable | Entry.accessed | Entry.dirty
-    static let leafFlags = Entry.present | Entry.writable | Entry.accessed | Entry.dirty
+    static let tableFlags: Entry.Flags = [.present, .writable, .accessed, .dirty]
+    static let leafFlags: Entry.Flags = [.present, .writable, .accessed, .dirty]
 
     func validate(_ address: UInt64, _ length: UInt64, in area: UInt64, _ operation: String) throws(MMError) {
         guard address & 4095 == 0 else { throw .misaligned(what: "kernel address", value: address) }

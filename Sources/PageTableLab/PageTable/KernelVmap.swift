@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// vmalloc space: vmap and vunmap with 4 KiB pages, and ioremap with huge
 /// entries, where the kernel frees page tables through pmd_free_pte_page
@@ -83,7 +83,7 @@ extension InitMM {
                     return false
                 }
             }
-            ptlab_pte_write(entry, Entry(rawValue: Self.deviceMemoryPFN << 12 | Self.leafFlags | Entry.huge).rawValue)
+            ptlab_pte_write(entry, Entry(rawValue: Self.deviceMemoryPFN << 12 | Self.leafFlags.union(.huge).rawValue).rawValue)
             return true
         }
     }

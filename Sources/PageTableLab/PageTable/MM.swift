@@ -1,4 +1,63 @@
-import CSupport
+// PageTable/: mm_struct, its page tables and VMAs, and everything that walks
+// or changes them.
+//
+// What it models: x86-64 page tables (4 levels, P4D folded into the PGD; 5
+// with LA57) built from allocator pages, whose entries hold a PFN and _PAGE_*
+// bits, so that a stale entry leads into a real freed page. It follows
+// mm/memory.c (handle_mm_fault and __pte_alloc, unmap_page_range and
+// zap_pte_range, free_pgtables and free_pgd_range), mm/pt_reclaim.c
+// (try_to_free_pte), mm/pgtable-generic.c (pte_offset_map_lock), mm/gup.c
+// (gup_fast_pte_range), mm/vma.c (munmap's detach and downgrade),
+// mm/huge_memory.c, mm/khugepaged.c (MADV_COLLAPSE, the retract), mm/mremap.c,
+// mm/mprotect.c, and for init_mm arch/x86/mm (pgd_ctor, preallocate_vmalloc_pages,
+// pmd_free_pte_page, pud_free_pmd_page, remove_pagetable, cpa_collapse_large_pages).
+//
+// Who holds what (KERNEL-NOTES section 9):
+//  - mmap_lock (MMapLock): write for mmap, munmap, mremap, mprotect,
+//    MADV_HUGEPAGE and the anonymous collapse; munmap detaches its VMAs
+//    under write, then downgrades to read to zap and free_pgtables; read for
+//    faults, MADV_DONTNEED and the shmem collapse.
+//  - the rmap lock (anon_vma / i_mmap; one per mm here): free_pgtables
+//    unlinks the VMAs under it before freeing their tables; the shmem retract
+//    holds it and no mmap_lock at all.
+//  - mm->page_table_lock: populating PGD, P4D and PUD entries.
+//  - split ptlocks in the ptdesc, for the PMD and PTE tables of user mms: a
+//    PMD entry is populated or cleared under its PMD table's lock wherever
+//    another updater may race (free_pgtables, whose VMAs no one else can
+//    find, does without), and every PTE-level updater reaches its table as
+//    pte_offset_map_lock does (RCU, read the PMD, lock, pmd_same re-check).
+//  - nothing, for lockless walkers: GUP-fast (IRQs off: an IPI or a grace
+//    period waits for it), pte_offset_map (RCU only), the MMU and the IOMMU
+//    (only flushes and invalidations). LockContext names these.
+//
+// The rules: a table is unlinked (its parent entry cleared under the lock
+// that guards it), taken off VmPTE (accountTable: mm_dec_nr_ptes and
+// friends), and only then handed to a free path: an mmu_gather,
+// pte_free_defer, or, for init_mm, pagetable_free. The code that unlinked a
+// table never frees it itself. Freeing paths allocate nothing:
+// PageTables.dtor and dtorFree touch only the descriptor and the allocator.
+// The ptlock and NR_PAGETABLE go with the free (pagetable_dtor in
+// __tlb_remove_table, 6.14+) unless a profile asks for the old dtor at
+// unlink. Every entry is read and written with one atomic access (EntrySlot,
+// READ_ONCE/WRITE_ONCE): a torn entry would be a PFN that never existed.
+//
+// Files:
+//   MM.swift, MMProfile.swift      mm_struct (locks, VmPTE, levels); the kernel it behaves as
+//   Entry.swift, EntrySlot.swift   pte_t, _PAGE_* flags, Level; ptep_get, set_pte, xchg
+//   PageTables.swift               pagetable_alloc and the ctors; pagetable_dtor(_free)
+//   Fault.swift, UserAccess.swift  handle_mm_fault, __pte_alloc; a user program's store
+//   Syscalls.swift, Zap.swift      mmap, munmap, madvise, exit_mmap; zap_pte_range, try_to_free_pte
+//   FreePgtables.swift             free_pgtables, free_pgd_range and the levels below
+//   PTEMapLock.swift, Walkers.swift   updaters' pte_offset_map_lock; GUP-fast, pte_offset_map, MMU
+//   LockContext.swift, MMapLock.swift, Rmap.swift   walker contexts; mmap_lock; rmap ranges
+//   HugePMD.swift, THPSettings.swift   THP fault, deposit, split, zap; the sysfs policy
+//   Collapse.swift                 MADV_COLLAPSE: collapse_huge_page, collapse_file, the retract
+//   Mremap.swift, Mprotect.swift, VMA.swift   move_page_tables; change_protection; VMAs
+//   MMUNotifier.swift, TablesHeld.swift, MMError.swift   secondary TLBs; tables vs VmPTE; errors
+//   InitMM.swift, KernelLayout.swift, KernelVmap.swift, MemoryHotplug.swift,
+//   CPACollapse.swift              init_mm and the four kernel functions that free kernel tables
+
+internal import CSupport
 import Synchronization
 
 /// mm_struct: an address space whose page tables live in allocator pages.
@@ -96,19 +155,21 @@ public final class MM: @unchecked Sendable {
     @inlinable public func tableSpan(_ level: Level) -> UInt64 { 1 << UInt64(shift(level) + 9) }
 
     /// The entry of `table` (a table of `level`) that maps `address`.
-    @inlinable
-    public func entry(in table: Page, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
+    func entry(in table: Page, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
         entry(inTableAt: allocator.address(of: table), level: level, address: address)
     }
 
-    @inlinable
-    public func entry(inTableAt base: UnsafeMutableRawPointer, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
+    func entry(inTableAt base: UnsafeMutableRawPointer, level: Level, address: UInt64) -> UnsafeMutablePointer<UInt64> {
         base.assumingMemoryBound(to: UInt64.self) + Int((address >> UInt64(shift(level))) & 511)
     }
 
     // MARK: - accounting (mm_inc_nr_ptes and friends)
 
-    func accountTable(_ level: Level, _ delta: Int) {
+    /// mm_inc_nr_ptes / mm_dec_nr_ptes (and the PMD and PUD ones): VmPTE
+    /// follows the tables an mm links. Whoever unlinks a table takes it off
+    /// (`-1`) before handing it to a gather or a free, as free_pte_range
+    /// does after pte_free_tlb.
+    public func accountTable(_ level: Level, _ delta: Int) {
         switch level {
         case .pte, .pmd, .pud: pgtablesBytesCounter.add(delta * 4096, ordering: .relaxed)
         case .p4d, .pgd: break

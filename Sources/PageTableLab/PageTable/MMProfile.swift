@@ -1,22 +1,7 @@
 /// How the modelled kernel frees page tables. The safe defaults are the
 /// kernel as of 6.14+; each alternative is a kernel before a fix (or a bug
 /// injected on purpose), so a detector can be shown to fire.
-public struct MMProfile: Sendable, Equatable, Codable {
-    /// How tables unlinked by a gather are freed.
-    public enum TableFree: String, Sendable, Codable, CaseIterable {
-        /// MMU_GATHER_RCU_TABLE_FREE: flush, then a grace period, then free.
-        case rcu = "rcu-table-free"
-        /// Unsafe: freed at unlink, before any flush or grace period.
-        case immediate
-        /// Unsafe: after a grace period but with no TLB flush, so a CPU's
-        /// paging-structure cache keeps pointing at the freed table.
-        case noFlush = "no-flush"
-        /// x86 native before MMU_GATHER_RCU_TABLE_FREE: freed right after
-        /// the TLB flush, with no grace period. Safe when that flush is an
-        /// IPI (it waits out GUP-fast); not when it sends none.
-        case noRCU = "no-rcu"
-    }
-
+public struct MMProfile: Sendable {
     /// When a page table's destructor (ptlock teardown, NR_PAGETABLE) runs.
     public enum Dtor: String, Sendable, Codable, CaseIterable {
         /// 6.14+: in __tlb_remove_table, with the free, after the grace period.
@@ -24,35 +9,6 @@ public struct MMProfile: Sendable, Equatable, Codable {
         /// Before 6.14: at unlink, so a racing pte_offset_map_lock() can take
         /// a ptlock that was already freed (seed 003).
         case atUnlink = "dtor-at-unlink"
-    }
-
-    /// What tlb_remove_table_one does when no batch page can be had.
-    public enum BatchFallback: String, Sendable, Codable, CaseIterable {
-        /// Wait for every CPU to leave its IRQs-off section, then free now:
-        /// enough only when every walker that can be in the table runs with
-        /// IRQs off, which PT_RECLAIM breaks (seed 003).
-        case ipiSync = "ipi-sync"
-        /// call_rcu on the table's own rcu_head (PT_RECLAIM kernels).
-        case rcuOne = "rcu-one"
-        /// synchronize_rcu, then free now (7.x).
-        case synchronize
-        /// Unsafe: synchronize without tlb_table_invalidate first. The
-        /// grace period waits out every software walker, but a CPU's
-        /// paging-structure cache still points at the table it frees until
-        /// the gather's final flush.
-        case noInvalidate = "no-invalidate"
-    }
-
-    /// How khugepaged's retract frees the PTE table it removed.
-    public enum CollapseFree: String, Sendable, Codable, CaseIterable {
-        /// pte_free_defer (6.5+): call_rcu on the table's embedded head.
-        case `defer`
-        /// Before 6.5: tlb_remove_table_sync_one, then pte_free at once —
-        /// safe only because the retract then held every mm's mmap write
-        /// lock, so no pte_offset_map walker could be in the table.
-        case ipiSync = "ipi-sync"
-        /// Unsafe: pte_free at once, no grace period.
-        case immediate
     }
 
     public var fiveLevel = false
@@ -67,12 +23,17 @@ public struct MMProfile: Sendable, Equatable, Codable {
     public var deliberatelyUnsafe = false
     /// CONFIG_PT_RECLAIM: MADV_DONTNEED frees PTE tables it emptied.
     public var ptReclaim = true
-    public var tableFree = TableFree.rcu
+    /// How a gather frees the tables it is given.
+    public var tableFree: any TableFreePolicy = .rcu
+    /// Fault injection: the gather never flushes the TLB (tables are still
+    /// freed after a grace period): a CPU's paging-structure cache keeps
+    /// pointing at a freed table.
+    public var gatherSkipsFlush = false
     public var dtor = Dtor.atFree
-    public var batchFallback = BatchFallback.rcuOne
     /// Fault injection: every table-batch page allocation fails.
     public var failBatchAllocation = false
-    public var collapseFree = CollapseFree.defer
+    /// How the retract of a collapse frees the PTE table it took.
+    public var collapseFree: any RetractFreePolicy = .pteFreeDefer
     /// The transparent-hugepage policy faults follow (sysfs).
     public var thp = THPSettings()
     /// mremap realigns a move down to a PMD boundary when nothing is mapped
@@ -89,7 +50,7 @@ public struct MMProfile: Sendable, Equatable, Codable {
     /// brought PT_RECLAIM made tlb_remove_table_one use call_rcu for that
     /// reason (seed 003).
     public func check() throws(MMError) {
-        if ptReclaim && batchFallback == .ipiSync && !deliberatelyUnsafe {
+        if ptReclaim && (tableFree as? RCUTableFree)?.fallback == .ipiSync && !deliberatelyUnsafe {
             throw .unshippedProfile("PT_RECLAIM with the ipi-sync fallback of tlb_remove_table_one: PT_RECLAIM frees tables under the mmap read lock, where pte_offset_map walkers hold only RCU, which the sync IPI does not wait for; no kernel shipped it (seed 003: the series made the fallback call_rcu)")
         }
     }
@@ -105,8 +66,8 @@ public struct MMProfile: Sendable, Equatable, Codable {
         var p = MMProfile()
         p.ptReclaim = false
         p.dtor = .atUnlink
-        p.batchFallback = .ipiSync
-        p.collapseFree = .ipiSync
+        p.tableFree = .rcu(fallback: .ipiSync)
+        p.collapseFree = .syncIPI
         p.mremapRealign = false
         return p
     }

@@ -17,7 +17,7 @@ extension MM {
 
     /// Called with every TLB flush of the mm. A fullmm flush (start = end
     /// = ~0) is a flush of everything.
-    func invalidateSecondaryTLBs(start: UInt64, end: UInt64) {
+    public func invalidateSecondaryTLBs(start: UInt64, end: UInt64) {
         let list = notifiers.withLock { $0 }
         guard !list.isEmpty else { return }
         let (s, e) = start == .max ? (0, UInt64.max) : (start, end)

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// A 2 MiB block of hot-added memory: its pages (the new memory, one
 /// order-9 allocation) and where the direct map shows them.
@@ -31,7 +31,7 @@ extension InitMM {
                 guard Entry(rawValue: ptlab_pte_read(entry)).isNone else {
                     throw .mappingExists(address: block.address, length: MemoryBlock.size)
                 }
-                ptlab_pte_write(entry, Entry(pfn: pages.pfn, flags: Self.leafFlags | Entry.huge).rawValue)
+                ptlab_pte_write(entry, Entry(pfn: pages.pfn, flags: Self.leafFlags.union(.huge)).rawValue)
             }
         } catch {
             PageTables.release(pages, allocator: allocator)

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// What mprotect may grant: the trace's `none`, `r` and `rw`.
 public enum Protection: String, Sendable, CaseIterable, Codable {
@@ -87,11 +87,11 @@ extension MM {
     /// An entry with `protection`: PROT_NONE keeps the mapping but not the
     /// present bit (_PAGE_PROTNONE), read-only drops R/W.
     static func protected(_ e: Entry, _ protection: Protection) -> Entry {
-        var raw = e.rawValue & ~(Entry.present | Entry.protNone | Entry.writable)
+        var raw = e.rawValue & ~Entry.Flags([.present, .protNone, .writable]).rawValue
         switch protection {
-        case .none: raw |= Entry.protNone
-        case .r: raw |= Entry.present
-        case .rw: raw |= Entry.present | Entry.writable
+        case .none: raw |= Entry.protNone.rawValue
+        case .r: raw |= Entry.present.rawValue
+        case .rw: raw |= Entry.Flags([.present, .writable]).rawValue
         }
         return Entry(rawValue: raw)
     }

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW) (mm/mremap.c):
 /// under the mmap write lock, the VMA is copied to NEW, its page tables are

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// How every PTE-level updater reaches its table (pte_offset_map_lock):

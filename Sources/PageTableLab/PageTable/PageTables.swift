@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// pagetable_alloc, the level constructors and pagetable_dtor / _free.
@@ -13,7 +13,7 @@ public enum PageTables {
     /// pagetable_alloc + pagetable_*_ctor: a page that becomes a table,
     /// zeroed unless `zero` is false (GFP_PGTABLE_USER without __GFP_ZERO:
     /// only the bench, whose tables are never linked, asks for that).
-    static func alloc(_ level: Level, base: UInt64, mm: MM?, node: NodePreference,
+    public static func alloc(_ level: Level, base: UInt64, mm: MM?, node: NodePreference,
                       allocator: PageAllocator, kernel: Bool = false, zero: Bool = true) throws(MMError) -> Page {
         let page: Page
         do {
@@ -32,6 +32,9 @@ public enum PageTables {
         let d = page.desc
         ptlab_page_set_mm(d, mm)
         d.pointee.index = base
+        // A timed free that ended on a path that does not record it must
+        // not be timed across this life too.
+        d.pointee.queued_ns = 0
         if !kernel && (level == .pte || level == .pmd) { ptlab_ptl_init(d) }
         ptlab_page_set_level(d, UInt32(level.rawValue))
         ptlab_page_mark_table(d, PTLAB_PG_TABLE | (kernel ? PTLAB_PT_KERNEL : 0))
@@ -54,7 +57,7 @@ public enum PageTables {
     @inline(__always)
     public static func dtorFree(_ page: Page, allocator: PageAllocator) {
         dtor(page, allocator: allocator)
-        recordFreeLatency(page, pfn: allocator.pfn(of: page.desc))
+        recordFreeLatency(page)
         guard release(page, allocator: allocator) else { return }
         ptlab_pcp_event_add(ptlab_pcp_counting(), PTLAB_EV_TABLES_FREED, 1)
     }
@@ -63,7 +66,7 @@ public enum PageTables {
     /// cannot fail: a refusal (a double free) is a bug, counted in
     /// `Integrity` rather than thrown. Returns whether the page was freed.
     @inline(__always) @discardableResult
-    static func release(_ page: Page, allocator: PageAllocator) -> Bool {
+    public static func release(_ page: Page, allocator: PageAllocator) -> Bool {
         do {
             try allocator.free(page)
             return true
@@ -81,20 +84,22 @@ public enum PageTables {
     /// of pte_free_defer's cost (BENCHMARKS.md). It catches a table queued
     /// twice, not two threads queueing it at once; the kernel checks
     /// neither.
-    static func markDeferred(_ page: Page) -> Bool {
+    public static func markDeferred(_ page: Page) -> Bool {
         let found = ptlab_page_state(page.desc)
         if found == PTLAB_PAGE_ALLOCATED.rawValue { ptlab_page_set_state(page.desc, PTLAB_PAGE_DEFERRED.rawValue) }
         guard found == PTLAB_PAGE_ALLOCATED.rawValue else {
             Integrity.doubleQueuedCount.add(1, ordering: .relaxed)
             return false
         }
-        if FreeLatency.samples(pfn: page.desc.pointee.pfn) { page.desc.pointee.queued_ns = monotonicNanoseconds() }
+        if FreeLatency.samplesNextQueued() { page.desc.pointee.queued_ns = monotonicNanoseconds() }
         return true
     }
 
+    /// The descriptor's line is the one the free writes anyway, so the
+    /// test costs nothing on the frees that were not timed.
     @inline(__always)
-    private static func recordFreeLatency(_ page: Page, pfn: UInt32) {
-        guard FreeLatency.samples(pfn: pfn) else { return }
+    private static func recordFreeLatency(_ page: Page) {
+        guard page.desc.pointee.queued_ns != 0 else { return }
         recordSampledFreeLatency(page)
     }
 
@@ -103,7 +108,6 @@ public enum PageTables {
     @inline(never)
     private static func recordSampledFreeLatency(_ page: Page) {
         let queued = page.desc.pointee.queued_ns
-        guard queued != 0 else { return }
         page.desc.pointee.queued_ns = 0
         FreeLatency.record(nanoseconds: monotonicNanoseconds() &- queued)
     }

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     func validate(_ operation: String, _ address: UInt64, _ length: UInt64) throws(MMError) {

@@ -50,7 +50,7 @@ public struct THPSettings: Sendable, Equatable, Codable {
         defer { fclose(file) }
         var buffer = [CChar](repeating: 0, count: 256)
         guard fgets(&buffer, Int32(buffer.count), file) != nil else { return nil }
-        return selected(in: String(cString: buffer))
+        return selected(in: String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
     }
 
     static func selected(in line: String) -> String? {

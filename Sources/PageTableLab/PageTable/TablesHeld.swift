@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     /// The bytes of user page tables this mm really holds: every PUD, PMD

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     /// A user program's store of `value` at `address`: through the page
@@ -9,9 +9,18 @@ extension MM {
     /// PMD table's for a huge PMD — which stands in for what protects a CPU's
     /// store in the kernel: the data page is freed only after the zap's TLB
     /// flush, and that flush waits for a store in flight.
+    ///
+    /// One hold of the mmap read lock covers the fault and the store, as a
+    /// CPU's retaken fault and its store run under the one the fault took.
     func storeByte(_ value: UInt8, at address: UInt64) throws(MMError) {
-        while !mmapLock.withReadLock({ storeIfMapped(value, at: address) }) {
-            try fault(at: address & ~4095)
+        try mmapLock.withReadLock { () throws(MMError) in
+            // Fault first: a store is most often to memory not yet mapped,
+            // and the fault that maps a small page stores under its lock.
+            var stored = false
+            let vma = try faultableVMA(at: address)
+            repeat {
+                _ = try faultLocked(at: address & ~4095, vma: vma, store: (value, Int(address & 4095)), stored: &stored)
+            } while !stored && !storeIfMapped(value, at: address)
         }
     }
 

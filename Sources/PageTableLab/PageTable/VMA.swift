@@ -137,11 +137,15 @@ struct VMATree {
 
     /// anon_prepare: the first fault in an anonymous VMA gives it an
     /// anon_vma (a MAP_SHARED mapping of a file never gets one).
-    mutating func prepareAnon(at address: UInt64) {
-        guard let i = vmas.firstIndex(where: { $0.contains(address) }), vmas[i].isAnonymous,
-              vmas[i].anonVMA == 0 else { return }
-        vmas[i].anonVMA = nextAnonVMA
-        nextAnonVMA += 1
+    /// The VMA at `address`, its anon_vma prepared first if it needs one:
+    /// what a write fault looks up, in one search.
+    mutating func prepareAnonAndFind(_ address: UInt64) -> VMA? {
+        guard let i = vmas.firstIndex(where: { $0.contains(address) }) else { return nil }
+        if vmas[i].isAnonymous && vmas[i].anonVMA == 0 {
+            vmas[i].anonVMA = nextAnonVMA
+            nextAnonVMA += 1
+        }
+        return vmas[i]
     }
 
     /// vma_modify (mprotect, madvise): split at the edges of [start, end)

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 
 /// The lab's use-after-free detectors, one per walker and the way it
 /// found out. The raw values are the keys of a stress report's
@@ -135,7 +135,7 @@ extension WalkCounters {
         notMapped += 1
     }
 
-    mutating func detected(_ detector: Detector, poison: Bool = false) {
+    public mutating func detected(_ detector: Detector, poison: Bool = false) {
         self[detector] += 1
         if poison { poisonSeen += 1 }
     }

@@ -1,8 +1,8 @@
-import CSupport
+internal import CSupport
 
 extension MM {
     /// 2 MiB: the span of one PTE table, and of a huge PMD.
-    static let pmdSize: UInt64 = 1 << 21
+    public static let pmdSize: UInt64 = 1 << 21
 
     /// unmap_page_range: clear every entry in [start, end) of `vma`, feeding
     /// anonymous data pages to the gather (a shmem page stays in its page

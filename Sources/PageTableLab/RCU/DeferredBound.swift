@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// Outstanding deferred memory and its optional bound.
@@ -32,10 +32,13 @@ public enum DeferredBound {
     /// Test-only: admit every call whatever the bound (the bound's check
     /// deleted), so that a test can show the independent measurement catch
     /// the overshoot.
-    static func disableAdmissionForTesting(_ disabled: Bool) {
+    public static func disableAdmissionForTesting(_ disabled: Bool) {
         admissionDisabled.store(disabled, ordering: .relaxed)
         bytes = storage.load(ordering: .relaxed)
     }
+
+    /// Whether `disableAdmissionForTesting` switched admission off.
+    public static var admissionIsDisabled: Bool { admissionDisabled.load(ordering: .relaxed) }
 
     /// A snapshot of the account, for reports and tests.
     public struct Snapshot: Sendable, Equatable, Codable {

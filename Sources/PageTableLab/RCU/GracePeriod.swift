@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// A grace-period sequence you can poll, which liburcu 0.13 lacks

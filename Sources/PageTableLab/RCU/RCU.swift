@@ -1,5 +1,60 @@
-import CSupport
-import CURCU
+// RCU/: the kernel's RCU API, with liburcu's memb flavour doing the work.
+//
+// The grace periods are real ones, not an imitation. A "CPU" is a thread
+// registered with liburcu (urcu_memb_register_thread); rcu_read_lock and
+// rcu_read_unlock are liburcu's read-side inlines; call_rcu queues on an
+// rcu_head embedded in the object being freed; synchronize_rcu and
+// rcu_barrier are liburcu's own. The promise this area keeps is the one
+// include/linux/rcupdate.h makes and every page-table free in the lab leans
+// on: a callback queued by call_rcu runs only after every read section that
+// was running when it was queued has ended. GUP-fast (IRQs off) and
+// pte_offset_map (rcu_read_lock) walk inside such sections; a table freed
+// through call_rcu cannot be freed under them.
+//
+// How it runs. Callbacks run on liburcu's call_rcu worker
+// (urcu-call-rcu-impl.h, call_rcu_thread): it takes the whole queue, waits
+// one grace period for it, runs it, then sleeps 10 ms before looking again.
+// So a flood of call_rcu is mostly outstanding at once, in 10 ms batches,
+// and rcu_barrier costs at least one such period. `rcu_workers=per-cpu`
+// switches to one worker per CPU (create_all_cpu_call_rcu_data), as the
+// kernel's per-CPU callback lists are.
+//
+// The rules:
+//  - Never wait for a grace period inside a read section (it would wait for
+//    itself): synchronize and barrier refuse with RCUError instead of
+//    hanging. A read section is synchronous; an await inside it could resume
+//    on another thread.
+//  - call_rcu allocates nothing: the head lives in the object (a page
+//    table's ptdesc->pt_rcu_head, or memory the caller owns), and one C
+//    trampoline (CSupport/rcu.c) turns it back into its object.
+//  - Callbacks run on the worker: no blocking, no allocation, no
+//    rcu_barrier (RCUError.insideCallback).
+//  - Only a registered thread may queue (RCUError.unregisteredThread).
+//  - A head must not be queued again before its callback has run: liburcu's
+//    queue would be corrupted. The page-table paths guard it through the
+//    page state (PageTables.markDeferred); RCU.call itself does not check.
+//  - Deferred memory is counted twice, on purpose: admission against
+//    deferred_bound_bytes (DeferredBound; over it a caller waits a grace
+//    period and frees inline, as kvfree_rcu does when it has no page for
+//    its batch), and measurement from the callbacks' side (in-flight bytes,
+//    sampled by DeferredMemoryMonitor), so that a broken admission cannot
+//    hide its own overshoot.
+//
+// Files:
+//   RCU.swift                    read, call, synchronize, barrier; RCUHead, RCUError
+//   RCUThread.swift              registration, RCUThread (a "CPU"), call_rcu workers, CPU pinning
+//   GracePeriod.swift            get_state/start_poll/poll_state/cond_synchronize_rcu, which
+//                                liburcu 0.13 lacks, on a static head (nothing allocated)
+//   DeferredBound.swift          the bound and the queued/invoked/in-flight books
+//   DeferredMemoryMonitor.swift  the peak of in-flight bytes, sampled from a thread of its own
+//
+// CSupport is a public import here because RCU.read's @inlinable body is
+// liburcu's read-side inline code, compiled into callers in other modules (a
+// read section is a handful of instructions, and the bench holds it to C's
+// cost). No C type appears in a signature here.
+
+public import CSupport
+internal import CURCU
 import Synchronization
 
 /// Misuse of the RCU API. Each of these would be a hang or silent corruption
@@ -26,10 +81,36 @@ public enum RCUError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// A callback liburcu's worker runs after a grace period. It must be a
-/// nonisolated global function: a closure literal in main-actor code traps
-/// when the worker thread calls it.
-public typealias RCUCallback = @convention(c) (UnsafeMutablePointer<ptlab_rcu_head>?) -> Void
+/// A callback liburcu's worker runs after a grace period, given the address
+/// of the head it was queued on (`RCUHead(at:)` turns it back into one). It
+/// must be a nonisolated global function: a closure literal in main-actor
+/// code traps when the worker thread calls it.
+public typealias RCUCallback = @convention(c) (UnsafeMutableRawPointer?) -> Void
+
+/// The C face of the same callback, for the library's own.
+typealias CRCUCallback = @convention(c) (UnsafeMutablePointer<ptlab_rcu_head>?) -> Void
+
+/// struct rcu_head: where an object waiting for a grace period is queued.
+/// It lives inside the object (a page's descriptor, or memory the caller
+/// owns), so queueing allocates nothing, and the callback finds the object
+/// from it (container_of).
+public struct RCUHead: Hashable, @unchecked Sendable {
+    let raw: UnsafeMutablePointer<ptlab_rcu_head>
+
+    init(_ raw: UnsafeMutablePointer<ptlab_rcu_head>) { self.raw = raw }
+
+    /// The head at `memory`, which the caller owns, `RCUHead.size` bytes of
+    /// it, suitably aligned, until the callback has run.
+    public init(at memory: UnsafeMutableRawPointer) {
+        raw = memory.bindMemory(to: ptlab_rcu_head.self, capacity: 1)
+    }
+
+    /// Where the head lives: what an `RCUCallback` is given.
+    public var address: UnsafeMutableRawPointer { UnsafeMutableRawPointer(raw) }
+
+    /// The bytes a head needs.
+    public static var size: Int { MemoryLayout<ptlab_rcu_head>.size }
+}
 
 /// What `call` did with the head.
 public enum RCUCallOutcome: Equatable, Sendable {
@@ -64,8 +145,13 @@ public enum RCU {
     /// head is embedded in the object. `bytes` is what the object holds, for
     /// the outstanding-memory account and its bound.
     @discardableResult
-    public static func call(
-        _ head: UnsafeMutablePointer<ptlab_rcu_head>, bytes: UInt64, _ callback: RCUCallback
+    public static func call(_ head: RCUHead, bytes: UInt64, _ callback: RCUCallback) throws(RCUError) -> RCUCallOutcome {
+        try call(head.raw, bytes: bytes, unsafeBitCast(callback, to: CRCUCallback.self))
+    }
+
+    @discardableResult
+    static func call(
+        _ head: UnsafeMutablePointer<ptlab_rcu_head>, bytes: UInt64, _ callback: CRCUCallback
     ) throws(RCUError) -> RCUCallOutcome {
         guard ptlab_rcu_thread_may_call() != 0 else { throw .unregisteredThread(operation: "call") }
         if ptlab_call_rcu_bounded(head, callback, bytes, DeferredBound.enforced.load(ordering: .relaxed)) != 0 {

@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CSupport
-import CURCU
+internal import CSupport
+internal import CURCU
 
 extension RCU {
     /// Run `body` with this thread registered; registration nests, and is
@@ -12,6 +12,21 @@ extension RCU {
         defer { ptlab_rcu_unregister() }
         return try body()
     }
+
+    /// Register the calling thread until `unregisterThread()`, for a
+    /// registration that spans an object's life rather than one scope
+    /// (`withRegisteredThread` is the scoped form). Registration nests.
+    public static func registerThread() { ptlab_rcu_register() }
+
+    /// Undo one `registerThread()`; the thread must not be in a read-side
+    /// critical section.
+    public static func unregisterThread() { ptlab_rcu_unregister() }
+
+    /// Start liburcu's call_rcu worker now (queue a no-op and wait for it),
+    /// so that its thread, stack and first wake-up do not land inside a
+    /// measurement. The calling thread must be registered and outside any
+    /// read-side critical section.
+    public static func startWorker() { ptlab_rcu_prime() }
 
     /// Which call_rcu worker threads run callbacks.
     public enum Workers: String, Sendable, CaseIterable, Codable {

@@ -1,3 +1,4 @@
+internal import CSupport
 import Histogram
 import Synchronization
 
@@ -16,12 +17,15 @@ public enum FreeLatency {
     /// it happens: per table that was more than the rest of pte_free_now
     /// (BENCHMARKS.md), and at one in 16 it was still 2 ns of the RCU
     /// worker's 20 per table. One in 64 still gives a flood of 2^18 tables
-    /// 4,096 samples. The sample is chosen by PFN, which has nothing to do
-    /// with how long a table waits, so the distribution is not skewed.
+    /// 4,096 samples. The sample is every 64th free each thread queues,
+    /// which has nothing to do with how long a table waits, so the
+    /// distribution is not skewed; and unlike a choice by PFN it samples a
+    /// run that recycles a few table pages.
     static let sampleEvery: UInt32 = 64
 
+    /// Whether the free the calling thread queues now is timed.
     @inline(__always)
-    static func samples(pfn: UInt32) -> Bool { pfn & (sampleEvery - 1) == 0 }
+    static func samplesNextQueued() -> Bool { ptlab_latency_sample(sampleEvery) != 0 }
 
     static func record(nanoseconds: UInt64) {
         histogram.withLock { _ = $0.record(min(nanoseconds, ceiling)) }
@@ -40,6 +44,12 @@ public enum FreeLatency {
             Summary(p50: Double(h.valueAtPercentile(50)) / 1000, p99: Double(h.valueAtPercentile(99)) / 1000,
                     max: Double(h.totalCount == 0 ? 0 : h.max) / 1000, count: h.totalCount)
         }
+    }
+
+    /// The latency in microseconds at each of `percentiles`; empty when
+    /// nothing was recorded.
+    public static func microseconds(atPercentiles percentiles: [Double]) -> [Double] {
+        histogram.withLock { h in h.totalCount == 0 ? [] : percentiles.map { Double(h.valueAtPercentile($0)) / 1000 } }
     }
 
     public static func reset() { histogram.withLock { $0.reset() } }

@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// Freeing kernel page tables when an IOMMU may have cached them (seeds
@@ -12,16 +12,9 @@ import Synchronization
 /// unconditionally, and the work invalidates the whole kernel range once
 /// for the batch, waits, and only then frees every page on the list.
 public final class KernelPageTableFree: @unchecked Sendable {
-    public enum Mode: String, Sendable, Codable, CaseIterable {
-        /// The fix: one list, one work, one invalidation per batch.
-        case deferred
-        /// Safe but slow: invalidate and wait for each table, then free it.
-        case perPage = "per-page"
-        /// The kernel before the fix: free at once, the IOMMU never told.
-        case noInvalidate = "no-invalidate"
-    }
-
-    public let mode: Mode
+    /// How kernel tables are freed: `.deferred` (the fix), `.perPage`, or
+    /// `.noInvalidate` (the kernel before it), or a prototype's own.
+    public let policy: any KernelTableFreePolicy
     let allocator: PageAllocator
     /// Invalidates every SVA-bound mm's kernel range and waits: true once
     /// the IOMMU has done it. nil when no IOMMU shares the tables.
@@ -45,8 +38,8 @@ public final class KernelPageTableFree: @unchecked Sendable {
 
     /// `workCPU`: the CPU the freeing thread runs on, to bind the work there
     /// as schedule_work does (nil: unbound).
-    public init(mode: Mode, allocator: PageAllocator, workCPU: Int? = nil, invalidateKVA: (@Sendable () -> Bool)?) {
-        self.mode = mode
+    public init(policy: any KernelTableFreePolicy, allocator: PageAllocator, workCPU: Int? = nil, invalidateKVA: (@Sendable () -> Bool)?) {
+        self.policy = policy
         self.allocator = allocator
         self.invalidateKVA = invalidateKVA
         list = .allocate(capacity: 1)
@@ -73,8 +66,8 @@ public final class KernelPageTableFree: @unchecked Sendable {
         stranded.deallocate()
     }
 
-    /// pagetable_free: a kernel table (ptdesc kernel bit) takes the path of
-    /// this lab's mode; any other page is freed at once.
+    /// pagetable_free: a kernel table (ptdesc kernel bit) takes the policy's
+    /// path; any other page is freed at once.
     ///
     /// The kernel clears the bit here (ptdesc_clear_kernel) because its only
     /// job there is routing. In the lab the IOMMU's checker also reads it:
@@ -86,22 +79,21 @@ public final class KernelPageTableFree: @unchecked Sendable {
             PageTables.dtorFree(page, allocator: allocator)
             return
         }
-        switch mode {
-        case .deferred:
-            pagetableFreeKernel(page)
-        case .perPage:
-            guard PageTables.markDeferred(page) else { return }
-            if invalidate() {
-                PageTables.dtorFree(page, allocator: allocator)
-                tablesFreed.add(1, ordering: .relaxed)
-            } else {
-                lock.withLock { _ in cds_list_add(ptlab_ptdesc_list(page.desc), stranded) }
-                tablesStranded.add(1, ordering: .relaxed)
-            }
-        case .noInvalidate:
-            PageTables.dtorFree(page, allocator: allocator)
-            tablesFreed.add(1, ordering: .relaxed)
-        }
+        policy.free(page, freer: self)
+    }
+
+    /// A table's last step, whichever policy took it there: freed (and
+    /// counted in `tablesFreed`).
+    public func free(_ page: Page) {
+        PageTables.dtorFree(page, allocator: allocator)
+        tablesFreed.add(1, ordering: .relaxed)
+    }
+
+    /// A table whose invalidation never completed: kept, never freed while
+    /// the lab runs (as Linux's freeing work would still be waiting).
+    public func strand(_ page: Page) {
+        lock.withLock { _ in cds_list_add(ptlab_ptdesc_list(page.desc), stranded) }
+        tablesStranded.add(1, ordering: .relaxed)
     }
 
     /// pagetable_free_kernel: list_add under the lock, schedule_work
@@ -114,8 +106,9 @@ public final class KernelPageTableFree: @unchecked Sendable {
         work.schedule()
     }
 
-    /// iommu_sva_invalidate_kva_range, and whether it completed.
-    private func invalidate() -> Bool {
+    /// iommu_sva_invalidate_kva_range for every SVA-bound mm, waited for:
+    /// whether it completed (true when no IOMMU shares the tables).
+    public func invalidate() -> Bool {
         guard let invalidateKVA else { return true }
         invalidations.add(1, ordering: .relaxed)
         return invalidateKVA()
@@ -165,4 +158,56 @@ public final class KernelPageTableFree: @unchecked Sendable {
     private func isEmpty(_ head: UnsafeMutablePointer<cds_list_head>) -> Bool {
         head.pointee.next == head
     }
+}
+
+/// How pagetable_free frees a kernel page table that an IOMMU may have
+/// cached (seeds 000–002).
+///
+/// `free` is called when the table has been unlinked from init_mm's tables
+/// and the kernel's CPU TLB flush for the range is done (flush_tlb_kernel_range
+/// or flush_tlb_all), so no CPU reaches it; an IOMMU bound through SVA may
+/// still hold it in its paging-structure caches until `freer.invalidate()`
+/// has completed. Free it with `freer.free`, after that invalidation, or
+/// `freer.strand` it if the invalidation never completes. May not allocate.
+public protocol KernelTableFreePolicy: Sendable {
+    /// A short name for reports.
+    var name: String { get }
+    func free(_ table: Page, freer: KernelPageTableFree)
+}
+
+/// The fix (6.19): one list, one work, one invalidation per batch.
+public struct DeferredKernelTableFree: KernelTableFreePolicy {
+    public init() {}
+    public var name: String { "deferred" }
+    public func free(_ table: Page, freer: KernelPageTableFree) { freer.pagetableFreeKernel(table) }
+}
+
+/// Safe but slow: invalidate and wait for each table, then free it.
+public struct PerPageKernelTableFree: KernelTableFreePolicy {
+    public init() {}
+    public var name: String { "per-page" }
+
+    public func free(_ table: Page, freer: KernelPageTableFree) {
+        guard PageTables.markDeferred(table) else { return }
+        if freer.invalidate() { freer.free(table) } else { freer.strand(table) }
+    }
+}
+
+/// The kernel before the fix: freed at once, the IOMMU never told.
+public struct NoInvalidateKernelTableFree: KernelTableFreePolicy {
+    public init() {}
+    public var name: String { "no-invalidate" }
+    public func free(_ table: Page, freer: KernelPageTableFree) { freer.free(table) }
+}
+
+extension KernelTableFreePolicy where Self == DeferredKernelTableFree {
+    public static var deferred: DeferredKernelTableFree { DeferredKernelTableFree() }
+}
+
+extension KernelTableFreePolicy where Self == PerPageKernelTableFree {
+    public static var perPage: PerPageKernelTableFree { PerPageKernelTableFree() }
+}
+
+extension KernelTableFreePolicy where Self == NoInvalidateKernelTableFree {
+    public static var noInvalidate: NoInvalidateKernelTableFree { NoInvalidateKernelTableFree() }
 }

@@ -1,3 +1,44 @@
+// Shmem/: a shmem file's page cache, shared by the mms that map it.
+//
+// What it models: the part of mm/shmem.c (a memfd_create file) that page-
+// table freeing meets. The file's pages live only in its page cache
+// (shmem_get_folio), and one or more mms map it MAP_SHARED. A folio is one
+// small page, or one huge 2 MiB folio at an index that is a multiple of
+// 512: from MADV_COLLAPSE, or from a fault that shmem_enabled allows.
+//
+// Why it matters to page tables:
+//  - Zapping a shmem mapping clears PTEs but frees no data page: the cache
+//    holds them (unmap_page_range hands only anonymous pages to the
+//    gather). Its PTE tables count in VmPTE as anonymous ones do, and
+//    PT_RECLAIM frees the ones MADV_DONTNEED emptied here too.
+//  - The shared file is why pte_free_defer exists (seed 004). collapse_file
+//    builds the huge folio in the cache (ShmemFile.collapse), every mm that
+//    maps the range has those PTEs unmapped, and retract_page_tables takes
+//    the PTE table from each of them holding only the rmap lock (i_mmap),
+//    not their mmap locks. A pte_offset_map walker in another process may
+//    be in that table with nothing but rcu_read_lock.
+//  - A shmem huge PMD has no deposited PTE table on x86: splitting it clears
+//    the PMD, and later faults build a PTE table or map the folio again.
+//
+// The rules:
+//  - The cache is one lock, a LabMutex over index -> folio (the i_pages
+//    lock's job). Two faults may race to fill an index: the one that loses
+//    frees its fresh folio at once, since nothing mapped it.
+//  - The small pages a collapse replaced go back only after every mm
+//    mapping them has had its PTEs unmapped and its table retracted
+//    (MM.madviseCollapse frees them; ShmemFile.collapse only returns them).
+//  - The cache goes when the last mm that maps the file lets go of it
+//    (mapped(by:), unmapped(by:), called by MM). The trace's `mmap shared`
+//    closes its memfd at once, so mappings are the file's only references.
+//  - Nothing here runs on a path that must not allocate (no RCU callback,
+//    no deferred work): it may use Swift collections.
+//
+// Files:
+//   ShmemFile.swift   the page cache, folio lookup and insert, collapse_file's
+//                     cache half, the mms that map the file (i_mmap, coarsely)
+// Elsewhere: VMA.file and the shared fault (PageTable/Fault.swift), the
+// retract (PageTable/Collapse.swift), shmem_enabled (PageTable/THPSettings.swift).
+
 import Synchronization
 
 /// A shmem inode, as memfd_create makes one: the page cache of a file that

@@ -1,3 +1,32 @@
+// Support/: what the rest of the model leans on and the kernel has no file
+// for.
+//
+//  - Integrity (Integrity.swift). The kernel's freeing calls return nothing:
+//    call_rcu, tlb_remove_table and pagetable_free cannot fail. The model's
+//    cannot either, so when one of them meets a step it must refuse because
+//    going on would corrupt the model, it counts the refusal instead of
+//    throwing: a free the allocator refused (a double free, a tail page;
+//    PageTables.release), a table queued twice for a deferred free
+//    (PageTables.markDeferred), an SVA notifier that could not make the
+//    IOMMU drop a range (SVABond). Each count is a bug in the model or in a
+//    policy plugged into it. A run takes a snapshot before and after, and a
+//    safe stress run with any difference fails. The counters are static
+//    atomics with relaxed adds: no lock, no allocation, safe from RCU
+//    callbacks and from the deferred kernel-table work.
+//  - LabMutex (LabMutex.swift): Synchronization.Mutex with the ordering it
+//    provides spelled out for ThreadSanitizer. Under contention Mutex hands
+//    over in the kernel (FUTEX_LOCK_PI) or in uninstrumented library code,
+//    and TSan then reports accesses made under the lock as races. LabMutex
+//    annotates an acquire just after taking the lock and a release just
+//    before giving it back, as CSupport/rcu.c does for the call_rcu
+//    hand-off. The model uses it wherever it would use Mutex. It allocates
+//    nothing per lock operation.
+//  - monotonicNanoseconds (Clock.swift): CLOCK_MONOTONIC through the vDSO,
+//    allocation-free, for latencies taken inside RCU callbacks.
+//
+// None of the three waits for a grace period, and what freeing paths call
+// here (the counters, the lock, the clock) allocates nothing.
+
 import Synchronization
 
 /// Operations the model refused because going on would have corrupted it:

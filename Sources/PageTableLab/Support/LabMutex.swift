@@ -1,4 +1,4 @@
-import CSupport
+internal import CSupport
 import Synchronization
 
 /// `Synchronization.Mutex`, with the ordering it provides spelled out for
@@ -19,14 +19,14 @@ import Synchronization
 /// The address is the mutex's own storage: `Mutex` has a raw layout, so it
 /// is never copied or moved while borrowed, and `withUnsafePointer(to:)`
 /// yields where it lives — the same address on every call, one per lock.
-struct LabMutex<Value: ~Copyable>: ~Copyable, Sendable {
+public struct LabMutex<Value: ~Copyable>: ~Copyable, Sendable {
     private let mutex: Mutex<Value>
 
-    init(_ initialValue: consuming sending Value) {
+    public init(_ initialValue: consuming sending Value) {
         mutex = Mutex(initialValue)
     }
 
-    borrowing func withLock<Result: ~Copyable, E: Error>(
+    public borrowing func withLock<Result: ~Copyable, E: Error>(
         _ body: (inout sending Value) throws(E) -> sending Result
     ) throws(E) -> sending Result {
         let key = withUnsafePointer(to: mutex) { UnsafeMutableRawPointer(mutating: $0) }

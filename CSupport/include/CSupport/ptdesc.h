@@ -1,0 +1,256 @@
+/*
+ * ptdesc.h - struct ptdesc: the page descriptor, its state, and the split
+ * ptlock
+ *
+ * The kernel keeps one descriptor per physical page (struct page; struct
+ * ptdesc is the same memory seen as a page table), and everything the
+ * page-table freeing paths need is in it: the rcu_head that call_rcu()
+ * queues, the list node the deferred kernel-table free uses, the split
+ * ptlock, the owning mm. That is what lets pte_free_defer() and
+ * tlb_remove_table() free without allocating. The lab's memmap is an array
+ * of these, one per PFN, and it keeps them in C because turning an
+ * embedded rcu_head back into its descriptor is container_of.
+ *
+ * Walkers in the lab run without locks and may hold a descriptor while it
+ * is freed, reused, or retired under them; in the unsafe modes that is the
+ * point, since it is how a use-after-free is caught rather than merely
+ * happening. So every field a walker reads is atomic, with its memory
+ * order next to it here, and a freed descriptor says so: its state, a
+ * generation bumped on every free, and the flag that says its ptlock is
+ * still alive (taking a freed table's ptlock is the use-after-free of
+ * seed 003).
+ *
+ *  - struct ptdesc, enum ptlab_page_state, enum ptlab_pt_level, the
+ *    PTLAB_PG_* flags: the descriptor and what it may be;
+ *  - ptlab_ptdesc_of_rcu(), ptlab_ptdesc_of_list(): container_of for the
+ *    two embedded nodes;
+ *  - ptlab_page_*(): state transitions, generation, level, flags, mm;
+ *    ptlab_page_mark_table() and ptlab_page_test_clear_table() are
+ *    __folio_set_pgtable() and __folio_clear_pgtable();
+ *  - ptlab_ptl_*(): ptlock_init(), ptlock_free(), and the lock itself.
+ */
+#ifndef PTLAB_PTDESC_H
+#define PTLAB_PTDESC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdatomic.h>
+#include "rcu.h"
+#include <urcu/list.h>
+#include "spinlock.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The memmap has one descriptor per page of this size. */
+#define PTLAB_PAGE_SHIFT 12
+#define PTLAB_PAGE_SIZE (1u << PTLAB_PAGE_SHIFT)
+
+enum ptlab_page_state {
+    PTLAB_PAGE_FREE = 0,        /* on a free list or a per-thread cache */
+    PTLAB_PAGE_ALLOCATED = 1,   /* handed out */
+    PTLAB_PAGE_DEFERRED = 2,    /* queued for a deferred free (RCU or work) */
+    PTLAB_PAGE_TAIL = 3,        /* tail page of a compound allocation */
+};
+
+enum ptlab_pt_level {
+    PTLAB_PT_NONE = 0,          /* not a page table */
+    PTLAB_PT_PTE = 1,
+    PTLAB_PT_PMD = 2,
+    PTLAB_PT_PUD = 3,
+    PTLAB_PT_P4D = 4,
+    PTLAB_PT_PGD = 5,
+};
+
+/* ptdesc flag bits. */
+#define PTLAB_PG_TABLE   (1ull << 0)   /* PageTable: between ctor and dtor */
+#define PTLAB_PT_KERNEL  (1ull << 1)   /* ptdesc_set_kernel: a kernel page table */
+#define PTLAB_PG_HEAD    (1ull << 2)   /* head of a compound allocation */
+#define PTLAB_PG_PTLOCK  (1ull << 3)   /* split ptlock live: ptlock_init .. ptlock_free */
+
+/*
+ * struct ptdesc / struct page. One per PFN in the memmap. As in the kernel,
+ * the rcu_head and the list node share storage: a table queued for RCU
+ * cannot also be on a list.
+ *
+ * Two cache lines, where the kernel's struct page is one (liburcu's
+ * rcu_head is twice the kernel's). The first holds everything that
+ * pte_free_defer's caller touches, so queueing a table costs one line:
+ * when it was 112 bytes, most descriptors straddled three lines, and
+ * call_rcu's full barrier waited for each of them to arrive. Its callback,
+ * on liburcu's worker on another CPU, needs only the first line too (the
+ * order, PFN and node it takes from the flags and the address): a load from
+ * the second was a second transfer per table from the queueing CPU, and the
+ * ptlock's word there a store the state's compare-and-swap waited behind.
+ */
+struct ptdesc {
+    union {
+        struct ptlab_rcu_head pt_rcu_head;
+        struct cds_list_head pt_list;
+    };
+    _Atomic uint64_t flags;
+    void *pt_mm;                        /* owning mm (Unmanaged), or NULL; ptlab_page_mm */
+    _Atomic uint32_t state;             /* enum ptlab_page_state */
+    _Atomic uint32_t generation;        /* bumped on every free */
+    _Atomic uint32_t level;             /* enum ptlab_pt_level while a table */
+    uint32_t pfn;
+    /* second line */
+    ptlab_spinlock_t ptl;               /* split PTE/PMD lock (live while PTLAB_PG_PTLOCK) */
+    uint32_t buddy_next;                /* allocator free list (PFN + 1; 0 = none) */
+    uint32_t buddy_prev;
+    uint16_t node;
+    uint8_t order;
+    uint8_t on_free_list;               /* buddy bookkeeping, node lock held */
+    uint64_t index;                     /* base virtual address the table maps */
+    uint64_t queued_ns;                 /* when its deferred free was queued */
+    uint64_t tlb_gen;                   /* mm TLB generation that must pass before it is freed */
+    uint64_t pad[3];                    /* to two whole lines (Swift cannot import _Alignas) */
+};
+_Static_assert(sizeof(struct ptdesc) == 128, "struct ptdesc is two cache lines");
+_Static_assert(offsetof(struct ptdesc, ptl) == 64, "what pte_free_defer touches is in the first line");
+
+/* container_of for the two embedded nodes. */
+static inline struct ptdesc *ptlab_ptdesc_of_rcu(struct ptlab_rcu_head *head)
+{
+    return (struct ptdesc *)((char *)head - offsetof(struct ptdesc, pt_rcu_head));
+}
+static inline struct ptdesc *ptlab_ptdesc_of_list(struct cds_list_head *node)
+{
+    return (struct ptdesc *)((char *)node - offsetof(struct ptdesc, pt_list));
+}
+
+/*
+ * Accessors: Swift cannot touch C11 _Atomic fields, and the memory orders
+ * belong next to the fields they order. Walkers read state and generation
+ * with acquire; the freeing side publishes the poison before the new state.
+ */
+static inline uint32_t ptlab_page_state(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->state, memory_order_acquire);
+}
+static inline void ptlab_page_set_state(struct ptdesc *d, uint32_t s)
+{
+    atomic_store_explicit(&d->state, s, memory_order_release);
+}
+/* Move @d from @from to @to; returns the state found (== @from on success). */
+static inline uint32_t ptlab_page_transition(struct ptdesc *d, uint32_t from, uint32_t to)
+{
+    uint32_t expected = from;
+    atomic_compare_exchange_strong_explicit(&d->state, &expected, to,
+                                            memory_order_acq_rel, memory_order_acquire);
+    return expected;
+}
+static inline uint32_t ptlab_page_generation(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->generation, memory_order_acquire);
+}
+/*
+ * A freed descriptor's reset: new generation, no level, no flags, no mm.
+ * Only the thread whose transition to FREE succeeded may call it, so plain
+ * release stores suffice where a locked add and a locked AND were about a
+ * third of an order-0 alloc+free here. The state CAS before it is the
+ * barrier that keeps the poison after the new state.
+ */
+static inline void ptlab_page_retire(struct ptdesc *d)
+{
+    uint32_t gen = atomic_load_explicit(&d->generation, memory_order_relaxed);
+    atomic_store_explicit(&d->generation, gen + 1, memory_order_release);
+    atomic_store_explicit(&d->level, PTLAB_PT_NONE, memory_order_release);
+    atomic_store_explicit(&d->flags, 0, memory_order_release);
+    __atomic_store_n(&d->pt_mm, NULL, __ATOMIC_RELEASE);
+}
+/*
+ * The owning mm. A walker's liveness check reads it without locks while a
+ * free (ptlab_page_retire) or a reuse (the next ctor) may be writing it;
+ * in the unsafe modes that is the point. Both sides go through these, so
+ * the check never reads a torn or undefined value. Plain `void *` so that
+ * single-threaded code and tests can still read the field.
+ */
+static inline void *ptlab_page_mm(const struct ptdesc *d)
+{
+    return __atomic_load_n(&d->pt_mm, __ATOMIC_ACQUIRE);
+}
+static inline void ptlab_page_set_mm(struct ptdesc *d, void *mm)
+{
+    __atomic_store_n(&d->pt_mm, mm, __ATOMIC_RELEASE);
+}
+static inline uint32_t ptlab_page_level(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->level, memory_order_acquire);
+}
+static inline void ptlab_page_set_level(struct ptdesc *d, uint32_t level)
+{
+    atomic_store_explicit(&d->level, level, memory_order_release);
+}
+static inline uint64_t ptlab_page_flags(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->flags, memory_order_acquire);
+}
+static inline void ptlab_page_set_flags(struct ptdesc *d, uint64_t bits)
+{
+    atomic_fetch_or_explicit(&d->flags, bits, memory_order_acq_rel);
+}
+static inline void ptlab_page_clear_flags(struct ptdesc *d, uint64_t bits)
+{
+    atomic_fetch_and_explicit(&d->flags, ~bits, memory_order_acq_rel);
+}
+/*
+ * __folio_set_pgtable, for the constructors (ptlock_init sets its flag
+ * through it too): the thread that just allocated the page is its only
+ * writer, so a load and a store (a locked OR here drained the store buffer
+ * on every table allocated).
+ */
+static inline void ptlab_page_mark_table(struct ptdesc *d, uint64_t bits)
+{
+    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    atomic_store_explicit(&d->flags, f | bits, memory_order_release);
+}
+/*
+ * __folio_clear_pgtable, for pagetable_dtor: only the path freeing the
+ * table writes its flags then, so a plain load and store will do where a
+ * locked RMW cost the freeing path more than anything else in it. Returns
+ * whether PG_table was set.
+ */
+static inline int ptlab_page_test_clear_table(struct ptdesc *d)
+{
+    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    if (!(f & PTLAB_PG_TABLE))
+        return 0;
+    atomic_store_explicit(&d->flags, f & ~(uint64_t)PTLAB_PG_TABLE, memory_order_release);
+    return 1;
+}
+/*
+ * The split ptlock. In the kernel it may be a separately allocated object,
+ * and taking it after ptlock_free is the use-after-free of seed 003; here
+ * its life is a flag, so that a walker which takes a freed table's lock can
+ * say so instead of being undefined. A flag in the first line, not a word
+ * beside the lock: ptlock_free runs in the RCU callback, which then needs
+ * nothing from the descriptor's second line (see struct ptdesc). Init and
+ * free run on the paths that own the table, so a load and a store.
+ */
+static inline int ptlab_ptl_trylock(struct ptdesc *d) { return ptlab_spin_trylock(&d->ptl); }
+static inline void ptlab_ptl_unlock(struct ptdesc *d) { ptlab_spin_unlock(&d->ptl); }
+static inline void ptlab_ptl_init(struct ptdesc *d)
+{
+    ptlab_spin_init(&d->ptl);
+    ptlab_page_mark_table(d, PTLAB_PG_PTLOCK);
+}
+static inline void ptlab_ptl_free(struct ptdesc *d)
+{
+    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    atomic_store_explicit(&d->flags, f & ~PTLAB_PG_PTLOCK, memory_order_release);
+}
+static inline int ptlab_ptl_alive(const struct ptdesc *d)
+{
+    return (ptlab_page_flags(d) & PTLAB_PG_PTLOCK) != 0;
+}
+static inline struct ptlab_rcu_head *ptlab_ptdesc_rcu_head(struct ptdesc *d) { return &d->pt_rcu_head; }
+static inline struct cds_list_head *ptlab_ptdesc_list(struct ptdesc *d) { return &d->pt_list; }
+/* CDS_INIT_LIST_HEAD is a macro Swift cannot see. */
+static inline void ptlab_list_init(struct cds_list_head *head) { CDS_INIT_LIST_HEAD(head); }
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PTLAB_PTDESC_H */

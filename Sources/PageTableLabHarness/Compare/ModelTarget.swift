@@ -1,0 +1,100 @@
+import PageTableLab
+
+/// The mm model as a trace target: one MM on the lab's allocator, following
+/// the comparison profile's kernel. Use it from one thread: it registers
+/// that thread with RCU for its lifetime (the gather queues call_rcu).
+///
+/// VmPTE is per process, and the kernel side is measured in this process:
+/// anything the model does meanwhile (liburcu's worker running callbacks,
+/// touching code and heap for the first time) can add a page table to the
+/// reading. So liburcu's worker is started before the first trace
+/// (RCU.startWorker), and `settle` (rcu_barrier) lets the callbacks the
+/// model's ops queued run before the runner starts a kernel pass. The ops
+/// themselves wait for nothing: the model's VmPTE is pgtables_bytes, which
+/// the kernel too decrements at unlink, not when the table is freed.
+public final class ModelTarget: TraceTarget, TraceSettling {
+    public let name = "model"
+    public let mm: MM
+    /// The allocator this target loaded itself, if none was loaded.
+    private let ownAllocator: PageAllocator?
+
+    public init(profile: CompareProfile, parameters: PageAllocator.Parameters = .init(),
+                thp: THPSettings = .running) throws {
+        let allocator: PageAllocator
+        if let loaded = PageAllocator.current {
+            allocator = loaded
+            ownAllocator = nil
+        } else {
+            allocator = try PageAllocator(parameters: parameters)
+            ownAllocator = allocator
+        }
+        RCU.registerThread()
+        RCU.startWorker()
+        do {
+            var mmProfile = profile.mmProfile
+            mmProfile.thp = thp
+            mm = try MM(allocator: allocator, profile: mmProfile)
+        } catch {
+            RCU.unregisterThread()
+            ownAllocator?.unload()
+            throw error
+        }
+    }
+
+    /// Ends the mm and gives the allocator back only once every callback
+    /// has run. The barrier fails only inside a read section or a callback,
+    /// where no one can release a target; unloading anyway would free the
+    /// memmap under callbacks still queued, so that is a stop.
+    deinit {
+        mm.exit()
+        do { try RCU.barrier() } catch { preconditionFailure("ModelTarget released \(error)") }
+        RCU.unregisterThread()
+        ownAllocator?.unload()
+    }
+
+    /// rcu_barrier: every table the model's ops queued for freeing is free.
+    public func settle() throws { try RCU.barrier() }
+
+    public func mmap(address: UInt64, length: UInt64, shared: Bool) throws {
+        try mm.mmap(address: address, length: length, shared: shared, noHugepage: true)
+    }
+    public func touch(address: UInt64, length: UInt64, stride: UInt64) throws {
+        try mm.touch(address: address, length: length, stride: stride)
+    }
+    public func madviseDontneed(address: UInt64, length: UInt64) throws {
+        try mm.madviseDontneed(address: address, length: length)
+    }
+    public func munmap(address: UInt64, length: UInt64) throws {
+        try mm.munmap(address: address, length: length)
+    }
+    public func madviseHugepage(address: UInt64, length: UInt64) throws {
+        try mm.madviseHugepage(address: address, length: length)
+    }
+    public func madviseCollapse(address: UInt64, length: UInt64) throws {
+        try mm.madviseCollapse(address: address, length: length)
+    }
+    public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws {
+        try mm.mremap(from: old, length: length, to: new)
+    }
+    public func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {
+        try mm.mprotect(address: address, length: length, protection: protection)
+    }
+    public func vmPTEKilobytes() throws -> Int { mm.vmPTEKilobytes }
+    public func hugePMDs(in regions: [Range<UInt64>]) throws -> Int {
+        regions.reduce(0) { $0 + mm.hugePMDCount(in: $1) }
+    }
+    public func thpEvents() throws -> THPEventCount {
+        THPEventCount(collapses: mm.thpEvents.collapseAlloc.load(ordering: .relaxed),
+                      fallbacks: mm.thpEvents.faultFallback.load(ordering: .relaxed))
+    }
+}
+
+extension CompareProfile {
+    /// The model's kernel for each comparison profile.
+    public var mmProfile: MMProfile {
+        switch self {
+        case .ptReclaim: .v6_14
+        case .prePTReclaim: .pre6_14
+        }
+    }
+}

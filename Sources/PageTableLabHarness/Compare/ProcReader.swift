@@ -1,0 +1,76 @@
+#if canImport(Glibc)
+import PageTableLab
+import Glibc
+#endif
+
+/// Reads a /proc file with plain syscalls into a buffer allocated once: a
+/// reading made between two ops must not itself allocate, or the heap
+/// could grow a page table of its own and show up in the measurement.
+final class ProcReader {
+    let path: String
+    private let buffer: UnsafeMutableRawBufferPointer
+
+    init(_ path: String, capacity: Int = 16 << 10) {
+        self.path = path
+        buffer = .allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit { buffer.deallocate() }
+
+    enum Failure: Error, CustomStringConvertible {
+        case unreadable(path: String, errno: Int32)
+        case missing(path: String, key: String)
+
+        var description: String {
+            switch self {
+            case .unreadable(let p, let e): "cannot read \(p): \(String(cString: strerror(e)))"
+            case .missing(let p, let key): "\(p) has no \(key) line"
+            }
+        }
+    }
+
+    /// The whole file, in the buffer.
+    func read() throws(Failure) -> UnsafeRawBufferPointer {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .unreadable(path: path, errno: errno) }
+        defer { close(fd) }
+        var used = 0
+        while used < buffer.count {
+            let n = Glibc.read(fd, buffer.baseAddress! + used, buffer.count - used)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .unreadable(path: path, errno: errno)
+            }
+            if n == 0 { break }
+            used += n
+        }
+        return UnsafeRawBufferPointer(rebasing: buffer[0..<used])
+    }
+
+    /// The number after `key` (e.g. "VmPTE:" or "thp_fault_fallback ") at
+    /// the start of a line.
+    func value(_ key: String) throws(Failure) -> Int {
+        guard let v = Self.parse(try read(), key: Array(key.utf8)) else { throw .missing(path: path, key: key) }
+        return v
+    }
+
+    static func parse(_ text: UnsafeRawBufferPointer, key: [UInt8]) -> Int? {
+        var i = 0
+        while i + key.count <= text.count {
+            if (i == 0 || text[i - 1] == UInt8(ascii: "\n")) && text[i..<i + key.count].elementsEqual(key) {
+                var j = i + key.count
+                while j < text.count, text[j] == UInt8(ascii: " ") || text[j] == UInt8(ascii: "\t") { j += 1 }
+                var value = 0
+                var digits = 0
+                while j < text.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(text[j]) {
+                    value = value * 10 + Int(text[j] - UInt8(ascii: "0"))
+                    digits += 1
+                    j += 1
+                }
+                return digits > 0 ? value : nil
+            }
+            i += 1
+        }
+        return nil
+    }
+}

@@ -1,0 +1,98 @@
+import PageTableLab
+/// The memory a trace has mapped so far: each piece with the line of the
+/// `mmap` that made it, whether it is shared memory, and its protection.
+/// The parser uses it to refuse ops on memory the trace does not own (or
+/// may not write) before anything runs; the runner uses it to unmap what a
+/// trace leaves behind, so the next trace starts from an empty region.
+public struct TraceMappings: Equatable, Sendable {
+    public struct Piece: Equatable, Sendable {
+        public var range: Range<UInt64>
+        /// Line of the `mmap` that created it.
+        public var line: Int
+        public var shared: Bool
+        public var protection: Protection
+    }
+
+    /// Disjoint, sorted by address.
+    public private(set) var pieces: [Piece] = []
+
+    public init() {}
+
+    /// The first piece that overlaps `range`.
+    public func overlap(with range: Range<UInt64>) -> Piece? {
+        pieces.first { $0.range.overlaps(range) }
+    }
+
+    /// The pieces inside `range`, clipped to it.
+    public func pieces(in range: Range<UInt64>) -> [Piece] {
+        pieces.compactMap { piece in
+            guard piece.range.overlaps(range) else { return nil }
+            var p = piece
+            p.range = max(piece.range.lowerBound, range.lowerBound)..<min(piece.range.upperBound, range.upperBound)
+            return p
+        }
+    }
+
+    /// The lowest address of `range` that no piece covers; nil if all is mapped.
+    public func firstHole(in range: Range<UInt64>) -> UInt64? {
+        var next = range.lowerBound
+        for piece in pieces where piece.range.upperBound > next {
+            guard piece.range.lowerBound <= next else { return next }
+            next = piece.range.upperBound
+            if next >= range.upperBound { return nil }
+        }
+        return next
+    }
+
+    public mutating func map(_ range: Range<UInt64>, line: Int, shared: Bool = false) {
+        insert(Piece(range: range, line: line, shared: shared, protection: .rw))
+    }
+
+    private mutating func insert(_ piece: Piece) {
+        let at = pieces.firstIndex { $0.range.lowerBound >= piece.range.upperBound } ?? pieces.endIndex
+        pieces.insert(piece, at: at)
+    }
+
+    /// Drops `range`, splitting pieces it cuts, as munmap splits VMAs.
+    /// Returns what was there.
+    @discardableResult
+    public mutating func unmap(_ range: Range<UInt64>) -> [Piece] {
+        let taken = pieces(in: range)
+        pieces = pieces.flatMap { piece -> [Piece] in
+            guard piece.range.overlaps(range) else { return [piece] }
+            var rest: [Piece] = []
+            if piece.range.lowerBound < range.lowerBound {
+                var low = piece
+                low.range = piece.range.lowerBound..<range.lowerBound
+                rest.append(low)
+            }
+            if range.upperBound < piece.range.upperBound {
+                var high = piece
+                high.range = range.upperBound..<piece.range.upperBound
+                rest.append(high)
+            }
+            return rest
+        }
+        return taken
+    }
+
+    /// Follows an op that succeeded; ops that map, unmap, move or protect
+    /// change the mappings, the others leave them as they are.
+    public mutating func apply(_ step: TraceStep) {
+        switch step.op {
+        case .mmap(let a, let l, let shared): map(a..<a + l, line: step.line, shared: shared)
+        case .munmap(let a, let l): unmap(a..<a + l)
+        case .mremap(let old, let l, let new):
+            for var piece in unmap(old..<old + l) {
+                piece.range = piece.range.lowerBound - old + new..<piece.range.upperBound - old + new
+                insert(piece)
+            }
+        case .mprotect(let a, let l, let protection):
+            for var piece in unmap(a..<a + l) {
+                piece.protection = protection
+                insert(piece)
+            }
+        case .touch, .dontneed, .hugepage, .collapse, .expect: break
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import PageTableLab
+/// The static rules a trace must keep, checked line by line while parsing so
+/// that a bad trace stops before any op has run on any target.
+struct TraceValidator {
+    let file: String
+    /// What the trace has mapped up to the line being checked.
+    private(set) var mappings = TraceMappings()
+
+    init(file: String) { self.file = file }
+
+    mutating func check(_ step: TraceStep) throws(TraceError) {
+        guard let range = try checkedRange(step) else { return }
+        switch step.op {
+        case .mmap:
+            if let piece = mappings.overlap(with: range) {
+                throw error(step, "mmap \(range.traceDescription) overlaps memory the trace mapped at line \(piece.line) (\(piece.range.traceDescription)); MAP_FIXED_NOREPLACE would refuse it")
+            }
+        case .touch(_, _, let stride):
+            guard stride > 0 else { throw error(step, "STRIDE is zero") }
+            try requireMapped(range, step)
+            if let piece = mappings.pieces(in: range).first(where: { $0.protection != .rw }) {
+                throw error(step, "touch \(range.traceDescription) writes to \(piece.range.traceDescription), which is mapped PROT \(piece.protection.rawValue): the write would fault (SIGSEGV)")
+            }
+        case .dontneed, .hugepage, .collapse, .mprotect:
+            try requireMapped(range, step)
+        case .mremap(let old, let length, let new):
+            try requireMapped(range, step)
+            let target = try checkedRange(step, address: new, length: length, what: "NEW")
+            if target.overlaps(range) {
+                throw error(step, "mremap's NEW \(target.traceDescription) overlaps its source \(range.traceDescription) (EINVAL)")
+            }
+            if let piece = mappings.overlap(with: target) {
+                throw error(step, "mremap's NEW \(target.traceDescription) overlaps memory the trace mapped at line \(piece.line) (\(piece.range.traceDescription)); MREMAP_FIXED would unmap it")
+            }
+            let kinds = Set(mappings.pieces(in: old..<old + length).map { "\($0.shared) \($0.protection.rawValue)" })
+            if kinds.count > 1 {
+                throw error(step, "mremap's source \(range.traceDescription) spans mappings of different kinds or protections, which are separate VMAs (EFAULT)")
+            }
+        case .munmap, .expect:
+            break
+        }
+        mappings.apply(step)
+    }
+
+    /// The op's range once it is page-aligned, non-empty and inside the part
+    /// of user space a trace may use; nil for `expect`.
+    private func checkedRange(_ step: TraceStep) throws(TraceError) -> Range<UInt64>? {
+        guard let (address, length) = step.op.extent else { return nil }
+        let what = if case .mremap = step.op { "OLD" } else { "ADDR" }
+        return try checkedRange(step, address: address, length: length, what: what)
+    }
+
+    private func checkedRange(_ step: TraceStep, address: UInt64, length: UInt64, what: String) throws(TraceError) -> Range<UInt64> {
+        let page = TraceAddressSpace.pageSize
+        guard address % page == 0 else { throw error(step, "\(what) \(address.traceHex) is not 4 KiB aligned") }
+        guard length > 0 else { throw error(step, "LEN is zero") }
+        guard length % page == 0 else { throw error(step, "LEN \(length.traceHex) is not a multiple of 4 KiB") }
+        guard address >= TraceAddressSpace.lowest else {
+            throw error(step, "\(what) \(address.traceHex) is below 4 GiB (\(TraceAddressSpace.lowest.traceHex)), where the program itself may live")
+        }
+        let (end, overflow) = address.addingReportingOverflow(length)
+        guard !overflow, end <= TraceAddressSpace.end else {
+            throw error(step, "\(step.op.name) at \(address.traceHex) of \(length.traceHex) bytes runs past the end of 47-bit user space (\(TraceAddressSpace.end.traceHex))")
+        }
+        return address..<end
+    }
+
+    private func requireMapped(_ range: Range<UInt64>, _ step: TraceStep) throws(TraceError) {
+        if let hole = mappings.firstHole(in: range) {
+            throw error(step, "\(step.op.name) \(range.traceDescription) reaches \(hole.traceHex), which the trace has not mapped")
+        }
+    }
+
+    private func error(_ step: TraceStep, _ message: String) -> TraceError {
+        TraceError(file: file, line: step.line, message: message)
+    }
+}
+
+extension UInt64 {
+    /// How traces and their errors write addresses.
+    var traceHex: String { "0x" + String(self, radix: 16) }
+}
+
+extension Range<UInt64> {
+    var traceDescription: String { "\(lowerBound.traceHex)-\(upperBound.traceHex)" }
+}

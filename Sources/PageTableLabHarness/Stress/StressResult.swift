@@ -1,0 +1,180 @@
+import PageTableLab
+/// One stress run's summary. The snake_case keys are a public interface
+/// (scripts parse them): add keys, never rename.
+public struct StressResult: Encodable, Sendable, Equatable {
+    public var scenario: String
+    /// The scenario's kernel path (`collapse`: shmem or anon); absent from
+    /// the JSON where a scenario has one.
+    public var path: String?
+    public var mode: String
+    /// True when the mode is the kernel with its fix (detections must be 0).
+    public var safe: Bool
+    /// An unsafe mode's own detector (a key of `detections`), which must
+    /// fire for the run to pass; nil (JSON null) for safe modes.
+    public var expectedDetector: Detector?
+    public var seed: UInt64
+    /// Walker threads (each takes `walker_contexts` in turn).
+    public var walkers: Int
+    /// Updater threads.
+    public var updaters = 1
+    /// The walkers each walker thread runs, each with the lock context it
+    /// walks in (`{"walker": "pte_offset_map", "context": "mmap-read"}`).
+    public var walkerContexts: [Scenario.Walker] = []
+    /// How TLB flushes reached the walkers (module parameter tlb_flush).
+    public var tlbFlush = TLBFlushKind.ipi
+    /// VmPTE at the end of the run, and the tables the mm really held then
+    /// (linked below its PGD, or deposited): equal, or a table was lost.
+    public var vmPTEBytes = 0
+    public var tableBytesHeld = 0
+    public var durationSeconds: Double
+    /// Updater operations (faults, unmaps, collapses, …) completed.
+    public var ops: Int
+    public var walks: Int
+    public var uafDetected: Int
+    public var leakedPages: Int
+    public var tablesFreed: Int
+    public var rcuCallbacks: Int
+    public var tlbFlushes: Int
+    /// The highest deferred memory a DeferredMemoryMonitor saw liburcu hold.
+    public var peakDeferredBytes: Int
+    public var freeLatencyUs: FreeLatency.Summary
+    /// The detections by detector, and the walks behind them.
+    public var detections: WalkCounters
+    /// Refused frees, double queueing, failed notifier invalidations:
+    /// nonzero fails a safe run.
+    public var integrity: Integrity
+    public var pass: Bool
+    /// Why it failed, in words; empty when it passed.
+    public var verdict: String
+
+    // IOMMU runs only (absent from the JSON otherwise).
+    public var iotlbInvalidations: Int?
+    public var qiDescriptors: Int?
+    public var qiWaitUs: Percentiles?
+    public var invalidationsPerTable: Double?
+    public var writeAfterFree: Int?
+    public var faultsInjected: FaultsInjected?
+    /// kernel-free and iommu-faults: the qi_submit_sync that ran (robust or
+    /// linux); the first lockup of the linux one, if it had one; kernel
+    /// tables freed by each kernel function; tables left unfreed because
+    /// their invalidation never completed.
+    public var qiDriver: String?
+    public var qiLockup: String?
+    public var tablesFreedBy: [String: Int]?
+    public var tablesStranded: Int?
+
+    public struct Percentiles: Codable, Sendable, Equatable {
+        public var p50: Double
+        public var p99: Double
+    }
+
+    public struct FaultsInjected: Codable, Sendable, Equatable {
+        public var iqe: Int
+        public var ite: Int
+        public var ice: Int
+        public var queueFull: Int
+
+        enum CodingKeys: String, CodingKey {
+            case iqe, ite, ice
+            case queueFull = "queue_full"
+        }
+    }
+
+    /// Decide `pass` and `verdict`. A safe run fails on any detection, a
+    /// leak or a broken integrity counter; an unsafe run fails unless its
+    /// own detector fired (and on a leak). `problems` are the caller's own
+    /// reasons to fail (an invalidation that never completed, say).
+    mutating func judge(problems: [String] = []) {
+        var reasons: [String] = []
+        let fired = detections.fired.map { "\($0.0.rawValue) \($0.1)" }.joined(separator: ", ")
+        if safe && uafDetected > 0 { reasons.append("safe mode detected \(uafDetected) use-after-free (\(fired))") }
+        if let expected = expectedDetector, detections[expected] == 0 {
+            reasons.append("unsafe mode's own detector \(expected.rawValue) did not fire"
+                           + (uafDetected > 0 ? " (only \(fired))" : ": the detector did not fire"))
+        }
+        // A stale table write loses the PTE it wrote, and the page with it:
+        // that leak is the bug the detector is there for.
+        if leakedPages != 0 && !(expectedDetector?.losesPages ?? false) {
+            reasons.append("\(leakedPages) pages not returned to the allocator")
+        }
+        if safe { reasons += integrity.problems }
+        reasons += problems
+        pass = reasons.isEmpty
+        verdict = reasons.joined(separator: "; ")
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case scenario, path, mode, safe, seed, walkers, updaters, ops, walks, pass, verdict, detections
+        case walkerContexts = "walker_contexts"
+        case tlbFlush = "tlb_flush"
+        case vmPTEBytes = "vmpte_bytes"
+        case tableBytesHeld = "table_bytes_held"
+        case expectedDetector = "expected_detector"
+        case durationSeconds = "duration_s"
+        case uafDetected = "uaf_detected"
+        case leakedPages = "leaked_pages"
+        case tablesFreed = "tables_freed"
+        case rcuCallbacks = "rcu_callbacks"
+        case tlbFlushes = "tlb_flushes"
+        case peakDeferredBytes = "peak_deferred_bytes"
+        case freeLatencyUs = "free_latency_us"
+        case iotlbInvalidations = "iotlb_invalidations"
+        case qiDescriptors = "qi_descriptors"
+        case qiWaitUs = "qi_wait_us"
+        case invalidationsPerTable = "invalidations_per_table"
+        case writeAfterFree = "write_after_free"
+        case faultsInjected = "faults_injected"
+        case freeErrors = "free_errors"
+        case doubleQueued = "double_queued"
+        case notifierFailures = "notifier_failures"
+        case qiDriver = "qi_driver"
+        case qiLockup = "qi_lockup"
+        case tablesFreedBy = "tables_freed_by"
+        case tablesStranded = "tables_stranded"
+    }
+
+    /// Written by hand so that `expected_detector` is always present (null
+    /// for a safe mode) and the integrity counters sit beside the other
+    /// counts (`free_errors`, `double_queued`, `notifier_failures`).
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(scenario, forKey: .scenario)
+        try c.encodeIfPresent(path, forKey: .path)
+        try c.encode(mode, forKey: .mode)
+        try c.encode(safe, forKey: .safe)
+        try c.encode(expectedDetector, forKey: .expectedDetector)
+        try c.encode(seed, forKey: .seed)
+        try c.encode(walkers, forKey: .walkers)
+        try c.encode(updaters, forKey: .updaters)
+        try c.encode(walkerContexts, forKey: .walkerContexts)
+        try c.encode(tlbFlush, forKey: .tlbFlush)
+        try c.encode(durationSeconds, forKey: .durationSeconds)
+        try c.encode(ops, forKey: .ops)
+        try c.encode(walks, forKey: .walks)
+        try c.encode(uafDetected, forKey: .uafDetected)
+        try c.encode(leakedPages, forKey: .leakedPages)
+        try c.encode(tablesFreed, forKey: .tablesFreed)
+        try c.encode(rcuCallbacks, forKey: .rcuCallbacks)
+        try c.encode(tlbFlushes, forKey: .tlbFlushes)
+        try c.encode(vmPTEBytes, forKey: .vmPTEBytes)
+        try c.encode(tableBytesHeld, forKey: .tableBytesHeld)
+        try c.encode(peakDeferredBytes, forKey: .peakDeferredBytes)
+        try c.encode(freeLatencyUs, forKey: .freeLatencyUs)
+        try c.encode(detections, forKey: .detections)
+        try c.encode(integrity.freeErrors, forKey: .freeErrors)
+        try c.encode(integrity.doubleQueued, forKey: .doubleQueued)
+        try c.encode(integrity.notifierFailures, forKey: .notifierFailures)
+        try c.encode(pass, forKey: .pass)
+        try c.encode(verdict, forKey: .verdict)
+        try c.encodeIfPresent(iotlbInvalidations, forKey: .iotlbInvalidations)
+        try c.encodeIfPresent(qiDescriptors, forKey: .qiDescriptors)
+        try c.encodeIfPresent(qiWaitUs, forKey: .qiWaitUs)
+        try c.encodeIfPresent(invalidationsPerTable, forKey: .invalidationsPerTable)
+        try c.encodeIfPresent(writeAfterFree, forKey: .writeAfterFree)
+        try c.encodeIfPresent(faultsInjected, forKey: .faultsInjected)
+        try c.encodeIfPresent(qiDriver, forKey: .qiDriver)
+        try c.encodeIfPresent(qiLockup, forKey: .qiLockup)
+        try c.encodeIfPresent(tablesFreedBy, forKey: .tablesFreedBy)
+        try c.encodeIfPresent(tablesStranded, forKey: .tablesStranded)
+    }
+}
