@@ -20,6 +20,11 @@ public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertib
         /// _PAGE_PROTNONE: mapped, but PROT_NONE, so not present to the MMU.
         /// (x86 reuses the global bit, meaningless in a non-present entry.)
         public static let protNone = Flags(rawValue: 1 << 8)
+
+        /// _PAGE_TABLE: what a user table's parent entry carries.
+        public static let userTable = Flags(rawValue: present.rawValue | writable.rawValue | user.rawValue | accessed.rawValue)
+        /// A freshly faulted, written user page.
+        public static let userPage = Flags(rawValue: userTable.rawValue | dirty.rawValue)
     }
 
     public static let present = Flags.present
@@ -39,14 +44,14 @@ public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertib
 
     /// Everything but the PFN.
     @inlinable public var flags: Flags { Flags(rawValue: rawValue & ~Self.pfnMask) }
-    @inlinable public var isPresent: Bool { has(.present) }
+    @inlinable public var isPresent: Bool { rawValue & Flags.present.rawValue != 0 }
     /// pte_present as the kernel means it: present, or PROT_NONE.
-    @inlinable public var isMapped: Bool { !flags.isDisjoint(with: [.present, .protNone]) }
+    @inlinable public var isMapped: Bool { rawValue & (Flags.present.rawValue | Flags.protNone.rawValue) != 0 }
     /// A present PMD (or PUD) entry that is a huge leaf, not a table.
-    @inlinable public var isHugeLeaf: Bool { isMapped && has(.huge) }
+    @inlinable public var isHugeLeaf: Bool { isMapped && rawValue & Flags.huge.rawValue != 0 }
     @inlinable public var isNone: Bool { rawValue == 0 }
     @inlinable public var pfn: UInt64 { (rawValue & Self.pfnMask) >> 12 }
-    @inlinable public func has(_ flag: Flags) -> Bool { flags.contains(flag) }
+    @inlinable public func has(_ flag: Flags) -> Bool { rawValue & flag.rawValue == flag.rawValue }
 
     /// The same entry with `flags` set or cleared.
     @inlinable public func with(_ flags: Flags) -> Entry { Entry(rawValue: rawValue | flags.rawValue) }

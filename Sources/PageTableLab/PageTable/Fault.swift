@@ -133,7 +133,7 @@ extension MM {
             if let present = mapped(pte) {
                 (page, ours) = (present, false)
             } else {
-                ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: [.present, .writable, .user, .dirty, .accessed]).rawValue)
+                ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: .userPage).rawValue)
                 noteWrite(to: table, under: pmdSlot)
                 (page, ours) = (allocator.address(of: data), true)
             }
@@ -157,7 +157,7 @@ extension MM {
                   address: UInt64) throws(MMError) -> Entry {
         let base = address & ~(tableSpan(child) - 1)
         let fresh = try PageTables.alloc(child, base: base, mm: self, node: tableNode, allocator: allocator)
-        let installed = Entry(pfn: fresh.pfn, flags: [.present, .writable, .user, .accessed])
+        let installed = Entry(pfn: fresh.pfn, flags: .userTable)
         let won: Bool
         if level == .pmd {
             lockPTL(parent)

@@ -140,6 +140,6 @@ extension MM {
             let flags = keep.union([.user, .accessed, .dirty])
             ptlab_pte_write(entries + i, Entry(pfn: UInt32(old.pfn) + UInt32(i), flags: flags).rawValue)
         }
-        ptlab_pte_write(slot, Entry(pfn: table.pfn, flags: [.present, .writable, .user, .accessed]).rawValue)
+        ptlab_pte_write(slot, Entry(pfn: table.pfn, flags: .userTable).rawValue)
     }
 }
