@@ -87,3 +87,19 @@ final class ComparePassOrderTests: XCTestCase {
         XCTAssertEqual(runs[0].seconds.count, 2)
     }
 }
+
+/// TraceReplay times a trace's ops alone and leaves nothing mapped.
+final class TraceReplayTests: XCTestCase {
+    func testChurnReplaysOnTheModelAndTheKernelAndLeavesNothing() throws {
+        let trace = TraceReplay.churn(cycles: 4)
+        XCTAssertEqual(trace.opCount, 12)
+        let model = try ModelTarget(profile: .runningKernel())
+        XCTAssertGreaterThan(try TraceReplay.seconds(trace, on: model), 0)
+        XCTAssertEqual(model.mm.vmPTEKilobytes, 0, "the churn's last munmap took its tables")
+        if LiveKernel.unavailableReason == nil {
+            let kernel = try LiveKernel(measuring: false)
+            XCTAssertGreaterThan(try TraceReplay.seconds(trace, on: kernel), 0)
+            XCTAssertFalse(try ProcessMaps.current().mappings.contains { $0.range.overlaps(0x1000_0000_0000..<0x1000_0020_0000) })
+        }
+    }
+}

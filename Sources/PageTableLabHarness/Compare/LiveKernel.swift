@@ -18,10 +18,15 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     /// must watch for THP fallbacks (set by `preflight`).
     private var watchesTHP = true
     public private(set) var lastOpChangeKilobytes = 0
+    /// Whether ops are bracketed by VmPTE readings (and THP counters): off,
+    /// an op is its system calls alone, for timing what the kernel itself
+    /// takes (`TraceReplay`).
+    public let measuring: Bool
 
     /// Fails when this kernel does not report VmPTE, i.e. when there is
     /// nothing to compare with.
-    public init() throws(LiveKernelError) {
+    public init(measuring: Bool = true) throws(LiveKernelError) {
+        self.measuring = measuring
         do { _ = try reader.kilobytes() } catch { throw .noVmPTE(error.description) }
     }
 
@@ -186,6 +191,7 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     /// stops a trace too, erring towards no verdict.)
     private func quiet(_ op: String, address: UInt64, length: UInt64, allowed: ClosedRange<Int>,
                        _ body: () throws -> Void) throws {
+        guard measuring else { return try body() }
         let thpBefore = watchesTHP ? THPVMStat.read(vmstat) : nil
         let before = try vmPTEKilobytes()
         try body()
