@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 #include <errno.h>
 #include <unistd.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
 #include "CHarness/syscalls.h"
 /* mremap is variadic (the new address is the fifth argument), which Swift
  * cannot call. */
@@ -25,4 +27,39 @@ int ptlab_memfd(size_t size)
         return -1;
     }
     return fd;
+}
+
+/* PAGEMAP_SCAN (Linux 6.7, include/uapi/linux/fs.h), spelled out for
+ * headers that predate it. */
+struct ptlab_page_region {
+    uint64_t start, end, categories;
+};
+struct ptlab_pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+#define PTLAB_PAGEMAP_SCAN 0xC0606610UL   /* _IOWR('f', 16, struct pm_scan_arg) */
+#define PTLAB_PAGE_IS_HUGE (1ULL << 6)    /* PMD-mapped THP, or hugetlb */
+
+long ptlab_huge_mapped_bytes(int pagemap_fd, uint64_t start, uint64_t end)
+{
+    struct ptlab_page_region vec[64];
+    long total = 0;
+    uint64_t at = start;
+    while (at < end) {
+        struct ptlab_pm_scan_arg arg = {
+            .size = sizeof(arg), .start = at, .end = end,
+            .vec = (uint64_t)(uintptr_t)vec, .vec_len = 64,
+            .category_mask = PTLAB_PAGE_IS_HUGE, .return_mask = PTLAB_PAGE_IS_HUGE,
+        };
+        long n = ioctl(pagemap_fd, PTLAB_PAGEMAP_SCAN, &arg);
+        if (n < 0)
+            return -1;
+        for (long i = 0; i < n; i++)
+            total += (long)(vec[i].end - vec[i].start);
+        if (arg.walk_end <= at)
+            break;
+        at = arg.walk_end;
+    }
+    return total;
 }

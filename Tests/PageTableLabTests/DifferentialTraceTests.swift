@@ -178,8 +178,8 @@ final class DifferentialTraceTests: XCTestCase {
         if let reason = LiveKernel.unavailableReason { throw XCTSkip("no live kernel to compare with: \(reason)") }
         let profile = CompareProfile.runningKernel()
         let model = try ModelTarget(profile: profile)
-        // PTLAB_DIFF_SEEDS widens the sweep for a long run; CI keeps 40.
-        let seeds = ProcessInfo.processInfo.environment["PTLAB_DIFF_SEEDS"].flatMap(UInt64.init) ?? 40
+        // PTLAB_DIFF_SEEDS widens the sweep for a long run; CI keeps 200.
+        let seeds = ProcessInfo.processInfo.environment["PTLAB_DIFF_SEEDS"].flatMap(UInt64.init) ?? 200
         var notComparable = 0
         for seed in UInt64(1)...seeds {
             var generator = Generator(rng: SplitMix64(seed: seed))

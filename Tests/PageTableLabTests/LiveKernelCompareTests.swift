@@ -107,6 +107,23 @@ final class LiveKernelCompareTests: XCTestCase {
         XCTAssertFalse(try mapped(0x100_0000_0000..<0x100_0000_1000), "line 1 ran although line 4 was refused")
     }
 
+    /// Huge PMDs counted from PAGEMAP_SCAN agree with smaps', on memory
+    /// MADV_COLLAPSE made huge (where the kernel could: both must then see
+    /// it) and on small pages beside it.
+    func testHugePMDCountsAgreeWithSmaps() throws {
+        let kernel = try LiveKernel()
+        let base: UInt64 = 0x100_0000_0000
+        try kernel.mmap(address: base, length: 4 << 20, shared: false)
+        defer { try? kernel.munmap(address: base, length: 4 << 20) }
+        try kernel.madviseHugepage(address: base, length: 2 << 20)
+        try kernel.touch(address: base, length: 4 << 20, stride: 4096)
+        let collapsed = (try? kernel.madviseCollapse(address: base, length: 2 << 20)) != nil
+        let region = [base..<base + (512 << 30)]
+        let counted = try kernel.hugePMDs(in: region)
+        XCTAssertEqual(counted, try kernel.hugePMDsFromSmaps(in: region))
+        if collapsed { XCTAssertEqual(counted, 1) }
+    }
+
     /// A MAP_FIXED_NOREPLACE collision names the address and line, stops the
     /// trace, and what was mapped is cleaned up. The collision is made by a
     /// kernel target that has another mapping appear at the address just

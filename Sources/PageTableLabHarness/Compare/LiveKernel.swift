@@ -12,8 +12,12 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     public let name = "kernel"
     private let reader = VmPTEReader()
     private let vmstat = ProcReader("/proc/vmstat")
-    /// /proc/self/smaps, read only for traces that use THP (it is large).
+    /// /proc/self/smaps, read only for traces that use THP (it is large),
+    /// and only where PAGEMAP_SCAN is missing.
     private lazy var smaps = ProcReader("/proc/self/smaps", capacity: 16 << 20)
+    /// /proc/self/pagemap, for PAGEMAP_SCAN; -1 once the kernel has shown
+    /// it has none.
+    private var pagemap: Int32
     /// Whether the trace about to run can map huge pages, so that an op
     /// must watch for THP fallbacks (set by `preflight`).
     private var watchesTHP = true
@@ -27,8 +31,11 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     /// nothing to compare with.
     public init(measuring: Bool = true) throws(LiveKernelError) {
         self.measuring = measuring
+        pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
         do { _ = try reader.kilobytes() } catch { throw .noVmPTE(error.description) }
     }
+
+    deinit { if pagemap >= 0 { close(pagemap) } }
 
     /// Why a live comparison cannot run here, or nil when it can.
     public static var unavailableReason: String? {
@@ -229,22 +236,43 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     }
 
     /// Huge PMDs in `regions`: AnonHugePages and ShmemPmdMapped of the
-    /// VMAs there, as /proc/self/smaps counts them.
+    /// VMAs there, as /proc/self/smaps counts them — or, where the kernel
+    /// has PAGEMAP_SCAN (6.7+), the huge-PMD-mapped bytes of the regions
+    /// themselves: the same count, from a walk of the regions alone, where
+    /// generating smaps walks every table of the process (milliseconds, once
+    /// per checkpoint of a THP trace).
     public func hugePMDs(in regions: [Range<UInt64>]) throws -> Int {
+        if pagemap >= 0, let bytes = hugeMappedBytes(in: regions) { return bytes / (2 << 20) }
+        return try hugePMDsFromSmaps(in: regions)
+    }
+
+    /// PAGEMAP_SCAN's count, or nil (and smaps from then on) without it.
+    private func hugeMappedBytes(in regions: [Range<UInt64>]) -> Int? {
+        var bytes = 0
+        for region in regions {
+            let n = ptlab_huge_mapped_bytes(pagemap, region.lowerBound, region.upperBound)
+            guard n >= 0 else {
+                close(pagemap)
+                pagemap = -1
+                return nil
+            }
+            bytes += n
+        }
+        return bytes
+    }
+
+    func hugePMDsFromSmaps(in regions: [Range<UInt64>]) throws -> Int {
         let text = try smaps.read()
         var kilobytes = 0
         var inside = false
         let keys = [Array("AnonHugePages:".utf8), Array("ShmemPmdMapped:".utf8)]
-        var lineStart = 0
-        for i in 0...text.count where i == text.count || text[i] == UInt8(ascii: "\n") {
-            let line = UnsafeRawBufferPointer(rebasing: text[lineStart..<i])
-            lineStart = i + 1
+        ProcReader.forEachLine(text) { line in
             if let range = Self.vmaRange(line) {
                 // The regions hold nothing but the trace's (preflight), so
                 // every VMA that meets them is the trace's, even one that
                 // runs across two of them.
                 inside = regions.contains { $0.overlaps(range) }
-            } else if inside, let v = keys.lazy.compactMap({ ProcReader.parse(line, key: $0) }).first {
+            } else if inside, let v = keys.lazy.compactMap({ ProcReader.parse(line: line, key: $0) }).first {
                 kilobytes += v
             }
         }

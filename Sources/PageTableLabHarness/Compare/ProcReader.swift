@@ -55,22 +55,41 @@ final class ProcReader {
     }
 
     static func parse(_ text: UnsafeRawBufferPointer, key: [UInt8]) -> Int? {
-        var i = 0
-        while i + key.count <= text.count {
-            if (i == 0 || text[i - 1] == UInt8(ascii: "\n")) && text[i..<i + key.count].elementsEqual(key) {
-                var j = i + key.count
-                while j < text.count, text[j] == UInt8(ascii: " ") || text[j] == UInt8(ascii: "\t") { j += 1 }
-                var value = 0
-                var digits = 0
-                while j < text.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(text[j]) {
-                    value = value * 10 + Int(text[j] - UInt8(ascii: "0"))
-                    digits += 1
-                    j += 1
-                }
-                return digits > 0 ? value : nil
-            }
-            i += 1
+        var found: Int?
+        forEachLine(text) { line in
+            guard found == nil, let v = parse(line: line, key: key) else { return }
+            found = v
         }
-        return nil
+        return found
+    }
+
+    /// The number after `key` if `line` starts with it.
+    static func parse(line: UnsafeRawBufferPointer, key: [UInt8]) -> Int? {
+        guard line.count >= key.count,
+              key.withUnsafeBytes({ memcmp(line.baseAddress!, $0.baseAddress!, key.count) }) == 0 else { return nil }
+        var j = key.count
+        while j < line.count, line[j] == UInt8(ascii: " ") || line[j] == UInt8(ascii: "\t") { j += 1 }
+        var value = 0
+        var digits = 0
+        while j < line.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(line[j]) {
+            value = value * 10 + Int(line[j] - UInt8(ascii: "0"))
+            digits += 1
+            j += 1
+        }
+        return digits > 0 ? value : nil
+    }
+
+    /// `body` for each line of `text`, without its newline. Lines are
+    /// found with memchr: a /proc file of thousands of lines is read between
+    /// every two ops of a THP trace, and byte-by-byte Swift was most of a
+    /// debug build's comparison time.
+    static func forEachLine(_ text: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
+        guard var line = text.baseAddress else { return }
+        let end = line + text.count
+        while line < end {
+            let newline = memchr(line, Int32(UInt8(ascii: "\n")), end - line).map { UnsafeRawPointer($0) } ?? end
+            body(UnsafeRawBufferPointer(start: line, count: newline - line))
+            line = newline + 1
+        }
     }
 }
