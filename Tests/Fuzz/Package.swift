@@ -20,7 +20,7 @@ let package = Package(
     targets: [
         .executableTarget(
             name: "FuzzTraceParser",
-            dependencies: [.product(name: "PageTableLab", package: "PageTableLab")],
+            dependencies: [.product(name: "PageTableLabHarness", package: "PageTableLab")],
             swiftSettings: swift6
         ),
         .executableTarget(

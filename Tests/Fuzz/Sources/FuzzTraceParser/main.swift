@@ -1,4 +1,4 @@
-import PageTableLab
+import PageTableLabHarness
 
 /// libFuzzer's entry: the input, as text, through `TraceParser.parse`. Any
 /// text must give a trace or a `TraceError` naming a line of it; a trap
