@@ -2,14 +2,17 @@ import PageTableLab
 /// A stress run's mm bound to an emulated IOMMU through SVA: one PASID, no
 /// device (the DMA walkers ask the IOMMU directly, so only its own caches
 /// stand between them and the tables).
-struct SVABinding {
-    static let pasid: UInt32 = 1
+public struct SVABinding {
+    /// The PASID the mm is bound under, which DMA walkers' requests carry.
+    public static let pasid: UInt32 = 1
 
-    let iommu: IntelIOMMU
-    let sva: SVA
-    let bond: SVABond
+    public let iommu: IntelIOMMU
+    public let sva: SVA
+    public let bond: SVABond
 
-    init(mm: MM, allocator: PageAllocator, parameters: IntelIOMMU.Parameters) throws {
+    /// An IOMMU brought up on `allocator`, with `mm` bound to it
+    /// (iommu_sva_bind_device).
+    public init(mm: MM, allocator: PageAllocator, parameters: IntelIOMMU.Parameters) throws {
         iommu = try IntelIOMMU(allocator: allocator, parameters: parameters)
         sva = SVA(iommu: iommu)
         do {
@@ -22,7 +25,7 @@ struct SVABinding {
 
     /// iommu_sva_unbind_device, then the IOMMU goes; its counters stay
     /// readable.
-    func teardown() throws {
+    public func teardown() throws {
         try sva.unbind(bond)
         _ = iommu.shutdown()
     }

@@ -140,6 +140,13 @@ public struct StressRegion: Sendable {
     public let tables: Int
     public var length: UInt64 { UInt64(tables) << 21 }
 
+    /// `tables` PTE tables' worth of address space from `base` (2 MiB
+    /// aligned).
+    public init(base: UInt64, tables: Int) {
+        self.base = base
+        self.tables = tables
+    }
+
     /// The start of the region's `i`th 2 MiB (one PTE table's span).
     public func table(_ i: Int) -> UInt64 { base + UInt64(i) << 21 }
 

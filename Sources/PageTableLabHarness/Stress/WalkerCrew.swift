@@ -4,7 +4,11 @@ import Synchronization
 /// The walker threads of a stress run. Each is a CPU of the mm: it answers
 /// TLB-flush IPIs between walks, and keeps its own counters, published once
 /// at the end (and a rough running total for the progress line).
-final class WalkerCrew: Sendable {
+///
+/// `StressRunner` makes one per run; a prototype that drives its own
+/// updater loop can make one itself, around any mm (with DMA walkers, an
+/// IOMMU bound to it: `SVABinding`), and `stop` it for the counts.
+public final class WalkerCrew: Sendable {
     private let stopFlag = Atomic<Bool>(false)
     private let totals = LabMutex(WalkCounters())
     private let walks = Atomic<Int>(0)
@@ -15,8 +19,9 @@ final class WalkerCrew: Sendable {
     private let threads: LabMutex<[RCUThread]>
 
     /// Each of `count` threads takes the scenario's `walkers` in turn, one
-    /// per step, each in its lock context.
-    init(mm: MM, region: StressRegion, walkers: [Scenario.Walker], count: Int, seed: UInt64, watching: Detector?,
+    /// per step, each in its lock context; a detection by `watching` (by
+    /// any detector, if nil) counts in `watchedSoFar`.
+    public init(mm: MM, region: StressRegion, walkers: [Scenario.Walker], count: Int, seed: UInt64, watching: Detector?,
          iommu: IntelIOMMU?) {
         precondition(iommu != nil || !walkers.contains { $0.kind == .dma }, "DMA walkers need an IOMMU bound to the mm")
         threads = LabMutex([])
@@ -31,10 +36,12 @@ final class WalkerCrew: Sendable {
         }
     }
 
-    var walksSoFar: Int { walks.load(ordering: .relaxed) }
-    var uafSoFar: Int { uaf.load(ordering: .relaxed) }
+    /// Walks so far (rough: published every 1,024 per thread).
+    public var walksSoFar: Int { walks.load(ordering: .relaxed) }
+    /// Use-after-free detections so far, by any detector.
+    public var uafSoFar: Int { uaf.load(ordering: .relaxed) }
     /// Detections by the watched detector (by any, if none is watched).
-    var watchedSoFar: Int { watched.load(ordering: .relaxed) }
+    public var watchedSoFar: Int { watched.load(ordering: .relaxed) }
 
     private func walk(mm: MM, region: StressRegion, walkers: [Scenario.Walker], id: Int, seed: UInt64,
                       iommu: IntelIOMMU?) {
@@ -73,7 +80,7 @@ final class WalkerCrew: Sendable {
     }
 
     /// Stop every walker, wait for it, and return the summed counters.
-    func stop() -> WalkCounters {
+    public func stop() -> WalkCounters {
         stopFlag.store(true, ordering: .relaxed)
         for t in threads.withLock({ $0 }) { t.join() }
         return totals.withLock { $0 }
