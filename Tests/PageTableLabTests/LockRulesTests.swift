@@ -15,6 +15,10 @@ final class LockRulesTests: XCTestCase {
     /// faults) while the other races it; an unsafe twin stops at its first
     /// stale write.
     private let faultRounds = 40_000
+    /// The unsafe race stops at its first stale write; this bounds a run in
+    /// which the window never opens (a fault's PMD read to its ptlock is a
+    /// page allocation and clear_page wide).
+    private let unsafeFaultRounds = 400_000
     private let collapseRounds = 2_000
 
     /// Run `a` for `rounds` rounds and `b` for as long as `a` runs, on two
@@ -53,14 +57,14 @@ final class LockRulesTests: XCTestCase {
     /// the mmap read lock: the DONTNEED may unlink the table between the
     /// fault's PMD read and its ptlock, and only the re-check sends the
     /// fault back to allocate a new one.
-    private func faultRacingDontneed(recheck: Bool) throws -> (staleWrites: Int, leaked: Int) {
+    private func faultRacingDontneed(recheck: Bool, rounds: Int) throws -> (staleWrites: Int, leaked: Int) {
         var profile = MMProfile()
         profile.skipPMDRecheck = !recheck
         return try withLoadedAllocator { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             try mm.mmap(address: tib, length: 2 * mib)
             let stale: @Sendable () -> Bool = { !recheck && mm.staleTableWrites.load(ordering: .relaxed) > 0 }
-            race(rounds: faultRounds, { i in try mm.touch(address: tib + UInt64(i % 512) << 12, length: 4096) },
+            race(rounds: rounds, { i in try mm.touch(address: tib + UInt64(i % 512) << 12, length: 4096) },
                  { _ in try mm.madviseDontneed(address: tib, length: 2 * mib) },
                  stop: stale)
             XCTAssertEqual(mm.pgtablesBytes, mm.tableBytesHeld, "VmPTE against the tables held")
@@ -72,7 +76,7 @@ final class LockRulesTests: XCTestCase {
     }
 
     func testAFaultRacingDontneedRechecksThePMD() throws {
-        let (stale, leaked) = try faultRacingDontneed(recheck: true)
+        let (stale, leaked) = try faultRacingDontneed(recheck: true, rounds: faultRounds)
         XCTAssertEqual(stale, 0)
         XCTAssertEqual(leaked, 0)
     }
@@ -80,8 +84,8 @@ final class LockRulesTests: XCTestCase {
     /// Without the re-check the fault fills the reclaimed table: the PTE is
     /// lost with it, and so is the page it mapped, one page per stale write.
     func testAFaultRacingDontneedWithoutTheRecheckLosesItsPage() throws {
-        let (stale, leaked) = try faultRacingDontneed(recheck: false)
-        XCTAssertGreaterThan(stale, 0, "no fault filled a reclaimed table in \(faultRounds) rounds")
+        let (stale, leaked) = try faultRacingDontneed(recheck: false, rounds: unsafeFaultRounds)
+        XCTAssertGreaterThan(stale, 0, "no fault filled a reclaimed table in \(unsafeFaultRounds) rounds")
         XCTAssertEqual(leaked, stale, "each stale write loses the page it mapped")
     }
 

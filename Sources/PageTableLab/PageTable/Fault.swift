@@ -115,11 +115,12 @@ extension MM {
             let folio = try file.folio(for: index, huge: false)
             data = folio.huge ? Page(folio.page.desc + Int(index & 511)) : folio.page
         } else {
-            // Not zeroed: nothing in the model reads a data page back (the
-            // user's stores go in, walkers read tables), so clear_page would
-            // be the kernel's cost without the kernel's reason.
+            // Zeroed, as __GFP_ZERO's clear_page does, although nothing
+            // here reads a data page back: it is part of the window between
+            // this fault's PMD read and its ptlock, which a racing
+            // PT_RECLAIM must be able to hit (LockRulesTests).
             do {
-                data = try allocator.alloc(node: tableNode, zero: false)
+                data = try allocator.alloc(node: tableNode, zero: true)
             } catch {
                 throw .outOfMemory(error)
             }
