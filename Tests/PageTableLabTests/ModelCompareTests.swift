@@ -103,3 +103,28 @@ final class TraceReplayTests: XCTestCase {
         }
     }
 }
+
+/// clear_page on an anonymous fault: kept for concurrent runs (it is part
+/// of the fault's race window), off for a one-thread replay.
+final class ClearsFaultedPagesTests: XCTestCase {
+    func testAFaultClearsItsPageUnlessTheProfileSaysNot() throws {
+        try withLab { allocator in
+            for clears in [true, false] {
+                var profile = MMProfile()
+                profile.clearsFaultedPages = clears
+                let mm = try MM(allocator: allocator, profile: profile)
+                try mm.mmap(address: tib, length: 8192)
+                try mm.fault(at: tib + 4096)    // the tables, so the next fault allocates its page only
+                // A dirty page on this thread's list is the next one a fault gets.
+                let dirty = try allocator.alloc()
+                allocator.address(of: dirty).storeBytes(of: 0xAB, toByteOffset: 100, as: UInt8.self)
+                try allocator.free(dirty)
+                let page = try mm.fault(at: tib)
+                XCTAssertEqual(page.load(fromByteOffset: 100, as: UInt8.self) == 0, clears)
+                try mm.munmap(address: tib, length: 8192)
+                mm.exit()
+            }
+        }
+        XCTAssertFalse(try ModelTarget(profile: .runningKernel()).mm.profile.clearsFaultedPages)
+    }
+}

@@ -115,12 +115,10 @@ extension MM {
             let folio = try file.folio(for: index, huge: false)
             data = folio.huge ? Page(folio.page.desc + Int(index & 511)) : folio.page
         } else {
-            // Zeroed, as __GFP_ZERO's clear_page does, although nothing
-            // here reads a data page back: it is part of the window between
-            // this fault's PMD read and its ptlock, which a racing
-            // PT_RECLAIM must be able to hit (LockRulesTests).
+            // Cleared for the window it opens, not for its contents
+            // (MMProfile.clearsFaultedPages).
             do {
-                data = try allocator.alloc(node: tableNode, zero: true)
+                data = try allocator.alloc(node: tableNode, zero: profile.clearsFaultedPages)
             } catch {
                 throw .outOfMemory(error)
             }

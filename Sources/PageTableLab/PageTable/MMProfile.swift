@@ -40,6 +40,13 @@ public struct MMProfile: Sendable {
     /// below it (move_page_tables' try_realign_addr, 6.7+), so that whole
     /// PTE tables move instead of their entries.
     public var mremapRealign = true
+    /// __GFP_ZERO's clear_page when an anonymous fault allocates its page.
+    /// Nothing in the model reads a data page back, but the clearing is
+    /// part of the window between the fault's PMD read and its ptlock that
+    /// a racing MADV_DONTNEED can hit, so concurrent runs keep it; a
+    /// replay with one updater thread (`ptlab compare`) has no such race
+    /// and turns it off, a fifth of its time.
+    public var clearsFaultedPages = true
 
     public init() {}
 

@@ -33,6 +33,8 @@ public final class ModelTarget: TraceTarget, TraceSettling {
         do {
             var mmProfile = profile.mmProfile
             mmProfile.thp = thp
+            // One thread replays a trace: no fault races a DONTNEED here.
+            mmProfile.clearsFaultedPages = false
             mm = try MM(allocator: allocator, profile: mmProfile)
         } catch {
             RCU.unregisterThread()
