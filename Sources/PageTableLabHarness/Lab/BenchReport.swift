@@ -82,6 +82,26 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var floodCallsPerSec: Double
     /// Queue-to-free latency of the last round's pte_free_defer run.
     public var deferFreeLatencyUs: [LatencyPercentile]
+    /// Steady state: each freeing path sustained for this timed window (s),
+    /// after a warm-up, with at most `steadyBoundBytes` of tables (objects,
+    /// for C's call_rcu: as many of them as tables) awaiting a grace period.
+    public var steadySeconds: Double
+    public var steadyBoundBytes: UInt64
+    /// PTE tables per second through alloc + pte_free_defer, sustained.
+    public var steadyDeferTablesPerSec: Double
+    /// PTE tables per second through alloc + mmu_gather freeTable (509 per
+    /// call_rcu'd batch), sustained.
+    public var steadyGatherTablesPerSec: Double
+    /// C: malloc + call_rcu + free, sustained.
+    public var steadyCallRCUPerSecC: Double
+    /// C in the kernel's shape: tables and batch pages from a free list of
+    /// 4 KiB pages, 509 per call_rcu'd batch page, given back by the
+    /// callback; sustained.
+    public var steadyCGatherTablesPerSec: Double
+    /// steady gather / steady kernel-shaped C, median of per-round ratios.
+    public var steadyGatherRatio: Double
+    /// steady pte_free_defer / steady C call_rcu, median of per-round ratios.
+    public var steadyDeferRatio: Double
     /// Throughput against producer threads; only with `--plot`.
     public var scaling: [Bench.ScalingPoint]?
     public var targets: [Target]
@@ -125,6 +145,14 @@ public struct BenchReport: Sendable, Codable, Equatable {
         case floodInlineFallbacks = "flood_inline_fallbacks"
         case floodCallsPerSec = "flood_calls_per_sec"
         case deferFreeLatencyUs = "defer_free_latency_us"
+        case steadySeconds = "steady_seconds"
+        case steadyBoundBytes = "steady_bound_bytes"
+        case steadyDeferTablesPerSec = "steady_defer_tables_per_sec"
+        case steadyGatherTablesPerSec = "steady_gather_tables_per_sec"
+        case steadyCallRCUPerSecC = "steady_call_rcu_per_sec_c"
+        case steadyCGatherTablesPerSec = "steady_c_gather_tables_per_sec"
+        case steadyGatherRatio = "steady_gather_ratio"
+        case steadyDeferRatio = "steady_defer_ratio"
         case scaling
         case targets
         case allTargetsMet = "all_targets_met"
