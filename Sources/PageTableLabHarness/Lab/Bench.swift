@@ -50,6 +50,9 @@ public enum Bench {
         public var steadySeconds = 1.0
         public var steadyWarmupSeconds = 0.2
         public var steadyBoundTables = 1 << 18
+        /// Cycles of the churn trace (three ops each) behind
+        /// trace_replay_ratio, replayed once on each side.
+        public var traceReplayCycles = 2_000
         public init() {}
     }
 
@@ -67,7 +70,7 @@ public enum Bench {
               configuration.walkIterations >= 1, configuration.walkTables >= 1, configuration.qiSubmissions >= 1,
               configuration.kernelFreeSeconds > 0, configuration.scalingObjects >= 1, configuration.scalingRounds >= 1,
               configuration.scalingThreads.allSatisfy({ $0 >= 1 }), configuration.steadySeconds > 0,
-              configuration.steadyWarmupSeconds >= 0 else {
+              configuration.steadyWarmupSeconds >= 0, configuration.traceReplayCycles >= 1 else {
             throw BenchError.invalidConfiguration("rounds, iterations and objects must be positive (read iterations at least 8)")
         }
         guard configuration.steadyBoundTables >= 2 * 510 else {
@@ -162,6 +165,8 @@ public enum Bench {
         progress("flood against a bound of \(config.floodBoundBytes) bytes")
         let flood = try Bench.flood(bound: config.floodBoundBytes, producers: config.floodProducers,
                                     callsPerProducer: config.floodCallsPerProducer, allocator: allocator)
+        progress("trace replay: \(config.traceReplayCycles) churn cycles on the kernel, then the model")
+        let replay = try traceReplay(cycles: config.traceReplayCycles)
         let scaling = config.scaling
             ? try Bench.scaling(count: config.scalingObjects, threadCounts: config.scalingThreads, rounds: config.scalingRounds,
                                 mm: mm, allocator: allocator, progress: progress)
@@ -213,6 +218,8 @@ public enum Bench {
             steadyDeferTablesPerSec: m["steady_defer_tables_per_sec"]!, steadyGatherTablesPerSec: m["steady_gather_tables_per_sec"]!,
             steadyCallRCUPerSecC: m["steady_call_rcu_per_sec_c"]!, steadyCGatherTablesPerSec: m["steady_c_gather_tables_per_sec"]!,
             steadyGatherRatio: steadyGatherRatio, steadyDeferRatio: steadyDeferRatio,
+            traceReplayOps: replay.ops, traceReplayModelSeconds: replay.modelSeconds,
+            traceReplayKernelSeconds: replay.kernelSeconds, traceReplayRatio: replay.ratio,
             scaling: scaling,
             targets: targets, allTargetsMet: targets.allSatisfy(\.met),
             statistic: "median", rounds: config.rounds, build: buildConfiguration, loadAverage1m: load[0],
