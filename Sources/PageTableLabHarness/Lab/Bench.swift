@@ -39,7 +39,8 @@ public enum Bench {
         public var scalingObjects = 1 << 18
         public var scalingThreads = [1, 2]
         public var scalingRounds = 3
-        /// Steady-state freeing, per round: each path untimed for
+        /// Steady-state freeing, in `rounds` rounds of its own after the
+        /// others (BenchSteady): each path untimed for
         /// `steadyWarmupSeconds`, then timed for `steadySeconds`, with at
         /// most `steadyBoundTables` tables (1 GiB at 2^18; objects, for C's
         /// call_rcu) awaiting a grace period. liburcu's worker sleeps 10 ms
@@ -117,9 +118,6 @@ public enum Bench {
         let mm = try MM(allocator: allocator)
         let walkMM = try MM(allocator: allocator)
         defer { _ = mm.exit(); _ = walkMM.exit() }
-        let steady = SteadyWindow(warmupSeconds: config.steadyWarmupSeconds, seconds: config.steadySeconds,
-                                  boundTables: config.steadyBoundTables)
-        let pool = try CPagePool(pages: config.steadyBoundTables + CPagePool.slackPages)
         try walkMM.mmap(address: walkBase, length: UInt64(config.walkTables) << 21)
         try walkMM.touch(address: walkBase, length: UInt64(config.walkTables) << 21, stride: 64 << 10)
         // Warm-up, not recorded: fault in the chunks the flood will use and
@@ -127,7 +125,6 @@ public enum Bench {
         progress("warm-up")
         _ = try swiftCallRCUPerSec(config.callRCUObjects, allocator: allocator)
         _ = ptlab_baseline_call_rcu_per_sec(UInt64(config.callRCUObjects))
-        try faultIn(pages: config.steadyBoundTables + CPagePool.slackPages, allocator: allocator)
         for round in 1...config.rounds {
             progress("round \(round)/\(config.rounds): rcu read sections")
             samples["rcu_read_ns_c", default: []].append(ptlab_baseline_read_ns(config.readIterations))
@@ -152,8 +149,6 @@ public enum Bench {
             let walk = walkNs(config.walkIterations, mm: walkMM, tables: config.walkTables)
             samples["walk_ns", default: []].append(walk.ns)
             walkCounters = walkCounters + walk.counters
-            progress("round \(round)/\(config.rounds): steady-state frees")
-            try steadyRound(steady, pool: pool, mm: mm, allocator: allocator, into: &samples)
             progress("round \(round)/\(config.rounds): page allocation")
             samples["page_alloc_free_ns", default: []].append(try pageAllocFreeNs(config.pageIterations, allocator: allocator))
             samples["numa_alloc_onnode_ns", default: []].append(numaAllocOnnodeNs(config.numaIterations))
@@ -165,6 +160,8 @@ public enum Bench {
         progress("flood against a bound of \(config.floodBoundBytes) bytes")
         let flood = try Bench.flood(bound: config.floodBoundBytes, producers: config.floodProducers,
                                     callsPerProducer: config.floodCallsPerProducer, allocator: allocator)
+        let steady = SteadyWindow(config)
+        try steadyRounds(steady, rounds: config.rounds, mm: mm, allocator: allocator, into: &samples, progress: progress)
         progress("trace replay: \(config.traceReplayCycles) churn cycles on the kernel, then the model")
         let replay = try traceReplay(cycles: config.traceReplayCycles)
         let scaling = config.scaling

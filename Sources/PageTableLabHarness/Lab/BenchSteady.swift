@@ -30,6 +30,17 @@ extension Bench {
         var boundTables: Int
 
         var boundBytes: UInt64 { UInt64(boundTables) * 4096 }
+
+        init(warmupSeconds: Double, seconds: Double, boundTables: Int) {
+            self.warmupSeconds = warmupSeconds
+            self.seconds = seconds
+            self.boundTables = boundTables
+        }
+
+        init(_ configuration: Configuration) {
+            self.init(warmupSeconds: configuration.steadyWarmupSeconds, seconds: configuration.steadySeconds,
+                      boundTables: configuration.steadyBoundTables)
+        }
     }
 
     /// The window's clock, read once per `every` calls: the warm-up first,
@@ -57,6 +68,21 @@ extension Bench {
             guard t - windowStart >= window.seconds * 1e9 else { return false }
             result = (count - windowStartCount, (t - windowStart) / 1e9)
             return true
+        }
+    }
+
+    /// `rounds` rounds of the four runs, after the bench's other rounds,
+    /// the IOMMU runs and the bounded flood, so that those run as they did
+    /// before these existed: the C pool (a gigabyte at the default bound)
+    /// is made and freed here, and the lab's pages are faulted in here.
+    static func steadyRounds(_ window: SteadyWindow, rounds: Int, mm: MM, allocator: PageAllocator,
+                             into samples: inout [String: [Double]], progress: (String) -> Void) throws {
+        progress("steady state: faulting in \(window.boundTables + CPagePool.slackPages) pages on each side")
+        let pool = try CPagePool(pages: window.boundTables + CPagePool.slackPages)
+        try faultIn(pages: window.boundTables + CPagePool.slackPages, allocator: allocator)
+        for round in 1...rounds {
+            progress("steady state \(round)/\(rounds): call_rcu and pte_free_defer, then the table batches")
+            try steadyRound(window, pool: pool, mm: mm, allocator: allocator, into: &samples)
         }
     }
 
