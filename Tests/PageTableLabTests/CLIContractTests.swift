@@ -176,6 +176,10 @@ final class CLIContractTests: XCTestCase {
         c.qiSubmissions = 16
         c.floodBoundBytes = 1 << 20
         c.floodCallsPerProducer = 1_024
+        c.steadySeconds = 0.02
+        c.steadyWarmupSeconds = 0.005
+        c.steadyBoundTables = 2_048
+        c.traceReplayCycles = 4
         let report = try Bench.run(c)
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(report)) as? [String: Any])
         assertKeys(object, [
@@ -184,7 +188,18 @@ final class CLIContractTests: XCTestCase {
             "gather_tables_per_sec", "c_batch_frees_per_sec", "gather_callbacks_per_table", "walk_ns",
             "kernel_free_invalidations_per_table", "qi_submit_sync_us_p50", "peak_deferred_bytes_flood",
             "deferred_bound_bytes", "targets", "all_targets_met", "rounds", "build", "parameters",
+            "steady_seconds", "steady_bound_bytes", "steady_defer_tables_per_sec", "steady_gather_tables_per_sec",
+            "steady_call_rcu_per_sec_c", "steady_c_gather_tables_per_sec", "steady_gather_ratio", "steady_defer_ratio",
+            "trace_replay_ops", "trace_replay_model_seconds", "trace_replay_kernel_seconds", "trace_replay_ratio",
         ], "bench --json")
+        XCTAssertEqual(object["trace_replay_ops"] as? Int, 12)
+        if LiveKernel.unavailableReason == nil {
+            XCTAssertNotNil(object["trace_replay_ratio"] as? Double)
+        } else {
+            XCTAssertTrue(object["trace_replay_ratio"] is NSNull, "a side that did not run is null, not absent")
+        }
+        let targetKeys = Set(try XCTUnwrap(object["targets"] as? [[String: Any]]).compactMap { $0["key"] as? String })
+        XCTAssertTrue(targetKeys.isSuperset(of: ["steady_defer_ratio", "steady_gather_ratio", "steady_gather_tables_per_sec"]))
         let target = try XCTUnwrap((object["targets"] as? [[String: Any]])?.first)
         XCTAssertNotNil(target["met"], "a target says whether it was met")
     }

@@ -39,6 +39,21 @@ public enum Bench {
         public var scalingObjects = 1 << 18
         public var scalingThreads = [1, 2]
         public var scalingRounds = 3
+        /// Steady-state freeing, in `rounds` rounds of its own after the
+        /// others (BenchSteady): each path untimed for
+        /// `steadyWarmupSeconds`, then timed for `steadySeconds`, with at
+        /// most `steadyBoundTables` tables (1 GiB at 2^18; objects, for C's
+        /// call_rcu) awaiting a grace period. liburcu's worker sleeps 10 ms
+        /// between batches, so a path sustaining R tables/s keeps about
+        /// R x (10 ms + a grace period + the batch's callbacks) outstanding:
+        /// a bound below that makes the producer wait a grace period per
+        /// call instead, and the rate measures that wait.
+        public var steadySeconds = 1.0
+        public var steadyWarmupSeconds = 0.2
+        public var steadyBoundTables = 1 << 18
+        /// Cycles of the churn trace (three ops each) behind
+        /// trace_replay_ratio, replayed once on each side.
+        public var traceReplayCycles = 2_000
         public init() {}
     }
 
@@ -55,15 +70,22 @@ public enum Bench {
               configuration.pageIterations >= 1, configuration.numaIterations >= 1,
               configuration.walkIterations >= 1, configuration.walkTables >= 1, configuration.qiSubmissions >= 1,
               configuration.kernelFreeSeconds > 0, configuration.scalingObjects >= 1, configuration.scalingRounds >= 1,
-              configuration.scalingThreads.allSatisfy({ $0 >= 1 }) else {
+              configuration.scalingThreads.allSatisfy({ $0 >= 1 }), configuration.steadySeconds > 0,
+              configuration.steadyWarmupSeconds >= 0, configuration.traceReplayCycles >= 1 else {
             throw BenchError.invalidConfiguration("rounds, iterations and objects must be positive (read iterations at least 8)")
+        }
+        guard configuration.steadyBoundTables >= 2 * 510 else {
+            throw BenchError.invalidConfiguration("steady runs need a bound of at least two gather batches (1020 tables)")
         }
         var parameters = parameters
         let chunkPages = 1 << parameters.int("chunk_order")
         // A whole flood outstanding (the gather's adds a batch page per 509
         // tables), beside the walk mm: per PTE table, itself and a data page
         // per 64 KiB touched, plus its upper tables.
-        let flood = max(configuration.callRCUObjects, configuration.scaling ? configuration.scalingObjects : 0)
+        // A steady run keeps at most its bound outstanding, beside the
+        // producer's open batch and the per-CPU caches.
+        let flood = max(configuration.callRCUObjects, configuration.scaling ? configuration.scalingObjects : 0,
+                        configuration.steadyBoundTables + CPagePool.slackPages)
         let pages = flood + flood / 509 + 1 + configuration.walkTables * 34 + 8
         let needed = (pages / chunkPages + 2) * chunkPages
         if parameters.int("node_budget_pages") < needed {
@@ -138,6 +160,10 @@ public enum Bench {
         progress("flood against a bound of \(config.floodBoundBytes) bytes")
         let flood = try Bench.flood(bound: config.floodBoundBytes, producers: config.floodProducers,
                                     callsPerProducer: config.floodCallsPerProducer, allocator: allocator)
+        let steady = SteadyWindow(config)
+        try steadyRounds(steady, rounds: config.rounds, mm: mm, allocator: allocator, into: &samples, progress: progress)
+        progress("trace replay: \(config.traceReplayCycles) churn cycles on the kernel, then the model")
+        let replay = try traceReplay(cycles: config.traceReplayCycles)
         let scaling = config.scaling
             ? try Bench.scaling(count: config.scalingObjects, threadCounts: config.scalingThreads, rounds: config.scalingRounds,
                                 mm: mm, allocator: allocator, progress: progress)
@@ -150,6 +176,8 @@ public enum Bench {
         let readRatio = ratio("rcu_read_ns_swift", "rcu_read_ns_c")
         let callRatio = ratio("call_rcu_per_sec_swift", "call_rcu_per_sec_c")
         let speedup = m["numa_alloc_onnode_ns"]! / m["page_alloc_free_ns"]!
+        let steadyDeferRatio = ratio("steady_defer_tables_per_sec", "steady_call_rcu_per_sec_c")
+        let steadyGatherRatio = ratio("steady_gather_tables_per_sec", "steady_c_gather_tables_per_sec")
         let targets: [BenchReport.Target] = [
             .init("rcu_read_ratio", .atMost, 1.15, readRatio, "a Swift read section costs at most 1.15x liburcu's inlined C"),
             .init("call_rcu_ratio", .atLeast, 0.9, callRatio, "Swift RCU.call keeps 0.9x of C call_rcu on the same malloc'd object"),
@@ -163,6 +191,12 @@ public enum Bench {
                   "at most one RCU callback per 500 tables through the gather"),
             .init("peak_deferred_bytes_flood", .atMost, Double(flood.boundBytes), Double(flood.peakBytes),
                   "a flood past a stalled reader stays within DeferredBound.bytes"),
+            .init("steady_defer_ratio", .atLeast, 1.0, steadyDeferRatio,
+                  "pte_free_defer sustained keeps up with C malloc+call_rcu+free sustained, memory bounded alike"),
+            .init("steady_gather_ratio", .atLeast, 1.0, steadyGatherRatio,
+                  "the mmu_gather's table path sustained keeps up with C's kernel-shaped free list (509 per call_rcu'd batch page)"),
+            .init("steady_gather_tables_per_sec", .atLeast, 25e6, m["steady_gather_tables_per_sec"]!,
+                  "the mmu_gather's table path sustains 25 M tables/s"),
         ]
         return BenchReport(
             rcuReadNsSwift: m["rcu_read_ns_swift"]!, rcuReadNsC: m["rcu_read_ns_c"]!, rcuReadRatio: readRatio,
@@ -176,7 +210,14 @@ public enum Bench {
             walkNs: m["walk_ns"]!, kernelFreeInvalidationsPerTable: invalidationsPerTable, qiSubmitSyncUsP50: qiP50,
             peakDeferredBytesFlood: flood.peakBytes, deferredBoundBytes: flood.boundBytes,
             floodCalls: flood.calls, floodInlineFallbacks: flood.inlineFallbacks, floodCallsPerSec: flood.callsPerSec,
-            deferFreeLatencyUs: latency, scaling: scaling,
+            deferFreeLatencyUs: latency,
+            steadySeconds: config.steadySeconds, steadyBoundBytes: steady.boundBytes,
+            steadyDeferTablesPerSec: m["steady_defer_tables_per_sec"]!, steadyGatherTablesPerSec: m["steady_gather_tables_per_sec"]!,
+            steadyCallRCUPerSecC: m["steady_call_rcu_per_sec_c"]!, steadyCGatherTablesPerSec: m["steady_c_gather_tables_per_sec"]!,
+            steadyGatherRatio: steadyGatherRatio, steadyDeferRatio: steadyDeferRatio,
+            traceReplayOps: replay.ops, traceReplayModelSeconds: replay.modelSeconds,
+            traceReplayKernelSeconds: replay.kernelSeconds, traceReplayRatio: replay.ratio,
+            scaling: scaling,
             targets: targets, allTargetsMet: targets.allSatisfy(\.met),
             statistic: "median", rounds: config.rounds, build: buildConfiguration, loadAverage1m: load[0],
             parameters: Dictionary(uniqueKeysWithValues: parameters.all.map { ($0.name, $0.value.description) }),
@@ -325,6 +366,7 @@ public enum BenchError: Error, CustomStringConvertible {
     case poisonNotWritten
     case tablesLost(expected: Int, queued: Int)
     case stressFailed(String)
+    case baselineLost(what: String, handed: Int, freed: Int)
 
     public var description: String {
         switch self {
@@ -333,6 +375,7 @@ public enum BenchError: Error, CustomStringConvertible {
         case .poisonNotWritten: "bench: PagePoison.fill left bytes other than 0x6b"
         case .tablesLost(let n, let q): "bench: \(n) tables given to the mmu_gather but \(q) queued for freeing"
         case .stressFailed(let verdict): "bench: the kernel-free run failed: \(verdict)"
+        case .baselineLost(let what, let handed, let freed): "bench: the \(what) baseline freed \(freed) of the \(handed) it took"
         }
     }
 }

@@ -82,6 +82,33 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var floodCallsPerSec: Double
     /// Queue-to-free latency of the last round's pte_free_defer run.
     public var deferFreeLatencyUs: [LatencyPercentile]
+    /// Steady state: each freeing path sustained for this timed window (s),
+    /// after a warm-up, with at most `steadyBoundBytes` of tables (objects,
+    /// for C's call_rcu: as many of them as tables) awaiting a grace period.
+    public var steadySeconds: Double
+    public var steadyBoundBytes: UInt64
+    /// PTE tables per second through alloc + pte_free_defer, sustained.
+    public var steadyDeferTablesPerSec: Double
+    /// PTE tables per second through alloc + mmu_gather freeTable (509 per
+    /// call_rcu'd batch), sustained.
+    public var steadyGatherTablesPerSec: Double
+    /// C: malloc + call_rcu + free, sustained.
+    public var steadyCallRCUPerSecC: Double
+    /// C in the kernel's shape: tables and batch pages from a free list of
+    /// 4 KiB pages, 509 per call_rcu'd batch page, given back by the
+    /// callback; sustained.
+    public var steadyCGatherTablesPerSec: Double
+    /// steady gather / steady kernel-shaped C, median of per-round ratios.
+    public var steadyGatherRatio: Double
+    /// steady pte_free_defer / steady C call_rcu, median of per-round ratios.
+    public var steadyDeferRatio: Double
+    /// The churn trace's ops, replayed once on each side.
+    public var traceReplayOps: Int
+    public var traceReplayModelSeconds: Double
+    /// nil (null in JSON) where the live kernel cannot be compared with.
+    public var traceReplayKernelSeconds: Double?
+    /// Kernel time / model time on the churn trace; nil with no kernel side.
+    public var traceReplayRatio: Double?
     /// Throughput against producer threads; only with `--plot`.
     public var scaling: [Bench.ScalingPoint]?
     public var targets: [Target]
@@ -125,10 +152,74 @@ public struct BenchReport: Sendable, Codable, Equatable {
         case floodInlineFallbacks = "flood_inline_fallbacks"
         case floodCallsPerSec = "flood_calls_per_sec"
         case deferFreeLatencyUs = "defer_free_latency_us"
+        case steadySeconds = "steady_seconds"
+        case steadyBoundBytes = "steady_bound_bytes"
+        case steadyDeferTablesPerSec = "steady_defer_tables_per_sec"
+        case steadyGatherTablesPerSec = "steady_gather_tables_per_sec"
+        case steadyCallRCUPerSecC = "steady_call_rcu_per_sec_c"
+        case steadyCGatherTablesPerSec = "steady_c_gather_tables_per_sec"
+        case steadyGatherRatio = "steady_gather_ratio"
+        case steadyDeferRatio = "steady_defer_ratio"
+        case traceReplayOps = "trace_replay_ops"
+        case traceReplayModelSeconds = "trace_replay_model_seconds"
+        case traceReplayKernelSeconds = "trace_replay_kernel_seconds"
+        case traceReplayRatio = "trace_replay_ratio"
         case scaling
         case targets
         case allTargetsMet = "all_targets_met"
         case statistic, rounds, build, parameters, samples
         case loadAverage1m = "load_average_1m"
+    }
+
+    /// Every key, a missing trace-replay side as null rather than absent;
+    /// `scaling` only when measured.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(rcuReadNsSwift, forKey: .rcuReadNsSwift)
+        try c.encode(rcuReadNsC, forKey: .rcuReadNsC)
+        try c.encode(rcuReadRatio, forKey: .rcuReadRatio)
+        try c.encode(callRCUPerSecSwift, forKey: .callRCUPerSecSwift)
+        try c.encode(callRCUPerSecC, forKey: .callRCUPerSecC)
+        try c.encode(callRCURatio, forKey: .callRCURatio)
+        try c.encode(callRCUPerSecSwiftPages, forKey: .callRCUPerSecSwiftPages)
+        try c.encode(pageAllocFreeNs, forKey: .pageAllocFreeNs)
+        try c.encode(numaAllocOnnodeNs, forKey: .numaAllocOnnodeNs)
+        try c.encode(pageAllocSpeedup, forKey: .pageAllocSpeedup)
+        try c.encode(poisonPageNs, forKey: .poisonPageNs)
+        try c.encode(callRCUPeakDeferredBytes, forKey: .callRCUPeakDeferredBytes)
+        try c.encode(deferTablesPerSec, forKey: .deferTablesPerSec)
+        try c.encode(gatherTablesPerSec, forKey: .gatherTablesPerSec)
+        try c.encode(cBatchFreesPerSec, forKey: .cBatchFreesPerSec)
+        try c.encode(gatherCallbacksPerTable, forKey: .gatherCallbacksPerTable)
+        try c.encode(walkNs, forKey: .walkNs)
+        try c.encode(kernelFreeInvalidationsPerTable, forKey: .kernelFreeInvalidationsPerTable)
+        try c.encode(qiSubmitSyncUsP50, forKey: .qiSubmitSyncUsP50)
+        try c.encode(peakDeferredBytesFlood, forKey: .peakDeferredBytesFlood)
+        try c.encode(deferredBoundBytes, forKey: .deferredBoundBytes)
+        try c.encode(floodCalls, forKey: .floodCalls)
+        try c.encode(floodInlineFallbacks, forKey: .floodInlineFallbacks)
+        try c.encode(floodCallsPerSec, forKey: .floodCallsPerSec)
+        try c.encode(deferFreeLatencyUs, forKey: .deferFreeLatencyUs)
+        try c.encode(steadySeconds, forKey: .steadySeconds)
+        try c.encode(steadyBoundBytes, forKey: .steadyBoundBytes)
+        try c.encode(steadyDeferTablesPerSec, forKey: .steadyDeferTablesPerSec)
+        try c.encode(steadyGatherTablesPerSec, forKey: .steadyGatherTablesPerSec)
+        try c.encode(steadyCallRCUPerSecC, forKey: .steadyCallRCUPerSecC)
+        try c.encode(steadyCGatherTablesPerSec, forKey: .steadyCGatherTablesPerSec)
+        try c.encode(steadyGatherRatio, forKey: .steadyGatherRatio)
+        try c.encode(steadyDeferRatio, forKey: .steadyDeferRatio)
+        try c.encode(traceReplayOps, forKey: .traceReplayOps)
+        try c.encode(traceReplayModelSeconds, forKey: .traceReplayModelSeconds)
+        try c.encode(traceReplayKernelSeconds, forKey: .traceReplayKernelSeconds)
+        try c.encode(traceReplayRatio, forKey: .traceReplayRatio)
+        try c.encodeIfPresent(scaling, forKey: .scaling)
+        try c.encode(targets, forKey: .targets)
+        try c.encode(allTargetsMet, forKey: .allTargetsMet)
+        try c.encode(statistic, forKey: .statistic)
+        try c.encode(rounds, forKey: .rounds)
+        try c.encode(build, forKey: .build)
+        try c.encode(loadAverage1m, forKey: .loadAverage1m)
+        try c.encode(parameters, forKey: .parameters)
+        try c.encode(samples, forKey: .samples)
     }
 }

@@ -86,7 +86,7 @@ extension Bench {
     /// Where walkNs's mm is populated: 1 TiB, clear of the tables above.
     static let walkBase: UInt64 = 1 << 40
 
-    private static func checkNoFreeErrors(since before: Int) throws {
+    static func checkNoFreeErrors(since before: Int) throws {
         let errors = Integrity.snapshot().freeErrors - before
         guard errors == 0 else { throw BenchError.callbackFreeFailed(count: errors) }
     }

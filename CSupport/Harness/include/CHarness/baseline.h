@@ -14,7 +14,22 @@
  *  - ptlab_baseline_call_rcu_per_sec(): malloc'd objects through call_rcu,
  *    freed in the callback (call_rcu_per_sec_c);
  *  - ptlab_baseline_batch_frees_per_sec(): tables in batches of 509 per
- *    call_rcu, as the kernel's mmu_gather table batch (c_batch_frees_per_sec).
+ *    call_rcu, as the kernel's mmu_gather table batch (c_batch_frees_per_sec);
+ *  - ptlab_baseline_steady_call_rcu(): the call_rcu flood sustained for a
+ *    window, deferred objects bounded (steady_call_rcu_per_sec_c);
+ *  - ptlab_baseline_steady_c_gather(): the table batch in the kernel's own
+ *    shape, sustained for a window: tables and batch pages from a free
+ *    list of 4 KiB pages (ptlab_baseline_page_pool_create), 509 tables per
+ *    call_rcu'd batch page, the callback giving the tables and the batch
+ *    page back to the list; deferred pages bounded
+ *    (steady_c_gather_tables_per_sec).
+ *
+ * A steady run warms up for @warmup_seconds, then counts for @seconds what
+ * the producer hands to the freeing path. A call that would take what is
+ * outstanding past the bound waits a grace period and frees inline, as the
+ * lab's DeferredBound does. One run of each at a time: each counts its
+ * frees in a global of its own. The gather's callback neither mallocs nor
+ * frees: its pages go back to the pool's list, which has room for all.
  */
 #ifndef PTLAB_BASELINE_H
 #define PTLAB_BASELINE_H
@@ -28,6 +43,39 @@ extern "C" {
 double ptlab_baseline_read_ns(uint64_t iterations);
 double ptlab_baseline_call_rcu_per_sec(uint64_t count);
 double ptlab_baseline_batch_frees_per_sec(uint64_t tables);
+
+struct ptlab_baseline_steady {
+    /* Objects (tables, for the gather) handed to the freeing path in the
+     * timed window, and the window's length. */
+    uint64_t window_objects;
+    double seconds;
+    /* The whole run, warm-up included: objects (tables) handed over;
+     * objects freed, or for the gather pages (tables and batch pages)
+     * taken from the pool and given back by the end. */
+    uint64_t handed;
+    uint64_t allocated;
+    uint64_t freed;
+    /* Calls that met the bound: a grace period waited, then freed inline. */
+    uint64_t inline_frees;
+    /* Non-zero when the run could not go on (another run held the pool, or
+     * the pool ran dry). */
+    int failed;
+};
+
+struct ptlab_baseline_steady ptlab_baseline_steady_call_rcu(double warmup_seconds, double seconds,
+                                                            uint64_t bound_objects);
+
+/* Preallocated pages, every one faulted in; NULL when memory is short. */
+struct ptlab_baseline_page_pool;
+struct ptlab_baseline_page_pool *ptlab_baseline_page_pool_create(uint64_t pages);
+void ptlab_baseline_page_pool_destroy(struct ptlab_baseline_page_pool *pool);
+uint64_t ptlab_baseline_page_pool_pages(struct ptlab_baseline_page_pool *pool);
+/* Pages on the free list now (all of them between runs). */
+uint64_t ptlab_baseline_page_pool_free_pages(struct ptlab_baseline_page_pool *pool);
+
+struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baseline_page_pool *pool,
+                                                            double warmup_seconds, double seconds,
+                                                            uint64_t bound_pages);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,30 @@
+import PageTableLab
+
+/// trace_replay_ratio: the built-in churn trace (mmap 2M, touch every 4 KiB
+/// page, munmap) replayed on the live kernel and on the model in the same
+/// run, each timed with nothing measured (TraceReplay).
+extension Bench {
+    struct TraceReplayResult {
+        var ops: Int
+        var modelSeconds: Double
+        /// nil where the kernel cannot be compared with (no VmPTE).
+        var kernelSeconds: Double?
+        /// Kernel time / model time: above 1, the model runs the trace faster.
+        var ratio: Double? { kernelSeconds.map { $0 / modelSeconds } }
+    }
+
+    /// The kernel's pass first, with liburcu's worker idle (every callback
+    /// run), then the model's on a ModelTarget of its own, on the bench's
+    /// loaded allocator and thread.
+    static func traceReplay(cycles: Int) throws -> TraceReplayResult {
+        let trace = TraceReplay.churn(cycles: cycles)
+        var kernelSeconds: Double?
+        if LiveKernel.unavailableReason == nil {
+            try RCU.barrier()
+            kernelSeconds = try TraceReplay.seconds(trace, on: LiveKernel(measuring: false))
+        }
+        let model = try ModelTarget(profile: .runningKernel())
+        let modelSeconds = try TraceReplay.seconds(trace, on: model)
+        return TraceReplayResult(ops: trace.steps.count, modelSeconds: modelSeconds, kernelSeconds: kernelSeconds)
+    }
+}

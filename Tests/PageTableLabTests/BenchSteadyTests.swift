@@ -1,0 +1,58 @@
+import XCTest
+@testable import PageTableLab
+@testable import PageTableLabHarness
+
+/// `ptlab bench`'s steady-state runs, too short to measure anything: what
+/// is checked is that every path frees all it takes and keeps its bound.
+final class BenchSteadyTests: XCTestCase {
+    /// Two gather batches: past the worker's pace, a producer must wait a
+    /// grace period and free inline.
+    private let window = Bench.SteadyWindow(warmupSeconds: 0.005, seconds: 0.02, boundTables: 1020)
+
+    /// The kernel-shaped C gather takes every table and batch page from its
+    /// pool's free list and gives every one back: the counts agree and the
+    /// list is full again.
+    func testKernelShapedCGatherFreesEveryTableItTakes() throws {
+        let pool = try CPagePool(pages: window.boundTables + CPagePool.slackPages)
+        XCTAssertEqual(pool.freePages, pool.pages)
+        for _ in 0..<2 {
+            let r = try pool.steadyGather(window)
+            XCTAssertEqual(r.failed, 0)
+            XCTAssertGreaterThan(r.handed, 0)
+            XCTAssertGreaterThanOrEqual(r.allocated, r.handed + r.handed / 509, "a batch page per 509 tables")
+            XCTAssertEqual(r.freed, r.allocated, "every page taken was given back")
+            XCTAssertEqual(pool.freePages, pool.pages, "the free list is full again")
+            XCTAssertGreaterThan(r.window_objects, 0)
+            XCTAssertLessThanOrEqual(r.window_objects, r.handed)
+        }
+    }
+
+    /// A pool too small for the bound (and the producer's open batch and
+    /// per-CPU list) is refused before it could run dry.
+    func testKernelShapedCGatherRefusesAPoolSmallerThanItsBound() throws {
+        let pool = try CPagePool(pages: window.boundTables)
+        XCTAssertThrowsError(try pool.steadyGather(window))
+        XCTAssertEqual(pool.freePages, pool.pages)
+    }
+
+    func testCCallRCUFreesEveryObject() throws {
+        let r = try Bench.steadyCallRCUPerSecC(window)
+        XCTAssertGreaterThan(r.objects, 0)
+        XCTAssertGreaterThan(r.seconds, 0)
+    }
+
+    /// The Swift paths under the bound: every table freed (withLab checks
+    /// the allocator is whole and no free failed), the bound restored.
+    func testSwiftPathsFreeEveryTable() throws {
+        let before = DeferredBound.bytes
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            defer { _ = mm.exit() }
+            let deferred = try Bench.steadyDeferTablesPerSec(window, mm: mm, allocator: allocator)
+            XCTAssertGreaterThan(deferred.objects, 0)
+            let gathered = try Bench.steadyGatherTablesPerSec(window, mm: mm, allocator: allocator)
+            XCTAssertGreaterThan(gathered.objects, 0)
+        }
+        XCTAssertEqual(DeferredBound.bytes, before)
+    }
+}
