@@ -62,23 +62,27 @@ internal import CSupport
 /// like the kernel's on-stack gather.
 public final class MMUGather {
     public let mm: MM
-    public private(set) var fullmm: Bool
-    public private(set) var start: UInt64 = 0
-    public private(set) var end: UInt64 = 0
-    public private(set) var needFlushAll = false
-    public private(set) var freedTables = false
-    public private(set) var clearedPTEs = false
-    public private(set) var clearedPMDs = false
-    public private(set) var clearedPUDs = false
-    public private(set) var clearedP4Ds = false
+    // One thread owns a gather, as the kernel's lives on one task's stack:
+    // the run-time exclusivity checks on its fields were the largest part
+    // of freeing a table through it (BENCHMARKS.md, steady state), and
+    // there is no second accessor for them to catch.
+    @exclusivity(unchecked) public private(set) var fullmm: Bool
+    @exclusivity(unchecked) public private(set) var start: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var end: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var needFlushAll = false
+    @exclusivity(unchecked) public private(set) var freedTables = false
+    @exclusivity(unchecked) public private(set) var clearedPTEs = false
+    @exclusivity(unchecked) public private(set) var clearedPMDs = false
+    @exclusivity(unchecked) public private(set) var clearedPUDs = false
+    @exclusivity(unchecked) public private(set) var clearedP4Ds = false
 
-    var pages: PageBatches
+    @exclusivity(unchecked) var pages: PageBatches
     /// The open table batch (mmu_table_batch), or nil.
-    var tableBatch: TableBatch?
-    var finished = false
+    @exclusivity(unchecked) var tableBatch: TableBatch?
+    @exclusivity(unchecked) var finished = false
 
     /// Counters for this gather's life.
-    public internal(set) var stats = GatherStats()
+    @exclusivity(unchecked) public internal(set) var stats = GatherStats()
 
     /// tlb_gather_mmu / tlb_gather_mmu_fullmm.
     public init(mm: MM, fullmm: Bool = false) {
