@@ -34,6 +34,15 @@ static double now_ns(void)
         ptlab_rcu_read_unlock();               \
     } while (0)
 
+int ptlab_baseline_sanitized(void)
+{
+#if defined(PTLAB_TSAN) || defined(PTLAB_ASAN)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 double ptlab_baseline_read_ns(uint64_t iterations)
 {
     uint64_t loops = iterations / 8 ? iterations / 8 : 1;

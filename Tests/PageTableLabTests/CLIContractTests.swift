@@ -193,7 +193,7 @@ final class CLIContractTests: XCTestCase {
             "trace_replay_ops", "trace_replay_model_seconds", "trace_replay_kernel_seconds", "trace_replay_ratio",
         ], "bench --json")
         XCTAssertEqual(object["trace_replay_ops"] as? Int, 12)
-        if LiveKernel.unavailableReason == nil {
+        if Bench.traceReplayKernelUnavailableReason == nil {
             XCTAssertNotNil(object["trace_replay_ratio"] as? Double)
         } else {
             XCTAssertTrue(object["trace_replay_ratio"] is NSNull, "a side that did not run is null, not absent")

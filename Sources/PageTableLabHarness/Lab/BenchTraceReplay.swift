@@ -1,4 +1,5 @@
 import PageTableLab
+import CHarness
 
 /// trace_replay_ratio: the built-in churn trace (mmap 2M, touch every 4 KiB
 /// page, munmap) replayed on the live kernel and on the model in the same
@@ -7,10 +8,20 @@ extension Bench {
     struct TraceReplayResult {
         var ops: Int
         var modelSeconds: Double
-        /// nil where the kernel cannot be compared with (no VmPTE).
+        /// nil where the kernel's side cannot run (traceReplayKernelUnavailableReason).
         var kernelSeconds: Double?
         /// Kernel time / model time: above 1, the model runs the trace faster.
         var ratio: Double? { kernelSeconds.map { $0 / modelSeconds } }
+    }
+
+    /// Why the kernel's side cannot run here, or nil: LiveKernel's reason
+    /// (no VmPTE to compare with), or a sanitizer build, whose shadow memory
+    /// covers the churn trace's region (TraceReplay.churn's base, 16 TiB)
+    /// and whose timings would mean nothing anyway.
+    static var traceReplayKernelUnavailableReason: String? {
+        if let reason = LiveKernel.unavailableReason { return reason }
+        if ptlab_baseline_sanitized() != 0 { return "a sanitizer's shadow memory covers the churn trace's region" }
+        return nil
     }
 
     /// The kernel's pass first, with liburcu's worker idle (every callback
@@ -19,7 +30,7 @@ extension Bench {
     static func traceReplay(cycles: Int) throws -> TraceReplayResult {
         let trace = TraceReplay.churn(cycles: cycles)
         var kernelSeconds: Double?
-        if LiveKernel.unavailableReason == nil {
+        if traceReplayKernelUnavailableReason == nil {
             try RCU.barrier()
             kernelSeconds = try TraceReplay.seconds(trace, on: LiveKernel(measuring: false))
         }

@@ -40,6 +40,10 @@
 extern "C" {
 #endif
 
+/* Non-zero in a TSan or ASan build: their shadow memory lies where
+ * `ptlab bench` would map the churn trace on the live kernel. */
+int ptlab_baseline_sanitized(void);
+
 double ptlab_baseline_read_ns(uint64_t iterations);
 double ptlab_baseline_call_rcu_per_sec(uint64_t count);
 double ptlab_baseline_batch_frees_per_sec(uint64_t tables);
