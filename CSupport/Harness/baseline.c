@@ -234,26 +234,67 @@ struct ptlab_baseline_steady ptlab_baseline_steady_call_rcu(double warmup_second
 }
 
 /*
- * The kernel's shape for the gather: tables and batch pages come from a
- * free list of 4 KiB pages, and a batch's callback gives all of them back.
- * The free list is a stack of page addresses under a spinlock (zone->lock).
- * The producer takes PCP_BATCH pages at a time into a list of its own and
- * allocates from that, as the kernel's per-CPU lists refill from the zone
- * pcp->batch pages at a time; a callback gives its 510 pages back under one
- * lock, as a per-CPU list drains in batches. Nothing on the freeing path
- * allocates: the stack has room for every page of the pool.
+ * The kernel's shape for the gather, page for page. Every 4 KiB page has a
+ * 64-byte descriptor in a memmap (struct page), and every free list is
+ * threaded through the descriptors, as page->lru threads the buddy and
+ * per-CPU lists. zone->lock guards the pool's list. The producer allocates
+ * from a per-CPU list of its own, refilled PCP_BATCH pages at a time
+ * (rmqueue_bulk); the callbacks free onto the freeing side's list under its
+ * lock (pcp->lock), which goes back to the zone PCP_BATCH pages at a time
+ * once it passes PCP_HIGH (free_pcppages_bulk). A table is constructed when
+ * allocated (pagetable_pte_ctor: ptlock_init, PG_table, NR_PAGETABLE) and
+ * destroyed by its batch's callback (pagetable_dtor), which then frees it
+ * (put_page_testzero, onto the list) and, last, the batch page itself.
+ * Nothing on the freeing path allocates.
  */
 #define PCP_BATCH 64
+#define PCP_HIGH (8 * PCP_BATCH)
+#define C_PG_TABLE 1u
+
+/* The part of struct page the table path touches: one cache line. */
+struct c_page {
+    struct c_page *lru;
+    _Atomic uint32_t refcount;
+    uint32_t flags;
+    void *pt_mm;
+    uint64_t pt_index;
+    ptlab_spinlock_t ptl;
+    char pad[64 - 32 - sizeof(ptlab_spinlock_t)];
+};
+_Static_assert(sizeof(struct c_page) == 64, "a struct page is one cache line");
+
+/* struct per_cpu_pages, and the NR_PAGETABLE delta its CPU keeps. */
+struct c_pcp {
+    struct c_page *list;
+    unsigned count;
+    int64_t nr_pagetable;
+};
 
 struct ptlab_baseline_page_pool {
-    ptlab_spinlock_t lock;
+    ptlab_spinlock_t lock;              /* zone->lock */
     uint64_t nr_free;
+    struct c_page *free;
     uint64_t pages;
-    void **free;
+    struct c_page *memmap;
     char *arena;
-    /* Pages given back, by callbacks and inline frees. */
+    /* The freeing side's per-CPU list: callbacks, and inline frees. */
+    _Alignas(64) ptlab_spinlock_t free_lock;
+    struct c_pcp free_pcp;
+    /* Pages given back, by callbacks and inline frees; frees refused
+     * (a refcount that was not one). */
     _Alignas(64) _Atomic uint64_t freed;
+    _Atomic uint64_t bad_frees;
 };
+
+static char *c_page_address(struct ptlab_baseline_page_pool *pool, struct c_page *page)
+{
+    return pool->arena + (uint64_t)(page - pool->memmap) * 4096;
+}
+
+static struct c_page *c_virt_to_page(struct ptlab_baseline_page_pool *pool, void *address)
+{
+    return pool->memmap + ((char *)address - pool->arena) / 4096;
+}
 
 struct ptlab_baseline_page_pool *ptlab_baseline_page_pool_create(uint64_t pages)
 {
@@ -261,22 +302,28 @@ struct ptlab_baseline_page_pool *ptlab_baseline_page_pool_create(uint64_t pages)
     if (!pool)
         return NULL;
     pool->arena = aligned_alloc(4096, pages * 4096);
-    pool->free = malloc(pages * sizeof(void *));
-    if (!pool->arena || !pool->free) {
+    pool->memmap = aligned_alloc(64, pages * sizeof(struct c_page));
+    if (!pool->arena || !pool->memmap) {
         free(pool->arena);
-        free(pool->free);
+        free(pool->memmap);
         free(pool);
         return NULL;
     }
     ptlab_spin_init(&pool->lock);
+    ptlab_spin_init(&pool->free_lock);
+    pool->free_pcp = (struct c_pcp){ 0 };
     pool->pages = pages;
     atomic_init(&pool->freed, 0);
-    /* Every page faulted in now, as the lab's arena is before its runs;
-     * pushed from the top, so the lowest is taken first. */
-    for (uint64_t i = 0; i < pages; i++) {
-        char *page = pool->arena + (pages - 1 - i) * 4096;
-        page[0] = 0;
-        pool->free[i] = page;
+    atomic_init(&pool->bad_frees, 0);
+    /* Every page and descriptor faulted in now, as the lab's arena and
+     * memmap are before its runs; linked from the top, so that the lowest
+     * page is taken first. */
+    pool->free = NULL;
+    for (uint64_t i = pages; i-- > 0;) {
+        struct c_page *page = &pool->memmap[i];
+        *page = (struct c_page){ .lru = pool->free };
+        c_page_address(pool, page)[0] = 0;
+        pool->free = page;
     }
     pool->nr_free = pages;
     return pool;
@@ -284,7 +331,7 @@ struct ptlab_baseline_page_pool *ptlab_baseline_page_pool_create(uint64_t pages)
 
 void ptlab_baseline_page_pool_destroy(struct ptlab_baseline_page_pool *pool)
 {
-    free(pool->free);
+    free(pool->memmap);
     free(pool->arena);
     free(pool);
 }
@@ -299,60 +346,103 @@ uint64_t ptlab_baseline_page_pool_free_pages(struct ptlab_baseline_page_pool *po
     return n;
 }
 
-/* The producer's own pages, refilled from the pool. */
-struct pcp_list {
-    unsigned count;
-    void *pages[PCP_BATCH];
-};
-
-static void *pool_take(struct ptlab_baseline_page_pool *pool, struct pcp_list *pcp)
+/* rmqueue_bulk: up to @n pages from the zone onto @pcp's list. */
+static void c_rmqueue_bulk(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp, unsigned n)
 {
-    if (!pcp->count) {
-        ptlab_spin_lock(&pool->lock);
-        unsigned n = pool->nr_free < PCP_BATCH ? (unsigned)pool->nr_free : PCP_BATCH;
-        pool->nr_free -= n;
-        memcpy(pcp->pages, &pool->free[pool->nr_free], n * sizeof(void *));
-        ptlab_spin_unlock(&pool->lock);
-        pcp->count = n;
-        if (!n)
-            return NULL;
+    ptlab_spin_lock(&pool->lock);
+    for (; n && pool->free; n--) {
+        struct c_page *page = pool->free;
+        pool->free = page->lru;
+        page->lru = pcp->list;
+        pcp->list = page;
+        pcp->count++;
+        pool->nr_free--;
     }
-    return pcp->pages[--pcp->count];
+    ptlab_spin_unlock(&pool->lock);
 }
 
-/* A batch's tables, then the batch page itself, under one lock: the page is
- * read until it is on the list, and from then on it is the producer's. */
-static void pool_give_batch(struct ptlab_baseline_page_pool *pool, struct c_table_batch *b)
+/* free_pcppages_bulk: @n pages from @pcp's list back to the zone. */
+static void c_free_pcppages_bulk(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp, unsigned n)
 {
-    unsigned nr = b->nr;
     ptlab_spin_lock(&pool->lock);
-    memcpy(&pool->free[pool->nr_free], b->tables, nr * sizeof(void *));
-    pool->free[pool->nr_free + nr] = b;
-    pool->nr_free += nr + 1;
+    for (; n && pcp->list; n--) {
+        struct c_page *page = pcp->list;
+        pcp->list = page->lru;
+        pcp->count--;
+        page->lru = pool->free;
+        pool->free = page;
+        pool->nr_free++;
+    }
     ptlab_spin_unlock(&pool->lock);
-    atomic_fetch_add_explicit(&pool->freed, nr + 1, memory_order_relaxed);
 }
 
-/* The producer's own list back to the pool, when its run ends. */
-static void pool_give_list(struct ptlab_baseline_page_pool *pool, struct pcp_list *pcp)
+/* rmqueue_pcplist, then set_page_refcounted; NULL when the pool is dry. */
+static struct c_page *c_alloc_page(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp)
 {
-    ptlab_spin_lock(&pool->lock);
-    memcpy(&pool->free[pool->nr_free], pcp->pages, pcp->count * sizeof(void *));
-    pool->nr_free += pcp->count;
-    ptlab_spin_unlock(&pool->lock);
-    pcp->count = 0;
+    if (!pcp->count)
+        c_rmqueue_bulk(pool, pcp, PCP_BATCH);
+    struct c_page *page = pcp->list;
+    if (!page)
+        return NULL;
+    pcp->list = page->lru;
+    pcp->count--;
+    atomic_store_explicit(&page->refcount, 1, memory_order_relaxed);
+    return page;
+}
+
+/* __free_pages: put_page_testzero, then onto @pcp's list, draining a batch
+ * to the zone past the high mark. */
+static void c_free_page(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp, struct c_page *page)
+{
+    if (atomic_fetch_sub_explicit(&page->refcount, 1, memory_order_acq_rel) != 1) {
+        atomic_fetch_add_explicit(&pool->bad_frees, 1, memory_order_relaxed);
+        return;
+    }
+    page->lru = pcp->list;
+    pcp->list = page;
+    if (++pcp->count >= PCP_HIGH)
+        c_free_pcppages_bulk(pool, pcp, PCP_BATCH);
+}
+
+/* pagetable_pte_ctor. */
+static void c_pte_ctor(struct c_pcp *pcp, struct c_page *page, void *mm, uint64_t address)
+{
+    ptlab_spin_init(&page->ptl);
+    page->flags |= C_PG_TABLE;
+    page->pt_mm = mm;
+    page->pt_index = address;
+    pcp->nr_pagetable++;
+}
+
+/* pagetable_dtor. */
+static void c_pte_dtor(struct c_pcp *pcp, struct c_page *page)
+{
+    page->flags &= ~C_PG_TABLE;
+    page->pt_mm = NULL;
+    pcp->nr_pagetable--;
 }
 
 /* The pool a batch's callback gives its pages back to: one run at a time
  * (ptlab_baseline_steady_c_gather claims it), ended by rcu_barrier. */
 static struct ptlab_baseline_page_pool *_Atomic c_gather_pool;
 
-/* tlb_remove_table_rcu: the tables, then the batch page itself. */
+/* tlb_remove_table_rcu: pagetable_dtor_free for each table, then the
+ * batch page, all under the freeing side's pcp->lock. */
 static void c_gather_batch_free(struct rcu_head *head)
 {
     ptlab_tsan_acquire(head);
-    pool_give_batch(atomic_load_explicit(&c_gather_pool, memory_order_relaxed),
-                    caa_container_of(head, struct c_table_batch, head));
+    struct ptlab_baseline_page_pool *pool = atomic_load_explicit(&c_gather_pool, memory_order_relaxed);
+    struct c_table_batch *b = caa_container_of(head, struct c_table_batch, head);
+    unsigned nr = b->nr;
+    ptlab_spin_lock(&pool->free_lock);
+    for (unsigned i = 0; i < nr; i++) {
+        struct c_page *table = c_virt_to_page(pool, b->tables[i]);
+        c_pte_dtor(&pool->free_pcp, table);
+        c_free_page(pool, &pool->free_pcp, table);
+    }
+    c_free_page(pool, &pool->free_pcp, c_virt_to_page(pool, b));
+    ptlab_spin_unlock(&pool->free_lock);
+    atomic_fetch_add_explicit(&pool->freed, nr + 1, memory_order_relaxed);
 }
 
 struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baseline_page_pool *pool,
@@ -366,27 +456,33 @@ struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baselin
         return out;
     }
     struct steady_clock clock;
-    struct pcp_list pcp = { .count = 0 };
+    struct c_pcp pcp = { 0 };
     struct c_table_batch *batch = NULL;
     uint64_t handed_pages = 0;
     uint64_t freed_before = atomic_load_explicit(&pool->freed, memory_order_relaxed);
+    uint64_t bad_before = atomic_load_explicit(&pool->bad_frees, memory_order_relaxed);
+    /* Stands for the mm the tables belong to: only its address is kept. */
+    static char mm;
     ptlab_rcu_register();
     steady_clock_start(&clock, warmup_seconds, seconds);
     for (uint64_t count = 0;;) {
         unsigned i;
         for (i = 0; i < STEADY_CLOCK_EVERY; i++) {
             if (!batch) {
-                batch = pool_take(pool, &pcp);
-                if (!batch)
+                struct c_page *page = c_alloc_page(pool, &pcp);
+                if (!page)
                     break;
                 out.allocated++;
+                batch = (struct c_table_batch *)c_page_address(pool, page);
                 batch->nr = 0;
             }
-            void *table = pool_take(pool, &pcp);
+            struct c_page *table = c_alloc_page(pool, &pcp);
             if (!table)
                 break;
             out.allocated++;
-            batch->tables[batch->nr++] = table;
+            uint64_t address = ((count + i) & ((1u << 18) - 1)) << 21;
+            c_pte_ctor(&pcp, table, &mm, address);
+            batch->tables[batch->nr++] = c_page_address(pool, table);
             if (batch->nr < C_MAX_TABLE_BATCH)
                 continue;
             /* One look per batch: one load per 509 tables. */
@@ -421,7 +517,16 @@ struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baselin
         urcu_memb_call_rcu(&batch->head, c_gather_batch_free);
     }
     urcu_memb_barrier();
-    pool_give_list(pool, &pcp);
+    /* Both per-CPU lists back to the zone, and the books checked: every
+     * table destroyed as often as constructed, no refused free. */
+    c_free_pcppages_bulk(pool, &pcp, pcp.count);
+    ptlab_spin_lock(&pool->free_lock);
+    c_free_pcppages_bulk(pool, &pool->free_pcp, pool->free_pcp.count);
+    int64_t nr_pagetable = pcp.nr_pagetable + pool->free_pcp.nr_pagetable;
+    pool->free_pcp.nr_pagetable = 0;
+    ptlab_spin_unlock(&pool->free_lock);
+    if (nr_pagetable != 0 || atomic_load_explicit(&pool->bad_frees, memory_order_relaxed) != bad_before)
+        out.failed = 1;
     out.freed = atomic_load_explicit(&pool->freed, memory_order_relaxed) - freed_before;
     ptlab_rcu_unregister();
     atomic_store(&c_gather_pool, NULL);

@@ -18,10 +18,12 @@
  *  - ptlab_baseline_steady_call_rcu(): the call_rcu flood sustained for a
  *    window, deferred objects bounded (steady_call_rcu_per_sec_c);
  *  - ptlab_baseline_steady_c_gather(): the table batch in the kernel's own
- *    shape, sustained for a window: tables and batch pages from a free
- *    list of 4 KiB pages (ptlab_baseline_page_pool_create), 509 tables per
- *    call_rcu'd batch page, the callback giving the tables and the batch
- *    page back to the list; deferred pages bounded
+ *    shape, sustained for a window: 4 KiB pages with a 64-byte struct page
+ *    each (ptlab_baseline_page_pool_create), allocated from and freed to
+ *    per-CPU lists threaded through the descriptors over a zone free list,
+ *    each table constructed and destroyed (ptlock, PG_table,
+ *    NR_PAGETABLE), 509 tables per call_rcu'd batch page, the callback
+ *    freeing the tables and then the batch page; deferred pages bounded
  *    (steady_c_gather_tables_per_sec).
  *
  * A steady run warms up for @warmup_seconds, then counts for @seconds what
@@ -29,7 +31,7 @@
  * outstanding past the bound waits a grace period and frees inline, as the
  * lab's DeferredBound does. One run of each at a time: each counts its
  * frees in a global of its own. The gather's callback neither mallocs nor
- * frees: its pages go back to the pool's list, which has room for all.
+ * frees: its pages go back onto lists threaded through their descriptors.
  */
 #ifndef PTLAB_BASELINE_H
 #define PTLAB_BASELINE_H
@@ -62,7 +64,8 @@ struct ptlab_baseline_steady {
     /* Calls that met the bound: a grace period waited, then freed inline. */
     uint64_t inline_frees;
     /* Non-zero when the run could not go on (another run held the pool, or
-     * the pool ran dry). */
+     * the pool ran dry) or its books were wrong (a refused free, or tables
+     * constructed and destroyed a different number of times). */
     int failed;
 };
 
