@@ -208,19 +208,23 @@ final class PageAllocatorTests: XCTestCase {
         XCTAssertEqual(ptlab_pcp_count(&pcp, 0), 23)
     }
 
-    /// A cache nearly full of older pages leaves room for 16 of a run, and
-    /// a run freed in order from a frame four past a block boundary meets
-    /// every drain four pages out of step: neither window holds a whole
-    /// block. The drain that finds none gives back pages from under the
-    /// block still filling up, so the next one finds it whole; taking the
-    /// newest 16 instead, every drain of the run went page by page.
+    /// A cache nearly full of older pages leaves room for one batch of a
+    /// run, and a run freed in order from a frame four past a block
+    /// boundary meets every drain four pages out of step: neither window
+    /// holds a whole block. The drain that finds none gives back pages from
+    /// under the block still filling up, so the next one finds it whole;
+    /// taking the newest batch instead, every drain of the run went page by
+    /// page.
     func testDrainsFallIntoStepWithAnUnalignedRun() throws {
-        let allocator = try load(budget: 256, chunkOrder: 8, poison: false)
+        let batch = PageAllocator.pcpBatch, high = Int(PTLAB_PCP_HIGH)
+        let budget = 4 * high
+        let allocator = try load(budget: budget, chunkOrder: budget.trailingZeroBitCount, poison: false)
         defer { allocator.unload() }
         let node = allocator.topology.nodeIDs[0]
-        let pages = try (0..<256).map { _ in try allocator.alloc(node: .node(node)) }.sorted { $0.pfn < $1.pfn }
-        XCTAssertEqual(pages.map(\.pfn), Array(0..<256), "a fresh node hands out frames in order")
-        let older = Array(pages[200..<248]), run = Array(pages[4..<164])
+        let pages = try (0..<budget).map { _ in try allocator.alloc(node: .node(node)) }.sorted { $0.pfn < $1.pfn }
+        XCTAssertEqual(pages.map(\.pfn), Array(0..<UInt32(budget)), "a fresh node hands out frames in order")
+        let olderRange = (budget - batch - (high - batch))..<(budget - batch), runRange = 4..<(4 + 10 * batch)
+        let older = Array(pages[olderRange]), run = Array(pages[runRange])
         let drains = Mutex<(blocks: UInt64, pages: UInt64)>((0, 0))
         let failures = FailureCount()
         let freer = RCUThread {
@@ -231,9 +235,9 @@ final class PageAllocatorTests: XCTestCase {
         freer.join()
         XCTAssertEqual(failures.count.load(ordering: .relaxed), 0)
         let seen = drains.withLock { $0 }
-        XCTAssertLessThanOrEqual(seen.pages, 16, "one drain page by page, to fall into step")
+        XCTAssertLessThanOrEqual(seen.pages, UInt64(batch), "one drain page by page, to fall into step")
         XCTAssertGreaterThanOrEqual(seen.blocks, 7, "then whole blocks")
-        for page in pages[0..<4] + pages[164..<200] + pages[248...] { try allocator.free(page) }
+        for (i, page) in pages.enumerated() where !olderRange.contains(i) && !runRange.contains(i) { try allocator.free(page) }
         XCTAssertEqual(allocator.totalAllocatedPages, 0)
     }
 

@@ -90,7 +90,9 @@ static inline uint64_t ptlab_zone_pcp_blocks_in(const struct ptlab_zone *z) { re
 static inline uint64_t ptlab_zone_pcp_pages_in(const struct ptlab_zone *z) { return z->pcp_pages_in; }
 
 #define PTLAB_PCP_MAX_NODES 8
-#define PTLAB_PCP_HIGH 64
+/* pcp->high: eight batches of 64, where the kernel's high mark starts
+ * (pcp->high_min is four batches and grows with a zone's free memory). */
+#define PTLAB_PCP_HIGH 512
 
 /*
  * Counters bumped on every deferred free, kept per thread as the kernel
@@ -214,6 +216,13 @@ static inline uint32_t ptlab_pcp_pop(struct ptlab_pcp *pcp, int node)
         return 0;
     pcp->count[node] = n - 1;
     return pcp->pfns[node][n - 1] + 1;
+}
+/* The PFN (+ 1) @depth entries below the next pop for @node, or 0: the page
+ * an allocation @depth pops from now will hand out, to prefetch. */
+static inline uint32_t ptlab_pcp_peek(const struct ptlab_pcp *pcp, int node, uint32_t depth)
+{
+    uint32_t n = pcp->count[node];
+    return n > depth ? pcp->pfns[node][n - 1 - depth] + 1 : 0;
 }
 /* Push a PFN for @node; 0 when the cache is at its high mark. */
 static inline int ptlab_pcp_push(struct ptlab_pcp *pcp, int node, uint32_t pfn)

@@ -13,7 +13,7 @@
 // numa_alloc_onnode does. A syscall per 4 KiB page would cost 7-9 us.
 //
 // How the pieces fit. An order-0 allocation pops this thread's pcp list
-// (a thread stands for a CPU), refilled from the node's buddy lists 16
+// (a thread stands for a CPU), refilled from the node's buddy lists 64
 // pages at a time under zone->lock; higher orders come from the buddy lists
 // directly and are marked compound (head, tail pages). A node that has
 // nothing left falls back to the next nearest, counted as numa_foreign on
@@ -21,7 +21,8 @@
 // descriptor from ALLOCATED (or DEFERRED: queued for an RCU or work free)
 // to FREE with one compare-and-swap, bumps its generation, optionally
 // poisons the page, and pushes it on this thread's pcp list, which drains
-// 16 back to the buddy lists when full and everything at thread exit.
+// 64 back to the buddy lists when it reaches its high mark (512) and
+// everything at thread exit.
 //
 // The rules:
 //  - One memmap per process, as in the kernel: a second PageAllocator
@@ -105,9 +106,15 @@ public final class PageAllocator: @unchecked Sendable {
     /// Node id → index into `nodes` (and the per-thread cache slots).
     let nodeIndexByID: [Int]
     let epoch: UInt64
-    /// Pages moved between the per-thread cache and a node at a time.
-    static let pcpBatchOrder = 4
+    /// Pages moved between the per-thread cache and a node at a time: the
+    /// kernel's pcp->batch (zone_batchsize) is 63 on any zone of a GiB or
+    /// more.
+    static let pcpBatchOrder = 6
     static let pcpBatch = 1 << pcpBatchOrder
+    /// How many allocations ahead an order-0 allocation prefetches the
+    /// descriptor of: far enough for a miss to arrive before its page is
+    /// handed out by a caller that does a table's worth of work between.
+    static let prefetchDepth: UInt32 = 4
 
     private static let loaded = Atomic<Bool>(false)
     private static let epochs = Atomic<UInt64>(0)
@@ -254,11 +261,19 @@ public final class PageAllocator: @unchecked Sendable {
     public func alloc(order: Int = 0, node: NodePreference = .local, zero: Bool = false) throws(PageAllocError) -> Page {
         guard order >= 0, order <= maxOrder else { throw .orderTooLarge(order: order, max: maxOrder) }
         let preferredID: Int
+        let preferred: Int
         switch node {
-        case .local: preferredID = topology.currentNode()
-        case .node(let id): preferredID = id
+        case .local where nodes.count == 1:
+            // numa_node_id() on a one-node machine, without asking the CPU.
+            preferredID = nodes[0].id
+            preferred = 0
+        case .local:
+            preferredID = topology.currentNode()
+            preferred = try nodeIndex(ofID: preferredID)
+        case .node(let id):
+            preferredID = id
+            preferred = try nodeIndex(ofID: id)
         }
-        let preferred = try nodeIndex(ofID: preferredID)
         if let d = allocFrom(preferred, order: order) {
             // Per-thread, like the kernel's per-cpu NUMA_HIT: a shared atomic
             // here cost more than the rest of the fast path together.
@@ -284,19 +299,38 @@ public final class PageAllocator: @unchecked Sendable {
         return page
     }
 
+    /// An order-0 page from this thread's cache, inline: it is most of
+    /// what allocating a page table costs. Refills and compound pages go
+    /// out of line.
+    @inline(__always)
     private func allocFrom(_ index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
         let pcp = thisPCP()
+        guard order == 0, case let cached = ptlab_pcp_pop(pcp, Int32(index)), cached != 0 else {
+            return allocFromSlow(pcp, index, order: order)
+        }
+        let ahead = ptlab_pcp_peek(pcp, Int32(index), Self.prefetchDepth)
+        if ahead != 0 { ptlab_ptdesc_prefetch(memmap + Int(ahead - 1)) }
+        return takeCached(pcp, index, pfn: cached - 1)
+    }
+
+    /// A cached page handed out. A refill hands out a block's pages without
+    /// touching their descriptors; each becomes order 0 here, on a line the
+    /// caller is about to write anyway.
+    @inline(__always)
+    private func takeCached(_ pcp: UnsafeMutablePointer<ptlab_pcp>, _ index: Int, pfn: UInt32) -> UnsafeMutablePointer<ptdesc> {
+        let d = memmap + Int(pfn)
+        d.pointee.order = 0
+        ptlab_page_set_state(d, PTLAB_PAGE_ALLOCATED.rawValue)
+        ptlab_pcp_add_allocated(pcp, Int32(index), 1)
+        return d
+    }
+
+    @inline(never)
+    private func allocFromSlow(_ pcp: UnsafeMutablePointer<ptlab_pcp>, _ index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
         if order == 0 {
-            var cached = ptlab_pcp_pop(pcp, Int32(index))
-            if cached == 0 {
-                refill(pcp, node: index)
-                cached = ptlab_pcp_pop(pcp, Int32(index))
-            }
-            guard cached != 0 else { return nil }
-            let d = memmap + Int(cached - 1)
-            ptlab_page_set_state(d, PTLAB_PAGE_ALLOCATED.rawValue)
-            ptlab_pcp_add_allocated(pcp, Int32(index), 1)
-            return d
+            refill(pcp, node: index)
+            let cached = ptlab_pcp_pop(pcp, Int32(index))
+            return cached == 0 ? nil : takeCached(pcp, index, pfn: cached - 1)
         }
         guard let d = withZoneLocked(index, { takeBlock($0, node: index, order: order) }) else {
             return nil
@@ -421,11 +455,13 @@ public final class PageAllocator: @unchecked Sendable {
             // work was a fifth of a pte_free_defer flood's producer time).
             // Pushed highest first, so the cache hands them out in address
             // order.
+            // The PFNs are the block's, counted from its head: reading each
+            // descriptor here would take a cache miss per page under the
+            // lock, which the allocation that follows takes anyway.
             if let block = takeBlockIfFree(zone, node: index, order: Self.pcpBatchOrder) {
-                for i in (0..<Self.pcpBatch).reversed() {
-                    let d = block + i
-                    d.pointee.order = 0
-                    _ = ptlab_pcp_push(pcp, Int32(index), d.pointee.pfn)
+                let head = pfn(of: block)
+                for i in (0..<UInt32(Self.pcpBatch)).reversed() {
+                    _ = ptlab_pcp_push(pcp, Int32(index), head + i)
                 }
                 return
             }
