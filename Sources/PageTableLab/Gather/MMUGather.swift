@@ -83,12 +83,16 @@ public final class MMUGather {
 
     /// Counters for this gather's life.
     @exclusivity(unchecked) public internal(set) var stats = GatherStats()
+    /// The profile's policy leaves every table to the batch: removeTable
+    /// need not ask it (see TableFreePolicy.batchesEveryTable).
+    let batchesEveryTable: Bool
 
     /// tlb_gather_mmu / tlb_gather_mmu_fullmm.
     public init(mm: MM, fullmm: Bool = false) {
         self.mm = mm
         self.fullmm = fullmm
         self.pages = PageBatches(allocator: mm.allocator)
+        self.batchesEveryTable = mm.profile.tableFree.batchesEveryTable
         resetRange()
         mm.tlbFlushPending.add(1, ordering: .acquiringAndReleasing)
     }

@@ -49,9 +49,17 @@ public struct TableBatch {
     /// __tlb_remove_table_free: pagetable_dtor_free for every table, then
     /// the batch page.
     public func free(allocator: PageAllocator) {
-        for i in 0..<count { PageTables.dtorFree(Page(slots[i]), allocator: allocator) }
+        let n = count
+        for i in 0..<n {
+            // The descriptors were written by another CPU a grace period
+            // ago: ask for them a few tables ahead of their free.
+            if i + Self.prefetchDepth < n { ptlab_ptdesc_prefetch(slots[i + Self.prefetchDepth]) }
+            PageTables.dtorFree(Page(slots[i]), allocator: allocator)
+        }
         release(allocator: allocator)
     }
+
+    private static let prefetchDepth = 8
 
     /// The batch page alone back to the allocator.
     public func release(allocator: PageAllocator) {
@@ -62,20 +70,25 @@ public struct TableBatch {
 extension MMUGather {
     /// tlb_remove_table: offer an unlinked table to the profile's policy,
     /// and batch it for after the flush unless the policy took it.
+    @inline(__always)
     func removeTable(_ table: Page) {
-        let policy = mm.profile.tableFree
-        guard policy.removeTable(table, gather: self) == .batch else { return }
+        guard batchesEveryTable || mm.profile.tableFree.removeTable(table, gather: self) == .batch else { return }
         guard PageTables.markDeferred(table) else { return }
         stats.tablesQueued += 1
-        if tableBatch == nil {
-            guard !mm.profile.failBatchAllocation,
-                  let page = try? mm.allocator.alloc(node: .local) else {
-                removeTableOne(table, policy)
-                return
-            }
-            tableBatch = TableBatch(page: page, allocator: mm.allocator)
+        if tableBatch == nil && !openTableBatch() {
+            removeTableOne(table)
+            return
         }
         if tableBatch!.append(table) { tableFlush() }
+    }
+
+    /// A page for a new batch, taken as GFP_NOWAIT takes it: false, and
+    /// tlb_remove_table_one for the table, when there is none.
+    @inline(never)
+    private func openTableBatch() -> Bool {
+        guard !mm.profile.failBatchAllocation, let page = try? mm.allocator.alloc(node: .local) else { return false }
+        tableBatch = TableBatch(page: page, allocator: mm.allocator)
+        return true
     }
 
     /// tlb_table_invalidate: tables that a hardware walker may have cached
@@ -103,10 +116,10 @@ extension MMUGather {
     }
 
     /// tlb_remove_table_one: no page for a batch.
-    private func removeTableOne(_ table: Page, _ policy: any TableFreePolicy) {
+    private func removeTableOne(_ table: Page) {
         stats.batchFallbacks += 1
         let unlinkedAt = table.desc.pointee.tlb_gen
-        policy.freeOne(table, gather: self)
+        mm.profile.tableFree.freeOne(table, gather: self)
         if unlinkedAt > mm.tlb.currentGeneration { stats.freedBeforeFlush += 1 }
     }
 

@@ -30,6 +30,10 @@
 public protocol TableFreePolicy: Sendable {
     /// A short name for reports.
     var name: String { get }
+    /// True when `removeTable` answers `.batch` for every table, as all of
+    /// the kernel's schemes but `.immediate` do: the gather then batches
+    /// each table without the call. False (the default) has it called.
+    var batchesEveryTable: Bool { get }
     func removeTable(_ table: Page, gather: MMUGather) -> TableDisposition
     func freeBatch(_ batch: TableBatch, gather: MMUGather)
     func freeOne(_ table: Page, gather: MMUGather)
@@ -44,6 +48,7 @@ public enum TableDisposition: Sendable {
 }
 
 extension TableFreePolicy {
+    public var batchesEveryTable: Bool { false }
     public func removeTable(_ table: Page, gather: MMUGather) -> TableDisposition { .batch }
 }
 
@@ -74,6 +79,7 @@ public struct RCUTableFree: TableFreePolicy {
     public init(fallback: Fallback = .rcuOne) { self.fallback = fallback }
 
     public var name: String { "rcu-table-free" }
+    public var batchesEveryTable: Bool { true }
 
     public func freeBatch(_ batch: TableBatch, gather: MMUGather) {
         gather.callRCU(on: batch.page, bytes: UInt64(4096 * (batch.count + 1)), tlbRemoveTableRCU)
@@ -123,6 +129,7 @@ public struct ImmediateTableFree: TableFreePolicy {
 public struct NoRCUTableFree: TableFreePolicy {
     public init() {}
     public var name: String { "no-rcu" }
+    public var batchesEveryTable: Bool { true }
 
     public func freeBatch(_ batch: TableBatch, gather: MMUGather) { batch.free(allocator: gather.mm.allocator) }
 

@@ -27,6 +27,7 @@ public enum PageTables {
 
     /// The level constructor: split ptlock for PTE and PMD tables of user
     /// mms (kernel tables use init_mm's page_table_lock), NR_PAGETABLE.
+    @inline(__always)
     static func ctor(_ page: Page, level: Level, base: UInt64, mm: UnsafeMutableRawPointer?,
                      allocator: PageAllocator, kernel: Bool = false) {
         let d = page.desc
@@ -84,6 +85,7 @@ public enum PageTables {
     /// of pte_free_defer's cost (BENCHMARKS.md). It catches a table queued
     /// twice, not two threads queueing it at once; the kernel checks
     /// neither.
+    @inline(__always)
     public static func markDeferred(_ page: Page) -> Bool {
         let found = ptlab_page_state(page.desc)
         if found == PTLAB_PAGE_ALLOCATED.rawValue { ptlab_page_set_state(page.desc, PTLAB_PAGE_DEFERRED.rawValue) }
