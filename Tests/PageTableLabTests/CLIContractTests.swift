@@ -203,4 +203,25 @@ final class CLIContractTests: XCTestCase {
         let target = try XCTUnwrap((object["targets"] as? [[String: Any]])?.first)
         XCTAssertNotNil(target["met"], "a target says whether it was met")
     }
+
+    /// `bench --steady-only`: the whole bench's steady keys and targets,
+    /// nothing else measured.
+    func testBenchSteadyOnlyJSONKeys() throws {
+        var c = Bench.Configuration()
+        c.rounds = 1
+        c.steadySeconds = 0.02
+        c.steadyWarmupSeconds = 0.005
+        c.steadyBoundTables = 2_048
+        let report = try Bench.runSteady(c)
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(report)) as? [String: Any])
+        assertKeys(object, [
+            "steady_seconds", "steady_bound_bytes", "steady_defer_tables_per_sec", "steady_gather_tables_per_sec",
+            "steady_call_rcu_per_sec_c", "steady_c_gather_tables_per_sec", "steady_gather_ratio", "steady_defer_ratio",
+            "targets", "all_targets_met", "rounds", "build", "samples",
+        ], "bench --steady-only --json")
+        XCTAssertNil(object["rcu_read_ratio"], "only the steady runs")
+        let targetKeys = Set(try XCTUnwrap(object["targets"] as? [[String: Any]]).compactMap { $0["key"] as? String })
+        XCTAssertEqual(targetKeys, ["steady_defer_ratio", "steady_gather_ratio", "steady_gather_tables_per_sec"])
+        XCTAssertGreaterThan(try XCTUnwrap(object["steady_c_gather_tables_per_sec"] as? Double), 0)
+    }
 }

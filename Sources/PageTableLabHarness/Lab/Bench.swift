@@ -57,11 +57,9 @@ public enum Bench {
         public init() {}
     }
 
-    /// Load an allocator with `parameters`, put the RCU parameters into
-    /// effect, measure, and unload. `progress` hears one line per step.
-    ///
-    /// node_budget_pages is raised, if need be, so that a whole call_rcu
-    /// flood fits in one node: the report's parameters say what was used.
+    /// Load an allocator with `parameters` (see withBenchAllocator), put
+    /// the RCU parameters into effect, measure, and unload. `progress`
+    /// hears one line per step.
     public static func run(
         _ configuration: Configuration = Configuration(), parameters: ModuleParameters = ModuleParameters(),
         progress: (String) -> Void = { _ in }
@@ -74,6 +72,21 @@ public enum Bench {
               configuration.steadyWarmupSeconds >= 0, configuration.traceReplayCycles >= 1 else {
             throw BenchError.invalidConfiguration("rounds, iterations and objects must be positive (read iterations at least 8)")
         }
+        return try withBenchAllocator(configuration, parameters: parameters) { allocator, parameters in
+            try measure(configuration, allocator: allocator, parameters: parameters, progress: progress)
+        }
+    }
+
+    /// Load an allocator big enough for `configuration`'s runs, put the RCU
+    /// parameters into effect, run `body` on a registered thread, wait for
+    /// every callback it queued, and unload.
+    ///
+    /// node_budget_pages is raised, if need be, so that a whole call_rcu
+    /// flood fits in one node: the report's parameters say what was used.
+    static func withBenchAllocator<R>(
+        _ configuration: Configuration, parameters: ModuleParameters,
+        _ body: (PageAllocator, ModuleParameters) throws -> R
+    ) throws -> R {
         guard configuration.steadyBoundTables >= 2 * 510 else {
             throw BenchError.invalidConfiguration("steady runs need a bound of at least two gather batches (1020 tables)")
         }
@@ -97,9 +110,17 @@ public enum Bench {
         return try RCU.withRegisteredThread {
             // Whatever ends the measurement, nothing queued may still point
             // into the arena when unload unmaps it.
-            defer { try? RCU.barrier() }
-            return try measure(configuration, allocator: allocator, parameters: parameters, progress: progress)
+            defer { barrier() }
+            return try body(allocator, parameters)
         }
+    }
+
+    /// rcu_barrier on the bench's own thread, which is never inside a read
+    /// section or a callback (the barrier's only refusals): a refusal is a
+    /// bug in the bench, and going on would unload the allocator under
+    /// callbacks still queued.
+    static func barrier() {
+        do { try RCU.barrier() } catch { preconditionFailure("bench: rcu_barrier refused: \(error)") }
     }
 
     private static func measure(
@@ -176,8 +197,6 @@ public enum Bench {
         let readRatio = ratio("rcu_read_ns_swift", "rcu_read_ns_c")
         let callRatio = ratio("call_rcu_per_sec_swift", "call_rcu_per_sec_c")
         let speedup = m["numa_alloc_onnode_ns"]! / m["page_alloc_free_ns"]!
-        let steadyDeferRatio = ratio("steady_defer_tables_per_sec", "steady_call_rcu_per_sec_c")
-        let steadyGatherRatio = ratio("steady_gather_tables_per_sec", "steady_c_gather_tables_per_sec")
         let targets: [BenchReport.Target] = [
             .init("rcu_read_ratio", .atMost, 1.15, readRatio, "a Swift read section costs at most 1.15x liburcu's inlined C"),
             .init("call_rcu_ratio", .atLeast, 0.9, callRatio, "Swift RCU.call keeps 0.9x of C call_rcu on the same malloc'd object"),
@@ -191,13 +210,7 @@ public enum Bench {
                   "at most one RCU callback per 500 tables through the gather"),
             .init("peak_deferred_bytes_flood", .atMost, Double(flood.boundBytes), Double(flood.peakBytes),
                   "a flood past a stalled reader stays within DeferredBound.bytes"),
-            .init("steady_defer_ratio", .atLeast, 1.0, steadyDeferRatio,
-                  "pte_free_defer sustained keeps up with C malloc+call_rcu+free sustained, memory bounded alike"),
-            .init("steady_gather_ratio", .atLeast, 1.0, steadyGatherRatio,
-                  "the mmu_gather's table path sustained keeps up with C's kernel-shaped free list (509 per call_rcu'd batch page)"),
-            .init("steady_gather_tables_per_sec", .atLeast, 25e6, m["steady_gather_tables_per_sec"]!,
-                  "the mmu_gather's table path sustains 25 M tables/s"),
-        ]
+        ] + steadyTargets(samples)
         return BenchReport(
             rcuReadNsSwift: m["rcu_read_ns_swift"]!, rcuReadNsC: m["rcu_read_ns_c"]!, rcuReadRatio: readRatio,
             callRCUPerSecSwift: m["call_rcu_per_sec_swift"]!, callRCUPerSecC: m["call_rcu_per_sec_c"]!,
@@ -214,7 +227,7 @@ public enum Bench {
             steadySeconds: config.steadySeconds, steadyBoundBytes: steady.boundBytes,
             steadyDeferTablesPerSec: m["steady_defer_tables_per_sec"]!, steadyGatherTablesPerSec: m["steady_gather_tables_per_sec"]!,
             steadyCallRCUPerSecC: m["steady_call_rcu_per_sec_c"]!, steadyCGatherTablesPerSec: m["steady_c_gather_tables_per_sec"]!,
-            steadyGatherRatio: steadyGatherRatio, steadyDeferRatio: steadyDeferRatio,
+            steadyGatherRatio: steadyRatios(samples).gather, steadyDeferRatio: steadyRatios(samples).defer,
             traceReplayOps: replay.ops, traceReplayModelSeconds: replay.modelSeconds,
             traceReplayKernelSeconds: replay.kernelSeconds, traceReplayRatio: replay.ratio,
             scaling: scaling,
@@ -282,7 +295,7 @@ public enum Bench {
         } catch {
             // The pages already queued must be freed before the allocator
             // can be unloaded.
-            try? RCU.barrier()
+            barrier()
             throw error
         }
         try RCU.barrier()

@@ -20,6 +20,8 @@ extension Bench {
         var objects: Int
         var seconds: Double
         var inlineFrees: Int
+        /// Objects handed over in the whole run, warm-up included.
+        var handed: Int
         var perSec: Double { Double(objects) / seconds }
     }
 
@@ -130,32 +132,7 @@ extension Bench {
     /// against steadyCallRCUPerSecC.
     @inline(never)
     static func steadyDeferTablesPerSec(_ window: SteadyWindow, mm: MM, allocator: PageAllocator) throws -> SteadyRate {
-        try RCU.barrier()
-        let previousBound = DeferredBound.bytes
-        DeferredBound.bytes = window.boundBytes
-        defer { DeferredBound.bytes = previousBound }
-        let before = DeferredBound.snapshot()
-        let errorsBefore = Integrity.snapshot().freeErrors
-        var clock = SteadyClock(window)
-        var count = 0
-        do {
-            repeat {
-                for i in count..<count + SteadyClock.every {
-                    let table = try PageTables.alloc(.pte, base: UInt64(i & steadySlotMask) << 21, mm: mm, node: .local,
-                                                     allocator: allocator, zero: false)
-                    try mm.pteFreeDefer(table)
-                }
-                count += SteadyClock.every
-            } while !clock.done(count)
-        } catch {
-            try RCU.barrier()
-            throw error
-        }
-        try RCU.barrier()
-        try checkNoFreeErrors(since: errorsBefore)
-        let after = DeferredBound.snapshot()
-        return SteadyRate(objects: clock.result!.objects, seconds: clock.result!.seconds,
-                          inlineFrees: Int(after.inlineFallbacks - before.inlineFallbacks))
+        try steadyTables(window, mm: mm, allocator: allocator) { table, _ in try mm.pteFreeDefer(table) }
     }
 
     /// The mmu_gather's table path sustained: every table through one
@@ -164,6 +141,23 @@ extension Bench {
     /// against steadyCGatherTablesPerSec.
     @inline(never)
     static func steadyGatherTablesPerSec(_ window: SteadyWindow, mm: MM, allocator: PageAllocator) throws -> SteadyRate {
+        let gather = MMUGather(mm: mm)
+        let rate = try steadyTables(window, mm: mm, allocator: allocator, finish: gather.finish) { table, address in
+            gather.freeTable(table, level: .pte, address: address)
+        }
+        guard gather.stats.tablesQueued == rate.handed else {
+            throw BenchError.tablesLost(expected: rate.handed, queued: gather.stats.tablesQueued)
+        }
+        return rate
+    }
+
+    /// The loop both Swift paths share: for the window, under its bound, a
+    /// table allocated (unzeroed) for the next slot and handed to `free`
+    /// with the address it stands for; then, untimed, `finish`, every
+    /// callback waited for, and no free refused.
+    @inline(__always)
+    private static func steadyTables(_ window: SteadyWindow, mm: MM, allocator: PageAllocator, finish: () -> Void = {},
+                                     _ free: (Page, UInt64) throws -> Void) throws -> SteadyRate {
         try RCU.barrier()
         let previousBound = DeferredBound.bytes
         DeferredBound.bytes = window.boundBytes
@@ -172,30 +166,26 @@ extension Bench {
         let errorsBefore = Integrity.snapshot().freeErrors
         var clock = SteadyClock(window)
         var count = 0
-        let gather = MMUGather(mm: mm)
         do {
             repeat {
                 for i in count..<count + SteadyClock.every {
                     let address = UInt64(i & steadySlotMask) << 21
                     let table = try PageTables.alloc(.pte, base: address, mm: mm, node: .local, allocator: allocator, zero: false)
-                    gather.freeTable(table, level: .pte, address: address)
+                    try free(table, address)
                 }
                 count += SteadyClock.every
             } while !clock.done(count)
         } catch {
-            gather.finish()
-            try RCU.barrier()
+            finish()
+            barrier()
             throw error
         }
-        gather.finish()
+        finish()
         try RCU.barrier()
         try checkNoFreeErrors(since: errorsBefore)
-        guard gather.stats.tablesQueued == count else {
-            throw BenchError.tablesLost(expected: count, queued: gather.stats.tablesQueued)
-        }
         let after = DeferredBound.snapshot()
         return SteadyRate(objects: clock.result!.objects, seconds: clock.result!.seconds,
-                          inlineFrees: Int(after.inlineFallbacks - before.inlineFallbacks))
+                          inlineFrees: Int(after.inlineFallbacks - before.inlineFallbacks), handed: count)
     }
 
     /// C: malloc + call_rcu + free sustained, at most `boundTables` objects
@@ -205,27 +195,32 @@ extension Bench {
         guard r.freed == r.handed else {
             throw BenchError.baselineLost(what: "C call_rcu", handed: Int(r.handed), freed: Int(r.freed))
         }
-        return SteadyRate(objects: Int(r.window_objects), seconds: r.seconds, inlineFrees: Int(r.inline_frees))
+        return SteadyRate(objects: Int(r.window_objects), seconds: r.seconds, inlineFrees: Int(r.inline_frees),
+                          handed: Int(r.handed))
     }
 
-    /// C in the kernel's shape: tables and batch pages from `pool`'s free
-    /// list, 509 tables per call_rcu'd batch page, the callback giving them
-    /// all back; at most `boundTables` pages outstanding.
+    /// C in the kernel's shape: tables and batch pages from per-CPU lists
+    /// threaded through `pool`'s descriptors, each table constructed and
+    /// destroyed, 509 per call_rcu'd batch page, the callback freeing them
+    /// all; at most `boundTables` pages outstanding.
     static func steadyCGatherTablesPerSec(_ window: SteadyWindow, pool: CPagePool) throws -> SteadyRate {
         let r = try pool.steadyGather(window)
-        return SteadyRate(objects: Int(r.window_objects), seconds: r.seconds, inlineFrees: Int(r.inline_frees))
+        return SteadyRate(objects: Int(r.window_objects), seconds: r.seconds, inlineFrees: Int(r.inline_frees),
+                          handed: Int(r.handed))
     }
 }
 
-/// The kernel-shaped C baseline's free list: `pages` preallocated 4 KiB
-/// pages, every one faulted in, kept for a whole bench so that each round
-/// reuses them as the lab reuses its arena.
+/// The kernel-shaped C baseline's pages: `pages` preallocated 4 KiB pages
+/// and a 64-byte descriptor for each (struct page), every one faulted in,
+/// kept for a whole bench so that each round reuses them as the lab reuses
+/// its arena.
 final class CPagePool {
     private let pool: OpaquePointer
 
     /// Pages beyond the bound a pool needs: the producer's open batch (510
-    /// pages) and its per-CPU list (64), which the bound does not count.
-    static let slackPages = 1024
+    /// pages), its per-CPU list (64) and the freeing side's (under 512),
+    /// which the bound does not count.
+    static let slackPages = 2048
 
     init(pages: Int) throws {
         guard let pool = ptlab_baseline_page_pool_create(UInt64(pages)) else {

@@ -21,7 +21,7 @@ extension Bench {
         do {
             try deferTables(0..<count, mm: mm, allocator: allocator)
         } catch {
-            try? RCU.barrier()
+            barrier()
             throw error
         }
         try RCU.barrier()
@@ -56,7 +56,7 @@ extension Bench {
             }
         } catch {
             gather.finish()
-            try? RCU.barrier()
+            barrier()
             throw error
         }
         gather.finish()
