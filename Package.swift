@@ -28,7 +28,7 @@ let package = Package(
             pkgConfig: "numa",
             providers: [.apt(["libnuma-dev"])]
         ),
-        // No optimisation flags (SwiftPM refuses unsafeFlags in a package
+        // No optimisation flags (SwiftPM refuses unsafe flags in a package
         // required by version): a release build compiles the C at -O2
         // already, and the hot paths are static inlines in the headers that
         // Swift compiles into its callers (BENCHMARKS.md, "CSupport without

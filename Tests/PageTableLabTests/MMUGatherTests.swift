@@ -28,6 +28,45 @@ final class MMUGatherTests: XCTestCase {
         }
     }
 
+    /// A policy asked per table (the default) sees every table; one that
+    /// says it batches every table is not asked, and its tables still go
+    /// through the batch and its freeBatch.
+    func testPolicyIsAskedPerTableUnlessItBatchesEveryTable() throws {
+        final class Asking: TableFreePolicy, @unchecked Sendable {
+            let batches: Bool
+            var asked = 0
+            var batched = 0
+            init(batches: Bool) { self.batches = batches }
+            var name: String { "asking" }
+            var batchesEveryTable: Bool { batches }
+            func removeTable(_ table: Page, gather: MMUGather) -> TableDisposition {
+                asked += 1
+                return .batch
+            }
+            func freeBatch(_ batch: TableBatch, gather: MMUGather) {
+                batched += batch.count
+                batch.free(allocator: gather.mm.allocator)
+            }
+            func freeOne(_ table: Page, gather: MMUGather) { PageTables.dtorFree(table, allocator: gather.mm.allocator) }
+        }
+        try withLab { allocator in
+            for batches in [false, true] {
+                let policy = Asking(batches: batches)
+                var profile = MMProfile.v6_14
+                profile.tableFree = policy
+                let mm = try MM(allocator: allocator, profile: profile)
+                let tables = try makeTables(10, mm: mm)
+                let tlb = MMUGather(mm: mm)
+                for (i, t) in tables.enumerated() { tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21) }
+                tlb.finish()
+                XCTAssertEqual(policy.asked, batches ? 0 : 10, "batchesEveryTable \(batches)")
+                XCTAssertEqual(policy.batched, 10)
+                XCTAssertTrue(tables.allSatisfy { $0.state == PageState.free })
+                mm.exit()
+            }
+        }
+    }
+
     func testNoTableIsFreedBeforeTheFlush() throws {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)
