@@ -234,6 +234,19 @@ static inline int ptlab_pcp_push(struct ptlab_pcp *pcp, int node, uint32_t pfn)
     pcp->count[node] = n + 1;
     return 1;
 }
+/* Push the @count PFNs from @head up, highest first, so that pops hand them
+ * out in address order: a refill with a whole block. 0, and nothing pushed,
+ * when they would not all fit under the high mark. */
+static inline int ptlab_pcp_push_run(struct ptlab_pcp *pcp, int node, uint32_t head, uint32_t count)
+{
+    uint32_t n = pcp->count[node];
+    if (count > PTLAB_PCP_HIGH - n)
+        return 0;
+    for (uint32_t i = 0; i < count; i++)
+        pcp->pfns[node][n + i] = head + count - 1 - i;
+    pcp->count[node] = n + count;
+    return 1;
+}
 /* Whether @want PFNs from @w are one naturally aligned block, in any order. */
 static inline int ptlab_pcp_window_is_block(const uint32_t *w, uint32_t want, uint32_t *base)
 {

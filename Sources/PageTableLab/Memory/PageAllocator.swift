@@ -451,18 +451,14 @@ public final class PageAllocator: @unchecked Sendable {
     private func refill(_ pcp: UnsafeMutablePointer<ptlab_pcp>, node index: Int) {
         withZoneLocked(index) { zone in
             // A whole block of the batch's order when one is free: one split
-            // for the batch, not a split and a relink per page (buddy list
-            // work was a fifth of a pte_free_defer flood's producer time).
-            // Pushed highest first, so the cache hands them out in address
-            // order.
-            // The PFNs are the block's, counted from its head: reading each
+            // for the batch, not a split and a relink per page. Its PFNs
+            // are counted from its head, highest pushed first so that the
+            // cache hands them out in address order: reading each
             // descriptor here would take a cache miss per page under the
             // lock, which the allocation that follows takes anyway.
-            if let block = takeBlockIfFree(zone, node: index, order: Self.pcpBatchOrder) {
-                let head = pfn(of: block)
-                for i in (0..<UInt32(Self.pcpBatch)).reversed() {
-                    _ = ptlab_pcp_push(pcp, Int32(index), head + i)
-                }
+            if ptlab_pcp_count(pcp, Int32(index)) + UInt32(Self.pcpBatch) <= PTLAB_PCP_HIGH,
+               let block = takeBlockIfFree(zone, node: index, order: Self.pcpBatchOrder) {
+                _ = ptlab_pcp_push_run(pcp, Int32(index), pfn(of: block), UInt32(Self.pcpBatch))
                 return
             }
             for _ in 0..<Self.pcpBatch {
