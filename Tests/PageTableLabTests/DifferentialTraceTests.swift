@@ -174,32 +174,55 @@ final class DifferentialTraceTests: XCTestCase {
         }
     }
 
-    func testRandomTracesMatchThisKernel() throws {
+    /// How many seeds the sweep runs: PTLAB_DIFF_SEEDS changes it; CI keeps
+    /// the default, about 30 ms a seed in a debug build, which keeps the
+    /// whole `swift test --parallel` near a minute on two cores.
+    static var seeds: UInt64 { ProcessInfo.processInfo.environment["PTLAB_DIFF_SEEDS"].flatMap(UInt64.init) ?? 2000 }
+    /// The sweep is cut into parts, one test each, so that `swift test
+    /// --parallel` runs them in processes of their own side by side (VmPTE
+    /// is per process; within one, kernel passes never overlap).
+    static let parts: UInt64 = 4
+
+    func testRandomTracesMatchThisKernelPart1() throws { try sweep(part: 0) }
+    func testRandomTracesMatchThisKernelPart2() throws { try sweep(part: 1) }
+    func testRandomTracesMatchThisKernelPart3() throws { try sweep(part: 2) }
+    func testRandomTracesMatchThisKernelPart4() throws { try sweep(part: 3) }
+
+    /// Seeds part * seeds / parts + 1 through (part + 1) * seeds / parts.
+    func sweep(part: UInt64) throws {
         if let reason = LiveKernel.unavailableReason { throw XCTSkip("no live kernel to compare with: \(reason)") }
+        let first = part * Self.seeds / Self.parts + 1, last = (part + 1) * Self.seeds / Self.parts
+        guard first <= last else { return }
         let profile = CompareProfile.runningKernel()
         let model = try ModelTarget(profile: profile)
-        // PTLAB_DIFF_SEEDS widens the sweep for a long run; CI keeps 200.
-        let seeds = ProcessInfo.processInfo.environment["PTLAB_DIFF_SEEDS"].flatMap(UInt64.init) ?? 200
         var notComparable = 0
-        for seed in UInt64(1)...seeds {
-            var generator = Generator(rng: SplitMix64(seed: seed))
-            let text = generator.trace(ops: 30)
-            let trace = try TraceParser.parse(text, file: "random-\(seed).trace")
-            let run = try runTolerantOfInterference(trace, targets: { [model, try LiveKernel()] }, profile: profile)
-            // The kernel fell back to small pages, or khugepaged (which
-            // MADV_HUGEPAGE wakes) collapsed memory on its own: no verdict
-            // past that point, but every checkpoint before it still counts.
-            if run.notComparable { notComparable += 1 } else {
-                XCTAssertNil(run.error, "seed \(seed): \(String(describing: run.error))\n\(text)")
+        // Batches of traces share a runner: one rcu_barrier before the
+        // kernel's passes and one after, not two a trace.
+        for batch in stride(from: first, through: last, by: 50).map({ $0...min($0 + 49, last) }) {
+            let texts = batch.map { seed in
+                var generator = Generator(rng: SplitMix64(seed: seed))
+                return generator.trace(ops: 30)
             }
-            if let c = run.checkpoints.first(where: { Set($0.kilobytes).count != 1 }) {
-                // The whole trace, so the failure can be replayed with
-                // `ptlab compare` as it stands.
-                let lines = text.split(separator: "\n")
-                XCTFail("seed \(seed) line \(c.line) (\(lines[c.line - 2])): model/kernel kB \(c.kilobytes)\n\(text)")
+            let traces = try zip(batch, texts).map { seed, text in try TraceParser.parse(text, file: "random-\(seed).trace") }
+            let runs = try runTolerantOfInterference(traces, targets: { [model, try LiveKernel()] }, profile: profile)
+            for (seed, (text, run)) in zip(batch, zip(texts, runs)) {
+                // The kernel fell back to small pages, or khugepaged (which
+                // MADV_HUGEPAGE wakes) collapsed memory on its own: no
+                // verdict past that point, but every checkpoint before it
+                // still counts.
+                if run.notComparable { notComparable += 1 } else {
+                    XCTAssertNil(run.error, "seed \(seed): \(String(describing: run.error))\n\(text)")
+                }
+                if let c = run.checkpoints.first(where: { Set($0.kilobytes).count != 1 }) {
+                    // The whole trace, so the failure can be replayed with
+                    // `ptlab compare` as it stands.
+                    let lines = text.split(separator: "\n")
+                    XCTFail("seed \(seed) line \(c.line) (\(lines[c.line - 2])): model/kernel kB \(c.kilobytes)\n\(text)")
+                }
+                XCTAssertEqual(run.afterCleanup, [0, 0], "seed \(seed)")
             }
-            XCTAssertEqual(run.afterCleanup, [0, 0], "seed \(seed)")
         }
-        XCTAssertLessThan(notComparable, Int(seeds) / 4 + 1, "too many traces had no verdict to prove anything")
+        let count = Int(last - first + 1)
+        XCTAssertLessThan(notComparable, count / 4 + 1, "seeds \(first)...\(last): too many traces had no verdict to prove anything")
     }
 }

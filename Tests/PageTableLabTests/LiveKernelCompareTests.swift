@@ -204,9 +204,21 @@ final class LiveKernelCompareTests: XCTestCase {
         XCTAssertEqual(try parse("Name:\tx\nVmLib:\t 1 kB\nVmPTE:\t      48 kB\nVmSwap:\t0 kB\n"), 48)
         XCTAssertEqual(try parse("VmPTE:\t2056 kB"), 2056)
         XCTAssertThrowsError(try parse("Name:\tVmPTE:\t4 kB\n"))
+        XCTAssertEqual(try parse("Name:\tVmPTE:\t4 kB\nVmPTE:\t8 kB\n"), 8, "only at the start of a line")
         XCTAssertThrowsError(try parse("VmPTE:\t kB\n"))
         XCTAssertThrowsError(try parse(""))
         XCTAssertGreaterThan(try VmPTEReader().kilobytes(), 0)
+    }
+
+    /// /proc/vmstat's THP counters, in one pass: a key that another one
+    /// starts with is told apart by the space after it.
+    func testTHPCounterParsing() {
+        let text = "nr_free_pages 10\nthp_collapse_alloc_failed 3\nthp_fault_alloc 9\nthp_collapse_alloc 5\nthp_fault_fallback 2\n"
+        let keys = THPVMStat.keys.map { Array(($0 + " ").utf8) }
+        XCTAssertEqual(Array(text.utf8).withUnsafeBytes { ProcReader.parse($0, keys: keys) }, [2, nil, 5, 3])
+        XCTAssertEqual(Array("".utf8).withUnsafeBytes { ProcReader.parse($0, keys: keys) }, [nil, nil, nil, nil])
+        let now = THPVMStat.read(ProcReader("/proc/vmstat"))
+        XCTAssertNotNil(now)
     }
 }
 

@@ -43,11 +43,22 @@ let mib: UInt64 = 1 << 20
 /// repeat on cue; a disagreement between model and kernel does.
 func runTolerantOfInterference(_ trace: Trace, targets: () throws -> [any TraceTarget],
                                profile: CompareProfile) rethrows -> TraceRun {
-    var run = CompareRunner(targets: try targets(), profile: profile).run(trace)
-    for _ in 1..<5 where run.interfered || run.afterCleanup.contains(where: { $0 != 0 }) {
-        run = CompareRunner(targets: try targets(), profile: profile).run(trace)
+    try runTolerantOfInterference([trace], targets: targets, profile: profile)[0]
+}
+
+/// The same for many traces: first all in one runner, which settles the
+/// model's RCU callbacks (rcu_barrier, 10 ms or more) once before the
+/// kernel's passes and once at the end rather than twice a trace; then
+/// each contaminated one again on its own, up to four more times.
+func runTolerantOfInterference(_ traces: [Trace], targets: () throws -> [any TraceTarget],
+                               profile: CompareProfile) rethrows -> [TraceRun] {
+    var runs = CompareRunner(targets: try targets(), profile: profile).run(traces)
+    for t in runs.indices {
+        for _ in 1..<5 where runs[t].interfered || runs[t].afterCleanup.contains(where: { $0 != 0 }) {
+            runs[t] = CompareRunner(targets: try targets(), profile: profile).run(traces[t])
+        }
     }
-    return run
+    return runs
 }
 
 /// Hold a grace period open: another thread sits in a read section from

@@ -30,11 +30,20 @@ extension MM {
             let (slices, splits, hole) = vmaTree.withLock { tree -> ([VMA], [UInt64], UInt64?) in
                 let hole = tree.covers(address, end) ? nil : firstHole(tree, address, end)
                 let upTo = hole ?? end
-                let splits = tree.modify(address, upTo) { vma in
+                let change = { (vma: inout VMA) in
                     vma.flags.remove(.readWrite)
                     vma.flags.formUnion(protection.flags)
                 }
-                return (tree.clipped(address, upTo), splits, hole)
+                // mprotect_fixup leaves a VMA whose flags stay the same
+                // alone: no split, no change_protection (so no huge PMD
+                // split either).
+                let changing = tree.clipped(address, upTo).filter { vma in
+                    var changed = vma
+                    change(&changed)
+                    return changed.flags != vma.flags
+                }
+                let splits = tree.modify(address, upTo, change)
+                return (changing.flatMap { tree.clipped($0.start, $0.end) }, splits, hole)
             }
             splitHugePMDs(at: splits)
             for vma in slices { changeProtection(vma, protection) }

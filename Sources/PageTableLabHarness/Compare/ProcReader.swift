@@ -56,11 +56,50 @@ final class ProcReader {
 
     static func parse(_ text: UnsafeRawBufferPointer, key: [UInt8]) -> Int? {
         var found: Int?
-        forEachLine(text) { line in
-            guard found == nil, let v = parse(line: line, key: key) else { return }
+        forEachLine(text, startingWith: key.first ?? 0) { line in
+            guard let v = parse(line: line, key: key) else { return true }
             found = v
+            return false
         }
         return found
+    }
+
+    /// The number after each of `keys` at the start of a line (nil where
+    /// none starts with it), from one pass over the lines. The keys share
+    /// their first byte (/proc/vmstat's "thp_…").
+    static func parse(_ text: UnsafeRawBufferPointer, keys: [[UInt8]]) -> [Int?] {
+        guard let first = keys.first?.first else { return keys.map { _ in nil } }
+        precondition(keys.allSatisfy { $0.first == first }, "keys that start alike")
+        var found = [Int?](repeating: nil, count: keys.count)
+        var left = keys.count
+        forEachLine(text, startingWith: first) { line in
+            for i in found.indices where found[i] == nil {
+                guard let v = parse(line: line, key: keys[i]) else { continue }
+                found[i] = v
+                left -= 1
+                break
+            }
+            return left > 0
+        }
+        return found
+    }
+
+    /// `body` for each line of `text` that starts with `first`, without its
+    /// newline, until it returns false. Lines are found with memchr and
+    /// only the first byte of each is looked at here: a reading of
+    /// /proc/vmstat (four keys among some 180 lines) brackets every op of a
+    /// THP trace, and a closure call and a comparison per line was the
+    /// largest part of a debug build's readings.
+    private static func forEachLine(_ text: UnsafeRawBufferPointer, startingWith first: UInt8,
+                                    _ body: (UnsafeRawBufferPointer) -> Bool) {
+        guard var line = text.baseAddress else { return }
+        let end = line + text.count
+        while line < end {
+            let newline = memchr(line, Int32(UInt8(ascii: "\n")), end - line).map { UnsafeRawPointer($0) } ?? end
+            if line.load(as: UInt8.self) == first,
+               !body(UnsafeRawBufferPointer(start: line, count: newline - line)) { return }
+            line = newline + 1
+        }
     }
 
     /// The number after `key` if `line` starts with it.

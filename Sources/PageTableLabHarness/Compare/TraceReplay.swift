@@ -25,18 +25,8 @@ public enum TraceReplay {
 
     private static func replay(_ trace: Trace, on target: any TraceTarget, _ mappings: inout TraceMappings) throws {
         for step in trace.steps {
-            switch step.op {
-            case .mmap(let a, let l, let shared): try target.mmap(address: a, length: l, shared: shared)
-            case .touch(let a, let l, let s): try target.touch(address: a, length: l, stride: s)
-            case .dontneed(let a, let l): try target.madviseDontneed(address: a, length: l)
-            case .munmap(let a, let l): try target.munmap(address: a, length: l)
-            case .hugepage(let a, let l): try target.madviseHugepage(address: a, length: l)
-            case .collapse(let a, let l): try target.madviseCollapse(address: a, length: l)
-            case .mremap(let old, let l, let new): try target.mremap(from: old, length: l, to: new)
-            case .mprotect(let a, let l, let p): try target.mprotect(address: a, length: l, protection: p)
-            case .expect: continue
-            }
-            mappings.apply(step)
+            try target.perform(step.op)
+            mappings.apply(step) // nothing for `expect`
         }
     }
 

@@ -25,6 +25,26 @@ public protocol TraceTarget: AnyObject {
     func thpEvents() throws -> THPEventCount
 }
 
+extension TraceTarget {
+    /// The op on this target: its system call (the kernel) or the model's
+    /// own; nothing for `expect`. The one dispatch from a trace's ops to a
+    /// target's, for the comparison (`CompareRunner`) and the timing
+    /// (`TraceReplay`) alike.
+    public func perform(_ op: TraceOp) throws {
+        switch op {
+        case .mmap(let a, let l, let shared): try mmap(address: a, length: l, shared: shared)
+        case .touch(let a, let l, let s): try touch(address: a, length: l, stride: s)
+        case .dontneed(let a, let l): try madviseDontneed(address: a, length: l)
+        case .munmap(let a, let l): try munmap(address: a, length: l)
+        case .hugepage(let a, let l): try madviseHugepage(address: a, length: l)
+        case .collapse(let a, let l): try madviseCollapse(address: a, length: l)
+        case .mremap(let old, let l, let new): try mremap(from: old, length: l, to: new)
+        case .mprotect(let a, let l, let p): try mprotect(address: a, length: l, protection: p)
+        case .expect: break
+        }
+    }
+}
+
 /// /proc/vmstat's thp_collapse_alloc and thp_fault_fallback (+
 /// thp_file_fallback), or the model's own count of the same.
 public struct THPEventCount: Equatable, Sendable {

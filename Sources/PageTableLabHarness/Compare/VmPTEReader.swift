@@ -21,11 +21,13 @@ final class VmPTEReader {
 /// pages instead), or khugepaged collapsed memory on its own.
 struct THPVMStat: Equatable {
     static let keys = ["thp_fault_fallback", "thp_file_fallback", "thp_collapse_alloc", "thp_collapse_alloc_failed"]
+    /// Each key as the bytes that start its line ("thp_file_fallback ").
+    private static let lineKeys = keys.map { Array(($0 + " ").utf8) }
     var values: [Int]
 
     static func read(_ reader: ProcReader) -> THPVMStat? {
         guard let text = try? reader.read() else { return nil }
-        return THPVMStat(values: keys.map { ProcReader.parse(text, key: Array(($0 + " ").utf8)) ?? 0 })
+        return THPVMStat(values: ProcReader.parse(text, keys: lineKeys).map { $0 ?? 0 })
     }
 
     subscript(_ key: String) -> Int { values[Self.keys.firstIndex(of: key)!] }
