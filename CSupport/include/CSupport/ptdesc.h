@@ -68,6 +68,7 @@ enum ptlab_pt_level {
 #define PTLAB_PT_KERNEL  (1ull << 1)   /* ptdesc_set_kernel: a kernel page table */
 #define PTLAB_PG_HEAD    (1ull << 2)   /* head of a compound allocation */
 #define PTLAB_PG_PTLOCK  (1ull << 3)   /* split ptlock live: ptlock_init .. ptlock_free */
+#define PTLAB_PG_TIMED   (1ull << 4)   /* queued_ns holds when its deferred free was queued */
 
 /*
  * struct ptdesc / struct page. One per PFN in the memmap. As in the kernel,
@@ -111,26 +112,31 @@ _Static_assert(sizeof(struct ptdesc) == 128, "struct ptdesc is two cache lines")
 _Static_assert(offsetof(struct ptdesc, ptl) == 64, "what pte_free_defer touches is in the first line");
 
 /*
- * prefetchw of both lines of a descriptor about to be written. A pcp list
- * and a table batch know their next pages well before they reach them, and
- * a miss on a descriptor out of cache was most of what allocating or
- * freeing a table cost; free_pcppages_bulk prefetches the buddies it will
- * merge for the same reason.
+ * prefetchw of a descriptor about to be written. A pcp list and a table
+ * batch know their next pages well before they reach them, and a miss on a
+ * descriptor out of cache was most of what allocating or freeing a table
+ * cost; free_pcppages_bulk prefetches the buddies it will merge for the same
+ * reason. An allocation writes both lines; a free, only the first (the
+ * second stays with the CPU that builds tables, see struct ptdesc).
+ * prefetchw itself, not __builtin_prefetch (which emits it only with
+ * -mprfchw): the lines were last written by another CPU, and a plain
+ * prefetch brings them shared, to be taken again for the write. CPUs
+ * without it run it as a NOP.
  */
-static inline void ptlab_ptdesc_prefetch(const struct ptdesc *d)
+static inline void ptlab_prefetchw(const void *p)
 {
 #if defined(__x86_64__)
-    /* prefetchw itself: the lines were last written by the CPU that freed
-     * the page, and a plain prefetch brings them shared, to be taken again
-     * for the write. (__builtin_prefetch emits it only with -mprfchw; CPUs
-     * without it run it as a NOP.) */
-    __asm__ volatile("prefetchw %0" : : "m"(*(const char *)d));
-    __asm__ volatile("prefetchw %0" : : "m"(*((const char *)d + 64)));
+    __asm__ volatile("prefetchw %0" : : "m"(*(const char *)p));
 #else
-    __builtin_prefetch(d, 1);
-    __builtin_prefetch((const char *)d + 64, 1);
+    __builtin_prefetch(p, 1);
 #endif
 }
+static inline void ptlab_ptdesc_prefetch(const struct ptdesc *d)
+{
+    ptlab_prefetchw(d);
+    ptlab_prefetchw((const char *)d + 64);
+}
+static inline void ptlab_ptdesc_prefetch_first_line(const struct ptdesc *d) { ptlab_prefetchw(d); }
 
 /* container_of for the two embedded nodes. */
 static inline struct ptdesc *ptlab_ptdesc_of_rcu(struct ptlab_rcu_head *head)
@@ -241,6 +247,22 @@ static inline int ptlab_page_test_clear_table(struct ptdesc *d)
         return 0;
     atomic_store_explicit(&d->flags, f & ~(uint64_t)PTLAB_PG_TABLE, memory_order_release);
     return 1;
+}
+/*
+ * A deferred free picked for timing: when it was queued, and a flag in the
+ * first line that says so. The free tests the flag, not queued_ns, so that
+ * the callback needs nothing from the second line, which stays with the
+ * CPU that builds tables (see struct ptdesc). Set by the path queueing the
+ * free, which owns the table; ptlab_page_retire clears it with the rest.
+ */
+static inline void ptlab_page_mark_timed(struct ptdesc *d, uint64_t queued_ns)
+{
+    d->queued_ns = queued_ns;
+    ptlab_page_mark_table(d, PTLAB_PG_TIMED);
+}
+static inline int ptlab_page_timed(const struct ptdesc *d)
+{
+    return (ptlab_page_flags(d) & PTLAB_PG_TIMED) != 0;
 }
 /*
  * The split ptlock. In the kernel it may be a separately allocated object,

@@ -86,6 +86,9 @@ public final class MMUGather {
     /// The profile's policy leaves every table to the batch: removeTable
     /// need not ask it (see TableFreePolicy.batchesEveryTable).
     let batchesEveryTable: Bool
+    /// The profile's destructor runs at unlink (before 6.14), read once:
+    /// the profile lies in the mm's lines, not the gather's.
+    let dtorAtUnlink: Bool
 
     /// tlb_gather_mmu / tlb_gather_mmu_fullmm.
     public init(mm: MM, fullmm: Bool = false) {
@@ -93,6 +96,7 @@ public final class MMUGather {
         self.fullmm = fullmm
         self.pages = PageBatches(allocator: mm.allocator)
         self.batchesEveryTable = mm.profile.tableFree.batchesEveryTable
+        self.dtorAtUnlink = mm.profile.dtor == .atUnlink
         resetRange()
         mm.tlbFlushPending.add(1, ordering: .acquiringAndReleasing)
     }
@@ -157,7 +161,7 @@ public final class MMUGather {
         }
         freedTables = true
         // Before 6.14 the destructor ran here, at unlink.
-        if mm.profile.dtor == .atUnlink { PageTables.dtor(table, allocator: mm.allocator) }
+        if dtorAtUnlink { PageTables.dtor(table, allocator: mm.allocator) }
         table.desc.pointee.tlb_gen = mm.tlb.currentGeneration + 1
         removeTable(table)
     }

@@ -53,7 +53,7 @@ public struct TableBatch {
         for i in 0..<n {
             // The descriptors were written by another CPU a grace period
             // ago: ask for them a few tables ahead of their free.
-            if i + Self.prefetchDepth < n { ptlab_ptdesc_prefetch(slots[i + Self.prefetchDepth]) }
+            if i + Self.prefetchDepth < n { ptlab_ptdesc_prefetch_first_line(slots[i + Self.prefetchDepth]) }
             PageTables.dtorFree(Page(slots[i]), allocator: allocator)
         }
         release(allocator: allocator)
@@ -107,11 +107,16 @@ extension MMUGather {
     }
 
     /// Count tables about to be handed to a free path although no flush has
-    /// happened since their unlink: a missing-flush bug made visible.
+    /// happened since their unlink: a missing-flush bug made visible. The
+    /// generations a batch's tables need never fall along it (the flush
+    /// generation only grows, and one thread appends), so those not yet
+    /// flushed are a run at its end: after a flush, one look at the last.
     private func checkFlushed(_ batch: TableBatch) {
         let now = mm.tlb.currentGeneration
-        for i in 0..<batch.count where batch.slots[i].pointee.tlb_gen > now {
+        var i = batch.count
+        while i > 0 && batch.slots[i - 1].pointee.tlb_gen > now {
             stats.freedBeforeFlush += 1
+            i -= 1
         }
     }
 

@@ -33,9 +33,6 @@ public enum PageTables {
         let d = page.desc
         ptlab_page_set_mm(d, mm)
         d.pointee.index = base
-        // A timed free that ended on a path that does not record it must
-        // not be timed across this life too.
-        d.pointee.queued_ns = 0
         if !kernel && (level == .pte || level == .pmd) { ptlab_ptl_init(d) }
         ptlab_page_set_level(d, UInt32(level.rawValue))
         ptlab_page_mark_table(d, PTLAB_PG_TABLE | (kernel ? PTLAB_PT_KERNEL : 0))
@@ -93,15 +90,15 @@ public enum PageTables {
             Integrity.doubleQueuedCount.add(1, ordering: .relaxed)
             return false
         }
-        if FreeLatency.samplesNextQueued() { page.desc.pointee.queued_ns = monotonicNanoseconds() }
+        if FreeLatency.samplesNextQueued() { ptlab_page_mark_timed(page.desc, monotonicNanoseconds()) }
         return true
     }
 
-    /// The descriptor's line is the one the free writes anyway, so the
-    /// test costs nothing on the frees that were not timed.
+    /// The flag is in the line the free writes anyway, so the test costs
+    /// nothing on the frees that were not timed.
     @inline(__always)
     private static func recordFreeLatency(_ page: Page) {
-        guard page.desc.pointee.queued_ns != 0 else { return }
+        guard ptlab_page_timed(page.desc) != 0 else { return }
         recordSampledFreeLatency(page)
     }
 
@@ -110,7 +107,7 @@ public enum PageTables {
     @inline(never)
     private static func recordSampledFreeLatency(_ page: Page) {
         let queued = page.desc.pointee.queued_ns
-        page.desc.pointee.queued_ns = 0
+        ptlab_page_clear_flags(page.desc, PTLAB_PG_TIMED)
         FreeLatency.record(nanoseconds: monotonicNanoseconds() &- queued)
     }
 }
