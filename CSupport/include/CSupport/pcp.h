@@ -217,13 +217,6 @@ static inline uint32_t ptlab_pcp_pop(struct ptlab_pcp *pcp, int node)
     pcp->count[node] = n - 1;
     return pcp->pfns[node][n - 1] + 1;
 }
-/* The PFN (+ 1) @depth entries below the next pop for @node, or 0: the page
- * an allocation @depth pops from now will hand out, to prefetch. */
-static inline uint32_t ptlab_pcp_peek(const struct ptlab_pcp *pcp, int node, uint32_t depth)
-{
-    uint32_t n = pcp->count[node];
-    return n > depth ? pcp->pfns[node][n - 1 - depth] + 1 : 0;
-}
 /* Push a PFN for @node; 0 when the cache is at its high mark. */
 static inline int ptlab_pcp_push(struct ptlab_pcp *pcp, int node, uint32_t pfn)
 {

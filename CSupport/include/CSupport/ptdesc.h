@@ -112,31 +112,21 @@ _Static_assert(sizeof(struct ptdesc) == 128, "struct ptdesc is two cache lines")
 _Static_assert(offsetof(struct ptdesc, ptl) == 64, "what pte_free_defer touches is in the first line");
 
 /*
- * prefetchw of a descriptor about to be written. A pcp list and a table
- * batch know their next pages well before they reach them, and a miss on a
- * descriptor out of cache was most of what allocating or freeing a table
- * cost; free_pcppages_bulk prefetches the buddies it will merge for the same
- * reason. An allocation writes both lines; a free, only the first (the
- * second stays with the CPU that builds tables, see struct ptdesc).
- * prefetchw itself, not __builtin_prefetch (which emits it only with
- * -mprfchw): the lines were last written by another CPU, and a plain
- * prefetch brings them shared, to be taken again for the write. CPUs
- * without it run it as a NOP.
+ * prefetchw of a table's descriptor, for a batch's callback: it knows the
+ * tables it will free well before it reaches them, and their first lines
+ * (all a free touches; see struct ptdesc) were last written by the CPU
+ * that queued them. prefetchw itself, not __builtin_prefetch (which emits
+ * it only with -mprfchw): a plain prefetch brings the line shared, to be
+ * taken again for the write. CPUs without it run it as a NOP.
  */
-static inline void ptlab_prefetchw(const void *p)
+static inline void ptlab_ptdesc_prefetch_first_line(const struct ptdesc *d)
 {
 #if defined(__x86_64__)
-    __asm__ volatile("prefetchw %0" : : "m"(*(const char *)p));
+    __asm__ volatile("prefetchw %0" : : "m"(*(const char *)d));
 #else
-    __builtin_prefetch(p, 1);
+    __builtin_prefetch(d, 1);
 #endif
 }
-static inline void ptlab_ptdesc_prefetch(const struct ptdesc *d)
-{
-    ptlab_prefetchw(d);
-    ptlab_prefetchw((const char *)d + 64);
-}
-static inline void ptlab_ptdesc_prefetch_first_line(const struct ptdesc *d) { ptlab_prefetchw(d); }
 
 /* container_of for the two embedded nodes. */
 static inline struct ptdesc *ptlab_ptdesc_of_rcu(struct ptlab_rcu_head *head)

@@ -111,10 +111,6 @@ public final class PageAllocator: @unchecked Sendable {
     /// more.
     static let pcpBatchOrder = 6
     static let pcpBatch = 1 << pcpBatchOrder
-    /// How many allocations ahead an order-0 allocation prefetches the
-    /// descriptor of: far enough for a miss to arrive before its page is
-    /// handed out by a caller that does a table's worth of work between.
-    static let prefetchDepth: UInt32 = 4
 
     private static let loaded = Atomic<Bool>(false)
     private static let epochs = Atomic<UInt64>(0)
@@ -308,8 +304,6 @@ public final class PageAllocator: @unchecked Sendable {
         guard order == 0, case let cached = ptlab_pcp_pop(pcp, Int32(index)), cached != 0 else {
             return allocFromSlow(pcp, index, order: order)
         }
-        let ahead = ptlab_pcp_peek(pcp, Int32(index), Self.prefetchDepth)
-        if ahead != 0 { ptlab_ptdesc_prefetch(memmap + Int(ahead - 1)) }
         return takeCached(pcp, index, pfn: cached - 1)
     }
 
