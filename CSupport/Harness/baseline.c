@@ -257,9 +257,8 @@ struct c_page {
     _Atomic uint32_t refcount;
     uint32_t flags;
     void *pt_mm;
-    uint64_t pt_index;
     ptlab_spinlock_t ptl;
-    char pad[64 - 32 - sizeof(ptlab_spinlock_t)];
+    char pad[64 - 24 - sizeof(ptlab_spinlock_t)];
 };
 _Static_assert(sizeof(struct c_page) == 64, "a struct page is one cache line");
 
@@ -404,13 +403,12 @@ static void c_free_page(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp
         c_free_pcppages_bulk(pool, pcp, PCP_BATCH);
 }
 
-/* pagetable_pte_ctor. */
-static void c_pte_ctor(struct c_pcp *pcp, struct c_page *page, void *mm, uint64_t address)
+/* pagetable_pte_ctor, and the owning mm the lab's constructor records. */
+static void c_pte_ctor(struct c_pcp *pcp, struct c_page *page, void *mm)
 {
     ptlab_spin_init(&page->ptl);
     page->flags |= C_PG_TABLE;
     page->pt_mm = mm;
-    page->pt_index = address;
     pcp->nr_pagetable++;
 }
 
@@ -480,8 +478,7 @@ struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baselin
             if (!table)
                 break;
             out.allocated++;
-            uint64_t address = ((count + i) & ((1u << 18) - 1)) << 21;
-            c_pte_ctor(&pcp, table, &mm, address);
+            c_pte_ctor(&pcp, table, &mm);
             batch->tables[batch->nr++] = c_page_address(pool, table);
             if (batch->nr < C_MAX_TABLE_BATCH)
                 continue;

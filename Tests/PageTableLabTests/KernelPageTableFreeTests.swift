@@ -89,8 +89,8 @@ final class KernelPageTableFreeTests: XCTestCase {
         try withRig(.deferred) { rig in
             rig.freer.work.freeze()
             var pages: [Page] = []
-            for i in 0..<100 {
-                let t = try PageTables.alloc(.pte, base: a + UInt64(i) << 21, mm: nil, node: .local, allocator: rig.allocator, kernel: true)
+            for _ in 0..<100 {
+                let t = try PageTables.alloc(.pte, mm: nil, node: .local, allocator: rig.allocator, kernel: true)
                 pages.append(t)
             }
             // Seed 002: higher-order and plain pages go on the same list.

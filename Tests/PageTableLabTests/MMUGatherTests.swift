@@ -7,7 +7,7 @@ final class MMUGatherTests: XCTestCase {
     /// Tables as free_pgtables would hand them over: unlinked PTE tables.
     private func makeTables(_ n: Int, mm: MM) throws -> [Page] {
         try (0..<n).map { i in
-            try PageTables.alloc(.pte, base: tib + UInt64(i) << 21, mm: mm, node: .local, allocator: mm.allocator)
+            try PageTables.alloc(.pte, mm: mm, node: .local, allocator: mm.allocator)
         }
     }
 
@@ -104,6 +104,26 @@ final class MMUGatherTests: XCTestCase {
             tlb.finish()
             XCTAssertEqual(tlb.stats.freedBeforeFlush, 10)
             XCTAssertEqual(tlb.stats.tlbFlushes, 0)
+            mm.exit()
+        }
+    }
+
+    /// A flush from elsewhere (another gather on the mm) in the middle of a
+    /// batch covers the tables unlinked before it, not those after: the
+    /// checker counts only the run since the last flush.
+    func testFlushMidBatchCoversOnlyTheTablesBeforeIt() throws {
+        var profile = MMProfile()
+        profile.gatherSkipsFlush = true
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            let tables = try makeTables(10, mm: mm)
+            let tlb = MMUGather(mm: mm)
+            for (i, t) in tables.enumerated() {
+                if i == 4 || i == 7 { mm.tlb.flush() }
+                tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21)
+            }
+            tlb.finish()
+            XCTAssertEqual(tlb.stats.freedBeforeFlush, 3, "tables 7, 8 and 9 went without a flush after their unlink")
             mm.exit()
         }
     }

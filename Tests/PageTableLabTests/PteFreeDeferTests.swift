@@ -50,7 +50,7 @@ final class PteFreeDeferTests: XCTestCase {
             let mm = try MM(allocator: allocator)
             let count = 4 * Int(FreeLatency.sampleEvery)
             let tables = try (0..<count).map { i in
-                try PageTables.alloc(.pte, base: tib + UInt64(i) << 21, mm: mm, node: .local, allocator: allocator)
+                try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator)
             }
             FreeLatency.reset()
             for t in tables { try mm.pteFreeDefer(t) }
@@ -70,7 +70,7 @@ final class PteFreeDeferTests: XCTestCase {
             FreeLatency.reset()
             var pfns = Set<UInt32>()
             for _ in 0..<Int(FreeLatency.sampleEvery) {
-                let table = try PageTables.alloc(.pte, base: tib, mm: mm, node: .local, allocator: allocator)
+                let table = try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator)
                 pfns.insert(table.pfn)
                 XCTAssertTrue(PageTables.markDeferred(table))
                 PageTables.dtorFree(table, allocator: allocator)
@@ -86,7 +86,7 @@ final class PteFreeDeferTests: XCTestCase {
         queuedTwice.doubleQueued = 1
         try withLab(expecting: queuedTwice) { allocator in
             let mm = try MM(allocator: allocator)
-            let table = try PageTables.alloc(.pte, base: tib, mm: mm, node: .local, allocator: allocator)
+            let table = try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator)
             try mm.pteFreeDefer(table)
             XCTAssertThrowsError(try mm.pteFreeDefer(table)) {
                 XCTAssertEqual($0 as? RCUError, .alreadyQueued(operation: "pte_free_defer"))
@@ -98,7 +98,7 @@ final class PteFreeDeferTests: XCTestCase {
     func testDeferAllocatesNothing() throws {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)
-            let tables = try (0..<64).map { _ in try PageTables.alloc(.pte, base: tib, mm: mm, node: .local, allocator: allocator) }
+            let tables = try (0..<64).map { _ in try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator) }
             let before = allocator.totalAllocatedPages
             // Queued inside a read section, so that no grace period can end
             // and no callback free the count down while it is read: a

@@ -63,7 +63,7 @@ enum ptlab_pt_level {
     PTLAB_PT_PGD = 5,
 };
 
-/* ptdesc flag bits. */
+/* ptdesc flag bits: 32 of them, the width of struct ptdesc's flags. */
 #define PTLAB_PG_TABLE   (1ull << 0)   /* PageTable: between ctor and dtor */
 #define PTLAB_PT_KERNEL  (1ull << 1)   /* ptdesc_set_kernel: a kernel page table */
 #define PTLAB_PG_HEAD    (1ull << 2)   /* head of a compound allocation */
@@ -76,40 +76,39 @@ enum ptlab_pt_level {
  * cannot also be on a list.
  *
  * Two cache lines, where the kernel's struct page is one (liburcu's
- * rcu_head is twice the kernel's). The first holds everything that
- * pte_free_defer's caller touches, so queueing a table costs one line:
- * when it was 112 bytes, most descriptors straddled three lines, and
- * call_rcu's full barrier waited for each of them to arrive. Its callback,
- * on liburcu's worker on another CPU, needs only the first line too (the
- * order, PFN and node it takes from the flags and the address): a load from
- * the second was a second transfer per table from the queueing CPU, and the
- * ptlock's word there a store the state's compare-and-swap waited behind.
+ * rcu_head is twice the kernel's). The first holds everything a table's
+ * life touches: its allocation, its constructor (the ptlock, the mm),
+ * pte_free_defer and the gather queueing it, the callback freeing it, and
+ * the buddy's merge test. Each line a path touches beyond it is a cache
+ * miss per table: the constructor writing a ptlock in the second line made
+ * the producer wait on two lines per table where the kernel waits on one,
+ * and an RCU callback reading the second line waited for its transfer from
+ * the CPU that queued the table. The second holds what only the buddy's
+ * list surgery (under zone->lock) and a sampled latency read.
  */
 struct ptdesc {
     union {
         struct ptlab_rcu_head pt_rcu_head;
         struct cds_list_head pt_list;
     };
-    _Atomic uint64_t flags;
-    void *pt_mm;                        /* owning mm (Unmanaged), or NULL; ptlab_page_mm */
-    _Atomic uint32_t state;             /* enum ptlab_page_state */
-    _Atomic uint32_t generation;        /* bumped on every free */
-    _Atomic uint32_t level;             /* enum ptlab_pt_level while a table */
-    uint32_t pfn;
-    /* second line */
+    _Atomic uint32_t flags;             /* PTLAB_PG_* */
     ptlab_spinlock_t ptl;               /* split PTE/PMD lock (live while PTLAB_PG_PTLOCK) */
-    uint32_t buddy_next;                /* allocator free list (PFN + 1; 0 = none) */
-    uint32_t buddy_prev;
-    uint16_t node;
+    void *pt_mm;                        /* owning mm (Unmanaged), or NULL; ptlab_page_mm */
+    _Atomic uint32_t generation;        /* bumped on every free */
+    uint32_t pfn;
+    _Atomic uint16_t state;             /* enum ptlab_page_state */
+    _Atomic uint16_t level;             /* enum ptlab_pt_level while a table */
     uint8_t order;
     uint8_t on_free_list;               /* buddy bookkeeping, node lock held */
-    uint64_t index;                     /* base virtual address the table maps */
-    uint64_t queued_ns;                 /* when its deferred free was queued */
-    uint64_t tlb_gen;                   /* mm TLB generation that must pass before it is freed */
-    uint64_t pad[3];                    /* to two whole lines (Swift cannot import _Alignas) */
+    uint16_t node;
+    /* second line */
+    uint32_t buddy_next;                /* allocator free list (PFN + 1; 0 = none) */
+    uint32_t buddy_prev;
+    uint64_t queued_ns;                 /* when its deferred free was queued (PTLAB_PG_TIMED) */
+    uint64_t pad[6];                    /* to two whole lines (Swift cannot import _Alignas) */
 };
 _Static_assert(sizeof(struct ptdesc) == 128, "struct ptdesc is two cache lines");
-_Static_assert(offsetof(struct ptdesc, ptl) == 64, "what pte_free_defer touches is in the first line");
+_Static_assert(offsetof(struct ptdesc, buddy_next) == 64, "what a table's life touches is in the first line");
 
 /*
  * prefetchw of a table's descriptor, for a batch's callback: it knows the
@@ -149,13 +148,13 @@ static inline uint32_t ptlab_page_state(const struct ptdesc *d)
 }
 static inline void ptlab_page_set_state(struct ptdesc *d, uint32_t s)
 {
-    atomic_store_explicit(&d->state, s, memory_order_release);
+    atomic_store_explicit(&d->state, (uint16_t)s, memory_order_release);
 }
 /* Move @d from @from to @to; returns the state found (== @from on success). */
 static inline uint32_t ptlab_page_transition(struct ptdesc *d, uint32_t from, uint32_t to)
 {
-    uint32_t expected = from;
-    atomic_compare_exchange_strong_explicit(&d->state, &expected, to,
+    uint16_t expected = (uint16_t)from;
+    atomic_compare_exchange_strong_explicit(&d->state, &expected, (uint16_t)to,
                                             memory_order_acq_rel, memory_order_acquire);
     return expected;
 }
@@ -199,7 +198,7 @@ static inline uint32_t ptlab_page_level(const struct ptdesc *d)
 }
 static inline void ptlab_page_set_level(struct ptdesc *d, uint32_t level)
 {
-    atomic_store_explicit(&d->level, level, memory_order_release);
+    atomic_store_explicit(&d->level, (uint16_t)level, memory_order_release);
 }
 static inline uint64_t ptlab_page_flags(const struct ptdesc *d)
 {
@@ -207,11 +206,11 @@ static inline uint64_t ptlab_page_flags(const struct ptdesc *d)
 }
 static inline void ptlab_page_set_flags(struct ptdesc *d, uint64_t bits)
 {
-    atomic_fetch_or_explicit(&d->flags, bits, memory_order_acq_rel);
+    atomic_fetch_or_explicit(&d->flags, (uint32_t)bits, memory_order_acq_rel);
 }
 static inline void ptlab_page_clear_flags(struct ptdesc *d, uint64_t bits)
 {
-    atomic_fetch_and_explicit(&d->flags, ~bits, memory_order_acq_rel);
+    atomic_fetch_and_explicit(&d->flags, ~(uint32_t)bits, memory_order_acq_rel);
 }
 /*
  * __folio_set_pgtable, for the constructors (ptlock_init sets its flag
@@ -221,8 +220,8 @@ static inline void ptlab_page_clear_flags(struct ptdesc *d, uint64_t bits)
  */
 static inline void ptlab_page_mark_table(struct ptdesc *d, uint64_t bits)
 {
-    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
-    atomic_store_explicit(&d->flags, f | bits, memory_order_release);
+    uint32_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    atomic_store_explicit(&d->flags, f | (uint32_t)bits, memory_order_release);
 }
 /*
  * __folio_clear_pgtable, for pagetable_dtor: only the path freeing the
@@ -232,17 +231,17 @@ static inline void ptlab_page_mark_table(struct ptdesc *d, uint64_t bits)
  */
 static inline int ptlab_page_test_clear_table(struct ptdesc *d)
 {
-    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    uint32_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
     if (!(f & PTLAB_PG_TABLE))
         return 0;
-    atomic_store_explicit(&d->flags, f & ~(uint64_t)PTLAB_PG_TABLE, memory_order_release);
+    atomic_store_explicit(&d->flags, f & ~(uint32_t)PTLAB_PG_TABLE, memory_order_release);
     return 1;
 }
 /*
  * A deferred free picked for timing: when it was queued, and a flag in the
  * first line that says so. The free tests the flag, not queued_ns, so that
- * the callback needs nothing from the second line, which stays with the
- * CPU that builds tables (see struct ptdesc). Set by the path queueing the
+ * only the sampled frees touch the second line (see struct ptdesc). Set by
+ * the path queueing the
  * free, which owns the table; ptlab_page_retire clears it with the rest.
  */
 static inline void ptlab_page_mark_timed(struct ptdesc *d, uint64_t queued_ns)
@@ -258,10 +257,10 @@ static inline int ptlab_page_timed(const struct ptdesc *d)
  * The split ptlock. In the kernel it may be a separately allocated object,
  * and taking it after ptlock_free is the use-after-free of seed 003; here
  * its life is a flag, so that a walker which takes a freed table's lock can
- * say so instead of being undefined. A flag in the first line, not a word
- * beside the lock: ptlock_free runs in the RCU callback, which then needs
- * nothing from the descriptor's second line (see struct ptdesc). Init and
- * free run on the paths that own the table, so a load and a store.
+ * say so instead of being undefined. A flag, not a word beside the lock:
+ * ptlock_free runs in the RCU callback, and a load and a store of the
+ * flags it writes anyway cost it nothing more. Init and free run on the
+ * paths that own the table, so a load and a store.
  */
 static inline int ptlab_ptl_trylock(struct ptdesc *d) { return ptlab_spin_trylock(&d->ptl); }
 static inline void ptlab_ptl_unlock(struct ptdesc *d) { ptlab_spin_unlock(&d->ptl); }
@@ -272,8 +271,8 @@ static inline void ptlab_ptl_init(struct ptdesc *d)
 }
 static inline void ptlab_ptl_free(struct ptdesc *d)
 {
-    uint64_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
-    atomic_store_explicit(&d->flags, f & ~PTLAB_PG_PTLOCK, memory_order_release);
+    uint32_t f = atomic_load_explicit(&d->flags, memory_order_relaxed);
+    atomic_store_explicit(&d->flags, f & ~(uint32_t)PTLAB_PG_PTLOCK, memory_order_release);
 }
 static inline int ptlab_ptl_alive(const struct ptdesc *d)
 {

@@ -33,9 +33,9 @@
 //    taken like GFP_NOWAIT with a fallback when there is none:
 //    tlb_remove_table_one for tables, flush-and-reuse for data pages.
 //  - Tables go before data pages, and never before the flush that follows
-//    their unlink: each table records the flush generation it needs
-//    (tlb_gen in the ptdesc), and GatherStats.freedBeforeFlush counts any
-//    that went early.
+//    their unlink: the gather records the flush generation each table was
+//    unlinked at, and GatherStats.freedBeforeFlush counts any that went
+//    early.
 //  - An IPI is not a flush. TLBModel keeps a flush generation (caches
 //    dropped) apart from an IPI generation (IRQs-off walkers waited out);
 //    tlb_remove_table_sync_one is an IPI alone. Whether a flush sends IPIs
@@ -80,6 +80,13 @@ public final class MMUGather {
     /// The open table batch (mmu_table_batch), or nil.
     @exclusivity(unchecked) var tableBatch: TableBatch?
     @exclusivity(unchecked) var finished = false
+    /// The flush generation the open batch's newest tables were unlinked
+    /// at, and how many were. Generations never fall along a batch, so the
+    /// tables no flush has passed yet are this run at its end: the gather
+    /// keeps it here rather than a generation in each table's descriptor,
+    /// a second cache line per table that the kernel's path never touches.
+    @exclusivity(unchecked) var batchRunGeneration: UInt64 = 0
+    @exclusivity(unchecked) var batchRunLength = 0
 
     /// Counters for this gather's life.
     @exclusivity(unchecked) public internal(set) var stats = GatherStats()
@@ -162,8 +169,7 @@ public final class MMUGather {
         freedTables = true
         // Before 6.14 the destructor ran here, at unlink.
         if dtorAtUnlink { PageTables.dtor(table, allocator: mm.allocator) }
-        table.desc.pointee.tlb_gen = mm.tlb.currentGeneration + 1
-        removeTable(table)
+        removeTable(table, unlinkedAt: mm.tlb.currentGeneration)
     }
 
     // MARK: - flushing

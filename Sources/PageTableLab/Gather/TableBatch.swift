@@ -68,17 +68,23 @@ public struct TableBatch {
 }
 
 extension MMUGather {
-    /// tlb_remove_table: offer an unlinked table to the profile's policy,
-    /// and batch it for after the flush unless the policy took it.
+    /// tlb_remove_table: offer a table unlinked at flush generation
+    /// `unlinkedAt` to the profile's policy, and batch it for after the
+    /// flush unless the policy took it.
     @inline(__always)
-    func removeTable(_ table: Page) {
+    func removeTable(_ table: Page, unlinkedAt: UInt64) {
         guard batchesEveryTable || mm.profile.tableFree.removeTable(table, gather: self) == .batch else { return }
         guard PageTables.markDeferred(table) else { return }
         stats.tablesQueued += 1
         if tableBatch == nil && !openTableBatch() {
-            removeTableOne(table)
+            removeTableOne(table, unlinkedAt: unlinkedAt)
             return
         }
+        if unlinkedAt != batchRunGeneration {
+            batchRunGeneration = unlinkedAt
+            batchRunLength = 0
+        }
+        batchRunLength += 1
         if tableBatch!.append(table) { tableFlush() }
     }
 
@@ -88,6 +94,7 @@ extension MMUGather {
     private func openTableBatch() -> Bool {
         guard !mm.profile.failBatchAllocation, let page = try? mm.allocator.alloc(node: .local) else { return false }
         tableBatch = TableBatch(page: page, allocator: mm.allocator)
+        batchRunLength = 0
         return true
     }
 
@@ -101,31 +108,26 @@ extension MMUGather {
     func tableFlush() {
         guard let batch = tableBatch else { return }
         tableInvalidate()
-        checkFlushed(batch)
+        checkFlushed()
         tableBatch = nil
         mm.profile.tableFree.freeBatch(batch, gather: self)
     }
 
     /// Count tables about to be handed to a free path although no flush has
-    /// happened since their unlink: a missing-flush bug made visible. The
-    /// generations a batch's tables need never fall along it (the flush
-    /// generation only grows, and one thread appends), so those not yet
-    /// flushed are a run at its end: after a flush, one look at the last.
-    private func checkFlushed(_ batch: TableBatch) {
-        let now = mm.tlb.currentGeneration
-        var i = batch.count
-        while i > 0 && batch.slots[i - 1].pointee.tlb_gen > now {
-            stats.freedBeforeFlush += 1
-            i -= 1
+    /// happened since their unlink: a missing-flush bug made visible. Only
+    /// the batch's last run (see batchRunGeneration) can be unflushed, and
+    /// it is when the flush generation is still the one it was unlinked at.
+    private func checkFlushed() {
+        if batchRunLength > 0 && batchRunGeneration == mm.tlb.currentGeneration {
+            stats.freedBeforeFlush += batchRunLength
         }
     }
 
     /// tlb_remove_table_one: no page for a batch.
-    private func removeTableOne(_ table: Page) {
+    private func removeTableOne(_ table: Page, unlinkedAt: UInt64) {
         stats.batchFallbacks += 1
-        let unlinkedAt = table.desc.pointee.tlb_gen
         mm.profile.tableFree.freeOne(table, gather: self)
-        if unlinkedAt > mm.tlb.currentGeneration { stats.freedBeforeFlush += 1 }
+        if unlinkedAt == mm.tlb.currentGeneration { stats.freedBeforeFlush += 1 }
     }
 
     /// call_rcu on `page`'s own head, counted in this gather's stats. An

@@ -37,8 +37,7 @@ extension InitMM {
     /// with its attributes, installed in place of the huge PMD, then a
     /// global flush before any PTE changes.
     private func splitLargePage(_ pmd: UnsafeMutablePointer<UInt64>, _ huge: Entry, _ address: UInt64) throws(MMError) {
-        let base = address & ~(Level.pmd.entrySpan - 1)
-        let table = try PageTables.alloc(.pte, base: base, mm: nil, node: .local, allocator: allocator, kernel: true)
+        let table = try PageTables.alloc(.pte, mm: nil, node: .local, allocator: allocator, kernel: true)
         let entries = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
         let flags = huge.rawValue & ~Entry.pfnMask & ~Entry.huge.rawValue
         for i in 0..<512 { ptlab_pte_write(entries + i, (huge.pfn + UInt64(i)) << 12 | flags) }

@@ -44,7 +44,7 @@ extension MM {
                     return mapped
                 }
                 if Entry(rawValue: ptlab_pte_read(pmdSlot)).isHugeLeaf { continue }
-                _ = try populate(pmdSlot, parent: pmdTable, level: .pmd, child: .pte, address: address)
+                _ = try populate(pmdSlot, parent: pmdTable, level: .pmd, child: .pte)
             }
             if let mapped = try mapPTE(pmdSlot: pmdSlot, address: address, vma: vma, store: store, stored: stored) {
                 return mapped
@@ -62,7 +62,7 @@ extension MM {
             let slot = entry(in: table, level: level, address: address)
             var e = Entry(rawValue: ptlab_pte_read(slot))
             if !e.isPresent {
-                e = try populate(slot, parent: table, level: level, child: child, address: address)
+                e = try populate(slot, parent: table, level: level, child: child)
             }
             table = Page(allocator.descriptor(pfn: e.pfn)!)
             level = child
@@ -152,10 +152,8 @@ extension MM {
     }
 
     /// __pte_alloc / __pmd_alloc / __pud_alloc (/ __p4d_alloc).
-    func populate(_ slot: UnsafeMutablePointer<UInt64>, parent: Page, level: Level, child: Level,
-                  address: UInt64) throws(MMError) -> Entry {
-        let base = address & ~(tableSpan(child) - 1)
-        let fresh = try PageTables.alloc(child, base: base, mm: self, node: tableNode, allocator: allocator)
+    func populate(_ slot: UnsafeMutablePointer<UInt64>, parent: Page, level: Level, child: Level) throws(MMError) -> Entry {
+        let fresh = try PageTables.alloc(child, mm: self, node: tableNode, allocator: allocator)
         let installed = Entry(pfn: fresh.pfn, flags: .userTable)
         let won: Bool
         if level == .pmd {

@@ -74,7 +74,7 @@ extension MM {
         }
         let table: Page
         do {
-            table = try PageTables.alloc(.pte, base: address & ~(Self.pmdSize - 1), mm: self, node: tableNode,
+            table = try PageTables.alloc(.pte, mm: self, node: tableNode,
                                          allocator: allocator)
         } catch {
             PageTables.release(folio, allocator: allocator)

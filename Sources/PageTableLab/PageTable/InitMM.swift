@@ -50,11 +50,11 @@ public final class InitMM: @unchecked Sendable {
         layout = .paging(fiveLevel: fiveLevel)
         collapsed = .allocate(capacity: 1)
         ptlab_list_init(collapsed)
-        pgd = try PageTables.alloc(.pgd, base: 0, mm: nil, node: .local, allocator: allocator, kernel: true)
+        pgd = try PageTables.alloc(.pgd, mm: nil, node: .local, allocator: allocator, kernel: true)
         let level: Level = fiveLevel ? .p4d : .pud
         for start in layout.areas {
             do {
-                _ = try populate(slot(pgd, .pgd, start), level: level, base: start & ~(KernelLayout.areaSize - 1))
+                _ = try populate(slot(pgd, .pgd, start), level: level)
             } catch {
                 release()
                 throw error
@@ -120,7 +120,7 @@ public final class InitMM: @unchecked Sendable {
             if Entry(rawValue: ptlab_pte_read(entry)).has(Entry.huge) {
                 throw .mappingExists(address: address & ~(at.entrySpan - 1), length: at.entrySpan)
             }
-            table = try populate(entry, level: below, base: address & ~(below.tableSpan - 1))
+            table = try populate(entry, level: below)
             at = below
         }
         return table
@@ -140,9 +140,9 @@ public final class InitMM: @unchecked Sendable {
         return table
     }
 
-    func populate(_ slot: UnsafeMutablePointer<UInt64>, level: Level, base: UInt64) throws(MMError) -> Page {
+    func populate(_ slot: UnsafeMutablePointer<UInt64>, level: Level) throws(MMError) -> Page {
         if let existing = child(Entry(rawValue: ptlab_pte_read(slot))) { return existing }
-        let table = try PageTables.alloc(level, base: base, mm: nil, node: .local, allocator: allocator, kernel: true)
+        let table = try PageTables.alloc(level, mm: nil, node: .local, allocator: allocator, kernel: true)
         ptlab_pte_write(slot, Entry(pfn: table.pfn, flags: Self.tableFlags).rawValue)
         return table
     }

@@ -124,7 +124,7 @@ public final class MM: @unchecked Sendable {
         } catch {
             throw .outOfMemory(error)
         }
-        PageTables.ctor(pgd, level: .pgd, base: 0, mm: Unmanaged.passUnretained(self).toOpaque(), allocator: allocator)
+        PageTables.ctor(pgd, level: .pgd, mm: Unmanaged.passUnretained(self).toOpaque(), allocator: allocator)
         kernel?.cloneKernelEntries(into: pgd)
     }
 

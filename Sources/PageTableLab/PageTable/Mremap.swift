@@ -145,7 +145,7 @@ extension MM {
     /// The PTE table under PMD entry `slot`, allocated if missing (pte_alloc).
     private func pteTable(at slot: UnsafeMutablePointer<UInt64>, parent: Page, address: UInt64) throws(MMError) -> Page {
         var e = Entry(rawValue: ptlab_pte_read(slot))
-        if !e.isPresent { e = try populate(slot, parent: parent, level: .pmd, child: .pte, address: address) }
+        if !e.isPresent { e = try populate(slot, parent: parent, level: .pmd, child: .pte) }
         return Page(allocator.descriptor(pfn: e.pfn)!)
     }
 
@@ -195,7 +195,7 @@ extension MM {
             let child = childLevel(of: level)!
             let slot = entry(in: table, level: level, address: address)
             var e = Entry(rawValue: ptlab_pte_read(slot))
-            if !e.isPresent { e = try populate(slot, parent: table, level: level, child: child, address: address) }
+            if !e.isPresent { e = try populate(slot, parent: table, level: level, child: child) }
             table = Page(allocator.descriptor(pfn: e.pfn)!)
             level = child
         }

@@ -13,7 +13,7 @@ public enum PageTables {
     /// pagetable_alloc + pagetable_*_ctor: a page that becomes a table,
     /// zeroed unless `zero` is false (GFP_PGTABLE_USER without __GFP_ZERO:
     /// only the bench, whose tables are never linked, asks for that).
-    public static func alloc(_ level: Level, base: UInt64, mm: MM?, node: NodePreference,
+    public static func alloc(_ level: Level, mm: MM?, node: NodePreference,
                       allocator: PageAllocator, kernel: Bool = false, zero: Bool = true) throws(MMError) -> Page {
         let page: Page
         do {
@@ -21,18 +21,17 @@ public enum PageTables {
         } catch {
             throw .outOfMemory(error)
         }
-        ctor(page, level: level, base: base, mm: mm.map { $0.token }, allocator: allocator, kernel: kernel)
+        ctor(page, level: level, mm: mm.map { $0.token }, allocator: allocator, kernel: kernel)
         return page
     }
 
     /// The level constructor: split ptlock for PTE and PMD tables of user
     /// mms (kernel tables use init_mm's page_table_lock), NR_PAGETABLE.
     @inline(__always)
-    static func ctor(_ page: Page, level: Level, base: UInt64, mm: UnsafeMutableRawPointer?,
+    static func ctor(_ page: Page, level: Level, mm: UnsafeMutableRawPointer?,
                      allocator: PageAllocator, kernel: Bool = false) {
         let d = page.desc
         ptlab_page_set_mm(d, mm)
-        d.pointee.index = base
         if !kernel && (level == .pte || level == .pmd) { ptlab_ptl_init(d) }
         ptlab_page_set_level(d, UInt32(level.rawValue))
         ptlab_page_mark_table(d, PTLAB_PG_TABLE | (kernel ? PTLAB_PT_KERNEL : 0))

@@ -170,7 +170,7 @@ extension Bench {
             repeat {
                 for i in count..<count + SteadyClock.every {
                     let address = UInt64(i & steadySlotMask) << 21
-                    let table = try PageTables.alloc(.pte, base: address, mm: mm, node: .local, allocator: allocator, zero: false)
+                    let table = try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator, zero: false)
                     try free(table, address)
                 }
                 count += SteadyClock.every

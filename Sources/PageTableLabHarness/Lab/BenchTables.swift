@@ -34,8 +34,8 @@ extension Bench {
     /// between producer threads.
     @inline(never)
     static func deferTables(_ range: Range<Int>, mm: MM, allocator: PageAllocator) throws {
-        for i in range {
-            let table = try PageTables.alloc(.pte, base: UInt64(i) << 21, mm: mm, node: .local, allocator: allocator, zero: false)
+        for _ in range {
+            let table = try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator, zero: false)
             try mm.pteFreeDefer(table)
         }
     }
@@ -51,7 +51,7 @@ extension Bench {
         do {
             for i in 0..<count {
                 let address = UInt64(i) << 21
-                let table = try PageTables.alloc(.pte, base: address, mm: mm, node: .local, allocator: allocator, zero: false)
+                let table = try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator, zero: false)
                 gather.freeTable(table, level: .pte, address: address)
             }
         } catch {
