@@ -92,40 +92,41 @@ final class MMUGatherTests: XCTestCase {
         }
     }
 
-    /// The checker itself: with the flush left out it must complain.
-    func testMissingFlushIsCounted() throws {
+    /// Ten tables through a gather that leaves its own flush out, with
+    /// `beforeFree(i, mm)` run before the i-th: the gather's stats after
+    /// tlb_finish_mmu.
+    private func statsSkippingTheGathersFlush(beforeFree: (Int, MM) -> Void = { _, _ in }) throws -> GatherStats {
         var profile = MMProfile()
         profile.gatherSkipsFlush = true
-        try withLab { allocator in
+        return try withLab { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             let tables = try makeTables(10, mm: mm)
             let tlb = MMUGather(mm: mm)
-            for (i, t) in tables.enumerated() { tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21) }
+            for (i, t) in tables.enumerated() {
+                beforeFree(i, mm)
+                tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21)
+            }
             tlb.finish()
-            XCTAssertEqual(tlb.stats.freedBeforeFlush, 10)
-            XCTAssertEqual(tlb.stats.tlbFlushes, 0)
             mm.exit()
+            return tlb.stats
         }
+    }
+
+    /// The checker itself: with the flush left out it must complain.
+    func testMissingFlushIsCounted() throws {
+        let stats = try statsSkippingTheGathersFlush()
+        XCTAssertEqual(stats.freedBeforeFlush, 10)
+        XCTAssertEqual(stats.tlbFlushes, 0)
     }
 
     /// A flush from elsewhere (another gather on the mm) in the middle of a
     /// batch covers the tables unlinked before it, not those after: the
     /// checker counts only the run since the last flush.
     func testFlushMidBatchCoversOnlyTheTablesBeforeIt() throws {
-        var profile = MMProfile()
-        profile.gatherSkipsFlush = true
-        try withLab { allocator in
-            let mm = try MM(allocator: allocator, profile: profile)
-            let tables = try makeTables(10, mm: mm)
-            let tlb = MMUGather(mm: mm)
-            for (i, t) in tables.enumerated() {
-                if i == 4 || i == 7 { mm.tlb.flush() }
-                tlb.freeTable(t, level: .pte, address: tib + UInt64(i) << 21)
-            }
-            tlb.finish()
-            XCTAssertEqual(tlb.stats.freedBeforeFlush, 3, "tables 7, 8 and 9 went without a flush after their unlink")
-            mm.exit()
+        let stats = try statsSkippingTheGathersFlush { i, mm in
+            if i == 4 || i == 7 { mm.tlb.flush() }
         }
+        XCTAssertEqual(stats.freedBeforeFlush, 3, "tables 7, 8 and 9 went without a flush after their unlink")
     }
 
     func testImmediateFreesAtUnlink() throws {

@@ -84,7 +84,7 @@ enum ptlab_pt_level {
  * the producer wait on two lines per table where the kernel waits on one,
  * and an RCU callback reading the second line waited for its transfer from
  * the CPU that queued the table. The second holds what only the buddy's
- * list surgery (under zone->lock) and a sampled latency read.
+ * list surgery (under zone->lock) and a sampled latency read touch.
  */
 struct ptdesc {
     union {
@@ -241,8 +241,8 @@ static inline int ptlab_page_test_clear_table(struct ptdesc *d)
  * A deferred free picked for timing: when it was queued, and a flag in the
  * first line that says so. The free tests the flag, not queued_ns, so that
  * only the sampled frees touch the second line (see struct ptdesc). Set by
- * the path queueing the
- * free, which owns the table; ptlab_page_retire clears it with the rest.
+ * the path queueing the free, which owns the table; ptlab_page_retire
+ * clears it with the rest.
  */
 static inline void ptlab_page_mark_timed(struct ptdesc *d, uint64_t queued_ns)
 {

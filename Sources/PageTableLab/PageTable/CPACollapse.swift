@@ -21,7 +21,7 @@ extension InitMM {
                 let pmd = slot(pmdTable, .pmd, at)
                 let e = Entry(rawValue: ptlab_pte_read(pmd))
                 guard e.isPresent else { throw .notMapped(address: at) }
-                if e.has(Entry.huge) { try splitLargePage(pmd, e, at) }
+                if e.has(Entry.huge) { try splitLargePage(pmd, e) }
                 let pte = slot(child(Entry(rawValue: ptlab_pte_read(pmd)))!, .pte, at)
                 let old = ptlab_pte_read(pte)
                 ptlab_pte_write(pte, readOnly ? old & ~Entry.writable.rawValue : old | Entry.writable.rawValue)
@@ -36,7 +36,7 @@ extension InitMM {
     /// __split_large_page: a PTE table holding the huge page's 512 pieces
     /// with its attributes, installed in place of the huge PMD, then a
     /// global flush before any PTE changes.
-    private func splitLargePage(_ pmd: UnsafeMutablePointer<UInt64>, _ huge: Entry, _ address: UInt64) throws(MMError) {
+    private func splitLargePage(_ pmd: UnsafeMutablePointer<UInt64>, _ huge: Entry) throws(MMError) {
         let table = try PageTables.alloc(.pte, mm: nil, node: .local, allocator: allocator, kernel: true)
         let entries = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
         let flags = huge.rawValue & ~Entry.pfnMask & ~Entry.huge.rawValue
