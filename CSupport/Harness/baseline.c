@@ -244,8 +244,10 @@ struct ptlab_baseline_steady ptlab_baseline_steady_call_rcu(double warmup_second
  * once it passes PCP_HIGH (free_pcppages_bulk). A table is constructed when
  * allocated (pagetable_pte_ctor: ptlock_init, PG_table, NR_PAGETABLE) and
  * destroyed by its batch's callback (pagetable_dtor), which then frees it
- * (put_page_testzero, onto the list) and, last, the batch page itself.
- * Nothing on the freeing path allocates.
+ * (put_page_testzero, onto the list) and, last, the batch page itself. A
+ * batch the bound sends inline is freed by the producer onto its own list,
+ * as the kernel frees on the CPU it runs on (and the lab's inline free
+ * does). Nothing on the freeing path allocates.
  */
 #define PCP_BATCH 64
 #define PCP_HIGH (8 * PCP_BATCH)
@@ -276,7 +278,7 @@ struct ptlab_baseline_page_pool {
     uint64_t pages;
     struct c_page *memmap;
     char *arena;
-    /* The freeing side's per-CPU list: callbacks, and inline frees. */
+    /* The freeing side's per-CPU list: the callbacks' (inline frees go to the producer's own). */
     _Alignas(64) ptlab_spinlock_t free_lock;
     struct c_pcp free_pcp;
     /* Pages given back, by callbacks and inline frees; frees refused
@@ -424,23 +426,29 @@ static void c_pte_dtor(struct c_pcp *pcp, struct c_page *page)
  * (ptlab_baseline_steady_c_gather claims it), ended by rcu_barrier. */
 static struct ptlab_baseline_page_pool *_Atomic c_gather_pool;
 
-/* tlb_remove_table_rcu: pagetable_dtor_free for each table, then the
- * batch page, all under the freeing side's pcp->lock. */
+/* __tlb_remove_table_free: pagetable_dtor_free for each table, then the
+ * batch page, onto @pcp's list. */
+static void c_gather_free_batch(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp, struct c_table_batch *b)
+{
+    unsigned nr = b->nr;
+    for (unsigned i = 0; i < nr; i++) {
+        struct c_page *table = c_virt_to_page(pool, b->tables[i]);
+        c_pte_dtor(pcp, table);
+        c_free_page(pool, pcp, table);
+    }
+    c_free_page(pool, pcp, c_virt_to_page(pool, b));
+    atomic_fetch_add_explicit(&pool->freed, nr + 1, memory_order_relaxed);
+}
+
+/* tlb_remove_table_rcu: the batch freed on liburcu's worker, onto the
+ * freeing side's list under its pcp->lock. */
 static void c_gather_batch_free(struct rcu_head *head)
 {
     ptlab_tsan_acquire(head);
     struct ptlab_baseline_page_pool *pool = atomic_load_explicit(&c_gather_pool, memory_order_relaxed);
-    struct c_table_batch *b = caa_container_of(head, struct c_table_batch, head);
-    unsigned nr = b->nr;
     ptlab_spin_lock(&pool->free_lock);
-    for (unsigned i = 0; i < nr; i++) {
-        struct c_page *table = c_virt_to_page(pool, b->tables[i]);
-        c_pte_dtor(&pool->free_pcp, table);
-        c_free_page(pool, &pool->free_pcp, table);
-    }
-    c_free_page(pool, &pool->free_pcp, c_virt_to_page(pool, b));
+    c_gather_free_batch(pool, &pool->free_pcp, caa_container_of(head, struct c_table_batch, head));
     ptlab_spin_unlock(&pool->free_lock);
-    atomic_fetch_add_explicit(&pool->freed, nr + 1, memory_order_relaxed);
 }
 
 struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baseline_page_pool *pool,
@@ -487,8 +495,11 @@ struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baselin
                 - (atomic_load_explicit(&pool->freed, memory_order_relaxed) - freed_before);
             handed_pages += C_MAX_TABLE_BATCH + 1;
             if (outstanding + C_MAX_TABLE_BATCH + 1 > bound_pages) {
+                /* Freed where it was built, onto this CPU's own list,
+                 * as the lab's inline free (and the kernel's, run on the
+                 * CPU that unlinked the tables) goes. */
                 urcu_memb_synchronize_rcu();
-                c_gather_batch_free(&batch->head);
+                c_gather_free_batch(pool, &pcp, batch);
                 out.inline_frees++;
             } else {
                 ptlab_tsan_release(&batch->head);
