@@ -27,6 +27,20 @@ final class BenchSteadyTests: XCTestCase {
         }
     }
 
+    /// A bound under one batch page's worth sends every full batch inline,
+    /// whatever the worker's pace: each is freed by the producer onto its
+    /// own list (as the lab's inline free goes), and the books still close.
+    func testKernelShapedCGatherUnderABoundSmallerThanABatchFreesEveryBatchInline() throws {
+        let window = Bench.SteadyWindow(warmupSeconds: 0.005, seconds: 0.02, boundTables: 500)
+        let pool = try CPagePool(pages: window.boundTables + CPagePool.slackPages)
+        let r = try pool.steadyGather(window)
+        XCTAssertEqual(r.failed, 0)
+        XCTAssertGreaterThan(r.handed, 509)
+        XCTAssertEqual(r.inline_frees, r.handed / 509, "every full batch freed inline, the open one by call_rcu")
+        XCTAssertEqual(r.freed, r.allocated, "every page taken was given back")
+        XCTAssertEqual(pool.freePages, pool.pages, "the free list is full again")
+    }
+
     /// A pool too small for the bound (and the producer's open batch and
     /// per-CPU list) is refused before it could run dry.
     func testKernelShapedCGatherRefusesAPoolSmallerThanItsBound() throws {
@@ -54,5 +68,19 @@ final class BenchSteadyTests: XCTestCase {
             XCTAssertGreaterThan(gathered.objects, 0)
         }
         XCTAssertEqual(DeferredBound.bytes, before)
+    }
+
+    /// The Swift gather under a bound smaller than one batch: every full
+    /// batch waits a grace period and is freed inline, whatever the
+    /// worker's pace, and every table still comes back.
+    func testSwiftGatherUnderABoundSmallerThanABatchFreesEveryBatchInline() throws {
+        let window = Bench.SteadyWindow(warmupSeconds: 0.005, seconds: 0.02, boundTables: 500)
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            defer { _ = mm.exit() }
+            let r = try Bench.steadyGatherTablesPerSec(window, mm: mm, allocator: allocator)
+            XCTAssertGreaterThan(r.handed, 509)
+            XCTAssertGreaterThanOrEqual(r.inlineFrees, r.handed / 509, "every full batch freed inline")
+        }
     }
 }
