@@ -93,12 +93,20 @@ public final class TLBModel: Sendable {
 
     private func waitForHardwareWalks(before target: UInt64) {
         for cpu in cpus.withLock({ $0 }) where !cpu.isCurrentThread {
-            while true {
-                let walking = cpu.hardwareWalkSince.load(ordering: .acquiring)
-                if walking == 0 || walking >= target || !cpu.online.load(ordering: .acquiring) { break }
+            while Self.flush(to: target, waitsForWalkSince: cpu.hardwareWalkSince.load(ordering: .acquiring))
+                    && cpu.online.load(ordering: .acquiring) {
                 sched_yield()
             }
         }
+    }
+
+    /// Whether the flush that made generation `target` must wait for a
+    /// hardware walk announced as `walking` (the generation it saw + 1, or
+    /// 0): it must unless the walk saw `target` itself, since a walk that
+    /// saw an older generation may have read the entry the flush's caller
+    /// cleared before it.
+    static func flush(to target: UInt64, waitsForWalkSince walking: UInt64) -> Bool {
+        walking != 0 && walking <= target
     }
 }
 
