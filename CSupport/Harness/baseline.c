@@ -428,7 +428,7 @@ static struct ptlab_baseline_page_pool *_Atomic c_gather_pool;
 
 /* __tlb_remove_table_free: pagetable_dtor_free for each table, then the
  * batch page, onto @pcp's list. */
-static void c_gather_free_batch(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp, struct c_table_batch *b)
+static void c_tlb_remove_table_free(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp, struct c_table_batch *b)
 {
     unsigned nr = b->nr;
     for (unsigned i = 0; i < nr; i++) {
@@ -447,7 +447,7 @@ static void c_gather_batch_free(struct rcu_head *head)
     ptlab_tsan_acquire(head);
     struct ptlab_baseline_page_pool *pool = atomic_load_explicit(&c_gather_pool, memory_order_relaxed);
     ptlab_spin_lock(&pool->free_lock);
-    c_gather_free_batch(pool, &pool->free_pcp, caa_container_of(head, struct c_table_batch, head));
+    c_tlb_remove_table_free(pool, &pool->free_pcp, caa_container_of(head, struct c_table_batch, head));
     ptlab_spin_unlock(&pool->free_lock);
 }
 
@@ -499,7 +499,7 @@ struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baselin
                  * as the lab's inline free (and the kernel's, run on the
                  * CPU that unlinked the tables) goes. */
                 urcu_memb_synchronize_rcu();
-                c_gather_free_batch(pool, &pcp, batch);
+                c_tlb_remove_table_free(pool, &pcp, batch);
                 out.inline_frees++;
             } else {
                 ptlab_tsan_release(&batch->head);

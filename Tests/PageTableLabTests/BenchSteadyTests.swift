@@ -8,6 +8,9 @@ final class BenchSteadyTests: XCTestCase {
     /// Two gather batches: past the worker's pace, a producer must wait a
     /// grace period and free inline.
     private let window = Bench.SteadyWindow(warmupSeconds: 0.005, seconds: 0.02, boundTables: 1020)
+    /// Under one batch page's worth: every full batch goes inline, whatever
+    /// the worker's pace.
+    private let windowUnderOneBatch = Bench.SteadyWindow(warmupSeconds: 0.005, seconds: 0.02, boundTables: 500)
 
     /// The kernel-shaped C gather takes every table and batch page from its
     /// pool's free list and gives every one back: the counts agree and the
@@ -28,12 +31,11 @@ final class BenchSteadyTests: XCTestCase {
     }
 
     /// A bound under one batch page's worth sends every full batch inline,
-    /// whatever the worker's pace: each is freed by the producer onto its
-    /// own list (as the lab's inline free goes), and the books still close.
+    /// whatever the worker's pace (the path that frees onto the producer's
+    /// own list, as the lab's inline free does), and the books still close.
     func testKernelShapedCGatherUnderABoundSmallerThanABatchFreesEveryBatchInline() throws {
-        let window = Bench.SteadyWindow(warmupSeconds: 0.005, seconds: 0.02, boundTables: 500)
-        let pool = try CPagePool(pages: window.boundTables + CPagePool.slackPages)
-        let r = try pool.steadyGather(window)
+        let pool = try CPagePool(pages: windowUnderOneBatch.boundTables + CPagePool.slackPages)
+        let r = try pool.steadyGather(windowUnderOneBatch)
         XCTAssertEqual(r.failed, 0)
         XCTAssertGreaterThan(r.handed, 509)
         XCTAssertEqual(r.inline_frees, r.handed / 509, "every full batch freed inline, the open one by call_rcu")
@@ -74,11 +76,10 @@ final class BenchSteadyTests: XCTestCase {
     /// batch waits a grace period and is freed inline, whatever the
     /// worker's pace, and every table still comes back.
     func testSwiftGatherUnderABoundSmallerThanABatchFreesEveryBatchInline() throws {
-        let window = Bench.SteadyWindow(warmupSeconds: 0.005, seconds: 0.02, boundTables: 500)
         try withLab { allocator in
             let mm = try MM(allocator: allocator)
             defer { _ = mm.exit() }
-            let r = try Bench.steadyGatherTablesPerSec(window, mm: mm, allocator: allocator)
+            let r = try Bench.steadyGatherTablesPerSec(windowUnderOneBatch, mm: mm, allocator: allocator)
             XCTAssertGreaterThan(r.handed, 509)
             XCTAssertGreaterThanOrEqual(r.inlineFrees, r.handed / 509, "every full batch freed inline")
         }
