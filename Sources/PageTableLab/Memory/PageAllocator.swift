@@ -24,6 +24,18 @@
 // 64 back to the buddy lists when it reaches its high mark (512) and
 // everything at thread exit.
 //
+// Where it differs from the kernel, on purpose. Which frames move between
+// a pcp list and the buddy lists: a refill takes one whole 64-page block
+// when one is free (the kernel's rmqueue_bulk takes pages smallest order
+// first, so leftover fragments go out before a block is split), and a
+// drain gives back the newest pages, as a whole block where they form one
+// (the kernel's free_pcppages_bulk gives back the oldest). The counts are
+// the kernel's; the frames are not, and nothing the lab compares with the
+// kernel sees frames. The kernel's order costs the steady gather half its
+// rate here, each refill unlinking and splitting page by page under the
+// lock (BENCHMARKS.md, "Round by round"). The pcp geometry is also the
+// pre-6.7 fixed one: no PCP auto-tuning of batch and high.
+//
 // The rules:
 //  - One memmap per process, as in the kernel: a second PageAllocator
 //    cannot be loaded. RCU callbacks reach the loaded one through
