@@ -31,9 +31,9 @@
 // drain gives back the newest pages, as a whole block where they form one
 // (the kernel's free_pcppages_bulk gives back the oldest). The counts are
 // the kernel's; the frames are not, and nothing the lab compares with the
-// kernel sees frames. The kernel's order costs the steady gather half its
-// rate here, each refill unlinking and splitting page by page under the
-// lock (BENCHMARKS.md, "Round by round"). The pcp geometry is also the
+// kernel sees frames. The kernel's order costs the steady gather a third
+// to a half of its rate here, each refill unlinking and splitting page by
+// page under the lock (BENCHMARKS.md, "Round by round"). The pcp geometry is also the
 // pre-6.7 fixed one: no PCP auto-tuning of batch and high.
 //
 // The rules:
