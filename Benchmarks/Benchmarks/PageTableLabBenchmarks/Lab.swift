@@ -16,6 +16,9 @@ final class Lab: @unchecked Sendable {
     let walkMM: MM
     /// Where deferred tables and the gather's munmaps come from.
     let deferMM: MM
+    /// Its gathers free table batches after the flush, with no grace
+    /// period (MMProfile.tableFree = .noRCU).
+    let noRCUMM: MM
 
     private init() throws {
         var parameters = PageAllocator.Parameters()
@@ -23,6 +26,9 @@ final class Lab: @unchecked Sendable {
         allocator = try PageAllocator(parameters: parameters)
         walkMM = try MM(allocator: allocator)
         deferMM = try MM(allocator: allocator)
+        var noRCU = MMProfile()
+        noRCU.tableFree = .noRCU
+        noRCUMM = try MM(allocator: allocator, profile: noRCU)
         try RCU.withRegisteredThread {
             try walkMM.mmap(address: Self.walkBase, length: UInt64(Self.walkTables) << 21)
             try walkMM.touch(address: Self.walkBase, length: UInt64(Self.walkTables) << 21, stride: 64 << 10)

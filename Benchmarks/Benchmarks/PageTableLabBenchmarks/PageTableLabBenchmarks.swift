@@ -2,8 +2,9 @@ import Benchmark
 import PageTableLab
 
 /// The hot paths of the lab, one benchmark each: a read section, a GUP-fast
-/// walk, an order-0 alloc+free, the pte_free_defer call path, and the unmap
-/// path through the mmu_gather. `ptlab bench` holds these paths against raw
+/// walk, an order-0 alloc+free, the gather's table path without a grace
+/// period, the pte_free_defer call path, and the unmap path through the
+/// mmu_gather. `ptlab bench` holds these paths against raw
 /// C; this suite tracks them over time (and counts mallocs: the freeing
 /// paths must not allocate).
 let benchmarks: @Sendable () -> Void = {
@@ -31,6 +32,21 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("PageAllocator order-0 alloc+free") { benchmark in
         let allocator = Lab.shared.allocator
         for _ in benchmark.scaledIterations { try allocator.free(allocator.alloc()) }
+    }
+
+    // The table path ptlab bench sustains against the kernel-shaped C, with
+    // the grace period taken out (the no-RCU policy frees each batch after
+    // its flush, on this thread): what the model's own per-table work costs,
+    // allocation, constructor, gather, destructor and free, away from
+    // liburcu's worker and the bound.
+    Benchmark("mmu_gather table path, no grace period") { benchmark in
+        let lab = Lab.shared
+        let gather = MMUGather(mm: lab.noRCUMM)
+        defer { gather.finish() }
+        for i in benchmark.scaledIterations {
+            let table = try PageTables.alloc(.pte, mm: lab.noRCUMM, node: .local, allocator: lab.allocator, zero: false)
+            gather.freeTable(table, level: .pte, address: Lab.gatherBase + UInt64(i & 1023) << 21)
+        }
     }
 
     Benchmark("pte_free_defer x16384 + rcu_barrier", configuration: .init(scalingFactor: .one)) { benchmark in
