@@ -113,6 +113,8 @@ public final class PageAllocator: @unchecked Sendable {
     let memmap: UnsafeMutablePointer<ptdesc>
     let chunkBases: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     let nodes: [NodeArena]
+    /// One node: numa_node_id() and a PFN's node need no lookup.
+    let singleNode: Bool
     /// Each node's free area and lock, indexed like `nodes`.
     let zones: UnsafeMutablePointer<ptlab_zone>
     /// Node id → index into `nodes` (and the per-thread cache slots).
@@ -183,6 +185,7 @@ public final class PageAllocator: @unchecked Sendable {
             arenas.append(NodeArena(id: node.id, index: index, pfnBase: UInt32(index * pagesPerNode)))
         }
         nodes = arenas
+        singleNode = arenas.count == 1
         // Line-aligned, so that one node's lock never shares a line with another's.
         zones = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<ptlab_zone>.stride * arenas.count, alignment: 64)
             .bindMemory(to: ptlab_zone.self, capacity: arenas.count)
@@ -254,7 +257,7 @@ public final class PageAllocator: @unchecked Sendable {
     /// The node a frame belongs to, from its PFN alone: each node's frames
     /// are one range of `pagesPerNode`.
     @inline(__always)
-    func nodeIndex(ofPFN pfn: UInt32) -> Int { nodes.count == 1 ? 0 : Int(pfn) / pagesPerNode }
+    func nodeIndex(ofPFN pfn: UInt32) -> Int { singleNode ? 0 : Int(pfn) / pagesPerNode }
 
     func nodeIndex(ofID id: Int) throws(PageAllocError) -> Int {
         guard id >= 0, id < nodeIndexByID.count, nodeIndexByID[id] >= 0 else {
@@ -266,12 +269,27 @@ public final class PageAllocator: @unchecked Sendable {
     // MARK: - allocation
 
     /// Allocate 2^order naturally aligned pages. `zero` is __GFP_ZERO.
+    ///
+    /// A local order-0 page on a one-node machine, from this thread's
+    /// cache, is inlined into the caller: it is most of what allocating a
+    /// page table costs, and the general path's frame (typed errors, the
+    /// zonelist fallback) would be paid by every table.
+    @inline(__always)
     public func alloc(order: Int = 0, node: NodePreference = .local, zero: Bool = false) throws(PageAllocError) -> Page {
+        if order == 0, singleNode, case .local = node, let d = allocCached(0) {
+            ptlab_pcp_count_numa_hit(ptlab_this_pcp(), 0)
+            return finishAlloc(d, order: 0, zero: zero)
+        }
+        return try allocGeneral(order: order, node: node, zero: zero)
+    }
+
+    @inline(never)
+    private func allocGeneral(order: Int, node: NodePreference, zero: Bool) throws(PageAllocError) -> Page {
         guard order >= 0, order <= maxOrder else { throw .orderTooLarge(order: order, max: maxOrder) }
         let preferredID: Int
         let preferred: Int
         switch node {
-        case .local where nodes.count == 1:
+        case .local where singleNode:
             // numa_node_id() on a one-node machine, without asking the CPU.
             preferredID = nodes[0].id
             preferred = 0
@@ -312,10 +330,16 @@ public final class PageAllocator: @unchecked Sendable {
     /// out of line.
     @inline(__always)
     private func allocFrom(_ index: Int, order: Int) -> UnsafeMutablePointer<ptdesc>? {
+        guard order == 0, let d = allocCached(index) else { return allocFromSlow(thisPCP(), index, order: order) }
+        return d
+    }
+
+    /// An order-0 page of node `index` from this thread's cache; nil when
+    /// it is empty.
+    @inline(__always)
+    private func allocCached(_ index: Int) -> UnsafeMutablePointer<ptdesc>? {
         let pcp = thisPCP()
-        guard order == 0, case let cached = ptlab_pcp_pop(pcp, Int32(index)), cached != 0 else {
-            return allocFromSlow(pcp, index, order: order)
-        }
+        guard case let cached = ptlab_pcp_pop(pcp, Int32(index)), cached != 0 else { return nil }
         return takeCached(pcp, index, pfn: cached - 1)
     }
 
