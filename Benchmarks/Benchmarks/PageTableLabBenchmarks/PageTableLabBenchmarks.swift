@@ -4,9 +4,9 @@ import PageTableLab
 /// The hot paths of the lab, one benchmark each: a read section, a GUP-fast
 /// walk, an order-0 alloc+free, the gather's table path without a grace
 /// period, the pte_free_defer call path, and the unmap path through the
-/// mmu_gather. `ptlab bench` holds these paths against raw
-/// C; this suite tracks them over time (and counts mallocs: the freeing
-/// paths must not allocate).
+/// mmu_gather. `ptlab bench` holds these paths against raw C; this suite
+/// tracks them over time (and counts mallocs: the freeing paths must not
+/// allocate).
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
         metrics: [.wallClock, .cpuTotal, .throughput, .mallocCountTotal],

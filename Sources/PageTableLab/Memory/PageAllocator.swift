@@ -33,8 +33,8 @@
 // the kernel's; the frames are not, and nothing the lab compares with the
 // kernel sees frames. The kernel's order costs the steady gather a third
 // to a half of its rate here, each refill unlinking and splitting page by
-// page under the lock (BENCHMARKS.md, "Round by round"). The pcp geometry is also the
-// pre-6.7 fixed one: no PCP auto-tuning of batch and high.
+// page under the lock (BENCHMARKS.md, "Round by round"). The pcp geometry
+// is also the pre-6.7 fixed one: no PCP auto-tuning of batch and high.
 //
 // The rules:
 //  - One memmap per process, as in the kernel: a second PageAllocator
