@@ -35,8 +35,10 @@ struct BenchCommand: ParsableCommand {
             + free, and the mmu_gather table path beside C written in the kernel's \
             shape (struct page lists, ctor and dtor, 509 tables per call_rcu'd batch \
             page); then a churn trace replayed on the live kernel and on the model. \
-            Targets: both steady ratios >= 1.0x; the gather >= 25 M tables/s. \
-            --steady-only runs just these steady rates, in seconds.
+            Targets: both steady ratios >= 1.0x; the gather >= 25 M tables/s. The \
+            table also prints both steady ratios round by round: the C gather is \
+            usually fastest in its first round, while its free list is still in \
+            address order. --steady-only runs just these steady rates, in seconds.
 
             Build with -c release: a debug build's numbers mean nothing.
             """)
@@ -116,6 +118,7 @@ struct BenchCommand: ParsableCommand {
             ("trace_replay_ratio", r.traceReplayRatio.map { fmt($0, 2) } ?? "-", "kernel time / model time"),
         ]
         printColumns(rows.map { [$0.0, $0.1, $0.2] }, rightAligned: [1])
+        printSteadyRounds(r.samples)
         printTargets(r.targets)
         let parameters = ModuleParameters.table.map { "\($0.name)=\(r.parameters[$0.name] ?? "?")" }
         print("\nparameters: \(parameters.joined(separator: " "))")
@@ -127,8 +130,20 @@ struct BenchCommand: ParsableCommand {
         let rows = steadyRows(defer: r.steadyDeferTablesPerSec, callRCUC: r.steadyCallRCUPerSecC, gather: r.steadyGatherTablesPerSec,
                               cGather: r.steadyCGatherTablesPerSec)
         printColumns(rows.map { [$0.0, $0.1, $0.2] }, rightAligned: [1])
+        printSteadyRounds(r.samples)
         printTargets(r.targets)
         printVerdict(r.targets)
+    }
+
+    /// The steady ratios round by round, beside the medians the targets
+    /// take: the kernel-shaped C's rounds can differ by more than the
+    /// median shows (see Bench.steadyRoundRatios).
+    private func printSteadyRounds(_ samples: [String: [Double]]) {
+        let byRound = Bench.steadyRoundRatios(samples)
+        print("\nsteady ratios, round by round (each target takes their median):")
+        printColumns(["steady_gather_ratio", "steady_defer_ratio"].map { key in
+            [key, (byRound[key] ?? []).map { fmt($0, 2) }.joined(separator: " ")]
+        }, rightAligned: [])
     }
 
     private func steadyRows(defer deferred: Double, callRCUC: Double, gather: Double, cGather: Double) -> [(String, String, String)] {

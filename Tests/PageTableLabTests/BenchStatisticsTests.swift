@@ -13,6 +13,25 @@ final class BenchStatisticsTests: XCTestCase {
         XCTAssertEqual(Bench.median(swift) / Bench.median(c), 0.5, "the unpaired ratio this replaces")
     }
 
+    /// The steady ratios round by round, in the order the rounds ran, and
+    /// the reported ratios their medians: a C that is fastest in its first
+    /// round shows there, not in the median.
+    func testSteadyRatiosRoundByRound() {
+        let samples: [String: [Double]] = [
+            "steady_gather_tables_per_sec": [30, 30, 30],
+            "steady_c_gather_tables_per_sec": [50, 40, 30],
+            "steady_defer_tables_per_sec": [8, 6, 9],
+            "steady_call_rcu_per_sec_c": [4, 4, 3],
+        ]
+        let byRound = Bench.steadyRoundRatios(samples)
+        XCTAssertEqual(byRound["steady_gather_ratio"], [0.6, 0.75, 1.0])
+        XCTAssertEqual(byRound["steady_defer_ratio"], [2.0, 1.5, 3.0])
+        let ratios = Bench.steadyRatios(samples)
+        XCTAssertEqual(ratios.gather, 0.75)
+        XCTAssertEqual(ratios.defer, 2.0)
+        XCTAssertEqual(Bench.steadyRoundRatios([:])["steady_gather_ratio"], [], "a side missing: no rounds, no crash")
+    }
+
     func testMedianOfEvenAndOddCounts() {
         XCTAssertEqual(Bench.median([3, 1, 2]), 2)
         XCTAssertEqual(Bench.median([4, 1, 3, 2]), 2.5)

@@ -252,7 +252,12 @@ public enum Bench {
     /// time); a ratio of the two medians can pair a fast round's C with a
     /// slow round's Swift.
     static func pairedRatio(_ numerator: [Double], _ denominator: [Double]) -> Double {
-        median(zip(numerator, denominator).map { $0 / $1 })
+        median(roundRatios(numerator, denominator))
+    }
+
+    /// Round i's numerator over round i's denominator, in round order.
+    static func roundRatios(_ numerator: [Double], _ denominator: [Double]) -> [Double] {
+        zip(numerator, denominator).map { $0 / $1 }
     }
 
     static func median(_ values: [Double]) -> Double {

@@ -70,8 +70,24 @@ extension Bench {
     /// Each steady Swift path over the C run it is held against, median of
     /// per-round ratios.
     static func steadyRatios(_ samples: [String: [Double]]) -> (gather: Double, defer: Double) {
-        (pairedRatio(samples["steady_gather_tables_per_sec"]!, samples["steady_c_gather_tables_per_sec"]!),
-         pairedRatio(samples["steady_defer_tables_per_sec"]!, samples["steady_call_rcu_per_sec_c"]!))
+        let byRound = steadyRoundRatios(samples)
+        return (median(byRound["steady_gather_ratio"]!), median(byRound["steady_defer_ratio"]!))
+    }
+
+    /// The steady ratios round by round, in the order the rounds ran, keyed
+    /// like the ratios they are the median of (empty where `samples` lacks
+    /// a side). Worth reading beside the median: the kernel-shaped C's free
+    /// list loses its address order from one round to the next, so its
+    /// first round is its fastest and the rounds differ by more than the
+    /// median shows (BENCHMARKS.md, "Round by round").
+    public static func steadyRoundRatios(_ samples: [String: [Double]]) -> [String: [Double]] {
+        let pairs = [("steady_gather_ratio", "steady_gather_tables_per_sec", "steady_c_gather_tables_per_sec"),
+                     ("steady_defer_ratio", "steady_defer_tables_per_sec", "steady_call_rcu_per_sec_c")]
+        var out: [String: [Double]] = [:]
+        for (key, swift, c) in pairs {
+            out[key] = roundRatios(samples[swift] ?? [], samples[c] ?? [])
+        }
+        return out
     }
 
     static func steadyTargets(_ samples: [String: [Double]]) -> [BenchReport.Target] {
