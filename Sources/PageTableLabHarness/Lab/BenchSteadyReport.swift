@@ -77,9 +77,9 @@ extension Bench {
     /// The steady ratios round by round, in the order the rounds ran, keyed
     /// like the ratios they are the median of (empty where `samples` lacks
     /// a side). Worth reading beside the median: the kernel-shaped C's free
-    /// list loses its address order from one round to the next, so its
-    /// first round is its fastest and the rounds differ by more than the
-    /// median shows (BENCHMARKS.md, "Round by round").
+    /// list loses its address order from one round to the next, so it is
+    /// usually fastest in its first round, and the rounds differ by more
+    /// than the median shows (BENCHMARKS.md, "Round by round").
     public static func steadyRoundRatios(_ samples: [String: [Double]]) -> [String: [Double]] {
         let pairs = [("steady_gather_ratio", "steady_gather_tables_per_sec", "steady_c_gather_tables_per_sec"),
                      ("steady_defer_ratio", "steady_defer_tables_per_sec", "steady_call_rcu_per_sec_c")]
