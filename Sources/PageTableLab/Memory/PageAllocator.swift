@@ -277,8 +277,7 @@ public final class PageAllocator: @unchecked Sendable {
     @inline(__always)
     public func alloc(order: Int = 0, node: NodePreference = .local, zero: Bool = false) throws(PageAllocError) -> Page {
         if order == 0, singleNode, case .local = node, let d = allocCached(0) {
-            ptlab_pcp_count_numa_hit(ptlab_this_pcp(), 0)
-            return finishAlloc(d, order: 0, zero: zero)
+            return finishHit(d, node: 0, order: 0, zero: zero)
         }
         return try allocGeneral(order: order, node: node, zero: zero)
     }
@@ -301,10 +300,7 @@ public final class PageAllocator: @unchecked Sendable {
             preferred = try nodeIndex(ofID: id)
         }
         if let d = allocFrom(preferred, order: order) {
-            // Per-thread, like the kernel's per-cpu NUMA_HIT: a shared atomic
-            // here cost more than the rest of the fast path together.
-            ptlab_pcp_count_numa_hit(ptlab_this_pcp(), Int32(preferred))
-            return finishAlloc(d, order: order, zero: zero)
+            return finishHit(d, node: preferred, order: order, zero: zero)
         }
         for otherID in topology.fallbackOrder(from: preferredID) {
             let other = try nodeIndex(ofID: otherID)
@@ -315,6 +311,15 @@ public final class PageAllocator: @unchecked Sendable {
             }
         }
         throw .outOfMemory(order: order, node: preferredID)
+    }
+
+    /// A page from the node asked for: NUMA_HIT, counted per thread like
+    /// the kernel's per-cpu event (a shared atomic here cost more than the
+    /// rest of the fast path together), then handed out.
+    @inline(__always)
+    private func finishHit(_ d: UnsafeMutablePointer<ptdesc>, node index: Int, order: Int, zero: Bool) -> Page {
+        ptlab_pcp_count_numa_hit(ptlab_this_pcp(), Int32(index))
+        return finishAlloc(d, order: order, zero: zero)
     }
 
     @inline(__always)
