@@ -422,6 +422,36 @@ static void c_pte_dtor(struct c_pcp *pcp, struct c_page *page)
     pcp->nr_pagetable--;
 }
 
+/* Stands for the mm the tables belong to: only its address is kept. */
+static char c_gather_mm;
+
+/* pte_alloc, then pte_free_tlb onto the open batch: a table from @pcp,
+ * constructed, its address into *@batch (a page from @pcp opened first when
+ * there is none), every page taken counted in *@allocated. Returns 1 when
+ * the batch is now full (the caller hands it on and clears *@batch), 0 when
+ * not, -1 when the pool ran dry. Forced inline: with two callers GCC keeps
+ * it out of line, and the steady loop would pay a call per table that the
+ * kernel's (and its own, before this was shared) does not. */
+static inline __attribute__((always_inline)) int c_gather_table(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp,
+                                                                 struct c_table_batch **batch, uint64_t *allocated)
+{
+    if (!*batch) {
+        struct c_page *page = c_alloc_page(pool, pcp);
+        if (!page)
+            return -1;
+        (*allocated)++;
+        *batch = (struct c_table_batch *)c_page_address(pool, page);
+        (*batch)->nr = 0;
+    }
+    struct c_page *table = c_alloc_page(pool, pcp);
+    if (!table)
+        return -1;
+    (*allocated)++;
+    c_pte_ctor(pcp, table, &c_gather_mm);
+    (*batch)->tables[(*batch)->nr++] = c_page_address(pool, table);
+    return (*batch)->nr == C_MAX_TABLE_BATCH;
+}
+
 /* The pool a batch's callback gives its pages back to: one run at a time
  * (ptlab_baseline_steady_c_gather claims it), ended by rcu_barrier. */
 static struct ptlab_baseline_page_pool *_Atomic c_gather_pool;
@@ -451,6 +481,21 @@ static void c_gather_batch_free(struct rcu_head *head)
     ptlab_spin_unlock(&pool->free_lock);
 }
 
+/* The end of a run: @pcp's pages and the freeing side's back to the zone,
+ * and the books checked. Non-zero when they do not close: a table
+ * constructed and destroyed a different number of times, or a refused free
+ * since @bad_before. */
+static int c_gather_close(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp, uint64_t bad_before)
+{
+    c_free_pcppages_bulk(pool, pcp, pcp->count);
+    ptlab_spin_lock(&pool->free_lock);
+    c_free_pcppages_bulk(pool, &pool->free_pcp, pool->free_pcp.count);
+    int64_t nr_pagetable = pcp->nr_pagetable + pool->free_pcp.nr_pagetable;
+    pool->free_pcp.nr_pagetable = 0;
+    ptlab_spin_unlock(&pool->free_lock);
+    return nr_pagetable != 0 || atomic_load_explicit(&pool->bad_frees, memory_order_relaxed) != bad_before;
+}
+
 struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baseline_page_pool *pool,
                                                             double warmup_seconds, double seconds,
                                                             uint64_t bound_pages)
@@ -467,28 +512,15 @@ struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baselin
     uint64_t handed_pages = 0;
     uint64_t freed_before = atomic_load_explicit(&pool->freed, memory_order_relaxed);
     uint64_t bad_before = atomic_load_explicit(&pool->bad_frees, memory_order_relaxed);
-    /* Stands for the mm the tables belong to: only its address is kept. */
-    static char mm;
     ptlab_rcu_register();
     steady_clock_start(&clock, warmup_seconds, seconds);
     for (uint64_t count = 0;;) {
         unsigned i;
         for (i = 0; i < STEADY_CLOCK_EVERY; i++) {
-            if (!batch) {
-                struct c_page *page = c_alloc_page(pool, &pcp);
-                if (!page)
-                    break;
-                out.allocated++;
-                batch = (struct c_table_batch *)c_page_address(pool, page);
-                batch->nr = 0;
-            }
-            struct c_page *table = c_alloc_page(pool, &pcp);
-            if (!table)
+            int full = c_gather_table(pool, &pcp, &batch, &out.allocated);
+            if (full < 0)
                 break;
-            out.allocated++;
-            c_pte_ctor(&pcp, table, &mm);
-            batch->tables[batch->nr++] = c_page_address(pool, table);
-            if (batch->nr < C_MAX_TABLE_BATCH)
+            if (!full)
                 continue;
             /* One look per batch: one load per 509 tables. */
             uint64_t outstanding = handed_pages
@@ -525,18 +557,55 @@ struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baselin
         urcu_memb_call_rcu(&batch->head, c_gather_batch_free);
     }
     urcu_memb_barrier();
-    /* Both per-CPU lists back to the zone, and the books checked: every
-     * table destroyed as often as constructed, no refused free. */
-    c_free_pcppages_bulk(pool, &pcp, pcp.count);
-    ptlab_spin_lock(&pool->free_lock);
-    c_free_pcppages_bulk(pool, &pool->free_pcp, pool->free_pcp.count);
-    int64_t nr_pagetable = pcp.nr_pagetable + pool->free_pcp.nr_pagetable;
-    pool->free_pcp.nr_pagetable = 0;
-    ptlab_spin_unlock(&pool->free_lock);
-    if (nr_pagetable != 0 || atomic_load_explicit(&pool->bad_frees, memory_order_relaxed) != bad_before)
+    if (c_gather_close(pool, &pcp, bad_before))
         out.failed = 1;
     out.freed = atomic_load_explicit(&pool->freed, memory_order_relaxed) - freed_before;
     ptlab_rcu_unregister();
+    atomic_store(&c_gather_pool, NULL);
+    return out;
+}
+
+/*
+ * The same table path with the grace period taken out, on one thread for a
+ * fixed count: each full batch freed at once onto the producer's own list,
+ * as the lab's .noRCU policy frees a batch right after its flush. With no
+ * worker, no bound and no other CPU, everything it touches stays hot: what
+ * the kernel's shape itself costs per table, held against the model's own
+ * per-table work (table_path_ns_c). window_objects is @tables, seconds
+ * their time, the last partial batch's free included; inline_frees counts
+ * the batches.
+ */
+struct ptlab_baseline_steady ptlab_baseline_c_table_path(struct ptlab_baseline_page_pool *pool, uint64_t tables)
+{
+    struct ptlab_baseline_steady out = {0};
+    struct ptlab_baseline_page_pool *idle = NULL;
+    if (!atomic_compare_exchange_strong(&c_gather_pool, &idle, pool)) {
+        out.failed = 1;
+        return out;
+    }
+    struct c_pcp pcp = { 0 };
+    struct c_table_batch *batch = NULL;
+    uint64_t freed_before = atomic_load_explicit(&pool->freed, memory_order_relaxed);
+    uint64_t bad_before = atomic_load_explicit(&pool->bad_frees, memory_order_relaxed);
+    double t0 = now_ns();
+    uint64_t i;
+    for (i = 0; i < tables; i++) {
+        int full = c_gather_table(pool, &pcp, &batch, &out.allocated);
+        if (full < 0)
+            break;
+        if (full) {
+            c_tlb_remove_table_free(pool, &pcp, batch);
+            out.inline_frees++;
+            batch = NULL;
+        }
+    }
+    if (batch)
+        c_tlb_remove_table_free(pool, &pcp, batch);
+    out.seconds = (now_ns() - t0) / 1e9;
+    out.window_objects = out.handed = i;
+    if (i < tables || c_gather_close(pool, &pcp, bad_before))
+        out.failed = 1;
+    out.freed = atomic_load_explicit(&pool->freed, memory_order_relaxed) - freed_before;
     atomic_store(&c_gather_pool, NULL);
     return out;
 }

@@ -38,7 +38,15 @@ struct BenchCommand: ParsableCommand {
             Targets: both steady ratios >= 1.0x; the gather >= 25 M tables/s. The \
             table also prints both steady ratios round by round: the C gather is \
             usually fastest in its first round, while its free list is still in \
-            address order. --steady-only runs just these steady rates, in seconds.
+            address order.
+
+            Each steady round ends with the same table path and the same C with the \
+            grace period taken out (each full batch freed at once, on one thread): \
+            table_path_cost_ratio, the model's ns per table over the C's, is what the \
+            model's own bookkeeping costs, steady to a few percent where the steady \
+            ratios swing by a third. No target: it is the number to watch when \
+            changing the table path. --steady-only runs just the steady rounds, in \
+            seconds.
 
             Build with -c release: a debug build's numbers mean nothing.
             """)
@@ -112,7 +120,8 @@ struct BenchCommand: ParsableCommand {
             ("deferred_bound_bytes", String(r.deferredBoundBytes), "the bound (DeferredBound.bytes) during the flood"),
             ("flood_inline_fallbacks", String(r.floodInlineFallbacks), "flood calls that met the bound and freed inline"),
         ] + steadyRows(defer: r.steadyDeferTablesPerSec, callRCUC: r.steadyCallRCUPerSecC, gather: r.steadyGatherTablesPerSec,
-                       cGather: r.steadyCGatherTablesPerSec) + [
+                       cGather: r.steadyCGatherTablesPerSec)
+          + tablePathRows(ns: r.tablePathNs, c: r.tablePathNsC, ratio: r.tablePathCostRatio) + [
             ("trace_replay_model_seconds", fmt(r.traceReplayModelSeconds, 3), "s to replay the churn trace (\(r.traceReplayOps) ops) on the model"),
             ("trace_replay_kernel_seconds", r.traceReplayKernelSeconds.map { fmt($0, 3) } ?? "-", "s for the live kernel to run the same trace"),
             ("trace_replay_ratio", r.traceReplayRatio.map { fmt($0, 2) } ?? "-", "kernel time / model time"),
@@ -129,6 +138,7 @@ struct BenchCommand: ParsableCommand {
         print("ptlab bench --steady-only: \(r.build) build, median of \(r.rounds) round(s), \(fmt(r.steadySeconds, 1)) s windows")
         let rows = steadyRows(defer: r.steadyDeferTablesPerSec, callRCUC: r.steadyCallRCUPerSecC, gather: r.steadyGatherTablesPerSec,
                               cGather: r.steadyCGatherTablesPerSec)
+            + tablePathRows(ns: r.tablePathNs, c: r.tablePathNsC, ratio: r.tablePathCostRatio)
         printColumns(rows.map { [$0.0, $0.1, $0.2] }, rightAligned: [1])
         printSteadyRounds(r.samples)
         printTargets(r.targets)
@@ -140,8 +150,8 @@ struct BenchCommand: ParsableCommand {
     /// median shows (see Bench.steadyRoundRatios).
     private func printSteadyRounds(_ samples: [String: [Double]]) {
         let byRound = Bench.steadyRoundRatios(samples)
-        print("\nsteady ratios, round by round (each target takes their median):")
-        printColumns(["steady_gather_ratio", "steady_defer_ratio"].map { key in
+        print("\nratios, round by round (each reported ratio is their median):")
+        printColumns(["steady_gather_ratio", "steady_defer_ratio", "table_path_cost_ratio"].map { key in
             [key, (byRound[key] ?? []).map { fmt($0, 2) }.joined(separator: " ")]
         }, rightAligned: [])
     }
@@ -152,6 +162,14 @@ struct BenchCommand: ParsableCommand {
             ("steady_call_rcu_per_sec_c", fmt(callRCUC, 0), "C: malloc + call_rcu + free, sustained, per s"),
             ("steady_gather_tables_per_sec", fmt(gather, 0), "PTE table alloc + mmu_gather freeTable, sustained, per s"),
             ("steady_c_gather_tables_per_sec", fmt(cGather, 0), "C in the kernel's shape (struct page lists, ctor/dtor, 509 per call_rcu), per s"),
+        ]
+    }
+
+    private func tablePathRows(ns: Double, c: Double, ratio: Double) -> [(String, String, String)] {
+        [
+            ("table_path_ns", fmt(ns, 1), "ns per PTE table: alloc + mmu_gather freeTable + batch freed at once, no grace period"),
+            ("table_path_ns_c", fmt(c, 1), "ns per table, the same in C in the kernel's shape"),
+            ("table_path_cost_ratio", fmt(ratio, 2), "the model's table path over the C's (what its bookkeeping costs)"),
         ]
     }
 

@@ -22,13 +22,17 @@ final class BenchStatisticsTests: XCTestCase {
             "steady_c_gather_tables_per_sec": [50, 40, 30],
             "steady_defer_tables_per_sec": [8, 6, 9],
             "steady_call_rcu_per_sec_c": [4, 4, 3],
+            "table_path_ns": [20, 18, 24],
+            "table_path_ns_c": [10, 10, 8],
         ]
         let byRound = Bench.steadyRoundRatios(samples)
         XCTAssertEqual(byRound["steady_gather_ratio"], [0.6, 0.75, 1.0])
         XCTAssertEqual(byRound["steady_defer_ratio"], [2.0, 1.5, 3.0])
+        XCTAssertEqual(byRound["table_path_cost_ratio"], [2.0, 1.8, 3.0], "the model's ns over the C's")
         let ratios = Bench.steadyRatios(samples)
         XCTAssertEqual(ratios.gather, 0.75)
         XCTAssertEqual(ratios.defer, 2.0)
+        XCTAssertEqual(ratios.tablePathCost, 2.0)
         XCTAssertEqual(Bench.steadyRoundRatios([:])["steady_gather_ratio"], [], "a side missing: no rounds, no crash")
     }
 

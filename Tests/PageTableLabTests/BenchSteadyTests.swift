@@ -51,6 +51,38 @@ final class BenchSteadyTests: XCTestCase {
         XCTAssertEqual(pool.freePages, pool.pages)
     }
 
+    /// The C table path with no grace period: every full batch freed at
+    /// once, the last partial one at the end, every page back.
+    func testKernelShapedCTablePathFreesEveryTableItTakes() throws {
+        let pool = try CPagePool(pages: 4096)
+        let r = try pool.tablePath(tables: 3000)
+        XCTAssertEqual(r.failed, 0)
+        XCTAssertEqual(r.window_objects, 3000)
+        XCTAssertEqual(r.allocated, 3000 + 6, "a batch page per 509 tables, the last one partial")
+        XCTAssertEqual(r.inline_frees, 5, "each full batch freed at once")
+        XCTAssertEqual(r.freed, r.allocated)
+        XCTAssertEqual(pool.freePages, pool.pages)
+        XCTAssertGreaterThan(try Bench.tablePathNsC(3000, pool: pool), 0)
+        XCTAssertThrowsError(try pool.tablePath(tables: 0))
+    }
+
+    /// The model's table path with no grace period frees every table on
+    /// this thread (withLab checks the allocator is whole and no free
+    /// failed) and queues no callback; an mm whose policy waits for a grace
+    /// period is refused, not measured as if it did not.
+    func testSwiftTablePathFreesEveryTableWithoutAGracePeriod() throws {
+        try withLab { allocator in
+            let mm = try Bench.noGracePeriodMM(allocator: allocator)
+            defer { _ = mm.exit() }
+            let pagesBefore = allocator.totalAllocatedPages
+            XCTAssertGreaterThan(try Bench.tablePathNs(3000, mm: mm, allocator: allocator), 0)
+            XCTAssertEqual(allocator.totalAllocatedPages, pagesBefore, "every table and batch page back, with no barrier")
+            let rcuMM = try MM(allocator: allocator)
+            defer { _ = rcuMM.exit() }
+            XCTAssertThrowsError(try Bench.tablePathNs(3000, mm: rcuMM, allocator: allocator))
+        }
+    }
+
     func testCCallRCUFreesEveryObject() throws {
         let r = try Bench.steadyCallRCUPerSecC(window)
         XCTAssertGreaterThan(r.objects, 0)

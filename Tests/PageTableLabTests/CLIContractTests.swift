@@ -179,6 +179,7 @@ final class CLIContractTests: XCTestCase {
         c.steadySeconds = 0.02
         c.steadyWarmupSeconds = 0.005
         c.steadyBoundTables = 2_048
+        c.tablePathTables = 1_024
         c.traceReplayCycles = 4
         let report = try Bench.run(c)
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(report)) as? [String: Any])
@@ -190,6 +191,7 @@ final class CLIContractTests: XCTestCase {
             "deferred_bound_bytes", "targets", "all_targets_met", "rounds", "build", "parameters",
             "steady_seconds", "steady_bound_bytes", "steady_defer_tables_per_sec", "steady_gather_tables_per_sec",
             "steady_call_rcu_per_sec_c", "steady_c_gather_tables_per_sec", "steady_gather_ratio", "steady_defer_ratio",
+            "table_path_ns", "table_path_ns_c", "table_path_cost_ratio",
             "trace_replay_ops", "trace_replay_model_seconds", "trace_replay_kernel_seconds", "trace_replay_ratio",
         ], "bench --json")
         XCTAssertEqual(object["trace_replay_ops"] as? Int, 12)
@@ -212,16 +214,20 @@ final class CLIContractTests: XCTestCase {
         c.steadySeconds = 0.02
         c.steadyWarmupSeconds = 0.005
         c.steadyBoundTables = 2_048
+        c.tablePathTables = 1_024
         let report = try Bench.runSteady(c)
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(report)) as? [String: Any])
         assertKeys(object, [
             "steady_seconds", "steady_bound_bytes", "steady_defer_tables_per_sec", "steady_gather_tables_per_sec",
             "steady_call_rcu_per_sec_c", "steady_c_gather_tables_per_sec", "steady_gather_ratio", "steady_defer_ratio",
+            "table_path_ns", "table_path_ns_c", "table_path_cost_ratio",
             "targets", "all_targets_met", "rounds", "build", "samples",
         ], "bench --steady-only --json")
         XCTAssertNil(object["rcu_read_ratio"], "only the steady runs")
         let targetKeys = Set(try XCTUnwrap(object["targets"] as? [[String: Any]]).compactMap { $0["key"] as? String })
         XCTAssertEqual(targetKeys, ["steady_defer_ratio", "steady_gather_ratio", "steady_gather_tables_per_sec"])
         XCTAssertGreaterThan(try XCTUnwrap(object["steady_c_gather_tables_per_sec"] as? Double), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(object["table_path_cost_ratio"] as? Double), 0)
+        XCTAssertNil(targetKeys.first { $0.hasPrefix("table_path") }, "the table path's cost is reported, not a target")
     }
 }

@@ -51,6 +51,9 @@ public enum Bench {
         public var steadySeconds = 1.0
         public var steadyWarmupSeconds = 0.2
         public var steadyBoundTables = 1 << 18
+        /// Tables through the table path without a grace period
+        /// (BenchTablePath), on each side, once per steady round.
+        public var tablePathTables = 1 << 21
         /// Cycles of the churn trace (three ops each) behind
         /// trace_replay_ratio, replayed once on each side.
         public var traceReplayCycles = 2_000
@@ -69,7 +72,8 @@ public enum Bench {
               configuration.walkIterations >= 1, configuration.walkTables >= 1, configuration.qiSubmissions >= 1,
               configuration.kernelFreeSeconds > 0, configuration.scalingObjects >= 1, configuration.scalingRounds >= 1,
               configuration.scalingThreads.allSatisfy({ $0 >= 1 }), configuration.steadySeconds > 0,
-              configuration.steadyWarmupSeconds >= 0, configuration.traceReplayCycles >= 1 else {
+              configuration.steadyWarmupSeconds >= 0, configuration.tablePathTables >= 1,
+              configuration.traceReplayCycles >= 1 else {
             throw BenchError.invalidConfiguration("rounds, iterations and objects must be positive (read iterations at least 8)")
         }
         return try withBenchAllocator(configuration, parameters: parameters) { allocator, parameters in
@@ -182,7 +186,8 @@ public enum Bench {
         let flood = try Bench.flood(bound: config.floodBoundBytes, producers: config.floodProducers,
                                     callsPerProducer: config.floodCallsPerProducer, allocator: allocator)
         let steady = SteadyWindow(config)
-        try steadyRounds(steady, rounds: config.rounds, mm: mm, allocator: allocator, into: &samples, progress: progress)
+        try steadyRounds(steady, tablePathTables: config.tablePathTables, rounds: config.rounds, mm: mm, allocator: allocator,
+                         into: &samples, progress: progress)
         progress("trace replay: \(config.traceReplayCycles) churn cycles on the kernel, then the model")
         let replay = try traceReplay(cycles: config.traceReplayCycles)
         let scaling = config.scaling
@@ -228,6 +233,8 @@ public enum Bench {
             steadyDeferTablesPerSec: m["steady_defer_tables_per_sec"]!, steadyGatherTablesPerSec: m["steady_gather_tables_per_sec"]!,
             steadyCallRCUPerSecC: m["steady_call_rcu_per_sec_c"]!, steadyCGatherTablesPerSec: m["steady_c_gather_tables_per_sec"]!,
             steadyGatherRatio: steadyRatios(samples).gather, steadyDeferRatio: steadyRatios(samples).defer,
+            tablePathNs: m["table_path_ns"]!, tablePathNsC: m["table_path_ns_c"]!,
+            tablePathCostRatio: steadyRatios(samples).tablePathCost,
             traceReplayOps: replay.ops, traceReplayModelSeconds: replay.modelSeconds,
             traceReplayKernelSeconds: replay.kernelSeconds, traceReplayRatio: replay.ratio,
             scaling: scaling,

@@ -102,6 +102,13 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var steadyGatherRatio: Double
     /// steady pte_free_defer / steady C call_rcu, median of per-round ratios.
     public var steadyDeferRatio: Double
+    /// ns per table through the gather's table path with no grace period,
+    /// one thread, hot (Bench.tablePathNs); and the kernel-shaped C's.
+    public var tablePathNs: Double
+    public var tablePathNsC: Double
+    /// The model's table path over the C's, median of per-round ratios: what
+    /// the model's per-table work costs, as a multiple of the kernel's shape.
+    public var tablePathCostRatio: Double
     /// The churn trace's ops, replayed once on each side.
     public var traceReplayOps: Int
     public var traceReplayModelSeconds: Double
@@ -160,6 +167,9 @@ public struct BenchReport: Sendable, Codable, Equatable {
         case steadyCGatherTablesPerSec = "steady_c_gather_tables_per_sec"
         case steadyGatherRatio = "steady_gather_ratio"
         case steadyDeferRatio = "steady_defer_ratio"
+        case tablePathNs = "table_path_ns"
+        case tablePathNsC = "table_path_ns_c"
+        case tablePathCostRatio = "table_path_cost_ratio"
         case traceReplayOps = "trace_replay_ops"
         case traceReplayModelSeconds = "trace_replay_model_seconds"
         case traceReplayKernelSeconds = "trace_replay_kernel_seconds"
@@ -208,6 +218,9 @@ public struct BenchReport: Sendable, Codable, Equatable {
         try c.encode(steadyCGatherTablesPerSec, forKey: .steadyCGatherTablesPerSec)
         try c.encode(steadyGatherRatio, forKey: .steadyGatherRatio)
         try c.encode(steadyDeferRatio, forKey: .steadyDeferRatio)
+        try c.encode(tablePathNs, forKey: .tablePathNs)
+        try c.encode(tablePathNsC, forKey: .tablePathNsC)
+        try c.encode(tablePathCostRatio, forKey: .tablePathCostRatio)
         try c.encode(traceReplayOps, forKey: .traceReplayOps)
         try c.encode(traceReplayModelSeconds, forKey: .traceReplayModelSeconds)
         try c.encode(traceReplayKernelSeconds, forKey: .traceReplayKernelSeconds)

@@ -77,7 +77,13 @@ extension Bench {
     /// the IOMMU runs and the bounded flood, so that those run as they did
     /// before these existed: the C pool (a gigabyte at the default bound)
     /// is made and freed here, and the lab's pages are faulted in here.
-    static func steadyRounds(_ window: SteadyWindow, rounds: Int, mm: MM, allocator: PageAllocator,
+    ///
+    /// Then `rounds` rounds of the table path without a grace period
+    /// (BenchTablePath), `tablePathTables` tables on each side, the C's
+    /// through a small pool of its own: run between the steady rounds, or
+    /// through the steady pool, they slowed the steady C gather's later
+    /// rounds by about a tenth (its free list is what they would stir).
+    static func steadyRounds(_ window: SteadyWindow, tablePathTables: Int, rounds: Int, mm: MM, allocator: PageAllocator,
                              into samples: inout [String: [Double]], progress: (String) -> Void) throws {
         progress("steady state: faulting in \(window.boundTables + CPagePool.slackPages) pages on each side")
         let pool = try CPagePool(pages: window.boundTables + CPagePool.slackPages)
@@ -85,6 +91,14 @@ extension Bench {
         for round in 1...rounds {
             progress("steady state \(round)/\(rounds): call_rcu and pte_free_defer, then the table batches")
             try steadyRound(window, pool: pool, mm: mm, allocator: allocator, into: &samples)
+        }
+        let tablePool = try CPagePool(pages: CPagePool.tablePathPages)
+        let noGracePeriod = try noGracePeriodMM(allocator: allocator)
+        defer { _ = noGracePeriod.exit() }
+        for round in 1...rounds {
+            progress("table path \(round)/\(rounds): \(tablePathTables) tables with no grace period on each side")
+            samples["table_path_ns_c", default: []].append(try tablePathNsC(tablePathTables, pool: tablePool))
+            samples["table_path_ns", default: []].append(try tablePathNs(tablePathTables, mm: noGracePeriod, allocator: allocator))
         }
     }
 
@@ -221,6 +235,9 @@ final class CPagePool {
     /// pages), its per-CPU list (64) and the freeing side's (under 512),
     /// which the bound does not count.
     static let slackPages = 2048
+    /// Enough for the table path with no grace period: its per-CPU list
+    /// (under 512), its open batch (510) and a refill (64).
+    static let tablePathPages = 4096
 
     init(pages: Int) throws {
         guard let pool = ptlab_baseline_page_pool_create(UInt64(pages)) else {
@@ -241,9 +258,22 @@ final class CPagePool {
             throw BenchError.invalidConfiguration(
                 "the C page pool (\(pages) pages) must hold the bound (\(window.boundTables)) and \(Self.slackPages) more")
         }
-        let r = ptlab_baseline_steady_c_gather(pool, window.warmupSeconds, window.seconds, UInt64(window.boundTables))
+        return try checked(ptlab_baseline_steady_c_gather(pool, window.warmupSeconds, window.seconds, UInt64(window.boundTables)),
+                           "C gather")
+    }
+
+    /// The same table path for `tables` tables on this thread, every full
+    /// batch freed at once (Bench.tablePathNsC), checked likewise.
+    func tablePath(tables: Int) throws -> ptlab_baseline_steady {
+        guard tables >= 1 else { throw BenchError.invalidConfiguration("the table path needs at least one table") }
+        return try checked(ptlab_baseline_c_table_path(pool, UInt64(tables)), "C table path")
+    }
+
+    /// A run's books: it did not fail, every page it took came back, and
+    /// the free list is full again.
+    private func checked(_ r: ptlab_baseline_steady, _ what: String) throws -> ptlab_baseline_steady {
         guard r.failed == 0, r.allocated == r.freed, freePages == pages else {
-            throw BenchError.baselineLost(what: r.failed != 0 ? "C gather (failed)" : "C gather", handed: Int(r.allocated),
+            throw BenchError.baselineLost(what: r.failed != 0 ? "\(what) (failed)" : what, handed: Int(r.allocated),
                                           freed: Int(r.freed))
         }
         return r

@@ -13,6 +13,9 @@ public struct BenchSteadyReport: Sendable, Codable, Equatable {
     public var steadyCGatherTablesPerSec: Double
     public var steadyGatherRatio: Double
     public var steadyDeferRatio: Double
+    public var tablePathNs: Double
+    public var tablePathNsC: Double
+    public var tablePathCostRatio: Double
     public var targets: [BenchReport.Target]
     public var allTargetsMet: Bool
     public var statistic: String
@@ -29,6 +32,9 @@ public struct BenchSteadyReport: Sendable, Codable, Equatable {
         case steadyCGatherTablesPerSec = "steady_c_gather_tables_per_sec"
         case steadyGatherRatio = "steady_gather_ratio"
         case steadyDeferRatio = "steady_defer_ratio"
+        case tablePathNs = "table_path_ns"
+        case tablePathNsC = "table_path_ns_c"
+        case tablePathCostRatio = "table_path_cost_ratio"
         case targets
         case allTargetsMet = "all_targets_met"
         case statistic, rounds, build, samples
@@ -42,16 +48,17 @@ extension Bench {
         _ configuration: Configuration = Configuration(), parameters: ModuleParameters = ModuleParameters(),
         progress: (String) -> Void = { _ in }
     ) throws -> BenchSteadyReport {
-        guard configuration.rounds >= 1, configuration.steadySeconds > 0, configuration.steadyWarmupSeconds >= 0 else {
-            throw BenchError.invalidConfiguration("rounds and the steady window must be positive")
+        guard configuration.rounds >= 1, configuration.steadySeconds > 0, configuration.steadyWarmupSeconds >= 0,
+              configuration.tablePathTables >= 1 else {
+            throw BenchError.invalidConfiguration("rounds, the steady window and the table path's tables must be positive")
         }
         return try withBenchAllocator(configuration, parameters: parameters) { allocator, _ in
             let mm = try MM(allocator: allocator)
             defer { _ = mm.exit() }
             var samples: [String: [Double]] = [:]
             let window = SteadyWindow(configuration)
-            try steadyRounds(window, rounds: configuration.rounds, mm: mm, allocator: allocator, into: &samples,
-                             progress: progress)
+            try steadyRounds(window, tablePathTables: configuration.tablePathTables, rounds: configuration.rounds, mm: mm,
+                             allocator: allocator, into: &samples, progress: progress)
             let m = samples.mapValues(median)
             let ratios = steadyRatios(samples)
             let targets = steadyTargets(samples)
@@ -62,27 +69,33 @@ extension Bench {
                 steadyCallRCUPerSecC: m["steady_call_rcu_per_sec_c"]!,
                 steadyCGatherTablesPerSec: m["steady_c_gather_tables_per_sec"]!,
                 steadyGatherRatio: ratios.gather, steadyDeferRatio: ratios.defer,
+                tablePathNs: m["table_path_ns"]!, tablePathNsC: m["table_path_ns_c"]!, tablePathCostRatio: ratios.tablePathCost,
                 targets: targets, allTargetsMet: targets.allSatisfy(\.met),
                 statistic: "median", rounds: configuration.rounds, build: buildConfiguration, samples: samples)
         }
     }
 
-    /// Each steady Swift path over the C run it is held against, median of
-    /// per-round ratios.
-    static func steadyRatios(_ samples: [String: [Double]]) -> (gather: Double, defer: Double) {
+    /// Each steady Swift path over the C run it is held against, and the
+    /// table path's cost (the model's ns per table over the C's), each the
+    /// median of per-round ratios.
+    static func steadyRatios(_ samples: [String: [Double]]) -> (gather: Double, defer: Double, tablePathCost: Double) {
         let byRound = steadyRoundRatios(samples)
-        return (median(byRound["steady_gather_ratio"]!), median(byRound["steady_defer_ratio"]!))
+        return (median(byRound["steady_gather_ratio"]!), median(byRound["steady_defer_ratio"]!),
+                median(byRound["table_path_cost_ratio"]!))
     }
 
-    /// The steady ratios round by round, in the order the rounds ran, keyed
-    /// like the ratios they are the median of (empty where `samples` lacks
-    /// a side). Worth reading beside the median: the kernel-shaped C's free
-    /// list loses its address order from one round to the next, so it is
-    /// usually fastest in its first round, and the rounds differ by more
-    /// than the median shows (BENCHMARKS.md, "Round by round").
+    /// The steady rounds' ratios round by round, in the order the rounds
+    /// ran, keyed like the ratios they are the median of (empty where
+    /// `samples` lacks a side). Worth reading beside the median: the
+    /// kernel-shaped C's free list loses its address order from one round
+    /// to the next, so it is usually fastest in its first round, and the
+    /// steady rounds differ by more than the median shows (BENCHMARKS.md,
+    /// "Round by round"); the table path's cost, measured without them,
+    /// should not.
     public static func steadyRoundRatios(_ samples: [String: [Double]]) -> [String: [Double]] {
         let pairs = [("steady_gather_ratio", "steady_gather_tables_per_sec", "steady_c_gather_tables_per_sec"),
-                     ("steady_defer_ratio", "steady_defer_tables_per_sec", "steady_call_rcu_per_sec_c")]
+                     ("steady_defer_ratio", "steady_defer_tables_per_sec", "steady_call_rcu_per_sec_c"),
+                     ("table_path_cost_ratio", "table_path_ns", "table_path_ns_c")]
         var out: [String: [Double]] = [:]
         for (key, swift, c) in pairs {
             out[key] = roundRatios(samples[swift] ?? [], samples[c] ?? [])

@@ -47,6 +47,20 @@ extension Bench {
     static func gatherTablesPerSec(_ count: Int, mm: MM, allocator: PageAllocator) throws -> (perSec: Double, callbacksPerTable: Double) {
         let errorsBefore = Integrity.snapshot().freeErrors
         let t0 = nowNs()
+        let gather = try gatherTables(count, mm: mm, allocator: allocator)
+        try RCU.barrier()
+        let seconds = (nowNs() - t0) / 1e9
+        try checkNoFreeErrors(since: errorsBefore)
+        return (Double(count) / seconds, Double(gather.stats.rcuCallbacks) / Double(count))
+    }
+
+    /// The gather loop both table-path runs share: `count` tables, each
+    /// allocated (unzeroed) for the next 2 MiB slot and handed to one
+    /// gather's freeTable, then tlb_finish_mmu; every table queued. Whatever
+    /// ends it, the gather is finished and, on an error, every callback it
+    /// queued waited for.
+    @inline(__always)
+    static func gatherTables(_ count: Int, mm: MM, allocator: PageAllocator) throws -> MMUGather {
         let gather = MMUGather(mm: mm)
         do {
             for i in 0..<count {
@@ -60,13 +74,10 @@ extension Bench {
             throw error
         }
         gather.finish()
-        try RCU.barrier()
-        let seconds = (nowNs() - t0) / 1e9
-        try checkNoFreeErrors(since: errorsBefore)
         guard gather.stats.tablesQueued == count else {
             throw BenchError.tablesLost(expected: count, queued: gather.stats.tablesQueued)
         }
-        return (Double(count) / seconds, Double(gather.stats.rcuCallbacks) / Double(count))
+        return gather
     }
 
     /// One GUP-fast walk (16 PTEs, the default) over a populated mm, single

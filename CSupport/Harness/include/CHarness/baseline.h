@@ -24,7 +24,10 @@
  *    each table constructed and destroyed (ptlock, PG_table,
  *    NR_PAGETABLE), 509 tables per call_rcu'd batch page, the callback
  *    freeing the tables and then the batch page; deferred pages bounded
- *    (steady_c_gather_tables_per_sec).
+ *    (steady_c_gather_tables_per_sec);
+ *  - ptlab_baseline_c_table_path(): the same table path on one thread for a
+ *    fixed count, each full batch freed at once with no grace period: the
+ *    kernel's shape per table when everything is hot (table_path_ns_c).
  *
  * A steady run warms up for @warmup_seconds, then counts for @seconds what
  * the producer hands to the freeing path. A call that would take what is
@@ -83,6 +86,7 @@ uint64_t ptlab_baseline_page_pool_free_pages(struct ptlab_baseline_page_pool *po
 struct ptlab_baseline_steady ptlab_baseline_steady_c_gather(struct ptlab_baseline_page_pool *pool,
                                                             double warmup_seconds, double seconds,
                                                             uint64_t bound_pages);
+struct ptlab_baseline_steady ptlab_baseline_c_table_path(struct ptlab_baseline_page_pool *pool, uint64_t tables);
 
 #ifdef __cplusplus
 }
