@@ -40,8 +40,9 @@ struct BenchCommand: ParsableCommand {
             usually fastest in its first round, while its free list is still in \
             address order.
 
-            Each steady round ends with the same table path and the same C with the \
-            grace period taken out (each full batch freed at once, on one thread): \
+            After the steady rounds, as many rounds of the same table path and the same \
+            C with the grace period taken out (each full batch freed at once, on one \
+            thread, the C on a pool of its own): \
             table_path_cost_ratio, the model's ns per table over the C's, is what the \
             model's own bookkeeping costs, steady to a few percent where the steady \
             ratios swing by a third. No target: it is the number to watch when \
