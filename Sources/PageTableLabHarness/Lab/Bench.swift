@@ -52,7 +52,8 @@ public enum Bench {
         public var steadyWarmupSeconds = 0.2
         public var steadyBoundTables = 1 << 18
         /// Tables through the table path without a grace period
-        /// (BenchTablePath), on each side, once per steady round.
+        /// (BenchTablePath) on each side, in each of `rounds` rounds run
+        /// after the steady rounds.
         public var tablePathTables = 1 << 21
         /// Cycles of the churn trace (three ops each) behind
         /// trace_replay_ratio, replayed once on each side.
