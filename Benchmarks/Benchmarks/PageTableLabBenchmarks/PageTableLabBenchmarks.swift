@@ -38,7 +38,9 @@ let benchmarks: @Sendable () -> Void = {
     // the grace period taken out (the no-RCU policy frees each batch after
     // its flush, on this thread): what the model's own per-table work costs,
     // allocation, constructor, gather, destructor and free, away from
-    // liburcu's worker and the bound.
+    // liburcu's worker and the bound. `ptlab bench` runs the same loop
+    // beside the C doing the same in the kernel's shape (table_path_ns,
+    // table_path_cost_ratio); here it gets percentiles and a malloc count.
     Benchmark("mmu_gather table path, no grace period") { benchmark in
         let lab = Lab.shared
         let gather = MMUGather(mm: lab.noRCUMM)
