@@ -174,9 +174,9 @@ final class DifferentialTraceTests: XCTestCase {
         }
     }
 
-    /// How many seeds the sweep runs: PTLAB_DIFF_SEEDS changes it; CI keeps
-    /// the default, about 30 ms a seed in a debug build, which keeps the
-    /// whole `swift test --parallel` near a minute on two cores.
+    /// How many seeds the sweep runs: PTLAB_DIFF_SEEDS changes it (CI
+    /// doubles it). The default, about 30 ms a seed in a debug build, keeps
+    /// the whole `swift test --parallel` near a minute on two cores.
     static var seeds: UInt64 { ProcessInfo.processInfo.environment["PTLAB_DIFF_SEEDS"].flatMap(UInt64.init) ?? 2000 }
     /// The sweep is cut into parts, one test each, so that `swift test
     /// --parallel` runs them in processes of their own side by side (VmPTE
