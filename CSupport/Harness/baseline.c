@@ -429,9 +429,9 @@ static char c_gather_mm;
  * constructed, its address into *@batch (a page from @pcp opened first when
  * there is none), every page taken counted in *@allocated. Returns 1 when
  * the batch is now full (the caller hands it on and clears *@batch), 0 when
- * not, -1 when the pool ran dry. Forced inline: with two callers GCC keeps
- * it out of line, and the steady loop would pay a call per table that the
- * kernel's (and its own, before this was shared) does not. */
+ * not, -1 when the pool ran dry. Forced inline: with two callers the
+ * compiler keeps it out of line, and the steady loop would pay a call per
+ * table that the kernel's (and its own, before this was shared) does not. */
 static inline __attribute__((always_inline)) int c_gather_table(struct ptlab_baseline_page_pool *pool, struct c_pcp *pcp,
                                                                  struct c_table_batch **batch, uint64_t *allocated)
 {
@@ -452,8 +452,10 @@ static inline __attribute__((always_inline)) int c_gather_table(struct ptlab_bas
     return (*batch)->nr == C_MAX_TABLE_BATCH;
 }
 
-/* The pool a batch's callback gives its pages back to: one run at a time
- * (ptlab_baseline_steady_c_gather claims it), ended by rcu_barrier. */
+/* The pool a run uses, one run at a time: ptlab_baseline_steady_c_gather
+ * claims it (its callbacks find their pool here) and releases it after its
+ * rcu_barrier; ptlab_baseline_c_table_path, which queues no callback,
+ * claims it for its own run so that the two never share a pool at once. */
 static struct ptlab_baseline_page_pool *_Atomic c_gather_pool;
 
 /* __tlb_remove_table_free: pagetable_dtor_free for each table, then the
@@ -603,7 +605,9 @@ struct ptlab_baseline_steady ptlab_baseline_c_table_path(struct ptlab_baseline_p
         c_tlb_remove_table_free(pool, &pcp, batch);
     out.seconds = (now_ns() - t0) / 1e9;
     out.window_objects = out.handed = i;
-    if (i < tables || c_gather_close(pool, &pcp, bad_before))
+    /* Closed whatever happened: a dry pool's pages still go back. */
+    int books_wrong = c_gather_close(pool, &pcp, bad_before);
+    if (i < tables || books_wrong)
         out.failed = 1;
     out.freed = atomic_load_explicit(&pool->freed, memory_order_relaxed) - freed_before;
     atomic_store(&c_gather_pool, NULL);

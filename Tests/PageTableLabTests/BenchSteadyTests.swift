@@ -66,6 +66,17 @@ final class BenchSteadyTests: XCTestCase {
         XCTAssertThrowsError(try pool.tablePath(tables: 0))
     }
 
+    /// A pool too small for the run: refused as failed, and every page it
+    /// did take is back on the free list, so the pool still works.
+    func testKernelShapedCTablePathThatRunsDryGivesEveryPageBack() throws {
+        let pool = try CPagePool(pages: 100)
+        XCTAssertThrowsError(try pool.tablePath(tables: 1000)) { error in
+            XCTAssertTrue("\(error)".contains("C table path (failed)"), "\(error)")
+        }
+        XCTAssertEqual(pool.freePages, pool.pages, "a dry run's pages still go back")
+        XCTAssertEqual(try pool.tablePath(tables: 10).window_objects, 10)
+    }
+
     /// The model's table path with no grace period frees every table on
     /// this thread (withLab checks the allocator is whole and no free
     /// failed) and queues no callback; an mm whose policy waits for a grace
@@ -79,7 +90,9 @@ final class BenchSteadyTests: XCTestCase {
             XCTAssertEqual(allocator.totalAllocatedPages, pagesBefore, "every table and batch page back, with no barrier")
             let rcuMM = try MM(allocator: allocator)
             defer { _ = rcuMM.exit() }
+            let pagesBeforeRefusal = allocator.totalAllocatedPages
             XCTAssertThrowsError(try Bench.tablePathNs(3000, mm: rcuMM, allocator: allocator))
+            XCTAssertEqual(allocator.totalAllocatedPages, pagesBeforeRefusal, "refused before a table was taken")
         }
     }
 

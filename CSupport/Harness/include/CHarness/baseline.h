@@ -64,7 +64,9 @@ struct ptlab_baseline_steady {
     uint64_t handed;
     uint64_t allocated;
     uint64_t freed;
-    /* Calls that met the bound: a grace period waited, then freed inline. */
+    /* Calls that met the bound: a grace period waited, then freed inline.
+     * For ptlab_baseline_c_table_path, which has no bound, the full
+     * batches, every one freed at once. */
     uint64_t inline_frees;
     /* Non-zero when the run could not go on (another run held the pool, or
      * the pool ran dry) or its books were wrong (a refused free, or tables
