@@ -86,11 +86,14 @@ extension Bench {
     static func steadyRounds(_ window: SteadyWindow, tablePathTables: Int, rounds: Int, mm: MM, allocator: PageAllocator,
                              into samples: inout [String: [Double]], progress: (String) -> Void) throws {
         progress("steady state: faulting in \(window.boundTables + CPagePool.slackPages) pages on each side")
-        let pool = try CPagePool(pages: window.boundTables + CPagePool.slackPages)
-        try faultIn(pages: window.boundTables + CPagePool.slackPages, allocator: allocator)
-        for round in 1...rounds {
-            progress("steady state \(round)/\(rounds): call_rcu and pte_free_defer, then the table batches")
-            try steadyRound(window, pool: pool, mm: mm, allocator: allocator, into: &samples)
+        do {
+            // Freed before the table path: a gigabyte at the default bound.
+            let pool = try CPagePool(pages: window.boundTables + CPagePool.slackPages)
+            try faultIn(pages: window.boundTables + CPagePool.slackPages, allocator: allocator)
+            for round in 1...rounds {
+                progress("steady state \(round)/\(rounds): call_rcu and pte_free_defer, then the table batches")
+                try steadyRound(window, pool: pool, mm: mm, allocator: allocator, into: &samples)
+            }
         }
         let tablePool = try CPagePool(pages: CPagePool.tablePathPages)
         let noGracePeriod = try noGracePeriodMM(allocator: allocator)

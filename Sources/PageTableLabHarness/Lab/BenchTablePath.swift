@@ -9,25 +9,28 @@ import CHarness
 ///
 /// The steady gather holds the same path against the same C, but there
 /// each side's rate also carries its memory stalls, the worker's pace and
-/// how many batches the bound sends inline, and one run's ratio swings by
-/// a third; this one moves by a few percent, so it shows what a change to
-/// the model's table path costs or saves, and how far the model's
-/// bookkeeping (state and generation, flush tracking, counters, latency
-/// sampling) stands from the kernel's shape doing only the kernel's work.
+/// how many batches the bound sends inline: its rounds range over a factor
+/// of two or more, and a run's median moves by a sixth. This one's rounds
+/// stay within a few percent, so it shows what a change to the model's
+/// table path costs or saves, and how far the model's bookkeeping (state
+/// and generation, flush tracking, counters, latency sampling) stands from
+/// the kernel's shape doing only the kernel's work.
 extension Bench {
     /// The model's table path: `count` tables through one gather of `mm`,
-    /// whose policy must free batches with no grace period (see
-    /// noGracePeriodMM); ns per table, tlb_finish_mmu included.
+    /// whose policy must be `.noRCU` (see noGracePeriodMM), so that every
+    /// batch is freed on this thread before the clock stops; ns per table,
+    /// tlb_finish_mmu included.
     @inline(never)
     static func tablePathNs(_ count: Int, mm: MM, allocator: PageAllocator) throws -> Double {
+        guard mm.profile.tableFree is NoRCUTableFree else {
+            throw BenchError.invalidConfiguration(
+                "the table path needs an mm whose table-free policy is no-rcu, not \(mm.profile.tableFree.name)")
+        }
         let errorsBefore = Integrity.snapshot().freeErrors
         let t0 = nowNs()
         let gather = try gatherTables(count, mm: mm, allocator: allocator)
         let ns = (nowNs() - t0) / Double(count)
-        try checkNoFreeErrors(since: errorsBefore)
-        guard gather.stats.rcuCallbacks == 0 else {
-            throw BenchError.invalidConfiguration("the table path's mm queued \(gather.stats.rcuCallbacks) RCU callbacks: its policy must be .noRCU")
-        }
+        try checkGathered(gather, count: count, freeErrorsBefore: errorsBefore)
         return ns
     }
 

@@ -50,15 +50,16 @@ extension Bench {
         let gather = try gatherTables(count, mm: mm, allocator: allocator)
         try RCU.barrier()
         let seconds = (nowNs() - t0) / 1e9
-        try checkNoFreeErrors(since: errorsBefore)
+        try checkGathered(gather, count: count, freeErrorsBefore: errorsBefore)
         return (Double(count) / seconds, Double(gather.stats.rcuCallbacks) / Double(count))
     }
 
     /// The gather loop both table-path runs share: `count` tables, each
     /// allocated (unzeroed) for the next 2 MiB slot and handed to one
-    /// gather's freeTable, then tlb_finish_mmu; every table queued. Whatever
-    /// ends it, the gather is finished and, on an error, every callback it
-    /// queued waited for.
+    /// gather's freeTable, then tlb_finish_mmu. Whatever ends it, the
+    /// gather is finished and, on an error, every callback it queued waited
+    /// for; on success the caller waits for them (or has none) and then
+    /// checks the run with checkGathered.
     @inline(__always)
     static func gatherTables(_ count: Int, mm: MM, allocator: PageAllocator) throws -> MMUGather {
         let gather = MMUGather(mm: mm)
@@ -74,10 +75,16 @@ extension Bench {
             throw error
         }
         gather.finish()
+        return gather
+    }
+
+    /// A gathered run's books, once its frees are done: no free refused
+    /// since `freeErrorsBefore`, and every one of `count` tables queued.
+    static func checkGathered(_ gather: MMUGather, count: Int, freeErrorsBefore: Int) throws {
+        try checkNoFreeErrors(since: freeErrorsBefore)
         guard gather.stats.tablesQueued == count else {
             throw BenchError.tablesLost(expected: count, queued: gather.stats.tablesQueued)
         }
-        return gather
     }
 
     /// One GUP-fast walk (16 PTEs, the default) over a populated mm, single
