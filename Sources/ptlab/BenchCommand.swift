@@ -44,10 +44,10 @@ struct BenchCommand: ParsableCommand {
             C with the grace period taken out (each full batch freed at once, on one \
             thread, the C on a pool of its own): \
             table_path_cost_ratio, the model's ns per table over the C's, is what the \
-            model's own bookkeeping costs, steady to a few percent where the steady \
-            ratios swing by a third. No target: it is the number to watch when \
-            changing the table path. --steady-only runs just the steady rounds, in \
-            seconds.
+            model's own bookkeeping costs. Its rounds stay within a few percent where \
+            the steady gather ratio's range over a factor of two or more. No target: \
+            it is the number to watch when changing the table path. --steady-only \
+            runs just the steady rounds and the table path, in seconds.
 
             Build with -c release: a debug build's numbers mean nothing.
             """)
@@ -61,7 +61,7 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Exit with status 1 if a target is missed.")
     var check = false
 
-    @Flag(help: "Measure only the steady-state freeing rates and their targets.")
+    @Flag(help: "Measure only the steady-state freeing rates, their targets, and the table path with no grace period.")
     var steadyOnly = false
 
     @Option(help: ArgumentHelp(
@@ -146,9 +146,9 @@ struct BenchCommand: ParsableCommand {
         printVerdict(r.targets)
     }
 
-    /// The steady ratios round by round, beside the medians the targets
-    /// take: the kernel-shaped C's rounds can differ by more than the
-    /// median shows (see Bench.steadyRoundRatios).
+    /// The steady ratios and the table path's cost round by round, beside
+    /// the medians reported: the kernel-shaped C's steady rounds can differ
+    /// by more than the median shows (see Bench.steadyRoundRatios).
     private func printSteadyRounds(_ samples: [String: [Double]]) {
         let byRound = Bench.steadyRoundRatios(samples)
         print("\nratios, round by round (each reported ratio is their median):")
