@@ -45,8 +45,8 @@ struct BenchCommand: ParsableCommand {
             thread, the C on a pool of its own): \
             table_path_cost_ratio, the model's ns per table over the C's, is what the \
             model's own bookkeeping costs. Its rounds stay within a few percent where \
-            the steady gather ratio's range over a factor of two or more. No target: \
-            it is the number to watch when changing the table path. --steady-only \
+            the steady gather ratio's rounds range over a factor of two or more. No \
+            target: it is the number to watch when changing the table path. --steady-only \
             runs just the steady rounds and the table path, in seconds.
 
             Build with -c release: a debug build's numbers mean nothing.
