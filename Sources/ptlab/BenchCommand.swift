@@ -152,7 +152,7 @@ struct BenchCommand: ParsableCommand {
     private func printSteadyRounds(_ samples: [String: [Double]]) {
         let byRound = Bench.steadyRoundRatios(samples)
         print("\nratios, round by round (each reported ratio is their median):")
-        printColumns(["steady_gather_ratio", "steady_defer_ratio", "table_path_cost_ratio"].map { key in
+        printColumns(Bench.steadyRoundRatioKeys.map { key in
             [key, (byRound[key] ?? []).map { fmt($0, 2) }.joined(separator: " ")]
         }, rightAligned: [])
     }

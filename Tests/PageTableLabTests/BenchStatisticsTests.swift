@@ -29,6 +29,8 @@ final class BenchStatisticsTests: XCTestCase {
         XCTAssertEqual(byRound["steady_gather_ratio"], [0.6, 0.75, 1.0])
         XCTAssertEqual(byRound["steady_defer_ratio"], [2.0, 1.5, 3.0])
         XCTAssertEqual(byRound["table_path_cost_ratio"], [2.0, 1.8, 3.0], "the model's ns over the C's")
+        XCTAssertEqual(Bench.steadyRoundRatioKeys, ["steady_gather_ratio", "steady_defer_ratio", "table_path_cost_ratio"])
+        XCTAssertEqual(Set(byRound.keys), Set(Bench.steadyRoundRatioKeys), "the keys a report lists are the ones computed")
         let ratios = Bench.steadyRatios(samples)
         XCTAssertEqual(ratios.gather, 0.75)
         XCTAssertEqual(ratios.defer, 2.0)

@@ -203,6 +203,7 @@ public enum Bench {
         let readRatio = ratio("rcu_read_ns_swift", "rcu_read_ns_c")
         let callRatio = ratio("call_rcu_per_sec_swift", "call_rcu_per_sec_c")
         let speedup = m["numa_alloc_onnode_ns"]! / m["page_alloc_free_ns"]!
+        let steadyRatio = steadyRatios(samples)
         let targets: [BenchReport.Target] = [
             .init("rcu_read_ratio", .atMost, 1.15, readRatio, "a Swift read section costs at most 1.15x liburcu's inlined C"),
             .init("call_rcu_ratio", .atLeast, 0.9, callRatio, "Swift RCU.call keeps 0.9x of C call_rcu on the same malloc'd object"),
@@ -233,9 +234,9 @@ public enum Bench {
             steadySeconds: config.steadySeconds, steadyBoundBytes: steady.boundBytes,
             steadyDeferTablesPerSec: m["steady_defer_tables_per_sec"]!, steadyGatherTablesPerSec: m["steady_gather_tables_per_sec"]!,
             steadyCallRCUPerSecC: m["steady_call_rcu_per_sec_c"]!, steadyCGatherTablesPerSec: m["steady_c_gather_tables_per_sec"]!,
-            steadyGatherRatio: steadyRatios(samples).gather, steadyDeferRatio: steadyRatios(samples).defer,
+            steadyGatherRatio: steadyRatio.gather, steadyDeferRatio: steadyRatio.defer,
             tablePathNs: m["table_path_ns"]!, tablePathNsC: m["table_path_ns_c"]!,
-            tablePathCostRatio: steadyRatios(samples).tablePathCost,
+            tablePathCostRatio: steadyRatio.tablePathCost,
             traceReplayOps: replay.ops, traceReplayModelSeconds: replay.modelSeconds,
             traceReplayKernelSeconds: replay.kernelSeconds, traceReplayRatio: replay.ratio,
             scaling: scaling,

@@ -93,15 +93,23 @@ extension Bench {
     /// "Round by round"); the table path's cost, measured without them,
     /// should not.
     public static func steadyRoundRatios(_ samples: [String: [Double]]) -> [String: [Double]] {
-        let pairs = [("steady_gather_ratio", "steady_gather_tables_per_sec", "steady_c_gather_tables_per_sec"),
-                     ("steady_defer_ratio", "steady_defer_tables_per_sec", "steady_call_rcu_per_sec_c"),
-                     ("table_path_cost_ratio", "table_path_ns", "table_path_ns_c")]
         var out: [String: [Double]] = [:]
-        for (key, swift, c) in pairs {
+        for (key, swift, c) in steadyRatioSides {
             out[key] = roundRatios(samples[swift] ?? [], samples[c] ?? [])
         }
         return out
     }
+
+    /// The keys steadyRoundRatios returns, in the order a report lists them.
+    public static var steadyRoundRatioKeys: [String] { steadyRatioSides.map(\.key) }
+
+    /// Each ratio the steady rounds report, and the sample keys of its
+    /// numerator (the model) and denominator (the C).
+    private static let steadyRatioSides: [(key: String, swift: String, c: String)] = [
+        ("steady_gather_ratio", "steady_gather_tables_per_sec", "steady_c_gather_tables_per_sec"),
+        ("steady_defer_ratio", "steady_defer_tables_per_sec", "steady_call_rcu_per_sec_c"),
+        ("table_path_cost_ratio", "table_path_ns", "table_path_ns_c"),
+    ]
 
     static func steadyTargets(_ samples: [String: [Double]]) -> [BenchReport.Target] {
         let ratios = steadyRatios(samples)
