@@ -81,12 +81,14 @@ public final class MMUGather {
     @exclusivity(unchecked) var tableBatch: TableBatch?
     @exclusivity(unchecked) var finished = false
     /// The flush generation the open batch's newest tables were unlinked
-    /// at, and how many were. Generations never fall along a batch, so the
-    /// tables no flush has passed yet are this run at its end: the gather
-    /// keeps it here rather than a generation in each table's descriptor,
-    /// a second cache line per table that the kernel's path never touches.
+    /// at, and the slot where that run of them begins. Generations never
+    /// fall along a batch, so the tables no flush has passed yet are this
+    /// run at its end: the gather keeps it here rather than a generation in
+    /// each table's descriptor, a second cache line per table that the
+    /// kernel's path never touches; and as a start, not a count, so that a
+    /// table of the same run costs a comparison and no store.
     @exclusivity(unchecked) var batchRunGeneration: UInt64 = 0
-    @exclusivity(unchecked) var batchRunLength = 0
+    @exclusivity(unchecked) var batchRunStart = 0
 
     /// Counters for this gather's life.
     @exclusivity(unchecked) public internal(set) var stats = GatherStats()

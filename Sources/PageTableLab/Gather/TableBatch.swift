@@ -82,9 +82,8 @@ extension MMUGather {
         }
         if unlinkedAt != batchRunGeneration {
             batchRunGeneration = unlinkedAt
-            batchRunLength = 0
+            batchRunStart = tableBatch!.count
         }
-        batchRunLength += 1
         if tableBatch!.append(table) { tableFlush() }
     }
 
@@ -94,7 +93,7 @@ extension MMUGather {
     private func openTableBatch() -> Bool {
         guard !mm.profile.failBatchAllocation, let page = try? mm.allocator.alloc(node: .local) else { return false }
         tableBatch = TableBatch(page: page, allocator: mm.allocator)
-        batchRunLength = 0
+        batchRunStart = 0
         return true
     }
 
@@ -108,7 +107,7 @@ extension MMUGather {
     func tableFlush() {
         guard let batch = tableBatch else { return }
         tableInvalidate()
-        checkFlushed()
+        checkFlushed(batch)
         tableBatch = nil
         mm.profile.tableFree.freeBatch(batch, gather: self)
     }
@@ -117,9 +116,10 @@ extension MMUGather {
     /// happened since their unlink: a missing-flush bug made visible. Only
     /// the batch's last run (see batchRunGeneration) can be unflushed, and
     /// it is when the flush generation is still the one it was unlinked at.
-    private func checkFlushed() {
-        if batchRunLength > 0 && batchRunGeneration == mm.tlb.currentGeneration {
-            stats.freedBeforeFlush += batchRunLength
+    private func checkFlushed(_ batch: TableBatch) {
+        let runLength = batch.count - batchRunStart
+        if runLength > 0 && batchRunGeneration == mm.tlb.currentGeneration {
+            stats.freedBeforeFlush += runLength
         }
     }
 

@@ -12,16 +12,17 @@ public enum FreeLatency {
     static let ceiling: UInt64 = 60_000_000_000
     static let histogram = LabMutex(Histogram<UInt64>(highestTrackableValue: ceiling, numberOfSignificantValueDigits: .two))
 
-    /// One deferred free in this many is timed. Timing costs a clock read
-    /// when the free is queued and another, plus this histogram's lock, when
-    /// it happens: per table that was more than the rest of pte_free_now
-    /// (BENCHMARKS.md), and at one in 16 it was still 2 ns of the RCU
-    /// worker's 20 per table. One in 64 still gives a flood of 2^18 tables
-    /// 4,096 samples. The sample is every 64th free each thread queues,
-    /// which has nothing to do with how long a table waits, so the
-    /// distribution is not skewed; and unlike a choice by PFN it samples a
-    /// run that recycles a few table pages.
-    static let sampleEvery: UInt32 = 64
+    /// One deferred free in this many is timed. A sample costs two clock
+    /// reads (one when the free is queued, one when it happens) and this
+    /// histogram's lock: tens of nanoseconds, which must stay a small part
+    /// of a table's free once spread over the frees not sampled
+    /// (BENCHMARKS.md). One in 256 still gives a flood of 2^18 tables 1,024
+    /// samples, and a second of steady freeing some hundred thousand. The
+    /// sample is every 256th free each thread queues, which has nothing to
+    /// do with how long a table waits, so the distribution is not skewed;
+    /// and unlike a choice by PFN it samples a run that recycles a few
+    /// table pages.
+    static let sampleEvery: UInt32 = 256
 
     /// Whether the free the calling thread queues now is timed.
     @inline(__always)

@@ -47,7 +47,7 @@
 //   RetractFreePolicy.swift    how the retract frees its table; the kernel's three ways
 //   KernelPageTableFree.swift  pagetable_free, pagetable_free_kernel and the work; the policies
 //   Work.swift                 a work item with schedule_work and flush_work semantics
-//   FreeLatency.swift          queue-to-free latency of deferred frees, one in 64 per thread
+//   FreeLatency.swift          queue-to-free latency of deferred frees, one in 256 per thread
 
 internal import CSupport
 
