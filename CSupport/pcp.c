@@ -8,6 +8,8 @@
 
 _Thread_local struct ptlab_pcp ptlab_pcp_local;
 void *_Atomic ptlab_loaded_allocator_ptr;
+/* One in 256 (FreeLatency.defaultSampleShift); the parameter sets it. */
+_Atomic uint32_t ptlab_latency_mask = 255;
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ptlab_pcp *registry;

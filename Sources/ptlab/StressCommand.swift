@@ -256,7 +256,7 @@ struct StressCommand: ParsableCommand {
             ("tlb flushes", "\(r.tlbFlushes)"),
             ("VmPTE at the end", "\(r.vmPTEBytes >> 10) kB accounted, \(r.tableBytesHeld >> 10) kB of tables held"),
             ("peak deferred", "\(r.peakDeferredBytes) bytes"),
-            ("free latency", String(format: "p50 %.1f us  p99 %.1f us  max %.1f us", r.freeLatencyUs.p50, r.freeLatencyUs.p99, r.freeLatencyUs.max)),
+            ("free latency", freeLatency(r.freeLatencyUs)),
             ("leaked pages", "\(r.leakedPages)"),
         ] + iommuRows(r)
         for (k, v) in rows { print("  \(k.padding(toLength: 24, withPad: " ", startingAt: 0)) \(v)") }
@@ -267,6 +267,15 @@ struct StressCommand: ParsableCommand {
         var parts = d.fired.map { "\($0.0.rawValue) \($0.1)" }
         if d.poisonSeen > 0 { parts.append("\(d.poisonSeen) read poison") }
         return parts.isEmpty ? "" : "(" + parts.joined(separator: ", ") + ")"
+    }
+
+    /// The percentiles and how many frees they rest on; a run too short to
+    /// time any free says so rather than printing zeros.
+    private func freeLatency(_ l: FreeLatency.Summary) -> String {
+        guard l.count > 0 else {
+            return "none timed (one deferred free in \(FreeLatency.sampleEvery) is; --param free_latency_sample_shift=0 times every one)"
+        }
+        return String(format: "p50 %.1f us  p99 %.1f us  max %.1f us  (%llu frees timed)", l.p50, l.p99, l.max, l.count)
     }
 
     private func iommuRows(_ r: StressResult) -> [(String, String)] {

@@ -74,6 +74,19 @@ final class CLIContractTests: XCTestCase {
         XCTAssertEqual(r.json["pass"] as? Bool, true)
     }
 
+    /// free_latency_sample_shift=0 times every deferred free a stress
+    /// queues: a short run's latency rests on its frees, not on a handful.
+    func testStressTimesEveryFreeAtSampleShiftZero() throws {
+        let r = try run(["stress", "unmap", "--mode", "rcu-table-free", "--duration", "0.3", "--json",
+                         "--param", "free_latency_sample_shift=0"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let latency = try XCTUnwrap(r.json["free_latency_us"] as? [String: Any])
+        let timed = try XCTUnwrap(latency["count"] as? Int), freed = try XCTUnwrap(r.json["tables_freed"] as? Int)
+        XCTAssertGreaterThan(timed, 0)
+        XCTAssertLessThanOrEqual(timed, freed)
+        XCTAssertGreaterThan(timed, freed / 2, "nearly every table of this run is a deferred free")
+    }
+
     /// `race` names its updaters and every walker with its lock context;
     /// --updaters belongs to it alone.
     func testStressJSONNamesUpdatersAndLockContexts() throws {

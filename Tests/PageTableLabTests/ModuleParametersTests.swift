@@ -109,4 +109,14 @@ final class ModuleParametersTests: XCTestCase {
         try ModuleParameters().applyRCU()
         XCTAssertEqual(DeferredBound.bytes, 0)
     }
+
+    func testApplyRCUSetsTheFreeLatencySampling() throws {
+        try ModuleParameters(["free_latency_sample_shift=3"]).applyRCU()
+        XCTAssertEqual(FreeLatency.sampleEvery, 8)
+        try ModuleParameters().applyRCU()
+        XCTAssertEqual(FreeLatency.sampleShift, FreeLatency.defaultSampleShift)
+        XCTAssertThrowsError(try ModuleParameters(["free_latency_sample_shift=17"])) { error in
+            XCTAssertTrue("\(error)".contains("free_latency_sample_shift"), "\(error)")
+        }
+    }
 }

@@ -62,6 +62,25 @@ final class PteFreeDeferTests: XCTestCase {
         }
     }
 
+    /// At shift 0 (free_latency_sample_shift=0) every deferred free is
+    /// timed, and the default comes back when set again.
+    func testFreeLatencyAtShiftZeroTimesEveryFree() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            FreeLatency.sampleShift = 0
+            defer { FreeLatency.sampleShift = FreeLatency.defaultSampleShift }
+            XCTAssertEqual(FreeLatency.sampleEvery, 1)
+            let tables = try (0..<37).map { _ in try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator) }
+            FreeLatency.reset()
+            for t in tables { try mm.pteFreeDefer(t) }
+            try RCU.barrier()
+            XCTAssertEqual(FreeLatency.summary().count, 37)
+            FreeLatency.sampleShift = FreeLatency.defaultSampleShift
+            XCTAssertEqual(FreeLatency.sampleEvery, 256)
+            mm.exit()
+        }
+    }
+
     /// A run that recycles one table page (a one-table stress region) is
     /// sampled too: the choice is by count, not by PFN.
     func testFreeLatencySamplesARecycledTable() throws {

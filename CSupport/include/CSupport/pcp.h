@@ -148,13 +148,24 @@ static inline void ptlab_set_loaded_allocator(void *allocator)
     atomic_store_explicit(&ptlab_loaded_allocator_ptr, allocator, memory_order_release);
 }
 /*
- * Whether this thread's next deferred free is one in @every (a power of two)
- * whose queue-to-free latency is timed. Counted per thread, not chosen by
- * PFN: a run that recycles a handful of table pages must still be sampled.
+ * Whether this thread's next deferred free is one of those whose
+ * queue-to-free latency is timed: one in 2^shift (ptlab_latency_set_shift),
+ * counted per thread, not chosen by PFN, so that a run recycling a handful of
+ * table pages is still sampled. The mask is read relaxed on every queueing
+ * (a plain load on x86) and set between runs.
  */
-static inline int ptlab_latency_sample(uint32_t every)
+extern _Atomic uint32_t ptlab_latency_mask;
+static inline int ptlab_latency_sample(void)
 {
-    return (++ptlab_pcp_local.latency_tick & (every - 1)) == 0;
+    return (++ptlab_pcp_local.latency_tick & atomic_load_explicit(&ptlab_latency_mask, memory_order_relaxed)) == 0;
+}
+static inline void ptlab_latency_set_shift(uint32_t shift)
+{
+    atomic_store_explicit(&ptlab_latency_mask, (1u << shift) - 1, memory_order_relaxed);
+}
+static inline uint32_t ptlab_latency_shift(void)
+{
+    return (uint32_t)__builtin_popcount(atomic_load_explicit(&ptlab_latency_mask, memory_order_relaxed));
 }
 /* Add this thread's cache to the registry once; returns it. */
 struct ptlab_pcp *ptlab_pcp_register(void);

@@ -132,6 +132,9 @@ public struct ModuleParameters: Sendable, Equatable {
                "deferred-free bytes allowed outstanding; over it call() waits a grace period and frees inline (0: unbounded)"),
         .choice("rcu_workers", RCU.Workers.default.rawValue, RCU.Workers.allCases.map(\.rawValue),
                 "call_rcu worker threads: liburcu's one default worker, or one per CPU"),
+        // Reclaim/ (FreeLatency)
+        .int("free_latency_sample_shift", FreeLatency.defaultSampleShift, FreeLatency.sampleShifts,
+             "time one deferred free in 2^shift per thread (free_latency_us); 0 times every free, for a short run's tail, at two clock reads and a lock each"),
         // PageTable/ (THPSettings)
         .choice("thp_enabled", "kernel", ["kernel"] + THPSettings.Enabled.allCases.map(\.rawValue),
                 "the model's /sys/kernel/mm/transparent_hugepage/enabled: kernel reads the running kernel's"),
@@ -246,10 +249,12 @@ extension ModuleParameters {
         return p
     }
 
-    /// Put the RCU parameters into effect for this process (module_init's
-    /// share of them: the allocator's are read when it is loaded).
+    /// Put the RCU parameters, and the sampling of the deferred frees' latency,
+    /// into effect for this process (module_init's share of them: the
+    /// allocator's are read when it is loaded).
     public func applyRCU() throws(ModuleParameterError) {
         DeferredBound.bytes = bytes("deferred_bound_bytes")
+        FreeLatency.sampleShift = int("free_latency_sample_shift")
         guard RCU.useWorkers(rcuWorkers) else {
             throw .notApplied(name: "rcu_workers", reason: "liburcu could not create per-CPU call_rcu workers")
         }
