@@ -273,7 +273,8 @@ struct StressCommand: ParsableCommand {
     /// time any free says so rather than printing zeros.
     private func freeLatency(_ l: FreeLatency.Summary) -> String {
         guard l.count > 0 else {
-            return "none timed (one deferred free in \(FreeLatency.sampleEvery) is; --param free_latency_sample_shift=0 times every one)"
+            guard FreeLatency.sampleShift > 0 else { return "none timed (this run deferred no free)" }
+            return "none timed: one deferred free in \(FreeLatency.sampleEvery) per thread is; --param free_latency_sample_shift=0 times every one"
         }
         return String(format: "p50 %.1f us  p99 %.1f us  max %.1f us  (%llu frees timed)", l.p50, l.p99, l.max, l.count)
     }

@@ -76,7 +76,7 @@ final class PteFreeDeferTests: XCTestCase {
             try RCU.barrier()
             XCTAssertEqual(FreeLatency.summary().count, 37)
             FreeLatency.sampleShift = FreeLatency.defaultSampleShift
-            XCTAssertEqual(FreeLatency.sampleEvery, 256)
+            XCTAssertEqual(FreeLatency.sampleEvery, 1 << FreeLatency.defaultSampleShift)
             mm.exit()
         }
     }

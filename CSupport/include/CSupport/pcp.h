@@ -159,6 +159,7 @@ static inline int ptlab_latency_sample(void)
 {
     return (++ptlab_pcp_local.latency_tick & atomic_load_explicit(&ptlab_latency_mask, memory_order_relaxed)) == 0;
 }
+/* @shift at most 31 (FreeLatency.sampleShifts allows 0...16). */
 static inline void ptlab_latency_set_shift(uint32_t shift)
 {
     atomic_store_explicit(&ptlab_latency_mask, (1u << shift) - 1, memory_order_relaxed);
