@@ -49,11 +49,19 @@ final class VMATests: XCTestCase {
                 XCTAssertEqual($0 as? MMError, .notMapped(address: tib + mib))
             }
             try mm.touch(address: tib, length: 8192)
+            XCTAssertThrowsError(try mm.touch(address: tib, length: UInt64.max)) {
+                XCTAssertEqual($0 as? MMError, .outOfUserRange(address: tib, length: UInt64.max))
+            }
+            // A stride that would carry the next address past 2^64 is one
+            // write, not an overflow trap.
+            let pagesBefore = allocator.totalAllocatedPages
+            try mm.touch(address: tib + 8192, length: mib - 8192, stride: 0xFFFF_FFFF_FFFF_F000)
+            XCTAssertEqual(allocator.totalAllocatedPages - pagesBefore, 1, "one data page, in the PTE table already there")
             // DONTNEED over a hole zaps what is mapped, then reports the hole.
             XCTAssertThrowsError(try mm.madviseDontneed(address: tib, length: 2 * mib)) {
                 XCTAssertEqual($0 as? MMError, .notMapped(address: tib + mib))
             }
-            XCTAssertEqual(mm.lastGather.pagesFreed, 2, "the mapped part was still zapped")
+            XCTAssertEqual(mm.lastGather.pagesFreed, 3, "the mapped part was still zapped")
             mm.exit()
         }
     }

@@ -42,9 +42,15 @@ extension MM {
     public func touch(address: UInt64, length: UInt64, stride: UInt64 = 4096) throws(MMError) {
         guard stride > 0 else { throw .zeroLength(operation: "touch stride") }
         guard !hasExited else { throw .mmGone }
+        guard address < taskSize, length <= taskSize - address else {
+            throw .outOfUserRange(address: address, length: length)
+        }
+        let end = address + length
         var at = address
-        while at < address + length {
+        while at < end {
             try storeByte(1, at: at)
+            // A stride past the end is one write, not an overflow.
+            guard stride < end - at else { break }
             at += stride
         }
     }
