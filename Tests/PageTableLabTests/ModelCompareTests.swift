@@ -28,6 +28,23 @@ final class ModelCompareTests: XCTestCase {
     func testModelMeetsEveryTraceUnderPTReclaim() throws { try assertModelMeetsTraces(.ptReclaim) }
     func testModelMeetsEveryTraceBefore614() throws { try assertModelMeetsTraces(.prePTReclaim) }
 
+    /// A trace the model runs out of memory in stops at that line with an
+    /// error naming the parameter to raise; and the tables its failed touch
+    /// did allocate are counted, so the cleanup brings the model's growth
+    /// back to zero, not below it.
+    func testATraceOutOfMemoryStopsThereAndCleansUpToZero() throws {
+        try withLab(budgetPages: 1024) { _ in
+            let model = try ModelTarget(profile: .ptReclaim, thp: Self.tracesTHP)
+            let trace = try TraceParser.parse("mmap 0x10000000000 64M\ntouch 0x10000000000 64M 4K\nexpect\n", file: "oom.trace")
+            let run = CompareRunner(targets: [model], profile: .ptReclaim).run(trace)
+            let error = try XCTUnwrap(run.error)
+            XCTAssertEqual(error.line, 2)
+            XCTAssertTrue(error.message.contains("out of memory") && error.message.contains("node_budget_pages"), error.message)
+            XCTAssertFalse(error.message.contains("out of memory: out of memory"), error.message)
+            XCTAssertEqual(run.afterCleanup, [0], "the model's growth after cleanup")
+        }
+    }
+
     func testModelMatchesThisKernelSideBySide() throws {
         if let reason = LiveKernel.unavailableReason { throw XCTSkip("no live kernel to compare with: \(reason)") }
         let profile = CompareProfile.runningKernel()

@@ -15,7 +15,8 @@ public enum PageAllocError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .unknownNode(let n, let known): "unknown NUMA node \(n) (nodes: \(known.map(String.init).joined(separator: ",")))"
         case .orderTooLarge(let o, let max): "order \(o) is larger than the largest block, order \(max)"
-        case .outOfMemory(let o, let n): "out of memory: no order-\(o) block on node \(n) or any fallback node"
+        case .outOfMemory(let o, let n):
+            "out of memory: no order-\(o) block on node \(n) or any fallback node (each node's arena holds node_budget_pages)"
         case .pfnOutOfRange(let p, let limit): "PFN \(p) is out of range (memmap holds \(limit) frames)"
         case .doubleFree(let p): "double free of PFN \(p)"
         case .tailPageFree(let p): "PFN \(p) is a tail page of a compound allocation; free its head"

@@ -52,7 +52,7 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
             "mremap of 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) does not lie inside one mapping (EFAULT)"
         case .collapseRefused(let a, let e, let why):
             "MADV_COLLAPSE at 0x\(String(a, radix: 16)) refused (\(e.rawValue)): \(why)"
-        case .outOfMemory(let e): "out of memory: \(e)"
+        case .outOfMemory(let e): if case .outOfMemory = e { "\(e)" } else { "page allocation failed: \(e)" }
         case .mmGone: "the mm has exited"
         case .unshippedProfile(let why): "refused profile: \(why)"
         case .outsideKernelArea(let a, let l, let op):

@@ -243,19 +243,28 @@ private struct Side {
 
     mutating func perform(_ step: TraceStep, file: String) throws(TraceError) {
         if case .expect = step.op { return }
+        var failure: (any Error)?
         do {
             // The live kernel brackets its own syscall more tightly than
             // this could, and each /proc read costs tens of microseconds.
             let measured = target as? any MeasuresThisProcess
             let before = measured == nil ? try target.vmPTEKilobytes() : 0
-            try target.perform(step.op)
-            mappings.apply(step)
+            do { try target.perform(step.op) } catch { failure = error }
+            // Counted whether or not the op failed: one that failed part way
+            // (a touch out of memory) may have allocated tables all the same,
+            // which the cleanup frees, and its growth must end at zero.
             growth += try measured?.lastOpChangeKilobytes ?? target.vmPTEKilobytes() - before
-        } catch let error as NotComparable {
+        } catch {
+            throw TraceError(file: file, line: step.line, message: "\(target.name): \(error)")
+        }
+        switch failure {
+        case nil:
+            mappings.apply(step)
+        case let error as NotComparable:
             // The op ran: keep following the mappings, for the cleanup.
             mappings.apply(step)
             throw TraceError(file: file, line: step.line, message: "\(target.name): \(error.reason)", notComparable: true)
-        } catch {
+        case let error?:
             throw TraceError(file: file, line: step.line, message: "\(target.name): \(error)")
         }
     }

@@ -20,28 +20,35 @@ final class ProcReader {
     enum Failure: Error, CustomStringConvertible {
         case unreadable(path: String, errno: Int32)
         case missing(path: String, key: String)
+        case tooLarge(path: String, capacity: Int)
 
         var description: String {
             switch self {
             case .unreadable(let p, let e): "cannot read \(p): \(String(cString: strerror(e)))"
             case .missing(let p, let key): "\(p) has no \(key) line"
+            case .tooLarge(let p, let capacity): "\(p) is larger than the \(capacity) bytes read for it"
             }
         }
     }
 
-    /// The whole file, in the buffer.
+    /// The whole file, in the buffer. A /proc file has no size to ask for
+    /// first and comes a page or so per read: read to end of file, and
+    /// refuse one that does not fit rather than hand back a prefix of it.
     func read() throws(Failure) -> UnsafeRawBufferPointer {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .unreadable(path: path, errno: errno) }
         defer { close(fd) }
         var used = 0
-        while used < buffer.count {
-            let n = Glibc.read(fd, buffer.baseAddress! + used, buffer.count - used)
+        while true {
+            var spare: UInt8 = 0
+            let n = used < buffer.count ? Glibc.read(fd, buffer.baseAddress! + used, buffer.count - used)
+                                        : Glibc.read(fd, &spare, 1)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw .unreadable(path: path, errno: errno)
             }
             if n == 0 { break }
+            guard used < buffer.count else { throw .tooLarge(path: path, capacity: buffer.count) }
             used += n
         }
         return UnsafeRawBufferPointer(rebasing: buffer[0..<used])

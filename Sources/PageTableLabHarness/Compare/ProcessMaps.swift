@@ -11,13 +11,16 @@ struct ProcessMaps {
 
     let mappings: [Mapping]
 
+    /// Read to end of file: Foundation's file reading takes a short read
+    /// for the end, and /proc hands the file over a page at a time, so it
+    /// saw the first 4 KiB of mappings and never the stack above them.
     static func current() throws(TraceError) -> ProcessMaps {
-        let path = "/proc/self/maps"
+        let reader = ProcReader("/proc/self/maps", capacity: 4 << 20)
         let text: String
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            text = String(decoding: try reader.read(), as: UTF8.self)
         } catch {
-            throw TraceError(file: path, line: 0, message: "cannot read: \(error.localizedDescription)")
+            throw TraceError(file: reader.path, line: 0, message: "\(error)")
         }
         return ProcessMaps(mappings: text.split(separator: "\n").compactMap { line in
             let bounds = line.prefix { $0 != " " }.split(separator: "-")
