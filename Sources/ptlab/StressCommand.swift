@@ -79,7 +79,7 @@ struct StressCommand: ParsableCommand {
     @Option(help: "Seconds to run (an unsafe run under `all` stops at its own detector's first detection, and has at least 60 s for it).")
     var duration: Double = 3
 
-    @Option(help: "Walker threads.")
+    @Option(help: "Walker threads: 1...256 (kernel-free and iommu-faults: 1...64).")
     var walkers: Int = 2
 
     @Option(help: "race only: updater threads (default 2).")
@@ -140,7 +140,48 @@ struct StressCommand: ParsableCommand {
             }
             guard (1...64).contains(updaters) else { throw ValidationError("--updaters must be 1...64") }
         }
-        _ = try plan(flush: module.resolve().tlbFlush)
+        if scenario == "all" && mode != nil {
+            throw ValidationError("--mode does not apply to 'all', which runs every mode of every scenario")
+        }
+        // Every run's options checked before the first starts: under `all`
+        // a limit of the twentieth scenario must not end the run after
+        // nineteen, with their results lost.
+        let params = try module.resolve()
+        for run in try plan(flush: params.tlbFlush) {
+            do throws(StressError) {
+                _ = try Self.runner(options(for: run, params: params))
+            } catch {
+                throw ValidationError("\(run.scenario): \(error)")
+            }
+        }
+    }
+
+    /// The stress options for one planned run.
+    private func options(for run: PlannedRun, params: ModuleParameters) -> StressOptions {
+        var options = StressOptions(scenario: run.scenario, mode: run.mode)
+        options.path = run.path
+        // Under `all` an unsafe run stops at its detector's first
+        // detection; a short --duration sized for the safe runs must
+        // not cut it off before its detector had a fair chance.
+        options.duration = scenario == "all" && !run.safe ? max(duration, Self.unsafeBoundUnderAll) : duration
+        options.walkers = walkers
+        options.updaters = Scenario.named(run.scenario).map { $0.updaters > 1 } == true ? updaters : nil
+        options.tlbFlush = run.tlbFlush
+        options.seed = seed
+        options.iommu = params.iommu
+        options.stopOnDetection = stopOnDetect || (scenario == "all" && !run.safe)
+        options.injectDoubleFree = inject == "double-free"
+        return options
+    }
+
+    /// The run `options` describe, checked: the IOMMU scenarios' own
+    /// runner, or the lab's.
+    private static func runner(_ options: StressOptions) throws(StressError) -> (PageAllocator) throws -> StressResult {
+        switch options.scenario {
+        case "kernel-free": try KernelFreeStress(options).run(allocator:)
+        case "iommu-faults": try KernelFreeStress(options, injectFaults: true).run(allocator:)
+        default: try StressRunner(options).run(allocator:)
+        }
     }
 
     func run() throws {
@@ -149,31 +190,13 @@ struct StressCommand: ParsableCommand {
         let plan = try self.plan(flush: params.tlbFlush)
         var results: [StressResult] = []
         for run in plan {
-            let (scenario, mode, safe) = (run.scenario, run.mode, run.safe)
-            var options = StressOptions(scenario: scenario, mode: mode)
-            options.path = run.path
-            // Under `all` an unsafe run stops at its detector's first
-            // detection; a short --duration sized for the safe runs must
-            // not cut it off before its detector had a fair chance.
-            options.duration = self.scenario == "all" && !safe ? max(duration, Self.unsafeBoundUnderAll) : duration
-            options.walkers = walkers
-            options.updaters = Scenario.named(scenario).map { $0.updaters > 1 } == true ? updaters : nil
-            options.tlbFlush = run.tlbFlush
-            options.seed = seed
-            options.iommu = params.iommu
-            options.stopOnDetection = stopOnDetect || (self.scenario == "all" && !safe)
-            options.injectDoubleFree = inject == "double-free"
-            let progress = ProgressLine("stress \(scenario)\(run.path.map { "(\($0))" } ?? "")/\(mode)\(run.tlbFlush == params.tlbFlush ? "" : " tlb_flush=\(run.tlbFlush.rawValue)")")
+            var options = options(for: run, params: params)
+            let progress = ProgressLine("stress \(run.scenario)\(run.path.map { "(\($0))" } ?? "")/\(run.mode)\(run.tlbFlush == params.tlbFlush ? "" : " tlb_flush=\(run.tlbFlush.rawValue)")")
             options.progress = { p in
                 progress.update(String(format: "%.1f/%.0fs  ops %d  walks %d  uaf %d", p.elapsed, p.duration, p.ops, p.walks, p.uaf))
             }
             let lab = try Lab(parameters: params)
-            var result: StressResult
-            switch scenario {
-            case "kernel-free": result = try KernelFreeStress(options).run(allocator: lab.allocator)
-            case "iommu-faults": result = try KernelFreeStress(options, injectFaults: true).run(allocator: lab.allocator)
-            default: result = try StressRunner(options).run(allocator: lab.allocator)
-            }
+            var result = try Self.runner(options)(lab.allocator)
             let exit = try lab.unload()
             // A run whose bug loses pages leaves them behind by design.
             let leaksByDesign = result.expectedDetector?.losesPages == true && exit.outstandingCallbacks == 0

@@ -133,6 +133,26 @@ final class CLIContractTests: XCTestCase {
         XCTAssertTrue((r.json["verdict"] as? String ?? "").contains("double free"), "\(r.json["verdict"] ?? "")")
     }
 
+    /// Every run's limits are checked before the first starts (exit 64):
+    /// `all` with a walker count kernel-free refuses must not run nineteen
+    /// scenarios and then lose them; and `all` takes no --mode.
+    func testStressAllRefusesBadOptionsBeforeRunningAnything() throws {
+        let walkers = try run(["stress", "all", "--walkers", "100", "--duration", "0.2", "--json"], usageError: true)
+        XCTAssertEqual(walkers.status, 64)
+        XCTAssertTrue(walkers.stderr.contains("kernel-free: --walkers must be 1...64"), walkers.stderr)
+        let mode = try run(["stress", "all", "--mode", "rcu-table-free", "--duration", "0.2"], usageError: true)
+        XCTAssertEqual(mode.status, 64)
+        XCTAssertTrue(mode.stderr.contains("--mode does not apply to 'all'"), mode.stderr)
+    }
+
+    /// A window too short for one op and one walk is no safe verdict.
+    func testARunThatTestedNothingDoesNotPass() throws {
+        let r = try run(["stress", "collapse", "--duration", "1e-9", "--json"])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.json["pass"] as? Bool, false)
+        XCTAssertTrue((r.json["verdict"] as? String ?? "").contains("nothing was tested"), "\(r.json["verdict"] ?? "")")
+    }
+
     func testStressAllJSONIsAListOfRuns() throws {
         let r = try run(["stress", "all", "--duration", "0.2", "--json"])
         let runs = try XCTUnwrap(r.json["runs"] as? [[String: Any]])

@@ -86,6 +86,11 @@ public struct StressResult: Encodable, Sendable, Equatable {
     /// reasons to fail (an invalidation that never completed, say).
     mutating func judge(problems: [String] = []) {
         var reasons: [String] = []
+        // A safe verdict rests on the interleavings the run made: none made
+        // is no verdict (a window too short for one op and one walk).
+        if safe && (ops == 0 || walks == 0) {
+            reasons.append("the run made \(ops) ops and \(walks) walks: nothing was tested; give it a longer --duration")
+        }
         let fired = detections.fired.map { "\($0.0.rawValue) \($0.1)" }.joined(separator: ", ")
         if safe && uafDetected > 0 { reasons.append("safe mode detected \(uafDetected) use-after-free (\(fired))") }
         if let expected = expectedDetector, detections[expected] == 0 {
