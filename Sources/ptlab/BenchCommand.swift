@@ -91,11 +91,31 @@ struct BenchCommand: ParsableCommand {
             if check && !report.allTargetsMet { throw ExitCode(1) }
             return
         }
+        // The directory is made before minutes of measuring, not after, and
+        // the report is printed before the plots are written.
+        if let plot { try Self.makeDirectory(plot) }
         let report = try Bench.run(configuration, parameters: parameters) { progress.update($0) }
         progress.finish()
-        if let plot { try writePlots(report, into: plot) }
         if json { try JSONOutput.print(report) } else { printTable(report) }
+        if let plot { try writePlots(report, into: plot) }
         if check && !report.allTargetsMet { throw ExitCode(1) }
+    }
+
+    /// mkdir -p for --plot, each failure named with its errno.
+    private static func makeDirectory(_ dir: String) throws {
+        var path = dir.hasPrefix("/") ? "" : "."
+        for component in dir.split(separator: "/") {
+            path += "/" + component
+            var st = stat()
+            if stat(path, &st) == 0 {
+                guard st.st_mode & S_IFMT == S_IFDIR else { throw ValidationError("--plot \(dir): \(path) is not a directory") }
+                continue
+            }
+            guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+                throw ValidationError("--plot \(dir): cannot make \(path): \(String(cString: strerror(errno)))")
+            }
+        }
+        guard access(dir, W_OK) == 0 else { throw ValidationError("--plot \(dir): \(String(cString: strerror(errno)))") }
     }
 
     private func printTable(_ r: BenchReport) {
@@ -190,7 +210,6 @@ struct BenchCommand: ParsableCommand {
     }
 
     private func writePlots(_ r: BenchReport, into dir: String) throws {
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let files = [("scaling.svg", r.scaling.flatMap(BenchPlot.scalingSVG)),
                      ("free-latency.svg", BenchPlot.latencySVG(r.deferFreeLatencyUs))]
         for (name, svg) in files {

@@ -145,6 +145,17 @@ final class CLIContractTests: XCTestCase {
         XCTAssertTrue(mode.stderr.contains("--mode does not apply to 'all'"), mode.stderr)
     }
 
+    /// A --plot directory that cannot be made is refused before minutes of
+    /// measuring, by name, not after them with the report lost.
+    func testBenchRefusesAnUnusablePlotDirectoryAtOnce() throws {
+        let file = NSTemporaryDirectory() + "ptlab-plot-\(getpid())"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data()))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let r = try run(["bench", "--rounds", "1", "--json", "--plot", file + "/plots"], usageError: true)
+        XCTAssertEqual(r.status, 64)
+        XCTAssertTrue(r.stderr.contains("--plot \(file)/plots: \(file) is not a directory"), r.stderr)
+    }
+
     /// A window too short for one op and one walk is no safe verdict.
     func testARunThatTestedNothingDoesNotPass() throws {
         let r = try run(["stress", "collapse", "--duration", "1e-9", "--json"])
