@@ -87,6 +87,18 @@ final class ModuleParametersTests: XCTestCase {
         }
     }
 
+    /// Values each in range that the allocator would refuse together are
+    /// refused when parsed, naming both, not when a command loads it.
+    func testTheAllocatorsRuleBetweenItsParametersIsCheckedWhenParsed() throws {
+        for assignments in [["node_budget_pages=1023"], ["chunk_order=18"], ["chunk_order=12", "node_budget_pages=6144"]] {
+            XCTAssertThrowsError(try ModuleParameters(assignments), "\(assignments)") {
+                guard case .inconsistent(let reason)? = $0 as? ModuleParameterError else { return XCTFail("\($0)") }
+                XCTAssertTrue(reason.contains("node_budget_pages") && reason.contains("2^chunk_order"), reason)
+            }
+        }
+        XCTAssertEqual(try ModuleParameters(["chunk_order=12", "node_budget_pages=8192"]).allocator.nodeBudgetPages, 8192)
+    }
+
     func testMalformedAssignmentsAreErrors() {
         for text in ["chunk_order", "=4", ""] {
             XCTAssertThrowsError(try ModuleParameters([text])) {

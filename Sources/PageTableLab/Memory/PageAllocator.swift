@@ -102,6 +102,21 @@ public final class PageAllocator: @unchecked Sendable {
         /// generation, which every free changes.
         public var poison: Bool = false
         public init() {}
+
+        /// The largest `chunkOrder`: the buddy's orders stop there.
+        public static let maxChunkOrder = Int(PTLAB_MAX_ORDER)
+
+        /// The rules between the parameters themselves, which loading an
+        /// allocator applies; a caller taking them from a user can check
+        /// them before anything runs.
+        public func validate() throws(PageAllocError) {
+            guard chunkOrder >= 0, chunkOrder <= Self.maxChunkOrder else {
+                throw .invalidParameter("chunk_order \(chunkOrder) is outside 0...\(Self.maxChunkOrder)")
+            }
+            guard nodeBudgetPages >= 1 << chunkOrder, nodeBudgetPages % (1 << chunkOrder) == 0 else {
+                throw .invalidParameter("node_budget_pages \(nodeBudgetPages) must be a positive multiple of 2^chunk_order (\(1 << chunkOrder))")
+            }
+        }
     }
 
     public let topology: NUMATopology
@@ -145,13 +160,8 @@ public final class PageAllocator: @unchecked Sendable {
     }
 
     public init(parameters: Parameters = Parameters(), topology: NUMATopology = .current) throws(PageAllocError) {
-        guard parameters.chunkOrder >= 0, parameters.chunkOrder <= Int(PTLAB_MAX_ORDER) else {
-            throw .invalidParameter("chunk_order \(parameters.chunkOrder) is outside 0...\(PTLAB_MAX_ORDER)")
-        }
+        try parameters.validate()
         let chunkPages = 1 << parameters.chunkOrder
-        guard parameters.nodeBudgetPages >= chunkPages, parameters.nodeBudgetPages % chunkPages == 0 else {
-            throw .invalidParameter("node_budget_pages \(parameters.nodeBudgetPages) must be a positive multiple of \(chunkPages)")
-        }
         guard topology.nodes.count <= Int(PTLAB_PCP_MAX_NODES) else {
             throw .invalidParameter("\(topology.nodes.count) nodes; at most \(PTLAB_PCP_MAX_NODES) supported")
         }

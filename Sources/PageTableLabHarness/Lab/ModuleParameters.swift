@@ -101,6 +101,8 @@ public enum ModuleParameterError: Error, Equatable, CustomStringConvertible {
     case malformed(String)
     /// The value parsed but could not be put into effect.
     case notApplied(name: String, reason: String)
+    /// Each value is in its range, but together they break a rule.
+    case inconsistent(String)
 
     public var description: String {
         switch self {
@@ -112,6 +114,8 @@ public enum ModuleParameterError: Error, Equatable, CustomStringConvertible {
             "module parameter '\(text)' must be written name=value"
         case .notApplied(let name, let reason):
             "module parameter \(name): \(reason)"
+        case .inconsistent(let reason):
+            "module parameters: \(reason)"
         }
     }
 }
@@ -122,9 +126,9 @@ public struct ModuleParameters: Sendable, Equatable {
     public static let table: [ModuleParameter] = [
         // Memory/ (PageAllocator.Parameters)
         .int("node_budget_pages", PageAllocator.Parameters().nodeBudgetPages, 1...(1 << 28),
-             "pages each node may hand out before allocations fall back to the nearest node"),
-        .int("chunk_order", PageAllocator.Parameters().chunkOrder, 0...18,
-             "log2 pages per numa_alloc_onnode chunk; also the largest allocation order"),
+             "pages each node may hand out before allocations fall back to the nearest node; a multiple of 2^chunk_order"),
+        .int("chunk_order", PageAllocator.Parameters().chunkOrder, 0...PageAllocator.Parameters.maxChunkOrder,
+             "log2 pages per numa_alloc_onnode chunk; also the largest allocation order (a huge PMD needs 9)"),
         .bool("page_poison", PageAllocator.Parameters().poison,
               "fill freed pages with 0x6b so that a stale reader sees poison (the kernel's page_poison=1)"),
         // RCU/
@@ -161,6 +165,9 @@ public struct ModuleParameters: Sendable, Equatable {
     public init(_ assignments: [String]) throws(ModuleParameterError) {
         self.init()
         for assignment in assignments { try set(assignment) }
+        // The allocator's rules between its parameters, here rather than
+        // when a command loads it, after what it ran before.
+        do { try allocator.validate() } catch { throw .inconsistent(error.description) }
     }
 
     public static func parameter(named name: String) -> ModuleParameter? {
