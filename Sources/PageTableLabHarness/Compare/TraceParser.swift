@@ -88,6 +88,16 @@ private struct LineParser {
         TraceError(file: file, line: line, message: message)
     }
 
+    /// A word of the trace as an error quotes it: control bytes escaped,
+    /// so that a binary file cannot drive the user's terminal, and a long
+    /// word cut, so that a megabyte of junk is not echoed back whole.
+    static func quoted(_ word: Substring) -> String {
+        let limit = 40
+        let shown = word.prefix(limit).unicodeScalars.map { $0.properties.generalCategory == .control
+            ? $0.escaped(asASCII: true) : String($0) }.joined()
+        return "'\(shown)'" + (word.count > limit ? "… (\(word.utf8.count) bytes)" : "")
+    }
+
     static let verbs = "mmap, touch, dontneed, munmap, hugepage, collapse, mremap, mprotect or expect"
 
     func op(_ verb: Substring, arguments: [Substring]) throws(TraceError) -> TraceOp {
@@ -97,7 +107,7 @@ private struct LineParser {
             var shared = false
             if words.count == 3 {
                 guard words[2] == "shared" else {
-                    throw error("mmap's third word may only be 'shared', got '\(words[2])'")
+                    throw error("mmap's third word may only be 'shared', got \(Self.quoted(words[2]))")
                 }
                 shared = true
                 words.removeLast()
@@ -128,13 +138,13 @@ private struct LineParser {
             }
             let n = try numbers(Array(arguments.prefix(2)), names: ["ADDR", "LEN"], verb: verb)
             guard let protection = Protection(rawValue: String(arguments[2])) else {
-                throw error("bad PROT '\(arguments[2])' for mprotect: expected none, r or rw")
+                throw error("bad PROT \(Self.quoted(arguments[2])) for mprotect: expected none, r or rw")
             }
             return .mprotect(address: n[0], length: n[1], protection: protection)
         case "expect":
             return .expect(try expectation(arguments))
         default:
-            throw error("unknown op '\(verb)' (expected \(Self.verbs))")
+            throw error("unknown op \(Self.quoted(verb)) (expected \(Self.verbs))")
         }
     }
 
@@ -146,7 +156,7 @@ private struct LineParser {
         var values: [UInt64] = []
         for (word, name) in zip(arguments, names) {
             guard let value = TraceParser.number(word) else {
-                throw error("bad number '\(word)' for \(name): expected decimal or 0x hex, with an optional K, M or G suffix, below 2^64")
+                throw error("bad number \(Self.quoted(word)) for \(name): expected decimal or 0x hex, with an optional K, M or G suffix, below 2^64")
             }
             values.append(value)
         }
@@ -159,12 +169,12 @@ private struct LineParser {
             let parts = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let value = try kilobytes(parts.last!)
             if parts.count == 1 {
-                guard expectation.kilobytes == nil else { throw error("expect takes one plain kB value, got a second: '\(word)'") }
+                guard expectation.kilobytes == nil else { throw error("expect takes one plain kB value, got a second: \(Self.quoted(word))") }
                 expectation.kilobytes = value
             } else {
                 let names = CompareProfile.allCases.map(\.rawValue).joined(separator: ", ")
                 guard let profile = CompareProfile(rawValue: String(parts[0])) else {
-                    throw error("unknown profile '\(parts[0])' in '\(word)' (profiles: \(names))")
+                    throw error("unknown profile \(Self.quoted(parts[0])) in \(Self.quoted(word)) (profiles: \(names))")
                 }
                 guard expectation.perProfile[profile] == nil else { throw error("expect names profile \(profile.rawValue) twice") }
                 expectation.perProfile[profile] = value
@@ -175,7 +185,7 @@ private struct LineParser {
 
     func kilobytes(_ word: Substring) throws(TraceError) -> Int {
         guard !word.isEmpty, word.allSatisfy({ $0.isASCII && $0.isWholeNumber }), let value = Int(word) else {
-            throw error("bad kB value '\(word)' for expect: expected a plain decimal number of kB")
+            throw error("bad kB value \(Self.quoted(word)) for expect: expected a plain decimal number of kB")
         }
         return value
     }
