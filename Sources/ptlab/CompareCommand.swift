@@ -91,8 +91,9 @@ struct CompareCommand: ParsableCommand {
         if invalid { throw ExitCode(2) }
 
         var targets: [any TraceTarget] = []
+        let params: ModuleParameters
         do {
-            let params = try module.resolve()
+            params = try module.resolve()
             try params.applyRCU()
             if !kernelOnly {
                 targets.append(try ModelTarget(profile: profile, parameters: params.allocator, thp: params.thp))
@@ -104,6 +105,10 @@ struct CompareCommand: ParsableCommand {
         }
         if !modelOnly && profile != running {
             warn("note: --profile \(profile.rawValue) is not this kernel's (\(running.rawValue)): expect kernel mismatches after DONTNEED")
+        }
+        if !modelOnly && !kernelOnly && params.thp != .running {
+            let model = params.thp, kernel = THPSettings.running
+            warn("note: the model's THP settings (enabled=\(model.enabled.rawValue), shmem_enabled=\(model.shmemEnabled.rawValue)) are not this kernel's (\(kernel.enabled.rawValue), \(kernel.shmemEnabled.rawValue)): expect huge-PMD mismatches in traces that use THP")
         }
 
         let runner = CompareRunner(targets: targets, profile: profile)

@@ -188,6 +188,18 @@ final class CLIContractTests: XCTestCase {
         XCTAssertTrue(checkpoint["kernel_kb"] is NSNull, "a side that did not run is null, not absent")
     }
 
+    /// Live compare with the model's THP settings other than this kernel's
+    /// says up front why huge PMDs may differ, as --profile does.
+    func testCompareNotesTHPSettingsThatAreNotThisKernels() throws {
+        if let reason = LiveKernel.unavailableReason { throw XCTSkip("no live kernel to compare with: \(reason)") }
+        let trace = try XCTUnwrap(Bundle.module.url(forResource: "reclaim-whole", withExtension: "trace", subdirectory: "Traces"))
+        let other = THPSettings.running.enabled == .never ? "always" : "never"
+        let r = try run(["compare", "--json", "--param", "thp_enabled=\(other)", trace.path])
+        XCTAssertTrue(r.stderr.contains("the model's THP settings (enabled=\(other)"), r.stderr)
+        let same = try run(["compare", "--json", trace.path])
+        XCTAssertFalse(same.stderr.contains("THP settings"), same.stderr)
+    }
+
     /// `compare --time`: per trace ops, model_seconds, kernel_seconds and
     /// ratio (kernel / model); a side that did not run is null.
     func testCompareTimeJSONKeys() throws {
