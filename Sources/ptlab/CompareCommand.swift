@@ -45,7 +45,8 @@ struct CompareCommand: ParsableCommand {
             agree, and equal KB where given; with --model-only or --kernel-only, when every \
             trace ran and met its KB values); 1 when one does not; 3 when none mismatched but \
             some trace was not comparable; 2 when a trace is invalid or a side cannot be \
-            built, before anything runs.
+            built, before anything runs, or when the live kernel's region check refuses a \
+            trace (its 512 GiB regions already hold a mapping of this process).
 
             Example:
               ptlab compare Tests/PageTableLabTests/Traces/*.trace
@@ -120,6 +121,7 @@ struct CompareCommand: ParsableCommand {
         } else {
             print(CompareTable(report: report).text)
         }
+        if report.refused { throw ExitCode(2) }
         if report.onlyNotComparable { throw ExitCode(3) }
         if !report.matches { throw ExitCode(1) }
     }

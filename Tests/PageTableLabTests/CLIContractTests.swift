@@ -200,6 +200,21 @@ final class CLIContractTests: XCTestCase {
         XCTAssertFalse(same.stderr.contains("THP settings"), same.stderr)
     }
 
+    /// A trace in a region this process already maps (its stack and
+    /// libraries lie in the top 512 GiB of the user half) is refused before
+    /// it runs: exit 2, `refused`, and the mapping in the way named.
+    func testCompareRefusesATraceInARegionThisProcessMaps() throws {
+        if let reason = LiveKernel.unavailableReason { throw XCTSkip("no live kernel to compare with: \(reason)") }
+        let trace = NSTemporaryDirectory() + "ptlab-region-\(getpid()).trace"
+        try "mmap 0x7f8000000000 2M\ntouch 0x7f8000000000 2M 4K\nexpect\n".write(toFile: trace, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: trace) }
+        let r = try run(["compare", "--json", trace])
+        XCTAssertEqual(r.status, 2, r.stderr)
+        let report = try XCTUnwrap((r.json["traces"] as? [[String: Any]])?.first)
+        XCTAssertEqual(report["refused"] as? Bool, true)
+        XCTAssertTrue((report["error"] as? String ?? "").contains("already holds a mapping of this process"), "\(report)")
+    }
+
     /// `compare --time`: per trace ops, model_seconds, kernel_seconds and
     /// ratio (kernel / model); a side that did not run is null.
     func testCompareTimeJSONKeys() throws {

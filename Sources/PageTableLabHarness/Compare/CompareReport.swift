@@ -2,7 +2,8 @@ import PageTableLab
 /// What `ptlab compare --json` prints:
 /// `{"traces":[{"file":…,"match":bool,"checkpoints":[{"line":N,"model_kb":X,"kernel_kb":Y}]}]}`.
 /// A side that did not run is `null`, not absent, so a reader can rely on
-/// the keys. Added keys: `profile`; per trace `error`, `after_cleanup`,
+/// the keys. Added keys: `profile`; per trace `error`, `refused` (the
+/// live kernel's region check turned it away before it ran), `after_cleanup`,
 /// `comparable` and `not_comparable` (why not: the live kernel went where
 /// the model cannot follow, e.g. no huge page to be had; such a trace has
 /// no verdict, `match` false but no mismatch either); per checkpoint
@@ -21,6 +22,9 @@ public struct CompareReport: Codable, Equatable, Sendable {
 
     public var matches: Bool { traces.allSatisfy(\.match) }
 
+    /// Some trace was refused before it ran: the exit status says bad input.
+    public var refused: Bool { traces.contains(where: \.refused) }
+
     /// Every trace either matches or has no verdict, and at least one has
     /// none: the exit status says so apart from a mismatch.
     public var onlyNotComparable: Bool {
@@ -34,6 +38,8 @@ public struct TraceReport: Codable, Equatable, Sendable {
     public var checkpoints: [CheckpointReport]
     /// `FILE:LINE: message` when the trace stopped early.
     public var error: String?
+    /// Refused before it ran (TraceRun.refused).
+    public var refused: Bool
     /// False when the trace stopped without a verdict (`notComparable` says why).
     public var comparable: Bool
     public var notComparable: String?
@@ -62,7 +68,7 @@ public struct TraceReport: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case file, match, checkpoints, error, comparable
+        case file, match, checkpoints, error, refused, comparable
         case afterCleanup = "after_cleanup"
         case notComparable = "not_comparable"
         case ops, ratio
@@ -82,6 +88,7 @@ public struct TraceReport: Codable, Equatable, Sendable {
         comparable = !run.notComparable
         notComparable = run.notComparable ? run.error?.description : nil
         error = run.notComparable ? nil : run.error?.description
+        refused = run.refused
         afterCleanup = run.afterCleanup.isEmpty ? nil
             : Sides(modelKB: run.value(run.afterCleanup, of: "model"), kernelKB: run.value(run.afterCleanup, of: "kernel"))
         if timed {
@@ -98,6 +105,7 @@ public struct TraceReport: Codable, Equatable, Sendable {
         try c.encode(match, forKey: .match)
         try c.encode(checkpoints, forKey: .checkpoints)
         try c.encode(error, forKey: .error)
+        try c.encode(refused, forKey: .refused)
         try c.encode(afterCleanup, forKey: .afterCleanup)
         try c.encode(comparable, forKey: .comparable)
         try c.encode(notComparable, forKey: .notComparable)

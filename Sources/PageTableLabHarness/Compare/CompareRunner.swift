@@ -55,6 +55,7 @@ public struct CompareRunner {
                 if let target = target as? any TracePreflight {
                     do { try target.preflight(trace) } catch {
                         runs[t].error = error
+                        runs[t].refused = true
                         continue
                     }
                 }
@@ -297,6 +298,9 @@ public struct TraceRun: Sendable {
     public internal(set) var afterCleanup: [Int] = []
     /// Why the trace stopped, if it did.
     public internal(set) var error: TraceError?
+    /// A target refused the trace before running any of it (its regions
+    /// hold other mappings of this process): bad input, not a verdict.
+    public internal(set) var refused = false
     /// Each target's pass, in seconds: its ops, its cleanup and its own
     /// VmPTE readings (for the kernel, /proc reads around every op).
     public internal(set) var seconds: [Double] = []
