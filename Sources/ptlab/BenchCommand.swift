@@ -55,7 +55,7 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
-    @Option(help: "Measurement rounds; each reported number is the median.")
+    @Option(parsing: .unconditional, help: "Measurement rounds; each reported number is the median.")
     var rounds = 5
 
     @Flag(help: "Exit with status 1 if a target is missed.")

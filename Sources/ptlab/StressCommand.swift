@@ -76,13 +76,13 @@ struct StressCommand: ParsableCommand {
     /// machine their first detection can take many times its idle time.
     static let unsafeBoundUnderAll = 60.0
 
-    @Option(help: "Seconds to run (an unsafe run under `all` stops at its own detector's first detection, and has at least 60 s for it).")
+    @Option(parsing: .unconditional, help: "Seconds to run (an unsafe run under `all` stops at its own detector's first detection, and has at least 60 s for it).")
     var duration: Double = 3
 
-    @Option(help: "Walker threads: 1...256 (kernel-free and iommu-faults: 1...64).")
+    @Option(parsing: .unconditional, help: "Walker threads: 1...256 (kernel-free and iommu-faults: 1...64).")
     var walkers: Int = 2
 
-    @Option(help: "race only: updater threads (default 2).")
+    @Option(parsing: .unconditional, help: "race only: updater threads (default 2).")
     var updaters: Int?
 
     @Option(help: "Seed for the updater's and walkers' choices; printed, so a run can be repeated.")

@@ -140,6 +140,10 @@ final class CLIContractTests: XCTestCase {
         let walkers = try run(["stress", "all", "--walkers", "100", "--duration", "0.2", "--json"], usageError: true)
         XCTAssertEqual(walkers.status, 64)
         XCTAssertTrue(walkers.stderr.contains("kernel-free: --walkers must be 1...64"), walkers.stderr)
+        // A negative number is a value out of range, not a missing one.
+        let negative = try run(["stress", "reclaim", "--duration", "-1"], usageError: true)
+        XCTAssertEqual(negative.status, 64)
+        XCTAssertTrue(negative.stderr.contains("--duration must be in (0, 86400] seconds"), negative.stderr)
         let mode = try run(["stress", "all", "--mode", "rcu-table-free", "--duration", "0.2"], usageError: true)
         XCTAssertEqual(mode.status, 64)
         XCTAssertTrue(mode.stderr.contains("--mode does not apply to 'all'"), mode.stderr)
