@@ -101,12 +101,24 @@ extension MM {
     /// folio is freed after the gather's flush, and its deposit at once
     /// (pte_free: a table never linked is in no walker's path). Shmem: the
     /// page cache keeps the folio, and there is no deposit.
-    func zapHugePMD(_ tlb: MMUGather, pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA) {
+    ///
+    /// The caller saw the huge PMD without the PMD lock, and under the mmap
+    /// read lock another updater may have split it (a partial MADV_DONTNEED)
+    /// or zapped it and faulted in a PTE table since. So, as
+    /// __pmd_trans_huge_lock does, the entry is looked at again under the
+    /// lock: false when it is no longer a huge PMD, and the caller goes on
+    /// to zap_pte_range over the table now there (clearing the slot would
+    /// unlink a live PTE table and leak it, its pages and its VmPTE share).
+    func zapHugePMD(_ tlb: MMUGather, pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA) -> Bool {
+        raceWindow(.zapHugePMDUnlocked, address)
         lockPTL(pmdTable)
+        guard Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf else {
+            ptlab_ptl_unlock(pmdTable.desc)
+            return false
+        }
         let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
-        let deposited = old.isHugeLeaf && vma.isAnonymous ? withdraw(from: pmdTable) : nil
+        let deposited = vma.isAnonymous ? withdraw(from: pmdTable) : nil
         ptlab_ptl_unlock(pmdTable.desc)
-        guard old.isHugeLeaf else { return }
         tlb.clearedPMD(at: address)
         if let deposited {
             PageTables.dtorFree(deposited, allocator: allocator)
@@ -115,6 +127,7 @@ extension MM {
         if vma.isAnonymous, let d = allocator.descriptor(pfn: old.pfn), tlb.removePage(Page(d)) {
             tlb.flushMMU()
         }
+        return true
     }
 
     /// __split_huge_pmd: the huge PMD at `slot` becomes a PTE table (the

@@ -105,6 +105,11 @@ public final class MM: @unchecked Sendable {
     /// Updates an updater made to a PTE table already unlinked (possible
     /// only without pte_offset_map_lock's pmd_same re-check).
     public let staleTableWrites = Atomic<Int>(0)
+    /// Tests only: run as an updater passes a `RaceWindow`, with the
+    /// address it works on, so that a test can make there, every time, the
+    /// change another thread may make in that window. Set before the mm is
+    /// shared between threads; nil outside such a test.
+    var raceWindowHook: (@Sendable (RaceWindow, UInt64) -> Void)?
 
     /// The highest user address + 1 (TASK_SIZE).
     public var taskSize: UInt64 { profile.fiveLevel ? 1 << 56 : 1 << 47 }
@@ -177,4 +182,19 @@ public final class MM: @unchecked Sendable {
     }
 
     func markExited() -> Bool { !exited.exchange(true, ordering: .acquiringAndReleasing) }
+
+    /// An updater is in `window` at `address` (see `raceWindowHook`).
+    func raceWindow(_ window: RaceWindow, _ address: UInt64) {
+        raceWindowHook?(window, address)
+    }
+}
+
+/// Where an updater acts on what it saw before taking (or retaking) the
+/// lock that guards it, and the kernel looks again once it holds that lock.
+/// Another thread may change things in between; a test reaches each window
+/// through `MM.raceWindowHook`.
+enum RaceWindow: Sendable {
+    /// zap_pmd_range has seen a huge PMD without its lock; zap_huge_pmd has
+    /// not taken it yet.
+    case zapHugePMDUnlocked
 }

@@ -24,12 +24,13 @@ extension MM {
             let e = Entry(rawValue: ptlab_pte_read(slot))
             if child == .pte {
                 if e.isHugeLeaf {
-                    if address & (Self.pmdSize - 1) == 0 && next - address == Self.pmdSize {
-                        zapHugePMD(tlb, pmdTable: table, slot: slot, address: address, vma: vma)
+                    if address & (Self.pmdSize - 1) != 0 || next - address != Self.pmdSize {
+                        splitHugePMD(pmdTable: table, slot: slot, address: address, vma: vma)
+                    } else if zapHugePMD(tlb, pmdTable: table, slot: slot, address: address, vma: vma) {
                         address = next
                         continue
                     }
-                    splitHugePMD(pmdTable: table, slot: slot, address: address, vma: vma)
+                    // Not huge any more: zap_pte_range on what is there now.
                 }
                 // zap_pte_range gives up where the PMD changed under it (a
                 // collapse made it huge): look at the entry again.
