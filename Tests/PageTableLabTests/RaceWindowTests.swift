@@ -1,3 +1,4 @@
+import CSupport
 import Synchronization
 import XCTest
 @testable import PageTableLab
@@ -34,6 +35,45 @@ final class RaceWindowTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+
+    /// collapse_pte_mapped_thp looks the VMA up again once madvise_collapse
+    /// has retaken the mmap lock, and takes the folio through the file it
+    /// maps now: after a munmap and an mmap of another memfd in the window,
+    /// the new file's small page stays mapped (SCAN_PAGE_COMPOUND: EINVAL),
+    /// and the collapsed file's huge folio is mapped nowhere.
+    func testCollapseTakesTheFolioFromTheFileMappedWhenTheLockIsRetaken() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 4 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let collapsed = try XCTUnwrap(mm.vmas.first?.file)
+            let remap = RacingChange(mm, in: .collapseMmapUnlocked) { address in
+                // The collapsed file stays mapped above, so its cache stays.
+                try mm.munmap(address: address, length: 2 * mib)
+                try mm.mmap(address: address, length: 2 * mib, shared: true)
+                try mm.touch(address: address, length: 4096)
+            }
+            XCTAssertThrowsError(try mm.madviseCollapse(address: tib, length: 2 * mib)) { error in
+                guard case MMError.collapseRefused(_, let errno, _) = error else { return XCTFail("\(error)") }
+                XCTAssertEqual(errno, .einval)
+            }
+            mm.raceWindowHook = nil
+            XCTAssertEqual(remap.passes, 1)
+            XCTAssertEqual(collapsed.lookup(0)?.huge, true, "collapse_file built the huge folio")
+            let mapped = mm.vmas.first?.file
+            XCTAssertFalse(mapped === collapsed)
+            XCTAssertFalse(mm.isHugePMD(tib), "the collapsed file's folio mapped over another file")
+            XCTAssertEqual(firstPTE(mm, tib)?.pfn, mapped?.lookup(0).map { UInt64($0.page.pfn) },
+                           "the new file's page is still mapped")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+}
+
+/// The first entry of the PTE table mapping `address`, nil without one.
+private func firstPTE(_ mm: MM, _ address: UInt64) -> Entry? {
+    guard let (_, _, table) = mm.findPTETable(address) else { return nil }
+    return Entry(rawValue: ptlab_pte_read(mm.allocator.address(of: table).assumingMemoryBound(to: UInt64.self)))
 }
 
 /// A change another thread makes the first time an updater of `mm` passes

@@ -31,6 +31,9 @@ extension MM {
         case pageReadOnly
         /// Nothing in the page cache there (shmem).
         case pageNull
+        /// Small pages in the page cache there, not a huge folio
+        /// (SCAN_PAGE_COMPOUND).
+        case pageCompound
         /// No huge page to be had (SCAN_ALLOC_HUGE_PAGE_FAIL: ENOMEM).
         case allocFailed
         /// The VMA cannot take a huge PMD there.
@@ -44,6 +47,7 @@ extension MM {
             case .pmdNull: "no page table maps it (SCAN_PMD_NULL)"
             case .pageReadOnly: "no present writable page to collapse (SCAN_PAGE_RO)"
             case .pageNull: "the file has no page there (SCAN_PAGE_NULL)"
+            case .pageCompound: "the file has no huge page there (SCAN_PAGE_COMPOUND)"
             case .allocFailed: "no huge page could be allocated (SCAN_ALLOC_HUGE_PAGE_FAIL)"
             case .vmaCheck: "the mapping cannot hold a huge PMD there (SCAN_VMA_CHECK)"
             }
@@ -154,7 +158,8 @@ extension MM {
                 for page in old { PageTables.release(page, allocator: allocator) }
             }
         }
-        return collapsePTEMappedTHP(at, file: file, base: base)
+        raceWindow(.collapseMmapUnlocked, at)
+        return collapsePTEMappedTHP(at)
     }
 
     /// unmap_mapping_pages for the 512 file pages from `base`: their PTEs
@@ -218,13 +223,22 @@ extension MM {
     /// collapse_pte_mapped_thp with install_pmd: the huge folio now in the
     /// page cache gets a PMD in this mm, after any PTE table still there
     /// is retracted.
-    private func collapsePTEMappedTHP(_ at: UInt64, file: ShmemFile, base: UInt64) -> CollapseResult {
+    ///
+    /// madvise_collapse dropped the mmap lock for collapse_file and takes
+    /// it again for this, so the VMA is looked up again and the folio taken
+    /// through the file that VMA maps now, at its offset there
+    /// (vma->vm_file->f_mapping, linear_page_index): a munmap and an mmap
+    /// meanwhile may have put another file there, and the collapsed file's
+    /// folio mapped over it would be freed with that file's page cache
+    /// while still mapped.
+    private func collapsePTEMappedTHP(_ at: UInt64) -> CollapseResult {
         mmapLock.withReadLock {
-            guard revalidate(at, anonymous: false) != nil, let folio = file.lookup(base), folio.huge else {
-                return .vmaCheck
-            }
-            guard let (pmdTable, slot) = findPMD(at) else { return .pmdNull }
-            if Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf { return .pmdMapped }
+            guard let vma = revalidate(at, anonymous: false), let file = vma.file else { return .vmaCheck }
+            let pmd = findPMD(at)
+            if let (_, slot) = pmd, Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf { return .pmdMapped }
+            guard let folio = file.lookup(vma.pgoff(at: at)) else { return .pageNull }
+            guard folio.huge else { return .pageCompound }
+            guard let (pmdTable, slot) = pmd else { return .pmdNull }
             retract(at)
             lockPTL(pmdTable)
             let won = ptlab_pte_read(slot) == 0

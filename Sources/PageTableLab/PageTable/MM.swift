@@ -194,6 +194,9 @@ public final class MM: @unchecked Sendable {
 /// Another thread may change things in between; a test reaches each window
 /// through `MM.raceWindowHook`.
 enum RaceWindow: Sendable {
+    /// madvise_collapse has dropped the mmap lock for collapse_file and not
+    /// yet retaken it for collapse_pte_mapped_thp: the mapping may change.
+    case collapseMmapUnlocked
     /// zap_pmd_range has seen a huge PMD without its lock; zap_huge_pmd has
     /// not taken it yet.
     case zapHugePMDUnlocked
