@@ -68,6 +68,69 @@ final class RaceWindowTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+
+    /// collapse_pte_mapped_thp checks, under the PTE lock, that every entry
+    /// of the table it retracts maps the huge folio's own page: one that a
+    /// uprobe (say) pointed at a page of its own while the mmap lock was
+    /// dropped keeps the table, and the collapse fails (SCAN_FAIL: EINVAL)
+    /// instead of freeing it with that page still mapped.
+    func testCollapseKeepsATableThatMapsAPageNotTheFolios() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let breakpoint = try allocator.alloc(node: .local, zero: true)
+            let uprobe = RacingChange(mm, in: .collapseMmapUnlocked) { address in
+                try mapPTE(mm, address, breakpoint)
+            }
+            XCTAssertThrowsError(try mm.madviseCollapse(address: tib, length: 2 * mib)) { error in
+                guard case MMError.collapseRefused(_, let errno, _) = error else { return XCTFail("\(error)") }
+                XCTAssertEqual(errno, .einval)
+            }
+            mm.raceWindowHook = nil
+            XCTAssertEqual(uprobe.passes, 1)
+            XCTAssertFalse(mm.isHugePMD(tib))
+            XCTAssertEqual(firstPTE(mm, tib)?.pfn, UInt64(breakpoint.pfn), "the table and its entry stay")
+            XCTAssertEqual(mm.vmPTEKilobytes, 12)
+            XCTAssertEqual(mm.exit(), 0)
+            PageTables.release(breakpoint, allocator: allocator)
+        }
+    }
+
+    /// The same check lets through entries that map the folio's own pages
+    /// (its small pages mapped by PTEs meanwhile): they are cleared with
+    /// the table, and the folio is mapped by the PMD.
+    func testCollapseRetractsATableThatMapsOnlyTheFoliosPages() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let faults = RacingChange(mm, in: .collapseMmapUnlocked) { address in
+                let folio = try XCTUnwrap(file.lookup(0))
+                try mapPTE(mm, address + 3 * 4096, Page(folio.page.desc + 3))
+            }
+            try mm.madviseCollapse(address: tib, length: 2 * mib)
+            mm.raceWindowHook = nil
+            XCTAssertEqual(faults.passes, 1)
+            XCTAssertTrue(mm.isHugePMD(tib))
+            XCTAssertEqual(mm.vmPTEKilobytes, 8, "the table went")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+}
+
+/// Put `page` in the PTE for `address` under the mmap read lock, a PTE
+/// table allocated if none is there: what a fault of a small page does, or
+/// a uprobe replacing a file page with a copy of its own.
+private func mapPTE(_ mm: MM, _ address: UInt64, _ page: Page) throws {
+    try mm.mmapLock.withReadLock { () throws(MMError) in
+        let (pmdTable, slot) = try mm.walkToPMD(address)
+        _ = try mm.populate(slot, parent: pmdTable, level: .pmd, child: .pte)
+        mm.withPTEOffsetMapLock(slot) { table in
+            ptlab_pte_write(mm.entry(in: table, level: .pte, address: address), Entry(pfn: page.pfn, flags: .userPage).rawValue)
+        }
+    }
 }
 
 /// The first entry of the PTE table mapping `address`, nil without one.

@@ -38,6 +38,9 @@ extension MM {
         case allocFailed
         /// The VMA cannot take a huge PMD there.
         case vmaCheck
+        /// collapse_pte_mapped_thp gave up (SCAN_FAIL): the PTE table there
+        /// maps a page that is not the huge folio's, or went meanwhile.
+        case fail
 
         var errno: CollapseErrno { self == .allocFailed ? .enomem : .einval }
 
@@ -50,6 +53,7 @@ extension MM {
             case .pageCompound: "the file has no huge page there (SCAN_PAGE_COMPOUND)"
             case .allocFailed: "no huge page could be allocated (SCAN_ALLOC_HUGE_PAGE_FAIL)"
             case .vmaCheck: "the mapping cannot hold a huge PMD there (SCAN_VMA_CHECK)"
+            case .fail: "a page table there maps pages other than the huge page's (SCAN_FAIL)"
             }
         }
     }
@@ -72,7 +76,7 @@ extension MM {
                 let result = slice.isAnonymous ? collapseAnonymous(at) : collapseShmem(at)
                 if result != .succeeded && result != .pmdMapped {
                     lastFail = (at, result)
-                    if result == .allocFailed || result == .vmaCheck { break }
+                    if result == .allocFailed || result == .vmaCheck || result == .fail { break }
                 }
                 at += Self.pmdSize
             }
@@ -198,8 +202,17 @@ extension MM {
     /// Clear the PMD at `at` if it maps a PTE table, and free that table the
     /// profile's way. The entry is read under the PMD lock, which every
     /// updater that unlinks a PTE table holds. True when a table went.
+    ///
+    /// With `folio`, collapse_pte_mapped_thp's steps 1, 2 and 4: under the
+    /// PTE lock every entry left in the table must map the page of `folio`
+    /// at its own index, or be none; those are cleared, then the PMD. An
+    /// entry mapping any other page (a uprobe's or a debugger's copy, a
+    /// fault that raced the collapse) keeps the table where it is, and so
+    /// does a PMD that no longer maps a table: false, and nothing freed.
+    /// (The kernel checks under the PTE lock alone first, then again as it
+    /// clears under both; here both locks are held throughout.)
     @discardableResult
-    private func retract(_ at: UInt64) -> Bool {
+    private func retract(_ at: UInt64, mapping folio: Page? = nil) -> Bool {
         guard let (pmdTable, slot) = findPMD(at) else { return false }
         lockPTL(pmdTable)
         let pmd = Entry(rawValue: ptlab_pte_read(slot))
@@ -209,6 +222,19 @@ extension MM {
         }
         let table = Page(d)
         lockPTL(table)
+        if let folio {
+            let ptes = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
+            let foreign = (0..<512).contains { i in
+                let e = Entry(rawValue: ptlab_pte_read(ptes + i))
+                return !e.isNone && !(e.isMapped && e.pfn == UInt64(folio.pfn) + UInt64(i))
+            }
+            if foreign {
+                ptlab_ptl_unlock(table.desc)
+                ptlab_ptl_unlock(pmdTable.desc)
+                return false
+            }
+            for i in 0..<512 { ptlab_pte_write(ptes + i, 0) }
+        }
         // pmdp_collapse_flush: clear the PMD and flush the range.
         ptlab_pte_write(slot, 0)
         tlb.flush()
@@ -239,7 +265,10 @@ extension MM {
             guard let folio = file.lookup(vma.pgoff(at: at)) else { return .pageNull }
             guard folio.huge else { return .pageCompound }
             guard let (pmdTable, slot) = pmd else { return .pmdNull }
-            retract(at)
+            // find_pmd_or_thp_or_none again, now that the folio is had.
+            let now = Entry(rawValue: ptlab_pte_read(slot))
+            if now.isHugeLeaf { return .pmdMapped }
+            if !now.isNone, !retract(at, mapping: folio.page) { return .fail }
             lockPTL(pmdTable)
             let won = ptlab_pte_read(slot) == 0
             if won { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
