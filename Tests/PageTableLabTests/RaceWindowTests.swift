@@ -118,6 +118,32 @@ final class RaceWindowTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+
+    /// set_huge_pmd fails where the PMD is no longer none (do_set_pmd): a
+    /// fault that mapped a page with a new PTE table between the retract
+    /// and the install keeps it, and the collapse reports SCAN_FAIL
+    /// (EINVAL), not success, since no huge PMD maps the range.
+    func testCollapseFailsWhenAFaultRefilledThePMDBeforeTheInstall() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let fault = RacingChange(mm, in: .collapseBeforeInstall) { address in
+                let folio = try XCTUnwrap(file.lookup(0))
+                try mapPTE(mm, address, folio.page)
+            }
+            XCTAssertThrowsError(try mm.madviseCollapse(address: tib, length: 2 * mib)) { error in
+                guard case MMError.collapseRefused(_, let errno, _) = error else { return XCTFail("\(error)") }
+                XCTAssertEqual(errno, .einval)
+            }
+            mm.raceWindowHook = nil
+            XCTAssertEqual(fault.passes, 1)
+            XCTAssertFalse(mm.isHugePMD(tib))
+            XCTAssertEqual(firstPTE(mm, tib)?.pfn, file.lookup(0).map { UInt64($0.page.pfn) }, "the fault's PTE stays")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
 }
 
 /// Put `page` in the PTE for `address` under the mmap read lock, a PTE

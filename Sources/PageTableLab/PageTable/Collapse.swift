@@ -39,7 +39,8 @@ extension MM {
         /// The VMA cannot take a huge PMD there.
         case vmaCheck
         /// collapse_pte_mapped_thp gave up (SCAN_FAIL): the PTE table there
-        /// maps a page that is not the huge folio's, or went meanwhile.
+        /// maps a page that is not the huge folio's, or went meanwhile; or
+        /// the PMD was filled again before the huge PMD could go in.
         case fail
 
         var errno: CollapseErrno { self == .allocFailed ? .enomem : .einval }
@@ -53,7 +54,7 @@ extension MM {
             case .pageCompound: "the file has no huge page there (SCAN_PAGE_COMPOUND)"
             case .allocFailed: "no huge page could be allocated (SCAN_ALLOC_HUGE_PAGE_FAIL)"
             case .vmaCheck: "the mapping cannot hold a huge PMD there (SCAN_VMA_CHECK)"
-            case .fail: "a page table there maps pages other than the huge page's (SCAN_FAIL)"
+            case .fail: "a page table there maps pages other than the huge page's, or came back (SCAN_FAIL)"
             }
         }
     }
@@ -269,11 +270,15 @@ extension MM {
             let now = Entry(rawValue: ptlab_pte_read(slot))
             if now.isHugeLeaf { return .pmdMapped }
             if !now.isNone, !retract(at, mapping: folio.page) { return .fail }
+            raceWindow(.collapseBeforeInstall, at)
+            // set_huge_pmd: do_set_pmd maps the folio only where the PMD is
+            // still none under the PMD lock, and fails otherwise (SCAN_FAIL,
+            // not success): what a fault put there meanwhile stays.
             lockPTL(pmdTable)
-            let won = ptlab_pte_read(slot) == 0
-            if won { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
+            let installed = ptlab_pte_read(slot) == 0
+            if installed { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
             ptlab_ptl_unlock(pmdTable.desc)
-            return won ? .succeeded : .pmdMapped
+            return installed ? .succeeded : .fail
         }
     }
 

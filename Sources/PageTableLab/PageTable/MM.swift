@@ -197,6 +197,9 @@ enum RaceWindow: Sendable {
     /// madvise_collapse has dropped the mmap lock for collapse_file and not
     /// yet retaken it for collapse_pte_mapped_thp: the mapping may change.
     case collapseMmapUnlocked
+    /// collapse_pte_mapped_thp has retracted the PTE table and dropped the
+    /// PMD lock; set_huge_pmd has not taken it again.
+    case collapseBeforeInstall
     /// zap_pmd_range has seen a huge PMD without its lock; zap_huge_pmd has
     /// not taken it yet.
     case zapHugePMDUnlocked
