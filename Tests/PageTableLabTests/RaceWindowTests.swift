@@ -1,4 +1,5 @@
 import CSupport
+import Dispatch
 import Synchronization
 import XCTest
 @testable import PageTableLab
@@ -119,6 +120,37 @@ final class RaceWindowTests: XCTestCase {
         }
     }
 
+    /// collapse_file looks at the page cache again under its lock. Here a
+    /// first collapse (this thread) has passed its unlocked look and holds
+    /// a huge folio of its own when a second (another thread) swaps its
+    /// folio in, retracts the table and stops before installing; the first
+    /// then goes on, and the second installs once the first is past its
+    /// swap. The first must leave the second's folio in the cache, not
+    /// take it for a small page, replace it and free it while the second's
+    /// PMD is about to map it.
+    func testCollapseFileLeavesAHugeFolioAnotherCollapseSwappedInMeanwhile() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let choreography = TwoCollapses(mm, first: pthread_self())
+            try mm.madviseCollapse(address: tib, length: 2 * mib)
+            choreography.finish()
+            mm.raceWindowHook = nil
+            let folio = try XCTUnwrap(file.lookup(0))
+            XCTAssertTrue(folio.huge)
+            XCTAssertEqual(ptlab_page_state(folio.page.desc), PTLAB_PAGE_ALLOCATED.rawValue)
+            let (_, slot) = try XCTUnwrap(mm.findPMD(tib))
+            let pmd = Entry(rawValue: ptlab_pte_read(slot))
+            XCTAssertTrue(pmd.isHugeLeaf)
+            XCTAssertEqual(pmd.pfn, UInt64(folio.page.pfn), "the PMD maps a folio the page cache no longer holds")
+            let mapped = try XCTUnwrap(allocator.descriptor(pfn: pmd.pfn))
+            XCTAssertEqual(ptlab_page_state(mapped), PTLAB_PAGE_ALLOCATED.rawValue, "the PMD maps a freed folio")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
     /// set_huge_pmd fails where the PMD is no longer none (do_set_pmd): a
     /// fault that mapped a page with a new PTE table between the retract
     /// and the install keeps it, and the collapse reports SCAN_FAIL
@@ -163,6 +195,43 @@ private func mapPTE(_ mm: MM, _ address: UInt64, _ page: Page) throws {
 private func firstPTE(_ mm: MM, _ address: UInt64) -> Entry? {
     guard let (_, _, table) = mm.findPTETable(address) else { return nil }
     return Entry(rawValue: ptlab_pte_read(mm.allocator.address(of: table).assumingMemoryBound(to: UInt64.self)))
+}
+
+/// The two collapses of testCollapseFileLeavesAHugeFolioAnotherCollapse-
+/// SwappedInMeanwhile, on `mm`'s race windows: the first thread, at its
+/// swap, starts the second and waits until that one is about to install;
+/// the first lets it install once past its own swap and free, then waits
+/// for it.
+private final class TwoCollapses: @unchecked Sendable {
+    private let atInstall = DispatchSemaphore(value: 0)
+    private let install = DispatchSemaphore(value: 0)
+    private var second: RCUThread?
+
+    init(_ mm: MM, first: pthread_t) {
+        mm.raceWindowHook = { [self] window, address in
+            let onFirst = pthread_equal(pthread_self(), first) != 0
+            switch window {
+            case .collapseFileBeforeSwap where onFirst && second == nil:
+                second = RCUThread {
+                    do { try mm.madviseCollapse(address: address, length: 2 * mib) } catch {
+                        XCTFail("the second collapse failed: \(error)")
+                    }
+                }
+                atInstall.wait()
+            case .collapseBeforeInstall where !onFirst:
+                atInstall.signal()
+                install.wait()
+            case .collapseMmapUnlocked where onFirst && second != nil:
+                install.signal()
+                finish()
+            default:
+                break
+            }
+        }
+    }
+
+    /// Wait for the second collapse. Idempotent.
+    func finish() { second?.join() }
 }
 
 /// A change another thread makes the first time an updater of `mm` passes

@@ -152,7 +152,7 @@ extension MM {
             guard (base..<base + 512).contains(where: { file.lookup($0) != nil }) else { return .pageNull }
             let old: [Page]?
             do {
-                old = try file.collapse(at: base)
+                old = try file.collapse(at: base) { raceWindow(.collapseFileBeforeSwap, at) }
             } catch {
                 return .allocFailed
             }

@@ -194,6 +194,9 @@ public final class MM: @unchecked Sendable {
 /// Another thread may change things in between; a test reaches each window
 /// through `MM.raceWindowHook`.
 enum RaceWindow: Sendable {
+    /// collapse_file has its huge folio and has not locked the page cache
+    /// to swap it in: another collapse of the range may swap first.
+    case collapseFileBeforeSwap
     /// madvise_collapse has dropped the mmap lock for collapse_file and not
     /// yet retaken it for collapse_pte_mapped_thp: the mapping may change.
     case collapseMmapUnlocked

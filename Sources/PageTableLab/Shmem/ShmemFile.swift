@@ -113,7 +113,9 @@ public final class ShmemFile: @unchecked Sendable {
     /// the small pages it replaced, which the caller frees once no page
     /// table maps them; nil when the range is a huge folio already, and an
     /// error when no huge block can be had (SCAN_ALLOC_HUGE_PAGE_FAIL).
-    func collapse(at base: UInt64) throws(MMError) -> [Page]? {
+    /// `beforeSwap` runs once the huge folio is had, before the cache is
+    /// locked (a test's race window).
+    func collapse(at base: UInt64, beforeSwap: () -> Void = {}) throws(MMError) -> [Page]? {
         if let present = lookup(base), present.huge { return nil }
         let huge: Page
         do {
@@ -121,8 +123,15 @@ public final class ShmemFile: @unchecked Sendable {
         } catch {
             throw .outOfMemory(error)
         }
+        beforeSwap()
         let target = allocator.address(of: huge)
-        return cache.withLock { cache in
+        let replaced: [Page]? = cache.withLock { cache in
+            // Looked at again under the lock: another collapse of the range
+            // may have swapped its huge folio in since the look above (the
+            // kernel's collapse_file meets that large folio under the
+            // xarray lock and gives up: SCAN_PTE_MAPPED_HUGEPAGE). Taken
+            // for a small page here, it would be freed while a PMD maps it.
+            if let present = cache[base], present.huge { return nil }
             var old: [Page] = []
             for index in base..<base + 512 {
                 guard let small = cache.removeValue(forKey: index) else { continue }
@@ -132,6 +141,8 @@ public final class ShmemFile: @unchecked Sendable {
             cache[base] = Folio(page: huge, huge: true)
             return old
         }
+        if replaced == nil { PageTables.release(huge, allocator: allocator) }
+        return replaced
     }
 
     /// An mm now maps the file.
