@@ -151,6 +151,60 @@ final class RaceWindowTests: XCTestCase {
         }
     }
 
+    /// collapse_file unmaps the old pages everywhere before it copies
+    /// them: a store made through the old mapping after the huge folio has
+    /// gone into the page cache, but before the unmap, is in the huge folio
+    /// afterwards, not lost with the small page it went into.
+    func testCollapseFileCopiesAStoreMadeBeforeTheUnmap() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let offset = 16 * 4096 + 123
+            let store = RacingChange(mm, in: .collapseFileBeforeUnmap) { address in
+                try mm.storeByte(0xa5, at: address + UInt64(offset))
+            }
+            try mm.madviseCollapse(address: tib, length: 2 * mib)
+            mm.raceWindowHook = nil
+            XCTAssertEqual(store.passes, 1)
+            let folio = try XCTUnwrap(file.lookup(0))
+            XCTAssertTrue(folio.huge)
+            XCTAssertTrue(mm.isHugePMD(tib))
+            XCTAssertEqual(allocator.address(of: folio.page).load(fromByteOffset: offset, as: UInt8.self), 0xa5,
+                           "the store made before the unmap was lost: the page was copied before it")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// A fault on the range while collapse_file holds the huge folio
+    /// locked, between the unmap and retract_page_tables, waits for the
+    /// folio (shmem_fault's folio_lock), so the table the retract frees
+    /// has nothing of the range in it; then it looks the page cache up
+    /// again and maps the huge folio's page, not an old small one.
+    func testAFaultOnTheRangeWaitsForTheCollapsedFolioUntilTheTablesAreRetracted() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let small = try XCTUnwrap(file.lookup(16))
+            let fault = FaultMeetsCollapse(mm, first: pthread_self(), at: tib + 16 * 4096)
+            try mm.madviseCollapse(address: tib, length: 2 * mib)
+            let mapped = fault.finish()
+            mm.raceWindowHook = nil
+            XCTAssertTrue(fault.waited, "the fault did not wait for the locked folio")
+            XCTAssertEqual(fault.entriesBeforeRetract, 0, "retract_page_tables was about to free a table mapping the range")
+            let folio = try XCTUnwrap(file.lookup(0))
+            XCTAssertTrue(folio.huge)
+            XCTAssertNotEqual(mapped, allocator.address(of: small.page), "the fault mapped the old small page")
+            XCTAssertEqual(mapped, allocator.address(of: folio.page) + 16 * 4096, "the fault did not map the huge folio's page")
+            XCTAssertTrue(mm.isHugePMD(tib))
+            XCTAssertEqual(mm.vmPTEKilobytes, 8, "the table went")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
     /// set_huge_pmd fails where the PMD is no longer none (do_set_pmd): a
     /// fault that mapped a page with a new PTE table between the retract
     /// and the install keeps it, and the collapse reports SCAN_FAIL
@@ -232,6 +286,55 @@ private final class TwoCollapses: @unchecked Sendable {
 
     /// Wait for the second collapse. Idempotent.
     func finish() { second?.join() }
+}
+
+/// The fault of testAFaultOnTheRangeWaitsForTheCollapsedFolioUntilThe-
+/// TablesAreRetracted: started on another thread when the collapse (this
+/// thread) is between collapse_file's unmap and its retract; the collapse
+/// goes on once the fault is about to wait for the folio lock (or, with
+/// no lock to wait for, has mapped its page), having counted the entries
+/// of the table it is about to retract.
+private final class FaultMeetsCollapse: @unchecked Sendable {
+    private let met = DispatchSemaphore(value: 0)
+    private var fault: RCUThread?
+    private var mapped: UnsafeMutableRawPointer?
+    /// The fault found the folio locked (written on its thread before it
+    /// wakes the collapse, read after `finish`).
+    private(set) var waited = false
+    /// Present entries in the table at the fault's address as the collapse
+    /// was about to retract it.
+    private(set) var entriesBeforeRetract: Int?
+
+    init(_ mm: MM, first: pthread_t, at address: UInt64) {
+        mm.raceWindowHook = { [self] window, _ in
+            let onFirst = pthread_equal(pthread_self(), first) != 0
+            switch window {
+            case .collapseFileBeforeRetract where onFirst && fault == nil:
+                fault = RCUThread { [self] in
+                    do { mapped = try mm.fault(at: address) } catch {
+                        XCTFail("the fault failed: \(error)")
+                    }
+                    met.signal()
+                }
+                met.wait()
+                entriesBeforeRetract = mm.findPTETable(address).map { (_, _, table) in
+                    let ptes = mm.allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
+                    return (0..<512).filter { Entry(rawValue: ptlab_pte_read(ptes + $0)).isPresent }.count
+                }
+            case .faultFolioLocked where !onFirst && !waited:
+                waited = true
+                met.signal()
+            default:
+                break
+            }
+        }
+    }
+
+    /// Wait for the fault; what it mapped.
+    func finish() -> UnsafeMutableRawPointer? {
+        fault?.join()
+        return mapped
+    }
 }
 
 /// A change another thread makes the first time an updater of `mm` passes

@@ -34,6 +34,9 @@ extension MM {
         /// Small pages in the page cache there, not a huge folio
         /// (SCAN_PAGE_COMPOUND).
         case pageCompound
+        /// A small folio of the range is locked: a fault is mapping it
+        /// (SCAN_PAGE_LOCK: EAGAIN, and madvise_collapse goes on).
+        case pageLocked
         /// No huge page to be had (SCAN_ALLOC_HUGE_PAGE_FAIL: ENOMEM).
         case allocFailed
         /// The VMA cannot take a huge PMD there.
@@ -43,7 +46,13 @@ extension MM {
         /// the PMD was filled again before the huge PMD could go in.
         case fail
 
-        var errno: CollapseErrno { self == .allocFailed ? .enomem : .einval }
+        var errno: CollapseErrno {
+            switch self {
+            case .allocFailed: .enomem
+            case .pageLocked: .eagain
+            default: .einval
+            }
+        }
 
         var why: String {
             switch self {
@@ -52,6 +61,7 @@ extension MM {
             case .pageReadOnly: "no present writable page to collapse (SCAN_PAGE_RO)"
             case .pageNull: "the file has no page there (SCAN_PAGE_NULL)"
             case .pageCompound: "the file has no huge page there (SCAN_PAGE_COMPOUND)"
+            case .pageLocked: "a page there is locked (SCAN_PAGE_LOCK)"
             case .allocFailed: "no huge page could be allocated (SCAN_ALLOC_HUGE_PAGE_FAIL)"
             case .vmaCheck: "the mapping cannot hold a huge PMD there (SCAN_VMA_CHECK)"
             case .fail: "a page table there maps pages other than the huge page's, or came back (SCAN_FAIL)"
@@ -143,6 +153,14 @@ extension MM {
 
     /// hpage_collapse_scan_file + collapse_file, then collapse_pte_mapped_thp
     /// for this mm, for the 2 MiB at `at`.
+    ///
+    /// collapse_file's order is what makes the retract safe: the huge
+    /// folio goes into the page cache locked, with the old small folios
+    /// locked (ShmemFile.lockForCollapse), so faults on the range wait;
+    /// the old pages are unmapped from every mapping before their contents
+    /// are copied, so no store made through a mapping is lost; and the
+    /// huge folio stays locked until every mapper's table is retracted, so
+    /// those tables hold nothing of the range when they go.
     private func collapseShmem(_ at: UInt64) -> CollapseResult {
         guard let vma = mmapLock.withReadLock({ revalidate(at, anonymous: false) }), let file = vma.file else {
             return .vmaCheck
@@ -150,27 +168,44 @@ extension MM {
         let base = vma.pgoff(at: at)
         if file.lookup(base)?.huge != true {
             guard (base..<base + 512).contains(where: { file.lookup($0) != nil }) else { return .pageNull }
-            let old: [Page]?
+            let locked: ShmemFile.CollapseLock
             do {
-                old = try file.collapse(at: base) { raceWindow(.collapseFileBeforeSwap, at) }
+                locked = try file.lockForCollapse(at: base) { raceWindow(.collapseFileBeforeSwap, at) }
             } catch {
                 return .allocFailed
             }
-            if let old {
+            switch locked {
+            case .huge:
+                break
+            case .truncated:
+                return .pageNull
+            case .pageLocked:
+                return .pageLocked
+            case .locked(let huge, let old):
                 thpEvents.collapseAlloc.add(1, ordering: .relaxed)
+                raceWindow(.collapseFileBeforeUnmap, at)
                 for mm in file.mappingMMs { mm.unmapFilePages(file, base) }
+                file.copy(old, into: huge)
+                raceWindow(.collapseFileBeforeRetract, at)
                 for mm in file.mappingMMs { mm.retractPageTables(file, base) }
-                for page in old { PageTables.release(page, allocator: allocator) }
+                file.unlock(huge)
+                for page in old.values { PageTables.release(page, allocator: allocator) }
             }
         }
         raceWindow(.collapseMmapUnlocked, at)
         return collapsePTEMappedTHP(at)
     }
 
-    /// unmap_mapping_pages for the 512 file pages from `base`: their PTEs
-    /// in every VMA of this mm that maps them are cleared (the tables stay).
+    /// try_to_unmap of the range's old folios, this mm's share
+    /// (unmap_mapping_pages for the 512 file pages from `base`): their PTEs
+    /// in every VMA of this mm that maps them are cleared (the tables
+    /// stay). Found as retract_page_tables finds them, through the rmap
+    /// lock (i_mmap_lock_read), not this mm's mmap lock: a fault of this mm
+    /// may hold that for read while it waits for a folio the collapse has
+    /// locked, with a writer queued behind it that would keep the collapse
+    /// from taking it for read too.
     func unmapFilePages(_ file: ShmemFile, _ base: UInt64) {
-        mmapLock.withReadLock {
+        rmapLock.withReadLock {
             let vmas = vmaTree.withLock { $0.vmas.filter { $0.file === file } }
             for vma in vmas {
                 let first = max(vma.start, vma.start &+ (base &- vma.pgoff) << 12)
@@ -249,7 +284,7 @@ extension MM {
 
     /// collapse_pte_mapped_thp with install_pmd: the huge folio now in the
     /// page cache gets a PMD in this mm, after any PTE table still there
-    /// is retracted.
+    /// is retracted, all under the folio's lock, as faults map it.
     ///
     /// madvise_collapse dropped the mmap lock for collapse_file and takes
     /// it again for this, so the VMA is looked up again and the folio taken
@@ -263,7 +298,11 @@ extension MM {
             guard let vma = revalidate(at, anonymous: false), let file = vma.file else { return .vmaCheck }
             let pmd = findPMD(at)
             if let (_, slot) = pmd, Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf { return .pmdMapped }
-            guard let folio = file.lookup(vma.pgoff(at: at)) else { return .pageNull }
+            // filemap_lock_folio: a collapse_file still at work on the
+            // range holds it until its contents are in and every other
+            // mapper's table is retracted.
+            guard let folio = file.lockFolio(at: vma.pgoff(at: at)) else { return .pageNull }
+            defer { file.unlock(folio) }
             guard folio.huge else { return .pageCompound }
             guard let (pmdTable, slot) = pmd else { return .pmdNull }
             // find_pmd_or_thp_or_none again, now that the folio is had.

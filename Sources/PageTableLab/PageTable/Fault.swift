@@ -80,7 +80,10 @@ extension MM {
             return try faultHugeAnonymous(pmdTable: pmdTable, slot: slot, address: address)
         }
         let index = vma.pgoff(at: address)
-        let folio = try file.folio(for: index, huge: profile.thp.shmemFault(vma, index: index, fileSize: file.size))
+        let folio = try file.lockFolio(for: index, huge: profile.thp.shmemFault(vma, index: index, fileSize: file.size)) {
+            raceWindow(.faultFolioLocked, address)
+        }
+        defer { file.unlock(folio) }
         // do_set_pmd: a huge folio is mapped whole unless the VMA refuses THP.
         guard folio.huge, !vma.flags.contains(.noHugepage) else { return nil }
         lockPTL(pmdTable)
@@ -110,9 +113,15 @@ extension MM {
         if let present = presentPage(pmdSlot: pmdSlot, address: address) { return present }
         let data: Page
         var owned = false
+        // shmem_fault hands the folio back locked, and finish_fault maps it
+        // before it is unlocked: a collapse that has locked it has no fault
+        // between its lookup and its PTE to miss.
+        var locked: (ShmemFile, ShmemFile.Folio)?
+        defer { if let (file, folio) = locked { file.unlock(folio) } }
         if let file = vma.file {
             let index = vma.pgoff(at: address)
-            let folio = try file.folio(for: index, huge: false)
+            let folio = try file.lockFolio(for: index, huge: false) { raceWindow(.faultFolioLocked, address) }
+            locked = (file, folio)
             data = folio.huge ? Page(folio.page.desc + Int(index & 511)) : folio.page
         } else {
             // Cleared for the window it opens, not for its contents

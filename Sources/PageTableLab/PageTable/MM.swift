@@ -197,6 +197,17 @@ enum RaceWindow: Sendable {
     /// collapse_file has its huge folio and has not locked the page cache
     /// to swap it in: another collapse of the range may swap first.
     case collapseFileBeforeSwap
+    /// collapse_file has the range's folios locked and the huge folio in
+    /// the page cache, and has not unmapped the old pages: they are still
+    /// mapped, and a store through a mapping goes into them.
+    case collapseFileBeforeUnmap
+    /// collapse_file has unmapped the old pages everywhere and copied them,
+    /// and has not retracted the tables that mapped them: the huge folio is
+    /// still locked, and a fault on the range waits for it.
+    case collapseFileBeforeRetract
+    /// A shmem fault found the folio it needs locked, and is about to wait
+    /// for it.
+    case faultFolioLocked
     /// madvise_collapse has dropped the mmap lock for collapse_file and not
     /// yet retaken it for collapse_pte_mapped_thp: the mapping may change.
     case collapseMmapUnlocked
