@@ -205,6 +205,35 @@ final class RaceWindowTests: XCTestCase {
         }
     }
 
+    /// A fault at a hole of the range that found nothing in the page cache
+    /// before a collapse (another thread) put its huge folio there does not
+    /// put a small folio of its own inside the huge folio's range: the
+    /// insert fails as on any slot the huge folio holds, and the fault
+    /// looks again and maps the huge folio's page. A small folio slipped
+    /// in would be mapped into a table the collapse's retract frees, or
+    /// outlive it in the cache beside the huge folio.
+    func testAFaultThatMissedTheCacheMapsTheHugeFolioACollapsePutThereMeanwhile() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let file = try XCTUnwrap(mm.vmas.first?.file)
+            XCTAssertNil(file.lookup(5), "page 5 is a hole")
+            let collapse = RacingChange(mm, in: .faultCacheMissed) { address in
+                try mm.madviseCollapse(address: address & ~(2 * mib - 1), length: 2 * mib)
+            }
+            let mapped = try mm.fault(at: tib + 5 * 4096)
+            mm.raceWindowHook = nil
+            XCTAssertEqual(collapse.passes, 1)
+            let folio = try XCTUnwrap(file.lookup(0))
+            XCTAssertTrue(folio.huge)
+            XCTAssertEqual(file.cachedPages, 512, "a small folio went into the huge folio's range")
+            XCTAssertEqual(mapped, allocator.address(of: folio.page) + 5 * 4096)
+            XCTAssertTrue(mm.isHugePMD(tib))
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
     /// set_huge_pmd fails where the PMD is no longer none (do_set_pmd): a
     /// fault that mapped a page with a new PTE table between the retract
     /// and the install keeps it, and the collapse reports SCAN_FAIL

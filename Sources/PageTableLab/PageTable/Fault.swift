@@ -80,9 +80,9 @@ extension MM {
             return try faultHugeAnonymous(pmdTable: pmdTable, slot: slot, address: address)
         }
         let index = vma.pgoff(at: address)
-        let folio = try file.lockFolio(for: index, huge: profile.thp.shmemFault(vma, index: index, fileSize: file.size)) {
-            raceWindow(.faultFolioLocked, address)
-        }
+        let folio = try file.lockFolio(for: index, huge: profile.thp.shmemFault(vma, index: index, fileSize: file.size),
+                                       contended: { raceWindow(.faultFolioLocked, address) },
+                                       missed: { raceWindow(.faultCacheMissed, address) })
         defer { file.unlock(folio) }
         // do_set_pmd: a huge folio is mapped whole unless the VMA refuses THP.
         guard folio.huge, !vma.flags.contains(.noHugepage) else { return nil }
@@ -120,7 +120,8 @@ extension MM {
         defer { if let (file, folio) = locked { file.unlock(folio) } }
         if let file = vma.file {
             let index = vma.pgoff(at: address)
-            let folio = try file.lockFolio(for: index, huge: false) { raceWindow(.faultFolioLocked, address) }
+            let folio = try file.lockFolio(for: index, huge: false, contended: { raceWindow(.faultFolioLocked, address) },
+                                           missed: { raceWindow(.faultCacheMissed, address) })
             locked = (file, folio)
             data = folio.huge ? Page(folio.page.desc + Int(index & 511)) : folio.page
         } else {

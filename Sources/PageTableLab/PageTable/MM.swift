@@ -208,6 +208,10 @@ enum RaceWindow: Sendable {
     /// A shmem fault found the folio it needs locked, and is about to wait
     /// for it.
     case faultFolioLocked
+    /// A shmem fault found no folio for its page in the page cache, and has
+    /// not put a new one in yet: a collapse may put its huge folio over the
+    /// index meanwhile.
+    case faultCacheMissed
     /// madvise_collapse has dropped the mmap lock for collapse_file and not
     /// yet retaken it for collapse_pte_mapped_thp: the mapping may change.
     case collapseMmapUnlocked

@@ -133,11 +133,14 @@ public final class ShmemFile: @unchecked Sendable {
     /// A folio someone else holds locked (a collapse of its range) is
     /// waited for — `contended` runs first, a test's race window — and the
     /// cache looked at again, since the folio may have left it meanwhile.
-    /// The caller holds its mmap read lock and no spinlock or RCU read
-    /// section: the holder of a folio lock takes no mmap lock.
-    func lockFolio(for index: UInt64, huge: Bool, contended: () -> Void = {}) throws(MMError) -> Folio {
+    /// `missed` runs when there was none, before the new one goes in
+    /// (another). The caller holds its mmap read lock and no spinlock or
+    /// RCU read section: the holder of a folio lock takes no mmap lock.
+    func lockFolio(for index: UInt64, huge: Bool, contended: () -> Void = {},
+                   missed: () -> Void = {}) throws(MMError) -> Folio {
         while true {
             if let found = lockCached(index, contended: contended) { return found }
+            missed()
             let base = index & ~511
             if huge, cache.withLock({ cache in !cache.folios.keys.contains { $0 >= base && $0 < base + 512 } }),
                let page = try? allocator.alloc(order: 9, node: .local, zero: true) {
@@ -183,9 +186,14 @@ public final class ShmemFile: @unchecked Sendable {
 
     /// Keep `folio`, locked, unless another thread cached one there first:
     /// then it is freed (nothing mapped it) and nil returned, to look again.
+    /// A huge folio holds all 512 slots of its range (shmem_add_to_page_cache
+    /// fails with EEXIST on any of them): one a collapse put there since the
+    /// look keeps a small folio out of its range, which a fault would map
+    /// behind the collapse's back into a table about to be retracted.
     private func insertLocked(_ folio: Folio, at index: UInt64) -> Folio? {
         let won = cache.withLock { cache -> Bool in
-            if cache.folios[index] != nil { return false }
+            if cache.find(index) != nil { return false }
+            if folio.huge, cache.folios.keys.contains(where: { $0 >= index && $0 < index + 512 }) { return false }
             cache.folios[index] = folio
             cache.locked.insert(folio.page.pfn)
             return true
