@@ -77,9 +77,7 @@ final class RaceWindowTests: XCTestCase {
     /// instead of freeing it with that page still mapped.
     func testCollapseKeepsATableThatMapsAPageNotTheFolios() throws {
         try withLab { allocator in
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: tib, length: 2 * mib, shared: true)
-            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let (mm, _) = try sharedMemoryMapped(allocator)
             let breakpoint = try allocator.alloc(node: .local, zero: true)
             let uprobe = RacingChange(mm, in: .collapseMmapUnlocked) { address in
                 try mapPTE(mm, address, breakpoint)
@@ -103,10 +101,7 @@ final class RaceWindowTests: XCTestCase {
     /// the table, and the folio is mapped by the PMD.
     func testCollapseRetractsATableThatMapsOnlyTheFoliosPages() throws {
         try withLab { allocator in
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: tib, length: 2 * mib, shared: true)
-            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
-            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let (mm, file) = try sharedMemoryMapped(allocator)
             let faults = RacingChange(mm, in: .collapseMmapUnlocked) { address in
                 let folio = try XCTUnwrap(file.lookup(0))
                 try mapPTE(mm, address + 3 * 4096, Page(folio.page.desc + 3))
@@ -130,10 +125,7 @@ final class RaceWindowTests: XCTestCase {
     /// PMD is about to map it.
     func testCollapseFileLeavesAHugeFolioAnotherCollapseSwappedInMeanwhile() throws {
         try withLab { allocator in
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: tib, length: 2 * mib, shared: true)
-            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
-            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let (mm, file) = try sharedMemoryMapped(allocator)
             let choreography = TwoCollapses(mm, first: pthread_self())
             try mm.madviseCollapse(address: tib, length: 2 * mib)
             choreography.finish()
@@ -157,10 +149,7 @@ final class RaceWindowTests: XCTestCase {
     /// afterwards, not lost with the small page it went into.
     func testCollapseFileCopiesAStoreMadeBeforeTheUnmap() throws {
         try withLab { allocator in
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: tib, length: 2 * mib, shared: true)
-            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
-            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let (mm, file) = try sharedMemoryMapped(allocator)
             let offset = 16 * 4096 + 123
             let store = RacingChange(mm, in: .collapseFileBeforeUnmap) { address in
                 try mm.storeByte(0xa5, at: address + UInt64(offset))
@@ -184,10 +173,7 @@ final class RaceWindowTests: XCTestCase {
     /// again and maps the huge folio's page, not an old small one.
     func testAFaultOnTheRangeWaitsForTheCollapsedFolioUntilTheTablesAreRetracted() throws {
         try withLab { allocator in
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: tib, length: 2 * mib, shared: true)
-            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
-            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let (mm, file) = try sharedMemoryMapped(allocator)
             let small = try XCTUnwrap(file.lookup(16))
             let fault = FaultMeetsCollapse(mm, first: pthread_self(), at: tib + 16 * 4096)
             try mm.madviseCollapse(address: tib, length: 2 * mib)
@@ -214,10 +200,7 @@ final class RaceWindowTests: XCTestCase {
     /// outlive it in the cache beside the huge folio.
     func testAFaultThatMissedTheCacheMapsTheHugeFolioACollapsePutThereMeanwhile() throws {
         try withLab { allocator in
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: tib, length: 2 * mib, shared: true)
-            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
-            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let (mm, file) = try sharedMemoryMapped(allocator)
             XCTAssertNil(file.lookup(5), "page 5 is a hole")
             let collapse = RacingChange(mm, in: .faultCacheMissed) { address in
                 try mm.madviseCollapse(address: address & ~(2 * mib - 1), length: 2 * mib)
@@ -240,10 +223,7 @@ final class RaceWindowTests: XCTestCase {
     /// (EINVAL), not success, since no huge PMD maps the range.
     func testCollapseFailsWhenAFaultRefilledThePMDBeforeTheInstall() throws {
         try withLab { allocator in
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: tib, length: 2 * mib, shared: true)
-            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
-            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let (mm, file) = try sharedMemoryMapped(allocator)
             let fault = RacingChange(mm, in: .collapseBeforeInstall) { address in
                 let folio = try XCTUnwrap(file.lookup(0))
                 try mapPTE(mm, address, folio.page)
@@ -259,6 +239,15 @@ final class RaceWindowTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+}
+
+/// An mm with 2 MiB of shared memory at `tib`, a page in every 16 of it
+/// faulted in (small pages, through a PTE table), and the file behind it.
+private func sharedMemoryMapped(_ allocator: PageAllocator) throws -> (MM, ShmemFile) {
+    let mm = try MM(allocator: allocator)
+    try mm.mmap(address: tib, length: 2 * mib, shared: true)
+    try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+    return (mm, try XCTUnwrap(mm.vmas.first?.file))
 }
 
 /// Put `page` in the PTE for `address` under the mmap read lock, a PTE

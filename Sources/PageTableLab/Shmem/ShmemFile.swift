@@ -301,5 +301,4 @@ public final class ShmemFile: @unchecked Sendable {
             folioUnlocked.wait(key)
         }
     }
-
 }
