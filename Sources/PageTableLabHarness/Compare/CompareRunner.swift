@@ -248,13 +248,19 @@ private struct Side {
         do {
             // The live kernel brackets its own syscall more tightly than
             // this could, and each /proc read costs tens of microseconds.
-            let measured = target as? any MeasuresThisProcess
-            let before = measured == nil ? try target.vmPTEKilobytes() : 0
-            do { try target.perform(step.op) } catch { failure = error }
-            // Counted whether or not the op failed: one that failed part way
-            // (a touch out of memory) may have allocated tables all the same,
-            // which the cleanup frees, and its growth must end at zero.
-            growth += try measured?.lastOpChangeKilobytes ?? target.vmPTEKilobytes() - before
+            if let measured = target as? any MeasuresThisProcess {
+                // A live op that fails changed nothing the cleanup will
+                // undo: its syscall failed whole, or the target undid it.
+                do { try target.perform(step.op) } catch { failure = error }
+                if failure == nil { growth += measured.lastOpChangeKilobytes }
+            } else {
+                // A model op that failed part way (a touch out of memory)
+                // may have allocated tables all the same, which the cleanup
+                // frees: counted, so that the growth ends at zero.
+                let before = try target.vmPTEKilobytes()
+                do { try target.perform(step.op) } catch { failure = error }
+                growth += try target.vmPTEKilobytes() - before
+            }
         } catch {
             throw TraceError(file: file, line: step.line, message: "\(target.name): \(error)")
         }

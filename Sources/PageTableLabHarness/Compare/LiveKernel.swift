@@ -201,13 +201,9 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
         guard measuring else { return try body() }
         let thpBefore = watchesTHP ? THPVMStat.read(vmstat) : nil
         let before = try vmPTEKilobytes()
-        // A failed op's change is still read, so that no earlier op's is
-        // taken for it.
-        var failure: (any Error)?
-        do { try body() } catch { failure = error }
+        try body()
         let change = try vmPTEKilobytes() - before
         lastOpChangeKilobytes = change
-        if let failure { throw failure }
         if let b = thpBefore, let a = THPVMStat.read(vmstat) {
             let d = a - b
             if d["thp_fault_fallback"] > 0 || d["thp_file_fallback"] > 0 {
