@@ -74,23 +74,29 @@ final class RaceWindowTests: XCTestCase {
     /// of the table it retracts maps the huge folio's own page: one that a
     /// uprobe (say) pointed at a page of its own while the mmap lock was
     /// dropped keeps the table, and the collapse fails (SCAN_FAIL: EINVAL)
-    /// instead of freeing it with that page still mapped.
+    /// instead of freeing it with that page still mapped. SCAN_FAIL is not
+    /// one madvise_collapse goes on from: the call ends there, and the next
+    /// VMA (another memfd's) is not collapsed.
     func testCollapseKeepsATableThatMapsAPageNotTheFolios() throws {
         try withLab { allocator in
             let (mm, _) = try sharedMemoryMapped(allocator)
+            try mm.mmap(address: tib + 2 * mib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib + 2 * mib, length: 2 * mib, stride: 64 << 10)
             let breakpoint = try allocator.alloc(node: .local, zero: true)
             let uprobe = RacingChange(mm, in: .collapseMmapUnlocked) { address in
                 try mapPTE(mm, address, breakpoint)
             }
-            XCTAssertThrowsError(try mm.madviseCollapse(address: tib, length: 2 * mib)) { error in
-                guard case MMError.collapseRefused(_, let errno, _) = error else { return XCTFail("\(error)") }
+            XCTAssertThrowsError(try mm.madviseCollapse(address: tib, length: 4 * mib)) { error in
+                guard case MMError.collapseRefused(let at, let errno, _) = error else { return XCTFail("\(error)") }
                 XCTAssertEqual(errno, .einval)
+                XCTAssertEqual(at, tib)
             }
             mm.raceWindowHook = nil
-            XCTAssertEqual(uprobe.passes, 1)
+            XCTAssertEqual(uprobe.passes, 1, "the collapse went on to the next VMA")
             XCTAssertFalse(mm.isHugePMD(tib))
+            XCTAssertFalse(mm.isHugePMD(tib + 2 * mib), "the collapse went on to the next VMA")
             XCTAssertEqual(firstPTE(mm, tib)?.pfn, UInt64(breakpoint.pfn), "the table and its entry stay")
-            XCTAssertEqual(mm.vmPTEKilobytes, 12)
+            XCTAssertEqual(mm.vmPTEKilobytes, 16)
             XCTAssertEqual(mm.exit(), 0)
             PageTables.release(breakpoint, allocator: allocator)
         }
@@ -269,6 +275,13 @@ private func firstPTE(_ mm: MM, _ address: UInt64) -> Entry? {
     return Entry(rawValue: ptlab_pte_read(mm.allocator.address(of: table).assumingMemoryBound(to: UInt64.self)))
 }
 
+/// A choreography's wait for another thread's step. The step comes within
+/// microseconds; the bound only turns a regression that never makes it
+/// into a failure instead of a test process that hangs.
+private func waitForStep(_ step: DispatchSemaphore, _ failure: String) {
+    if step.wait(timeout: .now() + 60) == .timedOut { XCTFail(failure) }
+}
+
 /// The two collapses of testCollapseFileLeavesAHugeFolioAnotherCollapse-
 /// SwappedInMeanwhile, on `mm`'s race windows: the first thread, at its
 /// swap, starts the second and waits until that one is about to install;
@@ -289,10 +302,10 @@ private final class TwoCollapses: @unchecked Sendable {
                         XCTFail("the second collapse failed: \(error)")
                     }
                 }
-                atInstall.wait()
+                waitForStep(atInstall, "the second collapse never reached its install")
             case .collapseBeforeInstall where !onFirst:
                 atInstall.signal()
-                install.wait()
+                waitForStep(install, "the first collapse never went past its swap")
             case .collapseMmapUnlocked where onFirst && second != nil:
                 install.signal()
                 finish()
@@ -334,7 +347,7 @@ private final class FaultMeetsCollapse: @unchecked Sendable {
                     }
                     met.signal()
                 }
-                met.wait()
+                waitForStep(met, "the fault neither waited for the folio nor mapped its page")
                 entriesBeforeRetract = mm.findPTETable(address).map { (_, _, table) in
                     let ptes = mm.allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
                     return (0..<512).filter { Entry(rawValue: ptlab_pte_read(ptes + $0)).isPresent }.count

@@ -37,6 +37,8 @@ extension MM {
         /// A small folio of the range is locked: a fault is mapping it
         /// (SCAN_PAGE_LOCK: EAGAIN, and madvise_collapse goes on).
         case pageLocked
+        /// The file's pages there went meanwhile (SCAN_TRUNCATED).
+        case truncated
         /// No huge page to be had (SCAN_ALLOC_HUGE_PAGE_FAIL: ENOMEM).
         case allocFailed
         /// The VMA cannot take a huge PMD there.
@@ -45,6 +47,17 @@ extension MM {
         /// maps a page that is not the huge folio's, or went meanwhile; or
         /// the PMD was filled again before the huge PMD could go in.
         case fail
+
+        /// madvise_collapse goes on past the results it lists as worth
+        /// going on from (SCAN_PMD_NULL, SCAN_PAGE_RO, SCAN_PAGE_NULL,
+        /// SCAN_PAGE_LOCK, SCAN_PAGE_COMPOUND, ...) and stops at any other,
+        /// and madvise with it.
+        var endsTheCall: Bool {
+            switch self {
+            case .allocFailed, .vmaCheck, .fail, .truncated: true
+            default: false
+            }
+        }
 
         var errno: CollapseErrno {
             switch self {
@@ -62,6 +75,7 @@ extension MM {
             case .pageNull: "the file has no page there (SCAN_PAGE_NULL)"
             case .pageCompound: "the file has no huge page there (SCAN_PAGE_COMPOUND)"
             case .pageLocked: "a page there is locked (SCAN_PAGE_LOCK)"
+            case .truncated: "the file's pages there went meanwhile (SCAN_TRUNCATED)"
             case .allocFailed: "no huge page could be allocated (SCAN_ALLOC_HUGE_PAGE_FAIL)"
             case .vmaCheck: "the mapping cannot hold a huge PMD there (SCAN_VMA_CHECK)"
             case .fail: "a page table there maps pages other than the huge page's, or came back (SCAN_FAIL)"
@@ -71,8 +85,9 @@ extension MM {
 
     /// madvise(MADV_COLLAPSE) over [address, address + length): each VMA in
     /// turn, each whole 2 MiB inside it; an error when any was not
-    /// collapsed, with the errno of the last failure (after doing the rest,
-    /// as the kernel does).
+    /// collapsed, with the errno of the last failure after doing the rest,
+    /// or of the first that ends the call (CollapseResult.endsTheCall), as
+    /// the kernel does.
     public func madviseCollapse(address: UInt64, length: UInt64) throws(MMError) {
         try validate("madvise", address, length)
         let end = address + length
@@ -86,8 +101,8 @@ extension MM {
             while at + Self.pmdSize <= slice.end {
                 let result = slice.isAnonymous ? collapseAnonymous(at) : collapseShmem(at)
                 if result != .succeeded && result != .pmdMapped {
+                    if result.endsTheCall { throw .collapseRefused(address: at, errno: result.errno, why: result.why) }
                     lastFail = (at, result)
-                    if result == .allocFailed || result == .vmaCheck || result == .fail { break }
                 }
                 at += Self.pmdSize
             }
@@ -178,7 +193,7 @@ extension MM {
             case .huge:
                 break
             case .truncated:
-                return .pageNull
+                return .truncated
             case .pageLocked:
                 return .pageLocked
             case .locked(let huge, let old):
