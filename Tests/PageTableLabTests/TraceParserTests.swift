@@ -100,12 +100,15 @@ final class TraceParserTests: XCTestCase {
         assertError("expect pre-6.14=", line: 1, "bad kB value ''")
     }
 
-    /// A word quoted in an error has its control bytes escaped and is cut
-    /// at 40 characters, so that binary junk cannot reach the terminal raw
-    /// and a megabyte of it is not echoed back.
+    /// A word quoted in an error has its control and format characters
+    /// escaped and is cut at 40 scalars, so that binary junk cannot reach
+    /// the terminal raw and a megabyte of it is not echoed back.
     func testErrorsQuoteWordsEscapedAndCut() {
         assertError("\u{1B}[31mmap 0x10000000000 4K", line: 1, "unknown op '\\u{1B}[31mmap'")
         assertError("mmap 0x10000000000 4\u{0}K", line: 1, "bad number '4\\0K' for LEN")
+        assertError("mmap 0x10000000000 4\u{202E}K", line: 1, "bad number '4\\u{202E}K' for LEN")
+        let marks = "x" + String(repeating: "\u{301}", count: 1_000)
+        assertError("mmap 0x10000000000 \(marks)", line: 1, "… (2001 bytes) for LEN")
         let long = String(repeating: "x", count: 100_000)
         assertError("mmap 0x10000000000 \(long)", line: 1, "bad number '\(String(repeating: "x", count: 40))'… (100000 bytes) for LEN")
     }

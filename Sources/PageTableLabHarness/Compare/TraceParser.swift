@@ -88,14 +88,18 @@ private struct LineParser {
         TraceError(file: file, line: line, message: message)
     }
 
-    /// A word of the trace as an error quotes it: control bytes escaped,
-    /// so that a binary file cannot drive the user's terminal, and a long
-    /// word cut, so that a megabyte of junk is not echoed back whole.
+    /// A word of the trace as an error quotes it: control and format
+    /// characters (a bidi override, say) escaped, so that a binary file
+    /// cannot drive the user's terminal, and the word cut at 40 Unicode
+    /// scalars (not characters: one character may carry megabytes of
+    /// combining marks), so that junk is not echoed back whole.
     static func quoted(_ word: Substring) -> String {
         let limit = 40
-        let shown = word.prefix(limit).unicodeScalars.map { $0.properties.generalCategory == .control
-            ? $0.escaped(asASCII: true) : String($0) }.joined()
-        return "'\(shown)'" + (word.count > limit ? "… (\(word.utf8.count) bytes)" : "")
+        let scalars = word.unicodeScalars
+        let shown = scalars.prefix(limit).map { scalar in
+            [.control, .format].contains(scalar.properties.generalCategory) ? scalar.escaped(asASCII: true) : String(scalar)
+        }.joined()
+        return "'\(shown)'" + (scalars.count > limit ? "… (\(word.utf8.count) bytes)" : "")
     }
 
     static let verbs = "mmap, touch, dontneed, munmap, hugepage, collapse, mremap, mprotect or expect"
