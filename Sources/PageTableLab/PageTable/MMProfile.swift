@@ -68,7 +68,11 @@ public struct MMProfile: Sendable {
     /// A kernel without PT_RECLAIM, where the dtor runs at unlink and a
     /// batch-page failure sends IPIs: Debian's 6.1, which the VM check
     /// compares with (so also no mremap realignment, and the pre-6.5
-    /// retract).
+    /// retract's free). Its retract still takes 6.5+'s locks (the rmap
+    /// lock alone), not 6.1's mmap write locks, so it is for counting
+    /// tables (`ptlab compare`, one thread), not for racing walkers
+    /// against the retract: with a pte_offset_map walker holding only the
+    /// mmap read lock, it reports a use-after-free 6.1 did not have.
     public static var pre6_14: MMProfile {
         var p = MMProfile()
         p.ptReclaim = false

@@ -39,7 +39,9 @@ public struct PteFreeDefer: RetractFreePolicy {
 /// Before 6.5: tlb_remove_table_sync_one, then pte_free at once. Safe only
 /// because the retract then held every mm's mmap write lock, so no
 /// pte_offset_map walker could be in the table; GUP-fast is waited out by
-/// the IPI.
+/// the IPI. The model's retract takes 6.5+'s locks whatever the policy
+/// (see MMProfile.pre6_14), so under this one a walker holding the mmap
+/// read lock can still be caught in a freed table.
 public struct SyncIPIRetractFree: RetractFreePolicy {
     public init() {}
     public var name: String { "ipi-sync" }
