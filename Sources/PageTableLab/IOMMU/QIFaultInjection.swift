@@ -57,18 +57,6 @@ public final class QIFaultInjection: Sendable {
         doorbell.signal()
     }
 
-    /// Withdraw every fault armed and not yet acted on, and let fetching
-    /// go on: what a test or a stress run injected was for its churn, and
-    /// the flushes of its teardown (a PASID's unbind) must complete.
-    public func disarm() {
-        iqeCountdown.store(-1, ordering: .releasing)
-        pendingITE.store(0, ordering: .releasing)
-        pendingICE.store(0, ordering: .releasing)
-        stallOnIQE.store(false, ordering: .releasing)
-        stallOnITE.store(false, ordering: .releasing)
-        resumeFetching()
-    }
-
     /// Injected faults the hardware has acted on so far.
     public var injected: (iqe: UInt64, ite: UInt64, ice: UInt64) {
         (injectedIQE.load(ordering: .relaxed), injectedITE.load(ordering: .relaxed),

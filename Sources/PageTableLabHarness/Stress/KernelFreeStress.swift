@@ -117,10 +117,6 @@ public struct KernelFreeStress {
                                             uaf: Int(iommu.counters.snapshot().useAfterFree)))
                 }
             }
-            // A fault the last injection armed and no churn flush met
-            // would land on a teardown flush and fail an unbind: the
-            // injections were for the churn.
-            if injectFaults { iommu.faultInjection.disarm() }
             walkers.stop()
             try churn.tearDown()
             freer.shutdown()
