@@ -90,6 +90,12 @@ public final class ShmemFile: @unchecked Sendable {
         func find(_ index: UInt64) -> Folio? {
             folios[index & ~511].flatMap { $0.huge ? $0 : nil } ?? folios[index]
         }
+
+        /// Whether any folio is cached in the 512 pages from `base`: a huge
+        /// folio there would overlap it.
+        func holdsAny(from base: UInt64) -> Bool {
+            folios.keys.contains { $0 >= base && $0 < base + 512 }
+        }
     }
 
     /// What collapse_file's first half came to (`lockForCollapse`).
@@ -142,7 +148,7 @@ public final class ShmemFile: @unchecked Sendable {
             if let found = lockCached(index, contended: contended) { return found }
             missed()
             let base = index & ~511
-            if huge, cache.withLock({ cache in !cache.folios.keys.contains { $0 >= base && $0 < base + 512 } }),
+            if huge, cache.withLock({ !$0.holdsAny(from: base) }),
                let page = try? allocator.alloc(order: 9, node: .local, zero: true) {
                 if let kept = insertLocked(Folio(page: page, huge: true), at: base) { return kept }
                 continue
@@ -193,7 +199,7 @@ public final class ShmemFile: @unchecked Sendable {
     private func insertLocked(_ folio: Folio, at index: UInt64) -> Folio? {
         let won = cache.withLock { cache -> Bool in
             if cache.find(index) != nil { return false }
-            if folio.huge, cache.folios.keys.contains(where: { $0 >= index && $0 < index + 512 }) { return false }
+            if folio.huge, cache.holdsAny(from: index) { return false }
             cache.folios[index] = folio
             cache.locked.insert(folio.page.pfn)
             return true
