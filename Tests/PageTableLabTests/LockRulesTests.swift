@@ -201,6 +201,68 @@ final class LockRulesTests: XCTestCase {
         }
     }
 
+    /// Before 6.5 the retract freed its table after the sync IPI alone,
+    /// which is safe only because it held the mm's mmap write lock: no
+    /// walker holding the read lock (every pte_offset_map user then) can
+    /// be inside the table when it goes. Since 6.5 it holds none, and
+    /// pte_free_defer's grace period covers them. Probed at each free.
+    func testThePre6_5RetractFreesUnderTheMMapWriteLock() throws {
+        for (profile, inner, locked) in [(MMProfile.pre6_14, SyncIPIRetractFree() as any RetractFreePolicy, true),
+                                         (MMProfile.v6_14, PteFreeDefer(), false)] {
+            try withLab(profile: profile) { allocator in
+                let probe = RetractProbe(inner)
+                var profile = profile
+                profile.collapseFree = probe
+                let mm = try MM(allocator: allocator, profile: profile)
+                try mm.mmap(address: tib, length: 2 * mib, shared: true)
+                try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+                try mm.madviseCollapse(address: tib, length: 2 * mib)
+                XCTAssertTrue(mm.isHugePMD(tib))
+                XCTAssertEqual(probe.frees, 1, inner.name)
+                XCTAssertEqual(probe.readerGotIn, locked ? 0 : 1,
+                               "\(inner.name): a reader of the mmap lock could be in the table as it was freed")
+                XCTAssertEqual(mm.exit(), 0)
+            }
+        }
+    }
+
+    /// Before 6.5, retract_page_tables only trylocks the mmap write lock
+    /// (it holds the huge folio's lock, which a fault under the mmap lock
+    /// may be waiting for): where a reader holds it, the table stays, and
+    /// collapse_pte_mapped_thp, under the write lock madvise_collapse takes
+    /// once the reader is gone, retracts it. Since 6.5 the retract takes
+    /// the table whoever holds the mmap lock.
+    func testThePre6_5RetractLeavesATableWhoseMMapLockIsHeld() throws {
+        for (profile, kept) in [(MMProfile.pre6_14, true), (MMProfile.v6_14, false)] {
+            try withLab(profile: profile) { allocator in
+                let mm = try MM(allocator: allocator, profile: profile)
+                try mm.mmap(address: tib, length: 2 * mib, shared: true)
+                try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+                let tableAfterCollapseFile = LabMutex<Bool?>(nil)
+                // A walker's read lock, taken once collapse_file has
+                // unmapped the old pages and given up when it is done (the
+                // lock has no owner: which thread holds it does not matter).
+                mm.raceWindowHook = { window, address in
+                    switch window {
+                    case .collapseFileBeforeRetract:
+                        mm.mmapLock.lockRead()
+                    case .collapseMmapUnlocked:
+                        tableAfterCollapseFile.withLock { $0 = mm.findPTETable(address) != nil }
+                        mm.mmapLock.unlockRead()
+                    default:
+                        break
+                    }
+                }
+                try mm.madviseCollapse(address: tib, length: 2 * mib)
+                mm.raceWindowHook = nil
+                XCTAssertEqual(tableAfterCollapseFile.withLock { $0 }, kept)
+                XCTAssertTrue(mm.isHugePMD(tib))
+                XCTAssertEqual(mm.vmPTEKilobytes, 8, "PUD + PMD: the table went, in the retract or in collapse_pte_mapped_thp")
+                XCTAssertEqual(mm.exit(), 0)
+            }
+        }
+    }
+
     /// tlb_remove_table_sync_one is an empty IPI: it waits for IRQs-off
     /// walkers and flushes no cache. A flush does.
     func testTheSyncIPILeavesCachesIntact() throws {
@@ -223,8 +285,9 @@ final class LockRulesTests: XCTestCase {
         }
     }
 
-    /// PT_RECLAIM with the ipi-sync fallback is refused as a kernel, and
-    /// runs only as the unsafe mode that asks for it.
+    /// PT_RECLAIM with the ipi-sync fallback, and the pre-6.5 retract's
+    /// free without its locks, are refused as kernels, and run only as the
+    /// unsafe modes that ask for them.
     func testAProfileNoKernelShippedIsRefused() throws {
         try withLab { allocator in
             var profile = MMProfile()
@@ -238,6 +301,14 @@ final class LockRulesTests: XCTestCase {
             profile.deliberatelyUnsafe = true
             try MM(allocator: allocator, profile: profile).exit()
             profile = .pre6_14
+            try MM(allocator: allocator, profile: profile).exit()
+            profile.collapseFree = .syncIPIUnlocked
+            XCTAssertThrowsError(try MM(allocator: allocator, profile: profile)) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.hasPrefix("refused profile: the pre-6.5 retract's free"), text)
+                XCTAssertTrue(text.contains("mmap read lock"), "the error says why: \(text)")
+            }
+            profile.deliberatelyUnsafe = true
             try MM(allocator: allocator, profile: profile).exit()
         }
     }
@@ -257,5 +328,29 @@ private func withLoadedAllocator<R>(_ body: (PageAllocator) throws -> R) throws 
         try RCU.barrier()
         assertIntegrity(since: integrityBefore)
         return (result, allocator.totalAllocatedPages)
+    }
+}
+
+/// A retract's free, passed on to `inner`, that first tries the mm's mmap
+/// read lock as a walker would: whether one could be in the table now.
+private final class RetractProbe: RetractFreePolicy, @unchecked Sendable {
+    let inner: any RetractFreePolicy
+    private let counts = LabMutex((frees: 0, readerGotIn: 0))
+    var frees: Int { counts.withLock { $0.frees } }
+    var readerGotIn: Int { counts.withLock { $0.readerGotIn } }
+
+    init(_ inner: any RetractFreePolicy) { self.inner = inner }
+
+    var name: String { "probe(\(inner.name))" }
+    var takesMMapWriteLock: Bool { inner.takesMMapWriteLock }
+
+    func free(_ table: Page, mm: MM) {
+        let gotIn = mm.mmapLock.tryLockRead()
+        if gotIn { mm.mmapLock.unlockRead() }
+        counts.withLock {
+            $0.frees += 1
+            if gotIn { $0.readerGotIn += 1 }
+        }
+        inner.free(table, mm: mm)
     }
 }

@@ -235,17 +235,29 @@ extension MM {
 
     /// retract_page_tables, this mm's share: every VMA mapping file page
     /// `base` with a whole 2 MiB a huge PMD could map loses the PTE table
-    /// there. Takes no mmap lock: the rmap lock (i_mmap_lock_read) keeps
-    /// free_pgtables from tearing down a range still linked, and the PMD
-    /// and PTE locks serialise with the other updaters; RCU covers the
-    /// walkers still inside the table.
+    /// there. Since 6.5 it takes no mmap lock: the rmap lock
+    /// (i_mmap_lock_read) keeps free_pgtables from tearing down a range
+    /// still linked, and the PMD and PTE locks serialise with the other
+    /// updaters; RCU covers the walkers still inside the table. Before 6.5
+    /// (a policy that `takesMMapWriteLock`) each retract trylocks the mm's
+    /// mmap write lock, since the huge folio's lock is held and a fault
+    /// holding the mmap lock may be waiting for it; where another holds
+    /// the lock the table stays (the kernel queues it for khugepaged,
+    /// khugepaged_add_pte_mapped_thp, which the lab does not run).
     func retractPageTables(_ file: ShmemFile, _ base: UInt64) {
+        let exclusive = profile.collapseFree.takesMMapWriteLock
         rmapLock.withReadLock {
             let vmas = vmaTree.withLock { $0.vmas.filter { $0.file === file } }
             for vma in vmas where base >= vma.pgoff {
                 let at = vma.start &+ (base - vma.pgoff) << 12
                 guard vma.contains(at), vma.suitsHugePMD(at: at), rmap.withLock({ $0.contains(at) }) else { continue }
+                guard exclusive else {
+                    retract(at)
+                    continue
+                }
+                guard mmapLock.tryLockWrite() else { continue }
                 retract(at)
+                mmapLock.unlockWrite()
             }
         }
     }
@@ -308,32 +320,39 @@ extension MM {
     /// meanwhile may have put another file there, and the collapsed file's
     /// folio mapped over it would be freed with that file's page cache
     /// while still mapped.
+    ///
+    /// Under the mmap read lock since 6.5; before, madvise_collapse took the
+    /// write lock for it (a policy that `takesMMapWriteLock`).
     private func collapsePTEMappedTHP(_ at: UInt64) -> CollapseResult {
-        mmapLock.withReadLock {
-            guard let vma = revalidate(at, anonymous: false), let file = vma.file else { return .vmaCheck }
-            let pmd = findPMD(at)
-            if let (_, slot) = pmd, Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf { return .pmdMapped }
-            // filemap_lock_folio: a collapse_file still at work on the
-            // range holds it until its contents are in and every other
-            // mapper's table is retracted.
-            guard let folio = file.lockFolio(at: vma.pgoff(at: at)) else { return .pageNull }
-            defer { file.unlock(folio) }
-            guard folio.huge else { return .pageCompound }
-            guard let (pmdTable, slot) = pmd else { return .pmdNull }
-            // find_pmd_or_thp_or_none again, now that the folio is had.
-            let now = Entry(rawValue: ptlab_pte_read(slot))
-            if now.isHugeLeaf { return .pmdMapped }
-            if !now.isNone, !retract(at, mapping: folio.page) { return .fail }
-            raceWindow(.collapseBeforeInstall, at)
-            // set_huge_pmd: do_set_pmd maps the folio only where the PMD is
-            // still none under the PMD lock, and fails otherwise (SCAN_FAIL,
-            // not success): what a fault put there meanwhile stays.
-            lockPTL(pmdTable)
-            let installed = ptlab_pte_read(slot) == 0
-            if installed { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
-            ptlab_ptl_unlock(pmdTable.desc)
-            return installed ? .succeeded : .fail
-        }
+        profile.collapseFree.takesMMapWriteLock
+            ? mmapLock.withWriteLock { collapsePTEMappedTHPLocked(at) }
+            : mmapLock.withReadLock { collapsePTEMappedTHPLocked(at) }
+    }
+
+    private func collapsePTEMappedTHPLocked(_ at: UInt64) -> CollapseResult {
+        guard let vma = revalidate(at, anonymous: false), let file = vma.file else { return .vmaCheck }
+        let pmd = findPMD(at)
+        if let (_, slot) = pmd, Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf { return .pmdMapped }
+        // filemap_lock_folio: a collapse_file still at work on the
+        // range holds it until its contents are in and every other
+        // mapper's table is retracted.
+        guard let folio = file.lockFolio(at: vma.pgoff(at: at)) else { return .pageNull }
+        defer { file.unlock(folio) }
+        guard folio.huge else { return .pageCompound }
+        guard let (pmdTable, slot) = pmd else { return .pmdNull }
+        // find_pmd_or_thp_or_none again, now that the folio is had.
+        let now = Entry(rawValue: ptlab_pte_read(slot))
+        if now.isHugeLeaf { return .pmdMapped }
+        if !now.isNone, !retract(at, mapping: folio.page) { return .fail }
+        raceWindow(.collapseBeforeInstall, at)
+        // set_huge_pmd: do_set_pmd maps the folio only where the PMD is
+        // still none under the PMD lock, and fails otherwise (SCAN_FAIL,
+        // not success): what a fault put there meanwhile stays.
+        lockPTL(pmdTable)
+        let installed = ptlab_pte_read(slot) == 0
+        if installed { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
+        ptlab_ptl_unlock(pmdTable.desc)
+        return installed ? .succeeded : .fail
     }
 
     /// The PMD table, the PMD entry and the PTE table mapping `address`.

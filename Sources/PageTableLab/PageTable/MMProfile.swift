@@ -51,14 +51,19 @@ public struct MMProfile: Sendable {
     public init() {}
 
     /// Refuse a profile that claims to be a kernel when no kernel ever was
-    /// one: PT_RECLAIM with the ipi-sync fallback. PT_RECLAIM frees PTE
+    /// one: PT_RECLAIM with the ipi-sync fallback, or the pre-6.5 retract's
+    /// free without its locks (SyncIPIRetractFree). PT_RECLAIM frees PTE
     /// tables under the mmap *read* lock, where pte_offset_map walkers hold
     /// only RCU, and the sync IPI does not wait for them; the series that
     /// brought PT_RECLAIM made tlb_remove_table_one use call_rcu for that
     /// reason (seed 003).
     public func check() throws(MMError) {
-        if ptReclaim && (tableFree as? RCUTableFree)?.fallback == .ipiSync && !deliberatelyUnsafe {
+        guard !deliberatelyUnsafe else { return }
+        if ptReclaim && (tableFree as? RCUTableFree)?.fallback == .ipiSync {
             throw .unshippedProfile("PT_RECLAIM with the ipi-sync fallback of tlb_remove_table_one: PT_RECLAIM frees tables under the mmap read lock, where pte_offset_map walkers hold only RCU, which the sync IPI does not wait for; no kernel shipped it (seed 003: the series made the fallback call_rcu)")
+        }
+        if let retract = collapseFree as? SyncIPIRetractFree, !retract.takesMMapWriteLock {
+            throw .unshippedProfile("the pre-6.5 retract's free (the sync IPI, then pte_free) without its mmap write locks: a pte_offset_map walker holding the mmap read lock can be inside the table, and the IPI does not wait for it; no kernel shipped it (6.5 dropped the locks and moved to pte_free_defer together)")
         }
     }
 
@@ -68,11 +73,8 @@ public struct MMProfile: Sendable {
     /// A kernel without PT_RECLAIM, where the dtor runs at unlink and a
     /// batch-page failure sends IPIs: Debian's 6.1, which the VM check
     /// compares with (so also no mremap realignment, and the pre-6.5
-    /// retract's free). Its retract still takes 6.5+'s locks (the rmap
-    /// lock alone), not 6.1's mmap write locks, so it is for counting
-    /// tables (`ptlab compare`, one thread), not for racing walkers
-    /// against the retract: with a pte_offset_map walker holding only the
-    /// mmap read lock, it reports a use-after-free 6.1 did not have.
+    /// retract: its free after the sync IPI, under each mm's mmap write
+    /// lock).
     public static var pre6_14: MMProfile {
         var p = MMProfile()
         p.ptReclaim = false

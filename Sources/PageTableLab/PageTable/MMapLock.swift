@@ -68,6 +68,18 @@ public final class MMapLock: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
+    /// mmap_write_trylock: the write lock if no reader or writer holds it
+    /// now. For a caller that already holds a lock which a holder of the
+    /// mmap lock may wait for (the pre-6.5 retract holds the huge folio's
+    /// lock, which a fault under the mmap read lock waits on).
+    public func tryLockWrite() -> Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        guard !writer && readers == 0 else { return false }
+        writer = true
+        return true
+    }
+
     /// mmap_write_unlock.
     public func unlockWrite() {
         pthread_mutex_lock(mutex)

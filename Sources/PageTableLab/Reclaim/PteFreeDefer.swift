@@ -15,8 +15,8 @@
 // still be inside it, and it took the flush's IPI mid-walk: only a grace
 // period waits for it. Here: MM.pteFreeDefer, which the retract reaches
 // through MMProfile.collapseFree (a RetractFreePolicy: .pteFreeDefer, 6.5+;
-// .syncIPI, before 6.5, when the retract still held every mmap write lock;
-// .immediate, unsafe).
+// .syncIPI, before 6.5, when the retract still held the mmap write lock,
+// which the policy makes the retract take; .immediate, unsafe).
 //
 // PT_RECLAIM (mm/pt_reclaim.c) lives elsewhere: try_to_free_pte is in
 // PageTable/Zap.swift, and its tables go through the mmu_gather (Gather/),

@@ -10,10 +10,24 @@
 /// and take the flush's IPI mid-walk: the table must not be freed (with
 /// `PageTables.dtorFree`) before they are gone. It runs where memory cannot
 /// be relied on: no allocation.
+///
+/// The free and the locks came together: 6.5 (Hugh Dickins' "retract
+/// page tables without mmap or vma lock") dropped the mmap write locks
+/// and moved to pte_free_defer in one series, so a policy says which
+/// locks the retract it belongs to takes (`takesMMapWriteLock`).
 public protocol RetractFreePolicy: Sendable {
     /// A short name for reports.
     var name: String { get }
+    /// The retract holds the mm's mmap write lock: retract_page_tables
+    /// trylocks it for each mm and leaves the table where it fails, and
+    /// madvise_collapse takes it for collapse_pte_mapped_thp. No walker
+    /// holding the mmap read lock is then inside the table when it goes.
+    var takesMMapWriteLock: Bool { get }
     func free(_ table: Page, mm: MM)
+}
+
+extension RetractFreePolicy {
+    public var takesMMapWriteLock: Bool { false }
 }
 
 /// pte_free_defer (6.5+): call_rcu on the table's embedded head.
@@ -36,15 +50,19 @@ public struct PteFreeDefer: RetractFreePolicy {
     }
 }
 
-/// Before 6.5: tlb_remove_table_sync_one, then pte_free at once. Safe only
-/// because the retract then held every mm's mmap write lock, so no
-/// pte_offset_map walker could be in the table; GUP-fast is waited out by
-/// the IPI. The model's retract takes 6.5+'s locks whatever the policy
-/// (see MMProfile.pre6_14), so under this one a walker holding the mmap
-/// read lock can still be caught in a freed table.
+/// Before 6.5: tlb_remove_table_sync_one, then pte_free at once. Safe
+/// because the retract holds the mm's mmap write lock (`takesMMapWriteLock`),
+/// so no pte_offset_map walker is in the table (before 6.5 every one held
+/// the mmap lock); GUP-fast, which holds none, is waited out by the IPI.
+/// A walker holding only RCU, which 6.5 made legal, is not covered.
 public struct SyncIPIRetractFree: RetractFreePolicy {
-    public init() {}
-    public var name: String { "ipi-sync" }
+    /// False only for the unsafe mode that frees this way under 6.5+'s
+    /// locks, a combination no kernel shipped (MMProfile.check refuses it
+    /// unless asked for on purpose): a walker holding the mmap read lock
+    /// can then be in the table when it goes.
+    public let takesMMapWriteLock: Bool
+    public init(takesMMapWriteLock: Bool = true) { self.takesMMapWriteLock = takesMMapWriteLock }
+    public var name: String { takesMMapWriteLock ? "ipi-sync" : "ipi-sync-unlocked" }
 
     public func free(_ table: Page, mm: MM) {
         mm.tlb.syncOne()
@@ -66,6 +84,8 @@ extension RetractFreePolicy where Self == PteFreeDefer {
 
 extension RetractFreePolicy where Self == SyncIPIRetractFree {
     public static var syncIPI: SyncIPIRetractFree { SyncIPIRetractFree() }
+    /// Unsafe: the pre-6.5 free without the pre-6.5 locks.
+    public static var syncIPIUnlocked: SyncIPIRetractFree { SyncIPIRetractFree(takesMMapWriteLock: false) }
 }
 
 extension RetractFreePolicy where Self == ImmediateRetractFree {
