@@ -22,8 +22,9 @@ struct StressCommand: ParsableCommand {
             ptlock, and the MMU or an IOMMU with no lock at all (hardware). Each updater takes \
             the locks its operation takes in the kernel: the mmap write lock for mmap, munmap \
             (downgraded to read to zap), mremap and mprotect; the read lock for faults, \
-            MADV_DONTNEED and collapse; and pte_offset_map_lock, with its pmd_same re-check, \
-            for every PTE table it changes. The report names the walkers with their contexts \
+            MADV_DONTNEED and collapse (whose retract takes the write lock before 6.5: \
+            --path shmem-pre-6.5); and pte_offset_map_lock, with its pmd_same re-check, for \
+            every PTE table it changes. The report names the walkers with their contexts \
             and the number of updaters.
 
             Scenarios and modes (the first is the default):
@@ -67,7 +68,7 @@ struct StressCommand: ParsableCommand {
     @Option(help: "batch-fail only: the tlb_remove_table_one fallback (\(Scenario.named("batch-fail")!.modes.map(\.name).joined(separator: ", "))); same as --mode.")
     var fallback: String?
 
-    @Option(help: "collapse only: the kernel path, shmem (collapse_file + the retract, the default) or anon (collapse_huge_page).")
+    @Option(help: "collapse only: the kernel path, shmem (collapse_file + the retract, the default), shmem-pre-6.5 (the same under 6.1's mmap write locks and sync IPI) or anon (collapse_huge_page).")
     var path: String?
 
     /// The least time an unsafe run under `all` is given to detect. A

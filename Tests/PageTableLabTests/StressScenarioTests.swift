@@ -36,8 +36,9 @@ final class StressScenarioTests: XCTestCase {
 
     /// An unsafe mode must be caught by its own detector, the walker the
     /// bug is about: another walker firing proves nothing about this one.
-    private func assertDetects(_ scenario: String, _ mode: String, by detector: Detector, tlbFlush: TLBFlushKind = .ipi) throws {
-        let r = try run(scenario, mode, tlbFlush: tlbFlush)
+    private func assertDetects(_ scenario: String, _ mode: String, by detector: Detector, path: String? = nil,
+                               tlbFlush: TLBFlushKind = .ipi) throws {
+        let r = try run(scenario, mode, path: path, tlbFlush: tlbFlush)
         XCTAssertEqual(r.expectedDetector, detector, "\(scenario)/\(mode) names the wrong detector")
         XCTAssertGreaterThan(r.detections[detector], 0,
                              "\(scenario)/\(mode) ran \(r.ops) ops, \(r.walks) walks and \(detector.rawValue) saw nothing: \(r.detections)")
@@ -52,10 +53,19 @@ final class StressScenarioTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("has no mode 'immediate'"), "\($0)")
         }
         XCTAssertThrowsError(try StressRunner({ var o = StressOptions(scenario: "collapse", mode: "defer"); o.path = "file"; return o }())) {
-            XCTAssertEqual("\($0)", "scenario 'collapse' has no path 'file' (paths: shmem, anon)")
+            XCTAssertEqual("\($0)", "scenario 'collapse' has no path 'file' (paths: shmem, shmem-pre-6.5, anon)")
         }
     }
     func testCollapseImmediateIsCaughtByPteOffsetMap() throws { try assertDetects("collapse", "immediate", by: .pteOffsetMap) }
+    /// 6.1's retract: the sync IPI suffices under the mmap write lock; the
+    /// same free without that lock is caught by the walker holding the
+    /// read lock.
+    func testCollapseBefore6_5IsSafeUnderItsMMapWriteLocks() throws {
+        try assertSafe("collapse", "ipi-sync", path: "shmem-pre-6.5")
+    }
+    func testCollapseBefore6_5WithoutItsLocksIsCaughtByPteOffsetMap() throws {
+        try assertDetects("collapse", "ipi-sync-unlocked", by: .pteOffsetMap, path: "shmem-pre-6.5")
+    }
     func testUnmapRCUTableFreeIsSafe() throws { try assertSafe("unmap", "rcu-table-free") }
     func testUnmapImmediateIsCaughtByGUPFast() throws { try assertDetects("unmap", "immediate", by: .gupFast) }
     func testUnmapNoFlushIsCaughtByTheStalePSC() throws { try assertDetects("unmap", "no-flush", by: .stalePSC) }

@@ -1,7 +1,7 @@
 import PageTableLab
 extension Scenario {
     /// Every scenario `ptlab stress` knows, in the order `stress all` runs them.
-    public static let all: [Scenario] = [collapseShmem, collapseAnonymous, unmap, reclaim, ptlock, batchFail, sva, race]
+    public static let all: [Scenario] = [collapseShmem, collapseShmemPre6_5, collapseAnonymous, unmap, reclaim, ptlock, batchFail, sva, race]
 
     /// The scenario called `name`: the one on `path` where it has several
     /// (the first is the default).
@@ -31,16 +31,42 @@ extension Scenario {
             .unsafe("immediate", caughtBy: .pteOffsetMap) { $0.collapseFree = .immediate },
         ],
         walkers: [.pteOffsetMap(.rcu), .gupFast, .mmu],
-        step: { mm, region, rng in
-            if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length, shared: true) }
-            let table = region.table(Int(rng.next() % UInt64(region.tables)))
-            if mm.isHugePMD(table) {
-                try mm.munmap(address: region.base, length: region.length)
-                return
-            }
-            try mm.touch(address: table, length: MM.pmdSize, stride: 32 << 10)
-            try mm.madviseCollapse(address: table, length: MM.pmdSize)
-        })
+        step: collapseShmemStep)
+
+    /// The same collapse before 6.5, in the kernel Debian 12 ships (6.1):
+    /// the retract holds the mm's mmap write lock (trylocked in
+    /// retract_page_tables, taken for collapse_pte_mapped_thp) and frees
+    /// the table right after tlb_remove_table_sync_one. Its walkers are the
+    /// ones that kernel had: pte_offset_map only under the mmap lock (it
+    /// had no RCU-only walkers), GUP-fast, which the IPI waits out, and the
+    /// MMU, which the flush covers. The same free under 6.5+'s locks (none
+    /// of the mm's) is caught by the walker under the read lock.
+    static let collapseShmemPre6_5 = Scenario(
+        name: "collapse", path: "shmem-pre-6.5",
+        summary: "MADV_COLLAPSE of shmem before 6.5: the retract under the mmap write lock + sync IPI vs pte_offset_map (mmap read lock), GUP-fast and MMU walks",
+        modes: [
+            .safe("ipi-sync") { $0.collapseFree = .syncIPI },
+            .unsafe("ipi-sync-unlocked", caughtBy: .pteOffsetMap) {
+                $0.collapseFree = .syncIPIUnlocked
+                $0.deliberatelyUnsafe = true
+            },
+        ],
+        walkers: [.pteOffsetMap(.mmapRead), .gupFast, .mmu],
+        step: collapseShmemStep)
+
+    /// Each step collapses one 2 MiB of the region, its pages faulted in
+    /// first, or unmaps the whole region when the table picked is already
+    /// a huge PMD, so that the next round starts from small pages again.
+    private static let collapseShmemStep: @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void = { mm, region, rng in
+        if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length, shared: true) }
+        let table = region.table(Int(rng.next() % UInt64(region.tables)))
+        if mm.isHugePMD(table) {
+            try mm.munmap(address: region.base, length: region.length)
+            return
+        }
+        try mm.touch(address: table, length: MM.pmdSize, stride: 32 << 10)
+        try mm.madviseCollapse(address: table, length: MM.pmdSize)
+    }
 
     /// MADV_COLLAPSE of anonymous memory (collapse_huge_page): under the
     /// mmap write lock the PMD is cleared and flushed, GUP-fast waited out
