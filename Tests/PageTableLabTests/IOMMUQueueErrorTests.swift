@@ -178,6 +178,32 @@ final class IOMMUQueueErrorTests: XCTestCase {
         }
     }
 
+    /// armed counts what the hardware has yet to act on: a stress run
+    /// flushes until it is 0 before its teardown's unbinds.
+    func testArmedCountsFaultsUntilTheHardwareActsOnThem() throws {
+        try withIOMMU { _, iommu in
+            _ = try iommu.attachDevice(sid: 0x20, did: 1, ats: true)
+            iommu.faultInjection.injectIQE(skipping: 1)
+            iommu.faultInjection.injectITE()
+            iommu.faultInjection.injectICE(count: 2)
+            XCTAssertEqual(iommu.faultInjection.armed, 4)
+            try iommu.qiSubmitSync([Self.good])
+            XCTAssertEqual(iommu.faultInjection.armed, 4, "one descriptor skipped, none refused")
+            XCTAssertThrowsError(try iommu.qiSubmitSync([Self.good])) {
+                guard case .invalidDescriptor(0, _, _, true, _) = $0 as? QIError else { return XCTFail("\($0)") }
+            }
+            XCTAssertEqual(iommu.faultInjection.armed, 3)
+            // The ITE, then an ICE on the driver's resubmission; then the other ICE.
+            for left in [1, 0] {
+                XCTAssertThrowsError(try iommu.qiSubmitSync([Self.deviceTLB(0x20)])) {
+                    XCTAssertEqual($0 as? QIError, .completionError(sid: 0x20))
+                }
+                XCTAssertEqual(iommu.faultInjection.armed, left)
+            }
+            XCTAssertEqual(iommu.counters.snapshot().qiRetries, 1)
+        }
+    }
+
     func testOversizedSubmissionIsRefusedBeforeTouchingTheQueue() throws {
         try withIOMMU { _, iommu in
             let many = [RawDescriptor](repeating: Self.good, count: iommu.queueLength - 1)

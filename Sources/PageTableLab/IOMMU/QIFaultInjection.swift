@@ -57,6 +57,15 @@ public final class QIFaultInjection: Sendable {
         doorbell.signal()
     }
 
+    /// Faults armed and not yet acted on (an armed IQE counts once). A
+    /// stress run flushes until this is 0 before its teardown rather than
+    /// withdrawing them: a fault its churn never met would otherwise land
+    /// on an unbind, and one withdrawn is one never shown to be survived.
+    public var armed: Int {
+        (iqeCountdown.load(ordering: .acquiring) >= 0 ? 1 : 0) + pendingITE.load(ordering: .acquiring)
+            + pendingICE.load(ordering: .acquiring)
+    }
+
     /// Injected faults the hardware has acted on so far.
     public var injected: (iqe: UInt64, ite: UInt64, ice: UInt64) {
         (injectedIQE.load(ordering: .relaxed), injectedITE.load(ordering: .relaxed),
