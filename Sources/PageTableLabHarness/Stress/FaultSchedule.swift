@@ -74,6 +74,25 @@ final class FaultSchedule: Sendable {
         }
     }
 
+    /// Meet every fault still armed with kernel-range flushes before the
+    /// teardown unbinds. The churn's deferred flushes are rare (a few per
+    /// hundred tables), so the last injections may have met none, and an
+    /// unbind that meets one fails, retried by nobody. These flushes take
+    /// the churn's own path (SVA's KVA invalidation), so each fault is
+    /// handled and counted as in the run: the refused descriptor sent
+    /// again, the ITE's aborted wait resubmitted by qi_submit_sync as in
+    /// the kernel, the ICE's flush taken as done. Gives up when a flush
+    /// fails (counted as a KVA failure) or meets nothing, leaving the
+    /// unbinds to report what is left rather than spinning.
+    func drain(_ sva: SVA) {
+        var left = sva.iommu.faultInjection.armed
+        while left > 0, sva.invalidateKVARange() {
+            let now = sva.iommu.faultInjection.armed
+            guard now < left else { return }
+            left = now
+        }
+    }
+
     /// Queue-full submissions that failed, other than by an injected IQE
     /// (resubmitted): each one is something lost.
     let lost = Atomic<Int>(0)

@@ -20,6 +20,10 @@ public struct KernelFreeStress {
     public let unsafe: Bool
     /// iommu-faults: inject IQE, ITE, ICE and queue-full while churning.
     public let injectFaults: Bool
+    /// Tests: runs after the run's last flush and before the harness meets
+    /// what is still armed, which is where a fault from the last injection
+    /// waits when no churn flush met it: a test can put one there.
+    var beforeUnbind: ((IntelIOMMU) -> Void)?
 
     /// The kernel's policy named by `options.mode`, or `policy` (a
     /// prototype's own, which is `unsafe` when it is expected to be caught).
@@ -120,6 +124,8 @@ public struct KernelFreeStress {
             walkers.stop()
             try churn.tearDown()
             freer.shutdown()
+            beforeUnbind?(iommu)
+            if injectFaults && iommu.lockup == nil { faults.drain(sva) }
             // After a lockup the queue takes no more work: the unbinds'
             // flushes fail, and nothing walks any more to care.
             var unbindFailures = 0
