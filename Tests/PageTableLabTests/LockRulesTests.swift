@@ -263,6 +263,54 @@ final class LockRulesTests: XCTestCase {
         }
     }
 
+    /// mremap flushes what it moved before it drops the locks of the
+    /// entries it moved (move_ptes, move_normal_pmd, move_huge_pmd): the
+    /// new entry's lock held until the old translation is gone is what
+    /// keeps a zap through the rmap of the new mapping from freeing the
+    /// page while a CPU still reaches it through the old one
+    /// (CVE-2018-18281). Probed at the move's flush (the first secondary
+    /// TLB invalidation of each mremap), by trying the lock of the table
+    /// holding the new entry.
+    func testMremapFlushesBeforeDroppingTheLocksOfWhatMoved() throws {
+        final class Probe: MMUNotifier, @unchecked Sendable {
+            let newEntryLocked: (MM) -> Bool
+            var firstFlushHeldTheLock: Bool?
+            init(_ newEntryLocked: @escaping (MM) -> Bool) { self.newEntryLocked = newEntryLocked }
+            func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {
+                if firstFlushHeldTheLock == nil { firstFlushHeldTheLock = newEntryLocked(mm) }
+            }
+        }
+        func locked(_ table: Page?) -> Bool {
+            guard let table else { return false }
+            guard ptlab_ptl_trylock(table.desc) != 0 else { return true }
+            ptlab_ptl_unlock(table.desc)
+            return false
+        }
+        let new = tib + 64 * gib
+        // (what moves, the range, where it lands, the table whose lock guards the new entry)
+        let moves: [(String, UInt64, UInt64, UInt64, (MM) -> Page?)] = [
+            ("move_ptes", tib + 64 << 10, 64 << 10, new + 64 << 10, { mm in mm.findPTETable(new).map { $0.2 } }),
+            ("move_normal_pmd", tib, 2 * mib, new, { mm in mm.findPMD(new).map { $0.0 } }),
+            ("move_huge_pmd", tib, 2 * mib, new, { mm in mm.findPMD(new).map { $0.0 } }),
+        ]
+        for (what, old, length, to, guardTable) in moves {
+            var profile = MMProfile.v6_14
+            profile.thp = THPSettings(enabled: what == "move_huge_pmd" ? .always : .never, shmemEnabled: .never)
+            try withLab(profile: profile) { allocator in
+                let mm = try MM(allocator: allocator, profile: profile)
+                try mm.mmap(address: tib, length: 2 * mib)
+                try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+                XCTAssertEqual(mm.isHugePMD(tib), what == "move_huge_pmd", what)
+                let probe = Probe { mm in locked(guardTable(mm)) }
+                mm.registerNotifier(probe)
+                try mm.mremap(from: old, length: length, to: to)
+                mm.unregisterNotifier(probe)
+                XCTAssertEqual(probe.firstFlushHeldTheLock, true, "\(what) flushed after dropping the new entry's lock")
+                mm.exit()
+            }
+        }
+    }
+
     /// tlb_remove_table_sync_one is an empty IPI: it waits for IRQs-off
     /// walkers and flushes no cache. A flush does.
     func testTheSyncIPILeavesCachesIntact() throws {

@@ -61,7 +61,7 @@ extension MM {
                 continue
             }
             guard let (_, newPUD) = try? walkToPUDEntry(new) else { break }
-            if extent == Level.pud.entrySpan, moveTable(from: oldPUD, to: newPUD, address: old, span: extent) {
+            if extent == Level.pud.entrySpan, moveNormalPUD(from: oldPUD, to: newPUD, address: old) {
                 old += extent
                 new += extent
                 continue
@@ -81,7 +81,8 @@ extension MM {
                     continue
                 }
                 splitHugePMD(pmdTable: oldPMDTable, slot: oldPMD, address: old, vma: vma)
-            } else if extent == Self.pmdSize, moveTable(from: oldPMD, to: newPMD, address: old, span: extent) {
+            } else if extent == Self.pmdSize,
+                      moveNormalPMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old) {
                 old += extent
                 new += extent
                 continue
@@ -115,20 +116,41 @@ extension MM {
         }
     }
 
-    /// move_normal_pud / move_normal_pmd: the table under `from` moves to the
-    /// empty `to` whole (under both tables' locks; flushed for the old range).
-    private func moveTable(from: UnsafeMutablePointer<UInt64>, to: UnsafeMutablePointer<UInt64>, address: UInt64,
-                           span: UInt64) -> Bool {
+    /// move_normal_pud: the PMD table under `from` moves to the empty `to`
+    /// whole, under pud_lock (the mm's page_table_lock on x86).
+    private func moveNormalPUD(from: UnsafeMutablePointer<UInt64>, to: UnsafeMutablePointer<UInt64>, address: UInt64) -> Bool {
+        pageTableLock.withLock { _ in moveTableLocked(from: from, to: to, address: address, span: Level.pud.entrySpan) }
+    }
+
+    /// move_normal_pmd: the PTE table under `from` moves to the empty `to`
+    /// whole, under pmd_lock of both PMD tables.
+    private func moveNormalPMD(from: UnsafeMutablePointer<UInt64>, oldTable: Page, to: UnsafeMutablePointer<UInt64>,
+                               newTable: Page, address: UInt64) -> Bool {
+        lockPTL(oldTable)
+        if newTable != oldTable { lockPTL(newTable) }
+        defer {
+            if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) }
+            ptlab_ptl_unlock(oldTable.desc)
+        }
+        return moveTableLocked(from: from, to: to, address: address, span: Self.pmdSize)
+    }
+
+    /// The entry is read again under the lock: a collapse's retract may
+    /// have cleared it, or a huge PMD gone in, since move_page_tables
+    /// looked ("Racing with collapse?"). The flush for the old range runs
+    /// before the lock is dropped, as every move's does.
+    private func moveTableLocked(from: UnsafeMutablePointer<UInt64>, to: UnsafeMutablePointer<UInt64>, address: UInt64,
+                                 span: UInt64) -> Bool {
         let e = Entry(rawValue: ptlab_pte_read(from))
         guard e.isPresent, !e.isHugeLeaf, ptlab_pte_read(to) == 0 else { return false }
         ptlab_pte_write(from, 0)
         ptlab_pte_write(to, e.rawValue)
-        tlb.flush()
-        invalidateSecondaryTLBs(start: address, end: address + span)
+        flushMoved(address, span)
         return true
     }
 
-    /// move_huge_pmd: the huge PMD and its deposit move together.
+    /// move_huge_pmd: the huge PMD and its deposit move together, flushed
+    /// before the PMD locks are dropped.
     private func moveHugePMD(from: UnsafeMutablePointer<UInt64>, oldTable: Page, to: UnsafeMutablePointer<UInt64>,
                              newTable: Page, address: UInt64, vma: VMA) {
         lockPTL(oldTable)
@@ -136,10 +158,19 @@ extension MM {
         let e = ptlab_pte_xchg(from, 0)
         ptlab_pte_write(to, e)
         if vma.isAnonymous && newTable != oldTable { deposit(withdraw(from: oldTable), under: newTable) }
+        if Entry(rawValue: e).isPresent { flushMoved(address, Self.pmdSize) }
         if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) }
         ptlab_ptl_unlock(oldTable.desc)
+    }
+
+    /// flush_tlb_range of a moved range, secondary TLBs included, while the
+    /// locks of the entries that moved are still held: both matter, the
+    /// old one against a folio_mkclean of the old mapping, the new one so
+    /// that a zap through the rmap of the new mapping cannot free the page
+    /// while a CPU still reaches it through the old (CVE-2018-18281).
+    private func flushMoved(_ address: UInt64, _ span: UInt64) {
         tlb.flush()
-        invalidateSecondaryTLBs(start: address, end: address + Self.pmdSize)
+        invalidateSecondaryTLBs(start: address, end: address + span)
     }
 
     /// The PTE table under PMD entry `slot`, allocated if missing (pte_alloc).
@@ -150,25 +181,23 @@ extension MM {
     }
 
     /// move_ptes: the old table through pte_offset_map_lock, the new one
-    /// locked beside it; each entry of the extent moves.
+    /// locked beside it; each entry of the extent moves, and a present one
+    /// moved forces the flush before the locks go.
     private func movePTEs(from oldPMD: UnsafeMutablePointer<UInt64>, at old: UInt64, to newTable: Page, at new: UInt64,
                           extent: UInt64) {
-        let moved = withPTEOffsetMapLock(oldPMD) { oldTable in
+        withPTEOffsetMapLock(oldPMD) { oldTable in
             if newTable != oldTable { lockPTL(newTable) }
             defer { if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) } }
-            var moved = false
+            var moved = false, forceFlush = false
             for offset in stride(from: 0, to: extent, by: 4096) {
                 let e = ptlab_pte_xchg(entry(in: oldTable, level: .pte, address: old + offset), 0)
                 guard e != 0 else { continue }
                 ptlab_pte_write(entry(in: newTable, level: .pte, address: new + offset), e)
                 moved = true
+                forceFlush = forceFlush || Entry(rawValue: e).isPresent
             }
             if moved { noteWrite(to: oldTable, under: oldPMD) }
-            return moved
-        } ?? false
-        if moved {
-            tlb.flush()
-            invalidateSecondaryTLBs(start: old, end: old + extent)
+            if forceFlush { flushMoved(old, extent) }
         }
     }
 
