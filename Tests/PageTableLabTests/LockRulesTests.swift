@@ -311,6 +311,37 @@ final class LockRulesTests: XCTestCase {
         }
     }
 
+    /// A zap whose gather fills up (about 9,700 pages) forces a flush, and
+    /// zap_pte_range makes its TLB part before dropping the PTE lock of
+    /// the table it was zapping; only the pages wait until after. Probed at
+    /// that first flush, by trying the lock of the table mapping the last
+    /// page the gather took.
+    func testAFullGatherFlushesTheTLBBeforeDroppingThePTELock() throws {
+        final class Probe: MMUNotifier, @unchecked Sendable {
+            var firstFlushHeldTheLock: Bool?
+            func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {
+                guard firstFlushHeldTheLock == nil, let (_, _, table) = mm.findPTETable(end - 4096) else { return }
+                let locked = ptlab_ptl_trylock(table.desc) == 0
+                if !locked { ptlab_ptl_unlock(table.desc) }
+                firstFlushHeldTheLock = locked
+            }
+        }
+        var profile = MMProfile.v6_14
+        profile.thp = THPSettings(enabled: .never, shmemEnabled: .never)
+        try withLab(profile: profile, budgetPages: 32_768) { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            let length = 20 * 2 * mib
+            try mm.mmap(address: tib, length: length)
+            try mm.touch(address: tib, length: length)
+            let probe = Probe()
+            mm.registerNotifier(probe)
+            try mm.munmap(address: tib, length: length)
+            mm.unregisterNotifier(probe)
+            XCTAssertEqual(probe.firstFlushHeldTheLock, true, "the forced flush came after the PTE lock was dropped")
+            mm.exit()
+        }
+    }
+
     /// tlb_remove_table_sync_one is an empty IPI: it waits for IRQs-off
     /// walkers and flushes no cache. A flush does.
     func testTheSyncIPILeavesCachesIntact() throws {

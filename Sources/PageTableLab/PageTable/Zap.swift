@@ -63,12 +63,19 @@ extension MM {
                     guard old.isMapped, let d = allocator.descriptor(pfn: old.pfn) else { continue }
                     wrote = true
                     tlb.clearedPTE(at: address - 4096)
-                    // A shmem page belongs to its page cache, not to this mapping.
-                    if vma.isAnonymous && tlb.removePage(Page(d)) { return true }
+                    // A shmem page belongs to its page cache, not to this
+                    // mapping. A full gather forces the flush, TLB first,
+                    // before the PTE lock goes: until then no other CPU
+                    // may be left reaching a page this zap took out.
+                    if vma.isAnonymous && tlb.removePage(Page(d)) {
+                        tlb.flushTLBOnly()
+                        return true
+                    }
                 }
                 return false
             }
             guard let forceFlush else { return Entry(rawValue: ptlab_pte_read(pmdSlot)).isNone }
+            // The pages go once the lock is dropped (tlb_flush_mmu).
             if forceFlush { tlb.flushMMU() }
         } while address < end
 
