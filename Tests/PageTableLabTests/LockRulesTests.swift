@@ -311,6 +311,62 @@ final class LockRulesTests: XCTestCase {
         }
     }
 
+    /// mremap takes the rmap lock where the kernel does and nowhere else:
+    /// always to move a whole table (move_normal_pmd: the collapse's
+    /// retract reaches tables through the rmap alone), and to move entries
+    /// or a huge PMD only when copy_vma says so (need_rmap_locks: the copy
+    /// merged into a neighbour that may come before the source in rmap
+    /// order). Where it is not taken, rmap order puts the source before
+    /// the copy whatever their addresses. Probed at each move's flush: can
+    /// an rmap walker get in, and in what order would it find the VMAs.
+    func testMremapTakesTheRmapLockOnlyWhereTheKernelDoes() throws {
+        final class Probe: MMUNotifier, @unchecked Sendable {
+            var rmapReaderGotIn: Bool?
+            var rmapOrder: [UInt64] = []
+            func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {
+                guard rmapReaderGotIn == nil else { return }
+                rmapReaderGotIn = mm.rmapLock.tryLockRead()
+                if rmapReaderGotIn == true { mm.rmapLock.unlockRead() }
+                if let file = mm.vmas.first(where: { $0.contains(start) })?.file {
+                    rmapOrder = mm.vmaTree.withLock { $0.rmapOrder(of: file).map(\.start) }
+                }
+            }
+        }
+        let far = tib + 64 * gib
+        for what in ["move_ptes", "move_normal_pmd", "move_huge_pmd", "move_ptes into a merge"] {
+            var profile = MMProfile.v6_14
+            profile.thp = THPSettings(enabled: what == "move_huge_pmd" ? .always : .never, shmemEnabled: .never)
+            try withLab(profile: profile) { allocator in
+                let mm = try MM(allocator: allocator, profile: profile)
+                let shared = what.hasPrefix("move_ptes")
+                try mm.mmap(address: far, length: 2 * mib, shared: shared)
+                try mm.touch(address: far, length: 2 * mib, stride: 64 << 10)
+                let probe = Probe()
+                let expectedOrder: [UInt64]
+                if what == "move_ptes into a merge" {
+                    // The upper half goes away and comes back: the copy
+                    // merges into the lower half, which starts at a lower
+                    // file page than the source.
+                    try mm.mremap(from: far + mib, length: mib, to: tib)
+                    mm.registerNotifier(probe)
+                    try mm.mremap(from: tib, length: mib, to: far + mib)
+                    expectedOrder = [far, tib]
+                } else {
+                    // The copy of a shared mapping's first 64 KiB starts at
+                    // the same file page as its source, at a lower address.
+                    mm.registerNotifier(probe)
+                    try mm.mremap(from: far, length: shared ? 64 << 10 : 2 * mib, to: tib)
+                    expectedOrder = shared ? [far, tib] : []
+                }
+                mm.unregisterNotifier(probe)
+                XCTAssertEqual(probe.rmapReaderGotIn, what == "move_ptes" || what == "move_huge_pmd",
+                               "\(what): the rmap lock held where the kernel does not take it, or not where it does")
+                XCTAssertEqual(probe.rmapOrder, expectedOrder, "\(what): rmap order")
+                mm.exit()
+            }
+        }
+    }
+
     /// A zap whose gather fills up (about 9,700 pages) forces a flush, and
     /// zap_pte_range makes its TLB part before dropping the PTE lock of
     /// the table it was zapping; only the pages wait until after. Probed at

@@ -6,6 +6,13 @@ internal import CSupport
 /// tables going through free_pgtables with its neighbours as floor and
 /// ceiling.
 ///
+/// The locks are the kernel's, no more: the mmap write lock keeps out
+/// faults, zaps and collapse_pte_mapped_thp, but not the rmap walkers of a
+/// collapse of the file (its unmap and retract_page_tables). Those are kept
+/// out by the rmap lock only while a whole table moves; entries and huge
+/// PMDs move beside them, each under its table's lock, and each move is
+/// flushed before that lock goes.
+///
 /// move_page_tables goes extent by extent, an extent ending at the next
 /// PUD or PMD boundary of either address. A whole PMD table moves when the
 /// extent is a PUD (move_normal_pud), a whole PTE table when it is a PMD
@@ -34,17 +41,36 @@ extension MM {
             moved.start = new
             moved.end = new + length
             if moved.isAnonymous && moved.anonVMA == 0 { moved.pgoff = new >> 12 }
-            vmaTree.withLock { $0.insert(moved) }
-            rmap.withLock { $0.link(new..<new + length) }
+            // vma_link, under the rmap lock as i_mmap_lock_write: a walk
+            // finds the copy in its place in rmap order, or not at all.
+            let landed = rmapLock.withWriteLock {
+                rmap.withLock { $0.link(new..<new + length) }
+                return vmaTree.withLock { tree in
+                    tree.insert(moved)
+                    return tree.find(new)!
+                }
+            }
             if let file = moved.file { file.mapped(by: self) }
-            // take_rmap_locks: rmap walkers see the old tables or the new.
-            rmapLock.withWriteLock { movePageTables(vma: vma, from: old, to: new, length: length) }
+            // copy_vma's need_rmap_locks: a copy merged into a neighbour
+            // that starts at or below the source's page may come before
+            // the source in rmap order; a copy of its own comes after it.
+            let merged = landed.start != new || landed.end != new + length
+            movePageTables(vma: vma, from: old, to: new, length: length, needRmapLocks: merged && landed.pgoff <= vma.pgoff)
             unmapLocked(old, old + length)
         }
     }
 
-    /// move_page_tables.
-    private func movePageTables(vma: VMA, from oldStart: UInt64, to newStart: UInt64, length: UInt64) {
+    /// move_page_tables. The rmap lock (take_rmap_locks) is taken for each
+    /// whole table that moves, always, since the collapse's retract reaches
+    /// tables through the rmap alone; for a huge PMD or the entries of a
+    /// table only with `needRmapLocks`: otherwise an rmap walker runs
+    /// beside the move, and sees each entry at its old place or its new
+    /// (the PTE locks serialise each entry, and rmap order puts the source
+    /// first, VMATree.rmapOrder).
+    private func movePageTables(vma: VMA, from oldStart: UInt64, to newStart: UInt64, length: UInt64, needRmapLocks: Bool) {
+        func takingRmapLocks<R>(_ needed: Bool, _ body: () -> R) -> R {
+            needed ? rmapLock.withWriteLock(body) : body()
+        }
         var old = oldStart, new = newStart
         let oldEnd = oldStart + length
         if profile.mremapRealign, canRealign(old, new, length: length, vma: vma) {
@@ -61,7 +87,7 @@ extension MM {
                 continue
             }
             guard let (_, newPUD) = try? walkToPUDEntry(new) else { break }
-            if extent == Level.pud.entrySpan, moveNormalPUD(from: oldPUD, to: newPUD, address: old) {
+            if extent == Level.pud.entrySpan, takingRmapLocks(true, { moveNormalPUD(from: oldPUD, to: newPUD, address: old) }) {
                 old += extent
                 new += extent
                 continue
@@ -75,21 +101,24 @@ extension MM {
             guard let (newPMDTable, newPMD) = try? walkToPMD(new) else { break }
             if Entry(rawValue: ptlab_pte_read(oldPMD)).isHugeLeaf {
                 if extent == Self.pmdSize {
-                    moveHugePMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old, vma: vma)
+                    takingRmapLocks(needRmapLocks) {
+                        moveHugePMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old, vma: vma)
+                    }
                     old += extent
                     new += extent
                     continue
                 }
                 splitHugePMD(pmdTable: oldPMDTable, slot: oldPMD, address: old, vma: vma)
-            } else if extent == Self.pmdSize,
-                      moveNormalPMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old) {
+            } else if extent == Self.pmdSize, takingRmapLocks(true, {
+                moveNormalPMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old)
+            }) {
                 old += extent
                 new += extent
                 continue
             }
             if Entry(rawValue: ptlab_pte_read(oldPMD)).isPresent {
                 guard let newTable = try? pteTable(at: newPMD, parent: newPMDTable, address: new) else { break }
-                movePTEs(from: oldPMD, at: old, to: newTable, at: new, extent: extent)
+                takingRmapLocks(needRmapLocks) { movePTEs(from: oldPMD, at: old, to: newTable, at: new, extent: extent) }
             }
             old += extent
             new += extent

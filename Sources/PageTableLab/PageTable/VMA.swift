@@ -28,6 +28,10 @@ public struct VMA: Sendable {
     /// page number of the address it was first mapped at (mremap keeps it,
     /// which is what stops a moved VMA from merging with its new neighbours).
     public var pgoff: UInt64
+    /// When the VMA was linked into its mm (VMATree.insert counts them):
+    /// among VMAs mapping a file from the same page, the rmap walks the one
+    /// linked first first (see VMATree.rmapOrder).
+    var linkOrder: UInt64 = 0
 
     public init(start: UInt64, end: UInt64, flags: VMFlags, file: ShmemFile? = nil, pgoff: UInt64? = nil) {
         self.start = start
@@ -82,6 +86,19 @@ extension VMA: Equatable {
 struct VMATree {
     private(set) var vmas: [VMA] = []
     private var nextAnonVMA: UInt64 = 1
+    private var nextLinkOrder: UInt64 = 1
+
+    /// The VMAs mapping `file`, in the order an rmap walk of its i_mmap
+    /// tree finds them: by the file page each starts at, and among those
+    /// that start at the same page, in the order they were linked
+    /// (vma_interval_tree_insert puts an equal key after the ones already
+    /// there). So the VMA mremap copies to comes after its source whatever
+    /// their addresses, which is what lets move_ptes run without the rmap
+    /// lock: a walk that has passed the source finds in the copy every
+    /// entry moved after it looked (the comment above move_ptes).
+    func rmapOrder(of file: ShmemFile) -> [VMA] {
+        vmas.filter { $0.file === file }.sorted { ($0.pgoff, $0.linkOrder) < ($1.pgoff, $1.linkOrder) }
+    }
 
     func overlaps(_ start: UInt64, _ end: UInt64) -> Bool {
         vmas.contains { $0.start < end && start < $0.end }
@@ -112,6 +129,9 @@ struct VMATree {
     /// (vma_merge_new_range: a fresh VMA has no anon_vma, so it joins either
     /// side; it bridges both only if their anon_vmas agree).
     mutating func insert(_ vma: VMA) {
+        var vma = vma
+        vma.linkOrder = nextLinkOrder
+        nextLinkOrder += 1
         let at = vmas.firstIndex { $0.start > vma.start } ?? vmas.count
         vmas.insert(vma, at: at)
         mergeAround(at)
