@@ -147,7 +147,7 @@ extension MM {
                 (page, ours) = (allocator.address(of: data), true)
             }
             if let store, let stored {
-                page.storeBytes(of: store.value, toByteOffset: store.offset, as: UInt8.self)
+                userStore(store.value, pfn: Entry(rawValue: ptlab_pte_read(pte)).pfn, offset: store.offset)
                 stored.pointee = true
             }
             return (page, ours)

@@ -32,16 +32,35 @@ extension MM {
             lockPTL(pmdTable)
             defer { ptlab_ptl_unlock(pmdTable.desc) }
             let now = Entry(rawValue: ptlab_pte_read(pmdSlot))
-            guard now.isHugeLeaf, let base = allocator.address(pfn: now.pfn) else { return false }
-            base.storeBytes(of: value, toByteOffset: Int(address & (Self.pmdSize - 1)), as: UInt8.self)
+            guard now.isHugeLeaf else { return false }
+            userStore(value, pfn: now.pfn, offset: Int(address & (Self.pmdSize - 1)))
             return true
         }
         guard pmd.isPresent else { return false }
         return withPTEOffsetMapLock(pmdSlot) { table -> Bool in
             let pte = Entry(rawValue: ptlab_pte_read(entry(in: table, level: .pte, address: address)))
-            guard pte.isPresent, let page = allocator.address(pfn: pte.pfn) else { return false }
-            page.storeBytes(of: value, toByteOffset: Int(address & 4095), as: UInt8.self)
+            guard pte.isPresent else { return false }
+            userStore(value, pfn: pte.pfn, offset: Int(address & 4095))
             return true
         } ?? false
+    }
+
+    /// The store itself, under the lock of the entry that maps `pfn`
+    /// (`offset` reaches past the first page into a huge PMD's others).
+    /// A page the allocator has back, or has handed out again as a page
+    /// table, is mapped where it must not be: a use-after-free by the
+    /// model, such as a collapse freeing a folio a PMD still maps. No
+    /// walker sees a data page, so this is what catches it: the store is
+    /// counted (Integrity) and not made, so the page's next user is not
+    /// written. (A page handed out again as data is not caught: nothing
+    /// records who maps a page.)
+    func userStore(_ value: UInt8, pfn: UInt64, offset: Int) {
+        let target = pfn + UInt64(offset >> 12)
+        guard let d = allocator.descriptor(pfn: target), ptlab_page_state(d) != PTLAB_PAGE_FREE.rawValue,
+              ptlab_page_flags(d) & PTLAB_PG_TABLE == 0, let page = allocator.address(pfn: target) else {
+            Integrity.storeToFreedPageCount.add(1, ordering: .relaxed)
+            return
+        }
+        page.storeBytes(of: value, toByteOffset: offset & 4095, as: UInt8.self)
     }
 }

@@ -8,7 +8,8 @@
 //    throwing: a free the allocator refused (a double free, a tail page;
 //    PageTables.release), a table queued twice for a deferred free
 //    (PageTables.markDeferred), an SVA notifier that could not make the
-//    IOMMU drop a range (SVABond). Each count is a bug in the model or in a
+//    IOMMU drop a range (SVABond), a user store that found its page freed
+//    while still mapped (MM.userStore). Each count is a bug in the model or in a
 //    policy plugged into it. A run takes a snapshot before and after, and a
 //    safe stress run with any difference fails. The counters are static
 //    atomics with relaxed adds: no lock, no allocation, safe from RCU
@@ -32,19 +33,22 @@ import Synchronization
 /// Operations the model refused because going on would have corrupted it:
 /// a free of a page that was not allocated (a double free), a table queued
 /// twice for a deferred free, a secondary TLB (an IOMMU through SVA) that
-/// could not be told about a flush. The freeing paths cannot fail, so they
+/// could not be told about a flush, a user store into a page the page
+/// tables still mapped after it was freed. The freeing paths cannot fail, so they
 /// count these instead of throwing; each one is a bug in the model or in a
 /// policy plugged into it, and a safe stress run with any of them fails.
 public struct Integrity: Sendable, Codable, Equatable {
     public var freeErrors = 0
     public var doubleQueued = 0
     public var notifierFailures = 0
+    public var storesToFreedPages = 0
 
     public init() {}
 
     static let freeErrorCount = Atomic<Int>(0)
     static let doubleQueuedCount = Atomic<Int>(0)
     static let notifierFailureCount = Atomic<Int>(0)
+    static let storeToFreedPageCount = Atomic<Int>(0)
 
     /// The lab-wide counts so far (take two and subtract for one run's).
     public static func snapshot() -> Integrity {
@@ -52,6 +56,7 @@ public struct Integrity: Sendable, Codable, Equatable {
         i.freeErrors = freeErrorCount.load(ordering: .relaxed)
         i.doubleQueued = doubleQueuedCount.load(ordering: .relaxed)
         i.notifierFailures = notifierFailureCount.load(ordering: .relaxed)
+        i.storesToFreedPages = storeToFreedPageCount.load(ordering: .relaxed)
         return i
     }
 
@@ -60,10 +65,11 @@ public struct Integrity: Sendable, Codable, Equatable {
         d.freeErrors = a.freeErrors - b.freeErrors
         d.doubleQueued = a.doubleQueued - b.doubleQueued
         d.notifierFailures = a.notifierFailures - b.notifierFailures
+        d.storesToFreedPages = a.storesToFreedPages - b.storesToFreedPages
         return d
     }
 
-    public var isClean: Bool { freeErrors == 0 && doubleQueued == 0 && notifierFailures == 0 }
+    public var isClean: Bool { freeErrors == 0 && doubleQueued == 0 && notifierFailures == 0 && storesToFreedPages == 0 }
 
     /// What went wrong, in words; empty when clean.
     public var problems: [String] {
@@ -71,6 +77,7 @@ public struct Integrity: Sendable, Codable, Equatable {
         if freeErrors != 0 { p.append("\(freeErrors) frees refused by the allocator (double free)") }
         if doubleQueued != 0 { p.append("\(doubleQueued) tables queued twice for a deferred free") }
         if notifierFailures != 0 { p.append("\(notifierFailures) secondary-TLB invalidations that failed") }
+        if storesToFreedPages != 0 { p.append("\(storesToFreedPages) user stores into pages already freed (mapped after their free)") }
         return p
     }
 
@@ -78,5 +85,6 @@ public struct Integrity: Sendable, Codable, Equatable {
         case freeErrors = "free_errors"
         case doubleQueued = "double_queued"
         case notifierFailures = "notifier_failures"
+        case storesToFreedPages = "stores_to_freed_pages"
     }
 }

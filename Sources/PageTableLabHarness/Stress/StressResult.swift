@@ -132,6 +132,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case freeErrors = "free_errors"
         case doubleQueued = "double_queued"
         case notifierFailures = "notifier_failures"
+        case storesToFreedPages = "stores_to_freed_pages"
         case qiDriver = "qi_driver"
         case qiLockup = "qi_lockup"
         case tablesFreedBy = "tables_freed_by"
@@ -140,7 +141,8 @@ public struct StressResult: Encodable, Sendable, Equatable {
 
     /// Written by hand so that `expected_detector` is always present (null
     /// for a safe mode) and the integrity counters sit beside the other
-    /// counts (`free_errors`, `double_queued`, `notifier_failures`).
+    /// counts (`free_errors`, `double_queued`, `notifier_failures`,
+    /// `stores_to_freed_pages`).
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(scenario, forKey: .scenario)
@@ -169,6 +171,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encode(integrity.freeErrors, forKey: .freeErrors)
         try c.encode(integrity.doubleQueued, forKey: .doubleQueued)
         try c.encode(integrity.notifierFailures, forKey: .notifierFailures)
+        try c.encode(integrity.storesToFreedPages, forKey: .storesToFreedPages)
         try c.encode(pass, forKey: .pass)
         try c.encode(verdict, forKey: .verdict)
         try c.encodeIfPresent(iotlbInvalidations, forKey: .iotlbInvalidations)
