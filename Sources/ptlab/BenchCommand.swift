@@ -72,7 +72,9 @@ struct BenchCommand: ParsableCommand {
     @OptionGroup var module: ModuleParameterOptions
 
     func validate() throws {
-        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
+        // A round takes seconds (the steady ones, minutes with --plot): a
+        // thousand is hours already, and more is a typo.
+        guard (1...1000).contains(rounds) else { throw ValidationError("--rounds must be 1...1000") }
         guard !(steadyOnly && plot != nil) else { throw ValidationError("--plot needs the whole bench, not --steady-only") }
     }
 

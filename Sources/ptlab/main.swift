@@ -61,6 +61,10 @@ extension PTLab {
     /// (Top-level code would resolve `main()` to the synchronous overload,
     /// which refuses an asynchronous root; an async function picks this.)
     static func start() async {
+        if let (topic, known) = unknownHelpTopic(CommandLine.arguments) {
+            Diagnostics.warn("no subcommand '\(topic)' to show help for (\(known.isEmpty ? "it has none" : "subcommands: " + known.joined(separator: ", ")))")
+            exit(withError: ExitCode.validationFailure)
+        }
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? AsyncParsableCommand {
@@ -75,6 +79,24 @@ extension PTLab {
             }
             exit(withError: error)
         }
+    }
+}
+
+extension PTLab {
+    /// The name in `ptlab help NAME ...` that is no subcommand, if one is
+    /// not, and the subcommands there are: ArgumentParser shows the
+    /// top-level help for it and exits 0, as if the name were known.
+    static func unknownHelpTopic(_ arguments: [String]) -> (String, known: [String])? {
+        guard arguments.count > 2, arguments[1] == "help" else { return nil }
+        var command: any ParsableCommand.Type = PTLab.self
+        for name in arguments.dropFirst(2) where !name.hasPrefix("-") {
+            let subcommands = command.configuration.subcommands
+            guard let sub = subcommands.first(where: { $0.configuration.commandName == name }) else {
+                return (name, subcommands.compactMap { $0.configuration.commandName })
+            }
+            command = sub
+        }
+        return nil
     }
 }
 

@@ -102,6 +102,22 @@ final class CLIContractTests: XCTestCase {
         XCTAssertTrue(refused.stderr.contains("--updaters belongs to race"), refused.stderr)
     }
 
+    /// `ptlab help NAME` for a NAME that is no subcommand is a usage error
+    /// that names what there is, not the top-level help and exit 0.
+    func testHelpForAnUnknownSubcommandIsRefused() throws {
+        let bogus = try run(["help", "bogus"], usageError: true)
+        XCTAssertEqual(bogus.status, 64)
+        XCTAssertTrue(bogus.stderr.contains("no subcommand 'bogus'"), bogus.stderr)
+        XCTAssertTrue(bogus.stderr.contains("stress, compare, bench"), bogus.stderr)
+        let nested = try run(["help", "iommu", "encode"], usageError: true)
+        XCTAssertEqual(nested.status, 64)
+        XCTAssertTrue(nested.stderr.contains("subcommands: decode"), nested.stderr)
+        XCTAssertEqual(try run(["help", "iommu", "decode"], usageError: true).status, 0)
+        let rounds = try run(["bench", "--rounds", "1001"], usageError: true)
+        XCTAssertEqual(rounds.status, 64)
+        XCTAssertTrue(rounds.stderr.contains("--rounds must be 1...1000"), rounds.stderr)
+    }
+
     /// The verdict follows tlb_flush: unmap's no-rcu is safe with IPIs and
     /// must be caught by GUP-fast without them.
     func testTLBFlushDecidesNoRCUsVerdict() throws {
