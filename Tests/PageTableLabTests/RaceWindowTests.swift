@@ -245,6 +245,35 @@ final class RaceWindowTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+    /// move_ptes looks at the new PTE table again under RCU and its lock.
+    /// mremap holds no rmap lock to move entries of a copy of its own, so
+    /// a collapse's retract_page_tables, reaching the copy through the
+    /// rmap, may take the table move_page_tables has just allocated there
+    /// (the copy lines up with its file pages; the source does not, so
+    /// every extent moves entry by entry). The move then starts the extent
+    /// again and allocates a new table, instead of putting the entries in
+    /// the freed one, where they would be lost with their pages.
+    func testMovePTEsStartsAgainWhenARetractTookTheNewTable() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let source = tib + 64 << 10, copy = tib + gib
+            try mm.mmap(address: source, length: 4 * mib, shared: true)
+            try mm.touch(address: source, length: 64 << 10)
+            let file = try XCTUnwrap(mm.vmas.first?.file)
+            let retract = RacingChange(mm, in: .mremapBeforeMovePTEs) { address in
+                XCTAssertEqual(address, copy)
+                mm.retractPageTables(file, 0)
+                XCTAssertNil(mm.findPTETable(copy), "the retract took the new table")
+                try RCU.barrier()
+            }
+            try mm.mremap(from: source, length: 4 * mib, to: copy)
+            mm.raceWindowHook = nil
+            XCTAssertEqual(retract.passes, 2, "the extent was started again")
+            XCTAssertEqual(firstPTE(mm, copy)?.pfn, file.lookup(0).map { UInt64($0.page.pfn) },
+                           "the moved entry is in a table linked at the new address")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
 }
 
 /// An mm with 2 MiB of shared memory at `tib`, a page in every 16 of it

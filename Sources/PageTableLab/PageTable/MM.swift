@@ -221,4 +221,7 @@ enum RaceWindow: Sendable {
     /// zap_pmd_range has seen a huge PMD without its lock; zap_huge_pmd has
     /// not taken it yet.
     case zapHugePMDUnlocked
+    /// move_page_tables has the PTE table at the new address and has not
+    /// locked it: without the rmap lock, a collapse's retract may take it.
+    case mremapBeforeMovePTEs
 }

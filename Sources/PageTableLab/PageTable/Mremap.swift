@@ -118,7 +118,11 @@ extension MM {
             }
             if Entry(rawValue: ptlab_pte_read(oldPMD)).isPresent {
                 guard let newTable = try? pteTable(at: newPMD, parent: newPMDTable, address: new) else { break }
-                takingRmapLocks(needRmapLocks) { movePTEs(from: oldPMD, at: old, to: newTable, at: new, extent: extent) }
+                raceWindow(.mremapBeforeMovePTEs, new)
+                // -EAGAIN: the extent again, from the top.
+                guard takingRmapLocks(needRmapLocks, {
+                    movePTEs(from: oldPMD, at: old, to: newPMD, newTable: newTable, at: new, extent: extent)
+                }) else { continue }
             }
             old += extent
             new += extent
@@ -212,11 +216,22 @@ extension MM {
     /// move_ptes: the old table through pte_offset_map_lock, the new one
     /// locked beside it; each entry of the extent moves, and a present one
     /// moved forces the flush before the locks go.
-    private func movePTEs(from oldPMD: UnsafeMutablePointer<UInt64>, at old: UInt64, to newTable: Page, at new: UInt64,
-                          extent: UInt64) {
-        withPTEOffsetMapLock(oldPMD) { oldTable in
+    ///
+    /// The new table is looked up again inside the same RCU read section,
+    /// and its PMD compared once its lock is held (pte_offset_map_rw_nolock
+    /// and pmd_same): without the rmap lock, a collapse's retract may have
+    /// taken it away since move_page_tables allocated or found it. False,
+    /// as for an old PMD that changed, means -EAGAIN: the caller starts the
+    /// extent again.
+    private func movePTEs(from oldPMD: UnsafeMutablePointer<UInt64>, at old: UInt64, to newPMD: UnsafeMutablePointer<UInt64>,
+                          newTable: Page, at new: UInt64, extent: UInt64) -> Bool {
+        withPTEOffsetMapLock(oldPMD) { oldTable -> Bool in
+            let pmd = ptlab_pte_read(newPMD)
+            let e = Entry(rawValue: pmd)
+            guard e.isPresent, !e.isHugeLeaf, e.pfn == UInt64(newTable.pfn) else { return false }
             if newTable != oldTable { lockPTL(newTable) }
             defer { if newTable != oldTable { ptlab_ptl_unlock(newTable.desc) } }
+            guard ptlab_pte_read(newPMD) == pmd else { return false }
             var moved = false, forceFlush = false
             for offset in stride(from: 0, to: extent, by: 4096) {
                 let e = ptlab_pte_xchg(entry(in: oldTable, level: .pte, address: old + offset), 0)
@@ -227,7 +242,8 @@ extension MM {
             }
             if moved { noteWrite(to: oldTable, under: oldPMD) }
             if forceFlush { flushMoved(old, extent) }
-        }
+            return true
+        } ?? false
     }
 
     /// get_old_pud: the PUD entry for `address` when it names a PMD table.
