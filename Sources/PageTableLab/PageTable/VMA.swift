@@ -28,9 +28,10 @@ public struct VMA: Sendable {
     /// page number of the address it was first mapped at (mremap keeps it,
     /// which is what stops a moved VMA from merging with its new neighbours).
     public var pgoff: UInt64
-    /// When the VMA was linked into its mm (VMATree.insert counts them):
-    /// among VMAs mapping a file from the same page, the rmap walks the one
-    /// linked first first (see VMATree.rmapOrder).
+    /// When the VMA was last linked into the i_mmap tree (VMATree counts
+    /// them: an insert, a merge, a split): among VMAs mapping a file from
+    /// the same page, the rmap walks the one linked first first (see
+    /// VMATree.rmapOrder).
     var linkOrder: UInt64 = 0
 
     public init(start: UInt64, end: UInt64, flags: VMFlags, file: ShmemFile? = nil, pgoff: UInt64? = nil) {
@@ -129,12 +130,20 @@ struct VMATree {
     /// (vma_merge_new_range: a fresh VMA has no anon_vma, so it joins either
     /// side; it bridges both only if their anon_vmas agree).
     mutating func insert(_ vma: VMA) {
-        var vma = vma
-        vma.linkOrder = nextLinkOrder
-        nextLinkOrder += 1
+        let vma = relinked(vma)
         let at = vmas.firstIndex { $0.start > vma.start } ?? vmas.count
         vmas.insert(vma, at: at)
         mergeAround(at)
+    }
+
+    /// `vma` as linked into the i_mmap tree now: a VMA inserted, or one
+    /// merged or split (vma_prepare takes it out, vma_complete puts it back,
+    /// after the VMAs that start at its page already).
+    private mutating func relinked(_ vma: VMA) -> VMA {
+        var vma = vma
+        vma.linkOrder = nextLinkOrder
+        nextLinkOrder += 1
+        return vma
     }
 
     /// Merge the VMA at `index` with its neighbours where they allow it,
@@ -144,12 +153,12 @@ struct VMATree {
     private mutating func mergeAround(_ index: Int) -> Int {
         var i = index
         if i > 0, vmas[i - 1].canMerge(with: vmas[i]) {
-            vmas[i - 1] = vmas[i - 1].merged(with: vmas[i])
+            vmas[i - 1] = relinked(vmas[i - 1].merged(with: vmas[i]))
             vmas.remove(at: i)
             i -= 1
         }
         if i + 1 < vmas.count, vmas[i].canMerge(with: vmas[i + 1]) {
-            vmas[i] = vmas[i].merged(with: vmas[i + 1])
+            vmas[i] = relinked(vmas[i].merged(with: vmas[i + 1]))
             vmas.remove(at: i + 1)
         }
         return i
@@ -199,8 +208,8 @@ struct VMATree {
     private mutating func split(at address: UInt64) {
         guard let i = vmas.firstIndex(where: { $0.start < address && address < $0.end }) else { return }
         let vma = vmas[i]
-        vmas[i] = vma.slice(vma.start, address)
-        vmas.insert(vma.slice(address, vma.end), at: i + 1)
+        vmas[i] = relinked(vma.slice(vma.start, address))
+        vmas.insert(relinked(vma.slice(address, vma.end)), at: i + 1)
     }
 
     /// Split at the edges of [start, end) and take out what lies inside.
@@ -213,9 +222,9 @@ struct VMATree {
                 kept.append(vma)
                 continue
             }
-            if vma.start < start { kept.append(vma.slice(vma.start, start)) }
+            if vma.start < start { kept.append(relinked(vma.slice(vma.start, start))) }
             removed.append(vma.slice(max(vma.start, start), min(vma.end, end)))
-            if vma.end > end { kept.append(vma.slice(end, vma.end)) }
+            if vma.end > end { kept.append(relinked(vma.slice(end, vma.end))) }
         }
         vmas = kept
         return (removed, kept.last { $0.end <= start }, kept.first { $0.start >= end })
