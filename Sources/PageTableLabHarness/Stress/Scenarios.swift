@@ -196,7 +196,8 @@ extension Scenario {
 
     /// Several updaters at once on overlapping ranges, each op under the
     /// lock the kernel takes for it: faults and MADV_DONTNEED (PT_RECLAIM)
-    /// under the mmap read lock, munmap + mmap and mremap under the write
+    /// under the mmap read lock, munmap + mmap and mremap (of private
+    /// tables, and of the shared memory away and back) under the write
     /// lock (munmap downgraded), the collapse of shared memory under the
     /// read lock with the retract under none. What keeps one updater out of
     /// a table another has just unlinked is pte_offset_map_lock's pmd_same
@@ -223,8 +224,9 @@ extension Scenario {
         let privateTables = region.tables - sharedTables
         let privateEnd = region.table(privateTables)
         let table = region.table(Int(rng.next() % UInt64(privateTables)))
+        let sharedLength = region.base + region.length - privateEnd
         do {
-            switch rng.next() % 8 {
+            switch rng.next() % 9 {
             case 0, 1:
                 try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
             case 2, 3:
@@ -235,11 +237,20 @@ extension Scenario {
             case 5:
                 let to = region.table(Int(rng.next() % UInt64(privateTables)))
                 if to != table { try mm.mremap(from: table, length: MM.pmdSize, to: to) }
+            case 6:
+                // The shared memory moved away, 64 KiB off its 2 MiB
+                // alignment, and back: every extent moves entry by entry,
+                // the way back a copy of its own, without the rmap lock,
+                // beside collapses already past the mmap lock whose
+                // retract may take a table the move has just allocated.
+                let away = region.base + region.length + 2 * MM.pmdSize + (64 << 10)
+                try mm.mremap(from: privateEnd, length: sharedLength, to: away)
+                try mm.mremap(from: away, length: sharedLength, to: privateEnd)
             default:
                 let shared = region.table(privateTables + Int(rng.next() % UInt64(sharedTables)))
                 if mm.isHugePMD(shared) {
-                    try mm.munmap(address: privateEnd, length: region.base + region.length - privateEnd)
-                    try mm.mmap(address: privateEnd, length: region.base + region.length - privateEnd, shared: true)
+                    try mm.munmap(address: privateEnd, length: sharedLength)
+                    try mm.mmap(address: privateEnd, length: sharedLength, shared: true)
                 } else {
                     try mm.touch(address: shared, length: MM.pmdSize, stride: 64 << 10)
                     try mm.madviseCollapse(address: shared, length: MM.pmdSize)
