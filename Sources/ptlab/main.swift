@@ -85,12 +85,15 @@ extension PTLab {
 extension PTLab {
     /// The name in `ptlab help NAME ...` that is no subcommand, if one is
     /// not, and the subcommands there are: ArgumentParser shows the
-    /// top-level help for it and exits 0, as if the name were known.
+    /// top-level help for it and exits 0, as if the name were known. Past a
+    /// command with no subcommands the words are its arguments (`ptlab
+    /// help stress race`), and `help` is ArgumentParser's own.
     static func unknownHelpTopic(_ arguments: [String]) -> (String, known: [String])? {
         guard arguments.count > 2, arguments[1] == "help" else { return nil }
         var command: any ParsableCommand.Type = PTLab.self
         for name in arguments.dropFirst(2) where !name.hasPrefix("-") {
             let subcommands = command.configuration.subcommands
+            guard !subcommands.isEmpty, name != "help" else { return nil }
             guard let sub = subcommands.first(where: { $0.configuration.commandName == name }) else {
                 return (name, subcommands.compactMap { $0.configuration.commandName })
             }

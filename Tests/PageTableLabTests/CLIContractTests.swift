@@ -113,6 +113,8 @@ final class CLIContractTests: XCTestCase {
         XCTAssertEqual(nested.status, 64)
         XCTAssertTrue(nested.stderr.contains("subcommands: decode"), nested.stderr)
         XCTAssertEqual(try run(["help", "iommu", "decode"], usageError: true).status, 0)
+        XCTAssertEqual(try run(["help", "stress", "race"], usageError: true).status, 0, "a scenario is an argument")
+        XCTAssertEqual(try run(["help", "help"], usageError: true).status, 0)
         let rounds = try run(["bench", "--rounds", "1001"], usageError: true)
         XCTAssertEqual(rounds.status, 64)
         XCTAssertTrue(rounds.stderr.contains("--rounds must be 1...1000"), rounds.stderr)
