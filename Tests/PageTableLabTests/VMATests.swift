@@ -26,6 +26,23 @@ final class VMATests: XCTestCase {
                        "joins the lower neighbour only: the two anon_vmas differ")
     }
 
+    /// An rmap walk finds a file's VMAs by file page, and those that start
+    /// at the same page in the order they were linked into the i_mmap tree.
+    /// A VMA split (or merged) is taken out and linked again, so it comes
+    /// after a copy linked before the split (vma_prepare, vma_complete).
+    func testRmapOrderLinksASplitVMAAgain() throws {
+        try withLab { allocator in
+            let file = ShmemFile(size: 2 * mib, allocator: allocator)
+            var tree = VMATree()
+            tree.insert(VMA(start: tib, end: tib + 2 * mib, flags: [.read, .write, .shared], file: file, pgoff: 0))
+            tree.insert(VMA(start: tib + gib, end: tib + gib + mib, flags: [.read, .write, .shared], file: file, pgoff: 0))
+            XCTAssertEqual(tree.rmapOrder(of: file).map(\.start), [tib, tib + gib], "the source, then its copy")
+            tree.modify(tib + mib, tib + 2 * mib) { $0.flags.remove(.write) }
+            XCTAssertEqual(tree.rmapOrder(of: file).map(\.start), [tib + gib, tib, tib + mib],
+                           "the split VMA's first half was linked again after the copy")
+        }
+    }
+
     func testBadInputIsAnErrorNamingTheProblem() throws {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)
