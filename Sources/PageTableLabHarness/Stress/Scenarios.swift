@@ -54,17 +54,22 @@ extension Scenario {
         walkers: [.pteOffsetMap(.mmapRead), .gupFast, .mmu],
         step: collapseShmemStep)
 
-    /// Each step collapses one 2 MiB of the region, its pages faulted in
-    /// first, or unmaps the whole region when the table picked is already
-    /// a huge PMD, so that the next round starts from small pages again.
+    /// Each step of the two collapse paths of shared memory.
     private static let collapseShmemStep: @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void = { mm, region, rng in
         if mm.vmas.isEmpty { try mm.mmap(address: region.base, length: region.length, shared: true) }
+        try collapseOneTable(mm, region, &rng, stride: 32 << 10)
+    }
+
+    /// One 2 MiB of the region collapsed, a page in every `stride` faulted
+    /// in first; or, when the table picked is a huge PMD already, the whole
+    /// region unmapped, so that the next round starts from small pages.
+    private static func collapseOneTable(_ mm: MM, _ region: StressRegion, _ rng: inout SplitMix64, stride: UInt64) throws {
         let table = region.table(Int(rng.next() % UInt64(region.tables)))
         if mm.isHugePMD(table) {
             try mm.munmap(address: region.base, length: region.length)
             return
         }
-        try mm.touch(address: table, length: MM.pmdSize, stride: 32 << 10)
+        try mm.touch(address: table, length: MM.pmdSize, stride: stride)
         try mm.madviseCollapse(address: table, length: MM.pmdSize)
     }
 
@@ -184,13 +189,7 @@ extension Scenario {
                 try mm.touch(address: region.base, length: region.length, stride: 64 << 10)
                 try mm.madviseDontneed(address: region.base, length: region.length)
             default:
-                let table = region.table(Int(rng.next() % UInt64(region.tables)))
-                if mm.isHugePMD(table) {
-                    try mm.munmap(address: region.base, length: region.length)
-                    return
-                }
-                try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
-                try mm.madviseCollapse(address: table, length: MM.pmdSize)
+                try collapseOneTable(mm, region, &rng, stride: 64 << 10)
             }
         })
 
