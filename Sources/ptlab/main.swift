@@ -62,7 +62,7 @@ extension PTLab {
     /// which refuses an asynchronous root; an async function picks this.)
     static func start() async {
         if let (topic, known) = unknownHelpTopic(CommandLine.arguments) {
-            Diagnostics.warn("no subcommand '\(topic)' to show help for (\(known.isEmpty ? "it has none" : "subcommands: " + known.joined(separator: ", ")))")
+            Diagnostics.warn("no subcommand '\(topic)' to show help for (subcommands: \(known.joined(separator: ", ")))")
             exit(withError: ExitCode.validationFailure)
         }
         do {
