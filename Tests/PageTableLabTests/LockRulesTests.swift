@@ -425,26 +425,26 @@ final class LockRulesTests: XCTestCase {
     /// unsafe modes that ask for them.
     func testAProfileNoKernelShippedIsRefused() throws {
         try withLab { allocator in
+            /// Refused as it is, with `prefix` and a reason naming `why`;
+            /// taken once deliberately unsafe.
+            func assertRefused(_ profile: MMProfile, _ prefix: String, why: String) throws {
+                XCTAssertThrowsError(try MM(allocator: allocator, profile: profile)) { error in
+                    let text = "\(error)"
+                    XCTAssertTrue(text.hasPrefix("refused profile: " + prefix), text)
+                    XCTAssertTrue(text.contains(why), "the error says why: \(text)")
+                }
+                var unsafe = profile
+                unsafe.deliberatelyUnsafe = true
+                try MM(allocator: allocator, profile: unsafe).exit()
+            }
             var profile = MMProfile()
             profile.ptReclaim = true
             profile.tableFree = .rcu(fallback: .ipiSync)
-            XCTAssertThrowsError(try MM(allocator: allocator, profile: profile)) { error in
-                let text = "\(error)"
-                XCTAssertTrue(text.hasPrefix("refused profile: PT_RECLAIM with the ipi-sync fallback"), text)
-                XCTAssertTrue(text.contains("pte_offset_map"), "the error says why: \(text)")
-            }
-            profile.deliberatelyUnsafe = true
-            try MM(allocator: allocator, profile: profile).exit()
+            try assertRefused(profile, "PT_RECLAIM with the ipi-sync fallback", why: "pte_offset_map")
             profile = .pre6_14
             try MM(allocator: allocator, profile: profile).exit()
             profile.collapseFree = .syncIPIUnlocked
-            XCTAssertThrowsError(try MM(allocator: allocator, profile: profile)) { error in
-                let text = "\(error)"
-                XCTAssertTrue(text.hasPrefix("refused profile: the pre-6.5 retract's free"), text)
-                XCTAssertTrue(text.contains("mmap read lock"), "the error says why: \(text)")
-            }
-            profile.deliberatelyUnsafe = true
-            try MM(allocator: allocator, profile: profile).exit()
+            try assertRefused(profile, "the pre-6.5 retract's free", why: "mmap read lock")
         }
     }
 }
