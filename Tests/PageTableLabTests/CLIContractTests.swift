@@ -59,7 +59,7 @@ final class CLIContractTests: XCTestCase {
     static let stressKeys = [
         "scenario", "mode", "safe", "expected_detector", "seed", "walkers", "duration_s", "ops", "walks",
         "uaf_detected", "leaked_pages", "tables_freed", "rcu_callbacks", "tlb_flushes", "peak_deferred_bytes",
-        "free_latency_us", "detections", "free_errors", "double_queued", "notifier_failures", "stores_to_freed_pages", "pass", "verdict",
+        "free_latency_us", "detections", "free_errors", "double_queued", "notifier_failures", "stores_to_freed_pages", "bad_page_states", "pass", "verdict",
         "updaters", "walker_contexts", "tlb_flush", "vmpte_bytes", "table_bytes_held",
     ]
     static let detectionKeys = ["walks", "mapped", "not_mapped", "retries", "poison_seen"] + Detector.allCases.map(\.rawValue)

@@ -293,7 +293,7 @@ private func mapPTE(_ mm: MM, _ address: UInt64, _ page: Page) throws {
         let (pmdTable, slot) = try mm.walkToPMD(address)
         _ = try mm.populate(slot, parent: pmdTable, level: .pmd, child: .pte)
         mm.withPTEOffsetMapLock(slot) { table in
-            ptlab_pte_write(mm.entry(in: table, level: .pte, address: address), Entry(pfn: page.pfn, flags: .userPage).rawValue)
+            mm.setLeaf(mm.entry(in: table, level: .pte, address: address), Entry(pfn: page.pfn, flags: .userPage))
         }
     }
 }

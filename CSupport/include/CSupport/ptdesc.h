@@ -24,7 +24,8 @@
  *    PTLAB_PG_* flags: the descriptor and what it may be;
  *  - ptlab_ptdesc_of_rcu(), ptlab_ptdesc_of_list(): container_of for the
  *    two embedded nodes;
- *  - ptlab_page_*(): state transitions, generation, level, flags, mm;
+ *  - ptlab_page_*(): state transitions, generation, level, flags, mm, a
+ *    data page's mapcount;
  *    ptlab_page_mark_table() and ptlab_page_test_clear_table() are
  *    __folio_set_pgtable() and __folio_clear_pgtable();
  *  - ptlab_ptl_*(): ptlock_init(), ptlock_free(), and the lock itself.
@@ -84,7 +85,8 @@ enum ptlab_pt_level {
  * the producer wait on two lines per table where the kernel waits on one,
  * and an RCU callback reading the second line waited for its transfer from
  * the CPU that queued the table. The second holds what only the buddy's
- * list surgery (under zone->lock) and a sampled latency read touch.
+ * list surgery (under zone->lock), a sampled latency read, and a data
+ * page's mappings (its mapcount) touch: no table's life reads it.
  */
 struct ptdesc {
     union {
@@ -105,7 +107,9 @@ struct ptdesc {
     uint32_t buddy_next;                /* allocator free list (PFN + 1; 0 = none) */
     uint32_t buddy_prev;
     uint64_t queued_ns;                 /* when its deferred free was queued (PTLAB_PG_TIMED) */
-    uint64_t pad[6];                    /* to two whole lines (Swift cannot import _Alignas) */
+    _Atomic int32_t mapcount;           /* user entries mapping this page (_mapcount + 1); data pages only */
+    uint32_t pad32;
+    uint64_t pad[5];                    /* to two whole lines (Swift cannot import _Alignas) */
 };
 _Static_assert(sizeof(struct ptdesc) == 128, "struct ptdesc is two cache lines");
 _Static_assert(offsetof(struct ptdesc, buddy_next) == 64, "what a table's life touches is in the first line");
@@ -277,6 +281,22 @@ static inline void ptlab_ptl_free(struct ptdesc *d)
 static inline int ptlab_ptl_alive(const struct ptdesc *d)
 {
     return (ptlab_page_flags(d) & PTLAB_PG_PTLOCK) != 0;
+}
+/*
+ * The mapcount (mm/rmap.c's folio_add_*_rmap_* and folio_remove_rmap_*):
+ * how many user entries map a data page, a PTE counting on the page it
+ * maps and a huge PMD on its folio's head (the kernel's entire_mapcount).
+ * Entries of one page are set and cleared under different tables' locks,
+ * so the count is atomic, as the kernel's is. Zero when unmapped (the
+ * kernel's _mapcount is this minus one). Returns the count after the add.
+ */
+static inline int32_t ptlab_page_mapcount(const struct ptdesc *d)
+{
+    return atomic_load_explicit(&((struct ptdesc *)d)->mapcount, memory_order_relaxed);
+}
+static inline int32_t ptlab_page_mapcount_add(struct ptdesc *d, int32_t delta)
+{
+    return atomic_fetch_add_explicit(&d->mapcount, delta, memory_order_relaxed) + delta;
 }
 static inline struct ptlab_rcu_head *ptlab_ptdesc_rcu_head(struct ptdesc *d) { return &d->pt_rcu_head; }
 static inline struct cds_list_head *ptlab_ptdesc_list(struct ptdesc *d) { return &d->pt_list; }

@@ -8,6 +8,9 @@ public enum PageAllocError: Error, Equatable, CustomStringConvertible {
     case doubleFree(pfn: UInt32)
     case tailPageFree(pfn: UInt32)
     case notAllocated(pfn: UInt32, state: UInt32)
+    /// free_pages_prepare's "Bad page state ... nonzero mapcount": user
+    /// entries still map the page (or a page of the compound one freed).
+    case stillMapped(pfn: UInt32, mapcount: Int)
     case alreadyLoaded
     case invalidParameter(String)
 
@@ -21,6 +24,7 @@ public enum PageAllocError: Error, Equatable, CustomStringConvertible {
         case .doubleFree(let p): "double free of PFN \(p)"
         case .tailPageFree(let p): "PFN \(p) is a tail page of a compound allocation; free its head"
         case .notAllocated(let p, let s): "PFN \(p) is not allocated (state \(s))"
+        case .stillMapped(let p, let m): "bad page state: PFN \(p) freed while \(m) user entries still map it (nonzero mapcount)"
         case .alreadyLoaded: "a page allocator is already loaded (one memmap per process, like the kernel's)"
         case .invalidParameter(let s): "invalid allocator parameter: \(s)"
         }

@@ -426,6 +426,11 @@ public final class PageAllocator: @unchecked Sendable {
         // retry: a deferred free would pay two locked instructions.
         var found = ptlab_page_state(d)
         if found == PTLAB_PAGE_ALLOCATED.rawValue || found == PTLAB_PAGE_DEFERRED.rawValue {
+            // free_pages_prepare's "nonzero mapcount": a data page (no
+            // table has a level of none) that user entries still map.
+            if ptlab_page_level(d) == PTLAB_PT_NONE.rawValue, ptlab_page_mapcount(d) != 0 || isCompoundHead(d) {
+                try checkUnmapped(d)
+            }
             found = ptlab_page_transition(d, found, PTLAB_PAGE_FREE.rawValue)
         }
         guard found == PTLAB_PAGE_ALLOCATED.rawValue || found == PTLAB_PAGE_DEFERRED.rawValue else {
@@ -443,6 +448,23 @@ public final class PageAllocator: @unchecked Sendable {
         ptlab_pcp_add_allocated(pcp, Int32(index), -Int64(1 << order))
         guard order == 0 else { return freeCompound(d, order: order, node: index) }
         if ptlab_pcp_push(pcp, Int32(index), pfn) == 0 { drainAndCache(pcp, node: index, pfn: pfn) }
+    }
+
+    @inline(__always)
+    private func isCompoundHead(_ d: UnsafeMutablePointer<ptdesc>) -> Bool {
+        ptlab_page_flags(d) & PTLAB_PG_HEAD != 0
+    }
+
+    /// A page, or any page of a compound one, still mapped: the free is
+    /// refused (the kernel's bad_page takes such a page out of circulation
+    /// too), since the entries that map it would reach its next user.
+    @inline(never)
+    private func checkUnmapped(_ d: UnsafeMutablePointer<ptdesc>) throws(PageAllocError) {
+        let pages = isCompoundHead(d) ? 1 << Int(d.pointee.order) : 1
+        for page in d..<d + pages {
+            let mapcount = ptlab_page_mapcount(page)
+            guard mapcount == 0 else { throw .stillMapped(pfn: pfn(of: page), mapcount: Int(mapcount)) }
+        }
     }
 
     /// The state free() found, as the error it is.

@@ -152,13 +152,14 @@ extension MM {
         let target = allocator.address(of: folio)
         for i in 0..<512 {
             let e = Entry(rawValue: ptlab_pte_xchg(ptes + i, 0))
+            removeRmap(e)
             guard e.isMapped, let small = allocator.descriptor(pfn: e.pfn) else { continue }
             (target + i << 12).copyMemory(from: allocator.address(of: Page(small)), byteCount: 4096)
             PageTables.release(Page(small), allocator: allocator)
         }
         lockPTL(pmdTable)
         deposit(table, under: pmdTable)
-        ptlab_pte_write(slot, Self.hugeEntry(folio, writable: true).rawValue)
+        setLeaf(slot, Self.hugeEntry(folio, writable: true))
         ptlab_ptl_unlock(pmdTable.desc)
         thpEvents.collapseAlloc.add(1, ordering: .relaxed)
         return .succeeded
@@ -296,7 +297,7 @@ extension MM {
                 ptlab_ptl_unlock(pmdTable.desc)
                 return false
             }
-            for i in 0..<512 { ptlab_pte_write(ptes + i, 0) }
+            for i in 0..<512 { removeRmap(Entry(rawValue: ptlab_pte_xchg(ptes + i, 0))) }
         }
         // pmdp_collapse_flush: clear the PMD and flush the range.
         ptlab_pte_write(slot, 0)
@@ -350,7 +351,7 @@ extension MM {
         // not success): what a fault put there meanwhile stays.
         lockPTL(pmdTable)
         let installed = ptlab_pte_read(slot) == 0
-        if installed { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
+        if installed { setLeaf(slot, Self.hugeEntry(folio.page, writable: true)) }
         ptlab_ptl_unlock(pmdTable.desc)
         return installed ? .succeeded : .fail
     }

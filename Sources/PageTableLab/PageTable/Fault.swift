@@ -88,7 +88,7 @@ extension MM {
         guard folio.huge, !vma.flags.contains(.noHugepage) else { return nil }
         lockPTL(pmdTable)
         let won = ptlab_pte_read(slot) == 0
-        if won { ptlab_pte_write(slot, Self.hugeEntry(folio.page, writable: true).rawValue) }
+        if won { setLeaf(slot, Self.hugeEntry(folio.page, writable: true)) }
         ptlab_ptl_unlock(pmdTable.desc)
         guard won else { return nil }
         return allocator.address(of: folio.page) + Int(address & (Self.pmdSize - 1))
@@ -142,7 +142,7 @@ extension MM {
             if let present = mapped(pte) {
                 (page, ours) = (present, false)
             } else {
-                ptlab_pte_write(pte, Entry(pfn: data.pfn, flags: .userPage).rawValue)
+                setLeaf(pte, Entry(pfn: data.pfn, flags: .userPage))
                 noteWrite(to: table, under: pmdSlot)
                 (page, ours) = (allocator.address(of: data), true)
             }

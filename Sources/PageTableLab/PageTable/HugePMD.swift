@@ -84,7 +84,7 @@ extension MM {
         let won = ptlab_pte_read(slot) == 0
         if won {
             deposit(table, under: pmdTable)
-            ptlab_pte_write(slot, Self.hugeEntry(folio, writable: true).rawValue)
+            setLeaf(slot, Self.hugeEntry(folio, writable: true))
             accountTable(.pte, 1)
         }
         ptlab_ptl_unlock(pmdTable.desc)
@@ -117,6 +117,7 @@ extension MM {
             return false
         }
         let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
+        removeRmap(old)
         let deposited = vma.isAnonymous ? withdraw(from: pmdTable) : nil
         ptlab_ptl_unlock(pmdTable.desc)
         tlb.clearedPMD(at: address)
@@ -141,6 +142,7 @@ extension MM {
         thpEvents.splitPMD.add(1, ordering: .relaxed)
         // pmdp_invalidate: no CPU may go on using the huge translation.
         ptlab_pte_write(slot, 0)
+        removeRmap(old)
         tlb.flush()
         let base = address & ~(Self.pmdSize - 1)
         invalidateSecondaryTLBs(start: base, end: base + Self.pmdSize)
@@ -151,7 +153,7 @@ extension MM {
         let keep = old.flags.intersection([.writable, .protNone, .present])
         for i in 0..<512 {
             let flags = keep.union([.user, .accessed, .dirty])
-            ptlab_pte_write(entries + i, Entry(pfn: UInt32(old.pfn) + UInt32(i), flags: flags).rawValue)
+            setLeaf(entries + i, Entry(pfn: UInt32(old.pfn) + UInt32(i), flags: flags))
         }
         ptlab_pte_write(slot, Entry(pfn: table.pfn, flags: .userTable).rawValue)
     }

@@ -50,6 +50,7 @@
 //   FreePgtables.swift             free_pgtables, free_pgd_range and the levels below
 //   PTEMapLock.swift, Walkers.swift   updaters' pte_offset_map_lock; GUP-fast, pte_offset_map, MMU
 //   LockContext.swift, MMapLock.swift, Rmap.swift   walker contexts; mmap_lock; rmap ranges
+//   Mapcount.swift                 a data page's mapcount, which the allocator checks at free
 //   HugePMD.swift, THPSettings.swift   THP fault, deposit, split, zap; the sysfs policy
 //   Collapse.swift                 MADV_COLLAPSE: collapse_huge_page, collapse_file, the retract
 //   Mremap.swift, Mprotect.swift, VMA.swift   move_page_tables; change_protection; VMAs

@@ -60,16 +60,26 @@ public enum PageTables {
     }
 
     /// Give a page the model owns back to the allocator, on a path that
-    /// cannot fail: a refusal (a double free) is a bug, counted in
-    /// `Integrity` rather than thrown. Returns whether the page was freed.
+    /// cannot fail: a refusal (a double free, a page still mapped) is a
+    /// bug, counted in `Integrity` rather than thrown. Returns whether the
+    /// page was freed.
     @inline(__always) @discardableResult
     public static func release(_ page: Page, allocator: PageAllocator) -> Bool {
         do {
             try allocator.free(page)
             return true
         } catch {
-            Integrity.freeErrorCount.add(1, ordering: .relaxed)
+            countRefusal(error)
             return false
+        }
+    }
+
+    @inline(never)
+    private static func countRefusal(_ error: PageAllocError) {
+        if case .stillMapped = error {
+            Integrity.badPageStateCount.add(1, ordering: .relaxed)
+        } else {
+            Integrity.freeErrorCount.add(1, ordering: .relaxed)
         }
     }
 

@@ -61,6 +61,7 @@ extension MM {
                     let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
                     address += 4096
                     guard old.isMapped, let d = allocator.descriptor(pfn: old.pfn) else { continue }
+                    removeRmap(old)
                     wrote = true
                     tlb.clearedPTE(at: address - 4096)
                     // A shmem page belongs to its page cache, not to this

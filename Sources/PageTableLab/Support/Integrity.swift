@@ -9,7 +9,9 @@
 //    PageTables.release), a table queued twice for a deferred free
 //    (PageTables.markDeferred), an SVA notifier that could not make the
 //    IOMMU drop a range (SVABond), a user store that found its page freed
-//    while still mapped (MM.userStore). Each count is a bug in the model or in a
+//    while still mapped (MM.userStore), a data page freed while user entries
+//    still map it, or unmapped more often than mapped (the kernel's "Bad
+//    page state"; PageTables.release, MM's rmap). Each count is a bug in the model or in a
 //    policy plugged into it. A run takes a snapshot before and after, and a
 //    safe stress run with any difference fails. The counters are static
 //    atomics with relaxed adds: no lock, no allocation, safe from RCU
@@ -34,7 +36,8 @@ import Synchronization
 /// a free of a page that was not allocated (a double free), a table queued
 /// twice for a deferred free, a secondary TLB (an IOMMU through SVA) that
 /// could not be told about a flush, a user store into a page the page
-/// tables still mapped after it was freed. The freeing paths cannot fail, so they
+/// tables still mapped after it was freed, a data page freed while still
+/// mapped or unmapped once too often. The freeing paths cannot fail, so they
 /// count these instead of throwing; each one is a bug in the model or in a
 /// policy plugged into it, and a safe stress run with any of them fails.
 public struct Integrity: Sendable, Codable, Equatable {
@@ -42,6 +45,9 @@ public struct Integrity: Sendable, Codable, Equatable {
     public var doubleQueued = 0
     public var notifierFailures = 0
     public var storesToFreedPages = 0
+    /// Data pages freed while user entries still mapped them (the free was
+    /// refused), or unmapped more often than they were mapped.
+    public var badPageStates = 0
 
     public init() {}
 
@@ -49,6 +55,7 @@ public struct Integrity: Sendable, Codable, Equatable {
     static let doubleQueuedCount = Atomic<Int>(0)
     static let notifierFailureCount = Atomic<Int>(0)
     static let storeToFreedPageCount = Atomic<Int>(0)
+    static let badPageStateCount = Atomic<Int>(0)
 
     /// The lab-wide counts so far (take two and subtract for one run's).
     public static func snapshot() -> Integrity {
@@ -57,6 +64,7 @@ public struct Integrity: Sendable, Codable, Equatable {
         i.doubleQueued = doubleQueuedCount.load(ordering: .relaxed)
         i.notifierFailures = notifierFailureCount.load(ordering: .relaxed)
         i.storesToFreedPages = storeToFreedPageCount.load(ordering: .relaxed)
+        i.badPageStates = badPageStateCount.load(ordering: .relaxed)
         return i
     }
 
@@ -66,10 +74,13 @@ public struct Integrity: Sendable, Codable, Equatable {
         d.doubleQueued = a.doubleQueued - b.doubleQueued
         d.notifierFailures = a.notifierFailures - b.notifierFailures
         d.storesToFreedPages = a.storesToFreedPages - b.storesToFreedPages
+        d.badPageStates = a.badPageStates - b.badPageStates
         return d
     }
 
-    public var isClean: Bool { freeErrors == 0 && doubleQueued == 0 && notifierFailures == 0 && storesToFreedPages == 0 }
+    public var isClean: Bool {
+        freeErrors == 0 && doubleQueued == 0 && notifierFailures == 0 && storesToFreedPages == 0 && badPageStates == 0
+    }
 
     /// What went wrong, in words; empty when clean.
     public var problems: [String] {
@@ -78,6 +89,7 @@ public struct Integrity: Sendable, Codable, Equatable {
         if doubleQueued != 0 { p.append("\(doubleQueued) tables queued twice for a deferred free") }
         if notifierFailures != 0 { p.append("\(notifierFailures) secondary-TLB invalidations that failed") }
         if storesToFreedPages != 0 { p.append("\(storesToFreedPages) user stores into pages already freed (mapped after their free)") }
+        if badPageStates != 0 { p.append("\(badPageStates) bad page states (data pages freed while still mapped, or unmapped once too often)") }
         return p
     }
 
@@ -86,5 +98,6 @@ public struct Integrity: Sendable, Codable, Equatable {
         case doubleQueued = "double_queued"
         case notifierFailures = "notifier_failures"
         case storesToFreedPages = "stores_to_freed_pages"
+        case badPageStates = "bad_page_states"
     }
 }

@@ -133,6 +133,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case doubleQueued = "double_queued"
         case notifierFailures = "notifier_failures"
         case storesToFreedPages = "stores_to_freed_pages"
+        case badPageStates = "bad_page_states"
         case qiDriver = "qi_driver"
         case qiLockup = "qi_lockup"
         case tablesFreedBy = "tables_freed_by"
@@ -142,7 +143,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
     /// Written by hand so that `expected_detector` is always present (null
     /// for a safe mode) and the integrity counters sit beside the other
     /// counts (`free_errors`, `double_queued`, `notifier_failures`,
-    /// `stores_to_freed_pages`).
+    /// `stores_to_freed_pages`, `bad_page_states`).
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(scenario, forKey: .scenario)
@@ -172,6 +173,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encode(integrity.doubleQueued, forKey: .doubleQueued)
         try c.encode(integrity.notifierFailures, forKey: .notifierFailures)
         try c.encode(integrity.storesToFreedPages, forKey: .storesToFreedPages)
+        try c.encode(integrity.badPageStates, forKey: .badPageStates)
         try c.encode(pass, forKey: .pass)
         try c.encode(verdict, forKey: .verdict)
         try c.encodeIfPresent(iotlbInvalidations, forKey: .iotlbInvalidations)

@@ -1,0 +1,115 @@
+import CSupport
+import XCTest
+@testable import PageTableLab
+
+/// A data page's mapcount, and the allocator's check of it at free
+/// (free_pages_prepare's "Bad page state ... nonzero mapcount"): a page
+/// that user entries still map cannot be freed, whoever frees it, so a
+/// model bug of that kind is caught at the free rather than by a store
+/// that may never come. Each test counts what the paths that map and unmap
+/// leave, then frees a mapped page by hand: the free must be refused, the
+/// page stay allocated, and the unmap that follows free it as usual.
+final class MapcountTests: XCTestCase {
+    private func badPageStates(_ n: Int) -> Integrity {
+        var i = Integrity()
+        i.badPageStates = n
+        return i
+    }
+
+    func testAMappedPageCannotBeFreed() throws {
+        try withLab(expecting: badPageStates(1)) { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 2 * 4096)
+            let page = try mappedPage(mm, tib)
+            XCTAssertEqual(ptlab_page_mapcount(page.desc), 1)
+            XCTAssertThrowsError(try allocator.free(page)) { error in
+                XCTAssertEqual(error as? PageAllocError, .stillMapped(pfn: page.pfn, mapcount: 1))
+            }
+            XCTAssertFalse(PageTables.release(page, allocator: allocator), "a mapped page was freed")
+            XCTAssertEqual(ptlab_page_state(page.desc), PTLAB_PAGE_ALLOCATED.rawValue)
+            try mm.madviseDontneed(address: tib, length: 4096)
+            XCTAssertEqual(ptlab_page_mapcount(page.desc), 0)
+            XCTAssertEqual(ptlab_page_state(page.desc), PTLAB_PAGE_FREE.rawValue, "the zap's gather did not free it")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// A move keeps the count: the page is mapped once, at its new address.
+    func testMremapKeepsTheCount() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 4096)
+            let page = try mappedPage(mm, tib)
+            try mm.mremap(from: tib, length: 2 * mib, to: tib + 64 * mib + 64 * 1024)
+            XCTAssertEqual(try mappedPage(mm, tib + 64 * mib + 64 * 1024), page)
+            XCTAssertEqual(ptlab_page_mapcount(page.desc), 1)
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// A huge PMD counts on its folio's head; a split moves that count to
+    /// each of the 512 pages, which are mapped and freed one by one after.
+    func testAHugePMDCountsOnItsHeadAndASplitOnEachPage() throws {
+        var profile = MMProfile.v6_14
+        profile.thp = THPSettings(enabled: .always, shmemEnabled: .never)
+        try withLab(profile: profile, expecting: badPageStates(2)) { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 4096)
+            XCTAssertTrue(mm.isHugePMD(tib))
+            let (_, slot) = try XCTUnwrap(mm.findPMD(tib))
+            let folio = try XCTUnwrap(allocator.pfnToPage(Entry(rawValue: ptlab_pte_read(slot)).pfn))
+            XCTAssertEqual(ptlab_page_mapcount(folio.desc), 1)
+            XCTAssertFalse(PageTables.release(folio, allocator: allocator), "a PMD-mapped folio was freed")
+
+            try mm.madviseDontneed(address: tib + 4096, length: 4096)
+            XCTAssertFalse(mm.isHugePMD(tib))
+            let pages = (0..<512).map { Page(folio.desc + $0) }
+            XCTAssertEqual(pages.map { ptlab_page_mapcount($0.desc) }, [1, 0] + Array(repeating: 1, count: 510))
+            XCTAssertEqual(ptlab_page_state(pages[1].desc), PTLAB_PAGE_FREE.rawValue)
+            XCTAssertFalse(PageTables.release(pages[200], allocator: allocator), "a PTE-mapped page of a split folio was freed")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// Shared memory: the page cache holds the page, each mapping counts on
+    /// it, and the cache frees it when the last mapping goes.
+    func testASharedPageCountsEachMapping() throws {
+        try withLab(expecting: badPageStates(1)) { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 4096)
+            let page = try mappedPage(mm, tib)
+            try mm.mremap(from: tib, length: 2 * mib, to: tib + 64 * mib)
+            XCTAssertEqual(ptlab_page_mapcount(page.desc), 1)
+            XCTAssertFalse(PageTables.release(page, allocator: allocator), "a page of a mapped file was freed")
+            try mm.munmap(address: tib + 64 * mib, length: 2 * mib)
+            XCTAssertEqual(ptlab_page_mapcount(page.desc), 0)
+            XCTAssertEqual(ptlab_page_state(page.desc), PTLAB_PAGE_FREE.rawValue, "the last unmap left the page cache")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// An unmap of a page no entry maps is the other bad page state: it is
+    /// counted once, and the count stays at zero so the page can go.
+    func testUnmappingAnUnmappedPageIsABadPageState() throws {
+        try withLab(expecting: badPageStates(1)) { allocator in
+            let mm = try MM(allocator: allocator)
+            let page = try allocator.alloc()
+            mm.removeRmap(Entry(pfn: page.pfn, flags: .userPage))
+            XCTAssertEqual(ptlab_page_mapcount(page.desc), 0)
+            XCTAssertTrue(PageTables.release(page, allocator: allocator))
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+}
+
+/// The page the PTE for `address` maps.
+private func mappedPage(_ mm: MM, _ address: UInt64) throws -> Page {
+    let (_, _, table) = try XCTUnwrap(mm.findPTETable(address))
+    let e = Entry(rawValue: ptlab_pte_read(mm.entry(in: table, level: .pte, address: address)))
+    XCTAssertTrue(e.isPresent)
+    return try XCTUnwrap(mm.allocator.pfnToPage(e.pfn))
+}
