@@ -85,8 +85,10 @@ enum ptlab_pt_level {
  * the producer wait on two lines per table where the kernel waits on one,
  * and an RCU callback reading the second line waited for its transfer from
  * the CPU that queued the table. The second holds what only the buddy's
- * list surgery (under zone->lock), a sampled latency read, and a data
- * page's mappings (its mapcount) touch: no table's life reads it.
+ * list surgery (under zone->lock) and a sampled latency read touch. A data
+ * page's mapcount shares the mm's word, as the kernel's _mapcount shares
+ * its word with a table's page type: no data page has an owning mm, no
+ * table is mapped by a user entry, and retiring either leaves zero.
  */
 struct ptdesc {
     union {
@@ -95,7 +97,10 @@ struct ptdesc {
     };
     _Atomic uint32_t flags;             /* PTLAB_PG_* */
     ptlab_spinlock_t ptl;               /* split PTE/PMD lock (live while PTLAB_PG_PTLOCK) */
-    void *pt_mm;                        /* owning mm (Unmanaged), or NULL; ptlab_page_mm */
+    union {
+        void *pt_mm;                    /* a table's owning mm (Unmanaged), or NULL; ptlab_page_mm */
+        int64_t mapcount;               /* a data page's mapped entries (_mapcount + 1); ptlab_page_mapcount */
+    };
     _Atomic uint32_t generation;        /* bumped on every free */
     uint32_t pfn;
     _Atomic uint16_t state;             /* enum ptlab_page_state */
@@ -107,9 +112,7 @@ struct ptdesc {
     uint32_t buddy_next;                /* allocator free list (PFN + 1; 0 = none) */
     uint32_t buddy_prev;
     uint64_t queued_ns;                 /* when its deferred free was queued (PTLAB_PG_TIMED) */
-    _Atomic int32_t mapcount;           /* user entries mapping this page (_mapcount + 1); data pages only */
-    uint32_t pad32;
-    uint64_t pad[5];                    /* to two whole lines (Swift cannot import _Alignas) */
+    uint64_t pad[6];                    /* to two whole lines (Swift cannot import _Alignas) */
 };
 _Static_assert(sizeof(struct ptdesc) == 128, "struct ptdesc is two cache lines");
 _Static_assert(offsetof(struct ptdesc, buddy_next) == 64, "what a table's life touches is in the first line");
@@ -290,13 +293,13 @@ static inline int ptlab_ptl_alive(const struct ptdesc *d)
  * so the count is atomic, as the kernel's is. Zero when unmapped (the
  * kernel's _mapcount is this minus one). Returns the count after the add.
  */
-static inline int32_t ptlab_page_mapcount(const struct ptdesc *d)
+static inline int64_t ptlab_page_mapcount(const struct ptdesc *d)
 {
-    return atomic_load_explicit(&((struct ptdesc *)d)->mapcount, memory_order_relaxed);
+    return __atomic_load_n(&d->mapcount, __ATOMIC_RELAXED);
 }
-static inline int32_t ptlab_page_mapcount_add(struct ptdesc *d, int32_t delta)
+static inline int64_t ptlab_page_mapcount_add(struct ptdesc *d, int64_t delta)
 {
-    return atomic_fetch_add_explicit(&d->mapcount, delta, memory_order_relaxed) + delta;
+    return __atomic_add_fetch(&d->mapcount, delta, __ATOMIC_RELAXED);
 }
 static inline struct ptlab_rcu_head *ptlab_ptdesc_rcu_head(struct ptdesc *d) { return &d->pt_rcu_head; }
 static inline struct cds_list_head *ptlab_ptdesc_list(struct ptdesc *d) { return &d->pt_list; }

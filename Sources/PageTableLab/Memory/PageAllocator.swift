@@ -425,11 +425,12 @@ public final class PageAllocator: @unchecked Sendable {
         // One compare-and-swap from the state seen, not a guess and a
         // retry: a deferred free would pay two locked instructions.
         var found = ptlab_page_state(d)
+        let head = ptlab_page_flags(d) & PTLAB_PG_HEAD != 0
         if found == PTLAB_PAGE_ALLOCATED.rawValue || found == PTLAB_PAGE_DEFERRED.rawValue {
             // free_pages_prepare's "nonzero mapcount": a data page (no
             // table has a level of none) that user entries still map.
-            if ptlab_page_level(d) == PTLAB_PT_NONE.rawValue, ptlab_page_mapcount(d) != 0 || isCompoundHead(d) {
-                try checkUnmapped(d)
+            if ptlab_page_level(d) == PTLAB_PT_NONE.rawValue, ptlab_page_mapcount(d) != 0 || head {
+                try checkUnmapped(d, head: head)
             }
             found = ptlab_page_transition(d, found, PTLAB_PAGE_FREE.rawValue)
         }
@@ -439,7 +440,7 @@ public final class PageAllocator: @unchecked Sendable {
         // Order, PFN and node without the descriptor's second line, which
         // an RCU callback would otherwise wait for (see struct ptdesc): only
         // a compound head has an order, and the PFN is the address.
-        let order = ptlab_page_flags(d) & PTLAB_PG_HEAD != 0 ? Int(d.pointee.order) : 0
+        let order = head ? Int(d.pointee.order) : 0
         let pfn = pfn(of: d)
         ptlab_page_retire(d)
         if parameters.poison || ptlab_asan_enabled() != 0 { poisonFreed(pfn: pfn, order: order) }
@@ -450,17 +451,12 @@ public final class PageAllocator: @unchecked Sendable {
         if ptlab_pcp_push(pcp, Int32(index), pfn) == 0 { drainAndCache(pcp, node: index, pfn: pfn) }
     }
 
-    @inline(__always)
-    private func isCompoundHead(_ d: UnsafeMutablePointer<ptdesc>) -> Bool {
-        ptlab_page_flags(d) & PTLAB_PG_HEAD != 0
-    }
-
     /// A page, or any page of a compound one, still mapped: the free is
     /// refused (the kernel's bad_page takes such a page out of circulation
     /// too), since the entries that map it would reach its next user.
     @inline(never)
-    private func checkUnmapped(_ d: UnsafeMutablePointer<ptdesc>) throws(PageAllocError) {
-        let pages = isCompoundHead(d) ? 1 << Int(d.pointee.order) : 1
+    private func checkUnmapped(_ d: UnsafeMutablePointer<ptdesc>, head: Bool) throws(PageAllocError) {
+        let pages = head ? 1 << Int(d.pointee.order) : 1
         for page in d..<d + pages {
             let mapcount = ptlab_page_mapcount(page)
             guard mapcount == 0 else { throw .stillMapped(pfn: pfn(of: page), mapcount: Int(mapcount)) }
