@@ -274,6 +274,31 @@ final class RaceWindowTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+
+    /// A munmap that has taken the VMA out of the tree but not zapped it
+    /// yet, while collapse_file unmaps the range's old pages: the VMA is
+    /// still in the file's rmap (free_pgtables unlinks it), so the unmap
+    /// must still find it and clear its entries before the old pages are
+    /// freed. Found through the tree alone, it was missed, and the pages
+    /// were freed while its PTEs mapped them (a bad page state now).
+    func testCollapseFileUnmapsAVMAAMunmapHasDetachedButNotZapped() throws {
+        try withLab { allocator in
+            let (mm, file) = try sharedMemoryMapped(allocator)
+            let old = try XCTUnwrap(file.lookup(16)).page
+            let munmap = MunmapMeetsCollapse(mm, collapse: pthread_self())
+            do {
+                try mm.madviseCollapse(address: tib, length: 2 * mib)
+                XCTFail("collapse_pte_mapped_thp found the VMA the munmap took out")
+            } catch let error as MMError {
+                guard case .collapseRefused(let at, _, _) = error, at == tib else { return XCTFail("\(error)") }
+            }
+            munmap.finish()
+            mm.raceWindowHook = nil
+            XCTAssertEqual(munmap.oldPageState, PTLAB_PAGE_FREE.rawValue, "collapse_file could not free an old page")
+            XCTAssertEqual(ptlab_page_state(old.desc), PTLAB_PAGE_FREE.rawValue)
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
 }
 
 /// An mm with 2 MiB of shared memory at `tib`, a page in every 16 of it
@@ -395,6 +420,47 @@ private final class FaultMeetsCollapse: @unchecked Sendable {
         fault?.join()
         return mapped
     }
+}
+
+/// The munmap of testCollapseFileUnmapsAVMAAMunmapHasDetachedButNotZapped:
+/// started when the collapse (thread `collapse`) is about to unmap the old
+/// pages, it stops once its VMA is out of the tree and nothing is zapped;
+/// the collapse goes on through collapse_file, and when that is done (old
+/// pages freed, or refused) notes the state of page 16's old page and lets
+/// the munmap finish.
+private final class MunmapMeetsCollapse: @unchecked Sendable {
+    private let detached = DispatchSemaphore(value: 0)
+    private let proceed = DispatchSemaphore(value: 0)
+    private var munmap: RCUThread?
+    /// The state of the old page at file page 16 once collapse_file was done.
+    private(set) var oldPageState: UInt32?
+
+    init(_ mm: MM, collapse: pthread_t) {
+        let old = mm.vmas.first?.file?.lookup(16)?.page
+        mm.raceWindowHook = { [self] window, _ in
+            let onCollapse = pthread_equal(pthread_self(), collapse) != 0
+            switch window {
+            case .collapseFileBeforeUnmap where onCollapse && munmap == nil:
+                munmap = RCUThread {
+                    do { try mm.munmap(address: tib, length: 2 * mib) } catch {
+                        XCTFail("the munmap failed: \(error)")
+                    }
+                }
+                waitForStep(detached, "the munmap never took its VMA out of the tree")
+            case .munmapDetached where !onCollapse:
+                detached.signal()
+                waitForStep(proceed, "the collapse never finished collapse_file")
+            case .collapseMmapUnlocked where onCollapse:
+                oldPageState = old.map { ptlab_page_state($0.desc) }
+                proceed.signal()
+            default:
+                break
+            }
+        }
+    }
+
+    /// Wait for the munmap. Idempotent.
+    func finish() { munmap?.join() }
 }
 
 /// A change another thread makes the first time an updater of `mm` passes

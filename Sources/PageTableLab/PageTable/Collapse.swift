@@ -222,8 +222,7 @@ extension MM {
     /// from taking it for read too.
     func unmapFilePages(_ file: ShmemFile, _ base: UInt64) {
         rmapLock.withReadLock {
-            let vmas = vmaTree.withLock { $0.rmapOrder(of: file) }
-            for vma in vmas {
+            for vma in fileRmap(file) {
                 let first = max(vma.start, vma.start &+ (base &- vma.pgoff) << 12)
                 let last = min(vma.end, vma.start &+ (base + 512 &- vma.pgoff) << 12)
                 guard base + 512 > vma.pgoff, base < vma.pgoff + vma.length >> 12, first < last else { continue }
@@ -248,8 +247,7 @@ extension MM {
     func retractPageTables(_ file: ShmemFile, _ base: UInt64) {
         let exclusive = profile.collapseFree.takesMMapWriteLock
         rmapLock.withReadLock {
-            let vmas = vmaTree.withLock { $0.rmapOrder(of: file) }
-            for vma in vmas where base >= vma.pgoff {
+            for vma in fileRmap(file) where base >= vma.pgoff {
                 let at = vma.start &+ (base - vma.pgoff) << 12
                 guard vma.contains(at), vma.suitsHugePMD(at: at), rmap.withLock({ $0.contains(at) }) else { continue }
                 guard exclusive else {

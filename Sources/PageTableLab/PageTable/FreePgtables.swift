@@ -8,7 +8,10 @@ extension MM {
     func freePgtables(_ tlb: MMUGather, _ removed: [VMA], floor: UInt64, ceiling: UInt64) {
         // unlink_anon_vmas / unlink_file_vma: no rmap walker finds them now.
         rmapLock.withWriteLock {
-            rmap.withLock { r in for vma in removed { r.unlink(vma.start..<vma.end) } }
+            rmap.withLock { r in
+                for vma in removed { r.unlink(vma.start..<vma.end) }
+                r.unlinkDetached(removed)
+            }
         }
         var i = 0
         while i < removed.count {

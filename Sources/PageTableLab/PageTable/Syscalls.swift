@@ -73,14 +73,22 @@ extension MM {
         let next: VMA?
     }
 
+    /// The file VMAs stay in their file's rmap until free_pgtables unlinks
+    /// them (RmapRanges.detached). Taken out of the tree and put there under
+    /// the rmap's mutex, so that a walk reading the tree and then the
+    /// detached ones (fileRmap) finds each VMA in one or the other.
     func detachVMAs(_ start: UInt64, _ end: UInt64) -> DetachedVMAs {
-        let (removed, prev, next) = vmaTree.withLock { $0.remove(start, end) }
-        return DetachedVMAs(removed: removed, prev: prev, next: next)
+        rmap.withLock { r in
+            let (removed, prev, next) = vmaTree.withLock { $0.remove(start, end) }
+            r.detach(removed)
+            return DetachedVMAs(removed: removed, prev: prev, next: next)
+        }
     }
 
     /// unmap_region: zap the detached VMAs and free their tables.
     func unmapDetached(_ detached: DetachedVMAs) {
         guard !detached.removed.isEmpty else { return }
+        raceWindow(.munmapDetached, detached.removed[0].start)
         let tlb = MMUGather(mm: self)
         for vma in detached.removed { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
         freePgtables(tlb, detached.removed, floor: detached.prev?.end ?? 0, ceiling: detached.next?.start ?? 0)
@@ -173,7 +181,7 @@ extension MM {
     public func exit() -> Int {
         guard markExited() else { return pgtablesBytes }
         mmapLock.withWriteLock {
-            let all = vmaTree.withLock { $0.removeAll() }
+            let all = detachVMAs(0, .max).removed
             let tlb = MMUGather(mm: self, fullmm: true)
             for vma in all { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
             freePgtables(tlb, all, floor: 0, ceiling: 0)

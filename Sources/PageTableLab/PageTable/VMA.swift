@@ -98,7 +98,11 @@ struct VMATree {
     /// lock: a walk that has passed the source finds in the copy every
     /// entry moved after it looked (the comment above move_ptes).
     func rmapOrder(of file: ShmemFile) -> [VMA] {
-        vmas.filter { $0.file === file }.sorted { ($0.pgoff, $0.linkOrder) < ($1.pgoff, $1.linkOrder) }
+        Self.inRmapOrder(vmas.filter { $0.file === file })
+    }
+
+    static func inRmapOrder(_ vmas: [VMA]) -> [VMA] {
+        vmas.sorted { ($0.pgoff, $0.linkOrder) < ($1.pgoff, $1.linkOrder) }
     }
 
     func overlaps(_ start: UInt64, _ end: UInt64) -> Bool {
@@ -242,10 +246,5 @@ struct VMATree {
     /// ceiling come from them).
     func neighbours(of start: UInt64, _ end: UInt64) -> (prev: VMA?, next: VMA?) {
         (vmas.last { $0.end <= start }, vmas.first { $0.start >= end })
-    }
-
-    mutating func removeAll() -> [VMA] {
-        defer { vmas = [] }
-        return vmas
     }
 }
