@@ -74,9 +74,10 @@ final class MapcountTests: XCTestCase {
         }
     }
 
-    /// Shared memory: the page cache holds the page, each mapping counts on
-    /// it, and the cache frees it when the last mapping goes.
-    func testASharedPageCountsEachMapping() throws {
+    /// Shared memory: the page cache holds the page, its mapping counts on
+    /// it (through a move too), and the cache frees it once the mapping
+    /// goes.
+    func testASharedPageIsCountedByItsMappingAndFreedWithTheCache() throws {
         try withLab(expecting: badPageStates(1)) { allocator in
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib, shared: true)
@@ -88,6 +89,82 @@ final class MapcountTests: XCTestCase {
             try mm.munmap(address: tib + 64 * mib, length: 2 * mib)
             XCTAssertEqual(ptlab_page_mapcount(page.desc), 0)
             XCTAssertEqual(ptlab_page_state(page.desc), PTLAB_PAGE_FREE.rawValue, "the last unmap left the page cache")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// A shmem huge folio: mapped by a PMD (on its head), split by a
+    /// partial MADV_DONTNEED (the PMD goes, the page cache keeps the folio),
+    /// then mapped page by page through PTEs (on each page), made PROT_NONE
+    /// and moved (the counts stay), and freed with the cache at the end.
+    func testAShmemHugeFolioMappedByAPMDThenByPTEs() throws {
+        var profile = MMProfile.v6_14
+        profile.thp = THPSettings(enabled: .always, shmemEnabled: .always)
+        try withLab(profile: profile) { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            try mm.mmap(address: tib, length: 4 * mib, shared: true)
+            try mm.touch(address: tib, length: 4096)
+            XCTAssertTrue(mm.isHugePMD(tib))
+            let (_, slot) = try XCTUnwrap(mm.findPMD(tib))
+            let folio = try XCTUnwrap(allocator.pfnToPage(Entry(rawValue: ptlab_pte_read(slot)).pfn))
+            XCTAssertEqual(ptlab_page_mapcount(folio.desc), 1)
+            try mm.madviseDontneed(address: tib + 4096, length: 4096)
+            XCTAssertEqual(ptlab_page_mapcount(folio.desc), 0)
+            try mm.madviseHugepage(address: tib, length: 4 * mib, enable: false)
+            try mm.touch(address: tib, length: 2 * mib, stride: 4096)
+            XCTAssertEqual((0..<512).map { ptlab_page_mapcount(folio.desc + $0) }, Array(repeating: 1, count: 512))
+            try mm.mprotect(address: tib, length: 2 * mib, protection: .none)
+            let moved = tib + 64 * mib + 64 * 1024
+            try mm.mremap(from: tib, length: 2 * mib, to: moved)
+            XCTAssertEqual((0..<512).map { ptlab_page_mapcount(folio.desc + $0) }, Array(repeating: 1, count: 512))
+            try mm.munmap(address: moved, length: 2 * mib)
+            XCTAssertEqual((0..<512).map { ptlab_page_mapcount(folio.desc + $0) }, Array(repeating: 0, count: 512))
+            try mm.munmap(address: tib + 2 * mib, length: 2 * mib)
+            XCTAssertEqual(ptlab_page_state(folio.desc), PTLAB_PAGE_FREE.rawValue, "the cache did not free the folio")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// Both collapses leave the new folio counted once, on its head: the
+    /// anonymous one after a PROT_NONE huge PMD was split (its small
+    /// pages, each counted, are freed as they are copied), the shmem one
+    /// after collapse_file unmapped the old pages and the retract.
+    func testACollapseCountsItsFolioOnceOnItsHead() throws {
+        var anonymous = MMProfile.v6_14
+        anonymous.thp = THPSettings(enabled: .always, shmemEnabled: .never)
+        try withLab(profile: anonymous) { allocator in
+            let mm = try MM(allocator: allocator, profile: anonymous)
+            try mm.mmap(address: tib, length: 4 * mib)
+            try mm.touch(address: tib, length: 4096)
+            try mm.mprotect(address: tib, length: 2 * mib, protection: .none)
+            try mm.mprotect(address: tib, length: 4096, protection: .rw)
+            XCTAssertFalse(mm.isHugePMD(tib))
+            try mm.mprotect(address: tib, length: 2 * mib, protection: .rw)
+            try mm.madviseCollapse(address: tib, length: 2 * mib)
+            try assertCountedOnHead(mm, tib)
+            XCTAssertEqual(mm.exit(), 0)
+        }
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            try mm.madviseCollapse(address: tib, length: 2 * mib)
+            try assertCountedOnHead(mm, tib)
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// A user entry naming a page table (a model bug) is a bad page state,
+    /// and the table's owning-mm word, which the count would share, stays.
+    func testAnEntryNamingAPageTableIsABadPageState() throws {
+        try withLab(expecting: badPageStates(2)) { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 4096)
+            let (_, _, table) = try XCTUnwrap(mm.findPTETable(tib))
+            mm.addRmap(Entry(pfn: table.pfn, flags: .userPage))
+            mm.removeRmap(Entry(pfn: table.pfn, flags: .userPage))
+            XCTAssertEqual(ptlab_page_mm(table.desc), mm.token)
             XCTAssertEqual(mm.exit(), 0)
         }
     }
@@ -104,6 +181,14 @@ final class MapcountTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+}
+
+/// The huge PMD at `address` maps a folio counted once, on its head.
+private func assertCountedOnHead(_ mm: MM, _ address: UInt64, line: UInt = #line) throws {
+    XCTAssertTrue(mm.isHugePMD(address), line: line)
+    let (_, slot) = try XCTUnwrap(mm.findPMD(address))
+    let folio = try XCTUnwrap(mm.allocator.pfnToPage(Entry(rawValue: ptlab_pte_read(slot)).pfn))
+    XCTAssertEqual((0..<512).map { ptlab_page_mapcount(folio.desc + $0) }, [1] + Array(repeating: 0, count: 511), line: line)
 }
 
 /// The page the PTE for `address` maps.

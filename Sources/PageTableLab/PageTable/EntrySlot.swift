@@ -5,6 +5,12 @@ internal import CSupport
 /// access is a single atomic load, store or exchange, as READ_ONCE /
 /// WRITE_ONCE / xchg are in the kernel: a torn entry would be a PFN that
 /// never existed.
+///
+/// A store or exchange here is the bare set_pte: it does not count in the
+/// data page's mapcount, which the mm's own paths keep as they map and
+/// unmap. So a data page mapped by a store here and later zapped is a bad
+/// page state (`Integrity.badPageStates`), as a page mapped without
+/// folio_add_*_rmap would be in the kernel.
 public struct EntrySlot: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<UInt64>
 

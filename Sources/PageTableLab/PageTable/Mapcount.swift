@@ -13,7 +13,9 @@ internal import CSupport
 /// counted in `Integrity.badPageStates`.
 ///
 /// Every path that sets a user leaf entry to a page adds, and every path
-/// that clears one removes, under the lock of the entry's table. A move
+/// that clears one removes, under the lock of the entry's table (the
+/// anonymous collapse removes after it has unlinked the table under the
+/// mmap and rmap write locks, where nothing else can reach it). A move
 /// (mremap) and a protection change (mprotect) keep the count. A PTE counts
 /// on the page it maps, a huge PMD on its folio's head (the kernel's
 /// entire_mapcount), so a split moves the head's count to the 512 pages.
@@ -29,7 +31,7 @@ extension MM {
 
     /// A user entry now maps what `entry` maps.
     func addRmap(_ entry: Entry) {
-        guard entry.isMapped, let d = allocator.descriptor(pfn: entry.pfn) else { return }
+        guard let d = dataPage(entry) else { return }
         _ = ptlab_page_mapcount_add(d, 1)
     }
 
@@ -37,9 +39,22 @@ extension MM {
     /// unmapped more often than it was mapped is a bad page state too: the
     /// count is put back, so that the one mistake is counted once.
     func removeRmap(_ entry: Entry) {
-        guard entry.isMapped, let d = allocator.descriptor(pfn: entry.pfn) else { return }
+        guard let d = dataPage(entry) else { return }
         guard ptlab_page_mapcount_add(d, -1) < 0 else { return }
         _ = ptlab_page_mapcount_add(d, 1)
         Integrity.badPageStateCount.add(1, ordering: .relaxed)
+    }
+
+    /// The page `entry` maps, if it maps one that can be counted. A user
+    /// leaf naming a page table is a model bug too (the count would land in
+    /// the table's owning-mm word), counted as a bad page state and not
+    /// counted on the table.
+    private func dataPage(_ entry: Entry) -> UnsafeMutablePointer<ptdesc>? {
+        guard entry.isMapped, let d = allocator.descriptor(pfn: entry.pfn) else { return nil }
+        guard ptlab_page_level(d) == PTLAB_PT_NONE.rawValue else {
+            Integrity.badPageStateCount.add(1, ordering: .relaxed)
+            return nil
+        }
+        return d
     }
 }
