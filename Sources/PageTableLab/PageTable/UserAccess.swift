@@ -50,10 +50,11 @@ extension MM {
     /// A page the allocator has back, or has handed out again as a page
     /// table, is mapped where it must not be: a use-after-free by the
     /// model, such as a collapse freeing a folio a PMD still maps. No
-    /// walker sees a data page, so this is what catches it: the store is
-    /// counted (Integrity) and not made, so the page's next user is not
-    /// written. (A page handed out again as data is not caught: nothing
-    /// records who maps a page.)
+    /// walker sees a data page, so the store is checked: it is counted
+    /// (Integrity) and not made, so the page's next user is not written.
+    /// The free itself is refused first when the entries that map the page
+    /// were counted (Mapcount.swift); this catches an entry that was not
+    /// (one written straight through an EntrySlot, say).
     func userStore(_ value: UInt8, pfn: UInt64, offset: Int) {
         let target = pfn + UInt64(offset >> 12)
         guard let d = allocator.descriptor(pfn: target), ptlab_page_state(d) != PTLAB_PAGE_FREE.rawValue,
