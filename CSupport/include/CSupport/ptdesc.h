@@ -301,6 +301,11 @@ static inline int64_t ptlab_page_mapcount_add(struct ptdesc *d, int64_t delta)
 {
     return __atomic_add_fetch(&d->mapcount, delta, __ATOMIC_RELAXED);
 }
+/* A page no other entry can map yet (folio_add_new_anon_rmap): a store. */
+static inline void ptlab_page_mapcount_set(struct ptdesc *d, int64_t count)
+{
+    __atomic_store_n(&d->mapcount, count, __ATOMIC_RELAXED);
+}
 static inline struct ptlab_rcu_head *ptlab_ptdesc_rcu_head(struct ptdesc *d) { return &d->pt_rcu_head; }
 static inline struct cds_list_head *ptlab_ptdesc_list(struct ptdesc *d) { return &d->pt_list; }
 /* CDS_INIT_LIST_HEAD is a macro Swift cannot see. */

@@ -159,7 +159,7 @@ extension MM {
         }
         lockPTL(pmdTable)
         deposit(table, under: pmdTable)
-        setLeaf(slot, Self.hugeEntry(folio, writable: true))
+        setLeaf(slot, Self.hugeEntry(folio, writable: true), new: true)
         ptlab_ptl_unlock(pmdTable.desc)
         thpEvents.collapseAlloc.add(1, ordering: .relaxed)
         return .succeeded

@@ -142,7 +142,7 @@ extension MM {
             if let present = mapped(pte) {
                 (page, ours) = (present, false)
             } else {
-                setLeaf(pte, Entry(pfn: data.pfn, flags: .userPage))
+                setLeaf(pte, Entry(pfn: data.pfn, flags: .userPage), new: owned)
                 noteWrite(to: table, under: pmdSlot)
                 (page, ours) = (allocator.address(of: data), true)
             }

@@ -84,7 +84,7 @@ extension MM {
         let won = ptlab_pte_read(slot) == 0
         if won {
             deposit(table, under: pmdTable)
-            setLeaf(slot, Self.hugeEntry(folio, writable: true))
+            setLeaf(slot, Self.hugeEntry(folio, writable: true), new: true)
             accountTable(.pte, 1)
         }
         ptlab_ptl_unlock(pmdTable.desc)

@@ -23,10 +23,21 @@ internal import CSupport
 /// vmalloc's or the direct map's.
 extension MM {
     /// set_pte_at / set_pmd_at of a user leaf, counted first, as the
-    /// kernel's fault paths add the rmap before they set the entry.
-    func setLeaf(_ slot: UnsafeMutablePointer<UInt64>, _ entry: Entry) {
-        addRmap(entry)
+    /// kernel's fault paths add the rmap before they set the entry. A
+    /// `new` page (anonymous memory just allocated, which no other entry
+    /// can map yet) is counted with a store where others take a locked add,
+    /// as folio_add_new_anon_rmap sets _mapcount.
+    func setLeaf(_ slot: UnsafeMutablePointer<UInt64>, _ entry: Entry, new: Bool = false) {
+        if new { addNewRmap(entry) } else { addRmap(entry) }
         ptlab_pte_write(slot, entry.rawValue)
+    }
+
+    /// folio_add_new_anon_rmap: the first entry of a page just allocated,
+    /// whose count is zero (the allocator hands out no page it refused to
+    /// take back mapped).
+    private func addNewRmap(_ entry: Entry) {
+        guard let d = dataPage(entry) else { return }
+        ptlab_page_mapcount_set(d, 1)
     }
 
     /// A user entry now maps what `entry` maps.
