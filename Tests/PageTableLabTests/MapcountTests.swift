@@ -1,6 +1,7 @@
 import CSupport
 import XCTest
 @testable import PageTableLab
+@testable import PageTableLabHarness
 
 /// A data page's mapcount, and the allocator's check of it at free
 /// (free_pages_prepare's "Bad page state ... nonzero mapcount"): a page
@@ -180,6 +181,46 @@ final class MapcountTests: XCTestCase {
             XCTAssertTrue(PageTables.release(page, allocator: allocator))
             XCTAssertEqual(mm.exit(), 0)
         }
+    }
+}
+
+/// A stress run whose model frees a mapped page (refused, and counted) and
+/// whose updater then fails: the error says what the run had counted before,
+/// since refused frees leak pages until an allocation fails, and an ENOMEM
+/// alone would point away from the bug.
+final class StressFailureAfterBadPageTests: XCTestCase {
+    func testAnUpdaterFailureNamesTheBadPageStatesCountedBeforeIt() throws {
+        let scenario = Scenario(
+            name: "frees-a-mapped-page", summary: "a model bug by hand", modes: [.safe("kernel") { _ in }],
+            walkers: [Scenario.Walker(kind: .gupFast, context: .irqsOff)],
+            setUp: { mm, region in
+                try mm.mmap(address: region.base, length: MM.pmdSize)
+                try mm.touch(address: region.base, length: 4096)
+            },
+            step: { mm, region, _ in
+                let page = try mappedPage(mm, region.base)
+                PageTables.release(page, allocator: mm.allocator)
+                throw MMError.mmGone
+            })
+        var options = StressOptions(scenario: scenario.name, mode: "kernel")
+        options.walkers = 1
+        options.duration = 30
+        var params = PageAllocator.Parameters()
+        params.nodeBudgetPages = 16_384
+        let allocator = try PageAllocator(parameters: params)
+        defer { allocator.unload() }
+        var expected = Integrity()
+        expected.badPageStates = 1
+        let before = Integrity.snapshot()
+        XCTAssertThrowsError(try StressRunner(options, scenario: scenario).run(allocator: allocator)) { error in
+            guard case StressError.failedAfterIntegrityProblems(let failure, let problems) = error else {
+                return XCTFail("\(error)")
+            }
+            XCTAssertEqual(failure, MMError.mmGone.description)
+            XCTAssertEqual(problems, ["1 bad page states (data pages freed while still mapped, or unmapped once too often)"])
+        }
+        assertIntegrity(since: before, expecting: expected)
+        XCTAssertEqual(allocator.totalAllocatedPages, 0, "the exit's zap did not free the page the model refused")
     }
 }
 

@@ -54,6 +54,10 @@ public enum StressError: Error, CustomStringConvertible, Equatable {
     case unknownMode(scenario: String, mode: String, known: [String])
     case unknownPath(scenario: String, path: String, known: [String])
     case invalidOption(String)
+    /// An updater's operation failed in a run whose model had already
+    /// counted integrity problems, which may be why (refused frees leak
+    /// pages until an allocation fails): the error, then the problems.
+    case failedAfterIntegrityProblems(String, problems: [String])
 
     public var description: String {
         switch self {
@@ -65,6 +69,8 @@ public enum StressError: Error, CustomStringConvertible, Equatable {
             known.isEmpty ? "scenario '\(s)' has one path; --path \(p) does not apply"
                 : "scenario '\(s)' has no path '\(p)' (paths: \(known.joined(separator: ", ")))"
         case .invalidOption(let s): s
+        case .failedAfterIntegrityProblems(let error, let problems):
+            "\(error), in a run that had already counted \(problems.joined(separator: "; "))"
         }
     }
 }
@@ -154,7 +160,13 @@ public struct StressRunner {
             mm.exit()
             let deferredPeak = deferredMonitor.stop()
             try RCU.barrier()
-            if let failure { throw failure }
+            if let failure {
+                let problems = (Integrity.snapshot() - integrityBefore).problems
+                guard problems.isEmpty else {
+                    throw StressError.failedAfterIntegrityProblems(String(describing: failure), problems: problems)
+                }
+                throw failure
+            }
             if options.injectDoubleFree {
                 let page = try allocator.alloc()
                 PageTables.release(page, allocator: allocator)
