@@ -30,6 +30,26 @@ func assertIntegrity(since before: Integrity, expecting: Integrity = Integrity()
     XCTAssertEqual(delta, expecting, "integrity counters: \(delta.problems)", file: file, line: line)
 }
 
+extension Integrity {
+    /// The counts a test provokes on purpose, for `withLab(expecting:)`.
+    static func counting(doubleQueued: Int = 0, storesToFreedPages: Int = 0, badPageStates: Int = 0) -> Integrity {
+        var i = Integrity()
+        i.doubleQueued = doubleQueued
+        i.storesToFreedPages = storesToFreedPages
+        i.badPageStates = badPageStates
+        return i
+    }
+}
+
+extension MMProfile {
+    /// 6.14+ with THP `always` for anonymous memory, and for shmem as asked.
+    static func thpAlways(shmem: THPSettings.ShmemEnabled = .never) -> MMProfile {
+        var profile = MMProfile.v6_14
+        profile.thp = THPSettings(enabled: .always, shmemEnabled: shmem)
+        return profile
+    }
+}
+
 let tib: UInt64 = 1 << 40
 let gib: UInt64 = 1 << 30
 let mib: UInt64 = 1 << 20

@@ -11,14 +11,8 @@ import XCTest
 /// leave, then frees a mapped page by hand: the free must be refused, the
 /// page stay allocated, and the unmap that follows free it as usual.
 final class MapcountTests: XCTestCase {
-    private func badPageStates(_ n: Int) -> Integrity {
-        var i = Integrity()
-        i.badPageStates = n
-        return i
-    }
-
     func testAMappedPageCannotBeFreed() throws {
-        try withLab(expecting: badPageStates(1)) { allocator in
+        try withLab(expecting: .counting(badPageStates: 1)) { allocator in
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 2 * 4096)
@@ -53,24 +47,20 @@ final class MapcountTests: XCTestCase {
     /// A huge PMD counts on its folio's head; a split moves that count to
     /// each of the 512 pages, which are mapped and freed one by one after.
     func testAHugePMDCountsOnItsHeadAndASplitOnEachPage() throws {
-        var profile = MMProfile.v6_14
-        profile.thp = THPSettings(enabled: .always, shmemEnabled: .never)
-        try withLab(profile: profile, expecting: badPageStates(2)) { allocator in
+        let profile = MMProfile.thpAlways()
+        try withLab(profile: profile, expecting: .counting(badPageStates: 2)) { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 4096)
-            XCTAssertTrue(mm.isHugePMD(tib))
-            let (_, slot) = try XCTUnwrap(mm.findPMD(tib))
-            let folio = try XCTUnwrap(allocator.pfnToPage(Entry(rawValue: ptlab_pte_read(slot)).pfn))
+            let folio = try hugeFolio(mm, tib)
             XCTAssertEqual(ptlab_page_mapcount(folio.desc), 1)
             XCTAssertFalse(PageTables.release(folio, allocator: allocator), "a PMD-mapped folio was freed")
 
             try mm.madviseDontneed(address: tib + 4096, length: 4096)
             XCTAssertFalse(mm.isHugePMD(tib))
-            let pages = (0..<512).map { Page(folio.desc + $0) }
-            XCTAssertEqual(pages.map { ptlab_page_mapcount($0.desc) }, [1, 0] + Array(repeating: 1, count: 510))
-            XCTAssertEqual(ptlab_page_state(pages[1].desc), PTLAB_PAGE_FREE.rawValue)
-            XCTAssertFalse(PageTables.release(pages[200], allocator: allocator), "a PTE-mapped page of a split folio was freed")
+            XCTAssertEqual(mapcounts(folio), [1, 0] + Array(repeating: 1, count: 510))
+            XCTAssertEqual(ptlab_page_state(folio.desc + 1), PTLAB_PAGE_FREE.rawValue)
+            XCTAssertFalse(PageTables.release(Page(folio.desc + 200), allocator: allocator), "a PTE-mapped page of a split folio was freed")
             XCTAssertEqual(mm.exit(), 0)
         }
     }
@@ -79,7 +69,7 @@ final class MapcountTests: XCTestCase {
     /// it (through a move too), and the cache frees it once the mapping
     /// goes.
     func testASharedPageIsCountedByItsMappingAndFreedWithTheCache() throws {
-        try withLab(expecting: badPageStates(1)) { allocator in
+        try withLab(expecting: .counting(badPageStates: 1)) { allocator in
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib, shared: true)
             try mm.touch(address: tib, length: 4096)
@@ -99,27 +89,24 @@ final class MapcountTests: XCTestCase {
     /// then mapped page by page through PTEs (on each page), made PROT_NONE
     /// and moved (the counts stay), and freed with the cache at the end.
     func testAShmemHugeFolioMappedByAPMDThenByPTEs() throws {
-        var profile = MMProfile.v6_14
-        profile.thp = THPSettings(enabled: .always, shmemEnabled: .always)
+        let profile = MMProfile.thpAlways(shmem: .always)
         try withLab(profile: profile) { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             try mm.mmap(address: tib, length: 4 * mib, shared: true)
             try mm.touch(address: tib, length: 4096)
-            XCTAssertTrue(mm.isHugePMD(tib))
-            let (_, slot) = try XCTUnwrap(mm.findPMD(tib))
-            let folio = try XCTUnwrap(allocator.pfnToPage(Entry(rawValue: ptlab_pte_read(slot)).pfn))
+            let folio = try hugeFolio(mm, tib)
             XCTAssertEqual(ptlab_page_mapcount(folio.desc), 1)
             try mm.madviseDontneed(address: tib + 4096, length: 4096)
             XCTAssertEqual(ptlab_page_mapcount(folio.desc), 0)
             try mm.madviseHugepage(address: tib, length: 4 * mib, enable: false)
             try mm.touch(address: tib, length: 2 * mib, stride: 4096)
-            XCTAssertEqual((0..<512).map { ptlab_page_mapcount(folio.desc + $0) }, Array(repeating: 1, count: 512))
+            XCTAssertEqual(mapcounts(folio), Array(repeating: 1, count: 512))
             try mm.mprotect(address: tib, length: 2 * mib, protection: .none)
             let moved = tib + 64 * mib + 64 * 1024
             try mm.mremap(from: tib, length: 2 * mib, to: moved)
-            XCTAssertEqual((0..<512).map { ptlab_page_mapcount(folio.desc + $0) }, Array(repeating: 1, count: 512))
+            XCTAssertEqual(mapcounts(folio), Array(repeating: 1, count: 512))
             try mm.munmap(address: moved, length: 2 * mib)
-            XCTAssertEqual((0..<512).map { ptlab_page_mapcount(folio.desc + $0) }, Array(repeating: 0, count: 512))
+            XCTAssertEqual(mapcounts(folio), Array(repeating: 0, count: 512))
             try mm.munmap(address: tib + 2 * mib, length: 2 * mib)
             XCTAssertEqual(ptlab_page_state(folio.desc), PTLAB_PAGE_FREE.rawValue, "the cache did not free the folio")
             XCTAssertEqual(mm.exit(), 0)
@@ -131,8 +118,7 @@ final class MapcountTests: XCTestCase {
     /// pages, each counted, are freed as they are copied), the shmem one
     /// after collapse_file unmapped the old pages and the retract.
     func testACollapseCountsItsFolioOnceOnItsHead() throws {
-        var anonymous = MMProfile.v6_14
-        anonymous.thp = THPSettings(enabled: .always, shmemEnabled: .never)
+        let anonymous = MMProfile.thpAlways()
         try withLab(profile: anonymous) { allocator in
             let mm = try MM(allocator: allocator, profile: anonymous)
             try mm.mmap(address: tib, length: 4 * mib)
@@ -158,7 +144,7 @@ final class MapcountTests: XCTestCase {
     /// A user entry naming a page table (a model bug) is a bad page state,
     /// and the table's owning-mm word, which the count would share, stays.
     func testAnEntryNamingAPageTableIsABadPageState() throws {
-        try withLab(expecting: badPageStates(2)) { allocator in
+        try withLab(expecting: .counting(badPageStates: 2)) { allocator in
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 4096)
@@ -173,7 +159,7 @@ final class MapcountTests: XCTestCase {
     /// An unmap of a page no entry maps is the other bad page state: it is
     /// counted once, and the count stays at zero so the page can go.
     func testUnmappingAnUnmappedPageIsABadPageState() throws {
-        try withLab(expecting: badPageStates(1)) { allocator in
+        try withLab(expecting: .counting(badPageStates: 1)) { allocator in
             let mm = try MM(allocator: allocator)
             let page = try allocator.alloc()
             mm.removeRmap(Entry(pfn: page.pfn, flags: .userPage))
@@ -209,8 +195,6 @@ final class StressFailureAfterBadPageTests: XCTestCase {
         params.nodeBudgetPages = 16_384
         let allocator = try PageAllocator(parameters: params)
         defer { allocator.unload() }
-        var expected = Integrity()
-        expected.badPageStates = 1
         let before = Integrity.snapshot()
         XCTAssertThrowsError(try StressRunner(options, scenario: scenario).run(allocator: allocator)) { error in
             guard case StressError.failedAfterIntegrityProblems(let failure, let problems) = error else {
@@ -219,17 +203,26 @@ final class StressFailureAfterBadPageTests: XCTestCase {
             XCTAssertEqual(failure, MMError.mmGone.description)
             XCTAssertEqual(problems, ["1 bad page states (data pages freed while still mapped, or unmapped once too often)"])
         }
-        assertIntegrity(since: before, expecting: expected)
+        assertIntegrity(since: before, expecting: .counting(badPageStates: 1))
         XCTAssertEqual(allocator.totalAllocatedPages, 0, "the exit's zap did not free the page the model refused")
     }
 }
 
 /// The huge PMD at `address` maps a folio counted once, on its head.
 private func assertCountedOnHead(_ mm: MM, _ address: UInt64, line: UInt = #line) throws {
+    XCTAssertEqual(mapcounts(try hugeFolio(mm, address, line: line)), [1] + Array(repeating: 0, count: 511), line: line)
+}
+
+/// The folio the huge PMD at `address` maps.
+private func hugeFolio(_ mm: MM, _ address: UInt64, line: UInt = #line) throws -> Page {
     XCTAssertTrue(mm.isHugePMD(address), line: line)
-    let (_, slot) = try XCTUnwrap(mm.findPMD(address))
-    let folio = try XCTUnwrap(mm.allocator.pfnToPage(Entry(rawValue: ptlab_pte_read(slot)).pfn))
-    XCTAssertEqual((0..<512).map { ptlab_page_mapcount(folio.desc + $0) }, [1] + Array(repeating: 0, count: 511), line: line)
+    let (_, slot) = try XCTUnwrap(mm.findPMD(address), line: line)
+    return try XCTUnwrap(mm.allocator.pfnToPage(Entry(rawValue: ptlab_pte_read(slot)).pfn), line: line)
+}
+
+/// The mapcounts of a 2 MiB folio's 512 pages.
+private func mapcounts(_ folio: Page) -> [Int64] {
+    (0..<512).map { ptlab_page_mapcount(folio.desc + $0) }
 }
 
 /// The page the PTE for `address` maps.

@@ -101,9 +101,7 @@ final class PteFreeDeferTests: XCTestCase {
     }
 
     func testDoubleDeferIsAnError() throws {
-        var queuedTwice = Integrity()
-        queuedTwice.doubleQueued = 1
-        try withLab(expecting: queuedTwice) { allocator in
+        try withLab(expecting: .counting(doubleQueued: 1)) { allocator in
             let mm = try MM(allocator: allocator)
             let table = try PageTables.alloc(.pte, mm: mm, node: .local, allocator: allocator)
             try mm.pteFreeDefer(table)

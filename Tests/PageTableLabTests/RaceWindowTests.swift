@@ -16,9 +16,7 @@ final class RaceWindowTests: XCTestCase {
     /// its 511 pages still mapped and leaked.
     func testAZapGoesOnToThePTETableOfAHugePMDSplitMeanwhile() throws {
         try withLab { allocator in
-            var profile = MMProfile.v6_14
-            profile.thp = THPSettings(enabled: .always, shmemEnabled: .never)
-            let mm = try MM(allocator: allocator, profile: profile)
+            let mm = try MM(allocator: allocator, profile: .thpAlways())
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 4096)
             XCTAssertTrue(mm.isHugePMD(tib))

@@ -9,14 +9,8 @@ import XCTest
 /// by hand, pointing an entry at a page that is free (or is a page table
 /// now), and puts the entry back afterwards.
 final class UserStoreTests: XCTestCase {
-    private func storesToFreedPages(_ n: Int) -> Integrity {
-        var i = Integrity()
-        i.storesToFreedPages = n
-        return i
-    }
-
     func testAStoreIntoAFreedPageIsCaughtAndNotMade() throws {
-        try withLab(expecting: storesToFreedPages(1)) { allocator in
+        try withLab(expecting: .counting(storesToFreedPages: 1)) { allocator in
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 4096)
@@ -31,7 +25,7 @@ final class UserStoreTests: XCTestCase {
     /// Handed out again as a page table, the page must not take the store:
     /// it would be an entry of that table.
     func testAStoreIntoAPageNowAPageTableIsCaughtAndNotMade() throws {
-        try withLab(expecting: storesToFreedPages(1)) { allocator in
+        try withLab(expecting: .counting(storesToFreedPages: 1)) { allocator in
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 4096)
@@ -46,9 +40,8 @@ final class UserStoreTests: XCTestCase {
     /// A huge PMD mapping a freed folio: the store into its 200th page is
     /// caught.
     func testAStoreThroughAHugePMDIntoAFreedFolioIsCaught() throws {
-        var profile = MMProfile.v6_14
-        profile.thp = THPSettings(enabled: .always, shmemEnabled: .never)
-        try withLab(profile: profile, expecting: storesToFreedPages(1)) { allocator in
+        let profile = MMProfile.thpAlways()
+        try withLab(profile: profile, expecting: .counting(storesToFreedPages: 1)) { allocator in
             let mm = try MM(allocator: allocator, profile: profile)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 4096)
