@@ -278,6 +278,7 @@ struct StressCommand: ParsableCommand {
             ("tables freed", "\(r.tablesFreed)"),
             ("rcu callbacks", "\(r.rcuCallbacks)"),
             ("tlb flushes", "\(r.tlbFlushes)"),
+            ("thp events", thp(r.thpEvents)),
             ("VmPTE at the end", "\(r.vmPTEBytes >> 10) kB accounted, \(r.tableBytesHeld >> 10) kB of tables held"),
             ("peak deferred", "\(r.peakDeferredBytes) bytes"),
             ("free latency", freeLatency(r.freeLatencyUs)),
@@ -285,6 +286,13 @@ struct StressCommand: ParsableCommand {
         ] + iommuRows(r)
         for (k, v) in rows { print("  \(k.padding(toLength: 24, withPad: " ", startingAt: 0)) \(v)") }
         print(r.pass ? "PASS \(r.scenario)/\(r.mode)" : "FAIL \(r.scenario)/\(r.mode): \(r.verdict)")
+    }
+
+    /// Only the events that happened: most scenarios map no huge page.
+    private func thp(_ e: StressResult.THPEvents) -> String {
+        let parts = [("fault_alloc", e.faultAlloc), ("fault_fallback", e.faultFallback), ("collapse_alloc", e.collapseAlloc),
+                     ("split_pmd", e.splitPMD)].filter { $0.1 > 0 }.map { "thp_\($0.0) \($0.1)" }
+        return parts.isEmpty ? "none" : parts.joined(separator: ", ")
     }
 
     private func detail(_ d: WalkCounters) -> String {

@@ -115,6 +115,8 @@ final class StressScenarioTests: XCTestCase {
             XCTAssertEqual(r.uafDetected, 0, "\(r.detections)")
             XCTAssertEqual(r.leakedPages, 0)
             XCTAssertGreaterThan(r.tablesFreed, 0)
+            XCTAssertGreaterThan(r.thpEvents.collapseAlloc, 0, "race collapses private and shared memory")
+            XCTAssertGreaterThan(r.thpEvents.splitPMD, 0, "race splits huge PMDs (partial DONTNEED, mprotect)")
             XCTAssertEqual(r.vmPTEBytes, r.tableBytesHeld, "VmPTE against the tables held")
             XCTAssertTrue(r.pass, r.verdict)
         }

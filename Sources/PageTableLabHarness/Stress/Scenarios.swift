@@ -195,16 +195,20 @@ extension Scenario {
 
     /// Several updaters at once on overlapping ranges, each op under the
     /// lock the kernel takes for it: faults and MADV_DONTNEED (PT_RECLAIM)
-    /// under the mmap read lock, munmap + mmap and mremap (of private
-    /// tables, and of the shared memory away and back) under the write
+    /// under the mmap read lock, munmap + mmap, mremap (of private tables,
+    /// and of the shared memory away and back) and mprotect under the write
     /// lock (munmap downgraded), the collapse of shared memory under the
-    /// read lock with the retract under none. What keeps one updater out of
-    /// a table another has just unlinked is pte_offset_map_lock's pmd_same
-    /// re-check; without it (no-pmd-recheck) a fault can install a PTE into
-    /// a table PT_RECLAIM took away — lost, its page leaked.
+    /// read lock with the retract under none, and of private memory
+    /// (collapse_huge_page) under the write lock. Private memory is huge
+    /// PMDs as often as PTE tables, so a partial DONTNEED splits a huge PMD
+    /// under the read lock beside faults, and a partial mprotect under the
+    /// write lock. What keeps one updater out of a table another has just
+    /// unlinked is pte_offset_map_lock's pmd_same re-check; without it
+    /// (no-pmd-recheck) a fault can install a PTE into a table PT_RECLAIM
+    /// took away — lost, its page leaked.
     static let race = Scenario(
         name: "race",
-        summary: "several updaters (faults, DONTNEED, munmap/mmap, mremap, shmem collapse) vs each other and every kind of walker",
+        summary: "several updaters (faults, DONTNEED, munmap/mmap, mremap, mprotect, shmem and anonymous collapse, THP splits) vs each other and every kind of walker",
         modes: [
             .safe("kernel") { _ in },
             .unsafe("no-pmd-recheck", caughtBy: .staleTableWrite) { $0.skipPMDRecheck = true },
@@ -216,27 +220,33 @@ extension Scenario {
 
     /// One updater's op in `race`. The region's last quarter is shared
     /// memory, the rest private. Another updater may have changed what an op
-    /// expected (a range unmapped, a slot mapped): those refusals are the
-    /// race, not failures.
+    /// expected (a range unmapped, a slot mapped, a range made read-only):
+    /// those refusals are the race, not failures.
     @Sendable static func raceStep(_ mm: MM, _ region: StressRegion, _ rng: inout SplitMix64) throws {
         let sharedTables = max(1, region.tables / 4)
         let privateTables = region.tables - sharedTables
         let privateEnd = region.table(privateTables)
         let table = region.table(Int(rng.next() % UInt64(privateTables)))
+        // 64 KiB somewhere in the table: the part a partial op cuts out.
+        let part = table + (rng.next() % 32) << 16
         let sharedLength = region.base + region.length - privateEnd
         do {
-            switch rng.next() % 9 {
-            case 0, 1:
+            switch rng.next() % 16 {
+            case 0...3:
                 try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
-            case 2, 3:
+            case 4...6:
                 try mm.madviseDontneed(address: table, length: MM.pmdSize)
-            case 4:
+            case 7:
+                // zap_pmd_range splits a huge PMD it only partly covers,
+                // under the read lock, beside faults on the same PMD.
+                try mm.madviseDontneed(address: part, length: 64 << 10)
+            case 8:
                 try mm.munmap(address: table, length: MM.pmdSize)
                 try mm.mmap(address: table, length: MM.pmdSize)
-            case 5:
+            case 9:
                 let to = region.table(Int(rng.next() % UInt64(privateTables)))
                 if to != table { try mm.mremap(from: table, length: MM.pmdSize, to: to) }
-            case 6:
+            case 10:
                 // The shared memory moved away, 64 KiB off its 2 MiB
                 // alignment, and back: every extent moves entry by entry,
                 // the way back a copy of its own, without the rmap lock,
@@ -245,6 +255,16 @@ extension Scenario {
                 let away = region.base + region.length + 2 * MM.pmdSize + (64 << 10)
                 try mm.mremap(from: privateEnd, length: sharedLength, to: away)
                 try mm.mremap(from: away, length: sharedLength, to: privateEnd)
+            case 11:
+                // collapse_huge_page: the PTE table withdrawn under the
+                // write lock and deposited under the new huge PMD.
+                try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
+                try mm.madviseCollapse(address: table, length: MM.pmdSize)
+            case 12:
+                // The VMA split around 64 KiB and a huge PMD with it, then
+                // merged back; a write in between is refused.
+                try mm.mprotect(address: part, length: 64 << 10, protection: .r)
+                try mm.mprotect(address: part, length: 64 << 10, protection: .rw)
             default:
                 let shared = region.table(privateTables + Int(rng.next() % UInt64(sharedTables)))
                 if mm.isHugePMD(shared) {
@@ -257,7 +277,7 @@ extension Scenario {
             }
         } catch {
             switch error {
-            case .notMapped, .mappingExists, .moveAcrossVMAs, .collapseRefused: return
+            case .notMapped, .mappingExists, .moveAcrossVMAs, .collapseRefused, .accessDenied: return
             default: throw error
             }
         }

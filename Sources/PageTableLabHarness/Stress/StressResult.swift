@@ -40,6 +40,10 @@ public struct StressResult: Encodable, Sendable, Equatable {
     public var freeLatencyUs: FreeLatency.Summary
     /// The detections by detector, and the walks behind them.
     public var detections: WalkCounters
+    /// The THP events the updaters caused, by their /proc/vmstat names:
+    /// what says a run reached huge PMDs, their splits and collapses, and
+    /// not only PTE tables.
+    public var thpEvents = THPEvents()
     /// Refused frees, double queueing, failed notifier invalidations:
     /// nonzero fails a safe run.
     public var integrity: Integrity
@@ -66,6 +70,20 @@ public struct StressResult: Encodable, Sendable, Equatable {
     public struct Percentiles: Codable, Sendable, Equatable {
         public var p50: Double
         public var p99: Double
+    }
+
+    public struct THPEvents: Codable, Sendable, Equatable {
+        public var faultAlloc = 0
+        public var faultFallback = 0
+        public var collapseAlloc = 0
+        public var splitPMD = 0
+
+        enum CodingKeys: String, CodingKey {
+            case faultAlloc = "thp_fault_alloc"
+            case faultFallback = "thp_fault_fallback"
+            case collapseAlloc = "thp_collapse_alloc"
+            case splitPMD = "thp_split_pmd"
+        }
     }
 
     public struct FaultsInjected: Codable, Sendable, Equatable {
@@ -138,6 +156,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case qiLockup = "qi_lockup"
         case tablesFreedBy = "tables_freed_by"
         case tablesStranded = "tables_stranded"
+        case thpEvents = "thp_events"
     }
 
     /// Written by hand so that `expected_detector` is always present (null
@@ -169,6 +188,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encode(peakDeferredBytes, forKey: .peakDeferredBytes)
         try c.encode(freeLatencyUs, forKey: .freeLatencyUs)
         try c.encode(detections, forKey: .detections)
+        try c.encode(thpEvents, forKey: .thpEvents)
         try c.encode(integrity.freeErrors, forKey: .freeErrors)
         try c.encode(integrity.doubleQueued, forKey: .doubleQueued)
         try c.encode(integrity.notifierFailures, forKey: .notifierFailures)

@@ -156,6 +156,7 @@ public struct StressRunner {
             counters[.staleTableWrite] = mm.staleTableWrites.load(ordering: .relaxed)
             let tlbFlushes = mm.tlb.remoteFlushes.load(ordering: .relaxed)
             let vmPTE = (accounted: mm.pgtablesBytes, held: mm.tableBytesHeld)
+            let thp = StressResult.THPEvents(mm.thpEvents)
             try binding?.teardown()
             mm.exit()
             let deferredPeak = deferredMonitor.stop()
@@ -186,6 +187,7 @@ public struct StressRunner {
             result.walkerContexts = scenario.walkers
             result.tlbFlush = options.tlbFlush
             result.vmPTEBytes = vmPTE.accounted
+            result.thpEvents = thp
             result.tableBytesHeld = vmPTE.held
             if let iommu = binding?.iommu {
                 let stats = iommu.counters.snapshot()
@@ -199,5 +201,14 @@ public struct StressRunner {
             result.judge(problems: problems)
             return result
         }
+    }
+}
+
+extension StressResult.THPEvents {
+    init(_ events: PageTableLab.THPEvents) {
+        faultAlloc = events.faultAlloc.load(ordering: .relaxed)
+        faultFallback = events.faultFallback.load(ordering: .relaxed)
+        collapseAlloc = events.collapseAlloc.load(ordering: .relaxed)
+        splitPMD = events.splitPMD.load(ordering: .relaxed)
     }
 }
