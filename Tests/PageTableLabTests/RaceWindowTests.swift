@@ -35,6 +35,52 @@ final class RaceWindowTests: XCTestCase {
         }
     }
 
+    /// __split_huge_pmd_locked invalidates an anonymous huge PMD and fills
+    /// its PTE table under the PMD lock, the entry still trans-huge: a
+    /// DONTNEED of the whole 2 MiB on another thread meanwhile takes the
+    /// PMD lock, waits, and zaps the table the split made. Had the split
+    /// emptied the PMD, that DONTNEED would skip it and return with 511
+    /// pages still mapped.
+    func testADontneedBesideASplitWaitsForTheSplitAndZapsItsTable() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator, profile: .thpAlways())
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 4096)
+            XCTAssertTrue(mm.isHugePMD(tib))
+            // The whole-range DONTNEED has either reached zap_huge_pmd's
+            // lock or, skipping the PMD, returned.
+            let waitingOrDone = DispatchSemaphore(value: 0)
+            let racer = Mutex<RCUThread?>(nil)
+            mm.raceWindowHook = { window, _ in
+                switch window {
+                case .splitHugePMDInvalidated:
+                    let thread = RCUThread {
+                        do {
+                            try mm.madviseDontneed(address: tib, length: 2 * mib)
+                        } catch {
+                            XCTFail("the racing DONTNEED failed: \(error)")
+                        }
+                        waitingOrDone.signal()
+                    }
+                    racer.withLock { $0 = thread }
+                    waitingOrDone.wait()
+                case .zapHugePMDUnlocked:
+                    waitingOrDone.signal()
+                default:
+                    break
+                }
+            }
+            try mm.madviseDontneed(address: tib + 4096, length: 4096)
+            racer.withLock { $0?.join() }
+            mm.raceWindowHook = nil
+            XCTAssertEqual(mm.thpEvents.splitPMD.load(ordering: .relaxed), 1)
+            XCTAssertFalse(mm.isHugePMD(tib))
+            XCTAssertNil(mm.findPTETable(tib), "the whole-range DONTNEED zapped the split's table and PT_RECLAIM freed it")
+            XCTAssertEqual(mm.vmPTEKilobytes, 8)
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
     /// collapse_pte_mapped_thp looks the VMA up again once madvise_collapse
     /// has retaken the mmap lock, and takes the folio through the file it
     /// maps now: after a munmap and an mmap of another memfd in the window,

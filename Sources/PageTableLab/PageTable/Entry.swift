@@ -49,6 +49,12 @@ public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     @inlinable public var isMapped: Bool { rawValue & (Flags.present.rawValue | Flags.protNone.rawValue) != 0 }
     /// A present PMD (or PUD) entry that is a huge leaf, not a table.
     @inlinable public var isHugeLeaf: Bool { isMapped && rawValue & Flags.huge.rawValue != 0 }
+    /// pmd_trans_huge: a huge leaf, or one a split has invalidated
+    /// (pmdp_invalidate clears present and keeps PS) and is turning into a
+    /// PTE table under the PMD lock. An updater that reads it without that
+    /// lock must take the lock to learn what it became; to a walker it is
+    /// not present.
+    @inlinable public var isTransHuge: Bool { rawValue & Flags.huge.rawValue != 0 }
     @inlinable public var isNone: Bool { rawValue == 0 }
     @inlinable public var pfn: UInt64 { (rawValue & Self.pfnMask) >> 12 }
     @inlinable public func has(_ flag: Flags) -> Bool { rawValue & flag.rawValue == flag.rawValue }

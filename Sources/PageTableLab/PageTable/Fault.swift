@@ -39,6 +39,14 @@ extension MM {
             if pmd.isHugeLeaf {
                 return allocator.address(pfn: pmd.pfn)! + Int(address & (Self.pmdSize - 1))
             }
+            if pmd.isTransHuge {
+                // A split is under way: the kernel's fault takes the PMD
+                // lock (huge_pmd_set_accessed), finds the PMD changed, and
+                // the access faults again.
+                lockPTL(pmdTable)
+                ptlab_ptl_unlock(pmdTable.desc)
+                continue
+            }
             if !pmd.isPresent {
                 if let mapped = try faultHuge(pmdTable: pmdTable, slot: pmdSlot, address: address, vma: vma) {
                     return mapped

@@ -99,8 +99,11 @@ extension MM {
 
     /// zap_huge_pmd: the whole huge PMD at `slot` goes. Anonymous: its
     /// folio is freed after the gather's flush, and its deposit at once
-    /// (pte_free: a table never linked is in no walker's path). Shmem: the
-    /// page cache keeps the folio, and there is no deposit.
+    /// (pte_free): a fault's deposit was never linked, and the one an
+    /// anonymous collapse kept was unlinked under the mmap write lock with
+    /// GUP-fast waited out (tlb_remove_table_sync_one), so no walker of
+    /// this model can be in it. Shmem: the page cache keeps the folio, and
+    /// there is no deposit.
     ///
     /// The caller saw the huge PMD without the PMD lock, and under the mmap
     /// read lock another updater may have split it (a partial MADV_DONTNEED)
@@ -134,19 +137,27 @@ extension MM {
     /// __split_huge_pmd: the huge PMD at `slot` becomes a PTE table (the
     /// deposit, filled with 512 entries for the folio's pages, which become
     /// pages of their own), or for shmem simply goes. VmPTE does not move.
+    ///
+    /// Anonymous: pmdp_invalidate leaves the entry trans-huge while the
+    /// table is filled, so that an updater under the mmap read lock beside
+    /// it (a DONTNEED of the whole PMD, a fault) takes the PMD lock and
+    /// waits, where an empty PMD would send a zap past the 2 MiB and a
+    /// fault to map a huge folio of its own. Shmem: pmdp_huge_clear_flush
+    /// empties it, and faults map the page cache's pages again.
     func splitHugePMD(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA) {
         lockPTL(pmdTable)
         defer { ptlab_ptl_unlock(pmdTable.desc) }
         let old = Entry(rawValue: ptlab_pte_read(slot))
         guard old.isHugeLeaf else { return }
         thpEvents.splitPMD.add(1, ordering: .relaxed)
-        // pmdp_invalidate: no CPU may go on using the huge translation.
-        ptlab_pte_write(slot, 0)
+        // No CPU may go on using the huge translation.
+        ptlab_pte_write(slot, vma.isAnonymous ? old.without([.present, .protNone]).rawValue : 0)
         removeRmap(old)
         tlb.flush()
         let base = address & ~(Self.pmdSize - 1)
         invalidateSecondaryTLBs(start: base, end: base + Self.pmdSize)
         guard vma.isAnonymous else { return }
+        raceWindow(.splitHugePMDInvalidated, base)
         let table = withdraw(from: pmdTable)
         if let d = allocator.descriptor(pfn: old.pfn) { allocator.split(Page(d)) }
         let entries = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)

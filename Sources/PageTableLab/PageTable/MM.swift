@@ -222,6 +222,10 @@ enum RaceWindow: Sendable {
     /// zap_pmd_range has seen a huge PMD without its lock; zap_huge_pmd has
     /// not taken it yet.
     case zapHugePMDUnlocked
+    /// __split_huge_pmd_locked has invalidated an anonymous huge PMD and
+    /// holds the PMD lock, and has not filled the PTE table that replaces
+    /// it.
+    case splitHugePMDInvalidated
     /// move_page_tables has the PTE table at the new address and has not
     /// locked it: without the rmap lock, a collapse's retract may take it.
     case mremapBeforeMovePTEs

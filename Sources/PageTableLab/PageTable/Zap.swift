@@ -23,7 +23,7 @@ extension MM {
             let slot = entry(in: table, level: level, address: address)
             let e = Entry(rawValue: ptlab_pte_read(slot))
             if child == .pte {
-                if e.isHugeLeaf {
+                if e.isTransHuge {
                     if address & (Self.pmdSize - 1) != 0 || next - address != Self.pmdSize {
                         splitHugePMD(pmdTable: table, slot: slot, address: address, vma: vma)
                     } else if zapHugePMD(tlb, pmdTable: table, slot: slot, address: address, vma: vma) {
@@ -33,8 +33,11 @@ extension MM {
                     // Not huge any more: zap_pte_range on what is there now.
                 }
                 // zap_pte_range gives up where the PMD changed under it (a
-                // collapse made it huge): look at the entry again.
-                if Entry(rawValue: ptlab_pte_read(slot)).isPresent,
+                // collapse made it huge, a split is under way): look at the
+                // entry again.
+                let now = Entry(rawValue: ptlab_pte_read(slot))
+                if now.isTransHuge && !now.isHugeLeaf { continue }
+                if now.isPresent,
                    !zapPTERange(tlb, vma, pmdTable: table, pmdSlot: slot, address, next, reclaimPT: reclaimPT) {
                     continue
                 }
