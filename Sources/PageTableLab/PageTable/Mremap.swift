@@ -22,6 +22,11 @@ internal import CSupport
 /// down to a PMD boundary when the two addresses are equally misaligned and
 /// nothing is mapped below either (try_realign_addr), so that whole tables
 /// move.
+///
+/// A table the move cannot allocate stops it (ENOMEM). As
+/// copy_vma_and_data does, the entries already moved then go back to the
+/// old range, whose tables are all still there, and the new range is
+/// unmapped instead: the old mapping is left as it was.
 extension MM {
     public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws(MMError) {
         try validate("mremap", old, length)
@@ -55,8 +60,17 @@ extension MM {
             // that starts at or below the source's page may come before
             // the source in rmap order; a copy of its own comes after it.
             let merged = landed.start != new || landed.end != new + length
-            movePageTables(vma: vma, from: old, to: new, length: length, needRmapLocks: merged && landed.pgoff <= vma.pgoff)
-            unmapLocked(old, old + length)
+            let forward = movePageTables(vma: vma, from: old, to: new, length: length,
+                                         needRmapLocks: merged && landed.pgoff <= vma.pgoff)
+            guard let failure = forward.failure else {
+                unmapLocked(old, old + length)
+                return
+            }
+            // The kernel does not check the move back: it allocates no
+            // table, since every table it needs is one the old range had.
+            _ = movePageTables(vma: landed, from: new, to: old, length: forward.moved, needRmapLocks: true)
+            unmapLocked(new, new + length)
+            throw failure
         }
     }
 
@@ -67,7 +81,13 @@ extension MM {
     /// beside the move, and sees each entry at its old place or its new
     /// (the PTE locks serialise each entry, and rmap order puts the source
     /// first, VMATree.rmapOrder).
-    private func movePageTables(vma: VMA, from oldStart: UInt64, to newStart: UInt64, length: UInt64, needRmapLocks: Bool) {
+    ///
+    /// Returns how much of [oldStart, oldStart + length) it moved, in whole
+    /// extents from the start (none, if it stopped inside the stretch a
+    /// realignment added below the range), and the allocation failure that
+    /// stopped it, if one did.
+    private func movePageTables(vma: VMA, from oldStart: UInt64, to newStart: UInt64, length: UInt64,
+                                needRmapLocks: Bool) -> (moved: UInt64, failure: MMError?) {
         func takingRmapLocks<R>(_ needed: Bool, _ body: () -> R) -> R {
             needed ? rmapLock.withWriteLock(body) : body()
         }
@@ -79,14 +99,21 @@ extension MM {
         }
         let tlb = MMUGather(mm: self)
         defer { tlb.finish() }
-        while old < oldEnd {
+        var failure: MMError?
+        while old < oldEnd, failure == nil {
             var extent = Self.extent(old, new, oldEnd, span: Level.pud.entrySpan)
             guard let (_, oldPUD) = findPUDEntry(old) else {
                 old += extent
                 new += extent
                 continue
             }
-            guard let (_, newPUD) = try? walkToPUDEntry(new) else { break }
+            let newPUD: UnsafeMutablePointer<UInt64>
+            do {
+                newPUD = try walkToPUDEntry(new).1
+            } catch {
+                failure = error
+                continue
+            }
             if extent == Level.pud.entrySpan, takingRmapLocks(true, { moveNormalPUD(from: oldPUD, to: newPUD, address: old) }) {
                 old += extent
                 new += extent
@@ -98,7 +125,13 @@ extension MM {
                 new += extent
                 continue
             }
-            guard let (newPMDTable, newPMD) = try? walkToPMD(new) else { break }
+            let (newPMDTable, newPMD): (Page, UnsafeMutablePointer<UInt64>)
+            do {
+                (newPMDTable, newPMD) = try walkToPMD(new)
+            } catch {
+                failure = error
+                continue
+            }
             if Entry(rawValue: ptlab_pte_read(oldPMD)).isHugeLeaf {
                 if extent == Self.pmdSize {
                     takingRmapLocks(needRmapLocks) {
@@ -117,7 +150,13 @@ extension MM {
                 continue
             }
             if Entry(rawValue: ptlab_pte_read(oldPMD)).isPresent {
-                guard let newTable = try? pteTable(at: newPMD, parent: newPMDTable, address: new) else { break }
+                let newTable: Page
+                do {
+                    newTable = try pteTable(at: newPMD, parent: newPMDTable, address: new)
+                } catch {
+                    failure = error
+                    continue
+                }
                 raceWindow(.mremapBeforeMovePTEs, new)
                 // -EAGAIN: the extent again, from the top.
                 guard takingRmapLocks(needRmapLocks, {
@@ -127,6 +166,7 @@ extension MM {
             old += extent
             new += extent
         }
+        return (old > oldStart ? min(old, oldEnd) - oldStart : 0, failure)
     }
 
     /// get_extent: from `old` to the next `span` boundary of either address,
