@@ -346,10 +346,15 @@ extension MM {
         raceWindow(.collapseBeforeInstall, at)
         // set_huge_pmd: do_set_pmd maps the folio only where the PMD is
         // still none under the PMD lock, and fails otherwise (SCAN_FAIL,
-        // not success): what a fault put there meanwhile stays.
+        // not success): what a fault put there meanwhile stays. It is not
+        // a write fault, so the entry has the VMA's protection
+        // (mk_huge_pmd with vm_page_prot): read-only or PROT_NONE where
+        // mprotect made the range so.
         lockPTL(pmdTable)
         let installed = ptlab_pte_read(slot) == 0
-        if installed { setLeaf(slot, Self.hugeEntry(folio.page, writable: true)) }
+        if installed {
+            setLeaf(slot, Self.protected(Self.hugeEntry(folio.page, writable: true), Protection(vma.flags)))
+        }
         ptlab_ptl_unlock(pmdTable.desc)
         return installed ? .succeeded : .fail
     }

@@ -13,6 +13,11 @@ public enum Protection: String, Sendable, CaseIterable, Codable {
         case .rw: .readWrite
         }
     }
+
+    /// What a VMA's flags give the entries mapping it (vm_page_prot).
+    init(_ flags: VMFlags) {
+        self = flags.contains(.write) ? .rw : flags.contains(.read) ? .r : .none
+    }
 }
 
 extension MM {
