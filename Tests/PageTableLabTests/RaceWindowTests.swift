@@ -81,6 +81,33 @@ final class RaceWindowTests: XCTestCase {
         }
     }
 
+    /// munmap splits a huge PMD its range cuts while it still holds the
+    /// mmap write lock (__split_vma's vma_adjust_trans_huge), so that by
+    /// the downgrade the huge PMD is a PTE table, and the zap under the
+    /// read lock, beside faults and DONTNEEDs, meets no split of its own.
+    func testMunmapSplitsAHugePMDItCutsBeforeItDowngrades() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator, profile: .thpAlways())
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            XCTAssertTrue(mm.isHugePMD(tib))
+            let hugeAtDowngrade = Mutex<Bool?>(nil)
+            mm.raceWindowHook = { window, _ in
+                guard window == .munmapDetached else { return }
+                hugeAtDowngrade.withLock { $0 = mm.isHugePMD(tib) }
+            }
+            try mm.munmap(address: tib + mib, length: mib)
+            mm.raceWindowHook = nil
+            XCTAssertEqual(hugeAtDowngrade.withLock { $0 }, false, "split under the write lock")
+            XCTAssertEqual(mm.thpEvents.splitPMD.load(ordering: .relaxed), 1)
+            let (_, _, table) = try XCTUnwrap(mm.findPTETable(tib))
+            let entries = (0..<512).map { Entry(rawValue: ptlab_pte_read(mm.entry(in: table, level: .pte, address: tib + UInt64($0) << 12))) }
+            XCTAssertTrue(entries[..<256].allSatisfy(\.isPresent), "the half still mapped")
+            XCTAssertTrue(entries[256...].allSatisfy(\.isNone), "the half unmapped")
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
     /// collapse_pte_mapped_thp looks the VMA up again once madvise_collapse
     /// has retaken the mmap lock, and takes the folio through the file it
     /// maps now: after a munmap and an mmap of another memfd in the window,

@@ -77,8 +77,13 @@ extension MM {
     /// them (RmapRanges.detached). Taken out of the tree and put there under
     /// the rmap's mutex, so that a walk reading the tree and then the
     /// detached ones (fileRmap) finds each VMA in one or the other.
+    ///
+    /// A huge PMD an edge cuts is split first, under the mmap write lock,
+    /// as __split_vma's vma_adjust_trans_huge does: the zap after the
+    /// downgrade then finds PTE tables only.
     func detachVMAs(_ start: UInt64, _ end: UInt64) -> DetachedVMAs {
-        rmap.withLock { r in
+        splitHugePMDs(at: [start, end])
+        return rmap.withLock { r in
             let (removed, prev, next) = vmaTree.withLock { $0.remove(start, end) }
             r.detach(removed)
             return DetachedVMAs(removed: removed, prev: prev, next: next)
@@ -141,10 +146,11 @@ extension MM {
     }
 
     /// vma_adjust_trans_huge: a VMA split inside a huge PMD splits the PMD.
+    /// An address no VMA covers cuts nothing.
     func splitHugePMDs(at addresses: [UInt64]) {
         for address in addresses where address & (Self.pmdSize - 1) != 0 {
-            guard let (pmdTable, slot) = findPMD(address), Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf,
-                  let vma = vmaTree.withLock({ $0.find(address) }) else { continue }
+            guard let vma = vmaTree.withLock({ $0.find(address) }), let (pmdTable, slot) = findPMD(address),
+                  Entry(rawValue: ptlab_pte_read(slot)).isHugeLeaf else { continue }
             splitHugePMD(pmdTable: pmdTable, slot: slot, address: address, vma: vma)
         }
     }
