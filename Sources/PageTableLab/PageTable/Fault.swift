@@ -176,21 +176,23 @@ extension MM {
         let won: Bool
         if level == .pmd {
             lockPTL(parent)
-            won = install(slot, installed)
+            won = install(slot, installed, child)
             ptlab_ptl_unlock(parent.desc)
         } else {
-            won = pageTableLock.withLock { _ in install(slot, installed) }
+            won = pageTableLock.withLock { _ in install(slot, installed, child) }
         }
-        if won {
-            accountTable(child, 1)
-            return installed
-        }
+        if won { return installed }
         PageTables.dtorFree(fresh, allocator: allocator)
         return Entry(rawValue: ptlab_pte_read(slot))
     }
 
-    private func install(_ slot: UnsafeMutablePointer<UInt64>, _ e: Entry) -> Bool {
+    /// pmd_install and friends: the table is counted under the lock it is
+    /// linked under (mm_inc_nr_ptes), so that a PT_RECLAIM taking it away
+    /// the moment the lock goes, and uncounting it, never finds VmPTE
+    /// short of it.
+    private func install(_ slot: UnsafeMutablePointer<UInt64>, _ e: Entry, _ child: Level) -> Bool {
         guard ptlab_pte_read(slot) == 0 else { return false }
+        accountTable(child, 1)
         ptlab_pte_write(slot, e.rawValue)
         return true
     }
