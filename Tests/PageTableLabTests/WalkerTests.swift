@@ -52,6 +52,33 @@ final class WalkerTests: XCTestCase {
         }
     }
 
+    /// The rcu walkers hold the mmap read lock (LockContext.rcu), as every
+    /// kernel caller of pte_offset_map holds it or a lock like it: while a
+    /// writer holds the lock (collapse_huge_page unlinking the table it
+    /// deposits, which zap_huge_pmd frees without a grace period) they do
+    /// not walk, where GUP-fast, which holds nothing, does.
+    func testRCUWalkersGiveWayToTheMMapWriteLock() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 4096)
+            let cpu = CPU(id: 0, tlb: mm.tlb)
+            var c = WalkCounters()
+            mm.mmapLock.withWriteLock {
+                mm.pteOffsetMap(tib, context: .rcu, cpu: cpu, counters: &c)
+                mm.pteOffsetMapLock(tib, cpu: cpu, counters: &c)
+                mm.gupFast(tib, counters: &c)
+            }
+            XCTAssertEqual(c.walks, 1, "GUP-fast alone walked")
+            mm.pteOffsetMap(tib, context: .rcu, cpu: cpu, counters: &c)
+            mm.pteOffsetMapLock(tib, cpu: cpu, counters: &c)
+            XCTAssertEqual(c.walks, 3)
+            XCTAssertEqual(c.mapped, 3)
+            mm.exit()
+            cpu.offline()
+        }
+    }
+
     func testLockedWalkerSeesDeadPTLock() throws {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)

@@ -210,7 +210,8 @@ extension MM {
     /// lock (walking only inside a VMA it finds, over the rest of the table
     /// as mincore does), or the rmap lock (only a range still linked in the
     /// rmap, over one 64 KiB folio's PTEs as page_vma_mapped_walk does), or
-    /// nothing but RCU.
+    /// RCU alone against every free that runs without the mmap write lock
+    /// (see LockContext.rcu: it holds the read lock, but finds no VMA).
     public func pteOffsetMap(_ address: UInt64, context: LockContext, cpu: CPU, counters: inout WalkCounters) {
         switch context {
         case .mmapRead:
@@ -223,7 +224,9 @@ extension MM {
                 guard rmap.withLock({ $0.contains(address) }) else { return counters.notFound() }
                 pteOffsetMap(address, nrPages: 16, cpu: cpu, counters: &counters)
             }
-        case .rcu, .irqsOff, .hardware:
+        case .rcu:
+            withLock(mmapLock, cpu) { pteOffsetMap(address, cpu: cpu, counters: &counters) }
+        case .irqsOff, .hardware:
             pteOffsetMap(address, cpu: cpu, counters: &counters)
         }
     }
@@ -231,9 +234,9 @@ extension MM {
     /// `body` under `lock` for read, if it can be had now. A walker that
     /// cannot have it gives way and walks again later (as mmap_read_trylock
     /// users do), rather than spinning against the writer it waits for.
-    private func withLock(_ lock: MMapLock, _ cpu: CPU, _ body: () -> Void) {
+    private func withLock(_ lock: MMapLock, _ cpu: CPU?, _ body: () -> Void) {
         guard lock.tryLockRead() else {
-            cpu.handleInterrupts()
+            cpu?.handleInterrupts()
             sched_yield()
             return
         }
@@ -270,7 +273,14 @@ extension MM {
     /// split lock (answering IPIs while spinning, as spin_lock does with
     /// IRQs on), and recheck the PMD. Taking a lock whose destructor already
     /// ran is the use-after-free of seed 003.
+    ///
+    /// It holds the mmap read lock, as the rcu walker does, and finds no
+    /// VMA: a ptlock freed under the mmap write lock is not in its reach.
     public func pteOffsetMapLock(_ address: UInt64, cpu: CPU?, counters: inout WalkCounters) {
+        withLock(mmapLock, cpu) { pteOffsetMapLockUnderMMapRead(address, cpu: cpu, counters: &counters) }
+    }
+
+    private func pteOffsetMapLockUnderMMapRead(_ address: UInt64, cpu: CPU?, counters: inout WalkCounters) {
         counters.walks += 1
         RCU.read {
             guard let (table, gen, pmdSlot, pmdVal) = counters.reached(walkToPTETable(address), detector: .pteOffsetMapLock)
