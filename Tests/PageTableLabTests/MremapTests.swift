@@ -33,6 +33,38 @@ final class MremapTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+
+    /// The move back is not checked, as in the kernel, and can need a
+    /// table of its own: here the new range's second PTE table holds the
+    /// last page of the old first 2 MiB, whose next PMD had no table, so
+    /// moving back pte_allocs one there, and with memory still short it
+    /// fails. The last 2 MiB's 511 pages, moved but not moved back, go with
+    /// the new range: ENOMEM, and 513 of the 1024 pages left.
+    func testTheMoveBackIsNotCheckedAsInTheKernel() throws {
+        var profile = MMProfile.v6_14
+        profile.thp = THPSettings(enabled: .never, shmemEnabled: .never)
+        try withLab(profile: profile, budgetPages: 4096) { allocator in
+            let mm = try MM(allocator: allocator, profile: profile)
+            try mm.mmap(address: tib, length: 6 * mib)
+            try mm.touch(address: tib, length: 2 * mib)
+            try mm.touch(address: tib + 4 * mib, length: 2 * mib)
+            var held: [Page] = []
+            while let page = try? allocator.alloc() { held.append(page) }
+            // The new PMD table and three PTE tables; the fourth fails.
+            for page in held.suffix(4) { try allocator.free(page) }
+            held.removeLast(4)
+            let new = tib + 64 * gib + 4096
+            XCTAssertThrowsError(try mm.mremap(from: tib, length: 6 * mib, to: new)) { error in
+                guard case MMError.outOfMemory = error else { return XCTFail("\(error)") }
+            }
+            XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] }, [[tib, tib + 6 * mib]])
+            XCTAssertEqual(presentPTEs(mm, tib, 2 * mib), 512, "the first 2 MiB moved back")
+            XCTAssertEqual(presentPTEs(mm, tib + 2 * mib, 4 * mib), 1, "of the last 2 MiB, only the page that never moved")
+            XCTAssertEqual(presentPTEs(mm, new, 6 * mib), 0)
+            for page in held { try allocator.free(page) }
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
 }
 
 /// How many PTEs in [start, start + length) are present.

@@ -25,8 +25,8 @@ internal import CSupport
 ///
 /// A table the move cannot allocate stops it (ENOMEM). As
 /// copy_vma_and_data does, the entries already moved then go back to the
-/// old range, whose tables are all still there, and the new range is
-/// unmapped instead: the old mapping is left as it was.
+/// old range, and the new range is unmapped instead: the old mapping is
+/// left as it was, short of a move back that runs out of memory as well.
 extension MM {
     public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws(MMError) {
         try validate("mremap", old, length)
@@ -66,8 +66,13 @@ extension MM {
                 unmapLocked(old, old + length)
                 return
             }
-            // The kernel does not check the move back: it allocates no
-            // table, since every table it needs is one the old range had.
+            // The kernel does not check the move back ("which will succeed
+            // since page tables still there"), though it can need a table:
+            // where an extent of the new range took entries from the end
+            // of one old table, the old range's next PMD may have had none,
+            // and pte_alloc must make one. If that fails too, the entries
+            // it could not move back go with the new range, as they would
+            // in the kernel (MremapTests).
             _ = movePageTables(vma: landed, from: new, to: old, length: forward.moved, needRmapLocks: true)
             unmapLocked(new, new + length)
             throw failure
