@@ -124,6 +124,36 @@ final class StressScenarioTests: XCTestCase {
     func testRaceWithoutThePMDRecheckIsCaughtByAStaleTableWrite() throws {
         try assertDetects("race", "no-pmd-recheck", by: .staleTableWrite)
     }
+    /// A safe verdict needs a table freed and a walk that met a mapped
+    /// page: walks that all missed, or a run that freed nothing, tested
+    /// nothing the verdict could be about.
+    func testASafeRunThatFreedNothingOrMetNoMappedPageDoesNotPass() {
+        var mapped = WalkCounters()
+        mapped.walks = 100
+        mapped.mapped = 1
+        let tested = result(tablesFreed: 1, detections: mapped)
+        XCTAssertTrue(tested.pass, tested.verdict)
+        let freedNothing = result(tablesFreed: 0, detections: mapped)
+        XCTAssertFalse(freedNothing.pass)
+        XCTAssertTrue(freedNothing.verdict.contains("freed no page table"), freedNothing.verdict)
+        var missed = WalkCounters()
+        missed.walks = 100
+        missed.notMapped = 100
+        let metNothing = result(tablesFreed: 1, detections: missed)
+        XCTAssertFalse(metNothing.pass)
+        XCTAssertTrue(metNothing.verdict.contains("no walk of 100 reached a mapped page"), metNothing.verdict)
+    }
+
+    private func result(tablesFreed: Int, detections: WalkCounters) -> StressResult {
+        var r = StressResult(scenario: "unmap", mode: "rcu-table-free", safe: true, expectedDetector: nil, seed: 1, walkers: 1,
+                             durationSeconds: 1, ops: 10, walks: detections.walks, uafDetected: 0, leakedPages: 0,
+                             tablesFreed: tablesFreed, rcuCallbacks: 0, tlbFlushes: 0, peakDeferredBytes: 0,
+                             freeLatencyUs: FreeLatency.Summary(p50: 0, p99: 0, max: 0, count: 0), detections: detections,
+                             integrity: Integrity(), pass: false, verdict: "")
+        r.judge()
+        return r
+    }
+
     func testOnlyRaceTakesSeveralUpdaters() {
         var options = StressOptions(scenario: "unmap", mode: "rcu-table-free")
         options.updaters = 2

@@ -9,6 +9,9 @@ public final class DMAWalkers: @unchecked Sendable {
     private var threads: [RCUThread] = []
     /// Translations issued, over all walkers.
     public let translations = Atomic<UInt64>(0)
+    /// Those that came back translated: what says the walkers reached
+    /// live tables at all.
+    public let translated = Atomic<UInt64>(0)
 
     /// Start `count` walkers. Walker `w` issues `request(w, i)` for
     /// i = 0, 1, 2, …, through `device` when given (its context entry and
@@ -25,6 +28,7 @@ public final class DMAWalkers: @unchecked Sendable {
                     let result = device.map { iommu.translate(r, device: $0) } ?? iommu.translate(r)
                     onResult?(w, result)
                     translations.add(1, ordering: .relaxed)
+                    if case .translated = result { translated.add(1, ordering: .relaxed) }
                     i &+= 1
                 }
             })

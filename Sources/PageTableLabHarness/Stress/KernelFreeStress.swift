@@ -144,7 +144,8 @@ public struct KernelFreeStress {
             try RCU.barrier()
             if let failure { throw failure }
 
-            let detections = WalkCounters(iommu: stats)
+            var detections = WalkCounters(iommu: stats)
+            detections.mapped = Int(walkers.translated.load(ordering: .relaxed))
             let tables = freer.tablesFreed.load(ordering: .relaxed)
             var problems: [String] = []
             if let lockup {

@@ -108,6 +108,10 @@ public struct StressResult: Encodable, Sendable, Equatable {
         // is no verdict (a window too short for one op and one walk).
         if safe && (ops == 0 || walks == 0) {
             reasons.append("the run made \(ops) ops and \(walks) walks: nothing was tested; give it a longer --duration")
+        } else if safe && tablesFreed == 0 {
+            reasons.append("the run freed no page table: nothing the walkers had to survive happened; give it a longer --duration")
+        } else if safe && detections.mapped == 0 {
+            reasons.append("no walk of \(walks) reached a mapped page: the walkers never met the tables the run freed; give it a longer --duration")
         }
         let fired = detections.fired.map { "\($0.0.rawValue) \($0.1)" }.joined(separator: ", ")
         if safe && uafDetected > 0 { reasons.append("safe mode detected \(uafDetected) use-after-free (\(fired))") }

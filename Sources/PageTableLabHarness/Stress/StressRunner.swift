@@ -151,6 +151,7 @@ public struct StressRunner {
             } walks: {
                 (crew.walksSoFar, crew.uafSoFar + mm.staleTableWrites.load(ordering: .relaxed))
             }
+            crew.waitUntilEveryWalkerWalks()
             let (ops, elapsed, failure) = updaterCrew.run()
             var counters = crew.stop()
             counters[.staleTableWrite] = mm.staleTableWrites.load(ordering: .relaxed)

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import PageTableLab
 import Synchronization
 
@@ -14,6 +17,9 @@ public final class WalkerCrew: Sendable {
     private let walks = Atomic<Int>(0)
     private let uaf = Atomic<Int>(0)
     private let watched = Atomic<Int>(0)
+    /// Threads that have made their first walk.
+    private let walking = Atomic<Int>(0)
+    private let count: Int
     /// The detector whose first detection ends an unsafe run (nil: any).
     private let watching: Detector?
     private let threads: LabMutex<[RCUThread]>
@@ -26,6 +32,7 @@ public final class WalkerCrew: Sendable {
         precondition(iommu != nil || !walkers.contains { $0.kind == .dma }, "DMA walkers need an IOMMU bound to the mm")
         threads = LabMutex([])
         self.watching = watching
+        self.count = count
         let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
         for id in 0..<count {
             let pin = cpus.isEmpty ? nil : cpus[id % cpus.count]
@@ -64,6 +71,7 @@ public final class WalkerCrew: Sendable {
             case .dma: iommu!.translate(DMARequest(pasid: SVABinding.pasid, address: address), counters: &counters)
             }
             step += 1
+            if step == 1 { walking.add(1, ordering: .releasing) }
             if step & 1023 == 0 { walks.add(1024, ordering: .relaxed) }
             if counters.useAfterFree != reportedUAF {
                 uaf.add(counters.useAfterFree - reportedUAF, ordering: .relaxed)
@@ -77,6 +85,13 @@ public final class WalkerCrew: Sendable {
         }
         cpu?.offline()
         totals.withLock { $0 = $0 + counters }
+    }
+
+    /// Wait until every walker thread is walking: updaters that start
+    /// before a thread is scheduled would race fewer walkers than the run
+    /// reports, and a short run (a test's few dozen ops) none at all.
+    public func waitUntilEveryWalkerWalks() {
+        while walking.load(ordering: .acquiring) < count { sched_yield() }
     }
 
     /// Stop every walker, wait for it, and return the summed counters.
