@@ -226,6 +226,9 @@ enum RaceWindow: Sendable {
     /// holds the PMD lock, and has not filled the PTE table that replaces
     /// it.
     case splitHugePMDInvalidated
+    /// pte_offset_map_lock has found its PTE table under RCU and has not
+    /// taken its lock: the table may be freed, and reused, meanwhile.
+    case pteOffsetMapLockBeforeLock
     /// move_page_tables has the PTE table at the new address and has not
     /// locked it: without the rmap lock, a collapse's retract may take it.
     case mremapBeforeMovePTEs

@@ -285,6 +285,7 @@ extension MM {
         RCU.read {
             guard let (table, gen, pmdSlot, pmdVal) = counters.reached(walkToPTETable(address), detector: .pteOffsetMapLock)
             else { return }
+            raceWindow(.pteOffsetMapLockBeforeLock, address)
             let d = table.desc
             while ptlab_ptl_trylock(d) == 0 { cpu?.handleInterrupts() }
             defer { ptlab_ptl_unlock(d) }
