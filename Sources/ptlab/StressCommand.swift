@@ -283,9 +283,16 @@ struct StressCommand: ParsableCommand {
             ("peak deferred", "\(r.peakDeferredBytes) bytes"),
             ("free latency", freeLatency(r.freeLatencyUs)),
             ("leaked pages", "\(r.leakedPages)"),
-        ] + iommuRows(r)
+        ] + opRows(r) + iommuRows(r)
         for (k, v) in rows { print("  \(k.padding(toLength: 24, withPad: " ", startingAt: 0)) \(v)") }
         print(r.pass ? "PASS \(r.scenario)/\(r.mode)" : "FAIL \(r.scenario)/\(r.mode): \(r.verdict)")
+    }
+
+    /// Each kind of op, done and (if any) refused, where the scenario counts them.
+    private func opRows(_ r: StressResult) -> [(String, String)] {
+        guard let kinds = r.opKinds else { return [] }
+        return [("op kinds (done/refused)", kinds.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.done)/\($0.value.refused)" }
+            .joined(separator: ", "))]
     }
 
     /// Only the events that happened: most scenarios map no huge page.

@@ -117,6 +117,10 @@ final class StressScenarioTests: XCTestCase {
             XCTAssertGreaterThan(r.tablesFreed, 0)
             XCTAssertGreaterThan(r.thpEvents.collapseAlloc, 0, "race collapses private and shared memory")
             XCTAssertGreaterThan(r.thpEvents.splitPMD, 0, "race splits huge PMDs (partial DONTNEED, mprotect)")
+            let kinds = try XCTUnwrap(r.opKinds)
+            XCTAssertEqual(Set(kinds.filter { $0.value.done > 0 }.keys),
+                           ["fault", "dontneed", "dontneed_part", "munmap_mmap", "mremap", "mremap_shared", "collapse_anon",
+                            "mprotect", "collapse_shmem", "munmap_mmap_shared"], "every kind of op done at least once: \(kinds)")
             XCTAssertEqual(r.vmPTEBytes, r.tableBytesHeld, "VmPTE against the tables held")
             XCTAssertTrue(r.pass, r.verdict)
         }
@@ -144,6 +148,22 @@ final class StressScenarioTests: XCTestCase {
         XCTAssertTrue(metNothing.verdict.contains("no walk of 100 reached a mapped page"), metNothing.verdict)
     }
 
+    /// An op kind refused every time, twenty times or more, is one the
+    /// run never tested; refused now and then, it is the race.
+    func testASafeRunWhoseOpKindWasAlwaysRefusedDoesNotPass() {
+        var mapped = WalkCounters()
+        mapped.walks = 100
+        mapped.mapped = 1
+        var r = result(tablesFreed: 1, detections: mapped)
+        r.opKinds = ["fault": OpTally.Count(done: 5, refused: 50), "mremap": OpTally.Count(done: 0, refused: 19)]
+        r.judge()
+        XCTAssertTrue(r.pass, r.verdict)
+        r.opKinds?["mremap"]?.refused = 20
+        r.judge()
+        XCTAssertFalse(r.pass)
+        XCTAssertEqual(r.verdict, "mremap was refused all 20 times: the run never tested it")
+    }
+
     private func result(tablesFreed: Int, detections: WalkCounters) -> StressResult {
         var r = StressResult(scenario: "unmap", mode: "rcu-table-free", safe: true, expectedDetector: nil, seed: 1, walkers: 1,
                              durationSeconds: 1, ops: 10, walks: detections.walks, uafDetected: 0, leakedPages: 0,
@@ -152,6 +172,16 @@ final class StressScenarioTests: XCTestCase {
                              integrity: Integrity(), pass: false, verdict: "")
         r.judge()
         return r
+    }
+
+    func testRaceRefusesARegionTooSmallToMoveBetweenPrivateTables() throws {
+        var options = StressOptions(scenario: "race", mode: "kernel")
+        options.tables = 2
+        try withLab { allocator in
+            XCTAssertThrowsError(try StressRunner(options).run(allocator: allocator)) {
+                XCTAssertEqual("\($0)", "race needs at least 3 tables (2 private to move between, 1 shared), not 2")
+            }
+        }
     }
 
     func testOnlyRaceTakesSeveralUpdaters() {

@@ -139,6 +139,9 @@ public struct StressRegion: Sendable {
     public let base: UInt64
     public let tables: Int
     public var length: UInt64 { UInt64(tables) << 21 }
+    /// What the updaters did to the region, by kind, where a scenario's
+    /// step counts it.
+    public let ops = OpTally()
 
     /// `tables` PTE tables' worth of address space from `base` (2 MiB
     /// aligned).

@@ -44,6 +44,9 @@ public struct StressResult: Encodable, Sendable, Equatable {
     /// what says a run reached huge PMDs, their splits and collapses, and
     /// not only PTE tables.
     public var thpEvents = THPEvents()
+    /// Each kind of op the updaters took, done and refused, for a scenario
+    /// that counts them (`race`); absent from the JSON otherwise.
+    public var opKinds: [String: OpTally.Count]?
     /// Refused frees, double queueing, failed notifier invalidations:
     /// nonzero fails a safe run.
     public var integrity: Integrity
@@ -113,6 +116,11 @@ public struct StressResult: Encodable, Sendable, Equatable {
         } else if safe && detections.mapped == 0 {
             reasons.append("no walk of \(walks) reached a mapped page: the walkers never met the tables the run freed; give it a longer --duration")
         }
+        // Refused a few times in a row is the race; refused every time, 20
+        // times or more, is an op the model no longer lets happen.
+        for (kind, count) in (opKinds ?? [:]).sorted(by: { $0.key < $1.key }) where safe && count.done == 0 && count.refused >= 20 {
+            reasons.append("\(kind) was refused all \(count.refused) times: the run never tested it")
+        }
         let fired = detections.fired.map { "\($0.0.rawValue) \($0.1)" }.joined(separator: ", ")
         if safe && uafDetected > 0 { reasons.append("safe mode detected \(uafDetected) use-after-free (\(fired))") }
         if let expected = expectedDetector, detections[expected] == 0 {
@@ -161,6 +169,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case tablesFreedBy = "tables_freed_by"
         case tablesStranded = "tables_stranded"
         case thpEvents = "thp_events"
+        case opKinds = "op_kinds"
     }
 
     /// Written by hand so that `expected_detector` is always present (null
@@ -193,6 +202,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encode(freeLatencyUs, forKey: .freeLatencyUs)
         try c.encode(detections, forKey: .detections)
         try c.encode(thpEvents, forKey: .thpEvents)
+        try c.encodeIfPresent(opKinds, forKey: .opKinds)
         try c.encode(integrity.freeErrors, forKey: .freeErrors)
         try c.encode(integrity.doubleQueued, forKey: .doubleQueued)
         try c.encode(integrity.notifierFailures, forKey: .notifierFailures)

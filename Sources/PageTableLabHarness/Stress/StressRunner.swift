@@ -143,7 +143,14 @@ public struct StressRunner {
             var iommuParameters = options.iommu
             mode.iommu(&iommuParameters)
             let binding = scenario.needsIOMMU ? try SVABinding(mm: mm, allocator: allocator, parameters: iommuParameters) : nil
-            try scenario.setUp?(mm, region)
+            do {
+                try scenario.setUp?(mm, region)
+            } catch {
+                // Nothing ran: the mm (and the device bound to it) go back.
+                try binding?.teardown()
+                mm.exit()
+                throw error
+            }
             let crew = WalkerCrew(mm: mm, region: region, walkers: scenario.walkers, count: options.walkers, seed: options.seed,
                                   watching: expected, iommu: binding?.iommu)
             let updaterCrew = UpdaterCrew(options: options, scenario: scenario, mm: mm, region: region, count: updaters) {
@@ -189,6 +196,8 @@ public struct StressRunner {
             result.tlbFlush = options.tlbFlush
             result.vmPTEBytes = vmPTE.accounted
             result.thpEvents = thp
+            let kinds = region.ops.snapshot
+            result.opKinds = kinds.isEmpty ? nil : kinds
             result.tableBytesHeld = vmPTE.held
             if let iommu = binding?.iommu {
                 let stats = iommu.counters.snapshot()

@@ -1,0 +1,151 @@
+import PageTableLab
+
+extension Scenario {
+    /// Several updaters at once on overlapping ranges, each op under the
+    /// lock the kernel takes for it: faults and MADV_DONTNEED (PT_RECLAIM)
+    /// under the mmap read lock, munmap + mmap, mremap (of private tables,
+    /// and of the shared memory away and back) and mprotect under the write
+    /// lock (munmap downgraded), the collapse of shared memory under the
+    /// read lock with the retract under none, and of private memory
+    /// (collapse_huge_page) under the write lock. Private memory is huge
+    /// PMDs as often as PTE tables, so a partial DONTNEED splits a huge PMD
+    /// under the read lock beside faults, and a partial mprotect under the
+    /// write lock. What keeps one updater out of a table another has just
+    /// unlinked is pte_offset_map_lock's pmd_same re-check; without it
+    /// (no-pmd-recheck) a fault can install a PTE into a table PT_RECLAIM
+    /// took away — lost, its page leaked.
+    static let race = Scenario(
+        name: "race",
+        summary: "several updaters (faults, DONTNEED, munmap/mmap, mremap, mprotect, shmem and anonymous collapse, THP splits) vs each other and every kind of walker",
+        modes: [
+            .safe("kernel") { _ in },
+            .unsafe("no-pmd-recheck", caughtBy: .staleTableWrite) { $0.skipPMDRecheck = true },
+        ],
+        walkers: [.gupFast, .pteOffsetMap(.rcu), .pteOffsetMap(.mmapRead), .pteOffsetMap(.rmap), .pteOffsetMapLock, .mmu],
+        updaters: 2,
+        setUp: raceSetUp,
+        step: raceStep)
+
+    /// The kinds of op `race` takes, by the names its report counts them
+    /// under (`op_kinds`).
+    enum RaceOp: String {
+        case fault
+        case dontneed
+        /// 64 KiB of a table: splits a huge PMD.
+        case dontneedPart = "dontneed_part"
+        case munmapMmap = "munmap_mmap"
+        case mremap
+        /// The shared memory moved away, off its alignment, and back.
+        case mremapShared = "mremap_shared"
+        case collapseAnon = "collapse_anon"
+        /// 64 KiB read-only and back: splits the VMA and a huge PMD.
+        case mprotect
+        case collapseShmem = "collapse_shmem"
+        /// The shared memory, collapsed, unmapped and mapped afresh.
+        case munmapMmapShared = "munmap_mmap_shared"
+    }
+
+    /// One updater's op in `race`. The region's last quarter is shared
+    /// memory, the rest private. Another updater may have changed what an op
+    /// expected (a range unmapped, a slot mapped, a range made read-only):
+    /// those refusals are the race, not failures, and are counted apart.
+    @Sendable static func raceStep(_ mm: MM, _ region: StressRegion, _ rng: inout SplitMix64) throws {
+        let layout = RaceLayout(region)
+        let index = Int(rng.next() % UInt64(layout.privateTables))
+        let table = region.table(index)
+        // 64 KiB somewhere in the table: the part a partial op cuts out.
+        let part = table + (rng.next() % 32) << 16
+        let shared = layout.sharedTable(&rng)
+        let op: RaceOp
+        switch rng.next() % 16 {
+        case 0...3: op = .fault
+        case 4...6: op = .dontneed
+        case 7: op = .dontneedPart
+        case 8: op = .munmapMmap
+        case 9: op = .mremap
+        case 10: op = .mremapShared
+        case 11: op = .collapseAnon
+        case 12: op = .mprotect
+        default: op = mm.isHugePMD(shared) ? .munmapMmapShared : .collapseShmem
+        }
+        do {
+            switch op {
+            case .fault:
+                try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
+            case .dontneed:
+                try mm.madviseDontneed(address: table, length: MM.pmdSize)
+            case .dontneedPart:
+                // zap_pmd_range splits a huge PMD it only partly covers,
+                // under the read lock, beside faults on the same PMD.
+                try mm.madviseDontneed(address: part, length: 64 << 10)
+            case .munmapMmap:
+                try mm.munmap(address: table, length: MM.pmdSize)
+                try mm.mmap(address: table, length: MM.pmdSize)
+            case .mremap:
+                let other = (index + 1 + Int(rng.next() % UInt64(layout.privateTables - 1))) % layout.privateTables
+                try mm.mremap(from: table, length: MM.pmdSize, to: region.table(other))
+            case .mremapShared:
+                // Every extent moves entry by entry, the way back a copy of
+                // its own, without the rmap lock, beside collapses already
+                // past the mmap lock whose retract may take a table the move
+                // has just allocated.
+                let away = region.base + region.length + 2 * MM.pmdSize + (64 << 10)
+                try mm.mremap(from: layout.sharedStart, length: layout.sharedLength, to: away)
+                try mm.mremap(from: away, length: layout.sharedLength, to: layout.sharedStart)
+            case .collapseAnon:
+                // collapse_huge_page: the PTE table withdrawn under the
+                // write lock and deposited under the new huge PMD.
+                try mm.touch(address: table, length: MM.pmdSize, stride: 64 << 10)
+                try mm.madviseCollapse(address: table, length: MM.pmdSize)
+            case .mprotect:
+                // A write in between is refused.
+                try mm.mprotect(address: part, length: 64 << 10, protection: .r)
+                try mm.mprotect(address: part, length: 64 << 10, protection: .rw)
+            case .collapseShmem:
+                try mm.touch(address: shared, length: MM.pmdSize, stride: 64 << 10)
+                try mm.madviseCollapse(address: shared, length: MM.pmdSize)
+            case .munmapMmapShared:
+                try mm.munmap(address: layout.sharedStart, length: layout.sharedLength)
+                try mm.mmap(address: layout.sharedStart, length: layout.sharedLength, shared: true)
+            }
+        } catch {
+            switch error {
+            case .notMapped, .mappingExists, .moveAcrossVMAs, .collapseRefused, .accessDenied:
+                region.ops.refused(op.rawValue)
+                return
+            default: throw error
+            }
+        }
+        region.ops.done(op.rawValue)
+    }
+
+    /// The mappings `race` starts from.
+    @Sendable static func raceSetUp(_ mm: MM, _ region: StressRegion) throws {
+        let layout = RaceLayout(region)
+        guard layout.privateTables >= 2 else {
+            throw StressError.invalidOption("race needs at least 3 tables (2 private to move between, 1 shared), not \(region.tables)")
+        }
+        try mm.mmap(address: region.base, length: layout.sharedStart - region.base)
+        try mm.mmap(address: layout.sharedStart, length: layout.sharedLength, shared: true)
+    }
+}
+
+/// `race`'s region: private tables, then a quarter (at least one) shared.
+private struct RaceLayout {
+    let region: StressRegion
+    let privateTables: Int
+    let sharedTables: Int
+
+    init(_ region: StressRegion) {
+        self.region = region
+        sharedTables = max(1, region.tables / 4)
+        privateTables = region.tables - sharedTables
+    }
+
+    var sharedStart: UInt64 { region.table(privateTables) }
+    var sharedLength: UInt64 { region.base + region.length - sharedStart }
+
+    func sharedTable(_ rng: inout SplitMix64) -> UInt64 {
+        region.table(privateTables + Int(rng.next() % UInt64(sharedTables)))
+    }
+}
