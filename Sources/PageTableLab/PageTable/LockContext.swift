@@ -9,11 +9,13 @@
 ///   runs without the mmap write lock (khugepaged's retract, PT_RECLAIM,
 ///   munmap's zap after its downgrade) only a grace period protects it. It
 ///   holds the mmap read lock, since every kernel caller of pte_offset_map
-///   holds that or a lock that keeps out the same writers (the per-VMA
-///   lock, the rmap lock): a table unlinked under the write lock, like the
-///   one collapse_huge_page deposits and zap_huge_pmd later frees with a
-///   plain pte_free, is out of its reach. But it looks up no VMA, so it
-///   also walks the tables of VMAs munmap has detached and not yet freed.
+///   that walks with IRQs on holds that or a lock that keeps out the same
+///   writers (the per-VMA lock, the rmap lock; the lockless ones, GUP-fast
+///   and perf_get_pgtable_size, run with IRQs off: `irqsOff`). A table
+///   unlinked under the write lock, like the one collapse_huge_page
+///   deposits and zap_huge_pmd later frees with a plain pte_free, is out
+///   of its reach. But it looks up no VMA, so it also walks the tables of
+///   VMAs munmap has detached and not yet freed.
 /// - `mmapRead`: holds the mmap read lock, and walks only inside a VMA it
 ///   found under it. munmap, mremap and mprotect exclude it (munmap detaches
 ///   its VMAs before downgrading); faults, MADV_DONTNEED and collapse do
