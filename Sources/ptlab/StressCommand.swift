@@ -21,9 +21,11 @@ struct StressCommand: ParsableCommand {
             (mmap-read) or under the rmap lock (rmap), pte_offset_map_lock under RCU and the \
             ptlock, and the MMU or an IOMMU with no lock at all (hardware). Each updater takes \
             the locks its operation takes in the kernel: the mmap write lock for mmap, munmap \
-            (downgraded to read to zap), mremap and mprotect; the read lock for faults, \
-            MADV_DONTNEED and collapse (whose retract takes the write lock before 6.5: \
-            --path shmem-pre-6.5); and pte_offset_map_lock, with its pmd_same re-check, for \
+            (downgraded to read to zap), mremap and mprotect, and with it each VMA it changes \
+            (vma_start_write); faults lock only their VMA (per-VMA locks, 6.4+), so they run \
+            beside writers of other VMAs; the read lock for MADV_DONTNEED and collapse (whose \
+            retract takes the write lock before 6.5: --path shmem-pre-6.5); and \
+            pte_offset_map_lock, with its pmd_same re-check, for \
             every PTE table it changes. The report names the walkers with their contexts \
             and the number of updaters.
 

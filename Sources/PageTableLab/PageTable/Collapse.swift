@@ -124,7 +124,7 @@ extension MM {
     /// collapse_huge_page for the 2 MiB at `at`.
     private func collapseAnonymous(_ at: UInt64) -> CollapseResult {
         // mmap write lock, and anon_vma_lock_write for the copy.
-        mmapLock.withWriteLock { rmapLock.withWriteLock { collapseHugePage(at) } }
+        withWriteLock(vmasOf: [at..<at + Self.pmdSize]) { rmapLock.withWriteLock { collapseHugePage(at) } }
     }
 
     private func collapseHugePage(_ at: UInt64) -> CollapseResult {
@@ -254,9 +254,9 @@ extension MM {
                     retract(at)
                     continue
                 }
-                guard mmapLock.tryLockWrite() else { continue }
+                guard tryWriteLock(vmasOf: at..<at + Self.pmdSize) else { continue }
                 retract(at)
-                mmapLock.unlockWrite()
+                writeUnlock()
             }
         }
     }
@@ -324,7 +324,7 @@ extension MM {
     /// write lock for it (a policy that `takesMMapWriteLock`).
     private func collapsePTEMappedTHP(_ at: UInt64) -> CollapseResult {
         profile.collapseFree.takesMMapWriteLock
-            ? mmapLock.withWriteLock { collapsePTEMappedTHPLocked(at) }
+            ? withWriteLock(vmasOf: [at..<at + Self.pmdSize]) { collapsePTEMappedTHPLocked(at) }
             : mmapLock.withReadLock { collapsePTEMappedTHPLocked(at) }
     }
 

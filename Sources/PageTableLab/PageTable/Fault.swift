@@ -15,9 +15,7 @@ extension MM {
     /// folio, by PMD where the folio is huge and the VMA allows it.
     @discardableResult
     public func fault(at address: UInt64) throws(MMError) -> UnsafeMutableRawPointer {
-        try mmapLock.withReadLock { () throws(MMError) -> UnsafeMutableRawPointer in
-            try faultLocked(at: address, vma: faultableVMA(at: address))
-        }
+        try withFaultLock(address) { vma throws(MMError) in try faultLocked(at: address, vma: vma) }
     }
 
     /// The VMA a write fault at `address` goes to (anon_vma prepared), with

@@ -16,7 +16,10 @@
 //  - mmap_lock (MMapLock): write for mmap, munmap, mremap, mprotect,
 //    MADV_HUGEPAGE and the anonymous collapse; munmap detaches its VMAs
 //    under write, then downgrades to read to zap and free_pgtables; read for
-//    faults, MADV_DONTNEED and the shmem collapse.
+//    MADV_DONTNEED and the shmem collapse. A writer also write-locks each
+//    VMA it changes (VMALocks), until it unlocks or downgrades.
+//  - per-VMA locks (6.4+, VMALock.swift): a fault locks only its VMA, and
+//    falls back to the mmap read lock when a writer holds that VMA.
 //  - the rmap lock (anon_vma / i_mmap; one per mm here): free_pgtables
 //    unlinks the VMAs under it before freeing their tables; the shmem retract
 //    holds it and no mmap_lock at all.
@@ -76,6 +79,8 @@ public final class MM: @unchecked Sendable {
     /// The rmap lock (anon_vma / i_mmap, one for the mm here) and what it
     /// guards: which ranges rmap walkers can still find.
     public let rmapLock = MMapLock()
+    /// The per-VMA locks (VMALocks), for profiles that have them.
+    let vmaLocks = VMALocks()
     let rmap = LabMutex(RmapRanges())
     /// mm->page_table_lock: guards populating PGD/P4D/PUD entries.
     let pageTableLock = LabMutex<Void>(())

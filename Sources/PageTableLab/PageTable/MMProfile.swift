@@ -47,6 +47,11 @@ public struct MMProfile: Sendable {
     /// replay with one updater thread (`ptlab compare`) has no such race
     /// and turns it off, a fifth of its time.
     public var clearsFaultedPages = true
+    /// CONFIG_PER_VMA_LOCK (6.4+): a page fault locks only its VMA
+    /// (lock_vma_under_rcu), so it runs beside writers holding the mmap
+    /// write lock for other VMAs; without it, faults take the mmap read
+    /// lock.
+    public var perVMALock = true
 
     public init() {}
 
@@ -82,6 +87,7 @@ public struct MMProfile: Sendable {
         p.tableFree = .rcu(fallback: .ipiSync)
         p.collapseFree = .syncIPI
         p.mremapRealign = false
+        p.perVMALock = false
         return p
     }
 }

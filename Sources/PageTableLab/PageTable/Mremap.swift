@@ -34,7 +34,7 @@ extension MM {
         guard old + length <= new || new + length <= old else {
             throw .overlappingMove(from: old, to: new, length: length)
         }
-        try mmapLock.withWriteLock { () throws(MMError) in
+        try withWriteLock(vmasOf: [old..<old + length, new..<new + length]) { () throws(MMError) in
             guard let vma = vmaTree.withLock({ $0.find(old) }), vma.end >= old + length else {
                 throw .moveAcrossVMAs(address: old, length: length)
             }

@@ -18,7 +18,7 @@ extension MM {
     /// `noHugepage` is the MADV_NOHUGEPAGE a trace's mmap applies at once.
     public func mmap(address: UInt64, length: UInt64, shared: Bool = false, noHugepage: Bool = false) throws(MMError) {
         try validate("mmap", address, length)
-        try mmapLock.withWriteLock { () throws(MMError) in
+        try withWriteLock(vmasOf: [address..<address + length]) { () throws(MMError) in
             let file = shared ? ShmemFile(size: length, allocator: allocator) : nil
             var flags = VMFlags.readWrite
             if shared { flags.insert(.shared) }
@@ -62,7 +62,8 @@ extension MM {
     /// lock run meanwhile, but can no longer find the detached VMAs.
     public func munmap(address: UInt64, length: UInt64) throws(MMError) {
         try validate("munmap", address, length)
-        mmapLock.withWriteLockDowngrading({ detachVMAs(address, address + length) }, then: unmapDetached)
+        withWriteLockDowngrading(vmasOf: address..<address + length, { detachVMAs(address, address + length) },
+                                 then: unmapDetached)
     }
 
     /// The VMAs of [start, end), split at the edges and taken out of the
@@ -130,7 +131,7 @@ extension MM {
     /// page table moves: the flag decides what later faults and collapses do.
     public func madviseHugepage(address: UInt64, length: UInt64, enable: Bool = true) throws(MMError) {
         try validate("madvise", address, length)
-        let hole: UInt64? = mmapLock.withWriteLock {
+        let hole: UInt64? = withWriteLock(vmasOf: [address..<address + length]) {
             let (splits, hole) = vmaTree.withLock { tree -> ([UInt64], UInt64?) in
                 let hole = tree.covers(address, address + length) ? nil : firstHole(tree, address, address + length)
                 let splits = tree.modify(address, address + length) { vma in
@@ -186,7 +187,7 @@ extension MM {
     @discardableResult
     public func exit() -> Int {
         guard markExited() else { return pgtablesBytes }
-        mmapLock.withWriteLock {
+        withWriteLock(vmasOf: [0..<UInt64.max]) {
             let all = detachVMAs(0, .max).removed
             let tlb = MMUGather(mm: self, fullmm: true)
             for vma in all { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }

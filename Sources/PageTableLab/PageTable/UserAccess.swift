@@ -10,14 +10,14 @@ extension MM {
     /// store in the kernel: the data page is freed only after the zap's TLB
     /// flush, and that flush waits for a store in flight.
     ///
-    /// One hold of the mmap read lock covers the fault and the store, as a
-    /// CPU's retaken fault and its store run under the one the fault took.
+    /// One hold of the fault's lock (its VMA's, or the mmap read lock)
+    /// covers the fault and the store, as a CPU's retaken fault and its
+    /// store run under the one the fault took.
     func storeByte(_ value: UInt8, at address: UInt64) throws(MMError) {
-        try mmapLock.withReadLock { () throws(MMError) in
+        try withFaultLock(address) { vma throws(MMError) in
             // Fault first: a store is most often to memory not yet mapped,
             // and the fault that maps a small page stores under its lock.
             var stored = false
-            let vma = try faultableVMA(at: address)
             repeat {
                 _ = try faultLocked(at: address & ~4095, vma: vma, store: (value, Int(address & 4095)), stored: &stored)
             } while !stored && !storeIfMapped(value, at: address)

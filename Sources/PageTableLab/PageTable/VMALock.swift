@@ -1,0 +1,167 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Per-VMA locks (CONFIG_PER_VMA_LOCK, 6.4+): a page fault locks only the
+/// VMA it faults in (lock_vma_under_rcu, vma_start_read), not the mmap
+/// lock, so it runs beside munmap, mremap, mprotect, mmap and
+/// collapse_huge_page holding the mmap write lock for *other* VMAs. A
+/// writer write-locks each VMA it changes (vma_start_write, which waits for
+/// that VMA's faults), and all of them stay locked until it drops or
+/// downgrades the mmap write lock (vma_end_write_all). A fault whose VMA is
+/// write-locked, or gone, falls back to the mmap read lock.
+///
+/// The model keeps VMAs as values, so a lock is by address range: a fault
+/// holds its VMA's extent, a writer its own ranges (a VMA it creates there
+/// is locked from its birth) and the extents of the VMAs they touch and of
+/// their neighbours, which a merge may change (vma_merge write-locks them
+/// too). That over-locks a neighbour a writer leaves alone; it never
+/// under-locks one it changes.
+final class VMALocks: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let cond: UnsafeMutablePointer<pthread_cond_t>
+    /// The extents faults hold, one entry per fault.
+    private var readers: [Range<UInt64>] = []
+    /// The extents the current mmap write cycle has write-locked.
+    private var writeLocked: [Range<UInt64>] = []
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        cond = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(cond, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    /// vma_start_read of the VMA `find` returns: nil when there is none or
+    /// it is write-locked (the fault takes the mmap read lock instead).
+    func tryRead(_ find: () -> VMA?) -> VMA? {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        guard let vma = find() else { return nil }
+        let extent = vma.start..<vma.end
+        guard !writeLocked.contains(where: { $0.overlaps(extent) }) else { return nil }
+        readers.append(extent)
+        return vma
+    }
+
+    /// vma_end_read.
+    func endRead(_ vma: VMA) {
+        pthread_mutex_lock(mutex)
+        if let i = readers.firstIndex(of: vma.start..<vma.end) { readers.remove(at: i) }
+        pthread_cond_broadcast(cond)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// vma_start_write of every extent `extents` gives (read under this
+    /// lock, so no fault locks one between the read and the marking), then
+    /// wait for the faults already inside them.
+    func startWrite(_ extents: () -> [Range<UInt64>]) {
+        pthread_mutex_lock(mutex)
+        let locking = extents()
+        writeLocked += locking
+        while readers.contains(where: { r in locking.contains { $0.overlaps(r) } }) { pthread_cond_wait(cond, mutex) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// vma_start_write only if no fault holds one of the extents now; false
+    /// (nothing locked) otherwise. For a writer that holds a lock a fault
+    /// may wait for (the pre-6.5 retract holds the huge folio's lock), as
+    /// it takes the mmap lock with a trylock.
+    func tryStartWrite(_ extents: () -> [Range<UInt64>]) -> Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        let locking = extents()
+        guard !readers.contains(where: { r in locking.contains { $0.overlaps(r) } }) else { return false }
+        writeLocked += locking
+        return true
+    }
+
+    /// vma_end_write_all, at mmap_write_unlock and mmap_write_downgrade.
+    func endWriteAll() {
+        pthread_mutex_lock(mutex)
+        writeLocked.removeAll()
+        pthread_mutex_unlock(mutex)
+    }
+}
+
+extension MM {
+    /// The mmap write lock, with the VMAs that [start, end) touches (and
+    /// their neighbours) write-locked until `body` returns.
+    func withWriteLock<R, E: Error>(vmasOf ranges: [Range<UInt64>], _ body: () throws(E) -> R) throws(E) -> R {
+        mmapLock.lockWrite()
+        vmaStartWrite(ranges)
+        defer { writeUnlock() }
+        return try body()
+    }
+
+    /// munmap's lock: write for `exclusive` (the VMAs of `range` locked),
+    /// then read for `shared`, the VMA locks dropped at the downgrade.
+    func withWriteLockDowngrading<T, R>(vmasOf range: Range<UInt64>, _ exclusive: () -> T, then shared: (T) -> R) -> R {
+        mmapLock.withWriteLockDowngrading({
+            vmaStartWrite([range])
+            defer { vmaLocks.endWriteAll() }
+            return exclusive()
+        }, then: shared)
+    }
+
+    /// mmap_write_trylock and vma_start_write of the VMAs of `range`, or
+    /// false with neither held.
+    func tryWriteLock(vmasOf range: Range<UInt64>) -> Bool {
+        guard mmapLock.tryLockWrite() else { return false }
+        guard vmaLocks.tryStartWrite({ extents(touching: [range]) }) else {
+            mmapLock.unlockWrite()
+            return false
+        }
+        return true
+    }
+
+    /// mmap_write_unlock, the VMA locks with it.
+    func writeUnlock() {
+        vmaLocks.endWriteAll()
+        mmapLock.unlockWrite()
+    }
+
+    /// vma_start_write of every VMA overlapping one of `ranges` or next to
+    /// it.
+    private func vmaStartWrite(_ ranges: [Range<UInt64>]) {
+        vmaLocks.startWrite { extents(touching: ranges) }
+    }
+
+    /// The ranges themselves, so that a VMA the writer creates there (mmap,
+    /// mremap's copy) is locked from its birth, as the kernel's new VMAs
+    /// are; and the extents of the VMAs there now and next to them.
+    private func extents(touching ranges: [Range<UInt64>]) -> [Range<UInt64>] {
+        ranges + vmaTree.withLock { tree in
+            tree.vmas.filter { vma in
+                ranges.contains { vma.start <= $0.upperBound && $0.lowerBound <= vma.end }
+            }.map { $0.start..<$0.end }
+        }
+    }
+
+    /// The lock a fault at `address` runs under: its VMA's own (6.4+), or
+    /// the mmap read lock where the profile has no per-VMA locks, or the VMA
+    /// is write-locked or gone (the fault then finds what the writer left).
+    /// `body` gets the VMA, its anon_vma prepared.
+    func withFaultLock<R>(_ address: UInt64, _ body: (VMA) throws(MMError) -> R) throws(MMError) -> R {
+        if let locked = lockVMAUnderRCU(address) {
+            defer { vmaLocks.endRead(locked) }
+            return try body(faultableVMA(at: address))
+        }
+        return try mmapLock.withReadLock { () throws(MMError) -> R in try body(faultableVMA(at: address)) }
+    }
+
+    /// lock_vma_under_rcu: the VMA at `address`, read-locked, or nil (no
+    /// per-VMA locks in this profile, no VMA there, or one a writer holds):
+    /// the caller then takes the mmap read lock.
+    func lockVMAUnderRCU(_ address: UInt64) -> VMA? {
+        guard profile.perVMALock else { return nil }
+        return vmaLocks.tryRead { vmaTree.withLock { $0.find(address) } }
+    }
+}
