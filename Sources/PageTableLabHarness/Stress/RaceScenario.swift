@@ -57,7 +57,12 @@ extension Scenario {
         let part = table + (rng.next() % 32) << 16
         let shared = layout.sharedTable(&rng)
         let op: RaceOp
-        switch rng.next() % 16 {
+        let choice = rng.next() % 16
+        switch choice {
+        // Without the re-check (no-pmd-recheck) the bug is a fault racing
+        // PT_RECLAIM: only those two ops, or the others dilute the race
+        // until a detection can take minutes.
+        case _ where mm.profile.skipPMDRecheck: op = choice < 8 ? .fault : .dontneed
         case 0...3: op = .fault
         case 4...6: op = .dontneed
         case 7: op = .dontneedPart
