@@ -14,6 +14,9 @@ final class VMALockTests: XCTestCase {
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.mmap(address: tib + 4 * mib, length: 2 * mib)
+            XCTAssertNil(mm.lockVMAUnderRCU(tib), "a first fault takes the mmap lock for its anon_vma")
+            try mm.touch(address: tib, length: 4096)
+            try mm.touch(address: tib + 4 * mib, length: 4096)
             mm.withWriteLock(vmasOf: [tib + 4 * mib..<tib + 5 * mib]) {
                 let a = mm.lockVMAUnderRCU(tib + 4096)
                 XCTAssertEqual(a?.start, tib, "A is not B's neighbour: its faults go on")
@@ -59,6 +62,7 @@ final class VMALockTests: XCTestCase {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 4096)
             mm.withWriteLock(vmasOf: [tib + 2 * mib..<tib + 4 * mib]) {
                 XCTAssertNil(mm.lockVMAUnderRCU(tib), "an mmap right above may merge into it")
             }

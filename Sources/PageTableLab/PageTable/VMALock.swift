@@ -159,9 +159,13 @@ extension MM {
 
     /// lock_vma_under_rcu: the VMA at `address`, read-locked, or nil (no
     /// per-VMA locks in this profile, no VMA there, or one a writer holds):
-    /// the caller then takes the mmap read lock.
+    /// the caller then takes the mmap read lock. An anonymous VMA's first
+    /// fault takes the mmap lock too, for its anon_vma (__vmf_anon_prepare
+    /// trylocks it and retries the fault; 6.4-6.6 refused such VMAs here).
     func lockVMAUnderRCU(_ address: UInt64) -> VMA? {
         guard profile.perVMALock else { return nil }
-        return vmaLocks.tryRead { vmaTree.withLock { $0.find(address) } }
+        return vmaLocks.tryRead {
+            vmaTree.withLock { $0.find(address) }.flatMap { $0.isAnonymous && $0.anonVMA == 0 ? nil : $0 }
+        }
     }
 }

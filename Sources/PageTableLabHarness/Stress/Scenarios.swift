@@ -45,9 +45,13 @@ extension Scenario {
         name: "collapse", path: "shmem-pre-6.5",
         summary: "MADV_COLLAPSE of shmem before 6.5: the retract under the mmap write lock + sync IPI vs pte_offset_map (mmap read lock), GUP-fast and MMU walks",
         modes: [
-            .safe("ipi-sync") { $0.collapseFree = .syncIPI },
+            .safe("ipi-sync") {
+                $0.collapseFree = .syncIPI
+                $0.perVMALock = false
+            },
             .unsafe("ipi-sync-unlocked", caughtBy: .pteOffsetMap) {
                 $0.collapseFree = .syncIPIUnlocked
+                $0.perVMALock = false
                 $0.deliberatelyUnsafe = true
             },
         ],
