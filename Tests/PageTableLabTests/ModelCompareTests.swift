@@ -142,6 +142,8 @@ final class ClearsFaultedPagesTests: XCTestCase {
                 mm.exit()
             }
         }
-        XCTAssertFalse(try ModelTarget(profile: .runningKernel()).mm.profile.clearsFaultedPages)
+        let replay = try ModelTarget(profile: .runningKernel()).mm.profile
+        XCTAssertFalse(replay.clearsFaultedPages)
+        XCTAssertFalse(replay.perVMALock, "one thread: nothing for the per-VMA locks to decide")
     }
 }

@@ -33,8 +33,12 @@ public final class ModelTarget: TraceTarget, TraceSettling {
         do {
             var mmProfile = profile.mmProfile
             mmProfile.thp = thp
-            // One thread replays a trace: no fault races a DONTNEED here.
+            // One thread replays a trace: no fault races a DONTNEED here,
+            // and none runs beside a writer, so the per-VMA locks, which
+            // only decide what may run together, would decide nothing
+            // (and cost the replay a third of its time: BENCHMARKS.md).
             mmProfile.clearsFaultedPages = false
+            mmProfile.perVMALock = false
             mm = try MM(allocator: allocator, profile: mmProfile)
         } catch {
             RCU.unregisterThread()
