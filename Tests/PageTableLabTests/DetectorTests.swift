@@ -47,12 +47,7 @@ final class DetectorTests: XCTestCase {
     /// generation says the table is not the one the walk found.
     func testPteOffsetMapLockCatchesATableReusedBeforeItsLockWasTaken() throws {
         try withLab { allocator in
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: base, length: 4 * mib)
-            try mm.touch(address: base, length: 4096)
-            try mm.touch(address: base + 2 * mib, length: 4096)
-            try mm.madviseDontneed(address: base, length: 4096)
-            let (_, slot, table) = try XCTUnwrap(mm.findPTETable(base))
+            let (mm, slot, table) = try mmWithAnEmptyTable(allocator)
             let reused = Mutex<Page?>(nil)
             mm.raceWindowHook = { window, _ in
                 guard window == .pteOffsetMapLockBeforeLock else { return }
@@ -72,6 +67,19 @@ final class DetectorTests: XCTestCase {
         }
     }
 
+    /// An mm with an empty PTE table at `base` (PT_RECLAIM leaves it: the
+    /// DONTNEED did not cover it), its PMD slot and the table; the table
+    /// 2 MiB up keeps the tables above.
+    private func mmWithAnEmptyTable(_ allocator: PageAllocator) throws -> (MM, UnsafeMutablePointer<UInt64>, Page) {
+        let mm = try MM(allocator: allocator)
+        try mm.mmap(address: base, length: 4 * mib)
+        try mm.touch(address: base, length: 4096)
+        try mm.touch(address: base + 2 * mib, length: 4096)
+        try mm.madviseDontneed(address: base, length: 4096)
+        let (_, slot, table) = try XCTUnwrap(mm.findPTETable(base))
+        return (mm, slot, table)
+    }
+
     /// An mm whose PTE table at `base` (empty; its neighbour keeps the
     /// upper tables) is freed while its PMD still names it, the bug every
     /// walker detector is for; afterwards the PMD is cleared and VmPTE
@@ -79,12 +87,7 @@ final class DetectorTests: XCTestCase {
     private func withTableFreedUnderItsPMD(_ allocator: PageAllocator? = nil,
                                            _ body: (MM, Page) throws -> Void) throws {
         func run(_ allocator: PageAllocator) throws {
-            let mm = try MM(allocator: allocator)
-            try mm.mmap(address: base, length: 4 * mib)
-            try mm.touch(address: base, length: 4096)
-            try mm.touch(address: base + 2 * mib, length: 4096)
-            try mm.madviseDontneed(address: base, length: 4096)
-            let (_, slot, table) = try XCTUnwrap(mm.findPTETable(base))
+            let (mm, slot, table) = try mmWithAnEmptyTable(allocator)
             PageTables.dtorFree(table, allocator: allocator)
             try body(mm, table)
             ptlab_pte_write(slot, 0)

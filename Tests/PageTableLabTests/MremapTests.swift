@@ -3,25 +3,27 @@ import XCTest
 @testable import PageTableLab
 
 final class MremapTests: XCTestCase {
+    /// No THP: the moves are of PTE tables and their entries.
+    private static let smallPages: MMProfile = {
+        var profile = MMProfile.v6_14
+        profile.thp = THPSettings(enabled: .never, shmemEnabled: .never)
+        return profile
+    }()
+
     /// A move that cannot allocate a table on the way fails with ENOMEM and
     /// leaves the old mapping as it was: copy_vma_and_data moves back what
     /// move_page_tables had moved and unmaps the new range instead. Going
     /// on as if the move had finished would unmap the old range with the
     /// entries it never moved, their data lost, and report success.
     func testAMoveThatRunsOutOfMemoryMovesBackAndFails() throws {
-        var profile = MMProfile.v6_14
-        profile.thp = THPSettings(enabled: .never, shmemEnabled: .never)
-        try withLab(profile: profile, budgetPages: 4096) { allocator in
-            let mm = try MM(allocator: allocator, profile: profile)
+        try withLab(profile: Self.smallPages, budgetPages: 4096) { allocator in
+            let mm = try MM(allocator: allocator, profile: Self.smallPages)
             try mm.mmap(address: tib, length: 4 * mib)
             try mm.touch(address: tib, length: 4 * mib)
-            var held: [Page] = []
-            while let page = try? allocator.alloc() { held.append(page) }
             // Room for the new range's PMD table and its first PTE table:
             // 4 KiB off alignment, the move is entry by entry, and its
             // second PTE table is one too many.
-            for page in held.suffix(2) { try allocator.free(page) }
-            held.removeLast(2)
+            let held = try exhaust(allocator, leaving: 2)
             let new = tib + 64 * gib + 4096
             XCTAssertThrowsError(try mm.mremap(from: tib, length: 4 * mib, to: new)) { error in
                 guard case MMError.outOfMemory = error else { return XCTFail("\(error)") }
@@ -41,18 +43,13 @@ final class MremapTests: XCTestCase {
     /// fails. The last 2 MiB's 511 pages, moved but not moved back, go with
     /// the new range: ENOMEM, and 513 of the 1024 pages left.
     func testTheMoveBackIsNotCheckedAsInTheKernel() throws {
-        var profile = MMProfile.v6_14
-        profile.thp = THPSettings(enabled: .never, shmemEnabled: .never)
-        try withLab(profile: profile, budgetPages: 4096) { allocator in
-            let mm = try MM(allocator: allocator, profile: profile)
+        try withLab(profile: Self.smallPages, budgetPages: 4096) { allocator in
+            let mm = try MM(allocator: allocator, profile: Self.smallPages)
             try mm.mmap(address: tib, length: 6 * mib)
             try mm.touch(address: tib, length: 2 * mib)
             try mm.touch(address: tib + 4 * mib, length: 2 * mib)
-            var held: [Page] = []
-            while let page = try? allocator.alloc() { held.append(page) }
             // The new PMD table and three PTE tables; the fourth fails.
-            for page in held.suffix(4) { try allocator.free(page) }
-            held.removeLast(4)
+            let held = try exhaust(allocator, leaving: 4)
             let new = tib + 64 * gib + 4096
             XCTAssertThrowsError(try mm.mremap(from: tib, length: 6 * mib, to: new)) { error in
                 guard case MMError.outOfMemory = error else { return XCTFail("\(error)") }
@@ -65,6 +62,15 @@ final class MremapTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+}
+
+/// Every page the allocator has, but `leaving`: the pages held, to free
+/// when the test is done.
+private func exhaust(_ allocator: PageAllocator, leaving: Int) throws -> [Page] {
+    var held: [Page] = []
+    while let page = try? allocator.alloc() { held.append(page) }
+    for page in held.suffix(leaving) { try allocator.free(page) }
+    return held.dropLast(leaving)
 }
 
 /// How many PTEs in [start, start + length) are present.

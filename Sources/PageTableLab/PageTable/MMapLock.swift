@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// mmap_lock: a reader/writer lock with the kernel's three uses — write for
 /// mmap, munmap, mremap and mprotect; read for madvise, and for faults that
 /// cannot have their VMA's own lock (VMALocks); and a
@@ -14,38 +10,25 @@ import Glibc
 /// answering IPIs while it waits, so it uses `tryLockRead` in a loop of its
 /// own instead of sleeping here.
 public final class MMapLock: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let cond: UnsafeMutablePointer<pthread_cond_t>
+    private let monitor = Monitor()
     private var readers = 0
     private var writer = false
     private var waitingWriters = 0
 
-    public init() {
-        mutex = .allocate(capacity: 1)
-        cond = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
-        cond.deallocate()
-        mutex.deallocate()
-    }
+    public init() {}
 
     /// mmap_read_lock.
     public func lockRead() {
-        pthread_mutex_lock(mutex)
-        while writer || waitingWriters > 0 { pthread_cond_wait(cond, mutex) }
+        monitor.lock()
+        while writer || waitingWriters > 0 { monitor.wait() }
         readers += 1
-        pthread_mutex_unlock(mutex)
+        monitor.unlock()
     }
 
     /// mmap_read_trylock.
     public func tryLockRead() -> Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        monitor.lock()
+        defer { monitor.unlock() }
         guard !writer && waitingWriters == 0 else { return false }
         readers += 1
         return true
@@ -53,20 +36,20 @@ public final class MMapLock: @unchecked Sendable {
 
     /// mmap_read_unlock.
     public func unlockRead() {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         readers -= 1
-        if readers == 0 { pthread_cond_broadcast(cond) }
-        pthread_mutex_unlock(mutex)
+        if readers == 0 { monitor.broadcast() }
+        monitor.unlock()
     }
 
     /// mmap_write_lock.
     public func lockWrite() {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         waitingWriters += 1
-        while writer || readers > 0 { pthread_cond_wait(cond, mutex) }
+        while writer || readers > 0 { monitor.wait() }
         waitingWriters -= 1
         writer = true
-        pthread_mutex_unlock(mutex)
+        monitor.unlock()
     }
 
     /// mmap_write_trylock: the write lock if no reader or writer holds it
@@ -74,8 +57,8 @@ public final class MMapLock: @unchecked Sendable {
     /// mmap lock may wait for (the pre-6.5 retract holds the huge folio's
     /// lock, which a fault under the mmap read lock waits on).
     public func tryLockWrite() -> Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        monitor.lock()
+        defer { monitor.unlock() }
         guard !writer && readers == 0 else { return false }
         writer = true
         return true
@@ -83,20 +66,20 @@ public final class MMapLock: @unchecked Sendable {
 
     /// mmap_write_unlock.
     public func unlockWrite() {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         writer = false
-        pthread_cond_broadcast(cond)
-        pthread_mutex_unlock(mutex)
+        monitor.broadcast()
+        monitor.unlock()
     }
 
     /// mmap_write_downgrade: the writer stays, as a reader; readers may
     /// come in (writers still wait).
     public func downgrade() {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         writer = false
         readers += 1
-        pthread_cond_broadcast(cond)
-        pthread_mutex_unlock(mutex)
+        monitor.broadcast()
+        monitor.unlock()
     }
 
     public func withReadLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {

@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// Per-VMA locks (CONFIG_PER_VMA_LOCK, 6.4+): a page fault locks only the
 /// VMA it faults in (lock_vma_under_rcu, vma_start_read), not the mmap
 /// lock, so it runs beside munmap, mremap, mprotect, mmap and
@@ -18,32 +14,17 @@ import Glibc
 /// too). That over-locks a neighbour a writer leaves alone; it never
 /// under-locks one it changes.
 final class VMALocks: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let cond: UnsafeMutablePointer<pthread_cond_t>
+    private let monitor = Monitor()
     /// The extents faults hold, one entry per fault.
     private var readers: [Range<UInt64>] = []
     /// The extents the current mmap write cycle has write-locked.
     private var writeLocked: [Range<UInt64>] = []
 
-    init() {
-        mutex = .allocate(capacity: 1)
-        cond = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
-        cond.deallocate()
-        mutex.deallocate()
-    }
-
     /// vma_start_read of the VMA `find` returns: nil when there is none or
     /// it is write-locked (the fault takes the mmap read lock instead).
     func tryRead(_ find: () -> VMA?) -> VMA? {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        monitor.lock()
+        defer { monitor.unlock() }
         guard let vma = find() else { return nil }
         let extent = vma.start..<vma.end
         guard !writeLocked.contains(where: { $0.overlaps(extent) }) else { return nil }
@@ -53,21 +34,21 @@ final class VMALocks: @unchecked Sendable {
 
     /// vma_end_read.
     func endRead(_ vma: VMA) {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         if let i = readers.firstIndex(of: vma.start..<vma.end) { readers.remove(at: i) }
-        pthread_cond_broadcast(cond)
-        pthread_mutex_unlock(mutex)
+        monitor.broadcast()
+        monitor.unlock()
     }
 
     /// vma_start_write of every extent `extents` gives (read under this
     /// lock, so no fault locks one between the read and the marking), then
     /// wait for the faults already inside them.
     func startWrite(_ extents: () -> [Range<UInt64>]) {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         let locking = extents()
         writeLocked += locking
-        while readers.contains(where: { r in locking.contains { $0.overlaps(r) } }) { pthread_cond_wait(cond, mutex) }
-        pthread_mutex_unlock(mutex)
+        while readers.contains(where: { r in locking.contains { $0.overlaps(r) } }) { monitor.wait() }
+        monitor.unlock()
     }
 
     /// vma_start_write only if no fault holds one of the extents now; false
@@ -75,8 +56,8 @@ final class VMALocks: @unchecked Sendable {
     /// may wait for (the pre-6.5 retract holds the huge folio's lock), as
     /// it takes the mmap lock with a trylock.
     func tryStartWrite(_ extents: () -> [Range<UInt64>]) -> Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        monitor.lock()
+        defer { monitor.unlock() }
         let locking = extents()
         guard !readers.contains(where: { r in locking.contains { $0.overlaps(r) } }) else { return false }
         writeLocked += locking
@@ -85,9 +66,9 @@ final class VMALocks: @unchecked Sendable {
 
     /// vma_end_write_all, at mmap_write_unlock and mmap_write_downgrade.
     func endWriteAll() {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         writeLocked.removeAll()
-        pthread_mutex_unlock(mutex)
+        monitor.unlock()
     }
 }
 
