@@ -105,71 +105,59 @@ extension MM {
         let tlb = MMUGather(mm: self)
         defer { tlb.finish() }
         var failure: MMError?
-        while old < oldEnd, failure == nil {
-            var extent = Self.extent(old, new, oldEnd, span: Level.pud.entrySpan)
-            guard let (_, oldPUD) = findPUDEntry(old) else {
-                old += extent
-                new += extent
-                continue
-            }
-            let newPUD: UnsafeMutablePointer<UInt64>
-            do {
-                newPUD = try walkToPUDEntry(new).1
-            } catch {
-                failure = error
-                continue
-            }
-            if extent == Level.pud.entrySpan, takingRmapLocks(true, { moveNormalPUD(from: oldPUD, to: newPUD, address: old) }) {
-                old += extent
-                new += extent
-                continue
-            }
-            extent = Self.extent(old, new, oldEnd, span: Self.pmdSize)
-            guard let (oldPMDTable, oldPMD) = findPMD(old), Entry(rawValue: ptlab_pte_read(oldPMD)).isMapped else {
-                old += extent
-                new += extent
-                continue
-            }
-            let (newPMDTable, newPMD): (Page, UnsafeMutablePointer<UInt64>)
-            do {
-                (newPMDTable, newPMD) = try walkToPMD(new)
-            } catch {
-                failure = error
-                continue
-            }
-            if Entry(rawValue: ptlab_pte_read(oldPMD)).isHugeLeaf {
-                if extent == Self.pmdSize {
-                    takingRmapLocks(needRmapLocks) {
-                        moveHugePMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old, vma: vma)
-                    }
+        // An allocation that fails ends the move where it stands: `old` has
+        // only passed extents that moved.
+        do throws(MMError) {
+            while old < oldEnd {
+                var extent = Self.extent(old, new, oldEnd, span: Level.pud.entrySpan)
+                guard let (_, oldPUD) = findPUDEntry(old) else {
                     old += extent
                     new += extent
                     continue
                 }
-                splitHugePMD(pmdTable: oldPMDTable, slot: oldPMD, address: old, vma: vma)
-            } else if extent == Self.pmdSize, takingRmapLocks(true, {
-                moveNormalPMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old)
-            }) {
-                old += extent
-                new += extent
-                continue
-            }
-            if Entry(rawValue: ptlab_pte_read(oldPMD)).isPresent {
-                let newTable: Page
-                do {
-                    newTable = try pteTable(at: newPMD, parent: newPMDTable, address: new)
-                } catch {
-                    failure = error
+                let (_, newPUD) = try walkToPUDEntry(new)
+                if extent == Level.pud.entrySpan, takingRmapLocks(true, { moveNormalPUD(from: oldPUD, to: newPUD, address: old) }) {
+                    old += extent
+                    new += extent
                     continue
                 }
-                raceWindow(.mremapBeforeMovePTEs, new)
-                // -EAGAIN: the extent again, from the top.
-                guard takingRmapLocks(needRmapLocks, {
-                    movePTEs(from: oldPMD, at: old, to: newPMD, newTable: newTable, at: new, extent: extent)
-                }) else { continue }
+                extent = Self.extent(old, new, oldEnd, span: Self.pmdSize)
+                guard let (oldPMDTable, oldPMD) = findPMD(old), Entry(rawValue: ptlab_pte_read(oldPMD)).isMapped else {
+                    old += extent
+                    new += extent
+                    continue
+                }
+                let (newPMDTable, newPMD) = try walkToPMD(new)
+                if Entry(rawValue: ptlab_pte_read(oldPMD)).isHugeLeaf {
+                    if extent == Self.pmdSize {
+                        takingRmapLocks(needRmapLocks) {
+                            moveHugePMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old, vma: vma)
+                        }
+                        old += extent
+                        new += extent
+                        continue
+                    }
+                    splitHugePMD(pmdTable: oldPMDTable, slot: oldPMD, address: old, vma: vma)
+                } else if extent == Self.pmdSize, takingRmapLocks(true, {
+                    moveNormalPMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old)
+                }) {
+                    old += extent
+                    new += extent
+                    continue
+                }
+                if Entry(rawValue: ptlab_pte_read(oldPMD)).isPresent {
+                    let newTable = try pteTable(at: newPMD, parent: newPMDTable, address: new)
+                    raceWindow(.mremapBeforeMovePTEs, new)
+                    // -EAGAIN: the extent again, from the top.
+                    guard takingRmapLocks(needRmapLocks, {
+                        movePTEs(from: oldPMD, at: old, to: newPMD, newTable: newTable, at: new, extent: extent)
+                    }) else { continue }
+                }
+                old += extent
+                new += extent
             }
-            old += extent
-            new += extent
+        } catch {
+            failure = error
         }
         return (old > oldStart ? min(old, oldEnd) - oldStart : 0, failure)
     }
