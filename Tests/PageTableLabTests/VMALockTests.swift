@@ -74,4 +74,72 @@ final class VMALockTests: XCTestCase {
             old.exit()
         }
     }
+
+    /// MADV_DONTNEED inside one VMA (6.17+) holds that VMA's lock and no
+    /// mmap lock: a munmap of another VMA takes the mmap write lock and
+    /// frees that VMA's table meanwhile, then PT_RECLAIM frees the one
+    /// DONTNEED emptied, with no mmap lock held. A writer of its own VMA
+    /// cannot start.
+    func testDontneedInOneVMARunsBesideAWriterOfAnother() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let other = tib + 4 * mib..<tib + 6 * mib
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.mmap(address: other.lowerBound, length: 2 * mib)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            try mm.touch(address: other.lowerBound, length: 2 * mib, stride: 64 << 10)
+            XCTAssertEqual(mm.pgtablesBytes, 4 * 4096, "a PUD and a PMD table, a PTE table each")
+            let writers = Mutex<(other: Bool, own: Bool)?>(nil)
+            mm.raceWindowHook = { window, _ in
+                guard window == .dontneedLocked else { return }
+                let own = mm.tryWriteLock(vmasOf: tib..<tib + 2 * mib)
+                if own { mm.writeUnlock() }
+                let otherLocked = mm.tryWriteLock(vmasOf: other)
+                if otherLocked { mm.writeUnlock() }
+                writers.withLock { $0 = (otherLocked, own) }
+                // Only where the mmap lock is free: else it would wait for ever.
+                guard otherLocked else { return }
+                do { try mm.munmap(address: other.lowerBound, length: 2 * mib) } catch {
+                    XCTFail("munmap beside DONTNEED: \(error)")
+                }
+            }
+            try mm.madviseDontneed(address: tib, length: 2 * mib)
+            mm.raceWindowHook = nil
+            let seen = try XCTUnwrap(writers.withLock { $0 })
+            XCTAssertTrue(seen.other, "a writer of another VMA waits for no DONTNEED")
+            XCTAssertFalse(seen.own, "DONTNEED holds its VMA's lock")
+            XCTAssertEqual(mm.vmas.count, 1, "the other VMA was unmapped under the DONTNEED")
+            XCTAssertEqual(mm.pgtablesBytes, 2 * 4096, "both PTE tables freed, the PMD table they shared kept")
+            mm.exit()
+        }
+    }
+
+    /// DONTNEED over more than one VMA takes the mmap read lock
+    /// (try_vma_read_lock's fallback), as every DONTNEED does before 6.17.
+    func testDontneedAcrossVMAsOrBefore6_17TakesTheMMapLock() throws {
+        try withLab { allocator in
+            for (profile, range) in [(MMProfile.v6_14, tib..<tib + 6 * mib), (MMProfile.pre6_14, tib..<tib + 2 * mib)] {
+                let mm = try MM(allocator: allocator, profile: profile)
+                try mm.mmap(address: tib, length: 2 * mib)
+                try mm.mmap(address: tib + 4 * mib, length: 2 * mib)
+                try mm.touch(address: tib, length: 4096)
+                let writable = Mutex<Bool?>(nil)
+                mm.raceWindowHook = { window, _ in
+                    guard window == .dontneedLocked else { return }
+                    let locked = mm.tryWriteLock(vmasOf: tib + 4 * mib..<tib + 6 * mib)
+                    if locked { mm.writeUnlock() }
+                    writable.withLock { $0 = locked }
+                }
+                do {
+                    try mm.madviseDontneed(address: range.lowerBound, length: UInt64(range.count))
+                    XCTAssertEqual(range.count, 2 * Int(mib), "no hole in \(range)")
+                } catch MMError.notMapped(let address) {
+                    XCTAssertEqual(address, tib + 2 * mib, "the hole between the two VMAs")
+                }
+                mm.raceWindowHook = nil
+                XCTAssertEqual(writable.withLock { $0 }, false, "\(range): DONTNEED holds the mmap read lock")
+                mm.exit()
+            }
+        }
+    }
 }

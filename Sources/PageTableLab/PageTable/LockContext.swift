@@ -6,8 +6,9 @@
 ///   (on x86 native), and so does tlb_remove_table_sync_one, and RCU (IRQs
 ///   off is a read section). A flush that sends no IPI does not.
 /// - `rcu` (pte_offset_map relying on RCU alone): against every free that
-///   runs without the mmap write lock (khugepaged's retract, PT_RECLAIM,
-///   munmap's zap after its downgrade) only a grace period protects it. It
+///   runs without the mmap write lock (khugepaged's retract, PT_RECLAIM
+///   under the mmap read lock or, 6.17+, its VMA's lock alone, munmap's
+///   zap after its downgrade) only a grace period protects it. It
 ///   holds the mmap read lock, since every kernel caller of pte_offset_map
 ///   that walks with IRQs on holds that or a lock that keeps out the same
 ///   writers (the per-VMA lock, the rmap lock; the lockless ones, GUP-fast

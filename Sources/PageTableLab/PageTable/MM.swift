@@ -237,6 +237,10 @@ enum RaceWindow: Sendable {
     /// move_page_tables has the PTE table at the new address and has not
     /// locked it: without the rmap lock, a collapse's retract may take it.
     case mremapBeforeMovePTEs
+    /// MADV_DONTNEED holds its lock (its VMA's, or the mmap read lock) and
+    /// has zapped nothing yet: under the VMA's alone, writers of other VMAs
+    /// may run meanwhile.
+    case dontneedLocked
     /// munmap has taken its VMAs out of the tree and downgraded the mmap
     /// lock, and has zapped nothing yet: the VMAs are in no tree, but still
     /// in their files' rmap, and their entries still map pages.

@@ -52,6 +52,12 @@ public struct MMProfile: Sendable {
     /// write lock for other VMAs; without it, faults take the mmap read
     /// lock.
     public var perVMALock = true
+    /// MADV_DONTNEED under its VMA's lock alone (get_lock_mode's
+    /// MADVISE_VMA_READ_LOCK, 6.17+) when the range lies inside one VMA:
+    /// it then runs beside writers of other VMAs, and PT_RECLAIM frees PTE
+    /// tables with no mmap lock held. Needs `perVMALock`; without it,
+    /// DONTNEED takes the mmap read lock.
+    public var madviseVMALock = true
 
     public init() {}
 
@@ -72,7 +78,8 @@ public struct MMProfile: Sendable {
         }
     }
 
-    /// The kernel this machine runs (6.14+ with PT_RECLAIM).
+    /// The kernel this machine runs (6.18: PT_RECLAIM from 6.14, per-VMA
+    /// MADV_DONTNEED from 6.17).
     public static let v6_14 = MMProfile()
 
     /// A kernel without PT_RECLAIM, where the dtor runs at unlink and a
@@ -88,6 +95,7 @@ public struct MMProfile: Sendable {
         p.collapseFree = .syncIPI
         p.mremapRealign = false
         p.perVMALock = false
+        p.madviseVMALock = false
         return p
     }
 }

@@ -108,13 +108,15 @@ extension MM {
         unmapDetached(detachVMAs(start, end))
     }
 
-    /// madvise(MADV_DONTNEED): zap the mapped parts of the range under the
-    /// read lock; on a PT_RECLAIM kernel, PTE tables it emptied whole go too.
-    /// Like the kernel, it acts on what is mapped and then reports a hole
-    /// (ENOMEM) if the range had one.
+    /// madvise(MADV_DONTNEED): zap the mapped parts of the range under its
+    /// VMA's lock, or the mmap read lock (withMadviseLock); on a PT_RECLAIM
+    /// kernel, PTE tables it emptied whole go too. Like the kernel, it acts
+    /// on what is mapped and then reports a hole (ENOMEM) if the range had
+    /// one.
     public func madviseDontneed(address: UInt64, length: UInt64) throws(MMError) {
         try validate("madvise", address, length)
-        let holeAt: UInt64? = mmapLock.withReadLock {
+        let holeAt: UInt64? = withMadviseLock(address..<address + length) {
+            raceWindow(.dontneedLocked, address)
             let tree = vmaTree.withLock { $0 }
             let slices = tree.clipped(address, address + length)
             let tlb = MMUGather(mm: self)

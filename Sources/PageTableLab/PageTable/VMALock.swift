@@ -1,7 +1,8 @@
 /// Per-VMA locks (CONFIG_PER_VMA_LOCK, 6.4+): a page fault locks only the
 /// VMA it faults in (lock_vma_under_rcu, vma_start_read), not the mmap
 /// lock, so it runs beside munmap, mremap, mprotect, mmap and
-/// collapse_huge_page holding the mmap write lock for *other* VMAs. A
+/// collapse_huge_page holding the mmap write lock for *other* VMAs; since
+/// 6.17 so does MADV_DONTNEED within one VMA (withMadviseLock). A
 /// writer write-locks each VMA it changes (vma_start_write, which waits for
 /// that VMA's faults), and all of them stay locked until it drops or
 /// downgrades the mmap write lock (vma_end_write_all). A fault whose VMA is
@@ -144,9 +145,26 @@ extension MM {
     /// fault takes the mmap lock too, for its anon_vma (__vmf_anon_prepare
     /// trylocks it and retries the fault; 6.4-6.6 refused such VMAs here).
     func lockVMAUnderRCU(_ address: UInt64) -> VMA? {
-        guard profile.perVMALock else { return nil }
-        return vmaLocks.tryRead {
-            vmaTree.withLock { $0.find(address) }.flatMap { $0.isAnonymous && $0.anonVMA == 0 ? nil : $0 }
+        lockVMA(at: address) { !($0.isAnonymous && $0.anonVMA == 0) }
+    }
+
+    /// MADV_DONTNEED's lock (get_lock_mode's MADVISE_VMA_READ_LOCK, 6.17+):
+    /// the VMA's own when `range` lies inside one (try_vma_read_lock's
+    /// is_vma_lock_sufficient; it needs no anon_vma), else the mmap read
+    /// lock. Under the VMA lock alone it runs beside munmap, mremap or
+    /// mprotect of other VMAs, and PT_RECLAIM frees with no mmap lock held.
+    func withMadviseLock<R>(_ range: Range<UInt64>, _ body: () -> R) -> R {
+        if profile.madviseVMALock, let locked = lockVMA(at: range.lowerBound, if: { $0.end >= range.upperBound }) {
+            defer { vmaLocks.endRead(locked) }
+            return body()
         }
+        return mmapLock.withReadLock(body)
+    }
+
+    /// vma_start_read of the VMA at `address` if `usable` says it may be
+    /// locked alone; nil where the profile has no per-VMA locks.
+    private func lockVMA(at address: UInt64, if usable: (VMA) -> Bool) -> VMA? {
+        guard profile.perVMALock else { return nil }
+        return vmaLocks.tryRead { vmaTree.withLock { $0.find(address) }.flatMap { usable($0) ? $0 : nil } }
     }
 }

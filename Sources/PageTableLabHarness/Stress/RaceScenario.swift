@@ -3,14 +3,14 @@ import PageTableLab
 extension Scenario {
     /// Several updaters at once on overlapping ranges, each op under the
     /// lock the kernel takes for it: faults and MADV_DONTNEED (PT_RECLAIM)
-    /// under the mmap read lock, munmap + mmap, mremap (of private tables,
+    /// under their VMA's lock (the mmap read lock where a writer holds the
+    /// VMA, or DONTNEED spans VMAs), munmap + mmap, mremap (of private tables,
     /// and of the shared memory away and back) and mprotect under the write
     /// lock (munmap downgraded), the collapse of shared memory under the
     /// read lock with the retract under none, and of private memory
     /// (collapse_huge_page) under the write lock. Private memory is huge
     /// PMDs as often as PTE tables, so a partial DONTNEED splits a huge PMD
-    /// under the read lock beside faults, and a partial mprotect under the
-    /// write lock. What keeps one updater out of a table another has just
+    /// beside faults, and a partial mprotect under the write lock. What keeps one updater out of a table another has just
     /// unlinked is pte_offset_map_lock's pmd_same re-check; without it
     /// (no-pmd-recheck) a fault can install a PTE into a table PT_RECLAIM
     /// took away — lost, its page leaked.
@@ -81,7 +81,7 @@ extension Scenario {
                 try mm.madviseDontneed(address: table, length: MM.pmdSize)
             case .dontneedPart:
                 // zap_pmd_range splits a huge PMD it only partly covers,
-                // under the read lock, beside faults on the same PMD.
+                // beside faults on the same PMD.
                 try mm.madviseDontneed(address: part, length: 64 << 10)
             case .munmapMmap:
                 try mm.munmap(address: table, length: MM.pmdSize)
