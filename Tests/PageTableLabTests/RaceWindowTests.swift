@@ -370,6 +370,38 @@ final class RaceWindowTests: XCTestCase {
             XCTAssertEqual(mm.exit(), 0)
         }
     }
+
+    /// 6.17-rc1's collapse_huge_page checked the PMD before it write-locked
+    /// the VMA. A DONTNEED under that VMA's lock alone (6.17+) then
+    /// reclaims the table in between, and the collapse, past
+    /// vma_start_write, finds the PMD none: a stale table write (the kernel
+    /// put back page 0 as the table). In the fixed order there is no such
+    /// window, and the same collapse runs whole.
+    func testACollapseThatChecksBeforeLockingTheVMALosesItsTableToADontneed() throws {
+        try withLab { allocator in
+            for checksFirst in [true, false] {
+                var profile = MMProfile()
+                profile.collapseChecksBeforeVMAWrite = checksFirst
+                let mm = try MM(allocator: allocator, profile: profile)
+                try mm.mmap(address: tib, length: 2 * mib)
+                try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+                mm.raceWindowHook = { window, _ in
+                    guard window == .collapseBeforeVMAWrite else { return }
+                    do { try mm.madviseDontneed(address: tib, length: 2 * mib) } catch { XCTFail("DONTNEED: \(error)") }
+                }
+                do {
+                    try mm.madviseCollapse(address: tib, length: 2 * mib)
+                    XCTAssertFalse(checksFirst, "the collapse went on over a PMD the DONTNEED emptied")
+                } catch {
+                    XCTAssertTrue(checksFirst, "\(error)")
+                }
+                mm.raceWindowHook = nil
+                XCTAssertEqual(mm.staleTableWrites.load(ordering: .relaxed), checksFirst ? 1 : 0)
+                XCTAssertEqual(mm.isHugePMD(tib), !checksFirst)
+                mm.exit()
+            }
+        }
+    }
 }
 
 /// An mm with 2 MiB of shared memory at `tib`, a page in every 16 of it

@@ -128,6 +128,9 @@ final class StressScenarioTests: XCTestCase {
     func testRaceWithoutThePMDRecheckIsCaughtByAStaleTableWrite() throws {
         try assertDetects("race", "no-pmd-recheck", by: .staleTableWrite)
     }
+    func testRaceWithCollapseCheckingBeforeTheVMALockIsCaughtByAStaleTableWrite() throws {
+        try assertDetects("race", "collapse-check-first", by: .staleTableWrite)
+    }
     /// A safe verdict needs a table freed and a walk that met a mapped
     /// page: walks that all missed, or a run that freed nothing, tested
     /// nothing the verdict could be about.

@@ -121,18 +121,67 @@ extension MM {
 
     // MARK: - anonymous
 
-    /// collapse_huge_page for the 2 MiB at `at`.
+    /// collapse_huge_page for the 2 MiB at `at`: the mmap write lock and
+    /// the VMA's (vma_start_write), then the PMD checked
+    /// (check_pmd_still_valid), and the anon_vma write lock for the copy.
+    /// The `collapseChecksBeforeVMAWrite` profile checks the PMD before
+    /// taking the VMA's lock, as 6.17-rc1 did (fixed in -rc2, "mm: fix the
+    /// race between collapse and PT_RECLAIM under per-vma lock"): a
+    /// MADV_DONTNEED holding that VMA's lock alone may reclaim the PTE table
+    /// in between, and vma_start_write only waits for it to finish.
     private func collapseAnonymous(_ at: UInt64) -> CollapseResult {
-        // mmap write lock, and anon_vma_lock_write for the copy.
-        withWriteLock(vmasOf: [at..<at + Self.pmdSize]) { rmapLock.withWriteLock { collapseHugePage(at) } }
+        let range = at..<at + Self.pmdSize
+        guard profile.collapseChecksBeforeVMAWrite else {
+            return withWriteLock(vmasOf: [range]) {
+                checkPMDStillValid(at).then { slot, pmdTable in rmapLock.withWriteLock { collapseHugePage(at, slot, in: pmdTable) } }
+            }
+        }
+        return withWriteLock(vmasOf: []) {
+            checkPMDStillValid(at).then { slot, pmdTable in
+                raceWindow(.collapseBeforeVMAWrite, at)
+                vmaStartWrite([range])
+                return rmapLock.withWriteLock { collapseHugePage(at, slot, in: pmdTable) }
+            }
+        }
     }
 
-    private func collapseHugePage(_ at: UInt64) -> CollapseResult {
-        guard revalidate(at, anonymous: true) != nil else { return .vmaCheck }
-        guard let (pmdTable, slot) = findPMD(at) else { return .pmdNull }
+    /// What hugepage_vma_revalidate and check_pmd_still_valid found.
+    private enum PMDCheck {
+        /// The slot that links the PTE table to collapse, in its PMD table.
+        case valid(UnsafeMutablePointer<UInt64>, in: Page)
+        /// Nothing to collapse: the result for this 2 MiB.
+        case done(CollapseResult)
+
+        func then(_ collapse: (UnsafeMutablePointer<UInt64>, Page) -> CollapseResult) -> CollapseResult {
+            switch self {
+            case .valid(let slot, let pmdTable): collapse(slot, pmdTable)
+            case .done(let result): result
+            }
+        }
+    }
+
+    private func checkPMDStillValid(_ at: UInt64) -> PMDCheck {
+        guard revalidate(at, anonymous: true) != nil else { return .done(.vmaCheck) }
+        guard let (pmdTable, slot) = findPMD(at) else { return .done(.pmdNull) }
         let pmd = Entry(rawValue: ptlab_pte_read(slot))
-        if pmd.isHugeLeaf { return .pmdMapped }
-        guard pmd.isPresent, let d = allocator.descriptor(pfn: pmd.pfn) else { return .pmdNull }
+        if pmd.isHugeLeaf { return .done(.pmdMapped) }
+        guard pmd.isPresent else { return .done(.pmdNull) }
+        return .valid(slot, in: pmdTable)
+    }
+
+    /// The collapse itself, from pmdp_collapse_flush on, which reads the
+    /// PMD again. Only a check made before vma_start_write can find it
+    /// changed here: a DONTNEED reclaimed the table, or a fault then put a
+    /// huge PMD there. The kernel went on to put back the none entry's
+    /// page 0 as the PTE table, and the next zap there crashed taking its
+    /// lock (or flushed a huge PMD as a table's); the model counts a stale
+    /// table write and stops.
+    private func collapseHugePage(_ at: UInt64, _ slot: UnsafeMutablePointer<UInt64>, in pmdTable: Page) -> CollapseResult {
+        let pmd = Entry(rawValue: ptlab_pte_read(slot))
+        guard pmd.isPresent, !pmd.isHugeLeaf, let d = allocator.descriptor(pfn: pmd.pfn) else {
+            staleTableWrites.add(1, ordering: .relaxed)
+            return .pmdNull
+        }
         let table = Page(d)
         let ptes = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
         guard (0..<512).contains(where: { Entry(rawValue: ptlab_pte_read(ptes + $0)).has(Entry.writable) }) else {

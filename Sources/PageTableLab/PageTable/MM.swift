@@ -237,6 +237,10 @@ enum RaceWindow: Sendable {
     /// move_page_tables has the PTE table at the new address and has not
     /// locked it: without the rmap lock, a collapse's retract may take it.
     case mremapBeforeMovePTEs
+    /// collapse_huge_page has checked the PMD under the mmap write lock and
+    /// not yet write-locked the VMA (collapseChecksBeforeVMAWrite only):
+    /// a DONTNEED under that VMA's lock may reclaim the table meanwhile.
+    case collapseBeforeVMAWrite
     /// MADV_DONTNEED holds its lock (its VMA's, or the mmap read lock) and
     /// has zapped nothing yet: under the VMA's alone, writers of other VMAs
     /// may run meanwhile.

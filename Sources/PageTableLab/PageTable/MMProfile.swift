@@ -58,6 +58,10 @@ public struct MMProfile: Sendable {
     /// tables with no mmap lock held. Needs `perVMALock`; without it,
     /// DONTNEED takes the mmap read lock.
     public var madviseVMALock = true
+    /// Fault injection: collapse_huge_page checks the PMD before it
+    /// write-locks the VMA, as 6.17-rc1 did, so a DONTNEED under that VMA's
+    /// lock (madviseVMALock) can reclaim the PTE table after the check.
+    public var collapseChecksBeforeVMAWrite = false
 
     public init() {}
 

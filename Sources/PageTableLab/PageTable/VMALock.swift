@@ -111,8 +111,8 @@ extension MM {
     }
 
     /// vma_start_write of every VMA overlapping one of `ranges` or next to
-    /// it.
-    private func vmaStartWrite(_ ranges: [Range<UInt64>]) {
+    /// it, the mmap write lock held.
+    func vmaStartWrite(_ ranges: [Range<UInt64>]) {
         vmaLocks.startWrite { extents(touching: ranges) }
     }
 

@@ -13,13 +13,17 @@ extension Scenario {
     /// beside faults, and a partial mprotect under the write lock. What keeps one updater out of a table another has just
     /// unlinked is pte_offset_map_lock's pmd_same re-check; without it
     /// (no-pmd-recheck) a fault can install a PTE into a table PT_RECLAIM
-    /// took away — lost, its page leaked.
+    /// took away — lost, its page leaked. And since DONTNEED takes only its
+    /// VMA's lock (6.17), collapse_huge_page must write-lock the VMA before
+    /// it checks the PMD; 6.17-rc1 checked first (collapse-check-first), and
+    /// a DONTNEED reclaimed the table the collapse went on to use.
     static let race = Scenario(
         name: "race",
         summary: "several updaters (faults, DONTNEED, munmap/mmap, mremap, mprotect, shmem and anonymous collapse, THP splits) vs each other and every kind of walker",
         modes: [
             .safe("kernel") { _ in },
             .unsafe("no-pmd-recheck", caughtBy: .staleTableWrite) { $0.skipPMDRecheck = true },
+            .unsafe("collapse-check-first", caughtBy: .staleTableWrite) { $0.collapseChecksBeforeVMAWrite = true },
         ],
         walkers: [.gupFast, .pteOffsetMap(.rcu), .pteOffsetMap(.mmapRead), .pteOffsetMap(.rmap), .pteOffsetMapLock, .mmu],
         updaters: 2,
@@ -59,10 +63,12 @@ extension Scenario {
         let op: RaceOp
         let choice = rng.next() % 16
         switch choice {
-        // Without the re-check (no-pmd-recheck) the bug is a fault racing
-        // PT_RECLAIM: only those two ops, or the others dilute the race
-        // until a detection can take minutes.
+        // An unsafe mode's bug is one op racing PT_RECLAIM: a fault without
+        // the re-check (no-pmd-recheck), collapse_huge_page checking before
+        // it locks the VMA (collapse-check-first). Only those two ops, or
+        // the others dilute the race until a detection can take minutes.
         case _ where mm.profile.skipPMDRecheck: op = choice < 8 ? .fault : .dontneed
+        case _ where mm.profile.collapseChecksBeforeVMAWrite: op = choice < 8 ? .collapseAnon : .dontneed
         case 0...3: op = .fault
         case 4...6: op = .dontneed
         case 7: op = .dontneedPart
