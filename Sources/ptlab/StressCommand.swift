@@ -281,6 +281,7 @@ struct StressCommand: ParsableCommand {
             ("rcu callbacks", "\(r.rcuCallbacks)"),
             ("tlb flushes", "\(r.tlbFlushes)"),
             ("thp events", thp(r.thpEvents)),
+            ("vma / mmap lock", vmaLocks(r.vmaLocks)),
             ("VmPTE at the end", "\(r.vmPTEBytes >> 10) kB accounted, \(r.tableBytesHeld >> 10) kB of tables held"),
             ("peak deferred", "\(r.peakDeferredBytes) bytes"),
             ("free latency", freeLatency(r.freeLatencyUs)),
@@ -295,6 +296,11 @@ struct StressCommand: ParsableCommand {
         guard let kinds = r.opKinds else { return [] }
         return [("op kinds (done/refused)", kinds.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.done)/\($0.value.refused)" }
             .joined(separator: ", "))]
+    }
+
+    /// Faults and DONTNEEDs under their VMA's lock / under the mmap read lock.
+    private func vmaLocks(_ l: StressResult.VMALocks) -> String {
+        "faults \(l.faultVMA)/\(l.faultMMap), dontneed \(l.dontneedVMA)/\(l.dontneedMMap)"
     }
 
     /// Only the events that happened: most scenarios map no huge page.

@@ -60,7 +60,7 @@ final class CLIContractTests: XCTestCase {
         "scenario", "mode", "safe", "expected_detector", "seed", "walkers", "duration_s", "ops", "walks",
         "uaf_detected", "leaked_pages", "tables_freed", "rcu_callbacks", "tlb_flushes", "peak_deferred_bytes",
         "free_latency_us", "detections", "free_errors", "double_queued", "notifier_failures", "stores_to_freed_pages", "bad_page_states", "pass", "verdict",
-        "updaters", "walker_contexts", "tlb_flush", "vmpte_bytes", "table_bytes_held", "thp_events",
+        "updaters", "walker_contexts", "tlb_flush", "vmpte_bytes", "table_bytes_held", "thp_events", "vma_locks",
     ]
     static let detectionKeys = ["walks", "mapped", "not_mapped", "retries", "poison_seen"] + Detector.allCases.map(\.rawValue)
 
@@ -72,6 +72,8 @@ final class CLIContractTests: XCTestCase {
         assertKeys(try XCTUnwrap(r.json["free_latency_us"] as? [String: Any]), ["p50", "p99", "max"], "free_latency_us")
         assertKeys(try XCTUnwrap(r.json["thp_events"] as? [String: Any]),
                    ["thp_fault_alloc", "thp_fault_fallback", "thp_collapse_alloc", "thp_split_pmd"], "thp_events")
+        assertKeys(try XCTUnwrap(r.json["vma_locks"] as? [String: Any]),
+                   ["fault_vma", "fault_mmap", "dontneed_vma", "dontneed_mmap"], "vma_locks")
         XCTAssertTrue(r.json["expected_detector"] is NSNull, "a safe mode expects no detector")
         XCTAssertEqual(r.json["pass"] as? Bool, true)
     }

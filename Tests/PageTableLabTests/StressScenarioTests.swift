@@ -117,6 +117,8 @@ final class StressScenarioTests: XCTestCase {
             XCTAssertGreaterThan(r.tablesFreed, 0)
             XCTAssertGreaterThan(r.thpEvents.collapseAlloc, 0, "race collapses private and shared memory")
             XCTAssertGreaterThan(r.thpEvents.splitPMD, 0, "race splits huge PMDs (partial DONTNEED, mprotect)")
+            XCTAssertGreaterThan(r.vmaLocks.faultVMA, 0, "faults under their VMA's lock alone: \(r.vmaLocks)")
+            XCTAssertGreaterThan(r.vmaLocks.dontneedVMA, 0, "DONTNEEDs under their VMA's lock alone: \(r.vmaLocks)")
             let kinds = try XCTUnwrap(r.opKinds)
             XCTAssertEqual(Set(kinds.filter { $0.value.done > 0 }.keys),
                            ["fault", "dontneed", "dontneed_part", "munmap_mmap", "mremap", "mremap_shared", "collapse_anon",

@@ -110,6 +110,8 @@ final class VMALockTests: XCTestCase {
             XCTAssertFalse(seen.own, "DONTNEED holds its VMA's lock")
             XCTAssertEqual(mm.vmas.count, 1, "the other VMA was unmapped under the DONTNEED")
             XCTAssertEqual(mm.pgtablesBytes, 2 * 4096, "both PTE tables freed, the PMD table they shared kept")
+            XCTAssertEqual(mm.vmaLockEvents.dontneedVMA.load(ordering: .relaxed), 1)
+            XCTAssertEqual(mm.vmaLockEvents.dontneedMMap.load(ordering: .relaxed), 0)
             mm.exit()
         }
     }
@@ -138,6 +140,7 @@ final class VMALockTests: XCTestCase {
                 }
                 mm.raceWindowHook = nil
                 XCTAssertEqual(writable.withLock { $0 }, false, "\(range): DONTNEED holds the mmap read lock")
+                XCTAssertEqual(mm.vmaLockEvents.dontneedMMap.load(ordering: .relaxed), 1)
                 mm.exit()
             }
         }

@@ -108,6 +108,7 @@ public final class MM: @unchecked Sendable {
     let mappedFiles = LabMutex<[ObjectIdentifier: ShmemFile]>([:])
     /// Transparent-hugepage events, as /proc/vmstat counts them.
     public let thpEvents = THPEvents()
+    public let vmaLockEvents = VMALockEvents()
     /// Updates an updater made to a PTE table already unlinked (possible
     /// only without pte_offset_map_lock's pmd_same re-check).
     public let staleTableWrites = Atomic<Int>(0)

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Per-VMA locks (CONFIG_PER_VMA_LOCK, 6.4+): a page fault locks only the
 /// VMA it faults in (lock_vma_under_rcu, vma_start_read), not the mmap
 /// lock, so it runs beside munmap, mremap, mprotect, mmap and
@@ -73,6 +75,21 @@ final class VMALocks: @unchecked Sendable {
     }
 }
 
+/// Which lock each fault and each MADV_DONTNEED ran under: its VMA's, or
+/// the mmap read lock (no per-VMA locks in the profile, the VMA write-locked
+/// or gone, an anonymous VMA's first fault, a DONTNEED over more than one
+/// VMA). What says a run's updaters actually ran beside writers of other
+/// VMAs; the fault half is CONFIG_PER_VMA_LOCK_STATS' vma_lock_success
+/// against its aborts and misses.
+public final class VMALockEvents: Sendable {
+    public let faultVMA = Atomic<Int>(0)
+    public let faultMMap = Atomic<Int>(0)
+    public let dontneedVMA = Atomic<Int>(0)
+    public let dontneedMMap = Atomic<Int>(0)
+
+    init() {}
+}
+
 extension MM {
     /// The mmap write lock, with the VMAs that [start, end) touches (and
     /// their neighbours) write-locked until `body` returns.
@@ -134,8 +151,10 @@ extension MM {
     func withFaultLock<R>(_ address: UInt64, _ body: (VMA) throws(MMError) -> R) throws(MMError) -> R {
         if let locked = lockVMAUnderRCU(address) {
             defer { vmaLocks.endRead(locked) }
+            vmaLockEvents.faultVMA.add(1, ordering: .relaxed)
             return try body(faultableVMA(at: address))
         }
+        vmaLockEvents.faultMMap.add(1, ordering: .relaxed)
         return try mmapLock.withReadLock { () throws(MMError) -> R in try body(faultableVMA(at: address)) }
     }
 
@@ -156,8 +175,10 @@ extension MM {
     func withMadviseLock<R>(_ range: Range<UInt64>, _ body: () -> R) -> R {
         if profile.madviseVMALock, let locked = lockVMA(at: range.lowerBound, if: { $0.end >= range.upperBound }) {
             defer { vmaLocks.endRead(locked) }
+            vmaLockEvents.dontneedVMA.add(1, ordering: .relaxed)
             return body()
         }
+        vmaLockEvents.dontneedMMap.add(1, ordering: .relaxed)
         return mmapLock.withReadLock(body)
     }
 

@@ -44,6 +44,9 @@ public struct StressResult: Encodable, Sendable, Equatable {
     /// what says a run reached huge PMDs, their splits and collapses, and
     /// not only PTE tables.
     public var thpEvents = THPEvents()
+    /// Which lock the faults and DONTNEEDs ran under, their VMA's or the
+    /// mmap read lock: what says they ran beside writers of other VMAs.
+    public var vmaLocks = VMALocks()
     /// Each kind of op the updaters took, done and refused, for a scenario
     /// that counts them (`race`); absent from the JSON otherwise.
     public var opKinds: [String: OpTally.Count]?
@@ -86,6 +89,20 @@ public struct StressResult: Encodable, Sendable, Equatable {
             case faultFallback = "thp_fault_fallback"
             case collapseAlloc = "thp_collapse_alloc"
             case splitPMD = "thp_split_pmd"
+        }
+    }
+
+    public struct VMALocks: Codable, Sendable, Equatable {
+        public var faultVMA = 0
+        public var faultMMap = 0
+        public var dontneedVMA = 0
+        public var dontneedMMap = 0
+
+        enum CodingKeys: String, CodingKey {
+            case faultVMA = "fault_vma"
+            case faultMMap = "fault_mmap"
+            case dontneedVMA = "dontneed_vma"
+            case dontneedMMap = "dontneed_mmap"
         }
     }
 
@@ -169,6 +186,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case tablesFreedBy = "tables_freed_by"
         case tablesStranded = "tables_stranded"
         case thpEvents = "thp_events"
+        case vmaLocks = "vma_locks"
         case opKinds = "op_kinds"
     }
 
@@ -202,6 +220,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encode(freeLatencyUs, forKey: .freeLatencyUs)
         try c.encode(detections, forKey: .detections)
         try c.encode(thpEvents, forKey: .thpEvents)
+        try c.encode(vmaLocks, forKey: .vmaLocks)
         try c.encodeIfPresent(opKinds, forKey: .opKinds)
         try c.encode(integrity.freeErrors, forKey: .freeErrors)
         try c.encode(integrity.doubleQueued, forKey: .doubleQueued)

@@ -165,6 +165,7 @@ public struct StressRunner {
             let tlbFlushes = mm.tlb.remoteFlushes.load(ordering: .relaxed)
             let vmPTE = (accounted: mm.pgtablesBytes, held: mm.tableBytesHeld)
             let thp = StressResult.THPEvents(mm.thpEvents)
+            let vmaLocks = StressResult.VMALocks(mm.vmaLockEvents)
             try binding?.teardown()
             mm.exit()
             let deferredPeak = deferredMonitor.stop()
@@ -196,6 +197,7 @@ public struct StressRunner {
             result.tlbFlush = options.tlbFlush
             result.vmPTEBytes = vmPTE.accounted
             result.thpEvents = thp
+            result.vmaLocks = vmaLocks
             let kinds = region.ops.snapshot
             result.opKinds = kinds.isEmpty ? nil : kinds
             result.tableBytesHeld = vmPTE.held
@@ -211,6 +213,15 @@ public struct StressRunner {
             result.judge(problems: problems)
             return result
         }
+    }
+}
+
+extension StressResult.VMALocks {
+    init(_ events: VMALockEvents) {
+        faultVMA = events.faultVMA.load(ordering: .relaxed)
+        faultMMap = events.faultMMap.load(ordering: .relaxed)
+        dontneedVMA = events.dontneedVMA.load(ordering: .relaxed)
+        dontneedMMap = events.dontneedMMap.load(ordering: .relaxed)
     }
 }
 
