@@ -80,7 +80,8 @@ final class VMALocks: @unchecked Sendable {
 /// or gone, an anonymous VMA's first fault, a DONTNEED over more than one
 /// VMA). What says a run's updaters actually ran beside writers of other
 /// VMAs; the fault half is CONFIG_PER_VMA_LOCK_STATS' vma_lock_success
-/// against its aborts and misses.
+/// against its aborts and misses, except that every store the model makes
+/// takes the fault path (storeByte), so it counts stores.
 public final class VMALockEvents: Sendable {
     public let faultVMA = Atomic<Int>(0)
     public let faultMMap = Atomic<Int>(0)
