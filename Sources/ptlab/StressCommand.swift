@@ -22,9 +22,10 @@ struct StressCommand: ParsableCommand {
             ptlock, and the MMU or an IOMMU with no lock at all (hardware). Each updater takes \
             the locks its operation takes in the kernel: the mmap write lock for mmap, munmap \
             (downgraded to read to zap), mremap and mprotect, and with it each VMA it changes \
-            (vma_start_write); faults lock only their VMA (per-VMA locks, 6.4+), so they run \
-            beside writers of other VMAs; the read lock for MADV_DONTNEED and collapse (whose \
-            retract takes the write lock before 6.5: --path shmem-pre-6.5); and \
+            (vma_start_write); faults lock only their VMA (per-VMA locks, 6.4+), and so does \
+            MADV_DONTNEED inside one VMA (6.17+), so they run beside writers of other VMAs \
+            (the JSON's vma_locks counts which lock each took); the read lock for collapse \
+            (whose retract takes the write lock before 6.5: --path shmem-pre-6.5); and \
             pte_offset_map_lock, with its pmd_same re-check, for \
             every PTE table it changes. The report names the walkers with their contexts \
             and the number of updaters.

@@ -106,8 +106,8 @@ extension MM {
     /// there is no deposit.
     ///
     /// The caller saw the huge PMD without the PMD lock, and under the mmap
-    /// read lock another updater may have split it (a partial MADV_DONTNEED)
-    /// or zapped it and faulted in a PTE table since. So, as
+    /// read lock or its VMA's another updater may have split it (a partial
+    /// MADV_DONTNEED) or zapped it and faulted in a PTE table since. So, as
     /// __pmd_trans_huge_lock does, the entry is looked at again under the
     /// lock: false when it is no longer a huge PMD, and the caller goes on
     /// to zap_pte_range over the table now there (clearing the slot would

@@ -141,7 +141,8 @@ extension Scenario {
     /// under MADV_DONTNEED. Without PT_RECLAIM (ipi-sync, the kernel before
     /// 6.14) DONTNEED frees no table, and munmap's walkers all run with IRQs
     /// off or cannot find its VMAs: the sync IPI is enough. With PT_RECLAIM,
-    /// DONTNEED frees tables under the mmap read lock, beside pte_offset_map
+    /// DONTNEED frees tables under the mmap read lock (6.17+: its VMA's
+    /// alone), beside pte_offset_map
     /// walkers that hold only that lock and RCU: the IPI does not wait for
     /// them (ipi-sync-reclaim, the combination no kernel shipped). And a
     /// table freed without tlb_table_invalidate first is still in a CPU's
