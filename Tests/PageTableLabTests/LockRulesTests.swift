@@ -54,9 +54,9 @@ final class LockRulesTests: XCTestCase {
     }
 
     /// A fault and MADV_DONTNEED (PT_RECLAIM) on the same table, both under
-    /// the mmap read lock: the DONTNEED may unlink the table between the
-    /// fault's PMD read and its ptlock, and only the re-check sends the
-    /// fault back to allocate a new one.
+    /// the VMA's read lock (or the mmap read lock): the DONTNEED may unlink
+    /// the table between the fault's PMD read and its ptlock, and only the
+    /// re-check sends the fault back to allocate a new one.
     private func faultRacingDontneed(recheck: Bool, rounds: Int) throws -> (staleWrites: Int, leaked: Int) {
         var profile = MMProfile()
         profile.skipPMDRecheck = !recheck

@@ -375,8 +375,9 @@ final class RaceWindowTests: XCTestCase {
     /// the VMA. A DONTNEED under that VMA's lock alone (6.17+) then
     /// reclaims the table in between, and the collapse, past
     /// vma_start_write, finds the PMD none: a stale table write (the kernel
-    /// put back page 0 as the table). In the fixed order there is no such
-    /// window, and the same collapse runs whole.
+    /// put back page 0 as the table). In the fixed order the VMA is
+    /// write-locked by the check, no DONTNEED can take it, and the same
+    /// collapse runs whole.
     func testACollapseThatChecksBeforeLockingTheVMALosesItsTableToADontneed() throws {
         try withLab { allocator in
             for checksFirst in [true, false] {
@@ -386,7 +387,11 @@ final class RaceWindowTests: XCTestCase {
                 try mm.mmap(address: tib, length: 2 * mib)
                 try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
                 mm.raceWindowHook = { window, _ in
-                    guard window == .collapseBeforeVMAWrite else { return }
+                    guard window == .collapseChecked else { return }
+                    let locked = mm.lockVMAUnderRCU(tib)
+                    XCTAssertEqual(locked != nil, checksFirst, "the checked VMA is write-locked only in the kernel's order")
+                    guard let locked else { return }
+                    mm.vmaLocks.endRead(locked)
                     do { try mm.madviseDontneed(address: tib, length: 2 * mib) } catch { XCTFail("DONTNEED: \(error)") }
                 }
                 do {

@@ -17,7 +17,7 @@ final class VMALockTests: XCTestCase {
             XCTAssertNil(mm.lockVMAUnderRCU(tib), "a first fault takes the mmap lock for its anon_vma")
             try mm.touch(address: tib, length: 4096)
             try mm.touch(address: tib + 4 * mib, length: 4096)
-            mm.withWriteLock(vmasOf: [tib + 4 * mib..<tib + 5 * mib]) {
+            mm.withWriteLock(vmasOf: [tib + 4 * mib..<tib + 5 * mib], merging: .none) {
                 let a = mm.lockVMAUnderRCU(tib + 4096)
                 XCTAssertEqual(a?.start, tib, "A is not B's neighbour: its faults go on")
                 a.map(mm.vmaLocks.endRead)
@@ -55,16 +55,16 @@ final class VMALockTests: XCTestCase {
         }
     }
 
-    /// A neighbour a writer's range touches is locked too (a merge may
-    /// change it); a kernel without per-VMA locks (Debian's 6.1) has its
+    /// A neighbour a writer's range touches is locked too when a merge may
+    /// change it; a kernel without per-VMA locks (Debian's 6.1) has its
     /// faults take the mmap read lock always.
     func testANeighbourIsLockedAndPre6_4FaultsTakeTheMMapLock() throws {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 4096)
-            mm.withWriteLock(vmasOf: [tib + 2 * mib..<tib + 4 * mib]) {
-                XCTAssertNil(mm.lockVMAUnderRCU(tib), "an mmap right above may merge into it")
+            mm.withWriteLock(vmasOf: [tib + 2 * mib..<tib + 4 * mib], merging: .anonymous) {
+                XCTAssertNil(mm.lockVMAUnderRCU(tib), "an anonymous mmap right above may merge into it")
             }
             mm.exit()
             let old = try MM(allocator: allocator, profile: .pre6_14)
@@ -117,10 +117,14 @@ final class VMALockTests: XCTestCase {
     }
 
     /// DONTNEED over more than one VMA takes the mmap read lock
-    /// (try_vma_read_lock's fallback), as every DONTNEED does before 6.17.
+    /// (try_vma_read_lock's fallback), as every DONTNEED does before 6.17,
+    /// with per-VMA faults (6.4-6.16) or without.
     func testDontneedAcrossVMAsOrBefore6_17TakesTheMMapLock() throws {
+        var v6_16 = MMProfile.v6_14
+        v6_16.madviseVMALock = false
         try withLab { allocator in
-            for (profile, range) in [(MMProfile.v6_14, tib..<tib + 6 * mib), (MMProfile.pre6_14, tib..<tib + 2 * mib)] {
+            for (profile, range) in [(MMProfile.v6_14, tib..<tib + 6 * mib), (v6_16, tib..<tib + 2 * mib),
+                                     (MMProfile.pre6_14, tib..<tib + 2 * mib)] {
                 let mm = try MM(allocator: allocator, profile: profile)
                 try mm.mmap(address: tib, length: 2 * mib)
                 try mm.mmap(address: tib + 4 * mib, length: 2 * mib)
@@ -143,6 +147,45 @@ final class VMALockTests: XCTestCase {
                 XCTAssertEqual(mm.vmaLockEvents.dontneedMMap.load(ordering: .relaxed), 1)
                 mm.exit()
             }
+        }
+    }
+
+    /// Only a neighbour a merge could change is locked: vma_merge joins
+    /// VMAs of the same file, or two anonymous ones. A munmap, mprotect or
+    /// mmap next to anonymous memory of shared memory (race's layout)
+    /// leaves the anonymous VMA to its faults and DONTNEEDs: a DONTNEED
+    /// there runs while the shared memory beside it is unmapped.
+    func testOnlyANeighbourThatCouldMergeIsLocked() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let shared = tib + 2 * mib..<tib + 4 * mib
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.mmap(address: shared.lowerBound, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            for merging in [MergeCandidates.none, .backedAs(shared), .anonymous] {
+                mm.withWriteLock(vmasOf: [merging == .anonymous ? shared.upperBound..<shared.upperBound + 2 * mib : shared],
+                                 merging: merging) {
+                    let anonymous = mm.lockVMAUnderRCU(tib)
+                    XCTAssertEqual(anonymous?.start, tib, "\(merging): the anonymous VMA cannot merge with shared memory")
+                    anonymous.map(mm.vmaLocks.endRead)
+                    let sharedVMA = mm.lockVMAUnderRCU(shared.lowerBound)
+                    XCTAssertEqual(sharedVMA == nil, merging != .anonymous,
+                                   "\(merging): the shared VMA is locked when it is the writer's, not when it is a neighbour of another backing")
+                    sharedVMA.map(mm.vmaLocks.endRead)
+                }
+            }
+            let unmapped = Mutex(false)
+            mm.raceWindowHook = { window, _ in
+                guard window == .dontneedLocked, mm.tryWriteLock(vmasOf: shared) else { return }
+                mm.writeUnlock()
+                do { try mm.munmap(address: shared.lowerBound, length: 2 * mib) } catch { return XCTFail("\(error)") }
+                unmapped.withLock { $0 = true }
+            }
+            try mm.madviseDontneed(address: tib, length: 2 * mib)
+            mm.raceWindowHook = nil
+            XCTAssertTrue(unmapped.withLock { $0 }, "the shared memory's munmap waited for a DONTNEED of its anonymous neighbour")
+            XCTAssertEqual(mm.vmas.count, 1)
+            mm.exit()
         }
     }
 }

@@ -132,14 +132,17 @@ extension MM {
     private func collapseAnonymous(_ at: UInt64) -> CollapseResult {
         let range = at..<at + Self.pmdSize
         guard profile.collapseChecksBeforeVMAWrite else {
-            return withWriteLock(vmasOf: [range]) {
-                checkPMDStillValid(at).then { slot, pmdTable in rmapLock.withWriteLock { collapseHugePage(at, slot, in: pmdTable) } }
+            return withWriteLock(vmasOf: [range], merging: .none) {
+                checkPMDStillValid(at).then { slot, pmdTable in
+                    raceWindow(.collapseChecked, at)
+                    return rmapLock.withWriteLock { collapseHugePage(at, slot, in: pmdTable) }
+                }
             }
         }
-        return withWriteLock(vmasOf: []) {
+        return withWriteLock(vmasOf: [], merging: .none) {
             checkPMDStillValid(at).then { slot, pmdTable in
-                raceWindow(.collapseBeforeVMAWrite, at)
-                vmaStartWrite([range])
+                raceWindow(.collapseChecked, at)
+                vmaStartWrite([range], merging: .none)
                 return rmapLock.withWriteLock { collapseHugePage(at, slot, in: pmdTable) }
             }
         }
@@ -373,7 +376,7 @@ extension MM {
     /// write lock for it (a policy that `takesMMapWriteLock`).
     private func collapsePTEMappedTHP(_ at: UInt64) -> CollapseResult {
         profile.collapseFree.takesMMapWriteLock
-            ? withWriteLock(vmasOf: [at..<at + Self.pmdSize]) { collapsePTEMappedTHPLocked(at) }
+            ? withWriteLock(vmasOf: [at..<at + Self.pmdSize], merging: .none) { collapsePTEMappedTHPLocked(at) }
             : mmapLock.withReadLock { collapsePTEMappedTHPLocked(at) }
     }
 

@@ -139,10 +139,10 @@ extension MM {
     /// pages of their own), or for shmem simply goes. VmPTE does not move.
     ///
     /// Anonymous: pmdp_invalidate leaves the entry trans-huge while the
-    /// table is filled, so that an updater under the mmap read lock beside
-    /// it (a DONTNEED of the whole PMD, a fault) takes the PMD lock and
-    /// waits, where an empty PMD would send a zap past the 2 MiB and a
-    /// fault to map a huge folio of its own. Shmem: pmdp_huge_clear_flush
+    /// table is filled, so that an updater under the mmap read lock or the
+    /// VMA's beside it (a DONTNEED of the whole PMD, a fault) takes the PMD
+    /// lock and waits, where an empty PMD would send a zap past the 2 MiB
+    /// and a fault to map a huge folio of its own. Shmem: pmdp_huge_clear_flush
     /// empties it, and faults map the page cache's pages again.
     func splitHugePMD(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA) {
         lockPTL(pmdTable)

@@ -109,8 +109,10 @@ public final class MM: @unchecked Sendable {
     /// Transparent-hugepage events, as /proc/vmstat counts them.
     public let thpEvents = THPEvents()
     public let vmaLockEvents = VMALockEvents()
-    /// Updates an updater made to a PTE table already unlinked (possible
-    /// only without pte_offset_map_lock's pmd_same re-check).
+    /// Updates an updater made to a PTE table already unlinked, or made on
+    /// the strength of a PMD check another updater's unlink had made stale:
+    /// possible only without pte_offset_map_lock's pmd_same re-check, or
+    /// with collapse_huge_page checking before it write-locks the VMA.
     public let staleTableWrites = Atomic<Int>(0)
     /// Tests only: run as an updater passes a `RaceWindow`, with the
     /// address it works on, so that a test can make there, every time, the
@@ -239,9 +241,10 @@ enum RaceWindow: Sendable {
     /// locked it: without the rmap lock, a collapse's retract may take it.
     case mremapBeforeMovePTEs
     /// collapse_huge_page has checked the PMD under the mmap write lock and
-    /// not yet write-locked the VMA (collapseChecksBeforeVMAWrite only):
-    /// a DONTNEED under that VMA's lock may reclaim the table meanwhile.
-    case collapseBeforeVMAWrite
+    /// not yet flushed it. With collapseChecksBeforeVMAWrite the VMA is not
+    /// write-locked yet, and a DONTNEED under its lock may reclaim the
+    /// table meanwhile; in the kernel's order it is.
+    case collapseChecked
     /// MADV_DONTNEED holds its lock (its VMA's, or the mmap read lock) and
     /// has zapped nothing yet: under the VMA's alone, writers of other VMAs
     /// may run meanwhile.

@@ -68,7 +68,8 @@ public struct MMProfile: Sendable {
     /// Refuse a profile that claims to be a kernel when no kernel ever was
     /// one: PT_RECLAIM with the ipi-sync fallback, or the pre-6.5 retract's
     /// free without its locks (SyncIPIRetractFree). PT_RECLAIM frees PTE
-    /// tables under the mmap *read* lock, where pte_offset_map walkers hold
+    /// tables under the mmap *read* lock (6.17+: the VMA's alone), where
+    /// pte_offset_map walkers hold
     /// only RCU, and the sync IPI does not wait for them; the series that
     /// brought PT_RECLAIM made tlb_remove_table_one use call_rcu for that
     /// reason (seed 003).

@@ -31,7 +31,7 @@ extension MM {
     public func mprotect(address: UInt64, length: UInt64, protection: Protection) throws(MMError) {
         try validate("mprotect", address, length)
         let end = address + length
-        let hole: UInt64? = withWriteLock(vmasOf: [address..<end]) {
+        let hole: UInt64? = withWriteLock(vmasOf: [address..<end], merging: .backedAs(address..<end)) {
             let (slices, splits, hole) = vmaTree.withLock { tree -> ([VMA], [UInt64], UInt64?) in
                 let hole = tree.covers(address, end) ? nil : firstHole(tree, address, end)
                 let upTo = hole ?? end

@@ -6,9 +6,10 @@ internal import CSupport
 /// tables going through free_pgtables with its neighbours as floor and
 /// ceiling.
 ///
-/// The locks are the kernel's, no more: the mmap write lock keeps out
-/// faults, zaps and collapse_pte_mapped_thp, but not the rmap walkers of a
-/// collapse of the file (its unmap and retract_page_tables). Those are kept
+/// The locks are the kernel's, no more: the mmap write lock and the VMA
+/// write locks (vma_start_write: faults and DONTNEED may hold only those)
+/// keep out faults, zaps and collapse_pte_mapped_thp, but not the rmap
+/// walkers of a collapse of the file (its unmap and retract_page_tables). Those are kept
 /// out by the rmap lock only while a whole table moves; entries and huge
 /// PMDs move beside them, each under its table's lock, and each move is
 /// flushed before that lock goes.
@@ -34,7 +35,7 @@ extension MM {
         guard old + length <= new || new + length <= old else {
             throw .overlappingMove(from: old, to: new, length: length)
         }
-        try withWriteLock(vmasOf: [old..<old + length, new..<new + length]) { () throws(MMError) in
+        try withWriteLock(vmasOf: [old..<old + length, new..<new + length], merging: .backedAs(old..<old + length)) { () throws(MMError) in
             guard let vma = vmaTree.withLock({ $0.find(old) }), vma.end >= old + length else {
                 throw .moveAcrossVMAs(address: old, length: length)
             }

@@ -8,8 +8,8 @@ import Synchronization
 /// by PT_RECLAIM, retracted by a collapse, moved by mremap — and the
 /// updater looks again. RCU keeps the table's memory (and its lock) alive
 /// between the read and the lock; the re-check is what keeps the updater
-/// out of a table another updater under the same mmap read lock has just
-/// taken away.
+/// out of a table another updater under the same mmap read lock (or the
+/// same VMA's read lock) has just taken away.
 ///
 /// The `skipPMDRecheck` profile drops the re-check: an updater may then
 /// change an unlinked table, and `staleTableWrites` counts each time one

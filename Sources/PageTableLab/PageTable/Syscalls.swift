@@ -18,7 +18,7 @@ extension MM {
     /// `noHugepage` is the MADV_NOHUGEPAGE a trace's mmap applies at once.
     public func mmap(address: UInt64, length: UInt64, shared: Bool = false, noHugepage: Bool = false) throws(MMError) {
         try validate("mmap", address, length)
-        try withWriteLock(vmasOf: [address..<address + length]) { () throws(MMError) in
+        try withWriteLock(vmasOf: [address..<address + length], merging: shared ? .none : .anonymous) { () throws(MMError) in
             let file = shared ? ShmemFile(size: length, allocator: allocator) : nil
             var flags = VMFlags.readWrite
             if shared { flags.insert(.shared) }
@@ -133,7 +133,7 @@ extension MM {
     /// page table moves: the flag decides what later faults and collapses do.
     public func madviseHugepage(address: UInt64, length: UInt64, enable: Bool = true) throws(MMError) {
         try validate("madvise", address, length)
-        let hole: UInt64? = withWriteLock(vmasOf: [address..<address + length]) {
+        let hole: UInt64? = withWriteLock(vmasOf: [address..<address + length], merging: .backedAs(address..<address + length)) {
             let (splits, hole) = vmaTree.withLock { tree -> ([UInt64], UInt64?) in
                 let hole = tree.covers(address, address + length) ? nil : firstHole(tree, address, address + length)
                 let splits = tree.modify(address, address + length) { vma in
@@ -189,7 +189,7 @@ extension MM {
     @discardableResult
     public func exit() -> Int {
         guard markExited() else { return pgtablesBytes }
-        withWriteLock(vmasOf: [0..<UInt64.max]) {
+        withWriteLock(vmasOf: [0..<UInt64.max], merging: .none) {
             let all = detachVMAs(0, .max).removed
             let tlb = MMUGather(mm: self, fullmm: true)
             for vma in all { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }

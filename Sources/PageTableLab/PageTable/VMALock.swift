@@ -12,10 +12,12 @@ import Synchronization
 ///
 /// The model keeps VMAs as values, so a lock is by address range: a fault
 /// holds its VMA's extent, a writer its own ranges (a VMA it creates there
-/// is locked from its birth) and the extents of the VMAs they touch and of
-/// their neighbours, which a merge may change (vma_merge write-locks them
-/// too). That over-locks a neighbour a writer leaves alone; it never
-/// under-locks one it changes.
+/// is locked from its birth), the extents of the VMAs in them, and those of
+/// the neighbours a merge may change (vma_merge write-locks what it expands
+/// or removes): the ones next to its ranges that are backed as its VMAs
+/// are, since only VMAs of the same file, or two anonymous ones, merge.
+/// That over-locks a neighbour a writer leaves alone; it never under-locks
+/// one it changes.
 final class VMALocks: @unchecked Sendable {
     private let monitor = Monitor()
     /// The extents faults hold, one entry per fault.
@@ -91,31 +93,46 @@ public final class VMALockEvents: Sendable {
     init() {}
 }
 
+/// The neighbours a writer's VMA changes may merge with, and so write-locks
+/// with the VMAs of its ranges.
+enum MergeCandidates: Equatable {
+    /// It creates or changes no VMA that could merge (munmap, a collapse,
+    /// an mmap of a fresh memfd, whose file no neighbour has).
+    case none
+    /// Anonymous neighbours (an anonymous mmap).
+    case anonymous
+    /// Neighbours backed as the VMAs in this range are (mprotect and
+    /// madvise change those; mremap copies them to its new range).
+    case backedAs(Range<UInt64>)
+}
+
 extension MM {
-    /// The mmap write lock, with the VMAs that [start, end) touches (and
-    /// their neighbours) write-locked until `body` returns.
-    func withWriteLock<R, E: Error>(vmasOf ranges: [Range<UInt64>], _ body: () throws(E) -> R) throws(E) -> R {
+    /// The mmap write lock, with the VMAs of `ranges` (and the neighbours
+    /// `merging` names) write-locked until `body` returns.
+    func withWriteLock<R, E: Error>(vmasOf ranges: [Range<UInt64>], merging: MergeCandidates,
+                                    _ body: () throws(E) -> R) throws(E) -> R {
         mmapLock.lockWrite()
-        vmaStartWrite(ranges)
+        vmaStartWrite(ranges, merging: merging)
         defer { writeUnlock() }
         return try body()
     }
 
-    /// munmap's lock: write for `exclusive` (the VMAs of `range` locked),
-    /// then read for `shared`, the VMA locks dropped at the downgrade.
+    /// munmap's lock: write for `exclusive` (the VMAs of `range` locked; it
+    /// merges nothing), then read for `shared`, the VMA locks dropped at
+    /// the downgrade.
     func withWriteLockDowngrading<T, R>(vmasOf range: Range<UInt64>, _ exclusive: () -> T, then shared: (T) -> R) -> R {
         mmapLock.withWriteLockDowngrading({
-            vmaStartWrite([range])
+            vmaStartWrite([range], merging: .none)
             defer { vmaLocks.endWriteAll() }
             return exclusive()
         }, then: shared)
     }
 
-    /// mmap_write_trylock and vma_start_write of the VMAs of `range`, or
-    /// false with neither held.
+    /// mmap_write_trylock and vma_start_write of the VMAs of `range` (a
+    /// writer that merges nothing), or false with neither held.
     func tryWriteLock(vmasOf range: Range<UInt64>) -> Bool {
         guard mmapLock.tryLockWrite() else { return false }
-        guard vmaLocks.tryStartWrite({ extents(touching: [range]) }) else {
+        guard vmaLocks.tryStartWrite({ extents(touching: [range], merging: .none) }) else {
             mmapLock.unlockWrite()
             return false
         }
@@ -128,19 +145,29 @@ extension MM {
         mmapLock.unlockWrite()
     }
 
-    /// vma_start_write of every VMA overlapping one of `ranges` or next to
-    /// it, the mmap write lock held.
-    func vmaStartWrite(_ ranges: [Range<UInt64>]) {
-        vmaLocks.startWrite { extents(touching: ranges) }
+    /// vma_start_write of every VMA overlapping one of `ranges`, and of the
+    /// neighbours `merging` names, the mmap write lock held.
+    func vmaStartWrite(_ ranges: [Range<UInt64>], merging: MergeCandidates) {
+        vmaLocks.startWrite { extents(touching: ranges, merging: merging) }
     }
 
     /// The ranges themselves, so that a VMA the writer creates there (mmap,
     /// mremap's copy) is locked from its birth, as the kernel's new VMAs
-    /// are; and the extents of the VMAs there now and next to them.
-    private func extents(touching ranges: [Range<UInt64>]) -> [Range<UInt64>] {
+    /// are; the extents of the VMAs there now; and those of the VMAs right
+    /// next to a range that a merge may change.
+    private func extents(touching ranges: [Range<UInt64>], merging: MergeCandidates) -> [Range<UInt64>] {
         ranges + vmaTree.withLock { tree in
-            tree.vmas.filter { vma in
-                ranges.contains { vma.start <= $0.upperBound && $0.lowerBound <= vma.end }
+            let backings: [ShmemFile?]? = switch merging {
+            case .none: nil
+            case .anonymous: [nil]
+            case .backedAs(let range): tree.vmas.filter { $0.start < range.upperBound && range.lowerBound < $0.end }.map(\.file)
+            }
+            return tree.vmas.filter { vma in
+                ranges.contains { range in
+                    if vma.start < range.upperBound && range.lowerBound < vma.end { return true }
+                    guard vma.end == range.lowerBound || vma.start == range.upperBound, let backings else { return false }
+                    return backings.contains { $0 === vma.file }
+                }
             }.map { $0.start..<$0.end }
         }
     }

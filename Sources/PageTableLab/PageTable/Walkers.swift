@@ -24,8 +24,10 @@ public enum Detector: String, Sendable, CaseIterable, Codable {
     /// The IOMMU's walk found a freed table from a live one.
     case iommuWalk = "iommu_walk"
     /// An updater changed a PTE table that a concurrent updater had already
-    /// unlinked (pte_offset_map_lock without its pmd_same re-check): the
-    /// change is lost, and a page it mapped leaks.
+    /// unlinked (pte_offset_map_lock without its pmd_same re-check: the
+    /// change is lost, and a page it mapped leaks), or acted on a PMD check
+    /// such an unlink had made stale (collapse_huge_page checking before
+    /// vma_start_write).
     case staleTableWrite = "stale_table_write"
 
     /// The bug this detector catches leaks the pages it lost.

@@ -111,8 +111,9 @@ extension MM {
         accountTable(.pte, -1)
     }
 
-    /// spin_lock on a split ptlock. Updaters hold mmap_lock or the parent's
-    /// lock, so the table cannot be torn down under them.
+    /// spin_lock on a split ptlock. Updaters hold mmap_lock, their VMA's
+    /// lock or the parent's lock, so the table cannot be torn down under
+    /// them.
     func lockPTL(_ table: Page) {
         while ptlab_ptl_trylock(table.desc) == 0 {}
     }
