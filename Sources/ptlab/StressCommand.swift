@@ -282,7 +282,7 @@ struct StressCommand: ParsableCommand {
             ("rcu callbacks", "\(r.rcuCallbacks)"),
             ("tlb flushes", "\(r.tlbFlushes)"),
             ("thp events", thp(r.thpEvents)),
-            ("vma / mmap lock", vmaLocks(r.vmaLocks)),
+            ("vma lock / mmap lock", vmaLocks(r.vmaLocks)),
             ("VmPTE at the end", "\(r.vmPTEBytes >> 10) kB accounted, \(r.tableBytesHeld >> 10) kB of tables held"),
             ("peak deferred", "\(r.peakDeferredBytes) bytes"),
             ("free latency", freeLatency(r.freeLatencyUs)),
@@ -299,9 +299,11 @@ struct StressCommand: ParsableCommand {
             .joined(separator: ", "))]
     }
 
-    /// Faults and DONTNEEDs under their VMA's lock / under the mmap read lock.
+    /// Faults and DONTNEEDs under their VMA's lock / under the mmap read
+    /// lock, and how many of the first beside a writer.
     private func vmaLocks(_ l: StressResult.VMALocks) -> String {
-        "faults \(l.faultVMA)/\(l.faultMMap), dontneed \(l.dontneedVMA)/\(l.dontneedMMap)"
+        "faults \(l.faultVMA)/\(l.faultMMap) (\(l.faultBesideWriter) beside a writer), "
+            + "dontneed \(l.dontneedVMA)/\(l.dontneedMMap) (\(l.dontneedBesideWriter) beside a writer)"
     }
 
     /// Only the events that happened: most scenarios map no huge page.

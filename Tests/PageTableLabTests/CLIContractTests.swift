@@ -73,7 +73,8 @@ final class CLIContractTests: XCTestCase {
         assertKeys(try XCTUnwrap(r.json["thp_events"] as? [String: Any]),
                    ["thp_fault_alloc", "thp_fault_fallback", "thp_collapse_alloc", "thp_split_pmd"], "thp_events")
         assertKeys(try XCTUnwrap(r.json["vma_locks"] as? [String: Any]),
-                   ["fault_vma", "fault_mmap", "dontneed_vma", "dontneed_mmap"], "vma_locks")
+                   ["fault_vma", "fault_mmap", "fault_beside_writer", "dontneed_vma", "dontneed_mmap",
+                    "dontneed_beside_writer"], "vma_locks")
         XCTAssertTrue(r.json["expected_detector"] is NSNull, "a safe mode expects no detector")
         XCTAssertEqual(r.json["pass"] as? Bool, true)
     }

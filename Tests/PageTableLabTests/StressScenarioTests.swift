@@ -119,6 +119,8 @@ final class StressScenarioTests: XCTestCase {
             XCTAssertGreaterThan(r.thpEvents.splitPMD, 0, "race splits huge PMDs (partial DONTNEED, mprotect)")
             XCTAssertGreaterThan(r.vmaLocks.faultVMA, 0, "faults under their VMA's lock alone: \(r.vmaLocks)")
             XCTAssertGreaterThan(r.vmaLocks.dontneedVMA, 0, "DONTNEEDs under their VMA's lock alone: \(r.vmaLocks)")
+            XCTAssertGreaterThan(r.vmaLocks.faultBesideWriter, 0, "a fault beside a writer of another VMA: \(r.vmaLocks)")
+            XCTAssertGreaterThan(r.vmaLocks.dontneedBesideWriter, 0, "a DONTNEED beside a writer of another VMA: \(r.vmaLocks)")
             let kinds = try XCTUnwrap(r.opKinds)
             XCTAssertEqual(Set(kinds.filter { $0.value.done > 0 }.keys),
                            ["fault", "dontneed", "dontneed_part", "munmap_mmap", "mremap", "mremap_shared", "collapse_anon",

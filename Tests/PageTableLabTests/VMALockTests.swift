@@ -111,6 +111,7 @@ final class VMALockTests: XCTestCase {
             XCTAssertEqual(mm.vmas.count, 1, "the other VMA was unmapped under the DONTNEED")
             XCTAssertEqual(mm.pgtablesBytes, 2 * 4096, "both PTE tables freed, the PMD table they shared kept")
             XCTAssertEqual(mm.vmaLockEvents.dontneedVMA.load(ordering: .relaxed), 1)
+            XCTAssertEqual(mm.vmaLockEvents.dontneedBesideWriter.load(ordering: .relaxed), 1, "the munmap held the write lock inside it")
             XCTAssertEqual(mm.vmaLockEvents.dontneedMMap.load(ordering: .relaxed), 0)
             mm.exit()
         }
@@ -185,6 +186,10 @@ final class VMALockTests: XCTestCase {
             mm.raceWindowHook = nil
             XCTAssertTrue(unmapped.withLock { $0 }, "the shared memory's munmap waited for a DONTNEED of its anonymous neighbour")
             XCTAssertEqual(mm.vmas.count, 1)
+            XCTAssertEqual(mm.vmaLockEvents.dontneedBesideWriter.load(ordering: .relaxed), 1)
+            try mm.madviseDontneed(address: tib, length: 2 * mib)
+            XCTAssertEqual(mm.vmaLockEvents.dontneedVMA.load(ordering: .relaxed), 2)
+            XCTAssertEqual(mm.vmaLockEvents.dontneedBesideWriter.load(ordering: .relaxed), 1, "no writer beside the second")
             mm.exit()
         }
     }

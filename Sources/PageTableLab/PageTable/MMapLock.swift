@@ -1,3 +1,5 @@
+import Synchronization
+
 /// mmap_lock: a reader/writer lock with the kernel's three uses — write for
 /// mmap, munmap, mremap and mprotect; read for madvise, and for faults that
 /// cannot have their VMA's own lock (VMALocks); and a
@@ -14,6 +16,18 @@ public final class MMapLock: @unchecked Sendable {
     private var readers = 0
     private var writer = false
     private var waitingWriters = 0
+    /// mm_lock_seq: odd while a writer holds the lock, bumped as it takes
+    /// and as it drops or downgrades it; read without the lock.
+    private let sequence = Atomic<Int>(0)
+
+    /// Whether a writer held the lock at any time since `sequence` read
+    /// `start`: it did if it held it then (odd), or took it since.
+    func writerHeld(since start: Int) -> Bool {
+        start & 1 == 1 || sequence.load(ordering: .acquiring) != start
+    }
+
+    /// The sequence now, for writerHeld(since:).
+    var sequenceNow: Int { sequence.load(ordering: .acquiring) }
 
     public init() {}
 
@@ -49,6 +63,7 @@ public final class MMapLock: @unchecked Sendable {
         while writer || readers > 0 { monitor.wait() }
         waitingWriters -= 1
         writer = true
+        sequence.add(1, ordering: .releasing)
         monitor.unlock()
     }
 
@@ -61,6 +76,7 @@ public final class MMapLock: @unchecked Sendable {
         defer { monitor.unlock() }
         guard !writer && readers == 0 else { return false }
         writer = true
+        sequence.add(1, ordering: .releasing)
         return true
     }
 
@@ -68,6 +84,7 @@ public final class MMapLock: @unchecked Sendable {
     public func unlockWrite() {
         monitor.lock()
         writer = false
+        sequence.add(1, ordering: .releasing)
         monitor.broadcast()
         monitor.unlock()
     }
@@ -77,6 +94,7 @@ public final class MMapLock: @unchecked Sendable {
     public func downgrade() {
         monitor.lock()
         writer = false
+        sequence.add(1, ordering: .releasing)
         readers += 1
         monitor.broadcast()
         monitor.unlock()

@@ -80,15 +80,39 @@ final class VMALocks: @unchecked Sendable {
 /// Which lock each fault and each MADV_DONTNEED ran under: its VMA's, or
 /// the mmap read lock (no per-VMA locks in the profile, the VMA write-locked
 /// or gone, an anonymous VMA's first fault, a DONTNEED over more than one
-/// VMA). What says a run's updaters actually ran beside writers of other
-/// VMAs; the fault half is CONFIG_PER_VMA_LOCK_STATS' vma_lock_success
-/// against its aborts and misses, except that every store the model makes
-/// takes the fault path (storeByte), so it counts stores.
+/// VMA); and of those under their VMA's, how many overlapped a writer
+/// holding the mmap write lock: the concurrency per-VMA locks allow, and
+/// the mmap read lock would have ruled out. The fault counts are
+/// CONFIG_PER_VMA_LOCK_STATS' vma_lock_success against its aborts and
+/// misses, except that every store the model makes takes the fault path
+/// (storeByte), so they count stores.
 public final class VMALockEvents: Sendable {
     public let faultVMA = Atomic<Int>(0)
     public let faultMMap = Atomic<Int>(0)
+    public let faultBesideWriter = Atomic<Int>(0)
     public let dontneedVMA = Atomic<Int>(0)
     public let dontneedMMap = Atomic<Int>(0)
+    public let dontneedBesideWriter = Atomic<Int>(0)
+
+    enum Op { case fault, dontneed }
+
+    func countVMA(_ op: Op, besideWriter: Bool) {
+        switch op {
+        case .fault:
+            faultVMA.add(1, ordering: .relaxed)
+            if besideWriter { faultBesideWriter.add(1, ordering: .relaxed) }
+        case .dontneed:
+            dontneedVMA.add(1, ordering: .relaxed)
+            if besideWriter { dontneedBesideWriter.add(1, ordering: .relaxed) }
+        }
+    }
+
+    func countMMap(_ op: Op) {
+        switch op {
+        case .fault: faultMMap.add(1, ordering: .relaxed)
+        case .dontneed: dontneedMMap.add(1, ordering: .relaxed)
+        }
+    }
 
     init() {}
 }
@@ -178,11 +202,9 @@ extension MM {
     /// `body` gets the VMA, its anon_vma prepared.
     func withFaultLock<R>(_ address: UInt64, _ body: (VMA) throws(MMError) -> R) throws(MMError) -> R {
         if let locked = lockVMAUnderRCU(address) {
-            defer { vmaLocks.endRead(locked) }
-            vmaLockEvents.faultVMA.add(1, ordering: .relaxed)
-            return try body(faultableVMA(at: address))
+            return try underVMALock(locked, .fault) { () throws(MMError) -> R in try body(faultableVMA(at: address)) }
         }
-        vmaLockEvents.faultMMap.add(1, ordering: .relaxed)
+        vmaLockEvents.countMMap(.fault)
         return try mmapLock.withReadLock { () throws(MMError) -> R in try body(faultableVMA(at: address)) }
     }
 
@@ -202,12 +224,22 @@ extension MM {
     /// mprotect of other VMAs, and PT_RECLAIM frees with no mmap lock held.
     func withMadviseLock<R>(_ range: Range<UInt64>, _ body: () -> R) -> R {
         if profile.madviseVMALock, let locked = lockVMA(at: range.lowerBound, if: { $0.end >= range.upperBound }) {
-            defer { vmaLocks.endRead(locked) }
-            vmaLockEvents.dontneedVMA.add(1, ordering: .relaxed)
-            return body()
+            return underVMALock(locked, .dontneed, body)
         }
-        vmaLockEvents.dontneedMMap.add(1, ordering: .relaxed)
+        vmaLockEvents.countMMap(.dontneed)
         return mmapLock.withReadLock(body)
+    }
+
+    /// `body` under the read lock on `locked`, dropped after it; counted,
+    /// with whether a writer held the mmap lock meanwhile (mm_lock_seq).
+    private func underVMALock<R, E: Error>(_ locked: VMA, _ op: VMALockEvents.Op,
+                                           _ body: () throws(E) -> R) throws(E) -> R {
+        let sequence = mmapLock.sequenceNow
+        defer {
+            vmaLocks.endRead(locked)
+            vmaLockEvents.countVMA(op, besideWriter: mmapLock.writerHeld(since: sequence))
+        }
+        return try body()
     }
 
     /// vma_start_read of the VMA at `address` if `usable` says it may be

@@ -45,7 +45,8 @@ public struct StressResult: Encodable, Sendable, Equatable {
     /// not only PTE tables.
     public var thpEvents = THPEvents()
     /// Which lock the faults and DONTNEEDs ran under, their VMA's or the
-    /// mmap read lock: what says they ran beside writers of other VMAs.
+    /// mmap read lock, and how many of the first overlapped a writer
+    /// holding the mmap write lock.
     public var vmaLocks = VMALocks()
     /// Each kind of op the updaters took, done and refused, for a scenario
     /// that counts them (`race`); absent from the JSON otherwise.
@@ -95,14 +96,18 @@ public struct StressResult: Encodable, Sendable, Equatable {
     public struct VMALocks: Codable, Sendable, Equatable {
         public var faultVMA = 0
         public var faultMMap = 0
+        public var faultBesideWriter = 0
         public var dontneedVMA = 0
         public var dontneedMMap = 0
+        public var dontneedBesideWriter = 0
 
         enum CodingKeys: String, CodingKey {
             case faultVMA = "fault_vma"
             case faultMMap = "fault_mmap"
+            case faultBesideWriter = "fault_beside_writer"
             case dontneedVMA = "dontneed_vma"
             case dontneedMMap = "dontneed_mmap"
+            case dontneedBesideWriter = "dontneed_beside_writer"
         }
     }
 

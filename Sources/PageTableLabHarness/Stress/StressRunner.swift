@@ -220,8 +220,10 @@ extension StressResult.VMALocks {
     init(_ events: VMALockEvents) {
         faultVMA = events.faultVMA.load(ordering: .relaxed)
         faultMMap = events.faultMMap.load(ordering: .relaxed)
+        faultBesideWriter = events.faultBesideWriter.load(ordering: .relaxed)
         dontneedVMA = events.dontneedVMA.load(ordering: .relaxed)
         dontneedMMap = events.dontneedMMap.load(ordering: .relaxed)
+        dontneedBesideWriter = events.dontneedBesideWriter.load(ordering: .relaxed)
     }
 }
 
