@@ -89,25 +89,14 @@ final class VMALockTests: XCTestCase {
             try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
             try mm.touch(address: other.lowerBound, length: 2 * mib, stride: 64 << 10)
             XCTAssertEqual(mm.pgtablesBytes, 4 * 4096, "a PUD and a PMD table, a PTE table each")
-            let writers = Mutex<(other: Bool, own: Bool)?>(nil)
-            mm.raceWindowHook = { window, _ in
-                guard window == .dontneedLocked else { return }
-                let own = mm.tryWriteLock(vmasOf: tib..<tib + 2 * mib)
-                if own { mm.writeUnlock() }
-                let otherLocked = mm.tryWriteLock(vmasOf: other)
-                if otherLocked { mm.writeUnlock() }
-                writers.withLock { $0 = (otherLocked, own) }
-                // Only where the mmap lock is free: else it would wait for ever.
-                guard otherLocked else { return }
-                do { try mm.munmap(address: other.lowerBound, length: 2 * mib) } catch {
-                    XCTFail("munmap beside DONTNEED: \(error)")
-                }
+            let own = Mutex<Bool?>(nil)
+            let unmapped = try dontneed(mm, tib..<tib + 2 * mib, unmappingInside: other) {
+                let locked = mm.tryWriteLock(vmasOf: tib..<tib + 2 * mib)
+                if locked { mm.writeUnlock() }
+                own.withLock { $0 = locked }
             }
-            try mm.madviseDontneed(address: tib, length: 2 * mib)
-            mm.raceWindowHook = nil
-            let seen = try XCTUnwrap(writers.withLock { $0 })
-            XCTAssertTrue(seen.other, "a writer of another VMA waits for no DONTNEED")
-            XCTAssertFalse(seen.own, "DONTNEED holds its VMA's lock")
+            XCTAssertTrue(unmapped, "a writer of another VMA waits for no DONTNEED")
+            XCTAssertEqual(own.withLock { $0 }, false, "DONTNEED holds its VMA's lock")
             XCTAssertEqual(mm.vmas.count, 1, "the other VMA was unmapped under the DONTNEED")
             XCTAssertEqual(mm.pgtablesBytes, 2 * 4096, "both PTE tables freed, the PMD table they shared kept")
             XCTAssertEqual(mm.vmaLockEvents.dontneedVMA.load(ordering: .relaxed), 1)
@@ -175,16 +164,8 @@ final class VMALockTests: XCTestCase {
                     sharedVMA.map(mm.vmaLocks.endRead)
                 }
             }
-            let unmapped = Mutex(false)
-            mm.raceWindowHook = { window, _ in
-                guard window == .dontneedLocked, mm.tryWriteLock(vmasOf: shared) else { return }
-                mm.writeUnlock()
-                do { try mm.munmap(address: shared.lowerBound, length: 2 * mib) } catch { return XCTFail("\(error)") }
-                unmapped.withLock { $0 = true }
-            }
-            try mm.madviseDontneed(address: tib, length: 2 * mib)
-            mm.raceWindowHook = nil
-            XCTAssertTrue(unmapped.withLock { $0 }, "the shared memory's munmap waited for a DONTNEED of its anonymous neighbour")
+            XCTAssertTrue(try dontneed(mm, tib..<tib + 2 * mib, unmappingInside: shared),
+                          "the shared memory's munmap waited for a DONTNEED of its anonymous neighbour")
             XCTAssertEqual(mm.vmas.count, 1)
             XCTAssertEqual(mm.vmaLockEvents.dontneedBesideWriter.load(ordering: .relaxed), 1)
             try mm.madviseDontneed(address: tib, length: 2 * mib)
@@ -192,5 +173,25 @@ final class VMALockTests: XCTestCase {
             XCTAssertEqual(mm.vmaLockEvents.dontneedBesideWriter.load(ordering: .relaxed), 1, "no writer beside the second")
             mm.exit()
         }
+    }
+
+    /// MADV_DONTNEED of `range` with `other` unmapped inside it (and
+    /// `alsoInside` run there first), where a writer of `other` can have the
+    /// locks then: else the munmap, on this thread, would wait for ever.
+    /// Whether it could.
+    private func dontneed(_ mm: MM, _ range: Range<UInt64>, unmappingInside other: Range<UInt64>,
+                          alsoInside: @escaping @Sendable () -> Void = {}) throws -> Bool {
+        let unmapped = Mutex(false)
+        mm.raceWindowHook = { window, _ in
+            guard window == .dontneedLocked else { return }
+            alsoInside()
+            guard mm.tryWriteLock(vmasOf: other) else { return }
+            mm.writeUnlock()
+            do { try mm.munmap(address: other.lowerBound, length: UInt64(other.count)) } catch { return XCTFail("munmap: \(error)") }
+            unmapped.withLock { $0 = true }
+        }
+        defer { mm.raceWindowHook = nil }
+        try mm.madviseDontneed(address: range.lowerBound, length: UInt64(range.count))
+        return unmapped.withLock { $0 }
     }
 }
