@@ -20,7 +20,7 @@ final class VMALockTests: XCTestCase {
             mm.withWriteLock(vmasOf: [tib + 4 * mib..<tib + 5 * mib], merging: .none) {
                 let a = mm.lockVMAUnderRCU(tib + 4096)
                 XCTAssertEqual(a?.start, tib, "A is not B's neighbour: its faults go on")
-                a.map(mm.vmaLocks.endRead)
+                if let a { mm.vmaLocks.endRead(a) }
                 XCTAssertNil(mm.lockVMAUnderRCU(tib + 5 * mib), "all of B is write-locked, not only the range")
             }
             let b = try XCTUnwrap(mm.lockVMAUnderRCU(tib + 5 * mib), "vma_end_write_all at mmap_write_unlock")
@@ -45,7 +45,7 @@ final class VMALockTests: XCTestCase {
             mm.raceWindowHook = { window, address in
                 guard window == .mremapBeforeMovePTEs, faultable.withLock({ $0 }) == nil else { return }
                 let locked = mm.lockVMAUnderRCU(address)
-                locked.map(mm.vmaLocks.endRead)
+                if let locked { mm.vmaLocks.endRead(locked) }
                 faultable.withLock { $0 = locked != nil }
             }
             try mm.mremap(from: tib, length: 2 * mib, to: new)
@@ -100,7 +100,7 @@ final class VMALockTests: XCTestCase {
             XCTAssertEqual(mm.vmas.count, 1, "the other VMA was unmapped under the DONTNEED")
             XCTAssertEqual(mm.pgtablesBytes, 2 * 4096, "both PTE tables freed, the PMD table they shared kept")
             XCTAssertEqual(mm.vmaLockEvents.dontneedVMA.load(ordering: .relaxed), 1)
-            XCTAssertEqual(mm.vmaLockEvents.dontneedBesideWriter.load(ordering: .relaxed), 1, "the munmap held the write lock inside it")
+            XCTAssertEqual(mm.vmaLockEvents.dontneedBesideWriter.load(ordering: .relaxed), 1, "a writer held the mmap lock inside it")
             XCTAssertEqual(mm.vmaLockEvents.dontneedMMap.load(ordering: .relaxed), 0)
             mm.exit()
         }
@@ -157,11 +157,11 @@ final class VMALockTests: XCTestCase {
                                  merging: merging) {
                     let anonymous = mm.lockVMAUnderRCU(tib)
                     XCTAssertEqual(anonymous?.start, tib, "\(merging): the anonymous VMA cannot merge with shared memory")
-                    anonymous.map(mm.vmaLocks.endRead)
+                    if let anonymous { mm.vmaLocks.endRead(anonymous) }
                     let sharedVMA = mm.lockVMAUnderRCU(shared.lowerBound)
                     XCTAssertEqual(sharedVMA == nil, merging != .anonymous,
                                    "\(merging): the shared VMA is locked when it is the writer's, not when it is a neighbour of another backing")
-                    sharedVMA.map(mm.vmaLocks.endRead)
+                    if let sharedVMA { mm.vmaLocks.endRead(sharedVMA) }
                 }
             }
             XCTAssertTrue(try dontneed(mm, tib..<tib + 2 * mib, unmappingInside: shared),
@@ -193,5 +193,75 @@ final class VMALockTests: XCTestCase {
         defer { mm.raceWindowHook = nil }
         try mm.madviseDontneed(address: range.lowerBound, length: UInt64(range.count))
         return unmapped.withLock { $0 }
+    }
+
+    /// Each writer locks the neighbours its merge could change and no
+    /// other: mprotect and madvise a neighbour of the same file (the other
+    /// half of a shared VMA an earlier mprotect split), an anonymous mmap
+    /// an anonymous neighbour; munmap none, even of the same file.
+    func testEachWriterLocksTheNeighboursItCouldMergeWith() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let half = tib + 2 * mib..<tib + 3 * mib
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.mmap(address: half.lowerBound, length: 2 * mib, shared: true)
+            try mm.touch(address: tib, length: 4096)
+            try mm.mprotect(address: half.lowerBound, length: mib, protection: .r)
+            let ops: [(String, expected: (anonymous: Bool, sameFile: Bool), () throws -> Void)] = [
+                ("mprotect", (false, true), { try mm.mprotect(address: half.lowerBound, length: mib, protection: .rw) }),
+                ("mprotect again", (false, true), { try mm.mprotect(address: half.lowerBound, length: mib, protection: .r) }),
+                ("madvise", (false, true), { try mm.madviseHugepage(address: half.lowerBound, length: mib) }),
+                ("munmap", (false, false), { try mm.munmap(address: half.lowerBound, length: mib) }),
+                ("anonymous mmap", (true, false), { try mm.mmap(address: half.lowerBound, length: mib) }),
+            ]
+            for (name, expected, op) in ops {
+                let seen = Mutex<(anonymous: Bool, sameFile: Bool)?>(nil)
+                mm.raceWindowHook = { window, _ in
+                    guard window == .writeLocked, seen.withLock({ $0 }) == nil else { return }
+                    let anonymous = mm.lockVMAUnderRCU(tib)
+                    let sameFile = mm.lockVMAUnderRCU(half.upperBound)
+                    if let anonymous { mm.vmaLocks.endRead(anonymous) }
+                    if let sameFile { mm.vmaLocks.endRead(sameFile) }
+                    seen.withLock { $0 = (anonymous == nil, sameFile == nil) }
+                }
+                try op()
+                mm.raceWindowHook = nil
+                let locked = try XCTUnwrap(seen.withLock { $0 }, name)
+                XCTAssertEqual(locked.anonymous, expected.anonymous, "\(name): the anonymous neighbour")
+                XCTAssertEqual(locked.sameFile, expected.sameFile, "\(name): the neighbour of the same file")
+            }
+            mm.exit()
+        }
+    }
+
+    /// A writer that only waited for a DONTNEED to leave its VMA did not
+    /// run beside it: dontneed_beside_writer counts the writers the mmap
+    /// read lock would have kept out, and that one it would not have let in
+    /// either.
+    func testAWriterThatWaitsForTheDontneedIsNotBesideIt() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            let writer = Mutex<RCUThread?>(nil)
+            mm.raceWindowHook = { window, _ in
+                guard window == .dontneedLocked, writer.withLock({ $0 }) == nil else { return }
+                writer.withLock {
+                    $0 = RCUThread {
+                        do { try mm.mprotect(address: tib, length: 64 << 10, protection: .r) } catch { XCTFail("\(error)") }
+                    }
+                }
+                // Back to the DONTNEED only once the mprotect holds the mmap
+                // write lock and waits for it.
+                while !mm.vmaLocks.writerWaits(on: tib..<tib + 2 * mib) {}
+            }
+            try mm.madviseDontneed(address: tib, length: 2 * mib)
+            mm.raceWindowHook = nil
+            try XCTUnwrap(writer.withLock { $0 }).join()
+            XCTAssertEqual(mm.vmaLockEvents.dontneedVMA.load(ordering: .relaxed), 1)
+            XCTAssertEqual(mm.vmaLockEvents.dontneedBesideWriter.load(ordering: .relaxed), 0)
+            XCTAssertEqual(mm.vmas.count, 2, "the mprotect ran after the DONTNEED")
+            mm.exit()
+        }
     }
 }

@@ -245,6 +245,9 @@ enum RaceWindow: Sendable {
     /// write-locked yet, and a DONTNEED under its lock may reclaim the
     /// table meanwhile; in the kernel's order it is.
     case collapseChecked
+    /// A writer holds the mmap write lock and has write-locked its VMAs,
+    /// and has changed nothing yet.
+    case writeLocked
     /// MADV_DONTNEED holds its lock (its VMA's, or the mmap read lock) and
     /// has zapped nothing yet: under the VMA's alone, writers of other VMAs
     /// may run meanwhile.

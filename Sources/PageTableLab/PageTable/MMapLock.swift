@@ -20,13 +20,17 @@ public final class MMapLock: @unchecked Sendable {
     /// and as it drops or downgrades it; read without the lock.
     private let sequence = Atomic<Int>(0)
 
-    /// Whether a writer held the lock at any time since `sequence` read
-    /// `start`: it did if it held it then (odd), or took it since.
-    func writerHeld(since start: Int) -> Bool {
-        start & 1 == 1 || sequence.load(ordering: .acquiring) != start
+    /// Whether a writer held the lock at any time between two reads of
+    /// the sequence, `start` and `end`, other than the one whose cycle is
+    /// `except` (odd): one held it at the start (odd), or took it since
+    /// (each odd value after `start` up to `end` is one that did).
+    func writerHeld(between start: Int, and end: Int, except: Int?) -> Bool {
+        var cycles = (end + 1) / 2 - (start + 1) / 2 + (start & 1)
+        if let except, start <= except, except <= end { cycles -= 1 }
+        return cycles > 0
     }
 
-    /// The sequence now, for writerHeld(since:).
+    /// The sequence now: odd while a writer holds the lock.
     var sequenceNow: Int { sequence.load(ordering: .acquiring) }
 
     public init() {}

@@ -20,8 +20,9 @@ import Synchronization
 /// one it changes.
 final class VMALocks: @unchecked Sendable {
     private let monitor = Monitor()
-    /// The extents faults hold, one entry per fault.
-    private var readers: [Range<UInt64>] = []
+    /// The extents faults hold, one entry per fault, each with the mmap
+    /// lock sequence of the writer that waited for it to leave, if one did.
+    private var readers: [(extent: Range<UInt64>, waitedBy: Int?)] = []
     /// The extents the current mmap write cycle has write-locked.
     private var writeLocked: [Range<UInt64>] = []
 
@@ -33,27 +34,43 @@ final class VMALocks: @unchecked Sendable {
         guard let vma = find() else { return nil }
         let extent = vma.start..<vma.end
         guard !writeLocked.contains(where: { $0.overlaps(extent) }) else { return nil }
-        readers.append(extent)
+        readers.append((extent, nil))
         return vma
     }
 
-    /// vma_end_read.
-    func endRead(_ vma: VMA) {
+    /// vma_end_read. Returns the sequence of the writer that waited for
+    /// this reader, if one did (while it waits, no other reader of the
+    /// extent can come in, so every entry for it is marked alike).
+    @discardableResult
+    func endRead(_ vma: VMA) -> Int? {
         monitor.lock()
-        if let i = readers.firstIndex(of: vma.start..<vma.end) { readers.remove(at: i) }
+        defer { monitor.unlock() }
+        guard let i = readers.firstIndex(where: { $0.extent == vma.start..<vma.end }) else { return nil }
+        let waitedBy = readers.remove(at: i).waitedBy
         monitor.broadcast()
-        monitor.unlock()
+        return waitedBy
     }
 
     /// vma_start_write of every extent `extents` gives (read under this
     /// lock, so no fault locks one between the read and the marking), then
-    /// wait for the faults already inside them.
-    func startWrite(_ extents: () -> [Range<UInt64>]) {
+    /// wait for the faults already inside them, marking them with
+    /// `writer`, the waiting writer's mmap lock sequence.
+    func startWrite(writer: Int, _ extents: () -> [Range<UInt64>]) {
         monitor.lock()
         let locking = extents()
         writeLocked += locking
-        while readers.contains(where: { r in locking.contains { $0.overlaps(r) } }) { monitor.wait() }
+        for i in readers.indices where locking.contains(where: { $0.overlaps(readers[i].extent) }) {
+            readers[i].waitedBy = readers[i].waitedBy ?? writer
+        }
+        while readers.contains(where: { r in locking.contains { $0.overlaps(r.extent) } }) { monitor.wait() }
         monitor.unlock()
+    }
+
+    /// Whether a writer is waiting for a reader of `extent` to leave.
+    func writerWaits(on extent: Range<UInt64>) -> Bool {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return readers.contains { $0.extent == extent && $0.waitedBy != nil }
     }
 
     /// vma_start_write only if no fault holds one of the extents now; false
@@ -64,7 +81,7 @@ final class VMALocks: @unchecked Sendable {
         monitor.lock()
         defer { monitor.unlock() }
         let locking = extents()
-        guard !readers.contains(where: { r in locking.contains { $0.overlaps(r) } }) else { return false }
+        guard !readers.contains(where: { r in locking.contains { $0.overlaps(r.extent) } }) else { return false }
         writeLocked += locking
         return true
     }
@@ -81,8 +98,10 @@ final class VMALocks: @unchecked Sendable {
 /// the mmap read lock (no per-VMA locks in the profile, the VMA write-locked
 /// or gone, an anonymous VMA's first fault, a DONTNEED over more than one
 /// VMA); and of those under their VMA's, how many overlapped a writer
-/// holding the mmap write lock: the concurrency per-VMA locks allow, and
-/// the mmap read lock would have ruled out. The fault counts are
+/// holding the mmap write lock (one that only waited for them to leave
+/// aside): the concurrency per-VMA locks allow, and the mmap read lock
+/// would have ruled out. A write trylock that found its VMAs busy held the
+/// mmap lock for a moment, and counts. The fault counts are
 /// CONFIG_PER_VMA_LOCK_STATS' vma_lock_success against its aborts and
 /// misses, except that every store the model makes takes the fault path
 /// (storeByte), so they count stores.
@@ -138,6 +157,7 @@ extension MM {
         mmapLock.lockWrite()
         vmaStartWrite(ranges, merging: merging)
         defer { writeUnlock() }
+        raceWindow(.writeLocked, ranges.first?.lowerBound ?? 0)
         return try body()
     }
 
@@ -148,6 +168,7 @@ extension MM {
         mmapLock.withWriteLockDowngrading({
             vmaStartWrite([range], merging: .none)
             defer { vmaLocks.endWriteAll() }
+            raceWindow(.writeLocked, range.lowerBound)
             return exclusive()
         }, then: shared)
     }
@@ -172,7 +193,7 @@ extension MM {
     /// vma_start_write of every VMA overlapping one of `ranges`, and of the
     /// neighbours `merging` names, the mmap write lock held.
     func vmaStartWrite(_ ranges: [Range<UInt64>], merging: MergeCandidates) {
-        vmaLocks.startWrite { extents(touching: ranges, merging: merging) }
+        vmaLocks.startWrite(writer: mmapLock.sequenceNow) { extents(touching: ranges, merging: merging) }
     }
 
     /// The ranges themselves, so that a VMA the writer creates there (mmap,
@@ -231,13 +252,15 @@ extension MM {
     }
 
     /// `body` under the read lock on `locked`, dropped after it; counted,
-    /// with whether a writer held the mmap lock meanwhile (mm_lock_seq).
+    /// with whether a writer held the mmap lock meanwhile (mm_lock_seq),
+    /// other than one that only waited for this reader to leave.
     private func underVMALock<R, E: Error>(_ locked: VMA, _ op: VMALockEvents.Op,
                                            _ body: () throws(E) -> R) throws(E) -> R {
-        let sequence = mmapLock.sequenceNow
+        let start = mmapLock.sequenceNow
         defer {
-            vmaLocks.endRead(locked)
-            vmaLockEvents.countVMA(op, besideWriter: mmapLock.writerHeld(since: sequence))
+            let end = mmapLock.sequenceNow
+            let waiter = vmaLocks.endRead(locked)
+            vmaLockEvents.countVMA(op, besideWriter: mmapLock.writerHeld(between: start, and: end, except: waiter))
         }
         return try body()
     }
