@@ -1,8 +1,8 @@
 import Synchronization
 
 /// mmap_lock: a reader/writer lock with the kernel's three uses — write for
-/// mmap, munmap, mremap and mprotect; read for madvise, and for faults that
-/// cannot have their VMA's own lock (VMALocks); and a
+/// mmap, munmap, mremap and mprotect; read for madvise, and for faults and
+/// MADV_DONTNEEDs that cannot have their VMA's own lock (VMALocks); and a
 /// write lock *downgraded* to read partway (munmap detaches its VMAs under
 /// the write lock, then zaps and frees tables holding it for read, as
 /// vms_complete_munmap_vmas does).

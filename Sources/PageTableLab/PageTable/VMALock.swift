@@ -11,7 +11,7 @@ import Synchronization
 /// write-locked, or gone, falls back to the mmap read lock.
 ///
 /// The model keeps VMAs as values, so a lock is by address range: a fault
-/// holds its VMA's extent, a writer its own ranges (a VMA it creates there
+/// or a DONTNEED holds its VMA's extent, a writer its own ranges (a VMA it creates there
 /// is locked from its birth), the extents of the VMAs in them, and those of
 /// the neighbours a merge may change (vma_merge write-locks what it expands
 /// or removes): the ones next to its ranges that are backed as its VMAs
@@ -20,8 +20,9 @@ import Synchronization
 /// one it changes.
 final class VMALocks: @unchecked Sendable {
     private let monitor = Monitor()
-    /// The extents faults hold, one entry per fault, each with the mmap
-    /// lock sequence of the writer that waited for it to leave, if one did.
+    /// The extents readers hold, one entry per fault or DONTNEED, each with
+    /// the mmap lock sequence of the writer that waited for it to leave, if
+    /// one did.
     private var readers: [(extent: Range<UInt64>, waitedBy: Int?)] = []
     /// The extents the current mmap write cycle has write-locked.
     private var writeLocked: [Range<UInt64>] = []

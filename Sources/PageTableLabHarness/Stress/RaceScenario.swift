@@ -4,16 +4,17 @@ extension Scenario {
     /// Several updaters at once on overlapping ranges, each op under the
     /// lock the kernel takes for it: faults and MADV_DONTNEED (PT_RECLAIM)
     /// under their VMA's lock (the mmap read lock where a writer holds the
-    /// VMA, or DONTNEED spans VMAs), munmap + mmap, mremap (of private tables,
-    /// and of the shared memory away and back) and mprotect under the write
-    /// lock (munmap downgraded), the collapse of shared memory under the
-    /// read lock with the retract under none, and of private memory
-    /// (collapse_huge_page) under the write lock. Private memory is huge
-    /// PMDs as often as PTE tables, so a partial DONTNEED splits a huge PMD
-    /// beside faults, and a partial mprotect under the write lock. What keeps one updater out of a table another has just
-    /// unlinked is pte_offset_map_lock's pmd_same re-check; without it
-    /// (no-pmd-recheck) a fault can install a PTE into a table PT_RECLAIM
-    /// took away — lost, its page leaked. And since DONTNEED takes only its
+    /// VMA, or DONTNEED spans VMAs), munmap + mmap, mremap (of private
+    /// tables, and of the shared memory away and back) and mprotect under
+    /// the write lock (munmap downgraded), the collapse of shared memory
+    /// under the read lock with the retract under none, and of private
+    /// memory (collapse_huge_page) under the write lock. Private memory is
+    /// huge PMDs as often as PTE tables, so a partial DONTNEED splits a huge
+    /// PMD beside faults, and a partial mprotect under the write lock. What
+    /// keeps one updater out of a table another has just unlinked is
+    /// pte_offset_map_lock's pmd_same re-check; without it (no-pmd-recheck)
+    /// a fault can install a PTE into a table PT_RECLAIM took away — lost,
+    /// its page leaked. And since DONTNEED takes only its
     /// VMA's lock (6.17), collapse_huge_page must write-lock the VMA before
     /// it checks the PMD; 6.17-rc1 checked first (collapse-check-first), and
     /// a DONTNEED reclaimed the table the collapse went on to use.
