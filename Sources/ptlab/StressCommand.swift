@@ -171,6 +171,7 @@ struct StressCommand: ParsableCommand {
         options.walkers = walkers
         options.updaters = Scenario.named(run.scenario).map { $0.updaters > 1 } == true ? updaters : nil
         options.tlbFlush = run.tlbFlush
+        options.thp = params.thp
         options.seed = seed
         options.iommu = params.iommu
         options.stopOnDetection = stopOnDetect || (scenario == "all" && !run.safe)

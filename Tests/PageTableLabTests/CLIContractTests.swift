@@ -139,6 +139,18 @@ final class CLIContractTests: XCTestCase {
         XCTAssertEqual(caught.json["tlb_flush"] as? String, "no-ipi")
     }
 
+    /// The updaters' faults follow thp_enabled, as compare's model does:
+    /// huge PMDs from faults with always, none with never (MADV_COLLAPSE
+    /// makes them either way).
+    func testStressFaultsFollowTHPEnabled() throws {
+        for (setting, faultsMapHugePMDs) in [("always", true), ("never", false)] {
+            let r = try run(["stress", "race", "--duration", "0.5", "--param", "thp_enabled=\(setting)", "--json"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let thp = try XCTUnwrap(r.json["thp_events"] as? [String: Any])
+            XCTAssertEqual((thp["thp_fault_alloc"] as? Int ?? 0) > 0, faultsMapHugePMDs, "thp_enabled=\(setting): \(thp)")
+        }
+    }
+
     func testStressJSONNamesAnUnsafeRunsDetector() throws {
         let r = try run(["stress", "unmap", "--mode", "no-flush", "--stop-on-detect", "--duration", "30", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)

@@ -16,6 +16,11 @@ public struct StressOptions: Sendable {
     public var updaters: Int?
     /// How TLB flushes reach the walkers' CPUs (module parameter tlb_flush).
     public var tlbFlush = TLBFlushKind.ipi
+    /// The THP policy the updaters' faults follow (module parameters
+    /// thp_enabled and thp_shmem_enabled; `ptlab stress` reads the running
+    /// kernel's unless they say otherwise). MADV_COLLAPSE ignores it, as the
+    /// kernel's does.
+    public var thp = THPSettings()
     public var seed: UInt64 = 1
     /// PTE tables' worth of address space the updater churns.
     public var tables: Int = 8
@@ -127,6 +132,7 @@ public struct StressRunner {
 
     public func run(allocator: PageAllocator) throws -> StressResult {
         var profile = MMProfile()
+        profile.thp = options.thp
         mode.profile(&profile)
         profile.tlbFlush = options.tlbFlush
         let region = StressRegion(base: Self.regionBase, tables: options.tables)
