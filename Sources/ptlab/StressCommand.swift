@@ -160,6 +160,16 @@ struct StressCommand: ParsableCommand {
         }
     }
 
+    /// THP parameters set for runs that map small pages whatever they say
+    /// are said to be unused, not silently dropped.
+    private func noteTHPParameters(_ params: ModuleParameters, results: [StressResult]) {
+        guard params.string("thp_enabled") != "kernel" || params.string("thp_shmem_enabled") != "kernel" else { return }
+        let small = results.filter { !$0.followed(params) }.map { "\($0.scenario)/\($0.mode)" }
+        guard !small.isEmpty else { return }
+        Diagnostics.warn("thp_enabled and thp_shmem_enabled apply to race's safe mode; \(small.joined(separator: ", ")) map small pages "
+            + "whatever they say (their paths free PTE tables, which huge PMDs from faults would not make)")
+    }
+
     /// The stress options for one planned run.
     private func options(for run: PlannedRun, params: ModuleParameters) -> StressOptions {
         var options = StressOptions(scenario: run.scenario, mode: run.mode)
@@ -213,6 +223,7 @@ struct StressCommand: ParsableCommand {
             results.append(result)
             if !json { printTable(result, params: params) }
         }
+        noteTHPParameters(params, results: results)
         if json {
             if self.scenario == "all" { try JSONOutput.print(StressSummary(runs: results)) } else { try JSONOutput.print(results[0]) }
         } else if results.count > 1 {
@@ -282,6 +293,8 @@ struct StressCommand: ParsableCommand {
             ("tables freed", "\(r.tablesFreed)"),
             ("rcu callbacks", "\(r.rcuCallbacks)"),
             ("tlb flushes", "\(r.tlbFlushes)"),
+            ("thp policy", "enabled=\(r.thp.enabled) shmem_enabled=\(r.thp.shmemEnabled)"
+                + (r.followed(params) ? "" : " (this run maps small pages whatever the parameters say)")),
             ("thp events", thp(r.thpEvents)),
             ("vma lock / mmap lock", vmaLocks(r.vmaLocks)),
             ("VmPTE at the end", "\(r.vmPTEBytes >> 10) kB accounted, \(r.tableBytesHeld >> 10) kB of tables held"),
@@ -353,4 +366,9 @@ struct StressCommand: ParsableCommand {
 /// `stress all --json`: every run, so a soak can be summarised in one object.
 struct StressSummary: Encodable {
     var runs: [StressResult]
+}
+
+extension StressResult {
+    /// Whether its faults followed the THP module parameters.
+    func followed(_ params: ModuleParameters) -> Bool { thp == THPPolicy(params.thp) }
 }

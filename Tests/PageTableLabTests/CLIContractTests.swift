@@ -60,7 +60,7 @@ final class CLIContractTests: XCTestCase {
         "scenario", "mode", "safe", "expected_detector", "seed", "walkers", "duration_s", "ops", "walks",
         "uaf_detected", "leaked_pages", "tables_freed", "rcu_callbacks", "tlb_flushes", "peak_deferred_bytes",
         "free_latency_us", "detections", "free_errors", "double_queued", "notifier_failures", "stores_to_freed_pages", "bad_page_states", "pass", "verdict",
-        "updaters", "walker_contexts", "tlb_flush", "vmpte_bytes", "table_bytes_held", "thp_events", "vma_locks",
+        "updaters", "walker_contexts", "tlb_flush", "vmpte_bytes", "table_bytes_held", "thp", "thp_events", "vma_locks",
     ]
     static let detectionKeys = ["walks", "mapped", "not_mapped", "retries", "poison_seen"] + Detector.allCases.map(\.rawValue)
 
@@ -139,16 +139,23 @@ final class CLIContractTests: XCTestCase {
         XCTAssertEqual(caught.json["tlb_flush"] as? String, "no-ipi")
     }
 
-    /// The updaters' faults follow thp_enabled, as compare's model does:
-    /// huge PMDs from faults with always, none with never (MADV_COLLAPSE
-    /// makes them either way).
-    func testStressFaultsFollowTHPEnabled() throws {
+    /// race's faults follow thp_enabled, as compare's model does: huge
+    /// PMDs from faults with always, none with never (MADV_COLLAPSE makes
+    /// them either way). A run whose path needs PTE tables maps small pages
+    /// whatever it says, and says so.
+    func testStressFaultsFollowTHPEnabledWhereTheScenarioTakesIt() throws {
         for (setting, faultsMapHugePMDs) in [("always", true), ("never", false)] {
             let r = try run(["stress", "race", "--duration", "0.5", "--param", "thp_enabled=\(setting)", "--json"])
             XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual((r.json["thp"] as? [String: Any])?["enabled"] as? String, setting)
             let thp = try XCTUnwrap(r.json["thp_events"] as? [String: Any])
             XCTAssertEqual((thp["thp_fault_alloc"] as? Int ?? 0) > 0, faultsMapHugePMDs, "thp_enabled=\(setting): \(thp)")
         }
+        let small = try run(["stress", "reclaim", "--duration", "0.3", "--param", "thp_enabled=always", "--json"])
+        XCTAssertEqual(small.status, 0, small.stderr)
+        XCTAssertEqual((small.json["thp"] as? [String: Any])?["enabled"] as? String, "madvise")
+        XCTAssertEqual((small.json["thp_events"] as? [String: Any])?["thp_fault_alloc"] as? Int, 0)
+        XCTAssertTrue(small.stderr.contains("reclaim/rcu-table-free map small pages"), small.stderr)
     }
 
     func testStressJSONNamesAnUnsafeRunsDetector() throws {

@@ -23,11 +23,20 @@ extension Scenario {
         summary: "several updaters (faults, DONTNEED, munmap/mmap, mremap, mprotect, shmem and anonymous collapse, THP splits) vs each other and every kind of walker",
         modes: [
             .safe("kernel") { _ in },
-            .unsafe("no-pmd-recheck", caughtBy: .staleTableWrite) { $0.skipPMDRecheck = true },
-            .unsafe("collapse-check-first", caughtBy: .staleTableWrite) { $0.collapseChecksBeforeVMAWrite = true },
+            // Both bugs are a fault's or a collapse's PTE table racing
+            // PT_RECLAIM: small pages, whatever thp_enabled says.
+            .unsafe("no-pmd-recheck", caughtBy: .staleTableWrite) {
+                $0.skipPMDRecheck = true
+                $0.thp = THPSettings()
+            },
+            .unsafe("collapse-check-first", caughtBy: .staleTableWrite) {
+                $0.collapseChecksBeforeVMAWrite = true
+                $0.thp = THPSettings()
+            },
         ],
         walkers: [.gupFast, .pteOffsetMap(.rcu), .pteOffsetMap(.mmapRead), .pteOffsetMap(.rmap), .pteOffsetMapLock, .mmu],
         updaters: 2,
+        followsTHPParameters: true,
         setUp: raceSetUp,
         step: raceStep)
 

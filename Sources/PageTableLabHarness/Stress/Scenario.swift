@@ -104,6 +104,12 @@ public struct Scenario: Sendable {
     public let walkers: [Walker]
     /// Updater threads unless the run says otherwise (only `race` has more).
     public let updaters: Int
+    /// Whether its faults follow the THP module parameters (`race`'s safe
+    /// mode, built for huge PMDs beside PTE tables). The others map small
+    /// pages whatever they say (the lab's default policy, madvise and
+    /// never): each exercises a path that frees PTE tables, which faults
+    /// that map huge PMDs would not make. A mode may pin it too.
+    public let followsTHPParameters: Bool
     /// The updater's loop body: one operation on `mm` inside the region.
     let step: @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void
     /// What the mm holds before the first step, if anything.
@@ -116,7 +122,7 @@ public struct Scenario: Sendable {
     /// `setUp` what the mm holds before the first, `walkers` what each
     /// walker thread walks in turn.
     public init(name: String, path: String? = nil, summary: String, modes: [Mode], walkers: [Walker], updaters: Int = 1,
-         setUp: (@Sendable (MM, StressRegion) throws -> Void)? = nil,
+         followsTHPParameters: Bool = false, setUp: (@Sendable (MM, StressRegion) throws -> Void)? = nil,
          step: @escaping @Sendable (MM, StressRegion, inout SplitMix64) throws -> Void) {
         self.setUp = setUp
         self.name = name
@@ -125,6 +131,7 @@ public struct Scenario: Sendable {
         self.modes = modes
         self.walkers = walkers
         self.updaters = updaters
+        self.followsTHPParameters = followsTHPParameters
         self.step = step
     }
 

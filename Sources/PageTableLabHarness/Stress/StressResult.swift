@@ -44,6 +44,10 @@ public struct StressResult: Encodable, Sendable, Equatable {
     /// what says a run reached huge PMDs, their splits and collapses, and
     /// not only PTE tables.
     public var thpEvents = THPEvents()
+    /// The THP policy the faults followed: the module parameters' for a
+    /// scenario that takes them, the lab's default (madvise, never) for the
+    /// others.
+    public var thp = THPPolicy(THPSettings())
     /// Which lock the faults and DONTNEEDs ran under, their VMA's or the
     /// mmap read lock, and how many of the first overlapped a writer
     /// holding the mmap write lock.
@@ -90,6 +94,21 @@ public struct StressResult: Encodable, Sendable, Equatable {
             case faultFallback = "thp_fault_fallback"
             case collapseAlloc = "thp_collapse_alloc"
             case splitPMD = "thp_split_pmd"
+        }
+    }
+
+    public struct THPPolicy: Codable, Sendable, Equatable {
+        public var enabled: String
+        public var shmemEnabled: String
+
+        public init(_ settings: THPSettings) {
+            enabled = settings.enabled.rawValue
+            shmemEnabled = settings.shmemEnabled.rawValue
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case enabled
+            case shmemEnabled = "shmem_enabled"
         }
     }
 
@@ -191,6 +210,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case tablesFreedBy = "tables_freed_by"
         case tablesStranded = "tables_stranded"
         case thpEvents = "thp_events"
+        case thp
         case vmaLocks = "vma_locks"
         case opKinds = "op_kinds"
     }
@@ -224,6 +244,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encode(peakDeferredBytes, forKey: .peakDeferredBytes)
         try c.encode(freeLatencyUs, forKey: .freeLatencyUs)
         try c.encode(detections, forKey: .detections)
+        try c.encode(thp, forKey: .thp)
         try c.encode(thpEvents, forKey: .thpEvents)
         try c.encode(vmaLocks, forKey: .vmaLocks)
         try c.encodeIfPresent(opKinds, forKey: .opKinds)

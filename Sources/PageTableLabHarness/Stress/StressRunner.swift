@@ -16,9 +16,10 @@ public struct StressOptions: Sendable {
     public var updaters: Int?
     /// How TLB flushes reach the walkers' CPUs (module parameter tlb_flush).
     public var tlbFlush = TLBFlushKind.ipi
-    /// The THP policy the updaters' faults follow (module parameters
-    /// thp_enabled and thp_shmem_enabled; `ptlab stress` reads the running
-    /// kernel's unless they say otherwise). MADV_COLLAPSE ignores it, as the
+    /// The THP policy the updaters' faults follow where the scenario takes
+    /// one (Scenario.followsTHPParameters; module parameters thp_enabled and
+    /// thp_shmem_enabled, which `ptlab stress` reads from the running
+    /// kernel unless they say otherwise). MADV_COLLAPSE ignores it, as the
     /// kernel's does.
     public var thp = THPSettings()
     public var seed: UInt64 = 1
@@ -132,7 +133,7 @@ public struct StressRunner {
 
     public func run(allocator: PageAllocator) throws -> StressResult {
         var profile = MMProfile()
-        profile.thp = options.thp
+        profile.thp = scenario.followsTHPParameters ? options.thp : THPSettings()
         mode.profile(&profile)
         profile.tlbFlush = options.tlbFlush
         let region = StressRegion(base: Self.regionBase, tables: options.tables)
@@ -203,6 +204,7 @@ public struct StressRunner {
             result.tlbFlush = options.tlbFlush
             result.vmPTEBytes = vmPTE.accounted
             result.thpEvents = thp
+            result.thp = StressResult.THPPolicy(profile.thp)
             result.vmaLocks = vmaLocks
             let kinds = region.ops.snapshot
             result.opKinds = kinds.isEmpty ? nil : kinds
