@@ -10,12 +10,13 @@ import XCTest
 /// instead of hanging.
 final class StressScenarioTests: XCTestCase {
     private func run(_ scenario: String, _ mode: String, ops: Int? = nil, path: String? = nil,
-                     tlbFlush: TLBFlushKind = .ipi, updaters: Int? = nil) throws -> StressResult {
+                     tlbFlush: TLBFlushKind = .ipi, updaters: Int? = nil, thp: THPSettings = THPSettings()) throws -> StressResult {
         try runStressForTest(scenario, mode, ops: ops) { options, allocator in
             var options = options
             options.path = path
             options.tlbFlush = tlbFlush
             options.updaters = updaters
+            options.thp = thp
             return try StressRunner(options).run(allocator: allocator)
         }
     }
@@ -108,8 +109,9 @@ final class StressScenarioTests: XCTestCase {
     }
 
     func testRaceIsSafeWithTheKernelsLocks() throws {
-        for updaters in [2, 3] {
-            let r = try run("race", "kernel", ops: 600, updaters: updaters)
+        for (updaters, thp) in [(2, THPSettings()), (3, THPSettings(enabled: .always, shmemEnabled: .always))] {
+            let r = try run("race", "kernel", ops: 600, updaters: updaters, thp: thp)
+            XCTAssertEqual(r.thpEvents.faultAlloc > 0, thp.enabled == .always, "faults map huge PMDs as thp_enabled says: \(r.thpEvents)")
             XCTAssertEqual(r.updaters, updaters)
             XCTAssertEqual(Set(r.walkerContexts.map(\.context)), Set(LockContext.allCases), "race walks in every lock context")
             XCTAssertEqual(r.uafDetected, 0, "\(r.detections)")
