@@ -41,6 +41,11 @@ struct StressCommand: ParsableCommand {
             flush) is the x86 native kernel before RCU table freeing, safe with IPIs and caught \
             by GUP-fast with --param tlb_flush=no-ipi.
 
+            thp_enabled and thp_shmem_enabled (the running kernel's unless set) decide \
+            whether race's faults map huge PMDs in its safe mode. Every other run maps small \
+            pages whatever they say, since its path frees PTE tables; the report's thp policy \
+            (thp in --json) says what a run's faults followed.
+
             kernel-free and iommu-faults bring up the emulated VT-d IOMMU with the module \
             parameters qi_driver (robust, the default, or linux: Linux's qi_submit_sync and \
             qi_check_fault step for step) and sva_notifier_ih. Where Linux's driver would spin \
@@ -56,6 +61,7 @@ struct StressCommand: ParsableCommand {
               ptlab stress collapse --mode immediate --duration 3
               ptlab stress batch-fail --fallback ipi-sync --walkers 2 --json
               ptlab stress race --updaters 3 --duration 10
+              ptlab stress race --param thp_enabled=always --param thp_shmem_enabled=always
               ptlab stress unmap --mode no-rcu --param tlb_flush=no-ipi
               ptlab stress kernel-free --mode no-invalidate
               ptlab stress iommu-faults --mode per-page --param qi_driver=linux
