@@ -137,3 +137,14 @@ func runStressForTest(_ scenario: String, _ mode: String, ops: Int?,
     assertIntegrity(since: integrityBefore)
     return result
 }
+
+extension MM {
+    /// Whether a fault at `address` would take its VMA's lock alone now.
+    /// The lock is dropped again at once, so that an assertion that fails
+    /// cannot leave it held for a writer or exit() to wait on for ever.
+    func faultWouldLockVMA(at address: UInt64) -> Bool {
+        guard let locked = lockVMAUnderRCU(address) else { return false }
+        vmaLocks.endRead(locked)
+        return true
+    }
+}

@@ -388,10 +388,9 @@ final class RaceWindowTests: XCTestCase {
                 try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
                 mm.raceWindowHook = { window, _ in
                     guard window == .collapseChecked else { return }
-                    let locked = mm.lockVMAUnderRCU(tib)
-                    XCTAssertEqual(locked != nil, checksFirst, "the checked VMA is write-locked only in the kernel's order")
-                    guard let locked else { return }
-                    mm.vmaLocks.endRead(locked)
+                    let lockable = mm.faultWouldLockVMA(at: tib)
+                    XCTAssertEqual(lockable, checksFirst, "the checked VMA is write-locked only in the kernel's order")
+                    guard lockable else { return }
                     do { try mm.madviseDontneed(address: tib, length: 2 * mib) } catch { XCTFail("DONTNEED: \(error)") }
                 }
                 do {

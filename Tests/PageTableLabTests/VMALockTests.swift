@@ -14,18 +14,15 @@ final class VMALockTests: XCTestCase {
             let mm = try MM(allocator: allocator)
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.mmap(address: tib + 4 * mib, length: 2 * mib)
-            XCTAssertNil(mm.lockVMAUnderRCU(tib), "a first fault takes the mmap lock for its anon_vma")
+            XCTAssertFalse(mm.faultWouldLockVMA(at: tib), "a first fault takes the mmap lock for its anon_vma")
             try mm.touch(address: tib, length: 4096)
             try mm.touch(address: tib + 4 * mib, length: 4096)
             mm.withWriteLock(vmasOf: [tib + 4 * mib..<tib + 5 * mib], merging: .none) {
-                let a = mm.lockVMAUnderRCU(tib + 4096)
-                XCTAssertEqual(a?.start, tib, "A is not B's neighbour: its faults go on")
-                if let a { mm.vmaLocks.endRead(a) }
-                XCTAssertNil(mm.lockVMAUnderRCU(tib + 5 * mib), "all of B is write-locked, not only the range")
+                XCTAssertTrue(mm.faultWouldLockVMA(at: tib + 4096), "A is not B's neighbour: its faults go on")
+                XCTAssertFalse(mm.faultWouldLockVMA(at: tib + 5 * mib), "all of B is write-locked, not only the range")
             }
-            let b = try XCTUnwrap(mm.lockVMAUnderRCU(tib + 5 * mib), "vma_end_write_all at mmap_write_unlock")
-            mm.vmaLocks.endRead(b)
-            XCTAssertNil(mm.lockVMAUnderRCU(tib + 3 * mib), "no VMA there")
+            XCTAssertTrue(mm.faultWouldLockVMA(at: tib + 5 * mib), "vma_end_write_all at mmap_write_unlock")
+            XCTAssertFalse(mm.faultWouldLockVMA(at: tib + 3 * mib), "no VMA there")
             mm.exit()
         }
     }
@@ -44,9 +41,8 @@ final class VMALockTests: XCTestCase {
             let faultable = Mutex<Bool?>(nil)
             mm.raceWindowHook = { window, address in
                 guard window == .mremapBeforeMovePTEs, faultable.withLock({ $0 }) == nil else { return }
-                let locked = mm.lockVMAUnderRCU(address)
-                if let locked { mm.vmaLocks.endRead(locked) }
-                faultable.withLock { $0 = locked != nil }
+                let locked = mm.faultWouldLockVMA(at: address)
+                faultable.withLock { $0 = locked }
             }
             try mm.mremap(from: tib, length: 2 * mib, to: new)
             mm.raceWindowHook = nil
@@ -64,12 +60,12 @@ final class VMALockTests: XCTestCase {
             try mm.mmap(address: tib, length: 2 * mib)
             try mm.touch(address: tib, length: 4096)
             mm.withWriteLock(vmasOf: [tib + 2 * mib..<tib + 4 * mib], merging: .anonymous) {
-                XCTAssertNil(mm.lockVMAUnderRCU(tib), "an anonymous mmap right above may merge into it")
+                XCTAssertFalse(mm.faultWouldLockVMA(at: tib), "an anonymous mmap right above may merge into it")
             }
             mm.exit()
             let old = try MM(allocator: allocator, profile: .pre6_14)
             try old.mmap(address: tib, length: 2 * mib)
-            XCTAssertNil(old.lockVMAUnderRCU(tib))
+            XCTAssertFalse(old.faultWouldLockVMA(at: tib))
             try old.touch(address: tib, length: 4096)
             old.exit()
         }
@@ -155,13 +151,9 @@ final class VMALockTests: XCTestCase {
             for merging in [MergeCandidates.none, .backedAs(shared), .anonymous] {
                 mm.withWriteLock(vmasOf: [merging == .anonymous ? shared.upperBound..<shared.upperBound + 2 * mib : shared],
                                  merging: merging) {
-                    let anonymous = mm.lockVMAUnderRCU(tib)
-                    XCTAssertEqual(anonymous?.start, tib, "\(merging): the anonymous VMA cannot merge with shared memory")
-                    if let anonymous { mm.vmaLocks.endRead(anonymous) }
-                    let sharedVMA = mm.lockVMAUnderRCU(shared.lowerBound)
-                    XCTAssertEqual(sharedVMA == nil, merging != .anonymous,
+                    XCTAssertTrue(mm.faultWouldLockVMA(at: tib), "\(merging): the anonymous VMA cannot merge with shared memory")
+                    XCTAssertEqual(mm.faultWouldLockVMA(at: shared.lowerBound), merging == .anonymous,
                                    "\(merging): the shared VMA is locked when it is the writer's, not when it is a neighbour of another backing")
-                    if let sharedVMA { mm.vmaLocks.endRead(sharedVMA) }
                 }
             }
             XCTAssertTrue(try dontneed(mm, tib..<tib + 2 * mib, unmappingInside: shared),
@@ -218,11 +210,8 @@ final class VMALockTests: XCTestCase {
                 let seen = Mutex<(anonymous: Bool, sameFile: Bool)?>(nil)
                 mm.raceWindowHook = { window, _ in
                     guard window == .writeLocked, seen.withLock({ $0 }) == nil else { return }
-                    let anonymous = mm.lockVMAUnderRCU(tib)
-                    let sameFile = mm.lockVMAUnderRCU(half.upperBound)
-                    if let anonymous { mm.vmaLocks.endRead(anonymous) }
-                    if let sameFile { mm.vmaLocks.endRead(sameFile) }
-                    seen.withLock { $0 = (anonymous == nil, sameFile == nil) }
+                    let locked = (anonymous: !mm.faultWouldLockVMA(at: tib), sameFile: !mm.faultWouldLockVMA(at: half.upperBound))
+                    seen.withLock { $0 = locked }
                 }
                 try op()
                 mm.raceWindowHook = nil

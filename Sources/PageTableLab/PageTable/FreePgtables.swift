@@ -9,7 +9,7 @@ extension MM {
         // unlink_anon_vmas / unlink_file_vma: no rmap walker finds them now.
         rmapLock.withWriteLock {
             rmap.withLock { r in
-                for vma in removed { r.unlink(vma.start..<vma.end) }
+                for vma in removed { r.unlink(vma.extent) }
                 r.unlinkDetached(removed)
             }
         }

@@ -43,6 +43,7 @@ public struct VMA: Sendable {
     }
 
     public var length: UInt64 { end - start }
+    public var extent: Range<UInt64> { start..<end }
     public var isAnonymous: Bool { file == nil }
     public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
     /// The file page (anonymous: the linear page index) mapped at `address`.

@@ -33,9 +33,8 @@ final class VMALocks: @unchecked Sendable {
         monitor.lock()
         defer { monitor.unlock() }
         guard let vma = find() else { return nil }
-        let extent = vma.start..<vma.end
-        guard !writeLocked.contains(where: { $0.overlaps(extent) }) else { return nil }
-        readers.append((extent, nil))
+        guard !writeLocked.contains(where: { $0.overlaps(vma.extent) }) else { return nil }
+        readers.append((vma.extent, nil))
         return vma
     }
 
@@ -46,7 +45,7 @@ final class VMALocks: @unchecked Sendable {
     func endRead(_ vma: VMA) -> Int? {
         monitor.lock()
         defer { monitor.unlock() }
-        guard let i = readers.firstIndex(where: { $0.extent == vma.start..<vma.end }) else { return nil }
+        guard let i = readers.firstIndex(where: { $0.extent == vma.extent }) else { return nil }
         let waitedBy = readers.remove(at: i).waitedBy
         monitor.broadcast()
         return waitedBy
@@ -206,15 +205,15 @@ extension MM {
             let backings: [ShmemFile?]? = switch merging {
             case .none: nil
             case .anonymous: [nil]
-            case .backedAs(let range): tree.vmas.filter { $0.start < range.upperBound && range.lowerBound < $0.end }.map(\.file)
+            case .backedAs(let range): tree.vmas.filter { $0.extent.overlaps(range) }.map(\.file)
             }
             return tree.vmas.filter { vma in
                 ranges.contains { range in
-                    if vma.start < range.upperBound && range.lowerBound < vma.end { return true }
+                    if vma.extent.overlaps(range) { return true }
                     guard vma.end == range.lowerBound || vma.start == range.upperBound, let backings else { return false }
                     return backings.contains { $0 === vma.file }
                 }
-            }.map { $0.start..<$0.end }
+            }.map(\.extent)
         }
     }
 
@@ -223,11 +222,7 @@ extension MM {
     /// is write-locked or gone (the fault then finds what the writer left).
     /// `body` gets the VMA, its anon_vma prepared.
     func withFaultLock<R>(_ address: UInt64, _ body: (VMA) throws(MMError) -> R) throws(MMError) -> R {
-        if let locked = lockVMAUnderRCU(address) {
-            return try underVMALock(locked, .fault) { () throws(MMError) -> R in try body(faultableVMA(at: address)) }
-        }
-        vmaLockEvents.countMMap(.fault)
-        return try mmapLock.withReadLock { () throws(MMError) -> R in try body(faultableVMA(at: address)) }
+        try underReadLock(lockVMAUnderRCU(address), .fault) { () throws(MMError) -> R in try body(faultableVMA(at: address)) }
     }
 
     /// lock_vma_under_rcu: the VMA at `address`, read-locked, or nil (no
@@ -245,18 +240,21 @@ extension MM {
     /// lock. Under the VMA lock alone it runs beside munmap, mremap or
     /// mprotect of other VMAs, and PT_RECLAIM frees with no mmap lock held.
     func withMadviseLock<R>(_ range: Range<UInt64>, _ body: () -> R) -> R {
-        if profile.madviseVMALock, let locked = lockVMA(at: range.lowerBound, if: { $0.end >= range.upperBound }) {
-            return underVMALock(locked, .dontneed, body)
-        }
-        vmaLockEvents.countMMap(.dontneed)
-        return mmapLock.withReadLock(body)
+        let locked = profile.madviseVMALock ? lockVMA(at: range.lowerBound, if: { $0.end >= range.upperBound }) : nil
+        return underReadLock(locked, .dontneed, body)
     }
 
-    /// `body` under the read lock on `locked`, dropped after it; counted,
-    /// with whether a writer held the mmap lock meanwhile (mm_lock_seq),
-    /// other than one that only waited for this reader to leave.
-    private func underVMALock<R, E: Error>(_ locked: VMA, _ op: VMALockEvents.Op,
-                                           _ body: () throws(E) -> R) throws(E) -> R {
+    /// `body` under the read lock on `locked`, dropped after it, or under
+    /// the mmap read lock where there is none; counted, and with the VMA's
+    /// lock, with whether a writer held the mmap lock meanwhile
+    /// (mm_lock_seq), other than one that only waited for this reader to
+    /// leave.
+    private func underReadLock<R, E: Error>(_ locked: VMA?, _ op: VMALockEvents.Op,
+                                            _ body: () throws(E) -> R) throws(E) -> R {
+        guard let locked else {
+            vmaLockEvents.countMMap(op)
+            return try mmapLock.withReadLock(body)
+        }
         let start = mmapLock.sequenceNow
         defer {
             let end = mmapLock.sequenceNow
