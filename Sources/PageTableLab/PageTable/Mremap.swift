@@ -97,8 +97,40 @@ extension MM {
         func takingRmapLocks<R>(_ needed: Bool, _ body: () -> R) -> R {
             needed ? rmapLock.withWriteLock(body) : body()
         }
-        var old = oldStart, new = newStart
         let oldEnd = oldStart + length
+        /// One extent of the move, from `old` to `new`, and how far it
+        /// reaches: nil when move_ptes must start it again (-EAGAIN).
+        func moveExtent(_ old: UInt64, _ new: UInt64) throws(MMError) -> UInt64? {
+            var extent = Self.extent(old, new, oldEnd, span: Level.pud.entrySpan)
+            guard let (_, oldPUD) = findPUDEntry(old) else { return extent }
+            let (_, newPUD) = try walkToPUDEntry(new)
+            if extent == Level.pud.entrySpan, takingRmapLocks(true, { moveNormalPUD(from: oldPUD, to: newPUD, address: old) }) {
+                return extent
+            }
+            extent = Self.extent(old, new, oldEnd, span: Self.pmdSize)
+            guard let (oldPMDTable, oldPMD) = findPMD(old), Entry(rawValue: ptlab_pte_read(oldPMD)).isMapped else { return extent }
+            let (newPMDTable, newPMD) = try walkToPMD(new)
+            if Entry(rawValue: ptlab_pte_read(oldPMD)).isHugeLeaf {
+                if extent == Self.pmdSize {
+                    takingRmapLocks(needRmapLocks) {
+                        moveHugePMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old, vma: vma)
+                    }
+                    return extent
+                }
+                splitHugePMD(pmdTable: oldPMDTable, slot: oldPMD, address: old, vma: vma)
+            } else if extent == Self.pmdSize, takingRmapLocks(true, {
+                moveNormalPMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old)
+            }) {
+                return extent
+            }
+            guard Entry(rawValue: ptlab_pte_read(oldPMD)).isPresent else { return extent }
+            let newTable = try pteTable(at: newPMD, parent: newPMDTable, address: new)
+            raceWindow(.mremapBeforeMovePTEs, new)
+            return takingRmapLocks(needRmapLocks, {
+                movePTEs(from: oldPMD, at: old, to: newPMD, newTable: newTable, at: new, extent: extent)
+            }) ? extent : nil
+        }
+        var old = oldStart, new = newStart
         if profile.mremapRealign, canRealign(old, new, length: length, vma: vma) {
             old &= ~(Self.pmdSize - 1)
             new &= ~(Self.pmdSize - 1)
@@ -110,50 +142,7 @@ extension MM {
         // only passed extents that moved.
         do throws(MMError) {
             while old < oldEnd {
-                var extent = Self.extent(old, new, oldEnd, span: Level.pud.entrySpan)
-                guard let (_, oldPUD) = findPUDEntry(old) else {
-                    old += extent
-                    new += extent
-                    continue
-                }
-                let (_, newPUD) = try walkToPUDEntry(new)
-                if extent == Level.pud.entrySpan, takingRmapLocks(true, { moveNormalPUD(from: oldPUD, to: newPUD, address: old) }) {
-                    old += extent
-                    new += extent
-                    continue
-                }
-                extent = Self.extent(old, new, oldEnd, span: Self.pmdSize)
-                guard let (oldPMDTable, oldPMD) = findPMD(old), Entry(rawValue: ptlab_pte_read(oldPMD)).isMapped else {
-                    old += extent
-                    new += extent
-                    continue
-                }
-                let (newPMDTable, newPMD) = try walkToPMD(new)
-                if Entry(rawValue: ptlab_pte_read(oldPMD)).isHugeLeaf {
-                    if extent == Self.pmdSize {
-                        takingRmapLocks(needRmapLocks) {
-                            moveHugePMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old, vma: vma)
-                        }
-                        old += extent
-                        new += extent
-                        continue
-                    }
-                    splitHugePMD(pmdTable: oldPMDTable, slot: oldPMD, address: old, vma: vma)
-                } else if extent == Self.pmdSize, takingRmapLocks(true, {
-                    moveNormalPMD(from: oldPMD, oldTable: oldPMDTable, to: newPMD, newTable: newPMDTable, address: old)
-                }) {
-                    old += extent
-                    new += extent
-                    continue
-                }
-                if Entry(rawValue: ptlab_pte_read(oldPMD)).isPresent {
-                    let newTable = try pteTable(at: newPMD, parent: newPMDTable, address: new)
-                    raceWindow(.mremapBeforeMovePTEs, new)
-                    // -EAGAIN: the extent again, from the top.
-                    guard takingRmapLocks(needRmapLocks, {
-                        movePTEs(from: oldPMD, at: old, to: newPMD, newTable: newTable, at: new, extent: extent)
-                    }) else { continue }
-                }
+                guard let extent = try moveExtent(old, new) else { continue }
                 old += extent
                 new += extent
             }
