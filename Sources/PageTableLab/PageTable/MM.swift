@@ -16,10 +16,12 @@
 //  - mmap_lock (MMapLock): write for mmap, munmap, mremap, mprotect,
 //    MADV_HUGEPAGE and the anonymous collapse; munmap detaches its VMAs
 //    under write, then downgrades to read to zap and free_pgtables; read for
-//    MADV_DONTNEED and the shmem collapse. A writer also write-locks each
-//    VMA it changes (VMALocks), until it unlocks or downgrades.
-//  - per-VMA locks (6.4+, VMALock.swift): a fault locks only its VMA, and
-//    falls back to the mmap read lock when a writer holds that VMA.
+//    the shmem collapse, and MADV_DONTNEED over several VMAs or before 6.17.
+//    A writer also write-locks each VMA it changes, and each neighbour a
+//    merge may change (VMALocks), until it unlocks or downgrades.
+//  - per-VMA locks (6.4+, VMALock.swift): a fault locks only its VMA, and so
+//    does MADV_DONTNEED inside one VMA (6.17+); both fall back to the mmap
+//    read lock when a writer holds that VMA.
 //  - the rmap lock (anon_vma / i_mmap; one per mm here): free_pgtables
 //    unlinks the VMAs under it before freeing their tables; the shmem retract
 //    holds it and no mmap_lock at all.
