@@ -47,18 +47,8 @@ public struct KernelFreeStress {
 
     public var safe: Bool { !unsafe }
 
-    /// What ends a run with --stop-on-detect: the unsafe mode's own
-    /// detector (the IOMMU's caches), or any detection in a safe mode.
-    private func watchedDetections(_ iommu: IntelIOMMU) -> UInt64 {
-        let s = iommu.counters.snapshot()
-        return safe ? s.useAfterFree : s.useAfterFreeFromCache
-    }
-
     public func run(allocator: PageAllocator) throws -> StressResult {
-        let startAllocated = allocator.totalAllocatedPages
-        let integrityBefore = Integrity.snapshot()
-        FreeLatency.reset()
-        let deferredMonitor = DeferredMemoryMonitor(periodMicroseconds: 250)
+        let books = StressBooks(allocator)
         return try RCU.withRegisteredThread {
             // The churn runs on CPU 0, and the work is bound there too, as
             // schedule_work binds it to the queueing CPU.
@@ -97,29 +87,9 @@ public struct KernelFreeStress {
 
             var churn = KernelChurn(kernel: kernel, blocks: blocks)
             var rng = SplitMix64(seed: seed)
-            var ops = 0
-            let start = monotonicNanoseconds()
-            var elapsed = 0.0
-            var nextReport = start
-            var failure: Error?
-            while elapsed < options.duration, ops < options.maxOps ?? .max, iommu.lockup == nil,
-                  !(options.stopOnDetection && watchedDetections(iommu) > 0) {
-                do {
-                    try churn.step(&rng)
-                } catch {
-                    failure = error      // reported after the teardown, which must still run
-                    break
-                }
-                ops += 1
-                if injectFaults && ops % 16 == 0 { faults.injectNext(iommu: iommu) }
-                let now = monotonicNanoseconds()
-                elapsed = Double(now - start) / 1e9
-                if let progress = options.progress, now >= nextReport {
-                    nextReport = now + 500_000_000
-                    progress(StressProgress(elapsed: elapsed, duration: options.duration, ops: ops,
-                                            walks: Int(walkers.translations.load(ordering: .relaxed)),
-                                            uaf: Int(iommu.counters.snapshot().useAfterFree)))
-                }
+            let (ops, elapsed, failure) = options.runIOMMUUpdater(iommu: iommu, walkers: walkers, safe: safe) { i in
+                try churn.step(&rng)
+                if injectFaults && (i + 1) % 16 == 0 { faults.injectNext(iommu: iommu) }
             }
             walkers.stop()
             try churn.tearDown()
@@ -136,20 +106,11 @@ public struct KernelFreeStress {
             let tablesFreedBy = kernel.tablesFreedBy
             let kernelFlushes = kernel.rangeFlushes.load(ordering: .relaxed) + kernel.fullFlushes.load(ordering: .relaxed)
             kernel.release()
-            let stats = iommu.counters.snapshot()
-            let wait = iommu.qiWaitMicroseconds
-            let lockup = iommu.lockup
-            _ = iommu.shutdown()
-            let deferredPeak = deferredMonitor.stop()
-            try RCU.barrier()
-            if let failure { throw failure }
-
-            var detections = WalkCounters(iommu: stats)
-            detections.mapped = Int(walkers.translated.load(ordering: .relaxed))
+            let end = try IOMMURunEnd(iommu: iommu, walkers: walkers, books: books, failure: failure)
             let tables = freer.tablesFreed.load(ordering: .relaxed)
             var problems: [String] = []
-            if let lockup {
-                problems.append("qi_submit_sync locked up (qi_driver=\(iommu.parameters.driver.rawValue)): \(lockup)")
+            if let lockup = end.lockupProblem {
+                problems.append(lockup)
             } else {
                 let failures = sva.kvaFailures.load(ordering: .relaxed)
                 if failures > 0 { problems.append("\(failures) KVA invalidations never completed") }
@@ -157,27 +118,15 @@ public struct KernelFreeStress {
                 let lost = faults.lost.load(ordering: .relaxed)
                 if lost > 0 { problems.append("\(lost) submissions lost in a full queue") }
             }
-            if stats.misdirectedCompletions > 0 {
-                problems.append("\(stats.misdirectedCompletions) waits taken as done before they ran (misdirected status writes)")
+            if end.stats.misdirectedCompletions > 0 {
+                problems.append("\(end.stats.misdirectedCompletions) waits taken as done before they ran (misdirected status writes)")
             }
             var result = StressResult(
-                scenario: injectFaults ? "iommu-faults" : "kernel-free", path: nil, mode: policy.name, safe: safe,
-                expectedDetector: safe ? nil : .iommuFromCache,
-                seed: seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops,
-                walks: Int(walkers.translations.load(ordering: .relaxed)), uafDetected: detections.useAfterFree,
-                leakedPages: allocator.totalAllocatedPages - startAllocated,
-                tablesFreed: tables, rcuCallbacks: 0, tlbFlushes: kernelFlushes,
-                peakDeferredBytes: Int(deferredPeak),
-                freeLatencyUs: FreeLatency.summary(), detections: detections,
-                integrity: Integrity.snapshot() - integrityBefore, pass: false, verdict: "",
-                iotlbInvalidations: Int(stats.iotlbInvalidations), qiDescriptors: Int(stats.qiDescriptors),
-                qiWaitUs: .init(p50: Double(wait.valueAtPercentile(50)), p99: Double(wait.valueAtPercentile(99))),
+                iommuRun: injectFaults ? "iommu-faults" : "kernel-free", mode: policy.name, safe: safe, options: options,
+                ops: ops, elapsed: elapsed, dma: walkers, end: end, books: books, tablesFreed: tables, rcuCallbacks: 0,
+                tlbFlushes: kernelFlushes,
                 invalidationsPerTable: tables == 0 ? 0 : Double(freer.invalidations.load(ordering: .relaxed)) / Double(tables),
-                writeAfterFree: Int(stats.writeAfterFree),
                 faultsInjected: injectFaults ? faults.counts(iommu) : nil)
-            result.walkerContexts = [.dma]
-            result.qiDriver = iommu.parameters.driver.rawValue
-            result.qiLockup = lockup?.description
             result.tablesFreedBy = Dictionary(uniqueKeysWithValues: tablesFreedBy.map { ($0.key.rawValue, $0.value) })
             result.tablesStranded = freer.tablesStranded.load(ordering: .relaxed)
             result.judge(problems: problems)

@@ -137,12 +137,7 @@ public struct StressRunner {
         mode.profile(&profile)
         profile.tlbFlush = options.tlbFlush
         let region = StressRegion(base: Self.regionBase, tables: options.tables)
-        let startAllocated = allocator.totalAllocatedPages
-        let freedBefore = PageTables.stats.freed
-        let callbacksBefore = DeferredBound.snapshot().invoked
-        let integrityBefore = Integrity.snapshot()
-        FreeLatency.reset()
-        let deferredMonitor = DeferredMemoryMonitor(periodMicroseconds: 250)
+        let books = StressBooks(allocator)
         let expected = expectedDetector
 
         return try RCU.withRegisteredThread {
@@ -175,10 +170,10 @@ public struct StressRunner {
             let vmaLocks = StressResult.VMALocks(mm.vmaLockEvents)
             try binding?.teardown()
             mm.exit()
-            let deferredPeak = deferredMonitor.stop()
+            let deferredPeak = books.deferredMonitor.stop()
             try RCU.barrier()
             if let failure {
-                let problems = (Integrity.snapshot() - integrityBefore).problems
+                let problems = books.integritySince.problems
                 guard problems.isEmpty else {
                     throw StressError.failedAfterIntegrityProblems(String(describing: failure), problems: problems)
                 }
@@ -193,12 +188,12 @@ public struct StressRunner {
                 scenario: scenario.name, path: scenario.path, mode: mode.name, safe: expected == nil,
                 expectedDetector: expected,
                 seed: options.seed, walkers: options.walkers, durationSeconds: elapsed, ops: ops, walks: counters.walks,
-                uafDetected: counters.useAfterFree, leakedPages: allocator.totalAllocatedPages - startAllocated,
-                tablesFreed: PageTables.stats.freed - freedBefore,
-                rcuCallbacks: Int(DeferredBound.snapshot().invoked - callbacksBefore),
+                uafDetected: counters.useAfterFree, leakedPages: books.leakedPages,
+                tablesFreed: books.tablesFreedSince,
+                rcuCallbacks: books.callbacksSince,
                 tlbFlushes: tlbFlushes, peakDeferredBytes: Int(deferredPeak),
                 freeLatencyUs: FreeLatency.summary(), detections: counters,
-                integrity: Integrity.snapshot() - integrityBefore, pass: false, verdict: "")
+                integrity: books.integritySince, pass: false, verdict: "")
             result.updaters = updaters
             result.walkerContexts = scenario.walkers
             result.tlbFlush = options.tlbFlush
