@@ -46,9 +46,11 @@ struct StressCommand: ParsableCommand {
             pages whatever they say, since its path frees PTE tables; the report's thp policy \
             (thp in --json) says what a run's faults followed.
 
-            kernel-free and iommu-faults bring up the emulated VT-d IOMMU with the module \
-            parameters qi_driver (robust, the default, or linux: Linux's qi_submit_sync and \
-            qi_check_fault step for step) and sva_notifier_ih. Where Linux's driver would spin \
+            kernel-free, iommu-faults and sva-exit bring up the emulated VT-d IOMMU with the \
+            module parameters qi_driver (robust, the default, or linux: Linux's qi_submit_sync \
+            and qi_check_fault step for step) and sva_notifier_ih; sva-exit's mode is the \
+            notifier's release (sva_mm_release: teardown, as intel_mm_release clears the PASID \
+            entry before exit_mmap frees a table, or no-release). Where Linux's driver would spin \
             for ever the run stops with the lockup as its verdict (qi_lockup in --json), \
             never a hang: `ptlab stress iommu-faults --mode per-page --param qi_driver=linux` \
             shows, every time, an IQE inside a batched flush that Linux's qi_check_fault never \
@@ -65,6 +67,7 @@ struct StressCommand: ParsableCommand {
               ptlab stress unmap --mode no-rcu --param tlb_flush=no-ipi
               ptlab stress kernel-free --mode no-invalidate
               ptlab stress iommu-faults --mode per-page --param qi_driver=linux
+              ptlab stress sva-exit --mode no-release --stop-on-detect
               ptlab stress all --duration 2 --json
             """)
 
@@ -89,7 +92,7 @@ struct StressCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Seconds to run (an unsafe run under `all` stops at its own detector's first detection, and has at least 60 s for it).")
     var duration: Double = 3
 
-    @Option(parsing: .unconditional, help: "Walker threads: 1...256 (kernel-free and iommu-faults: 1...64).")
+    @Option(parsing: .unconditional, help: "Walker threads: 1...256 (kernel-free, iommu-faults and sva-exit: 1...64).")
     var walkers: Int = 2
 
     @Option(parsing: .unconditional, help: "race only: updater threads (default 2).")
@@ -128,6 +131,9 @@ struct StressCommand: ParsableCommand {
                      "    pmd_free_pte_page, pud_free_pmd_page, memory hot-remove, CPA collapse")
         lines.append("  iommu-faults\n    deferred, per-page\n" +
                      "    kernel-free while IQE, ITE, ICE and queue-full are injected")
+        lines.append("  sva-exit\n    teardown, no-release (iommu_from_cache)*\n" +
+                     "    processes exiting with their device still bound (SVA) vs DMA walkers:\n" +
+                     "    exit_mmap's mmu_notifier_release, the teardown, the driver's later unbind")
         return lines.joined(separator: "\n") + "\n  (* unsafe: the kernel before the fix; in brackets, the detector that must catch it)"
     }
 
@@ -201,6 +207,7 @@ struct StressCommand: ParsableCommand {
         switch options.scenario {
         case "kernel-free": try KernelFreeStress(options).run(allocator:)
         case "iommu-faults": try KernelFreeStress(options, injectFaults: true).run(allocator:)
+        case "sva-exit": try SVAExitStress(options).run(allocator:)
         default: try StressRunner(options).run(allocator:)
         }
     }
@@ -261,6 +268,7 @@ struct StressCommand: ParsableCommand {
             }
             runs += iommuModes.map { PlannedRun(scenario: "kernel-free", mode: $0, safe: $0 != "no-invalidate", tlbFlush: flush) }
             runs += ["deferred", "per-page"].map { PlannedRun(scenario: "iommu-faults", mode: $0, safe: true, tlbFlush: flush) }
+            runs += SVAExitStress.modes.map { PlannedRun(scenario: "sva-exit", mode: $0, safe: $0 == SVAMMRelease.teardown.rawValue, tlbFlush: flush) }
             return runs
         }
         let chosen = mode ?? fallback
@@ -271,8 +279,15 @@ struct StressCommand: ParsableCommand {
             }
             return [PlannedRun(scenario: scenario, mode: m, safe: m != "no-invalidate", tlbFlush: flush)]
         }
+        if scenario == "sva-exit" {
+            let m = chosen ?? SVAMMRelease.teardown.rawValue
+            guard SVAExitStress.modes.contains(m) else {
+                throw ValidationError("scenario 'sva-exit' has no mode '\(m)' (modes: \(SVAExitStress.modes.joined(separator: ", ")))")
+            }
+            return [PlannedRun(scenario: scenario, mode: m, safe: m == SVAMMRelease.teardown.rawValue, tlbFlush: flush)]
+        }
         guard let s = Scenario.named(scenario, path: path) else {
-            let known = Scenario.names + ["kernel-free", "iommu-faults", "all"]
+            let known = Scenario.names + ["kernel-free", "iommu-faults", "sva-exit", "all"]
             throw ValidationError("unknown scenario '\(scenario)' (scenarios: \(known.joined(separator: ", ")))")
         }
         let m = chosen ?? s.modes[0].name
@@ -365,6 +380,7 @@ struct StressCommand: ParsableCommand {
         }
         if let driver = r.qiDriver { rows.append(("qi_driver", driver + (r.qiLockup.map { ": LOCKUP: \($0)" } ?? ""))) }
         if let stranded = r.tablesStranded, stranded > 0 { rows.append(("tables stranded", "\(stranded)")) }
+        if let exits = r.exitsWhileBound { rows.append(("exits while bound", "\(exits)  (dma faults \(r.dmaFaults ?? 0))")) }
         return rows
     }
 }

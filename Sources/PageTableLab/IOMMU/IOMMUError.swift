@@ -8,6 +8,8 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidPASID(UInt32)
     case pasidNotBound(UInt32)
     case pasidAlreadyBound(UInt32)
+    /// SVA.bind of an mm that has exited: its tables are gone.
+    case mmExited
     case deviceAlreadyAttached(sid: UInt16)
     case deviceNotAttached(sid: UInt16)
     /// An invalidation range with nothing in it (start >= end).
@@ -21,6 +23,7 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidPASID(let p): "PASID \(p) is outside 1...0xFFFFF"
         case .pasidNotBound(let p): "PASID \(p) is not bound"
         case .pasidAlreadyBound(let p): "PASID \(p) is already bound"
+        case .mmExited: "the mm has exited: there is nothing left to bind"
         case .deviceAlreadyAttached(let sid): "a device with source ID \(sid) is already attached"
         case .deviceNotAttached(let sid): "no device with source ID \(sid) is attached to this IOMMU"
         case .emptyRange(let s, let e): "empty invalidation range [0x\(String(s, radix: 16)), 0x\(String(e, radix: 16)))"

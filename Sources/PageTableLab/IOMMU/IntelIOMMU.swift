@@ -6,7 +6,8 @@
 // IQE/ITE/ICE), and Linux's side of it: drivers/iommu/intel/dmar.c
 // (struct q_inval, qi_submit_sync, qi_check_fault), iommu.h and cache.c
 // (descriptor layouts, qi_batch, cache_tag_flush_range,
-// calculate_psi_aligned_address), svm.c (intel_arch_invalidate_secondary_tlbs),
+// calculate_psi_aligned_address), svm.c (intel_arch_invalidate_secondary_tlbs,
+// intel_mm_release),
 // pasid.c (intel_pasid_tear_down_entry), and drivers/iommu/iommu-sva.c
 // (iommu_sva_bind_device, and 6.19's iommu_sva_invalidate_kva_range). QEMU's
 // intel-iommu stops short of what the SVA bug needs: it runs the queue
@@ -23,7 +24,10 @@
 // level and generation is a use-after-free, and an A/D write into it a
 // write-after-free. An mm reaches the IOMMU only through its mmu notifier:
 // SVA.bind registers an SVABond, which turns each TLB flush of the mm into
-// cache_tag_flush_range's descriptors and waits for them.
+// cache_tag_flush_range's descriptors and waits for them. An mm that exits
+// bound releases the bond first (exit_mmap's mmu_notifier_release), which
+// tears the PASID entry down before any table goes: the teardown's own
+// flushes reach no notifier.
 //
 // The rules:
 //  - qi_submit_sync allocates nothing (the kernel-table free's work calls
@@ -82,6 +86,9 @@ public final class IntelIOMMU: @unchecked Sendable {
         /// The invalidation hint the SVA mm notifier sends (module parameter
         /// sva_notifier_ih).
         public var notifierHint: SVANotifierHint = .linux
+        /// What the SVA notifier's release does at exit_mmap (module
+        /// parameter sva_mm_release).
+        public var mmRelease: SVAMMRelease = .teardown
 
         public init() {}
     }

@@ -20,3 +20,18 @@ public enum SVANotifierHint: String, Sendable, Codable, CaseIterable {
     /// freed table.
     case leafOnly = "leaf-only"
 }
+
+/// What the SVA mm notifier's release does when the bound mm exits with
+/// its PASID still bound (a process dying with its device open): module
+/// parameter sva_mm_release.
+public enum SVAMMRelease: String, Sendable, Codable, CaseIterable {
+    /// intel_mm_release: clear the PASID entry and flush the PASID cache
+    /// and the PASID's IOTLB and paging-structure entries, before exit_mmap
+    /// frees a table. DMA with the PASID then faults until the driver
+    /// unbinds it.
+    case teardown
+    /// Unsafe, for tests that must fail: a driver with no ->release. The
+    /// core unhooks the notifier all the same, so exit's frees go unflushed
+    /// and the IOMMU goes on walking through what it cached.
+    case noRelease = "no-release"
+}

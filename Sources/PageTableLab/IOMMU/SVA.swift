@@ -12,11 +12,18 @@ public final class SVA: Sendable {
 
     public init(iommu: IntelIOMMU) { self.iommu = iommu }
 
-    /// iommu_sva_bind_device: point `pasid` at the mm's PGD and subscribe to
-    /// its TLB flushes.
+    /// iommu_sva_bind_device: point `pasid` at the mm's PGD, subscribe to
+    /// its TLB flushes, and hold the mm (mmgrab) until the unbind: an mm
+    /// that exits meanwhile keeps its PGD until then.
     public func bind(_ mm: MM, pasid: UInt32, did: UInt16, devices: [DMADevice] = []) throws(IOMMUError) -> SVABond {
-        try iommu.bindPASID(pasid, root: UInt64(mm.pgd.pfn), did: did,
-                            mode: mm.profile.fiveLevel ? .fiveLevel : .fourLevel, devices: devices)
+        guard !mm.hasExited, mm.grab() else { throw .mmExited }
+        do {
+            try iommu.bindPASID(pasid, root: UInt64(mm.pgd.pfn), did: did,
+                                mode: mm.profile.fiveLevel ? .fiveLevel : .fourLevel, devices: devices)
+        } catch {
+            mm.drop()
+            throw error
+        }
         let bond = SVABond(sva: self, mm: mm, pasid: pasid)
         mm.registerNotifier(bond)
         bonds.withLock { $0.append(bond) }
@@ -24,9 +31,20 @@ public final class SVA: Sendable {
     }
 
     /// iommu_sva_unbind_device: the IOMMU forgets the mm before it can go.
+    /// After the mm has exited (the driver unbinds when the dying process's
+    /// files close, which do_exit does after exit_mm), the notifier's
+    /// release has already torn the PASID entry down: what is left is to
+    /// drop the bond, as a second intel_pasid_tear_down_entry finds the
+    /// entry not present and returns.
     public func unbind(_ bond: SVABond) throws(IOMMUError) {
         bond.mm.unregisterNotifier(bond)
-        bonds.withLock { list in list.removeAll { $0 === bond } }
+        let bound = bonds.withLock { list in
+            defer { list.removeAll { $0 === bond } }
+            return list.contains { $0 === bond }
+        }
+        guard bound else { throw .pasidNotBound(bond.pasid) }
+        defer { bond.mm.drop() }
+        guard !bond.tornDown.load(ordering: .acquiring) else { return }
         try iommu.unbindPASID(bond.pasid)
     }
 
@@ -43,7 +61,10 @@ public final class SVA: Sendable {
     public func invalidateKVARange(start: UInt64 = KernelLayout.fourLevel.pageOffset, end: UInt64 = .max) -> Bool {
         bonds.withLock { list in
             var completed = true
-            for bond in list where !bond.invalidateCompleting(start: start, end: end) {
+            // A bond whose mm has exited is off the mm's notifier list: the
+            // kernel's flush through that list does not reach it.
+            for bond in list where !bond.released.load(ordering: .acquiring)
+                && !bond.invalidateCompleting(start: start, end: end) {
                 completed = false
                 kvaFailures.add(1, ordering: .relaxed)
             }
@@ -60,6 +81,10 @@ public final class SVABond: MMUNotifier, Sendable {
     public let mm: MM
     public let pasid: UInt32
     public let notifierFailures = Atomic<Int>(0)
+    /// The mm exited while bound: its notifier was released and unhooked.
+    public let released = Atomic<Bool>(false)
+    /// The release cleared the PASID entry (sva_mm_release=teardown).
+    public let tornDown = Atomic<Bool>(false)
 
     init(sva: SVA, mm: MM, pasid: UInt32) {
         self.sva = sva
@@ -73,6 +98,23 @@ public final class SVABond: MMUNotifier, Sendable {
     public func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {
         do {
             try flush(start: start, end: end)
+        } catch {
+            notifierFailures.add(1, ordering: .relaxed)
+            Integrity.notifierFailureCount.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// intel_mm_release, from exit_mmap before anything is torn down: clear
+    /// the PASID entry and flush what the IOMMU caches of it (faults on it
+    /// ignored from now on), since the notifier hears nothing more. A
+    /// teardown that fails (the queue locked up) is a notifier failure: the
+    /// IOMMU may still walk tables that exit is about to free.
+    public func release(mm: MM) {
+        released.store(true, ordering: .releasing)
+        guard sva.iommu.parameters.mmRelease == .teardown else { return }
+        do {
+            try sva.iommu.unbindPASID(pasid)
+            tornDown.store(true, ordering: .releasing)
         } catch {
             notifierFailures.add(1, ordering: .relaxed)
             Integrity.notifierFailureCount.add(1, ordering: .relaxed)

@@ -95,6 +95,11 @@ public final class MM: @unchecked Sendable {
     /// The identity stored in each table's pt_mm.
     var token: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
     private let exited = Atomic<Bool>(false)
+    /// mm_count: the references that keep the mm_struct, and with it the
+    /// PGD, past exit_mmap. exit() holds the first (mm_users' share); an
+    /// SVA bond holds one from bind to unbind (mmu_notifier_register's
+    /// mmgrab). The PGD goes with the last (__mmdrop → mm_free_pgd).
+    private let mmCount = Atomic<Int>(1)
     /// What the last munmap/madvise/exit gather did (for tests and reports).
     /// (Several updaters may finish gathers at once under the read lock.)
     public internal(set) var lastGather: GatherStats {
@@ -193,6 +198,24 @@ public final class MM: @unchecked Sendable {
     }
 
     func markExited() -> Bool { !exited.exchange(true, ordering: .acquiringAndReleasing) }
+
+    /// mmgrab, refused once the last reference has gone (the PGD with it).
+    func grab() -> Bool {
+        var count = mmCount.load(ordering: .relaxed)
+        while count > 0 {
+            let (exchanged, found) = mmCount.compareExchange(expected: count, desired: count + 1, ordering: .acquiringAndReleasing)
+            if exchanged { return true }
+            count = found
+        }
+        return false
+    }
+
+    /// mmdrop: the last reference frees the PGD.
+    func drop() {
+        let left = mmCount.subtract(1, ordering: .acquiringAndReleasing).newValue
+        precondition(left >= 0, "mmdrop of an mm with no reference left")
+        if left == 0 { PageTables.dtorFree(pgd, allocator: allocator) }
+    }
 
     /// An updater is in `window` at `address` (see `raceWindowHook`).
     func raceWindow(_ window: RaceWindow, _ address: UInt64) {

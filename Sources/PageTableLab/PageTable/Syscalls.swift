@@ -183,12 +183,16 @@ extension MM {
         for file in gone { file.unmapped(by: self) }
     }
 
-    /// exit_mmap: a fullmm gather over every VMA, free_pgtables over the
-    /// whole address space, then pgd_free. Returns pgtables_bytes left
-    /// behind, which must be 0 (check_mm's "non-zero pgtables_bytes").
+    /// exit_mmap: mmu_notifier_release (an IOMMU bound through SVA stops
+    /// walking the tables now), a fullmm gather over every VMA and
+    /// free_pgtables over the whole address space; then mmput's mmdrop,
+    /// which frees the PGD unless an SVA bond still holds the mm. Returns
+    /// pgtables_bytes left behind, which must be 0 (check_mm's "non-zero
+    /// pgtables_bytes").
     @discardableResult
     public func exit() -> Int {
         guard markExited() else { return pgtablesBytes }
+        releaseNotifiers()
         withWriteLock(vmasOf: [0..<UInt64.max], merging: .none) {
             let all = detachVMAs(0, .max).removed
             let tlb = MMUGather(mm: self, fullmm: true)
@@ -198,7 +202,7 @@ extension MM {
             lastGather = tlb.stats
             releaseUnmappedFiles()
         }
-        PageTables.dtorFree(pgd, allocator: allocator)
+        drop()
         return pgtablesBytes
     }
 }

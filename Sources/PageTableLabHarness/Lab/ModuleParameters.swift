@@ -152,6 +152,8 @@ public struct ModuleParameters: Sendable, Equatable {
                 "qi_submit_sync's polling: the lab's batch-safe one, or Linux's qi_check_fault step for step (whose lockups are reported, not hung on)"),
         .choice("sva_notifier_ih", SVANotifierHint.linux.rawValue, SVANotifierHint.allCases.map(\.rawValue),
                 "IH of the SVA notifier's flushes: 0 as Linux sends it, or leaf-only (unsafe: IH=1 keeps paging-structure caches)"),
+        .choice("sva_mm_release", SVAMMRelease.teardown.rawValue, SVAMMRelease.allCases.map(\.rawValue),
+                "what the SVA notifier's release does when a bound mm exits: teardown clears the PASID entry and flushes, as intel_mm_release does; none (unsafe) leaves the IOMMU walking what exit frees"),
     ]
 
     private var values: [String: ModuleParameterValue]
@@ -253,6 +255,7 @@ extension ModuleParameters {
         var p = IntelIOMMU.Parameters()
         p.driver = QIDriver(rawValue: string("qi_driver"))!
         p.notifierHint = SVANotifierHint(rawValue: string("sva_notifier_ih"))!
+        p.mmRelease = SVAMMRelease(rawValue: string("sva_mm_release"))!
         return p
     }
 

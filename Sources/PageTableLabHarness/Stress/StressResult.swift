@@ -77,6 +77,11 @@ public struct StressResult: Encodable, Sendable, Equatable {
     public var qiLockup: String?
     public var tablesFreedBy: [String: Int]?
     public var tablesStranded: Int?
+    /// sva-exit: processes that exited with their PASID still bound, and
+    /// the DMA translations that faulted (a PASID released or not yet
+    /// bound, an address not mapped).
+    public var exitsWhileBound: Int?
+    public var dmaFaults: Int?
 
     public struct Percentiles: Codable, Sendable, Equatable {
         public var p50: Double
@@ -209,6 +214,8 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case qiLockup = "qi_lockup"
         case tablesFreedBy = "tables_freed_by"
         case tablesStranded = "tables_stranded"
+        case exitsWhileBound = "exits_while_bound"
+        case dmaFaults = "dma_faults"
         case thpEvents = "thp_events"
         case thp
         case vmaLocks = "vma_locks"
@@ -265,5 +272,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encodeIfPresent(qiLockup, forKey: .qiLockup)
         try c.encodeIfPresent(tablesFreedBy, forKey: .tablesFreedBy)
         try c.encodeIfPresent(tablesStranded, forKey: .tablesStranded)
+        try c.encodeIfPresent(exitsWhileBound, forKey: .exitsWhileBound)
+        try c.encodeIfPresent(dmaFaults, forKey: .dmaFaults)
     }
 }

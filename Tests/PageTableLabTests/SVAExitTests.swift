@@ -1,0 +1,187 @@
+import XCTest
+import CSupport
+@testable import PageTableLab
+@testable import PageTableLabHarness
+
+/// A process that exits with its device still bound (SVA): exit_mmap calls
+/// mmu_notifier_release before it tears anything down and unhooks the
+/// notifier, so the teardown's own flushes never reach the IOMMU. The
+/// driver's release (intel_mm_release) must clear the PASID entry and flush
+/// what the IOMMU cached of it; the unbind comes later, when the process's
+/// files close. Each case runs with the kernel's release and with a driver
+/// that has none, where a translation cached before the exit must lead into
+/// a freed table.
+final class SVAExitTests: XCTestCase {
+    private let base = 4 * tib
+    private let pasid: UInt32 = 1
+
+    /// An mm bound under `pasid` with a page mapped and translated once (the
+    /// IOMMU caches its PASID entry, its walk and the leaf), then exited
+    /// while bound and, past the grace period, translated again; then
+    /// unbound. `check` sees the IOMMU and the second translation.
+    private func exitWhileBound(_ release: SVAMMRelease,
+                                _ check: (IntelIOMMU, SVABond, DMATranslation) throws -> Void) throws {
+        var parameters = IntelIOMMU.Parameters()
+        parameters.mmRelease = release
+        try withLab { allocator in
+            let iommu = try IntelIOMMU(allocator: allocator, parameters: parameters)
+            defer { _ = iommu.shutdown() }
+            let sva = SVA(iommu: iommu)
+            let mm = try MM(allocator: allocator)
+            let bond = try sva.bind(mm, pasid: pasid, did: 1)
+            try mm.mmap(address: base, length: 4 * mib)
+            try mm.touch(address: base, length: 4 * mib, stride: 64 << 10)
+            // A page the IOTLB will not hold, walked through the cached PDE.
+            guard case .translated = iommu.translate(DMARequest(pasid: pasid, address: base)) else {
+                return XCTFail("the first translation of a mapped page failed")
+            }
+            let flushesBefore = iommu.counters.snapshot().qiDescriptors
+            mm.exit()
+            try RCU.barrier()
+            let after = iommu.translate(DMARequest(pasid: pasid, address: base + (64 << 10)))
+            if release == .noRelease {
+                XCTAssertEqual(iommu.counters.snapshot().qiDescriptors, flushesBefore,
+                               "with the notifier unhooked, exit's flushes must not reach the IOMMU")
+            }
+            try check(iommu, bond, after)
+            // The bond holds the mm (mmgrab): its PGD outlives exit_mmap
+            // and goes with the unbind's mmdrop, and with it alone.
+            XCTAssertEqual(ptlab_page_state(mm.pgd.desc), PTLAB_PAGE_ALLOCATED.rawValue, "the PGD went before the unbind")
+            let allocated = allocator.totalAllocatedPages
+            try sva.unbind(bond)
+            XCTAssertEqual(allocator.totalAllocatedPages, allocated - 1, "the unbind must free the PGD")
+            XCTAssertNil(iommu.binding(of: pasid), "the unbind must leave the PASID unbound")
+            XCTAssertThrowsError(try sva.unbind(bond)) { XCTAssertEqual($0 as? IOMMUError, .pasidNotBound(pasid)) }
+            XCTAssertThrowsError(try sva.bind(mm, pasid: pasid, did: 1)) { XCTAssertEqual($0 as? IOMMUError, .mmExited) }
+            XCTAssertEqual(bond.notifierFailures.load(ordering: .relaxed), 0)
+        }
+    }
+
+    func testExitTearsDownThePASIDBeforeFreeingTheTables() throws {
+        try exitWhileBound(.teardown) { iommu, bond, after in
+            XCTAssertTrue(bond.released.load(ordering: .relaxed))
+            XCTAssertTrue(bond.tornDown.load(ordering: .relaxed))
+            XCTAssertNil(iommu.binding(of: pasid), "release must clear the PASID entry")
+            XCTAssertEqual(iommu.cachedEntries.iotlb + iommu.cachedEntries.pagingStructures + iommu.cachedEntries.pasids, 0,
+                           "release must flush what the IOMMU cached of the PASID")
+            guard case .fault(.pasidNotBound(pasid)) = after else {
+                return XCTFail("after the exit DMA with the PASID must fault, not \(after)")
+            }
+            XCTAssertEqual(iommu.counters.snapshot().useAfterFree, 0)
+        }
+    }
+
+    func testExitWithoutReleaseLeavesTheIOMMUWalkingFreedTables() throws {
+        try exitWhileBound(.noRelease) { iommu, bond, after in
+            XCTAssertTrue(bond.released.load(ordering: .relaxed), "the core unhooks the notifier all the same")
+            XCTAssertFalse(bond.tornDown.load(ordering: .relaxed))
+            XCTAssertNotNil(iommu.binding(of: pasid))
+            guard case .useAfterFree(let uaf) = after, uaf.source != .walk else {
+                return XCTFail("without release the cached walk should lead into a freed table, not \(after)")
+            }
+            XCTAssertGreaterThan(iommu.counters.snapshot().useAfterFreeFromCache, 0)
+        }
+    }
+
+    /// The KVA flush of 6.19 goes through each bound mm's notifier list: an
+    /// exited mm's is empty, so its bond is skipped rather than flushed
+    /// under a PASID that is no longer there (which would count a failure).
+    func testKVAInvalidationSkipsABondWhoseMMExited() throws {
+        try withLab { allocator in
+            let iommu = try IntelIOMMU(allocator: allocator)
+            defer { _ = iommu.shutdown() }
+            let sva = SVA(iommu: iommu)
+            let live = try MM(allocator: allocator)
+            defer { live.exit() }
+            let dying = try MM(allocator: allocator)
+            let liveBond = try sva.bind(live, pasid: 1, did: 1)
+            let dyingBond = try sva.bind(dying, pasid: 2, did: 1)
+            dying.exit()
+            let before = iommu.counters.snapshot().qiDescriptors
+            XCTAssertTrue(sva.invalidateKVARange())
+            XCTAssertEqual(sva.kvaFailures.load(ordering: .relaxed), 0)
+            XCTAssertGreaterThan(iommu.counters.snapshot().qiDescriptors, before, "the live mm's PASID is still flushed")
+            try sva.unbind(dyingBond)
+            try sva.unbind(liveBond)
+        }
+    }
+
+    /// A bind the IOMMU refuses holds no reference to the mm: its PGD still
+    /// goes when the mm exits (withLab finds every page back).
+    func testARefusedBindHoldsNoReference() throws {
+        try withLab { allocator in
+            let iommu = try IntelIOMMU(allocator: allocator)
+            defer { _ = iommu.shutdown() }
+            let sva = SVA(iommu: iommu)
+            let mm = try MM(allocator: allocator)
+            let other = try MM(allocator: allocator)
+            let bond = try sva.bind(mm, pasid: pasid, did: 1)
+            XCTAssertThrowsError(try sva.bind(other, pasid: pasid, did: 1)) {
+                XCTAssertEqual($0 as? IOMMUError, .pasidAlreadyBound(pasid))
+            }
+            other.exit()
+            try sva.unbind(bond)
+            mm.exit()
+        }
+    }
+
+    /// A notifier with no release of its own (the protocol's default) is
+    /// still unhooked at exit: the fullmm flush of the teardown reaches
+    /// none.
+    func testExitUnhooksEveryNotifier() throws {
+        final class Counting: MMUNotifier, @unchecked Sendable {
+            var flushes = 0
+            func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) { flushes += 1 }
+        }
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            let notifier = Counting()
+            mm.registerNotifier(notifier)
+            try mm.mmap(address: base, length: 2 * mib)
+            try mm.touch(address: base, length: 2 * mib, stride: 64 << 10)
+            try mm.munmap(address: base, length: 2 * mib)
+            XCTAssertEqual(notifier.flushes, 1, "munmap's flush reaches the notifier")
+            try mm.mmap(address: base, length: 2 * mib)
+            try mm.touch(address: base, length: 2 * mib, stride: 64 << 10)
+            mm.exit()
+            XCTAssertEqual(notifier.flushes, 1, "exit's flushes come after the notifier was unhooked")
+        }
+    }
+
+    // MARK: - ptlab stress sva-exit
+
+    private func stress(_ mode: SVAMMRelease, ops: Int? = nil) throws -> StressResult {
+        try runStressForTest("sva-exit", mode.rawValue, ops: ops) { options, allocator in
+            try SVAExitStress(options).run(allocator: allocator)
+        }
+    }
+
+    func testStressedExitsWhileBoundAreSafeWithTheRelease() throws {
+        let r = try stress(.teardown, ops: 200)
+        XCTAssertTrue(r.pass, r.verdict)
+        XCTAssertNil(r.expectedDetector)
+        XCTAssertEqual(r.exitsWhileBound, 200)
+        XCTAssertEqual(r.uafDetected, 0)
+        XCTAssertEqual(r.leakedPages, 0)
+        XCTAssertGreaterThan(r.tablesFreed, 0)
+        XCTAssertGreaterThan(r.detections.mapped, 0, "no DMA reached a live process's page")
+        XCTAssertGreaterThan(r.dmaFaults ?? 0, 0, "no DMA met a released PASID")
+    }
+
+    func testStressedExitsWithoutReleaseAreCaughtByTheIOMMUsCaches() throws {
+        let r = try stress(.noRelease)
+        XCTAssertEqual(r.expectedDetector, .iommuFromCache)
+        XCTAssertGreaterThan(r.detections[.iommuFromCache], 0,
+                             "\(r.ops) exits while bound, \(r.walks) translations, and no stale IOMMU cache entry was caught")
+        XCTAssertTrue(r.pass, r.verdict)
+        XCTAssertEqual(r.leakedPages, 0)
+    }
+
+    func testUnknownModeIsRefusedByName() {
+        var options = StressOptions(scenario: "sva-exit", mode: "none")
+        options.walkers = 1
+        XCTAssertThrowsError(try SVAExitStress(options)) { error in
+            XCTAssertTrue("\(error)".contains("teardown, no-release"), "\(error)")
+        }
+    }
+}
