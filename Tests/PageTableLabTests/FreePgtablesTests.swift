@@ -1,3 +1,4 @@
+import Synchronization
 import XCTest
 @testable import PageTableLab
 @testable import PageTableLabHarness
@@ -91,6 +92,33 @@ final class FreePgtablesTests: XCTestCase {
             try RCU.barrier()
             XCTAssertEqual(try allocator.stats(node: allocator.topology.nodeIDs[0]).nrPageTablePages, 0)
             XCTAssertThrowsError(try mm.mmap(address: tib, length: 4096)) { XCTAssertEqual($0 as? MMError, .mmGone) }
+        }
+    }
+
+    /// An mmap that checked the mm before exit() marked it, and got the
+    /// mmap lock after, must not map into the exited mm: a fault there
+    /// would build tables under a PGD that is gone. The test holds the
+    /// lock while the mmap and then the exit queue for it, so the mmap has
+    /// passed its first check whichever of them gets the lock first.
+    func testAnMmapThatRacedExitFindsTheMMGone() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            mm.mmapLock.lockWrite()
+            let mapped = Mutex<Result<Void, MMError>?>(nil)
+            let mapper = RCUThread {
+                let result = Result { () throws(MMError) in try mm.mmap(address: tib, length: 2 * mib) }
+                mapped.withLock { $0 = result }
+            }
+            try waitUntil("the mmap waits for the lock") { mm.mmapLock.writersWaiting == 1 }
+            let exiter = RCUThread { mm.exit() }
+            try waitUntil("exit marked the mm and waits for the lock") { mm.hasExited && mm.mmapLock.writersWaiting == 2 }
+            mm.mmapLock.unlockWrite()
+            mapper.join()
+            exiter.join()
+            guard case .failure(.mmGone) = try XCTUnwrap(mapped.withLock { $0 }) else {
+                return XCTFail("the mmap mapped into an exited mm: \(mapped.withLock { $0 }!)")
+            }
+            XCTAssertTrue(mm.vmas.isEmpty)
         }
     }
 }

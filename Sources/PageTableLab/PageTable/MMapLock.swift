@@ -60,6 +60,13 @@ public final class MMapLock: @unchecked Sendable {
         monitor.unlock()
     }
 
+    /// Writers waiting for the lock now (for tests that must order one).
+    var writersWaiting: Int {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return waitingWriters
+    }
+
     /// mmap_write_lock.
     public func lockWrite() {
         monitor.lock()

@@ -19,6 +19,12 @@ extension MM {
     public func mmap(address: UInt64, length: UInt64, shared: Bool = false, noHugepage: Bool = false) throws(MMError) {
         try validate("mmap", address, length)
         try withWriteLock(vmasOf: [address..<address + length], merging: shared ? .none : .anonymous) { () throws(MMError) in
+            // exit() marks the mm before it takes this lock: an mmap that
+            // validated before and got the lock after finds it here, rather
+            // than mapping into an mm whose tables are gone. (The kernel
+            // cannot meet this: exit_mmap runs once mm_users is zero. Every
+            // other op needs a VMA, and exit leaves none.)
+            guard !hasExited else { throw .mmGone }
             let file = shared ? ShmemFile(size: length, allocator: allocator) : nil
             var flags = VMFlags.readWrite
             if shared { flags.insert(.shared) }
