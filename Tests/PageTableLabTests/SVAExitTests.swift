@@ -15,6 +15,32 @@ final class SVAExitTests: XCTestCase {
     private let base = 4 * tib
     private let pasid: UInt32 = 1
 
+    /// `body` with an IOMMU and its SVA on a lab of its own.
+    private func withSVA(_ parameters: IntelIOMMU.Parameters = IntelIOMMU.Parameters(), expecting: Integrity = Integrity(),
+                         _ body: (PageAllocator, IntelIOMMU, SVA) throws -> Void) throws {
+        try withLab(expecting: expecting) { allocator in
+            let iommu = try IntelIOMMU(allocator: allocator, parameters: parameters)
+            defer { _ = iommu.shutdown() }
+            try body(allocator, iommu, SVA(iommu: iommu))
+        }
+    }
+
+    /// An mm bound under `pasid`, 4 MiB of it faulted in (every 64 KiB) and
+    /// its first page translated once, so that the IOMMU caches the PASID
+    /// entry, the walk to the first PTE table (its PDE) and that leaf.
+    private func boundAndTranslated(_ allocator: PageAllocator, _ iommu: IntelIOMMU, _ sva: SVA) throws -> (MM, SVABond) {
+        let mm = try MM(allocator: allocator)
+        let bond = try sva.bind(mm, pasid: pasid, did: 1)
+        try mm.mmap(address: base, length: 4 * mib)
+        try mm.touch(address: base, length: 4 * mib, stride: 64 << 10)
+        guard case .translated = iommu.translate(DMARequest(pasid: pasid, address: base)) else {
+            struct FirstTranslationFailed: Error {}
+            XCTFail("the first translation of a mapped page failed")
+            throw FirstTranslationFailed()
+        }
+        return (mm, bond)
+    }
+
     /// An mm bound under `pasid` with a page mapped and translated once (the
     /// IOMMU caches its PASID entry, its walk and the leaf), then exited
     /// while bound and, past the grace period, translated again; then
@@ -23,18 +49,8 @@ final class SVAExitTests: XCTestCase {
                                 _ check: (IntelIOMMU, SVABond, DMATranslation) throws -> Void) throws {
         var parameters = IntelIOMMU.Parameters()
         parameters.mmRelease = release
-        try withLab { allocator in
-            let iommu = try IntelIOMMU(allocator: allocator, parameters: parameters)
-            defer { _ = iommu.shutdown() }
-            let sva = SVA(iommu: iommu)
-            let mm = try MM(allocator: allocator)
-            let bond = try sva.bind(mm, pasid: pasid, did: 1)
-            try mm.mmap(address: base, length: 4 * mib)
-            try mm.touch(address: base, length: 4 * mib, stride: 64 << 10)
-            // A page the IOTLB will not hold, walked through the cached PDE.
-            guard case .translated = iommu.translate(DMARequest(pasid: pasid, address: base)) else {
-                return XCTFail("the first translation of a mapped page failed")
-            }
+        try withSVA(parameters) { allocator, iommu, sva in
+            let (mm, bond) = try boundAndTranslated(allocator, iommu, sva)
             let flushesBefore = iommu.counters.snapshot().qiDescriptors
             mm.exit()
             try RCU.barrier()
@@ -59,8 +75,8 @@ final class SVAExitTests: XCTestCase {
 
     func testExitTearsDownThePASIDBeforeFreeingTheTables() throws {
         try exitWhileBound(.teardown) { iommu, bond, after in
-            XCTAssertTrue(bond.released.load(ordering: .relaxed))
-            XCTAssertTrue(bond.tornDown.load(ordering: .relaxed))
+            XCTAssertTrue(bond.released)
+            XCTAssertTrue(bond.tornDown)
             XCTAssertNil(iommu.binding(of: pasid), "release must clear the PASID entry")
             XCTAssertEqual(iommu.cachedEntries.iotlb + iommu.cachedEntries.pagingStructures + iommu.cachedEntries.pasids, 0,
                            "release must flush what the IOMMU cached of the PASID")
@@ -73,8 +89,8 @@ final class SVAExitTests: XCTestCase {
 
     func testExitWithoutReleaseLeavesTheIOMMUWalkingFreedTables() throws {
         try exitWhileBound(.noRelease) { iommu, bond, after in
-            XCTAssertTrue(bond.released.load(ordering: .relaxed), "the core unhooks the notifier all the same")
-            XCTAssertFalse(bond.tornDown.load(ordering: .relaxed))
+            XCTAssertTrue(bond.released, "the core unhooks the notifier all the same")
+            XCTAssertFalse(bond.tornDown)
             XCTAssertNotNil(iommu.binding(of: pasid))
             guard case .useAfterFree(let uaf) = after, uaf.source != .walk else {
                 return XCTFail("without release the cached walk should lead into a freed table, not \(after)")
@@ -83,14 +99,82 @@ final class SVAExitTests: XCTestCase {
         }
     }
 
+    /// exit_mmap releases before it tears anything down: a notifier
+    /// registered after the bond finds, in its own release, the PASID
+    /// already gone and every table of the mm still there.
+    func testEveryReleaseRunsBeforeTheTeardown() throws {
+        final class Spy: MMUNotifier, @unchecked Sendable {
+            let iommu: IntelIOMMU
+            let pasid: UInt32
+            var seen: (pasidGone: Bool, tableBytes: Int)?
+            init(iommu: IntelIOMMU, pasid: UInt32) { self.iommu = iommu; self.pasid = pasid }
+            func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {}
+            func release(mm: MM) { seen = (iommu.binding(of: pasid) == nil, mm.pgtablesBytes) }
+        }
+        try withSVA { allocator, iommu, sva in
+            let mm = try MM(allocator: allocator)
+            let bond = try sva.bind(mm, pasid: pasid, did: 1)
+            let spy = Spy(iommu: iommu, pasid: pasid)
+            XCTAssertTrue(mm.registerNotifier(spy))
+            try mm.mmap(address: base, length: 4 * mib)
+            try mm.touch(address: base, length: 4 * mib, stride: 64 << 10)
+            let tableBytes = mm.pgtablesBytes
+            mm.exit()
+            let seen = try XCTUnwrap(spy.seen, "exit did not release the notifier")
+            XCTAssertTrue(seen.pasidGone, "the bond, registered first, is released first")
+            XCTAssertEqual(seen.tableBytes, tableBytes, "a release ran after exit had begun to free tables")
+            XCTAssertFalse(mm.registerNotifier(spy), "an exited mm takes no notifier")
+            try sva.unbind(bond)
+        }
+    }
+
+    /// The PASID stays the bond's from exit to unbind (the kernel frees an
+    /// mm's PASID at its last mmdrop): another mm cannot take it meanwhile,
+    /// nor a late release or a second unbind tear down what came after.
+    func testThePASIDStaysTheBondsUntilTheUnbind() throws {
+        try withSVA { allocator, iommu, sva in
+            let dead = try MM(allocator: allocator)
+            let bond = try sva.bind(dead, pasid: pasid, did: 1)
+            dead.exit()
+            let next = try MM(allocator: allocator)
+            defer { next.exit() }
+            XCTAssertThrowsError(try sva.bind(next, pasid: pasid, did: 1)) {
+                XCTAssertEqual($0 as? IOMMUError, .pasidAlreadyBound(pasid))
+            }
+            try sva.unbind(bond)
+            let nextBond = try sva.bind(next, pasid: pasid, did: 1)
+            bond.release(mm: dead)
+            XCTAssertThrowsError(try sva.unbind(bond))
+            XCTAssertNotNil(iommu.binding(of: pasid), "a release or unbind after the unbind tore down the next mm's PASID")
+            XCTAssertEqual(bond.notifierFailures.load(ordering: .relaxed), 0)
+            try sva.unbind(nextBond)
+        }
+    }
+
+    /// A release whose teardown the queue refused leaves the entry cleared
+    /// and the caches full; the unbind sends the flush again, and only then
+    /// does the PGD go.
+    func testTheUnbindFlushesAgainAfterAFailedRelease() throws {
+        var expected = Integrity()
+        expected.notifierFailures = 1
+        try withSVA(expecting: expected) { allocator, iommu, sva in
+            let (mm, bond) = try boundAndTranslated(allocator, iommu, sva)
+            iommu.faultInjection.injectIQE()
+            mm.exit()
+            XCTAssertEqual(bond.notifierFailures.load(ordering: .relaxed), 1, "the refused teardown is a notifier failure")
+            XCTAssertFalse(bond.tornDown)
+            XCTAssertGreaterThan(iommu.cachedEntries.pasids, 0, "the refused flush left the PASID cached")
+            try sva.unbind(bond)
+            XCTAssertTrue(bond.tornDown)
+            XCTAssertEqual(iommu.cachedEntries.iotlb + iommu.cachedEntries.pagingStructures + iommu.cachedEntries.pasids, 0)
+        }
+    }
+
     /// The KVA flush of 6.19 goes through each bound mm's notifier list: an
     /// exited mm's is empty, so its bond is skipped rather than flushed
     /// under a PASID that is no longer there (which would count a failure).
     func testKVAInvalidationSkipsABondWhoseMMExited() throws {
-        try withLab { allocator in
-            let iommu = try IntelIOMMU(allocator: allocator)
-            defer { _ = iommu.shutdown() }
-            let sva = SVA(iommu: iommu)
+        try withSVA { allocator, iommu, sva in
             let live = try MM(allocator: allocator)
             defer { live.exit() }
             let dying = try MM(allocator: allocator)
@@ -109,10 +193,7 @@ final class SVAExitTests: XCTestCase {
     /// A bind the IOMMU refuses holds no reference to the mm: its PGD still
     /// goes when the mm exits (withLab finds every page back).
     func testARefusedBindHoldsNoReference() throws {
-        try withLab { allocator in
-            let iommu = try IntelIOMMU(allocator: allocator)
-            defer { _ = iommu.shutdown() }
-            let sva = SVA(iommu: iommu)
+        try withSVA { allocator, iommu, sva in
             let mm = try MM(allocator: allocator)
             let other = try MM(allocator: allocator)
             let bond = try sva.bind(mm, pasid: pasid, did: 1)

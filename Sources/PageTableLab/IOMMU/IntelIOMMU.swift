@@ -99,6 +99,8 @@ public final class IntelIOMMU: @unchecked Sendable {
     let hardware: InvalidationQueueHardware
     let queue: QueuedInvalidation
     private let down = Atomic<Bool>(false)
+    /// PASID entries cleared whose flush failed (unbindPASID).
+    private let unflushedTeardowns = LabMutex<[UInt32: PASIDTableEntry]>([:])
 
     /// `interruptHandler` is the invalidation-completion interrupt (a wait
     /// descriptor with IF = 1). It runs on the hardware thread, like a hard
@@ -243,8 +245,13 @@ public final class IntelIOMMU: @unchecked Sendable {
     /// PASID cache, the PASID's IOTLB and paging-structure entries, and its
     /// devices' TLBs, and wait. Afterwards the IOMMU holds nothing of the
     /// mm: its page tables may be freed.
+    ///
+    /// The entry goes before the flush, so a flush that fails leaves it gone
+    /// and the caches full: the PASID is kept aside, and the next unbind of
+    /// it sends the flush again.
     public func unbindPASID(_ pasid: UInt32) throws(IOMMUError) {
-        guard let entry = remapping.pasidTable.withLock({ $0.removeValue(forKey: pasid) }) else {
+        guard let entry = remapping.pasidTable.withLock({ $0.removeValue(forKey: pasid) })
+                ?? unflushedTeardowns.withLock({ $0.removeValue(forKey: pasid) }) else {
             throw .pasidNotBound(pasid)
         }
         var descriptors: [InvalidationDescriptor] = [
@@ -255,7 +262,12 @@ public final class IntelIOMMU: @unchecked Sendable {
             descriptors.append(.pasidDeviceTLB(PASIDDeviceTLBInvalidation(
                 sid: device.sid, pasid: pasid, range: DeviceTLBRange(base: 0, sizeOrder: 52))))
         }
-        do { try qiSubmitSync(descriptors) } catch { throw .queue(error) }
+        do {
+            try qiSubmitSync(descriptors)
+        } catch {
+            unflushedTeardowns.withLock { $0[pasid] = entry }
+            throw .queue(error)
+        }
     }
 
     /// The PASID's binding: root PFN, domain and paging mode.

@@ -14,19 +14,26 @@ public final class SVA: Sendable {
 
     /// iommu_sva_bind_device: point `pasid` at the mm's PGD, subscribe to
     /// its TLB flushes, and hold the mm (mmgrab) until the unbind: an mm
-    /// that exits meanwhile keeps its PGD until then.
+    /// that exits meanwhile keeps its PGD until then. The PASID stays the
+    /// bond's until the unbind too, released or not (the kernel frees an
+    /// mm's PASID only at its last mmdrop).
     public func bind(_ mm: MM, pasid: UInt32, did: UInt16, devices: [DMADevice] = []) throws(IOMMUError) -> SVABond {
-        guard !mm.hasExited, mm.grab() else { throw .mmExited }
-        do {
-            try iommu.bindPASID(pasid, root: UInt64(mm.pgd.pfn), did: did,
-                                mode: mm.profile.fiveLevel ? .fiveLevel : .fourLevel, devices: devices)
+        guard mm.grab() else { throw .mmExited }
+        let bond = SVABond(sva: self, mm: mm, pasid: pasid)
+        do throws(IOMMUError) {
+            let registered: Void? = try mm.registerNotifier(bond) { () throws(IOMMUError) in
+                try bonds.withLock { (list: inout [SVABond]) throws(IOMMUError) in
+                    guard !list.contains(where: { $0.pasid == pasid }) else { throw .pasidAlreadyBound(pasid) }
+                    try iommu.bindPASID(pasid, root: UInt64(mm.pgd.pfn), did: did,
+                                        mode: mm.profile.fiveLevel ? .fiveLevel : .fourLevel, devices: devices)
+                    list.append(bond)
+                }
+            }
+            guard registered != nil else { throw .mmExited }
         } catch {
             mm.drop()
             throw error
         }
-        let bond = SVABond(sva: self, mm: mm, pasid: pasid)
-        mm.registerNotifier(bond)
-        bonds.withLock { $0.append(bond) }
         return bond
     }
 
@@ -35,17 +42,17 @@ public final class SVA: Sendable {
     /// files close, which do_exit does after exit_mm), the notifier's
     /// release has already torn the PASID entry down: what is left is to
     /// drop the bond, as a second intel_pasid_tear_down_entry finds the
-    /// entry not present and returns.
+    /// entry not present and returns, unless that teardown's flush failed,
+    /// which is sent again.
     public func unbind(_ bond: SVABond) throws(IOMMUError) {
-        bond.mm.unregisterNotifier(bond)
         let bound = bonds.withLock { list in
             defer { list.removeAll { $0 === bond } }
             return list.contains { $0 === bond }
         }
         guard bound else { throw .pasidNotBound(bond.pasid) }
+        bond.mm.unregisterNotifier(bond)
         defer { bond.mm.drop() }
-        guard !bond.tornDown.load(ordering: .acquiring) else { return }
-        try iommu.unbindPASID(bond.pasid)
+        try bond.tearDown(unbinding: true)
     }
 
     public var boundPASIDs: [UInt32] { bonds.withLock { $0.map(\.pasid) } }
@@ -63,8 +70,7 @@ public final class SVA: Sendable {
             var completed = true
             // A bond whose mm has exited is off the mm's notifier list: the
             // kernel's flush through that list does not reach it.
-            for bond in list where !bond.released.load(ordering: .acquiring)
-                && !bond.invalidateCompleting(start: start, end: end) {
+            for bond in list where !bond.released && !bond.invalidateCompleting(start: start, end: end) {
                 completed = false
                 kvaFailures.add(1, ordering: .relaxed)
             }
@@ -81,10 +87,26 @@ public final class SVABond: MMUNotifier, Sendable {
     public let mm: MM
     public let pasid: UInt32
     public let notifierFailures = Atomic<Int>(0)
-    /// The mm exited while bound: its notifier was released and unhooked.
-    public let released = Atomic<Bool>(false)
-    /// The release cleared the PASID entry (sva_mm_release=teardown).
-    public let tornDown = Atomic<Bool>(false)
+    /// Where the bond is in its life. Exit's release and the driver's unbind
+    /// may meet, and each tears the PASID down at most once, under this lock.
+    private let state = LabMutex(State())
+
+    private struct State {
+        /// The mm exited while bound: its notifier was released and unhooked.
+        var released = false
+        /// The PASID entry is cleared and the IOMMU's caches of it flushed.
+        var tornDown = false
+        var unbound = false
+    }
+
+    /// The mm exited while bound (mmu_notifier_release reached the bond).
+    public var released: Bool { state.withLock { $0.released } }
+    /// The IOMMU holds nothing of the mm any more.
+    public var tornDown: Bool { state.withLock { $0.tornDown } }
+    /// Released or unbound: a flush that was already on its way when the
+    /// PASID went finds it gone, which is no failure (the kernel's reaches
+    /// a domain with no PASID left to flush).
+    private var gone: Bool { state.withLock { $0.released || $0.unbound } }
 
     init(sva: SVA, mm: MM, pasid: UInt32) {
         self.sva = sva
@@ -98,6 +120,8 @@ public final class SVABond: MMUNotifier, Sendable {
     public func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64) {
         do {
             try flush(start: start, end: end)
+        } catch .pasidNotBound where gone {
+            return
         } catch {
             notifierFailures.add(1, ordering: .relaxed)
             Integrity.notifierFailureCount.add(1, ordering: .relaxed)
@@ -105,19 +129,35 @@ public final class SVABond: MMUNotifier, Sendable {
     }
 
     /// intel_mm_release, from exit_mmap before anything is torn down: clear
-    /// the PASID entry and flush what the IOMMU caches of it (faults on it
-    /// ignored from now on), since the notifier hears nothing more. A
-    /// teardown that fails (the queue locked up) is a notifier failure: the
-    /// IOMMU may still walk tables that exit is about to free.
+    /// the PASID entry and flush what the IOMMU caches of it, since the
+    /// notifier hears nothing more (DMA with the PASID then faults: the
+    /// kernel silences those faults, the model counts them). Nothing after
+    /// the unbind. A teardown that fails (the queue locked up) is a
+    /// notifier failure: the IOMMU may still walk tables exit is about to
+    /// free; the unbind sends the flush again.
     public func release(mm: MM) {
-        released.store(true, ordering: .releasing)
-        guard sva.iommu.parameters.mmRelease == .teardown else { return }
         do {
-            try sva.iommu.unbindPASID(pasid)
-            tornDown.store(true, ordering: .releasing)
+            try tearDown(unbinding: false)
         } catch {
             notifierFailures.add(1, ordering: .relaxed)
             Integrity.notifierFailureCount.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// The PASID torn down once, by whichever comes first of exit's release
+    /// (with sva_mm_release=teardown) and the driver's unbind.
+    func tearDown(unbinding: Bool) throws(IOMMUError) {
+        try state.withLock { (s: inout State) throws(IOMMUError) in
+            guard !s.unbound else { return }
+            if unbinding {
+                s.unbound = true
+            } else {
+                s.released = true
+                guard sva.iommu.parameters.mmRelease == .teardown else { return }
+            }
+            guard !s.tornDown else { return }
+            try sva.iommu.unbindPASID(pasid)
+            s.tornDown = true
         }
     }
 
@@ -141,6 +181,8 @@ public final class SVABond: MMUNotifier, Sendable {
             } catch .queue(.invalidDescriptor(_, _, _, true, _)) {
                 continue
             } catch .queue(.deviceTLBTimeout), .queue(.completionError) {
+                return true
+            } catch .pasidNotBound where gone {
                 return true
             } catch {
                 return false

@@ -98,7 +98,9 @@ public final class MM: @unchecked Sendable {
     /// mm_count: the references that keep the mm_struct, and with it the
     /// PGD, past exit_mmap. exit() holds the first (mm_users' share); an
     /// SVA bond holds one from bind to unbind (mmu_notifier_register's
-    /// mmgrab). The PGD goes with the last (__mmdrop → mm_free_pgd).
+    /// mmgrab). The PGD goes with the last (__mmdrop → mm_free_pgd; the
+    /// kernel reaches it from an unbind through an SRCU callback, the model
+    /// at once).
     private let mmCount = Atomic<Int>(1)
     /// What the last munmap/madvise/exit gather did (for tests and reports).
     /// (Several updaters may finish gathers at once under the read lock.)
@@ -107,7 +109,7 @@ public final class MM: @unchecked Sendable {
         set { lastGatherStats.withLock { $0 = newValue } }
     }
     private let lastGatherStats = LabMutex(GatherStats())
-    let notifiers = LabMutex<[any MMUNotifier]>([])
+    let notifiers = LabMutex(NotifierList())
     /// Deposited PTE tables (pmd_huge_pte): for each PMD table, the tables
     /// held for the huge PMDs it maps, one each, to split them with.
     let deposits = LabMutex<[UInt32: [Page]]>([:])

@@ -19,27 +19,54 @@ extension MMUNotifier {
     public func release(mm: MM) {}
 }
 
+/// An mm's notifiers, and whether exit has released them: none may be
+/// registered after that (mmu_notifier_register wants a live mm).
+struct NotifierList {
+    var list: [any MMUNotifier] = []
+    var released = false
+}
+
 extension MM {
-    public func registerNotifier(_ notifier: any MMUNotifier) {
-        notifiers.withLock { $0.append(notifier) }
+    /// mmu_notifier_register; false, registering nothing, once the mm has
+    /// exited (the notifier would hear nothing from it).
+    @discardableResult
+    public func registerNotifier(_ notifier: any MMUNotifier) -> Bool {
+        registerNotifier(notifier) {} != nil
+    }
+
+    /// Register `notifier` once `setUp` has run, both under the list's lock,
+    /// so that exit's release either finds the notifier registered or finds
+    /// neither done; nil, running neither, once the mm has exited.
+    func registerNotifier<R, E: Error>(_ notifier: any MMUNotifier, after setUp: () throws(E) -> R) throws(E) -> R? {
+        try notifiers.withLock { (n: inout NotifierList) throws(E) -> R? in
+            guard !n.released else { return nil }
+            let result = try setUp()
+            n.list.append(notifier)
+            return result
+        }
     }
 
     public func unregisterNotifier(_ notifier: any MMUNotifier) {
-        notifiers.withLock { list in list.removeAll { $0 === notifier } }
+        notifiers.withLock { $0.list.removeAll { $0 === notifier } }
     }
 
-    /// __mmu_notifier_release: every notifier's `release`, then the list
-    /// emptied, so that exit's own flushes reach none of them.
+    /// __mmu_notifier_release: the list emptied and closed, then every
+    /// notifier that was on it released, so that exit's own flushes reach
+    /// none of them. (The kernel releases before it unhooks; with no other
+    /// user of the mm left, the order is not seen.)
     func releaseNotifiers() {
-        let list = notifiers.withLock { $0 }
+        let list = notifiers.withLock { (n: inout NotifierList) -> [any MMUNotifier] in
+            n.released = true
+            defer { n.list.removeAll() }
+            return n.list
+        }
         for n in list { n.release(mm: self) }
-        notifiers.withLock { remaining in remaining.removeAll { n in list.contains { $0 === n } } }
     }
 
     /// Called with every TLB flush of the mm. A fullmm flush (start = end
     /// = ~0) is a flush of everything.
     public func invalidateSecondaryTLBs(start: UInt64, end: UInt64) {
-        let list = notifiers.withLock { $0 }
+        let list = notifiers.withLock { $0.list }
         guard !list.isEmpty else { return }
         let (s, e) = start == .max ? (0, UInt64.max) : (start, end)
         for n in list { n.invalidateSecondaryTLBs(mm: self, start: s, end: e) }
