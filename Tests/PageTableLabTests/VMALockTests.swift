@@ -169,21 +169,33 @@ final class VMALockTests: XCTestCase {
 
     /// MADV_DONTNEED of `range` with `other` unmapped inside it (and
     /// `alsoInside` run there first), where a writer of `other` can have the
-    /// locks then: else the munmap, on this thread, would wait for ever.
-    /// Whether it could.
+    /// locks then. Whether it could. The probe is a trylock that merges
+    /// nothing, as munmap locks; the munmap itself runs on a thread of its
+    /// own and is waited for with a bound, so that a munmap that locked
+    /// more (and so waited for the DONTNEED, which waits for it) fails the
+    /// test instead of hanging it.
     private func dontneed(_ mm: MM, _ range: Range<UInt64>, unmappingInside other: Range<UInt64>,
                           alsoInside: @escaping @Sendable () -> Void = {}) throws -> Bool {
         let unmapped = Mutex(false)
+        let unmapper = Mutex<RCUThread?>(nil)
         mm.raceWindowHook = { window, _ in
             guard window == .dontneedLocked else { return }
             alsoInside()
             guard mm.tryWriteLock(vmasOf: other) else { return }
             mm.writeUnlock()
-            do { try mm.munmap(address: other.lowerBound, length: UInt64(other.count)) } catch { return XCTFail("munmap: \(error)") }
-            unmapped.withLock { $0 = true }
+            unmapper.withLock {
+                $0 = RCUThread {
+                    do { try mm.munmap(address: other.lowerBound, length: UInt64(other.count)) } catch { return XCTFail("munmap: \(error)") }
+                    unmapped.withLock { $0 = true }
+                }
+            }
+            if !holdsWithin(milliseconds: 30_000, { unmapped.withLock { $0 } }) {
+                XCTFail("the munmap of \(other) waited for the DONTNEED: it locked more than its own VMAs")
+            }
         }
         defer { mm.raceWindowHook = nil }
         try mm.madviseDontneed(address: range.lowerBound, length: UInt64(range.count))
+        unmapper.withLock { $0 }?.join()
         return unmapped.withLock { $0 }
     }
 
