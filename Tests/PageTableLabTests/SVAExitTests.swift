@@ -25,6 +25,14 @@ final class SVAExitTests: XCTestCase {
         }
     }
 
+    /// An mm bound under `pasid` and exited, the bond still held.
+    private func exitedWhileBound(_ allocator: PageAllocator, _ sva: SVA) throws -> (MM, SVABond) {
+        let mm = try MM(allocator: allocator)
+        let bond = try sva.bind(mm, pasid: pasid, did: 1)
+        mm.exit()
+        return (mm, bond)
+    }
+
     /// An mm bound under `pasid`, 4 MiB of it faulted in (every 64 KiB) and
     /// its first page translated once, so that the IOMMU caches the PASID
     /// entry, the walk to the first PTE table (its PDE) and that leaf.
@@ -133,9 +141,7 @@ final class SVAExitTests: XCTestCase {
     /// nor a late release or a second unbind tear down what came after.
     func testThePASIDStaysTheBondsUntilTheUnbind() throws {
         try withSVA { allocator, iommu, sva in
-            let dead = try MM(allocator: allocator)
-            let bond = try sva.bind(dead, pasid: pasid, did: 1)
-            dead.exit()
+            let (dead, bond) = try exitedWhileBound(allocator, sva)
             let next = try MM(allocator: allocator)
             defer { next.exit() }
             XCTAssertThrowsError(try sva.bind(next, pasid: pasid, did: 1)) {
@@ -161,12 +167,66 @@ final class SVAExitTests: XCTestCase {
             let (mm, bond) = try boundAndTranslated(allocator, iommu, sva)
             iommu.faultInjection.injectIQE()
             mm.exit()
+            // Every table exit freed is back before pages are counted.
+            try RCU.barrier()
             XCTAssertEqual(bond.notifierFailures.load(ordering: .relaxed), 1, "the refused teardown is a notifier failure")
             XCTAssertFalse(bond.tornDown)
             XCTAssertGreaterThan(iommu.cachedEntries.pasids, 0, "the refused flush left the PASID cached")
+            XCTAssertEqual(ptlab_page_state(mm.pgd.desc), PTLAB_PAGE_ALLOCATED.rawValue, "the PGD went while the IOMMU caches it")
+            let allocated = allocator.totalAllocatedPages
             try sva.unbind(bond)
             XCTAssertTrue(bond.tornDown)
             XCTAssertEqual(iommu.cachedEntries.iotlb + iommu.cachedEntries.pagingStructures + iommu.cachedEntries.pasids, 0)
+            XCTAssertEqual(allocator.totalAllocatedPages, allocated - 1, "the PGD goes with the flush that completed")
+        }
+    }
+
+    /// An unbind whose flush the queue refuses changes nothing but the
+    /// entry: the bond keeps the PASID (no other mm may take it, not even
+    /// through the IOMMU alone, while its caches may hold the old entry)
+    /// and its mm, and a second unbind flushes and lets both go.
+    func testAFailedUnbindKeepsThePASIDUntilAnUnbindFlushesIt() throws {
+        try withSVA { allocator, iommu, sva in
+            let (mm, bond) = try boundAndTranslated(allocator, iommu, sva)
+            iommu.faultInjection.injectIQE()
+            XCTAssertThrowsError(try sva.unbind(bond))
+            XCTAssertEqual(sva.boundPASIDs, [pasid], "the bond went with its flush refused")
+            let other = try MM(allocator: allocator)
+            defer { other.exit() }
+            XCTAssertThrowsError(try sva.bind(other, pasid: pasid, did: 1)) {
+                XCTAssertEqual($0 as? IOMMUError, .pasidAlreadyBound(pasid))
+            }
+            XCTAssertThrowsError(try iommu.bindPASID(pasid, root: UInt64(other.pgd.pfn), did: 1)) {
+                XCTAssertEqual($0 as? IOMMUError, .pasidTeardownPending(pasid))
+            }
+            try sva.unbind(bond)
+            XCTAssertTrue(sva.boundPASIDs.isEmpty)
+            XCTAssertEqual(iommu.cachedEntries.pasids, 0)
+            mm.exit()
+        }
+    }
+
+    /// A flush already on its way when the PASID went (an op still running
+    /// on the exiting mm, a KVA flush) meets it gone: no failure.
+    func testAFlushAfterTheReleaseIsNoFailure() throws {
+        try withSVA { allocator, iommu, sva in
+            let (mm, bond) = try boundAndTranslated(allocator, iommu, sva)
+            mm.exit()
+            bond.invalidateSecondaryTLBs(mm: mm, start: base, end: base + 2 * mib)
+            XCTAssertTrue(bond.invalidateCompleting(start: base, end: base + 2 * mib))
+            XCTAssertEqual(bond.notifierFailures.load(ordering: .relaxed), 0)
+            try sva.unbind(bond)
+        }
+    }
+
+    /// An exited mm takes no new bond, though one still holds it (and its
+    /// PGD): exit closed its notifier list.
+    func testAnExitedMMTakesNoBond() throws {
+        try withSVA { allocator, iommu, sva in
+            let (mm, bond) = try exitedWhileBound(allocator, sva)
+            XCTAssertThrowsError(try sva.bind(mm, pasid: 2, did: 1)) { XCTAssertEqual($0 as? IOMMUError, .mmExited) }
+            XCTAssertNil(iommu.binding(of: 2), "a refused bind left a PASID entry")
+            try sva.unbind(bond)
         }
     }
 

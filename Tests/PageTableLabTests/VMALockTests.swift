@@ -193,7 +193,11 @@ final class VMALockTests: XCTestCase {
                 XCTFail("the munmap of \(other) waited for the DONTNEED: it locked more than its own VMAs")
             }
         }
-        defer { mm.raceWindowHook = nil }
+        // The munmap's thread reads the hook too: joined before it goes.
+        defer {
+            unmapper.withLock { $0 }?.join()
+            mm.raceWindowHook = nil
+        }
         try mm.madviseDontneed(address: range.lowerBound, length: UInt64(range.count))
         unmapper.withLock { $0 }?.join()
         return unmapped.withLock { $0 }

@@ -230,6 +230,9 @@ public final class IntelIOMMU: @unchecked Sendable {
     public func bindPASID(_ pasid: UInt32, root: UInt64, did: UInt16, mode: PagingMode = .fourLevel,
                           devices: [DMADevice] = []) throws(IOMMUError) {
         guard (1...0xF_FFFF).contains(pasid) else { throw .invalidPASID(pasid) }
+        // Cleared, but its flush never completed: the caches may still hold
+        // the old entry, which a new one must not meet.
+        guard unflushedTeardowns.withLock({ $0[pasid] == nil }) else { throw .pasidTeardownPending(pasid) }
         for device in devices where remapping.devices.withLock({ $0[device.sid] }) !== device {
             throw .deviceNotAttached(sid: device.sid)
         }
@@ -247,8 +250,8 @@ public final class IntelIOMMU: @unchecked Sendable {
     /// mm: its page tables may be freed.
     ///
     /// The entry goes before the flush, so a flush that fails leaves it gone
-    /// and the caches full: the PASID is kept aside, and the next unbind of
-    /// it sends the flush again.
+    /// and the caches full: the PASID is kept aside, refused to bindPASID,
+    /// until an unbind of it sends the flush again and it completes.
     public func unbindPASID(_ pasid: UInt32) throws(IOMMUError) {
         guard let entry = remapping.pasidTable.withLock({ $0.removeValue(forKey: pasid) })
                 ?? unflushedTeardowns.withLock({ $0.removeValue(forKey: pasid) }) else {

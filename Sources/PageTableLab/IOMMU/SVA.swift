@@ -37,25 +37,50 @@ public final class SVA: Sendable {
         return bond
     }
 
-    /// iommu_sva_unbind_device: the IOMMU forgets the mm before it can go.
-    /// After the mm has exited (the driver unbinds when the dying process's
-    /// files close, which do_exit does after exit_mm), the notifier's
-    /// release has already torn the PASID entry down: what is left is to
-    /// drop the bond, as a second intel_pasid_tear_down_entry finds the
-    /// entry not present and returns, unless that teardown's flush failed,
-    /// which is sent again.
+    /// iommu_sva_unbind_device: the PASID torn down under the SVA lock,
+    /// then the notifier unhooked and the mm dropped. After the mm has
+    /// exited (the driver unbinds when the dying process's files close,
+    /// which do_exit does after exit_mm), the notifier's release has
+    /// already torn the PASID down, and Linux's second
+    /// intel_pasid_tear_down_entry finds the entry not present and returns.
+    /// The lab goes one step further where that release's flush failed: it
+    /// sends the flush again. An unbind whose flush fails changes nothing
+    /// but that: the bond keeps its PASID and its mm (whose PGD the IOMMU
+    /// may still cache), and a later unbind tries again.
     public func unbind(_ bond: SVABond) throws(IOMMUError) {
-        let bound = bonds.withLock { list in
-            defer { list.removeAll { $0 === bond } }
-            return list.contains { $0 === bond }
+        let outcome = bonds.withLock { (list: inout [SVABond]) -> Result<Void, IOMMUError>? in
+            guard list.contains(where: { $0 === bond }) else { return nil }
+            do throws(IOMMUError) {
+                try bond.tearDown(unbinding: true)
+            } catch {
+                return .failure(error)
+            }
+            list.removeAll { $0 === bond }
+            return .success(())
         }
-        guard bound else { throw .pasidNotBound(bond.pasid) }
+        guard let outcome else { throw .pasidNotBound(bond.pasid) }
+        try outcome.get()
         bond.mm.unregisterNotifier(bond)
-        defer { bond.mm.drop() }
-        try bond.tearDown(unbinding: true)
+        bond.mm.drop()
     }
 
     public var boundPASIDs: [UInt32] { bonds.withLock { $0.map(\.pasid) } }
+
+    /// Every bond still held lets its mm go: for the end, once the IOMMU
+    /// has shut down and nothing translates any more, as
+    /// KernelPageTableFree.shutdown frees the tables it stranded. A bond is
+    /// still held where its unbind's flush never completed (the IOMMU might
+    /// have gone on walking the mm's PGD), or where nobody unbound it.
+    public func shutdown() {
+        let left = bonds.withLock { (list: inout [SVABond]) -> [SVABond] in
+            defer { list.removeAll() }
+            return list
+        }
+        for bond in left {
+            bond.mm.unregisterNotifier(bond)
+            bond.mm.drop()
+        }
+    }
 
     /// iommu_sva_invalidate_kva_range (6.19): under the SVA lock, hand
     /// [start, end) to every bound mm's notifier, as
@@ -144,14 +169,15 @@ public final class SVABond: MMUNotifier, Sendable {
         }
     }
 
-    /// The PASID torn down once, by whichever comes first of exit's release
-    /// (with sva_mm_release=teardown) and the driver's unbind.
+    /// The PASID torn down once: by exit's release (with
+    /// sva_mm_release=teardown) unless the driver unbound first, else by the
+    /// unbind, which also retries a teardown whose flush failed.
     func tearDown(unbinding: Bool) throws(IOMMUError) {
         try state.withLock { (s: inout State) throws(IOMMUError) in
-            guard !s.unbound else { return }
             if unbinding {
                 s.unbound = true
             } else {
+                guard !s.unbound, !s.released else { return }
                 s.released = true
                 guard sva.iommu.parameters.mmRelease == .teardown else { return }
             }

@@ -4,8 +4,8 @@
 /// whether page tables went, so it must assume they did.
 ///
 /// `release` is mmu_notifier_release: exit_mmap calls it before it tears
-/// anything down, and unhooks the notifier right after, so that the
-/// invalidations of the teardown itself never reach it. Whatever walks the
+/// anything down, and unhooks every notifier once all are released, so
+/// that the invalidations of the teardown itself never reach them. Whatever walks the
 /// mm's tables on the notifier's behalf must stop walking them in
 /// `release` (intel_mm_release clears the PASID entry), because nothing
 /// will tell it when they are freed.
@@ -50,17 +50,18 @@ extension MM {
         notifiers.withLock { $0.list.removeAll { $0 === notifier } }
     }
 
-    /// __mmu_notifier_release: the list emptied and closed, then every
-    /// notifier that was on it released, so that exit's own flushes reach
-    /// none of them. (The kernel releases before it unhooks; with no other
-    /// user of the mm left, the order is not seen.)
+    /// __mmu_notifier_release: the list closed to new notifiers, every
+    /// notifier on it released, then the list emptied, so that exit's own
+    /// flushes reach none of them. Released before unhooked, as the kernel
+    /// does: a flush from an op still running on the mm still reaches a
+    /// notifier until its release has made that flush unneeded.
     func releaseNotifiers() {
         let list = notifiers.withLock { (n: inout NotifierList) -> [any MMUNotifier] in
             n.released = true
-            defer { n.list.removeAll() }
             return n.list
         }
         for n in list { n.release(mm: self) }
+        notifiers.withLock { $0.list.removeAll() }
     }
 
     /// Called with every TLB flush of the mm. A fullmm flush (start = end

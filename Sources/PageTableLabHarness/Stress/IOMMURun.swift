@@ -41,9 +41,10 @@ extension StressOptions {
 }
 
 /// The end of an IOMMU run, once its walkers have stopped and its PASIDs are
-/// unbound: the IOMMU's counts read and the IOMMU shut down, the
-/// deferred-memory monitor stopped, every callback waited for; only then is
-/// the error a step ended the loop with thrown.
+/// unbound: the IOMMU's counts read and the IOMMU shut down, with it the
+/// bonds whose unbind never completed, the deferred-memory monitor
+/// stopped, every callback waited for; only then is the error a step ended
+/// the loop with thrown.
 struct IOMMURunEnd {
     let stats: IOMMUStats
     let lockup: QILockup?
@@ -52,13 +53,14 @@ struct IOMMURunEnd {
     let deferredPeak: Int
     var detections: WalkCounters
 
-    init(iommu: IntelIOMMU, walkers: DMAWalkers, books: StressBooks, failure: Error?) throws {
+    init(iommu: IntelIOMMU, sva: SVA, walkers: DMAWalkers, books: StressBooks, failure: Error?) throws {
         stats = iommu.counters.snapshot()
         let wait = iommu.qiWaitMicroseconds
         qiWaitUs = .init(p50: Double(wait.valueAtPercentile(50)), p99: Double(wait.valueAtPercentile(99)))
         lockup = iommu.lockup
         driver = iommu.parameters.driver
         _ = iommu.shutdown()
+        sva.shutdown()
         deferredPeak = Int(books.deferredMonitor.stop())
         try RCU.barrier()
         if let failure { throw failure }

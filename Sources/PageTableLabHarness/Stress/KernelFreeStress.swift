@@ -106,7 +106,7 @@ public struct KernelFreeStress {
             let tablesFreedBy = kernel.tablesFreedBy
             let kernelFlushes = kernel.rangeFlushes.load(ordering: .relaxed) + kernel.fullFlushes.load(ordering: .relaxed)
             kernel.release()
-            let end = try IOMMURunEnd(iommu: iommu, walkers: walkers, books: books, failure: failure)
+            let end = try IOMMURunEnd(iommu: iommu, sva: sva, walkers: walkers, books: books, failure: failure)
             let tables = freer.tablesFreed.load(ordering: .relaxed)
             var problems: [String] = []
             if let lockup = end.lockupProblem {

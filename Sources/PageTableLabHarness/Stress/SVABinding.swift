@@ -23,10 +23,13 @@ public struct SVABinding {
         }
     }
 
-    /// iommu_sva_unbind_device, then the IOMMU goes; its counters stay
-    /// readable.
+    /// iommu_sva_unbind_device, then the IOMMU goes, with the bond if its
+    /// unbind failed; its counters stay readable.
     public func teardown() throws {
+        defer {
+            _ = iommu.shutdown()
+            sva.shutdown()
+        }
         try sva.unbind(bond)
-        _ = iommu.shutdown()
     }
 }

@@ -80,7 +80,7 @@ public struct SVAExitStress {
                 do { try sva.unbind(bond) } catch { unbindFailures += 1 }
             }
             let stillBound = sva.boundPASIDs.count
-            let end = try IOMMURunEnd(iommu: iommu, walkers: walkers, books: books, failure: failure)
+            let end = try IOMMURunEnd(iommu: iommu, sva: sva, walkers: walkers, books: books, failure: failure)
             var problems = end.lockupProblem.map { [$0] } ?? []
             if unbindFailures > 0 { problems.append("\(unbindFailures) unbinds failed") }
             if stillBound > 0 { problems.append("\(stillBound) PASIDs still bound after the run") }
