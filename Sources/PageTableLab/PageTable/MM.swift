@@ -26,6 +26,11 @@
 //    unlinks the VMAs under it before freeing their tables; the shmem retract
 //    holds it and no mmap_lock at all.
 //  - mm->page_table_lock: populating PGD, P4D and PUD entries.
+//  - exit_mmap: mmu_notifier_release first, holding nothing, then the mmap
+//    write lock throughout (since 6.0 the kernel holds only the read lock
+//    for unmap_vmas, so that the OOM reaper, not modelled, can zap beside
+//    it). The PGD goes with the mm's last reference (mm_count: an SVA bond
+//    holds one until its unbind).
 //  - split ptlocks in the ptdesc, for the PMD and PTE tables of user mms: a
 //    PMD entry is populated or cleared under its PMD table's lock wherever
 //    another updater may race (free_pgtables, whose VMAs no one else can

@@ -5,10 +5,10 @@
 ///
 /// `release` is mmu_notifier_release: exit_mmap calls it before it tears
 /// anything down, and unhooks every notifier once all are released, so
-/// that the invalidations of the teardown itself never reach them. Whatever walks the
-/// mm's tables on the notifier's behalf must stop walking them in
-/// `release` (intel_mm_release clears the PASID entry), because nothing
-/// will tell it when they are freed.
+/// that the invalidations of the teardown itself never reach them.
+/// Whatever walks the mm's tables on the notifier's behalf must stop
+/// walking them in `release` (intel_mm_release clears the PASID entry),
+/// because nothing will tell it when they are freed.
 public protocol MMUNotifier: AnyObject, Sendable {
     func invalidateSecondaryTLBs(mm: MM, start: UInt64, end: UInt64)
     func release(mm: MM)
