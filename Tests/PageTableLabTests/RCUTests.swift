@@ -170,6 +170,21 @@ final class RCUTests: XCTestCase {
         // sees all of it (with admission a held reader would stall the
         // callers over the bound forever).
         let holder = admission ? nil : GracePeriodHolder()
+        // With admission the monitor's own thread may get no CPU during the
+        // flood, and the sample after it come when the worker has drained
+        // everything (CI saw a peak of 0 once). So first, with a grace
+        // period held, a few objects well under the bound are queued and
+        // sampled: the monitor must see them, whatever the flood leaves.
+        let primer = TrackedObjects(8)
+        defer { primer.deallocate() }
+        if admission {
+            let hold = GracePeriodHolder()
+            try RCU.withRegisteredThread {
+                for i in 0..<8 { try RCU.call(primer.head(i), bytes: objectBytes, countRun) }
+            }
+            monitor.sample()
+            hold.release()
+        }
         let flooders = (0..<threads).map { t in
             RCUThread {
                 for i in t * perThread..<(t + 1) * perThread {
@@ -198,6 +213,7 @@ final class RCUTests: XCTestCase {
         XCTAssertEqual(after.boundOvershoots, before.boundOvershoots)
         XCTAssertEqual(after.inFlightBytes, before.inFlightBytes, "bytes still in flight after the barrier")
         XCTAssertEqual(objects.runCounts.filter { $0 != 1 }.count, 0, "callbacks that ran other than once")
+        XCTAssertEqual(primer.runCounts.filter { $0 != (admission ? 1 : 0) }.count, 0, "primer callbacks")
         return (peak, Int64(bound), ranInline)
     }
 
