@@ -98,8 +98,8 @@ final class FreePgtablesTests: XCTestCase {
     /// An mmap that checked the mm before exit() marked it, and got the
     /// mmap lock after, must not map into the exited mm: a fault there
     /// would build tables under a PGD that is gone. The test holds the
-    /// lock while the mmap and then the exit queue for it, so the mmap has
-    /// passed its first check whichever of them gets the lock first.
+    /// write lock while the mmap, then the exit (for its read-locked
+    /// unmap), queue for it; the waiting writer goes first.
     func testAnMmapThatRacedExitFindsTheMMGone() throws {
         try withLab { allocator in
             let mm = try MM(allocator: allocator)
@@ -109,9 +109,9 @@ final class FreePgtablesTests: XCTestCase {
                 let result = Result { () throws(MMError) in try mm.mmap(address: tib, length: 2 * mib) }
                 mapped.withLock { $0 = result }
             }
-            try waitUntil("the mmap waits for the lock") { mm.mmapLock.writersWaiting == 1 }
+            try waitUntil("the mmap waits for the lock") { mm.mmapLock.waiting.writers == 1 }
             let exiter = RCUThread { mm.exit() }
-            try waitUntil("exit marked the mm and waits for the lock") { mm.hasExited && mm.mmapLock.writersWaiting == 2 }
+            try waitUntil("exit marked the mm and waits for the lock") { mm.hasExited && mm.mmapLock.waiting.readers == 1 }
             mm.mmapLock.unlockWrite()
             mapper.join()
             exiter.join()

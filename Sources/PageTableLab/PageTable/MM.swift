@@ -26,11 +26,11 @@
 //    unlinks the VMAs under it before freeing their tables; the shmem retract
 //    holds it and no mmap_lock at all.
 //  - mm->page_table_lock: populating PGD, P4D and PUD entries.
-//  - exit_mmap: mmu_notifier_release first, holding nothing, then the mmap
-//    write lock throughout (since 6.0 the kernel holds only the read lock
-//    for unmap_vmas, so that the OOM reaper, not modelled, can zap beside
-//    it). The PGD goes with the mm's last reference (mm_count: an SVA bond
-//    holds one until its unbind).
+//  - exit_mmap (5.19+): mmu_notifier_release first, holding nothing; the
+//    read lock for unmap_vmas, beside which the OOM reaper (OOMReap.swift,
+//    also process_mrelease) may zap; MMF_OOM_SKIP; the write lock for
+//    free_pgtables, which waits the reaper out. The PGD goes with the mm's
+//    last reference (mm_count: an SVA bond or a reaper holds one).
 //  - split ptlocks in the ptdesc, for the PMD and PTE tables of user mms: a
 //    PMD entry is populated or cleared under its PMD table's lock wherever
 //    another updater may race (free_pgtables, whose VMAs no one else can
@@ -57,6 +57,7 @@
 //   PageTables.swift               pagetable_alloc and the ctors; pagetable_dtor(_free)
 //   Fault.swift, UserAccess.swift  handle_mm_fault, __pte_alloc; a user program's store
 //   Syscalls.swift, Zap.swift      mmap, munmap, madvise, exit_mmap; zap_pte_range, try_to_free_pte
+//   OOMReap.swift                  the OOM reaper's (and process_mrelease's) zap beside exit_mmap
 //   FreePgtables.swift             free_pgtables, free_pgd_range and the levels below
 //   PTEMapLock.swift, Walkers.swift   updaters' pte_offset_map_lock; GUP-fast, pte_offset_map, MMU
 //   LockContext.swift, MMapLock.swift, Rmap.swift   walker contexts; mmap_lock; rmap ranges
@@ -128,6 +129,13 @@ public final class MM: @unchecked Sendable {
     /// possible only without pte_offset_map_lock's pmd_same re-check, or
     /// with collapse_huge_page checking before it write-locks the VMA.
     public let staleTableWrites = Atomic<Int>(0)
+    /// Zaps that met a page table freed under their walk: an updater holding
+    /// a lock that should have kept the table linked (the OOM reaper's mmap
+    /// read lock, against an exit_mmap that freed without the write lock).
+    public let zapsOfFreedTables = Atomic<Int>(0)
+    /// MMF_OOM_SKIP: exit_mmap is past unmapping, and the OOM reaper leaves
+    /// the mm alone.
+    let oomSkip = Atomic<Bool>(false)
     /// Tests only: run as an updater passes a `RaceWindow`, with the
     /// address it works on, so that a test can make there, every time, the
     /// change another thread may make in that window. Set before the mm is
@@ -288,4 +296,13 @@ enum RaceWindow: Sendable {
     /// lock, and has zapped nothing yet: the VMAs are in no tree, but still
     /// in their files' rmap, and their entries still map pages.
     case munmapDetached
+    /// The OOM reaper holds the mmap read lock and has found the mm not yet
+    /// MMF_OOM_SKIP, and has zapped nothing.
+    case oomReaping
+    /// A zap has stepped down into a PMD table and read nothing from it
+    /// yet (the address is where the table's span starts).
+    case zapInPMDTable
+    /// exit_mmap has unmapped every VMA and set MMF_OOM_SKIP, and has not
+    /// taken the lock it frees the tables under.
+    case exitUnmapped
 }

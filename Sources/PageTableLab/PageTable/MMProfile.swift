@@ -62,6 +62,15 @@ public struct MMProfile: Sendable {
     /// write-locks the VMA, as 6.17-rc1 did, so a DONTNEED under that VMA's
     /// lock (madviseVMALock) can reclaim the PTE table after the check.
     public var collapseChecksBeforeVMAWrite = false
+    /// Fault injection: exit_mmap frees the page tables holding only the
+    /// mmap read lock, which an OOM reaper (or process_mrelease) zapping the
+    /// mm holds too, so a table can be freed under the reaper's walk. The
+    /// kernel has excluded the reaper there ever since the two could run
+    /// together ("mm: oom: let oom_reap_task and exit_mmap run
+    /// concurrently", 4.16): with MMF_OOM_SKIP and a write lock taken and
+    /// dropped, and since "mm: drop oom code from exit_mmap" (5.19) with the
+    /// write lock held across free_pgtables.
+    public var exitFreesTablesUnderReadLock = false
 
     public init() {}
 

@@ -16,6 +16,7 @@ public final class MMapLock: @unchecked Sendable {
     private var readers = 0
     private var writer = false
     private var waitingWriters = 0
+    private var waitingReaders = 0
     /// mm_lock_seq: odd while a writer holds the lock, bumped as it takes
     /// and as it drops or downgrades it; read without the lock.
     private let sequence = Atomic<Int>(0)
@@ -38,7 +39,9 @@ public final class MMapLock: @unchecked Sendable {
     /// mmap_read_lock.
     public func lockRead() {
         monitor.lock()
+        waitingReaders += 1
         while writer || waitingWriters > 0 { monitor.wait() }
+        waitingReaders -= 1
         readers += 1
         monitor.unlock()
     }
@@ -60,11 +63,12 @@ public final class MMapLock: @unchecked Sendable {
         monitor.unlock()
     }
 
-    /// Writers waiting for the lock now (for tests that must order one).
-    var writersWaiting: Int {
+    /// Writers and readers waiting for the lock now (for tests that must
+    /// order them).
+    var waiting: (writers: Int, readers: Int) {
         monitor.lock()
         defer { monitor.unlock() }
-        return waitingWriters
+        return (waitingWriters, waitingReaders)
     }
 
     /// mmap_write_lock.

@@ -189,24 +189,35 @@ extension MM {
         for file in gone { file.unmapped(by: self) }
     }
 
-    /// exit_mmap: mmu_notifier_release (an IOMMU bound through SVA stops
-    /// walking the tables now), a fullmm gather over every VMA and
-    /// free_pgtables over the whole address space; then mmput's mmdrop,
-    /// which frees the PGD unless an SVA bond still holds the mm. Returns
-    /// pgtables_bytes left behind, which must be 0 (check_mm's "non-zero
-    /// pgtables_bytes").
+    /// exit_mmap, as 5.19+ runs it: mmu_notifier_release (an IOMMU bound
+    /// through SVA stops walking the tables now); unmap_vmas, a fullmm
+    /// gather over every VMA, under the mmap read lock, beside which an OOM
+    /// reaper may zap; MMF_OOM_SKIP; then the mmap write lock, which waits
+    /// for such a reaper to finish, to take the VMAs out and free_pgtables
+    /// over the whole address space; last mmput's mmdrop, which frees the
+    /// PGD unless an SVA bond still holds the mm. Returns pgtables_bytes
+    /// left behind, which must be 0 (check_mm's "non-zero pgtables_bytes").
     @discardableResult
     public func exit() -> Int {
         guard markExited() else { return pgtablesBytes }
         releaseNotifiers()
-        withWriteLock(vmasOf: [0..<UInt64.max], merging: .none) {
-            let all = detachVMAs(0, .max).removed
-            let tlb = MMUGather(mm: self, fullmm: true)
-            for vma in all { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
-            freePgtables(tlb, all, floor: 0, ceiling: 0)
+        let tlb = MMUGather(mm: self, fullmm: true)
+        mmapLock.withReadLock {
+            for vma in vmas { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
+        }
+        oomSkip.store(true, ordering: .releasing)
+        raceWindow(.exitUnmapped, 0)
+        let freeTables = {
+            let all = self.detachVMAs(0, .max).removed
+            self.freePgtables(tlb, all, floor: 0, ceiling: 0)
             tlb.finish()
-            lastGather = tlb.stats
-            releaseUnmappedFiles()
+            self.lastGather = tlb.stats
+            self.releaseUnmappedFiles()
+        }
+        if profile.exitFreesTablesUnderReadLock {
+            mmapLock.withReadLock(freeTables)
+        } else {
+            withWriteLock(vmasOf: [0..<UInt64.max], merging: .none, freeTables)
         }
         drop()
         return pgtablesBytes

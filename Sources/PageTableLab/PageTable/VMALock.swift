@@ -222,7 +222,12 @@ extension MM {
     /// is write-locked or gone (the fault then finds what the writer left).
     /// `body` gets the VMA, its anon_vma prepared.
     func withFaultLock<R>(_ address: UInt64, _ body: (VMA) throws(MMError) -> R) throws(MMError) -> R {
-        try underReadLock(lockVMAUnderRCU(address), .fault) { () throws(MMError) -> R in try body(faultableVMA(at: address)) }
+        try underReadLock(lockVMAUnderRCU(address), .fault) { () throws(MMError) -> R in
+            // exit_mmap unmaps under the read lock with the VMAs still in
+            // the tree: a fault that raced exit must not map into them.
+            guard !hasExited else { throw .mmGone }
+            return try body(faultableVMA(at: address))
+        }
     }
 
     /// lock_vma_under_rcu: the VMA at `address`, read-locked, or nil (no

@@ -11,17 +11,28 @@ extension MM {
     /// PT_RECLAIM kernel) a PTE table whose whole span was zapped and is now
     /// empty is unlinked and freed through the gather as well.
     func unmapPageRange(_ tlb: MMUGather, _ vma: VMA, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
-        zapLevel(tlb, vma, table: pgd, level: .pgd, start, end, reclaimPT: reclaimPT)
+        zapLevel(tlb, vma, table: pgd, level: .pgd, generation: nil, start, end, reclaimPT: reclaimPT)
     }
 
-    private func zapLevel(_ tlb: MMUGather, _ vma: VMA, table: Page, level: Level, _ start: UInt64, _ end: UInt64,
-                          reclaimPT: Bool) {
+    /// zap_p4d_range .. zap_pmd_range. The upper tables are walked with no
+    /// RCU read section (only pte_offset_map_lock takes one): the lock the
+    /// zapper holds is what keeps them linked, so a table below the PGD
+    /// that is no longer the live table of `generation` it stepped into was
+    /// freed by an updater that skipped that lock. The walk counts it
+    /// (zapsOfFreedTables) and leaves the table.
+    private func zapLevel(_ tlb: MMUGather, _ vma: VMA, table: Page, level: Level, generation: UInt32?,
+                          _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
         let child = childLevel(of: level)!
+        if child == .pte { raceWindow(.zapInPMDTable, start) }
         var address = start
         while address < end {
             let next = addressEnd(address, end, span: 1 << UInt64(shift(level)))
             let slot = entry(in: table, level: level, address: address)
             let e = Entry(rawValue: ptlab_pte_read(slot))
+            if let generation, !tableIsLive(table, level: level, generation: generation) {
+                zapsOfFreedTables.add(1, ordering: .relaxed)
+                return
+            }
             if child == .pte {
                 if e.isTransHuge {
                     if address & (Self.pmdSize - 1) != 0 || next - address != Self.pmdSize {
@@ -42,10 +53,26 @@ extension MM {
                     continue
                 }
             } else if e.isPresent, let d = allocator.descriptor(pfn: e.pfn) {
-                zapLevel(tlb, vma, table: Page(d), level: child, address, next, reclaimPT: reclaimPT)
+                // The table's generation while the entry still links it: a
+                // linked table is not freed.
+                let childGeneration = ptlab_page_generation(d)
+                if ptlab_pte_read(slot) == e.rawValue {
+                    zapLevel(tlb, vma, table: Page(d), level: child, generation: childGeneration, address, next,
+                             reclaimPT: reclaimPT)
+                }
             }
             address = next
         }
+    }
+
+    /// A table still there to walk: not freed (allocated, or unlinked and
+    /// waiting for its deferred free, its memory intact), of `level`, and
+    /// the one the walk stepped into (`generation`), not a reuse of it.
+    func tableIsLive(_ table: Page, level: Level, generation: UInt32) -> Bool {
+        let d = table.desc
+        let state = ptlab_page_state(d)
+        return (state == PTLAB_PAGE_ALLOCATED.rawValue || state == PTLAB_PAGE_DEFERRED.rawValue)
+            && ptlab_page_level(d) == UInt32(level.rawValue) && ptlab_page_generation(d) == generation
     }
 
     /// zap_pte_range, with mm/pt_reclaim.c's tail. Each round reaches the

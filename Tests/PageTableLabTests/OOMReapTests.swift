@@ -1,0 +1,105 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSupport
+import Synchronization
+import XCTest
+@testable import PageTableLab
+@testable import PageTableLabHarness
+
+/// The OOM reaper (and process_mrelease) beside exit_mmap: both zap under
+/// the mmap read lock, and exit frees the tables only under the write lock,
+/// after MMF_OOM_SKIP, so a reaper never walks a table as it is freed. Each
+/// interleaving is made on purpose through the race windows.
+final class OOMReapTests: XCTestCase {
+    /// An mm with 4 MiB of private and 2 MiB of shared memory faulted in.
+    private func victim(_ allocator: PageAllocator, profile: MMProfile = .v6_14) throws -> MM {
+        let mm = try MM(allocator: allocator, profile: profile)
+        try mm.mmap(address: tib, length: 4 * mib)
+        try mm.touch(address: tib, length: 4 * mib, stride: 64 << 10)
+        try mm.mmap(address: tib + 8 * mib, length: 2 * mib, shared: true)
+        try mm.touch(address: tib + 8 * mib, length: 2 * mib, stride: 64 << 10)
+        return mm
+    }
+
+    private func mapped(_ mm: MM, _ address: UInt64) -> Bool {
+        guard let (_, _, table) = mm.findPTETable(address) else { return false }
+        return Entry(rawValue: ptlab_pte_read(mm.entry(in: table, level: .pte, address: address))).isPresent
+    }
+
+    func testTheReaperZapsPrivateMemoryAndLeavesSharedMemory() throws {
+        try withLab { allocator in
+            let mm = try victim(allocator)
+            XCTAssertEqual(mm.oomReap(), .reaped)
+            XCTAssertFalse(mapped(mm, tib), "private memory still mapped after the reap")
+            XCTAssertTrue(mapped(mm, tib + 8 * mib), "the reap took shared memory")
+            XCTAssertGreaterThan(mm.pgtablesBytes, 0, "the reap frees no table")
+            mm.exit()
+            XCTAssertEqual(mm.oomReap(), .gone)
+        }
+    }
+
+    /// A reaper that gets the read lock once exit has unmapped finds
+    /// MMF_OOM_SKIP and leaves.
+    func testAReaperAfterExitHasUnmappedSkips() throws {
+        try withLab { allocator in
+            let mm = try victim(allocator)
+            let outcome = Mutex<OOMReapOutcome?>(nil)
+            mm.raceWindowHook = { window, _ in
+                guard window == .exitUnmapped else { return }
+                outcome.withLock { $0 = mm.oomReap() }
+            }
+            mm.exit()
+            mm.raceWindowHook = nil
+            XCTAssertEqual(outcome.withLock { $0 }, .skipped)
+        }
+    }
+
+    /// A reaper holding the read lock while exit runs: exit unmaps beside
+    /// it, then waits for it before freeing a table (5.19+), or, with
+    /// exitFreesTablesUnderReadLock, frees the tables under the reaper's
+    /// walk, which the walk catches when it reads the PMD table it stood in.
+    /// The reaper stops in the first PMD table it enters; there exit is run
+    /// on a thread of its own, as far as it will go, with its grace periods
+    /// waited out. Returns the walks of freed tables.
+    private func reaperMeetsExit(freeingUnderReadLock: Bool) throws -> Int {
+        var profile = MMProfile.v6_14
+        profile.exitFreesTablesUnderReadLock = freeingUnderReadLock
+        return try withLab { allocator in
+            let mm = try victim(allocator, profile: profile)
+            let reaper = pthread_self()
+            let exiter = Mutex<RCUThread?>(nil)
+            mm.raceWindowHook = { window, _ in
+                guard window == .zapInPMDTable, pthread_equal(pthread_self(), reaper) != 0,
+                      exiter.withLock({ $0 }) == nil else { return }
+                let thread = RCUThread { mm.exit() }
+                exiter.withLock { $0 = thread }
+                if freeingUnderReadLock {
+                    thread.join()
+                    do { try RCU.barrier() } catch { XCTFail("\(error)") }
+                } else {
+                    do {
+                        try waitUntil("exit unmapped and waits for the write lock") {
+                            mm.oomSkip.load(ordering: .acquiring) && mm.mmapLock.waiting.writers == 1
+                        }
+                    } catch { return }
+                    XCTAssertFalse(mm.hasExited && mm.vmas.isEmpty, "exit took the VMAs out under the reaper")
+                }
+            }
+            XCTAssertEqual(mm.oomReap(), .reaped)
+            try XCTUnwrap(exiter.withLock { $0 }).join()
+            mm.raceWindowHook = nil
+            XCTAssertEqual(mm.pgtablesBytes, 0)
+            return mm.zapsOfFreedTables.load(ordering: .relaxed)
+        }
+    }
+
+    func testExitWaitsForAReaperBeforeFreeingTables() throws {
+        XCTAssertEqual(try reaperMeetsExit(freeingUnderReadLock: false), 0)
+    }
+
+    func testExitFreeingUnderTheReadLockIsCaughtByTheReapersWalk() throws {
+        XCTAssertGreaterThan(try reaperMeetsExit(freeingUnderReadLock: true), 0,
+                             "the reaper walked on in a freed PMD table and nothing counted it")
+    }
+}
