@@ -29,7 +29,7 @@ extension MM {
             let next = addressEnd(address, end, span: 1 << UInt64(shift(level)))
             let slot = entry(in: table, level: level, address: address)
             let e = Entry(rawValue: ptlab_pte_read(slot))
-            if let generation, !tableIsLive(table, level: level, generation: generation) {
+            if let generation, !isLiveTable(table.desc, level, generation) {
                 zapsOfFreedTables.add(1, ordering: .relaxed)
                 return
             }
@@ -63,16 +63,6 @@ extension MM {
             }
             address = next
         }
-    }
-
-    /// A table still there to walk: not freed (allocated, or unlinked and
-    /// waiting for its deferred free, its memory intact), of `level`, and
-    /// the one the walk stepped into (`generation`), not a reuse of it.
-    func tableIsLive(_ table: Page, level: Level, generation: UInt32) -> Bool {
-        let d = table.desc
-        let state = ptlab_page_state(d)
-        return (state == PTLAB_PAGE_ALLOCATED.rawValue || state == PTLAB_PAGE_DEFERRED.rawValue)
-            && ptlab_page_level(d) == UInt32(level.rawValue) && ptlab_page_generation(d) == generation
     }
 
     /// zap_pte_range, with mm/pt_reclaim.c's tail. Each round reaches the
