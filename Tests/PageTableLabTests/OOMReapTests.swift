@@ -102,4 +102,69 @@ final class OOMReapTests: XCTestCase {
         XCTAssertGreaterThan(try reaperMeetsExit(freeingUnderReadLock: true), 0,
                              "the reaper walked on in a freed PMD table and nothing counted it")
     }
+
+    // MARK: - MMF_UNSTABLE
+
+    /// The reap takes the private memory's data: a fault there afterwards
+    /// gets SIGBUS, small page or huge, while shared memory faults as
+    /// before. Without the check the fault maps a zeroed page where the
+    /// data was.
+    /// The fault's error, nil when it mapped.
+    private func faultAfterReap(profile: MMProfile, at offset: UInt64) throws -> MMError? {
+        try withLab(profile: profile) { allocator in
+            let mm = try victim(allocator, profile: profile)
+            defer { mm.exit() }
+            XCTAssertEqual(mm.oomReap(), .reaped)
+            XCTAssertTrue(mm.isUnstable)
+            XCTAssertNoThrow(try mm.touch(address: tib + 8 * mib, length: 2 * mib, stride: 64 << 10),
+                             "shared memory refused after the reap")
+            return Self.failure { () throws(MMError) in try mm.touch(address: tib + offset, length: 4096) }
+        }
+    }
+
+    func testAFaultInReapedMemoryGetsSIGBUS() throws {
+        XCTAssertEqual(try faultAfterReap(profile: .v6_14, at: 0), .unstableAddressSpace(address: tib))
+    }
+
+    func testAHugeFaultInReapedMemoryGetsSIGBUS() throws {
+        XCTAssertEqual(try faultAfterReap(profile: .thpAlways(), at: 2 * mib), .unstableAddressSpace(address: tib + 2 * mib))
+    }
+
+    func testWithoutMMFUnstableAFaultMapsReapedMemoryAgain() throws {
+        var profile = MMProfile.v6_14
+        profile.faultsIgnoreUnstable = true
+        XCTAssertNil(try faultAfterReap(profile: profile, at: 0))
+    }
+
+    /// A fault beside the reaper, past the flag and before the reaper's
+    /// zap: it checks under the PTE lock, so it maps nothing, and gives
+    /// back the page it had allocated.
+    func testAFaultBesideTheReaperGetsSIGBUS() throws {
+        try withLab { allocator in
+            let mm = try victim(allocator)
+            defer { mm.exit() }
+            let outcome = Mutex<MMError??>(nil)
+            mm.raceWindowHook = { window, _ in
+                guard window == .oomReaping else { return }
+                let fault = RCUThread {
+                    let result = Self.failure { () throws(MMError) in try mm.touch(address: tib + 32 << 10, length: 4096) }
+                    outcome.withLock { $0 = result }
+                }
+                fault.join()
+            }
+            XCTAssertEqual(mm.oomReap(), .reaped)
+            mm.raceWindowHook = nil
+            XCTAssertEqual(outcome.withLock { $0 }, .some(.unstableAddressSpace(address: tib + 32 << 10)))
+            XCTAssertFalse(mapped(mm, tib + 32 << 10))
+        }
+    }
+
+    private static func failure(_ body: () throws(MMError) -> Void) -> MMError? {
+        do {
+            try body()
+            return nil
+        } catch {
+            return error
+        }
+    }
 }

@@ -12,7 +12,9 @@ extension MM {
     /// entry under the PMD table's split lock, the PTE under the PTE lock.
     /// Anonymous memory in a THP-eligible VMA gets a huge PMD
     /// (do_huge_pmd_anonymous_page); shmem memory maps its page cache's
-    /// folio, by PMD where the folio is huge and the VMA allows it.
+    /// folio, by PMD where the folio is huge and the VMA allows it. Private
+    /// memory the OOM reaper has reaped faults no more (MMF_UNSTABLE:
+    /// `unstableAddressSpace`, SIGBUS).
     @discardableResult
     public func fault(at address: UInt64) throws(MMError) -> UnsafeMutableRawPointer {
         try withFaultLock(address) { vma throws(MMError) in try faultLocked(at: address, vma: vma) }
@@ -113,6 +115,7 @@ extension MM {
     /// do_anonymous_page / do_shared_fault: the page for `address` is had
     /// first, then the PTE table is reached with pte_offset_map_lock and
     /// the entry filled if still none. nil: the PMD changed, look again.
+    /// An anonymous fault the OOM reaper has got to first maps nothing.
     private func mapPTE(pmdSlot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA,
                         store: (value: UInt8, offset: Int)?, stored: UnsafeMutablePointer<Bool>?)
         throws(MMError) -> UnsafeMutableRawPointer? {
@@ -140,26 +143,49 @@ extension MM {
             }
             owned = true
         }
-        // The page another fault mapped first, or ours once installed.
-        let result = withPTEOffsetMapLock(pmdSlot) { table -> (page: UnsafeMutableRawPointer, ours: Bool) in
+        let outcome = withPTEOffsetMapLock(pmdSlot) { table -> PTEInstall in
             let pte = entry(in: table, level: .pte, address: address)
-            let page: UnsafeMutableRawPointer
-            let ours: Bool
+            let outcome: PTEInstall
             if let present = mapped(pte) {
-                (page, ours) = (present, false)
+                outcome = .present(present)
+            } else if owned && isUnstable && !profile.faultsIgnoreUnstable {
+                // do_anonymous_page's check_stable_address_space, under the
+                // PTE lock: a reaper that has zapped this entry is seen.
+                return .unstable
             } else {
                 setLeaf(pte, Entry(pfn: data.pfn, flags: .userPage), new: owned)
                 noteWrite(to: table, under: pmdSlot)
-                (page, ours) = (allocator.address(of: data), true)
+                outcome = .installed(allocator.address(of: data))
             }
             if let store, let stored {
                 userStore(store.value, pfn: Entry(rawValue: ptlab_pte_read(pte)).pfn, offset: store.offset)
                 stored.pointee = true
             }
-            return (page, ours)
+            return outcome
         }
-        if owned && result?.ours != true { PageTables.release(data, allocator: allocator) }
-        return result?.page
+        switch outcome {
+        case .installed(let page)?:
+            return page
+        case .present(let page)?:
+            if owned { PageTables.release(data, allocator: allocator) }
+            return page
+        case .unstable?:
+            PageTables.release(data, allocator: allocator)
+            throw .unstableAddressSpace(address: address)
+        case nil:
+            if owned { PageTables.release(data, allocator: allocator) }
+            return nil
+        }
+    }
+
+    /// What a fault found under the PTE lock.
+    private enum PTEInstall {
+        /// Another fault mapped the address first: its page.
+        case present(UnsafeMutableRawPointer)
+        /// This fault's page, now mapped.
+        case installed(UnsafeMutableRawPointer)
+        /// The OOM reaper has been (MMF_UNSTABLE): nothing mapped.
+        case unstable
     }
 
     private func mapped(_ pte: UnsafeMutablePointer<UInt64>) -> UnsafeMutableRawPointer? {

@@ -82,15 +82,19 @@ extension MM {
         }
         lockPTL(pmdTable)
         let won = ptlab_pte_read(slot) == 0
-        if won {
+        // __do_huge_pmd_anonymous_page's check_stable_address_space, under
+        // the PMD lock.
+        let reaped = won && isUnstable && !profile.faultsIgnoreUnstable
+        if won && !reaped {
             deposit(table, under: pmdTable)
             setLeaf(slot, Self.hugeEntry(folio, writable: true), new: true)
             accountTable(.pte, 1)
         }
         ptlab_ptl_unlock(pmdTable.desc)
-        guard won else {
+        guard won && !reaped else {
             PageTables.dtorFree(table, allocator: allocator)
             PageTables.release(folio, allocator: allocator)
+            if reaped { throw .unstableAddressSpace(address: address) }
             return nil
         }
         thpEvents.faultAlloc.add(1, ordering: .relaxed)

@@ -136,6 +136,14 @@ public final class MM: @unchecked Sendable {
     /// MMF_OOM_SKIP: exit_mmap is past unmapping, and the OOM reaper leaves
     /// the mm alone.
     let oomSkip = Atomic<Bool>(false)
+    /// MMF_UNSTABLE: the OOM reaper has begun zapping the mm's private
+    /// memory, so what it held is gone. An anonymous fault that would map a
+    /// page there now gets SIGBUS (check_stable_address_space, under the
+    /// lock it would install the entry with) rather than a zeroed page
+    /// where the data was: a thread still using the mm (one not yet dead, a
+    /// kthread working on it) must not read zeros as its data.
+    let unstable = Atomic<Bool>(false)
+    public var isUnstable: Bool { unstable.load(ordering: .acquiring) }
     /// Tests only: run as an updater passes a `RaceWindow`, with the
     /// address it works on, so that a test can make there, every time, the
     /// change another thread may make in that window. Set before the mm is

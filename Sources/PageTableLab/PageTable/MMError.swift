@@ -30,6 +30,9 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
     case collapseRefused(address: UInt64, errno: CollapseErrno, why: String)
     case outOfMemory(PageAllocError)
     case mmGone
+    /// An anonymous fault in an mm the OOM reaper has reaped (MMF_UNSTABLE):
+    /// SIGBUS, since the data that was there is gone.
+    case unstableAddressSpace(address: UInt64)
     /// A profile no kernel shipped, not asked for as an unsafe mode.
     case unshippedProfile(String)
     /// A kernel operation outside the kernel area it works in.
@@ -54,6 +57,8 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
             "MADV_COLLAPSE at 0x\(String(a, radix: 16)) refused (\(e.rawValue)): \(why)"
         case .outOfMemory(let e): if case .outOfMemory = e { "\(e)" } else { "page allocation failed: \(e)" }
         case .mmGone: "the mm has exited"
+        case .unstableAddressSpace(let a):
+            "fault at 0x\(String(a, radix: 16)) in private memory the OOM reaper has reaped (MMF_UNSTABLE): SIGBUS"
         case .unshippedProfile(let why): "refused profile: \(why)"
         case .outsideKernelArea(let a, let l, let op):
             "\(op): 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside the kernel area it works in (EINVAL)"

@@ -71,6 +71,12 @@ public struct MMProfile: Sendable {
     /// dropped, and since "mm: drop oom code from exit_mmap" (5.19) with the
     /// write lock held across free_pgtables.
     public var exitFreesTablesUnderReadLock = false
+    /// Fault injection: an anonymous fault maps a page in memory the OOM
+    /// reaper has reaped, as before "mm: make sure that kthreads will not
+    /// refault oom reaped memory" (4.9) brought MMF_UNSTABLE: a thread
+    /// still using the mm reads zeros where its data was, with nothing to
+    /// say so.
+    public var faultsIgnoreUnstable = false
 
     public init() {}
 

@@ -26,7 +26,7 @@ public enum OOMReapOutcome: Equatable, Sendable {
 
 extension MM {
     /// oom_reap_task_mm: under mmap_read_trylock, unless MMF_OOM_SKIP is
-    /// set, zap every private VMA (anonymous, or a file's not VM_SHARED)
+    /// set, mark the mm MMF_UNSTABLE and zap every private VMA (anonymous, or a file's not VM_SHARED)
     /// through a gather of its own. The mm is held meanwhile, as the OOM
     /// killer's signal->oom_mm holds it (mmgrab), so its PGD outlives an
     /// exit that finishes first.
@@ -37,6 +37,9 @@ extension MM {
         defer { mmapLock.unlockRead() }
         // Under the read lock: it serializes against exit_mmap's write lock.
         guard !oomSkip.load(ordering: .acquiring) else { return .skipped }
+        // Before the first zap: a fault that takes a PTE lock after the
+        // reaper has been through it sees the flag (the lock orders them).
+        unstable.store(true, ordering: .releasing)
         raceWindow(.oomReaping, 0)
         for vma in vmas where !vma.flags.contains(.shared) {
             let tlb = MMUGather(mm: self)
