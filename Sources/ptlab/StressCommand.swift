@@ -56,6 +56,13 @@ struct StressCommand: ParsableCommand {
             shows, every time, an IQE inside a batched flush that Linux's qi_check_fault never \
             clears (README.md, "The IOMMU model").
 
+            oom-reap kills processes while their threads still fault and MADV_DONTNEED and \
+            walkers walk: the OOM reaper (or process_mrelease) zaps their private memory under \
+            the mmap read lock beside those threads, and in one process in four beside its own \
+            exit_mmap. A fault that begins after a reap must get SIGBUS (MMF_UNSTABLE, \
+            sigbus_faults in --json); its mode ignore-unstable, the kernel before it, maps the \
+            memory again, caught by reaped_refault.
+
             Exit status: 0 when every run passed; 1 when a safe run detected a use-after-free \
             or leaked pages, an unsafe run detected nothing, or qi_submit_sync locked up.
 
@@ -68,6 +75,7 @@ struct StressCommand: ParsableCommand {
               ptlab stress kernel-free --mode no-invalidate
               ptlab stress iommu-faults --mode per-page --param qi_driver=linux
               ptlab stress sva-exit --mode no-release --stop-on-detect
+              ptlab stress oom-reap --updaters 3 --duration 10
               ptlab stress all --duration 2 --json
             """)
 
@@ -95,7 +103,7 @@ struct StressCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Walker threads: 1...256 (kernel-free, iommu-faults and sva-exit: 1...64).")
     var walkers: Int = 2
 
-    @Option(parsing: .unconditional, help: "race only: updater threads (default 2).")
+    @Option(parsing: .unconditional, help: "race and oom-reap: updater threads (default 2; oom-reap: 1...16).")
     var updaters: Int?
 
     @Option(help: "Seed for the updater's and walkers' choices; printed, so a run can be repeated.")
@@ -134,6 +142,12 @@ struct StressCommand: ParsableCommand {
         lines.append("  sva-exit\n    teardown, no-release (iommu_from_cache)*\n" +
                      "    processes exiting with their device still bound (SVA) vs DMA walkers:\n" +
                      "    exit_mmap's mmu_notifier_release, the teardown, the driver's later unbind")
+        lines.append("  oom-reap\n    \(OOMReapStress.modes[0]), \(OOMReapStress.modes[1]) (\(Detector.reapedRefault.rawValue))*\n" +
+                     "    processes killed while their threads fault and DONTNEED (PT_RECLAIM):\n" +
+                     "    the OOM reaper beside them, then beside exit_mmap; a fault after a\n" +
+                     "    reap gets SIGBUS (MMF_UNSTABLE)\n" +
+                     "    walkers: " + OOMReapStress.walkers.map { "\($0.kind.rawValue) [\($0.context.rawValue)]" }.joined(separator: ", ")
+                     + "; 2 updaters")
         return lines.joined(separator: "\n") + "\n  (* unsafe: the kernel before the fix; in brackets, the detector that must catch it)"
     }
 
@@ -150,7 +164,7 @@ struct StressCommand: ParsableCommand {
             throw ValidationError("--inject works with the scenarios of \(Scenario.names.joined(separator: ", "))")
         }
         if let updaters, scenario != "all" {
-            let racing = Scenario.all.filter { $0.updaters > 1 }.map(\.name)
+            let racing = Scenario.all.filter { $0.updaters > 1 }.map(\.name) + ["oom-reap"]
             guard racing.contains(scenario) else {
                 throw ValidationError("--updaters belongs to \(racing.joined(separator: ", ")): scenario '\(scenario)' has one updater")
             }
@@ -191,7 +205,7 @@ struct StressCommand: ParsableCommand {
         // not cut it off before its detector had a fair chance.
         options.duration = scenario == "all" && !run.safe ? max(duration, Self.unsafeBoundUnderAll) : duration
         options.walkers = walkers
-        options.updaters = Scenario.named(run.scenario).map { $0.updaters > 1 } == true ? updaters : nil
+        options.updaters = run.scenario == "oom-reap" || Scenario.named(run.scenario).map { $0.updaters > 1 } == true ? updaters : nil
         options.tlbFlush = run.tlbFlush
         options.thp = params.thp
         options.seed = seed
@@ -208,6 +222,7 @@ struct StressCommand: ParsableCommand {
         case "kernel-free": try KernelFreeStress(options).run(allocator:)
         case "iommu-faults": try KernelFreeStress(options, injectFaults: true).run(allocator:)
         case "sva-exit": try SVAExitStress(options).run(allocator:)
+        case "oom-reap": try OOMReapStress(options).run(allocator:)
         default: try StressRunner(options).run(allocator:)
         }
     }
@@ -269,6 +284,7 @@ struct StressCommand: ParsableCommand {
             runs += iommuModes.map { PlannedRun(scenario: "kernel-free", mode: $0, safe: $0 != "no-invalidate", tlbFlush: flush) }
             runs += ["deferred", "per-page"].map { PlannedRun(scenario: "iommu-faults", mode: $0, safe: true, tlbFlush: flush) }
             runs += SVAExitStress.modes.map { PlannedRun(scenario: "sva-exit", mode: $0, safe: $0 == SVAMMRelease.teardown.rawValue, tlbFlush: flush) }
+            runs += OOMReapStress.modes.map { PlannedRun(scenario: "oom-reap", mode: $0, safe: $0 == OOMReapStress.modes[0], tlbFlush: flush) }
             return runs
         }
         let chosen = mode ?? fallback
@@ -286,8 +302,15 @@ struct StressCommand: ParsableCommand {
             }
             return [PlannedRun(scenario: scenario, mode: m, safe: m == SVAMMRelease.teardown.rawValue, tlbFlush: flush)]
         }
+        if scenario == "oom-reap" {
+            let m = chosen ?? OOMReapStress.modes[0]
+            guard OOMReapStress.modes.contains(m) else {
+                throw ValidationError("scenario 'oom-reap' has no mode '\(m)' (modes: \(OOMReapStress.modes.joined(separator: ", ")))")
+            }
+            return [PlannedRun(scenario: scenario, mode: m, safe: m == OOMReapStress.modes[0], tlbFlush: flush)]
+        }
         guard let s = Scenario.named(scenario, path: path) else {
-            let known = Scenario.names + ["kernel-free", "iommu-faults", "sva-exit", "all"]
+            let known = Scenario.names + ["kernel-free", "iommu-faults", "sva-exit", "oom-reap", "all"]
             throw ValidationError("unknown scenario '\(scenario)' (scenarios: \(known.joined(separator: ", ")))")
         }
         let m = chosen ?? s.modes[0].name
@@ -322,7 +345,7 @@ struct StressCommand: ParsableCommand {
             ("peak deferred", "\(r.peakDeferredBytes) bytes"),
             ("free latency", freeLatency(r.freeLatencyUs)),
             ("leaked pages", "\(r.leakedPages)"),
-        ] + opRows(r) + iommuRows(r)
+        ] + opRows(r) + iommuRows(r) + reapRows(r)
         for (k, v) in rows { print("  \(k.padding(toLength: 24, withPad: " ", startingAt: 0)) \(v)") }
         print(r.pass ? "PASS \(r.scenario)/\(r.mode)" : "FAIL \(r.scenario)/\(r.mode): \(r.verdict)")
     }
@@ -382,6 +405,12 @@ struct StressCommand: ParsableCommand {
         if let stranded = r.tablesStranded, stranded > 0 { rows.append(("tables stranded", "\(stranded)")) }
         if let exits = r.exitsWhileBound { rows.append(("exits while bound", "\(exits)  (dma faults \(r.dmaFaults ?? 0))")) }
         return rows
+    }
+
+    private func reapRows(_ r: StressResult) -> [(String, String)] {
+        guard let reaps = r.oomReaps else { return [] }
+        return [("oom reaps", "reaped \(reaps.reaped) (\(reaps.besideExit) beside exit), skipped \(reaps.skipped), gone \(reaps.gone) (trylock retried \(reaps.contended))"),
+                ("sigbus faults", "\(r.sigbusFaults ?? 0)")]
     }
 }
 

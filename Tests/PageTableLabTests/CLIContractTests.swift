@@ -216,7 +216,7 @@ final class CLIContractTests: XCTestCase {
         XCTAssertEqual(r.status, 0, runs.filter { $0["pass"] as? Bool != true }.map { "\($0["scenario"] ?? "")/\($0["mode"] ?? ""): \($0["verdict"] ?? "")" }.joined(separator: "; "))
         // unmap/no-rcu twice: its verdict depends on tlb_flush, so `all` runs it under both.
         XCTAssertEqual(runs.count, Scenario.all.map(\.modes.count).reduce(0, +) + 1 + KernelFreeStress.modes.count + 2
-                       + SVAExitStress.modes.count)
+                       + SVAExitStress.modes.count + OOMReapStress.modes.count)
         let noRCU = runs.filter { $0["scenario"] as? String == "unmap" && $0["mode"] as? String == "no-rcu" }
         XCTAssertEqual(noRCU.map { $0["tlb_flush"] as? String }, ["ipi", "no-ipi"])
         XCTAssertEqual(noRCU.map { $0["expected_detector"] as? String }, [nil, "gup_fast"])

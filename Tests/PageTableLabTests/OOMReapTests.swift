@@ -167,4 +167,45 @@ final class OOMReapTests: XCTestCase {
             return error
         }
     }
+
+    // MARK: - ptlab stress oom-reap
+
+    private func stress(_ mode: String, ops: Int? = nil) throws -> StressResult {
+        try runStressForTest("oom-reap", mode, ops: ops) { options, allocator in
+            try OOMReapStress(options).run(allocator: allocator)
+        }
+    }
+
+    func testStressedReapsBesideFaultsAndExitAreSafe() throws {
+        let r = try stress("kernel", ops: 3000)
+        XCTAssertTrue(r.pass, r.verdict)
+        XCTAssertNil(r.expectedDetector)
+        XCTAssertEqual(r.uafDetected, 0)
+        XCTAssertEqual(r.leakedPages, 0)
+        XCTAssertGreaterThan(r.tablesFreed, 0)
+        let reaps = try XCTUnwrap(r.oomReaps)
+        XCTAssertGreaterThan(reaps.reaped, 0)
+        XCTAssertGreaterThan(r.sigbusFaults ?? 0, 0, "no fault met a reaped process")
+        XCTAssertGreaterThan(r.vmaLocks.dontneedVMA, 0, "no DONTNEED ran beside the reaps")
+        if NUMATopology.current.nodes.flatMap(\.cpus).count >= 2 {
+            XCTAssertGreaterThan(reaps.besideExit, 0, "no reap ran beside exit_mmap")
+        }
+    }
+
+    func testStressedRefaultsWithoutMMFUnstableAreCaught() throws {
+        let r = try stress("ignore-unstable")
+        XCTAssertEqual(r.expectedDetector, .reapedRefault)
+        XCTAssertGreaterThan(r.detections[.reapedRefault], 0, "\(r.ops) ops and no fault after a reap mapped again")
+        XCTAssertTrue(r.pass, r.verdict)
+        XCTAssertEqual(r.sigbusFaults, 0)
+        XCTAssertEqual(r.leakedPages, 0)
+    }
+
+    func testUnknownOOMReapModeIsRefusedByName() {
+        var options = StressOptions(scenario: "oom-reap", mode: "none")
+        options.walkers = 1
+        XCTAssertThrowsError(try OOMReapStress(options)) { error in
+            XCTAssertTrue("\(error)".contains("kernel, ignore-unstable"), "\(error)")
+        }
+    }
 }

@@ -29,8 +29,10 @@
 //  - exit_mmap (5.19+): mmu_notifier_release first, holding nothing; the
 //    read lock for unmap_vmas, beside which the OOM reaper (OOMReap.swift,
 //    also process_mrelease) may zap; MMF_OOM_SKIP; the write lock for
-//    free_pgtables, which waits the reaper out. The PGD goes with the mm's
-//    last reference (mm_count: an SVA bond or a reaper holds one).
+//    free_pgtables, which waits the reaper out. The reaper sets
+//    MMF_UNSTABLE before it zaps; an anonymous fault checks it under the
+//    lock it would map with. The PGD goes with the mm's last reference
+//    (mm_count: an SVA bond or a reaper holds one).
 //  - split ptlocks in the ptdesc, for the PMD and PTE tables of user mms: a
 //    PMD entry is populated or cleared under its PMD table's lock wherever
 //    another updater may race (free_pgtables, whose VMAs no one else can

@@ -73,7 +73,7 @@ public struct MMProfile: Sendable {
     public var exitFreesTablesUnderReadLock = false
     /// Fault injection: an anonymous fault maps a page in memory the OOM
     /// reaper has reaped, as before "mm: make sure that kthreads will not
-    /// refault oom reaped memory" (4.9) brought MMF_UNSTABLE: a thread
+    /// refault oom reaped memory" (2016) brought MMF_UNSTABLE: a thread
     /// still using the mm reads zeros where its data was, with nothing to
     /// say so.
     public var faultsIgnoreUnstable = false

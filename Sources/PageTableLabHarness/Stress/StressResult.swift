@@ -82,6 +82,26 @@ public struct StressResult: Encodable, Sendable, Equatable {
     /// bound, an address not mapped).
     public var exitsWhileBound: Int?
     public var dmaFaults: Int?
+    /// oom-reap: how each process's reap ended, and the faults that got
+    /// SIGBUS because a reap had been (MMF_UNSTABLE).
+    public var oomReaps: OOMReaps?
+    public var sigbusFaults: Int?
+
+    /// What oom_reap_task_mm did, one count per process (`contended`: the
+    /// trylocks that failed and were tried again; `beside_exit`: reaps
+    /// that exit_mmap began before they ended).
+    public struct OOMReaps: Codable, Sendable, Equatable {
+        public var reaped = 0
+        public var skipped = 0
+        public var gone = 0
+        public var contended = 0
+        public var besideExit = 0
+
+        enum CodingKeys: String, CodingKey {
+            case reaped, skipped, gone, contended
+            case besideExit = "beside_exit"
+        }
+    }
 
     public struct Percentiles: Codable, Sendable, Equatable {
         public var p50: Double
@@ -168,7 +188,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
             reasons.append("\(kind) was refused all \(count.refused) times: the run never tested it")
         }
         let fired = detections.fired.map { "\($0.0.rawValue) \($0.1)" }.joined(separator: ", ")
-        if safe && uafDetected > 0 { reasons.append("safe mode detected \(uafDetected) use-after-free (\(fired))") }
+        if safe && uafDetected > 0 { reasons.append("safe mode's detectors fired \(uafDetected) times (\(fired))") }
         if let expected = expectedDetector, detections[expected] == 0 {
             reasons.append("unsafe mode's own detector \(expected.rawValue) did not fire"
                            + (uafDetected > 0 ? " (only \(fired))" : ": the detector did not fire"))
@@ -216,6 +236,8 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case tablesStranded = "tables_stranded"
         case exitsWhileBound = "exits_while_bound"
         case dmaFaults = "dma_faults"
+        case oomReaps = "oom_reaps"
+        case sigbusFaults = "sigbus_faults"
         case thpEvents = "thp_events"
         case thp
         case vmaLocks = "vma_locks"
@@ -274,5 +296,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encodeIfPresent(tablesStranded, forKey: .tablesStranded)
         try c.encodeIfPresent(exitsWhileBound, forKey: .exitsWhileBound)
         try c.encodeIfPresent(dmaFaults, forKey: .dmaFaults)
+        try c.encodeIfPresent(oomReaps, forKey: .oomReaps)
+        try c.encodeIfPresent(sigbusFaults, forKey: .sigbusFaults)
     }
 }

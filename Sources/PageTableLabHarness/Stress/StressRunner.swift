@@ -230,7 +230,31 @@ extension StressResult.VMALocks {
     }
 }
 
+extension StressResult.VMALocks {
+    /// Two runs' (or two mms') counts together.
+    static func + (a: Self, b: Self) -> Self {
+        var s = a
+        s.faultVMA += b.faultVMA
+        s.faultMMap += b.faultMMap
+        s.faultBesideWriter += b.faultBesideWriter
+        s.dontneedVMA += b.dontneedVMA
+        s.dontneedMMap += b.dontneedMMap
+        s.dontneedBesideWriter += b.dontneedBesideWriter
+        return s
+    }
+}
+
 extension StressResult.THPEvents {
+    /// Two runs' (or two mms') counts together.
+    static func + (a: Self, b: Self) -> Self {
+        var s = a
+        s.faultAlloc += b.faultAlloc
+        s.faultFallback += b.faultFallback
+        s.collapseAlloc += b.collapseAlloc
+        s.splitPMD += b.splitPMD
+        return s
+    }
+
     init(_ events: PageTableLab.THPEvents) {
         faultAlloc = events.faultAlloc.load(ordering: .relaxed)
         faultFallback = events.faultFallback.load(ordering: .relaxed)
