@@ -151,6 +151,7 @@ struct CompareTable {
             if let error = trace.error { notes.append("error: \(error)") }
             if trace.ops != nil { notes.append("time: \(trace.file): " + Self.describe(trace)) }
             if let why = trace.notComparable { notes.append("NOT COMPARABLE: \(why)") }
+            if let why = trace.skipped { notes.append("SKIPPED: \(trace.file): \(why)") }
         }
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max()! }
         var lines = rows.map { row in
@@ -163,8 +164,9 @@ struct CompareTable {
         lines += notes
         let matched = report.traces.filter(\.match).count
         let unjudged = report.traces.filter { !$0.comparable }.count
+        let skipped = report.traces.filter { $0.skipped != nil }.count
         lines.append("profile \(report.profile): \(matched) of \(report.traces.count) traces match"
-                     + (unjudged > 0 ? ", \(unjudged) not comparable" : ""))
+                     + (unjudged > 0 ? ", \(unjudged) not comparable" : "") + (skipped > 0 ? ", \(skipped) skipped" : ""))
         return lines.joined(separator: "\n")
     }
 

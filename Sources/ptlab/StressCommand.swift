@@ -410,7 +410,7 @@ struct StressCommand: ParsableCommand {
     private func reapRows(_ r: StressResult) -> [(String, String)] {
         guard let reaps = r.oomReaps else { return [] }
         return [("oom reaps", "reaped \(reaps.reaped) (\(reaps.besideExit) beside exit), skipped \(reaps.skipped), gone \(reaps.gone) (trylock retried \(reaps.contended))"),
-                ("sigbus faults", "\(r.sigbusFaults ?? 0)")]
+                ("sigbus faults", "\(r.sigbusFaults ?? 0) (\(r.sigbusBesideReap ?? 0) began before the reap was over)")]
     }
 }
 

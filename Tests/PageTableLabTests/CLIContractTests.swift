@@ -235,6 +235,18 @@ final class CLIContractTests: XCTestCase {
         XCTAssertTrue(checkpoint["kernel_kb"] is NSNull, "a side that did not run is null, not absent")
     }
 
+    /// A trace for 6.14+ alone, compared under pre-6.14: skipped, said so,
+    /// and no failure (the VM check compares every shipped trace on 6.1).
+    func testCompareSkipsATraceForOtherProfiles() throws {
+        let trace = try XCTUnwrap(Bundle.module.url(forResource: "guard-reclaim", withExtension: "trace", subdirectory: "Traces"))
+        let r = try run(["compare", "--model-only", "--profile", "pre-6.14", "--json", trace.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let traceReport = try XCTUnwrap((r.json["traces"] as? [[String: Any]])?.first)
+        XCTAssertEqual(traceReport["match"] as? Bool, false)
+        XCTAssertTrue((traceReport["skipped"] as? String ?? "").contains("6.14+ only"), "\(traceReport)")
+        XCTAssertEqual((traceReport["checkpoints"] as? [Any])?.count, 0)
+    }
+
     /// Live compare with the model's THP settings other than this kernel's
     /// says up front why huge PMDs may differ, as --profile does.
     func testCompareNotesTHPSettingsThatAreNotThisKernels() throws {

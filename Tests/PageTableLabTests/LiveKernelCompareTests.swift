@@ -30,8 +30,10 @@ final class LiveKernelCompareTests: XCTestCase {
         let profile = CompareProfile.runningKernel()
         for url in try TraceParserTests.shippedTraces() {
             let trace = try TraceParser.parse(contentsOf: url.path)
-            let run = try runTolerantOfInterference(trace, targets: { [try LiveKernel()] }, profile: profile)
             let name = url.lastPathComponent
+            // This kernel without PT_RECLAIM runs the pre-6.14 traces.
+            guard trace.runs(under: profile) else { continue }
+            let run = try runTolerantOfInterference(trace, targets: { [try LiveKernel()] }, profile: profile)
             XCTAssertNil(run.error, "\(run.error!)")
             XCTAssertEqual(run.checkpoints.count, trace.checkpoints.count, name)
             for checkpoint in run.checkpoints {

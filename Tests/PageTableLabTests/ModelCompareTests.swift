@@ -16,6 +16,11 @@ final class ModelCompareTests: XCTestCase {
             let trace = try TraceParser.parse(contentsOf: url.path)
             let run = CompareRunner(targets: [model], profile: profile).run(trace)
             let name = url.lastPathComponent
+            guard trace.runs(under: profile) else {
+                XCTAssertNotNil(run.skipped, "\(name) ran under \(profile.rawValue), which its profiles line leaves out")
+                XCTAssertFalse(run.matches, name)
+                continue
+            }
             XCTAssertNil(run.error, "\(name): \(String(describing: run.error))")
             for checkpoint in run.checkpoints {
                 XCTAssertEqual(checkpoint.kilobytes, [checkpoint.expected ?? -1], "\(name):\(checkpoint.line) [\(profile.rawValue)]")

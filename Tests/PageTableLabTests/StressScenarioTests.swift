@@ -126,7 +126,7 @@ final class StressScenarioTests: XCTestCase {
             let kinds = try XCTUnwrap(r.opKinds)
             XCTAssertEqual(Set(kinds.filter { $0.value.done > 0 }.keys),
                            ["fault", "dontneed", "dontneed_part", "munmap_mmap", "mremap", "mremap_shared", "collapse_anon",
-                            "mprotect", "collapse_shmem", "munmap_mmap_shared"], "every kind of op done at least once: \(kinds)")
+                            "mprotect", "collapse_shmem", "munmap_mmap_shared", "guard"], "every kind of op done at least once: \(kinds)")
             XCTAssertEqual(r.vmPTEBytes, r.tableBytesHeld, "VmPTE against the tables held")
             XCTAssertTrue(r.pass, r.verdict)
         }

@@ -233,11 +233,56 @@ final class TraceParserTests: XCTestCase {
             XCTAssertFalse(trace.checkpoints.isEmpty, url.lastPathComponent)
             for step in trace.checkpoints {
                 guard case .expect(let e) = step.op else { continue }
-                for profile in CompareProfile.allCases {
+                for profile in CompareProfile.allCases where trace.runs(under: profile) {
                     XCTAssertNotNil(e.kilobytes(for: profile), "\(url.lastPathComponent):\(step.line)")
                 }
             }
         }
+    }
+
+    // MARK: - guard regions and profiles
+
+    func testGuardOpsAndTheProfilesLine() throws {
+        let trace = try parse("""
+            profiles 6.14+
+            mmap 0x10000000000 2M
+            guard 0x10000000000 64K
+            unguard 0x10000000000 4K
+            touch 0x10000000000 4K 4K
+            """)
+        XCTAssertEqual(trace.profiles, [.ptReclaim])
+        XCTAssertTrue(trace.runs(under: .ptReclaim))
+        XCTAssertFalse(trace.runs(under: .prePTReclaim))
+        XCTAssertEqual(trace.steps.map(\.op), [
+            .mmap(address: base, length: 2 << 20, shared: false),
+            .guardInstall(address: base, length: 64 << 10),
+            .guardRemove(address: base, length: 4096),
+            .touch(address: base, length: 4096, stride: 4096),
+        ])
+        XCTAssertNil(try parse("mmap 0x10000000000 4K").profiles, "a trace without the line runs under every profile")
+    }
+
+    func testTheProfilesLineIsChecked() {
+        assertError("profiles 6.15", line: 1, "unknown profile '6.15'")
+        assertError("profiles", line: 1, "at least one profile")
+        assertError("mmap 0x10000000000 4K\nprofiles 6.14+", line: 2, "before the first op")
+        assertError("profiles 6.14+\nprofiles pre-6.14", line: 2, "a second `profiles` line")
+    }
+
+    func testGuardRegionsAreChecked() {
+        assertError("mmap 0x10000000000 2M\nguard 0x10000000000 4K", line: 2, "needs `profiles 6.14+`")
+        assertError("profiles 6.14+ pre-6.14\nmmap 0x10000000000 2M\nguard 0x10000000000 4K", line: 3, "needs `profiles 6.14+`")
+        assertError("profiles 6.14+\nmmap 0x10000000000 2M shared\nguard 0x10000000000 4K", line: 3, "private anonymous memory")
+        assertError("profiles 6.14+\nguard 0x10000000000 4K", line: 2, "has not mapped")
+        let guarded = "profiles 6.14+\nmmap 0x10000000000 4M\nguard 0x10000100000 8K\n"
+        assertError(guarded + "touch 0x10000000000 2M 4K", line: 4, "0x10000100000-0x10000102000, a guard region")
+        assertError(guarded + "collapse 0x10000000000 2M", line: 4, "MADV_COLLAPSE refuses it")
+        // Removed in part, unmapped in part, moved: the guards follow.
+        XCTAssertNoThrow(try parse(guarded + "unguard 0x10000100000 4K\ntouch 0x10000100000 4K 4K"))
+        assertError(guarded + "unguard 0x10000100000 4K\ntouch 0x10000101000 4K 4K", line: 5, "a guard region")
+        XCTAssertNoThrow(try parse(guarded + "munmap 0x10000100000 2M\nmmap 0x10000100000 2M\ntouch 0x10000100000 8K 4K"))
+        assertError(guarded + "mremap 0x10000000000 4M 0x10040000000\ntouch 0x10040101000 4K 4K", line: 5, "a guard region")
+        XCTAssertNoThrow(try parse(guarded + "mremap 0x10000000000 4M 0x10040000000\ntouch 0x10040000000 1M 4K"))
     }
 
     static func shippedTraces() throws -> [URL] {

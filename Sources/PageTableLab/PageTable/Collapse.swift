@@ -47,6 +47,11 @@ extension MM {
         /// maps a page that is not the huge folio's, or went meanwhile; or
         /// the PMD was filled again before the huge PMD could go in.
         case fail
+        /// A guard marker in the PTE table: the scan counts it as a swap
+        /// entry, and the swap-in faults SIGSEGV on it (SCAN_FAIL, which
+        /// ends the call; later kernels stop at the scan with
+        /// SCAN_PTE_NON_PRESENT). The guard stays.
+        case guardMarker
 
         /// madvise_collapse goes on past the results it lists as worth
         /// going on from (SCAN_PMD_NULL, SCAN_PAGE_RO, SCAN_PAGE_NULL,
@@ -54,7 +59,7 @@ extension MM {
         /// and madvise with it.
         var endsTheCall: Bool {
             switch self {
-            case .allocFailed, .vmaCheck, .fail, .truncated: true
+            case .allocFailed, .vmaCheck, .fail, .truncated, .guardMarker: true
             default: false
             }
         }
@@ -79,6 +84,7 @@ extension MM {
             case .allocFailed: "no huge page could be allocated (SCAN_ALLOC_HUGE_PAGE_FAIL)"
             case .vmaCheck: "the mapping cannot hold a huge PMD there (SCAN_VMA_CHECK)"
             case .fail: "a page table there maps pages other than the huge page's, or came back (SCAN_FAIL)"
+            case .guardMarker: "a guard marker there, which the swap-in faults on (SCAN_FAIL)"
             }
         }
     }
@@ -190,6 +196,7 @@ extension MM {
         guard (0..<512).contains(where: { Entry(rawValue: ptlab_pte_read(ptes + $0)).has(Entry.writable) }) else {
             return .pageReadOnly
         }
+        guard !(0..<512).contains(where: { Entry(rawValue: ptlab_pte_read(ptes + $0)).isGuardMarker }) else { return .guardMarker }
         guard let folio = try? allocator.alloc(order: 9, node: tableNode, zero: true) else { return .allocFailed }
         // pmdp_collapse_flush under the PMD lock (PTE lock nested).
         lockPTL(pmdTable)
@@ -279,7 +286,7 @@ extension MM {
                 let last = min(vma.end, vma.start &+ (base + 512 &- vma.pgoff) << 12)
                 guard base + 512 > vma.pgoff, base < vma.pgoff + vma.length >> 12, first < last else { continue }
                 let tlb = MMUGather(mm: self)
-                unmapPageRange(tlb, vma, first, last, reclaimPT: false)
+                unmapPageRange(tlb, vma, first, last, .none)
                 tlb.finish()
             }
         }

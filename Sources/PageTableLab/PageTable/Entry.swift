@@ -37,6 +37,11 @@ public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     public static let pfnMask: UInt64 = 0x000F_FFFF_FFFF_F000
 
     public static let none = Entry(rawValue: 0)
+    /// A guard marker (MADV_GUARD_INSTALL): the PTE marker PTE_MARKER_GUARD,
+    /// a swap entry of the marker type. Not present, not none: an access
+    /// faults SIGSEGV, a zap leaves it but munmap's and exit's, and a PTE
+    /// table that holds one is not empty to PT_RECLAIM.
+    public static let guardMarker = Entry(rawValue: 1 << 9)
 
     @inlinable public init(pfn: UInt32, flags: Flags) {
         rawValue = (UInt64(pfn) << 12) & Self.pfnMask | flags.rawValue
@@ -56,6 +61,7 @@ public struct Entry: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     /// not present.
     @inlinable public var isTransHuge: Bool { rawValue & Flags.huge.rawValue != 0 }
     @inlinable public var isNone: Bool { rawValue == 0 }
+    @inlinable public var isGuardMarker: Bool { rawValue == Self.guardMarker.rawValue }
     @inlinable public var pfn: UInt64 { (rawValue & Self.pfnMask) >> 12 }
     @inlinable public func has(_ flag: Flags) -> Bool { rawValue & flag.rawValue == flag.rawValue }
 

@@ -33,6 +33,7 @@ extension MM {
     /// lock it installs the entry with, and says so in `stored`.
     func faultLocked(at address: UInt64, vma: VMA, store: (value: UInt8, offset: Int)? = nil,
                      stored: UnsafeMutablePointer<Bool>? = nil) throws(MMError) -> UnsafeMutableRawPointer {
+        let afterReap = reapFinished.load(ordering: .acquiring)
         while true {
             let (pmdTable, pmdSlot) = try walkToPMD(address)
             let pmd = Entry(rawValue: ptlab_pte_read(pmdSlot))
@@ -48,13 +49,15 @@ extension MM {
                 continue
             }
             if !pmd.isPresent {
-                if let mapped = try faultHuge(pmdTable: pmdTable, slot: pmdSlot, address: address, vma: vma) {
+                if let mapped = try faultHuge(pmdTable: pmdTable, slot: pmdSlot, address: address, vma: vma,
+                                              afterReap: afterReap) {
                     return mapped
                 }
                 if Entry(rawValue: ptlab_pte_read(pmdSlot)).isHugeLeaf { continue }
                 _ = try populate(pmdSlot, parent: pmdTable, level: .pmd, child: .pte)
             }
-            if let mapped = try mapPTE(pmdSlot: pmdSlot, address: address, vma: vma, store: store, stored: stored) {
+            if let mapped = try mapPTE(pmdSlot: pmdSlot, address: address, vma: vma, store: store, stored: stored,
+                                       afterReap: afterReap) {
                 return mapped
             }
         }
@@ -80,12 +83,12 @@ extension MM {
 
     /// A huge PMD for a fault at an empty PMD, if the VMA takes one: nil
     /// when small pages it is (or another thread filled the PMD).
-    private func faultHuge(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA)
-        throws(MMError) -> UnsafeMutableRawPointer? {
+    private func faultHuge(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA,
+                           afterReap: Bool) throws(MMError) -> UnsafeMutableRawPointer? {
         guard vma.suitsHugePMD(at: address) else { return nil }
         guard let file = vma.file else {
             guard profile.thp.anonymousFault(vma) else { return nil }
-            return try faultHugeAnonymous(pmdTable: pmdTable, slot: slot, address: address)
+            return try faultHugeAnonymous(pmdTable: pmdTable, slot: slot, address: address, afterReap: afterReap)
         }
         let index = vma.pgoff(at: address)
         let folio = try file.lockFolio(for: index, huge: profile.thp.shmemFault(vma, index: index, fileSize: file.size),
@@ -115,9 +118,10 @@ extension MM {
     /// do_anonymous_page / do_shared_fault: the page for `address` is had
     /// first, then the PTE table is reached with pte_offset_map_lock and
     /// the entry filled if still none. nil: the PMD changed, look again.
-    /// An anonymous fault the OOM reaper has got to first maps nothing.
+    /// An anonymous fault the OOM reaper has got to first maps nothing, nor
+    /// does one on a guard marker.
     private func mapPTE(pmdSlot: UnsafeMutablePointer<UInt64>, address: UInt64, vma: VMA,
-                        store: (value: UInt8, offset: Int)?, stored: UnsafeMutablePointer<Bool>?)
+                        store: (value: UInt8, offset: Int)?, stored: UnsafeMutablePointer<Bool>?, afterReap: Bool)
         throws(MMError) -> UnsafeMutableRawPointer? {
         if let present = presentPage(pmdSlot: pmdSlot, address: address) { return present }
         let data: Page
@@ -143,11 +147,16 @@ extension MM {
             }
             owned = true
         }
+        raceWindow(.faultPageAllocated, address)
         let outcome = withPTEOffsetMapLock(pmdSlot) { table -> PTEInstall in
             let pte = entry(in: table, level: .pte, address: address)
             let outcome: PTEInstall
             if let present = mapped(pte) {
                 outcome = .present(present)
+            } else if Entry(rawValue: ptlab_pte_read(pte)).isGuardMarker {
+                // handle_pte_marker: "Hitting a guard page is always a fatal
+                // condition."
+                return .guardMarker
             } else if owned && isUnstable && !profile.faultsIgnoreUnstable {
                 // do_anonymous_page's check_stable_address_space, under the
                 // PTE lock: a reaper that has zapped this entry is seen.
@@ -165,6 +174,7 @@ extension MM {
         }
         switch outcome {
         case .installed(let page)?:
+            if owned && afterReap { refaultsAfterReap.add(1, ordering: .relaxed) }
             return page
         case .present(let page)?:
             if owned { PageTables.release(data, allocator: allocator) }
@@ -172,6 +182,9 @@ extension MM {
         case .unstable?:
             PageTables.release(data, allocator: allocator)
             throw .unstableAddressSpace(address: address)
+        case .guardMarker?:
+            if owned { PageTables.release(data, allocator: allocator) }
+            throw .guardRegion(address: address)
         case nil:
             if owned { PageTables.release(data, allocator: allocator) }
             return nil
@@ -186,6 +199,8 @@ extension MM {
         case installed(UnsafeMutableRawPointer)
         /// The OOM reaper has been (MMF_UNSTABLE): nothing mapped.
         case unstable
+        /// A guard marker holds the entry: SIGSEGV.
+        case guardMarker
     }
 
     private func mapped(_ pte: UnsafeMutablePointer<UInt64>) -> UnsafeMutableRawPointer? {

@@ -66,8 +66,8 @@ extension MM {
     /// PMD `slot` of `pmdTable`, with a deposited PTE table. nil when no
     /// huge page can be had (thp_fault_fallback: the caller maps small
     /// pages) or another thread filled the PMD first (the caller looks again).
-    func faultHugeAnonymous(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64) throws(MMError)
-        -> UnsafeMutableRawPointer? {
+    func faultHugeAnonymous(pmdTable: Page, slot: UnsafeMutablePointer<UInt64>, address: UInt64, afterReap: Bool)
+        throws(MMError) -> UnsafeMutableRawPointer? {
         guard let folio = try? allocator.alloc(order: 9, node: tableNode, zero: true) else {
             thpEvents.faultFallback.add(1, ordering: .relaxed)
             return nil
@@ -80,6 +80,7 @@ extension MM {
             PageTables.release(folio, allocator: allocator)
             throw error
         }
+        raceWindow(.faultPageAllocated, address)
         lockPTL(pmdTable)
         let won = ptlab_pte_read(slot) == 0
         // __do_huge_pmd_anonymous_page's check_stable_address_space, under
@@ -98,6 +99,7 @@ extension MM {
             return nil
         }
         thpEvents.faultAlloc.add(1, ordering: .relaxed)
+        if afterReap { refaultsAfterReap.add(1, ordering: .relaxed) }
         return allocator.address(of: folio) + Int(address & (Self.pmdSize - 1))
     }
 

@@ -60,6 +60,7 @@
 //   Fault.swift, UserAccess.swift  handle_mm_fault, __pte_alloc; a user program's store
 //   Syscalls.swift, Zap.swift      mmap, munmap, madvise, exit_mmap; zap_pte_range, try_to_free_pte
 //   OOMReap.swift                  the OOM reaper's (and process_mrelease's) zap beside exit_mmap
+//   Guard.swift                    MADV_GUARD_INSTALL / _REMOVE: markers that keep tables from PT_RECLAIM
 //   FreePgtables.swift             free_pgtables, free_pgd_range and the levels below
 //   PTEMapLock.swift, Walkers.swift   updaters' pte_offset_map_lock; GUP-fast, pte_offset_map, MMU
 //   LockContext.swift, MMapLock.swift, Rmap.swift   walker contexts; mmap_lock; rmap ranges
@@ -146,6 +147,16 @@ public final class MM: @unchecked Sendable {
     /// kthread working on it) must not read zeros as its data.
     let unstable = Atomic<Bool>(false)
     public var isUnstable: Bool { unstable.load(ordering: .acquiring) }
+    /// A reap of this mm has finished (the detector's state, no kernel
+    /// flag): a fault that begins after it must not map private memory.
+    let reapFinished = Atomic<Bool>(false)
+    /// Faults that began after a reap had finished and mapped private
+    /// memory all the same: possible only with `faultsIgnoreUnstable`
+    /// (detector `reaped_refault`). A fault already under way when the
+    /// reap ran may map legitimately: the reaper skips an empty PMD
+    /// without its lock, and a fault that checked the flag before it was
+    /// set installs there after.
+    public let refaultsAfterReap = Atomic<Int>(0)
     /// Tests only: run as an updater passes a `RaceWindow`, with the
     /// address it works on, so that a test can make there, every time, the
     /// change another thread may make in that window. Set before the mm is
@@ -309,6 +320,9 @@ enum RaceWindow: Sendable {
     /// The OOM reaper holds the mmap read lock and has found the mm not yet
     /// MMF_OOM_SKIP, and has zapped nothing.
     case oomReaping
+    /// A fault has the page (or huge folio) it will map and has not taken
+    /// the lock it maps under: a reap may run meanwhile.
+    case faultPageAllocated
     /// A zap has stepped down into a PMD table and read nothing from it
     /// yet (the address is where the table's span starts).
     case zapInPMDTable

@@ -33,6 +33,11 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
     /// An anonymous fault in an mm the OOM reaper has reaped (MMF_UNSTABLE):
     /// SIGBUS, since the data that was there is gone.
     case unstableAddressSpace(address: UInt64)
+    /// An access to a page a guard marker holds (MADV_GUARD_INSTALL):
+    /// SIGSEGV.
+    case guardRegion(address: UInt64)
+    /// MADV_GUARD_INSTALL or MADV_GUARD_REMOVE refused (EINVAL).
+    case guardRefused(address: UInt64, why: String)
     /// A profile no kernel shipped, not asked for as an unsafe mode.
     case unshippedProfile(String)
     /// A kernel operation outside the kernel area it works in.
@@ -57,6 +62,8 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
             "MADV_COLLAPSE at 0x\(String(a, radix: 16)) refused (\(e.rawValue)): \(why)"
         case .outOfMemory(let e): if case .outOfMemory = e { "\(e)" } else { "page allocation failed: \(e)" }
         case .mmGone: "the mm has exited"
+        case .guardRegion(let a): "access at 0x\(String(a, radix: 16)) hits a guard region (MADV_GUARD_INSTALL): SIGSEGV"
+        case .guardRefused(let a, let why): "guard region at 0x\(String(a, radix: 16)) refused (EINVAL): \(why)"
         case .unstableAddressSpace(let a):
             "fault at 0x\(String(a, radix: 16)) in private memory the OOM reaper has reaped (MMF_UNSTABLE): SIGBUS"
         case .unshippedProfile(let why): "refused profile: \(why)"

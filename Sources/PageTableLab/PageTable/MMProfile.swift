@@ -77,6 +77,8 @@ public struct MMProfile: Sendable {
     /// still using the mm reads zeros where its data was, with nothing to
     /// say so.
     public var faultsIgnoreUnstable = false
+    /// MADV_GUARD_INSTALL and MADV_GUARD_REMOVE (6.13+).
+    public var guardRegions = true
 
     public init() {}
 
@@ -116,6 +118,7 @@ public struct MMProfile: Sendable {
         p.mremapRealign = false
         p.perVMALock = false
         p.madviseVMALock = false
+        p.guardRegions = false
         return p
     }
 }

@@ -43,9 +43,10 @@ extension MM {
         raceWindow(.oomReaping, 0)
         for vma in vmas where !vma.flags.contains(.shared) {
             let tlb = MMUGather(mm: self)
-            unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false)
+            unmapPageRange(tlb, vma, vma.start, vma.end, .none)
             tlb.finish()
         }
+        reapFinished.store(true, ordering: .releasing)
         return .reaped
     }
 }

@@ -102,7 +102,7 @@ extension MM {
         guard !detached.removed.isEmpty else { return }
         raceWindow(.munmapDetached, detached.removed[0].start)
         let tlb = MMUGather(mm: self)
-        for vma in detached.removed { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
+        for vma in detached.removed { unmapPageRange(tlb, vma, vma.start, vma.end, .unmap) }
         freePgtables(tlb, detached.removed, floor: detached.prev?.end ?? 0, ceiling: detached.next?.start ?? 0)
         tlb.finish()
         lastGather = tlb.stats
@@ -126,7 +126,7 @@ extension MM {
             let tree = vmaTree.withLock { $0 }
             let slices = tree.clipped(address, address + length)
             let tlb = MMUGather(mm: self)
-            for vma in slices { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: profile.ptReclaim) }
+            for vma in slices { unmapPageRange(tlb, vma, vma.start, vma.end, ZapDetails(reclaimPT: profile.ptReclaim)) }
             tlb.finish()
             lastGather = tlb.stats
             return tree.covers(address, address + length) ? nil : firstHole(in: slices, address, address + length)
@@ -203,7 +203,7 @@ extension MM {
         releaseNotifiers()
         let tlb = MMUGather(mm: self, fullmm: true)
         mmapLock.withReadLock {
-            for vma in vmas { unmapPageRange(tlb, vma, vma.start, vma.end, reclaimPT: false) }
+            for vma in vmas { unmapPageRange(tlb, vma, vma.start, vma.end, .unmap) }
         }
         oomSkip.store(true, ordering: .releasing)
         raceWindow(.exitUnmapped, 0)

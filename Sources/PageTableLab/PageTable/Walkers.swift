@@ -29,9 +29,10 @@ public enum Detector: String, Sendable, CaseIterable, Codable {
     /// such an unlink had made stale (collapse_huge_page checking before
     /// vma_start_write).
     case staleTableWrite = "stale_table_write"
-    /// A fault that began after the OOM reaper had reaped the mm mapped its
-    /// private memory again (no MMF_UNSTABLE): the thread reads zeros
-    /// where its data was. Lost data, not a freed page.
+    /// A fault that began after the OOM reaper had finished with the mm
+    /// mapped its private memory again (no MMF_UNSTABLE): the thread reads
+    /// zeros where its data was. Lost data, not a freed page
+    /// (MM.refaultsAfterReap).
     case reapedRefault = "reaped_refault"
 
     /// The bug this detector catches leaks the pages it lost.

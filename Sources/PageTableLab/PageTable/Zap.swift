@@ -7,11 +7,12 @@ extension MM {
     /// unmap_page_range: clear every entry in [start, end) of `vma`, feeding
     /// anonymous data pages to the gather (a shmem page stays in its page
     /// cache). A huge PMD wholly inside goes whole (zap_huge_pmd); one the
-    /// range cuts is split first. With `reclaimPT` (MADV_DONTNEED on a
-    /// PT_RECLAIM kernel) a PTE table whose whole span was zapped and is now
-    /// empty is unlinked and freed through the gather as well.
-    func unmapPageRange(_ tlb: MMUGather, _ vma: VMA, _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
-        zapLevel(tlb, vma, table: pgd, level: .pgd, generation: nil, start, end, reclaimPT: reclaimPT)
+    /// range cuts is split first. Guard markers stay unless `details` drops
+    /// them. With its `reclaimPT` (MADV_DONTNEED on a PT_RECLAIM kernel) a
+    /// PTE table whose whole span was zapped and is now empty is unlinked
+    /// and freed through the gather as well.
+    func unmapPageRange(_ tlb: MMUGather, _ vma: VMA, _ start: UInt64, _ end: UInt64, _ details: ZapDetails) {
+        zapLevel(tlb, vma, table: pgd, level: .pgd, generation: nil, start, end, details)
     }
 
     /// zap_p4d_range .. zap_pmd_range. The upper tables are walked with no
@@ -21,7 +22,7 @@ extension MM {
     /// freed by an updater that skipped that lock. The walk counts it
     /// (zapsOfFreedTables) and leaves the table.
     private func zapLevel(_ tlb: MMUGather, _ vma: VMA, table: Page, level: Level, generation: UInt32?,
-                          _ start: UInt64, _ end: UInt64, reclaimPT: Bool) {
+                          _ start: UInt64, _ end: UInt64, _ details: ZapDetails) {
         let child = childLevel(of: level)!
         if child == .pte { raceWindow(.zapInPMDTable, start) }
         var address = start
@@ -49,7 +50,7 @@ extension MM {
                 let now = Entry(rawValue: ptlab_pte_read(slot))
                 if now.isTransHuge && !now.isHugeLeaf { continue }
                 if now.isPresent,
-                   !zapPTERange(tlb, vma, pmdTable: table, pmdSlot: slot, address, next, reclaimPT: reclaimPT) {
+                   !zapPTERange(tlb, vma, pmdTable: table, pmdSlot: slot, address, next, details) {
                     continue
                 }
             } else if e.isPresent, let d = allocator.descriptor(pfn: e.pfn) {
@@ -57,8 +58,7 @@ extension MM {
                 // linked table is not freed.
                 let childGeneration = ptlab_page_generation(d)
                 if ptlab_pte_read(slot) == e.rawValue {
-                    zapLevel(tlb, vma, table: Page(d), level: child, generation: childGeneration, address, next,
-                             reclaimPT: reclaimPT)
+                    zapLevel(tlb, vma, table: Page(d), level: child, generation: childGeneration, address, next, details)
                 }
             }
             address = next
@@ -69,7 +69,7 @@ extension MM {
     /// table through pte_offset_map_lock; false when the PMD no longer
     /// names a PTE table before the range was done.
     private func zapPTERange(_ tlb: MMUGather, _ vma: VMA, pmdTable: Page, pmdSlot: UnsafeMutablePointer<UInt64>,
-                             _ start: UInt64, _ end: UInt64, reclaimPT: Bool) -> Bool {
+                             _ start: UInt64, _ end: UInt64, _ details: ZapDetails) -> Bool {
         var address = start
         repeat {
             let forceFlush = withPTEOffsetMapLock(pmdSlot) { pteTable in
@@ -78,8 +78,12 @@ extension MM {
                 defer { if wrote { noteWrite(to: pteTable, under: pmdSlot) } }
                 while address < end {
                     let slot = entry(inTableAt: base, level: .pte, address: address)
-                    let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
                     address += 4096
+                    // zap_nonpresent_ptes: "Ordinary zapping should not
+                    // remove guard PTE markers".
+                    if !details.dropMarkers && Entry(rawValue: ptlab_pte_read(slot)).isGuardMarker { continue }
+                    let old = Entry(rawValue: ptlab_pte_xchg(slot, 0))
+                    if old.isGuardMarker { wrote = true }
                     guard old.isMapped, let d = allocator.descriptor(pfn: old.pfn) else { continue }
                     removeRmap(old)
                     wrote = true
@@ -101,7 +105,7 @@ extension MM {
         } while address < end
 
         // reclaim_pt_is_enabled: only when this zap covered the table's span.
-        guard reclaimPT, end - start >= Self.pmdSize else { return true }
+        guard details.reclaimPT, end - start >= Self.pmdSize else { return true }
         tryToFreePTE(tlb, pmdTable: pmdTable, pmdSlot: pmdSlot, start)
         return true
     }
@@ -134,6 +138,21 @@ extension MM {
     func lockPTL(_ table: Page) {
         while ptlab_ptl_trylock(table.desc) == 0 {}
     }
+}
+
+/// struct zap_details, what the model's zaps take from it.
+struct ZapDetails {
+    /// reclaim_pt: MADV_DONTNEED on a PT_RECLAIM kernel.
+    var reclaimPT = false
+    /// ZAP_FLAG_DROP_MARKER: munmap and exit take guard markers with the
+    /// rest; every other zap leaves them.
+    var dropMarkers = false
+
+    /// No details (the OOM reaper's, a collapse's unmap of file pages,
+    /// MADV_GUARD_INSTALL's zap of what is in its way).
+    static let none = ZapDetails()
+    /// unmap_vmas: munmap and exit.
+    static let unmap = ZapDetails(dropMarkers: true)
 }
 
 /// pgd_addr_end and friends: the next `span` boundary after `address`, or

@@ -6,7 +6,9 @@ import PageTableLab
 /// live kernel's region check turned it away before it ran), `after_cleanup`,
 /// `comparable` and `not_comparable` (why not: the live kernel went where
 /// the model cannot follow, e.g. no huge page to be had; such a trace has
-/// no verdict, `match` false but no mismatch either); per checkpoint
+/// no verdict, `match` false but no mismatch either), `skipped` (why the
+/// trace did not run: its `profiles` line names other profiles; `match`
+/// false, no mismatch either); per checkpoint
 /// `expected_kb` and `match`; with `--time`, per trace `ops`,
 /// `model_seconds`, `kernel_seconds` (each side's pass: its ops, cleanup
 /// and VmPTE readings) and `ratio` (kernel / model: how many times faster
@@ -20,7 +22,8 @@ public struct CompareReport: Codable, Equatable, Sendable {
         traces = runs.map { TraceReport($0, timed: timed) }
     }
 
-    public var matches: Bool { traces.allSatisfy(\.match) }
+    /// Every trace matched, or was skipped.
+    public var matches: Bool { traces.allSatisfy { $0.match || $0.skipped != nil } }
 
     /// Some trace was refused before it ran: the exit status says bad input.
     public var refused: Bool { traces.contains(where: \.refused) }
@@ -28,7 +31,7 @@ public struct CompareReport: Codable, Equatable, Sendable {
     /// Every trace either matches or has no verdict, and at least one has
     /// none: the exit status says so apart from a mismatch.
     public var onlyNotComparable: Bool {
-        !matches && traces.allSatisfy { $0.match || !$0.comparable }
+        !matches && traces.allSatisfy { $0.match || !$0.comparable || $0.skipped != nil }
     }
 }
 
@@ -43,6 +46,8 @@ public struct TraceReport: Codable, Equatable, Sendable {
     /// False when the trace stopped without a verdict (`notComparable` says why).
     public var comparable: Bool
     public var notComparable: String?
+    /// Why the trace did not run (its `profiles`), or nil.
+    public var skipped: String?
     /// Growth once the runner unmapped what the trace left mapped.
     public var afterCleanup: Sides?
     /// With `--time`: the trace's ops, each side's seconds, and kernel /
@@ -68,7 +73,7 @@ public struct TraceReport: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case file, match, checkpoints, error, refused, comparable
+        case file, match, checkpoints, error, refused, comparable, skipped
         case afterCleanup = "after_cleanup"
         case notComparable = "not_comparable"
         case ops, ratio
@@ -89,6 +94,7 @@ public struct TraceReport: Codable, Equatable, Sendable {
         notComparable = run.notComparable ? run.error?.description : nil
         error = run.notComparable ? nil : run.error?.description
         refused = run.refused
+        skipped = run.skipped
         afterCleanup = run.afterCleanup.isEmpty ? nil
             : Sides(modelKB: run.value(run.afterCleanup, of: "model"), kernelKB: run.value(run.afterCleanup, of: "kernel"))
         if timed {
@@ -109,6 +115,7 @@ public struct TraceReport: Codable, Equatable, Sendable {
         try c.encode(afterCleanup, forKey: .afterCleanup)
         try c.encode(comparable, forKey: .comparable)
         try c.encode(notComparable, forKey: .notComparable)
+        try c.encode(skipped, forKey: .skipped)
         if let ops {
             try c.encode(ops, forKey: .ops)
             try c.encode(modelSeconds, forKey: .modelSeconds)

@@ -42,6 +42,10 @@ public struct CompareRunner {
     /// settle before the first kernel pass and once at the end.
     public func run(_ traces: [Trace]) -> [TraceRun] {
         var runs = traces.map { TraceRun(file: $0.file, targetNames: targets.map(\.name), ops: $0.opCount) }
+        for (t, trace) in traces.enumerated() where !trace.runs(under: profile) {
+            let names = (trace.profiles ?? []).map(\.rawValue).sorted().joined(separator: ", ")
+            runs[t].skipped = "the trace is for \(names) only, and this comparison is \(profile.rawValue)"
+        }
         var passes = [[Pass]](repeating: [], count: traces.count)
         var settled = false
         for target in targets.filter({ $0 is any MeasuresThisProcess }) + targets.filter({ !($0 is any MeasuresThisProcess) }) {
@@ -51,7 +55,7 @@ public struct CompareRunner {
                     return runs.map { $0.failed(TraceError(file: $0.file, line: 0, message: problem)) }
                 }
             }
-            for (t, trace) in traces.enumerated() where runs[t].error == nil {
+            for (t, trace) in traces.enumerated() where runs[t].error == nil && runs[t].skipped == nil {
                 if let target = target as? any TracePreflight {
                     do { try target.preflight(trace) } catch {
                         runs[t].error = error
@@ -66,7 +70,7 @@ public struct CompareRunner {
             }
         }
         let settleError = settle()
-        for t in traces.indices where runs[t].error == nil {
+        for t in traces.indices where runs[t].error == nil && runs[t].skipped == nil {
             let byTarget = targets.map { target in passes[t].first { $0.target === target }! }
             runs[t].lineUp(byTarget, trace: traces[t], profile: profile)
             if let settleError, runs[t].error == nil { runs[t].error = TraceError(file: runs[t].file, line: 0, message: settleError) }
@@ -311,6 +315,10 @@ public struct TraceRun: Sendable {
     /// VmPTE readings (for the kernel, /proc reads around every op).
     public internal(set) var seconds: [Double] = []
 
+    /// Not run: the trace is for other profiles than the comparison's
+    /// (why, in words). No verdict either way.
+    public internal(set) var skipped: String?
+
     /// The trace stopped because something else in the process changed
     /// VmPTE during a kernel op: no verdict on the model either way.
     public var interfered: Bool { error?.message.contains(LiveKernelError.interference) ?? false }
@@ -331,7 +339,7 @@ public struct TraceRun: Sendable {
     /// It ran to the end, every checkpoint matches, and every target is back
     /// to no growth after cleanup.
     public var matches: Bool {
-        error == nil && checkpoints.allSatisfy(\.matches) && afterCleanup.allSatisfy { $0 == 0 }
+        skipped == nil && error == nil && checkpoints.allSatisfy(\.matches) && afterCleanup.allSatisfy { $0 == 0 }
     }
 
     /// A target's value in one of this run's `kilobytes` arrays, by name.

@@ -169,8 +169,27 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
         }
     }
 
-    /// MADV_COLLAPSE, which Glibc's headers may not name yet.
+    /// MADV_GUARD_INSTALL (6.13+): page tables are allocated for the
+    /// markers, none freed (what is mapped there is zapped, tables kept).
+    public func madviseGuardInstall(address: UInt64, length: UInt64) throws {
+        let most = Self.tableKilobytes(address..<address + length)
+        try quiet("madvise(MADV_GUARD_INSTALL)", address: address, length: length, allowed: 0...most) {
+            try advise(address, length, Self.madvGuardInstall, "MADV_GUARD_INSTALL")
+        }
+    }
+
+    /// MADV_GUARD_REMOVE: the markers cleared, no table allocated or freed.
+    public func madviseGuardRemove(address: UInt64, length: UInt64) throws {
+        try quiet("madvise(MADV_GUARD_REMOVE)", address: address, length: length, allowed: 0...0) {
+            try advise(address, length, Self.madvGuardRemove, "MADV_GUARD_REMOVE")
+        }
+    }
+
+    /// MADV_COLLAPSE, MADV_GUARD_INSTALL and MADV_GUARD_REMOVE, which
+    /// Glibc's headers may not name yet.
     static let madvCollapse: Int32 = 25
+    static let madvGuardInstall: Int32 = 102
+    static let madvGuardRemove: Int32 = 103
 
     private func advise(_ address: UInt64, _ length: UInt64, _ advice: Int32, _ name: String) throws {
         guard madvise(UnsafeMutableRawPointer(bitPattern: UInt(address)), Int(length), advice) == 0 else {

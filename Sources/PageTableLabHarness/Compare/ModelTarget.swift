@@ -85,6 +85,12 @@ public final class ModelTarget: TraceTarget, TraceSettling {
     public func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {
         try mm.mprotect(address: address, length: length, protection: protection)
     }
+    public func madviseGuardInstall(address: UInt64, length: UInt64) throws {
+        try mm.madviseGuardInstall(address: address, length: length)
+    }
+    public func madviseGuardRemove(address: UInt64, length: UInt64) throws {
+        try mm.madviseGuardRemove(address: address, length: length)
+    }
     public func vmPTEKilobytes() throws -> Int { mm.vmPTEKilobytes }
     public func hugePMDs(in regions: [Range<UInt64>]) throws -> Int {
         regions.reduce(0) { $0 + mm.hugePMDCount(in: $1) }

@@ -5,11 +5,18 @@ public struct Trace: Equatable, Sendable {
     /// The path as the user named it, for error messages and reports.
     public let file: String
     public let steps: [TraceStep]
+    /// The profiles the trace is for (`profiles` line); nil: every one. A
+    /// comparison under another profile skips it.
+    public let profiles: Set<CompareProfile>?
 
-    public init(file: String, steps: [TraceStep]) {
+    public init(file: String, steps: [TraceStep], profiles: Set<CompareProfile>? = nil) {
         self.file = file
         self.steps = steps
+        self.profiles = profiles
     }
+
+    /// Whether a comparison under `profile` runs it.
+    public func runs(under profile: CompareProfile) -> Bool { profiles?.contains(profile) ?? true }
 
     /// The `expect` steps, in order.
     public var checkpoints: [TraceStep] {
@@ -59,6 +66,10 @@ public enum TraceOp: Equatable, Sendable {
     /// mremap(old, length, length, MREMAP_MAYMOVE|MREMAP_FIXED, new).
     case mremap(old: UInt64, length: UInt64, new: UInt64)
     case mprotect(address: UInt64, length: UInt64, protection: Protection)
+    /// madvise(MADV_GUARD_INSTALL) (6.13+).
+    case guardInstall(address: UInt64, length: UInt64)
+    /// madvise(MADV_GUARD_REMOVE).
+    case guardRemove(address: UInt64, length: UInt64)
     /// Compare VmPTE growth since the trace began.
     case expect(TraceExpectation)
 
@@ -67,7 +78,8 @@ public enum TraceOp: Equatable, Sendable {
     public var extent: (address: UInt64, length: UInt64)? {
         switch self {
         case .mmap(let a, let l, _), .touch(let a, let l, _), .dontneed(let a, let l), .munmap(let a, let l),
-             .hugepage(let a, let l), .collapse(let a, let l), .mremap(let a, let l, _), .mprotect(let a, let l, _):
+             .hugepage(let a, let l), .collapse(let a, let l), .mremap(let a, let l, _), .mprotect(let a, let l, _),
+             .guardInstall(let a, let l), .guardRemove(let a, let l):
             (a, l)
         case .expect:
             nil
@@ -96,6 +108,8 @@ public enum TraceOp: Equatable, Sendable {
         case .collapse: "collapse"
         case .mremap: "mremap"
         case .mprotect: "mprotect"
+        case .guardInstall: "guard"
+        case .guardRemove: "unguard"
         case .expect: "expect"
         }
     }

@@ -15,8 +15,35 @@ public struct TraceMappings: Equatable, Sendable {
 
     /// Disjoint, sorted by address.
     public private(set) var pieces: [Piece] = []
+    /// Where guard markers are (MADV_GUARD_INSTALL): disjoint, sorted.
+    public private(set) var guards: [Range<UInt64>] = []
 
     public init() {}
+
+    /// The first guarded stretch that overlaps `range`, clipped to it.
+    public func guarded(in range: Range<UInt64>) -> Range<UInt64>? {
+        guards.first { $0.overlaps(range) }.map { $0.clamped(to: range) }
+    }
+
+    private mutating func guardRange(_ range: Range<UInt64>) {
+        unguard(range)
+        let at = guards.firstIndex { $0.lowerBound >= range.upperBound } ?? guards.endIndex
+        guards.insert(range, at: at)
+    }
+
+    /// Drops the guards in `range`; returns what was there.
+    @discardableResult
+    private mutating func unguard(_ range: Range<UInt64>) -> [Range<UInt64>] {
+        let taken = guards.filter { $0.overlaps(range) }.map { $0.clamped(to: range) }
+        guards = guards.flatMap { g -> [Range<UInt64>] in
+            guard g.overlaps(range) else { return [g] }
+            var rest: [Range<UInt64>] = []
+            if g.lowerBound < range.lowerBound { rest.append(g.lowerBound..<range.lowerBound) }
+            if range.upperBound < g.upperBound { rest.append(range.upperBound..<g.upperBound) }
+            return rest
+        }
+        return taken
+    }
 
     /// The first piece that overlaps `range`.
     public func overlap(with range: Range<UInt64>) -> Piece? {
@@ -81,17 +108,22 @@ public struct TraceMappings: Equatable, Sendable {
     public mutating func apply(_ step: TraceStep) {
         switch step.op {
         case .mmap(let a, let l, let shared): map(a..<a + l, line: step.line, shared: shared)
-        case .munmap(let a, let l): unmap(a..<a + l)
+        case .munmap(let a, let l):
+            unmap(a..<a + l)
+            unguard(a..<a + l)
         case .mremap(let old, let l, let new):
             for var piece in unmap(old..<old + l) {
                 piece.range = piece.range.lowerBound - old + new..<piece.range.upperBound - old + new
                 insert(piece)
             }
+            for g in unguard(old..<old + l) { guardRange(g.lowerBound - old + new..<g.upperBound - old + new) }
         case .mprotect(let a, let l, let protection):
             for var piece in unmap(a..<a + l) {
                 piece.protection = protection
                 insert(piece)
             }
+        case .guardInstall(let a, let l): guardRange(a..<a + l)
+        case .guardRemove(let a, let l): unguard(a..<a + l)
         case .touch, .dontneed, .hugepage, .collapse, .expect: break
         }
     }

@@ -16,6 +16,11 @@ import Foundation
 /// collapse ADDR LEN        madvise(MADV_COLLAPSE)
 /// mremap OLD LEN NEW       mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW)
 /// mprotect ADDR LEN PROT   PROT is none, r or rw
+/// guard ADDR LEN           madvise(MADV_GUARD_INSTALL) (6.13+)
+/// unguard ADDR LEN         madvise(MADV_GUARD_REMOVE)
+/// profiles PROFILE ...     before the first op: the trace is for these
+///                          profiles only, and a comparison under another
+///                          skips it (guard needs `profiles 6.14+`)
 /// expect [KB] [PROFILE=KB ...]
 ///                          compare VmPTE growth since the trace began; the
 ///                          optional KB (an extension) is the growth the
@@ -48,11 +53,15 @@ public enum TraceParser {
             let words = raw.prefix { $0 != "#" }.split { $0 == " " || $0 == "\t" || $0 == "\r" }
             guard let verb = words.first else { continue }
             let line = LineParser(file: file, line: index + 1)
+            if verb == "profiles" {
+                try validator.restrict(to: try line.profiles(Array(words.dropFirst())), line: line.line)
+                continue
+            }
             let step = TraceStep(line: line.line, op: try line.op(verb, arguments: Array(words.dropFirst())))
             try validator.check(step)
             steps.append(step)
         }
-        return Trace(file: file, steps: steps)
+        return Trace(file: file, steps: steps, profiles: validator.profiles)
     }
 
     /// A number in the trace's syntax, or nil.
@@ -102,7 +111,7 @@ private struct LineParser {
         return "'\(shown)'" + (scalars.count > limit ? "… (\(word.utf8.count) bytes)" : "")
     }
 
-    static let verbs = "mmap, touch, dontneed, munmap, hugepage, collapse, mremap, mprotect or expect"
+    static let verbs = "mmap, touch, dontneed, munmap, hugepage, collapse, mremap, mprotect, guard, unguard, expect or profiles"
 
     func op(_ verb: Substring, arguments: [Substring]) throws(TraceError) -> TraceOp {
         switch verb {
@@ -145,11 +154,31 @@ private struct LineParser {
                 throw error("bad PROT \(Self.quoted(arguments[2])) for mprotect: expected none, r or rw")
             }
             return .mprotect(address: n[0], length: n[1], protection: protection)
+        case "guard":
+            let n = try numbers(arguments, names: ["ADDR", "LEN"], verb: verb)
+            return .guardInstall(address: n[0], length: n[1])
+        case "unguard":
+            let n = try numbers(arguments, names: ["ADDR", "LEN"], verb: verb)
+            return .guardRemove(address: n[0], length: n[1])
         case "expect":
             return .expect(try expectation(arguments))
         default:
             throw error("unknown op \(Self.quoted(verb)) (expected \(Self.verbs))")
         }
+    }
+
+    /// The names on a `profiles` line.
+    func profiles(_ arguments: [Substring]) throws(TraceError) -> Set<CompareProfile> {
+        guard !arguments.isEmpty else { throw error("profiles names at least one profile") }
+        var profiles = Set<CompareProfile>()
+        for word in arguments {
+            guard let profile = CompareProfile(rawValue: String(word)) else {
+                let names = CompareProfile.allCases.map(\.rawValue).joined(separator: ", ")
+                throw error("unknown profile \(Self.quoted(word)) (profiles: \(names))")
+            }
+            profiles.insert(profile)
+        }
+        return profiles
     }
 
     func numbers(_ arguments: [Substring], names: [String], verb: Substring, optional: String = "") throws(TraceError) -> [UInt64] {

@@ -15,6 +15,10 @@ public protocol TraceTarget: AnyObject {
     func madviseCollapse(address: UInt64, length: UInt64) throws
     func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws
     func mprotect(address: UInt64, length: UInt64, protection: Protection) throws
+    /// madvise(MADV_GUARD_INSTALL) and madvise(MADV_GUARD_REMOVE). A
+    /// target written before guard regions has them refuse by default.
+    func madviseGuardInstall(address: UInt64, length: UInt64) throws
+    func madviseGuardRemove(address: UInt64, length: UInt64) throws
     /// VmPTE in kB now.
     func vmPTEKilobytes() throws -> Int
     /// Huge PMDs mapping memory in `regions` now: with THP, which pages are
@@ -26,6 +30,14 @@ public protocol TraceTarget: AnyObject {
 }
 
 extension TraceTarget {
+    public func madviseGuardInstall(address: UInt64, length: UInt64) throws {
+        throw UnsupportedTraceOp(op: "guard", target: name)
+    }
+
+    public func madviseGuardRemove(address: UInt64, length: UInt64) throws {
+        throw UnsupportedTraceOp(op: "unguard", target: name)
+    }
+
     /// The op on this target: its system call (the kernel) or the model's
     /// own; nothing for `expect`. The one dispatch from a trace's ops to a
     /// target's, for the comparison (`CompareRunner`) and the timing
@@ -40,6 +52,8 @@ extension TraceTarget {
         case .collapse(let a, let l): try madviseCollapse(address: a, length: l)
         case .mremap(let old, let l, let new): try mremap(from: old, length: l, to: new)
         case .mprotect(let a, let l, let p): try mprotect(address: a, length: l, protection: p)
+        case .guardInstall(let a, let l): try madviseGuardInstall(address: a, length: l)
+        case .guardRemove(let a, let l): try madviseGuardRemove(address: a, length: l)
         case .expect: break
         }
     }
@@ -91,4 +105,11 @@ public struct NotComparable: Error, Equatable, Sendable, CustomStringConvertible
     public let reason: String
     public init(_ reason: String) { self.reason = reason }
     public var description: String { "not comparable: \(reason)" }
+}
+
+/// An op a target does not implement (one written before the op existed).
+public struct UnsupportedTraceOp: Error, CustomStringConvertible {
+    public let op: String
+    public let target: String
+    public var description: String { "\(target) does not implement the trace op '\(op)'" }
 }

@@ -5,10 +5,21 @@ struct TraceValidator {
     let file: String
     /// What the trace has mapped up to the line being checked.
     private(set) var mappings = TraceMappings()
+    /// The trace's `profiles` line, once read.
+    private(set) var profiles: Set<CompareProfile>?
+    private var sawOp = false
 
     init(file: String) { self.file = file }
 
+    /// A `profiles` line: once, before the first op.
+    mutating func restrict(to profiles: Set<CompareProfile>, line: Int) throws(TraceError) {
+        guard self.profiles == nil else { throw TraceError(file: file, line: line, message: "a second `profiles` line") }
+        guard !sawOp else { throw TraceError(file: file, line: line, message: "`profiles` must come before the first op") }
+        self.profiles = profiles
+    }
+
     mutating func check(_ step: TraceStep) throws(TraceError) {
+        sawOp = true
         guard let range = try checkedRange(step) else { return }
         switch step.op {
         case .mmap:
@@ -21,7 +32,23 @@ struct TraceValidator {
             if let piece = mappings.pieces(in: range).first(where: { $0.protection != .rw }) {
                 throw error(step, "touch \(range.traceDescription) writes to \(piece.range.traceDescription), which is mapped PROT \(piece.protection.rawValue): the write would fault (SIGSEGV)")
             }
-        case .dontneed, .hugepage, .collapse, .mprotect:
+            if let guarded = mappings.guarded(in: range) {
+                throw error(step, "touch \(range.traceDescription) writes to \(guarded.traceDescription), a guard region: the write would fault (SIGSEGV)")
+            }
+        case .collapse:
+            try requireMapped(range, step)
+            if let guarded = mappings.guarded(in: range) {
+                throw error(step, "collapse \(range.traceDescription) meets the guard region \(guarded.traceDescription): MADV_COLLAPSE refuses it (EINVAL), which is no trace to compare")
+            }
+        case .guardInstall, .guardRemove:
+            try requireMapped(range, step)
+            guard profiles == [.ptReclaim] else {
+                throw error(step, "\(step.op.name) needs `profiles \(CompareProfile.ptReclaim.rawValue)` before it: guard regions came in 6.13, and the \(CompareProfile.prePTReclaim.rawValue) profile stands for Debian's 6.1")
+            }
+            if let piece = mappings.pieces(in: range).first(where: \.shared) {
+                throw error(step, "\(step.op.name) \(range.traceDescription) reaches shared memory at \(piece.range.traceDescription): the model keeps guard regions to private anonymous memory (as 6.13 and 6.14 do)")
+            }
+        case .dontneed, .hugepage, .mprotect:
             try requireMapped(range, step)
         case .mremap(let old, let length, let new):
             try requireMapped(range, step)

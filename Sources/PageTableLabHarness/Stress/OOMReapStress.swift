@@ -19,13 +19,15 @@ import Synchronization
 /// faults, the DONTNEEDs and the walks; each thread faults a few more times
 /// after the reap, then dies, and the process exits. In the fourth the
 /// threads die first, and the reaper (process_mrelease, or the OOM reaper
-/// that has waited for the victim) starts as exit_mmap does: its zap
-/// beside exit's unmap, each PTE taken by whichever clears it first, and
-/// exit's free_pgtables after it (or the reaper skips, MMF_OOM_SKIP).
+/// that has waited for the victim) and exit_mmap start together: the
+/// reaper a step ahead or a step behind (its zap beside exit's unmap, each
+/// PTE taken by whichever clears it first, exit's free_pgtables after it),
+/// or once exit has unmapped (it meets exit's write lock, or MMF_OOM_SKIP).
 ///
 /// What must hold: no walker meets a freed table, no page is lost or freed
 /// twice, and no fault that begins after a reap has finished maps private
-/// memory again (MMF_UNSTABLE: it gets SIGBUS). The unsafe mode
+/// memory again (MMF_UNSTABLE: it gets SIGBUS; the mm counts one that
+/// does, `MM.refaultsAfterReap`). The unsafe mode
 /// `ignore-unstable` is the kernel before MMF_UNSTABLE, caught by
 /// `reaped_refault`: a thread reads zeros where its data was.
 public struct OOMReapStress {
@@ -108,6 +110,7 @@ public struct OOMReapStress {
             result.vmaLocks = vmaLocks
             result.oomReaps = tally.reaps
             result.sigbusFaults = tally.sigbus.load(ordering: .relaxed)
+            result.sigbusBesideReap = tally.sigbusBesideReap.load(ordering: .relaxed)
             result.judge(problems: tally.problems(safe: safe))
             return result
         }
@@ -132,9 +135,10 @@ public struct OOMReapStress {
             RCUThread { Self.fault(mm, region: region, seed: seed &+ UInt64(i + 1) &* 0x9E37_79B9_7F4A_7C15, life: life, tally: tally) }
         }
         crew.waitUntilEveryWalkerWalks()
-        // The kill, after some of the threads' ops.
-        let killAfter = Int(rng.next() % 64)
-        while life.ops.load(ordering: .relaxed) < killAfter && life.running.load(ordering: .relaxed) > 0 { sched_yield() }
+        // The kill, after some of the threads' ops (they began while the
+        // walkers were starting).
+        let killAt = life.ops.load(ordering: .relaxed) + Int(rng.next() % 64)
+        while life.ops.load(ordering: .relaxed) < killAt && life.running.load(ordering: .relaxed) > 0 { sched_yield() }
         let besideThreads = rng.next() % 4 != 0
         if besideThreads {
             // The reaper beside the threads, each of which faults `after`
@@ -150,15 +154,20 @@ public struct OOMReapStress {
             mm.exit()
         } else {
             // The threads are dead: the reaper (process_mrelease, say) and
-            // exit_mmap start together, either a step ahead, each on a CPU
-            // of its own: on one CPU the scheduler runs one to its end
-            // before the other begins.
-            let reapFirst = rng.next() % 2 == 0
+            // exit_mmap start together, each on a CPU of its own (on one
+            // CPU the scheduler runs one to its end before the other
+            // begins): the reaper a step ahead, a step behind, or once exit
+            // has unmapped, when it meets exit's write lock or MMF_OOM_SKIP.
+            let start = rng.next() % 3
             let started = Atomic<Bool>(false)
             let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
             let reaper = RCUThread(cpu: cpus.count >= 2 ? cpus[1] : nil) {
                 started.store(true, ordering: .relaxed)
-                if !reapFirst { while !mm.hasExited { sched_yield() } }
+                switch start {
+                case 0: break
+                case 1: while !mm.hasExited { sched_yield() }
+                default: while !(mm.hasExited && mm.vmas.isEmpty) { sched_yield() }
+                }
                 tally.count(Self.reap(mm, life: life))
             }
             if cpus.count >= 2 { pinCurrentThread(toCPU: cpus[0]) }
@@ -168,6 +177,7 @@ public struct OOMReapStress {
             reaper.join()
         }
         tally.ops.add(life.ops.load(ordering: .relaxed), ordering: .relaxed)
+        tally.refaults.add(mm.refaultsAfterReap.load(ordering: .relaxed), ordering: .relaxed)
         if mm.zapsOfFreedTables.load(ordering: .relaxed) > 0 { tally.freedUnderReap.add(1, ordering: .relaxed) }
         if mm.pgtablesBytes != 0 { tally.tablesLeftAfterExit.add(1, ordering: .relaxed) }
         if let error = life.failure.withLock({ $0 }) { throw error }
@@ -199,8 +209,9 @@ public struct OOMReapStress {
     }
 
     /// One of the process's threads: faults, and DONTNEED with PT_RECLAIM,
-    /// until it dies. A fault on private memory that began after the reap
-    /// had finished and mapped a page is a reaped refault.
+    /// until it dies. A fault that got SIGBUS and began before the reap
+    /// was known to be over ran beside it (the reaped refaults, faults that
+    /// began after it and mapped all the same, the mm counts itself).
     private static func fault(_ mm: MM, region: StressRegion, seed: UInt64, life: Life, tally: ReapTally) {
         defer { life.running.subtract(1, ordering: .relaxed) }
         var rng = SplitMix64(seed: seed)
@@ -215,7 +226,6 @@ public struct OOMReapStress {
                 switch choice {
                 case 0...4:
                     try mm.touch(address: page, length: 4096)
-                    if reapedBefore { tally.refaults.add(1, ordering: .relaxed) }
                 case 5:
                     try mm.touch(address: region.table(privateTables) + (rng.next() % 512) << 12, length: 4096)
                 case 6:
@@ -225,6 +235,7 @@ public struct OOMReapStress {
                 }
             } catch .unstableAddressSpace {
                 tally.sigbus.add(1, ordering: .relaxed)
+                if !reapedBefore { tally.sigbusBesideReap.add(1, ordering: .relaxed) }
             } catch {
                 life.failure.withLock { $0 = $0 ?? error }
                 return
@@ -256,6 +267,7 @@ private final class Life: Sendable {
 private final class ReapTally: Sendable {
     let ops = Atomic<Int>(0)
     let sigbus = Atomic<Int>(0)
+    let sigbusBesideReap = Atomic<Int>(0)
     let refaults = Atomic<Int>(0)
     let freedUnderReap = Atomic<Int>(0)
     let tablesLeftAfterExit = Atomic<Int>(0)

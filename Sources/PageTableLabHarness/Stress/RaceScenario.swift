@@ -6,7 +6,8 @@ extension Scenario {
     /// under their VMA's lock (the mmap read lock where a writer holds the
     /// VMA, or DONTNEED spans VMAs), munmap + mmap, mremap (of private
     /// tables, and of the shared memory away and back) and mprotect under
-    /// the write lock (munmap downgraded), the collapse of shared memory
+    /// the write lock (munmap downgraded), guard regions installed and
+    /// removed under the read lock, the collapse of shared memory
     /// under the read lock with the retract under none, and of private
     /// memory (collapse_huge_page) under the write lock. Private memory is
     /// huge PMDs as often as PTE tables, so a partial DONTNEED splits a huge
@@ -20,7 +21,7 @@ extension Scenario {
     /// a DONTNEED reclaimed the table the collapse went on to use.
     static let race = Scenario(
         name: "race",
-        summary: "several updaters (faults, DONTNEED, munmap/mmap, mremap, mprotect, shmem and anonymous collapse, THP splits) vs each other and every kind of walker",
+        summary: "several updaters (faults, DONTNEED, munmap/mmap, mremap, mprotect, guard regions, shmem and anonymous collapse, THP splits) vs each other and every kind of walker",
         modes: [
             .safe("kernel") { _ in },
             // Both bugs are a fault's or a collapse's PTE table racing
@@ -57,6 +58,10 @@ extension Scenario {
         case collapseShmem = "collapse_shmem"
         /// The shared memory, collapsed, unmapped and mapped afresh.
         case munmapMmapShared = "munmap_mmap_shared"
+        /// 64 KiB guarded and unguarded again (MADV_GUARD_INSTALL, _REMOVE):
+        /// tables allocated under the mmap read lock beside PT_RECLAIM, and
+        /// kept from it while the markers are in.
+        case guardRegion = "guard"
     }
 
     /// One updater's op in `race`. The region's last quarter is shared
@@ -80,7 +85,8 @@ extension Scenario {
         case _ where mm.profile.skipPMDRecheck: op = choice < 8 ? .fault : .dontneed
         case _ where mm.profile.collapseChecksBeforeVMAWrite: op = choice < 8 ? .collapseAnon : .dontneed
         case 0...3: op = .fault
-        case 4...6: op = .dontneed
+        case 4...5: op = .dontneed
+        case 6: op = .guardRegion
         case 7: op = .dontneedPart
         case 8: op = .munmapMmap
         case 9: op = .mremap
@@ -128,10 +134,15 @@ extension Scenario {
             case .munmapMmapShared:
                 try mm.munmap(address: layout.sharedStart, length: layout.sharedLength)
                 try mm.mmap(address: layout.sharedStart, length: layout.sharedLength, shared: true)
+            case .guardRegion:
+                try mm.madviseGuardInstall(address: part, length: 64 << 10)
+                try mm.madviseGuardRemove(address: part, length: 64 << 10)
             }
         } catch {
             switch error {
-            case .notMapped, .mappingExists, .moveAcrossVMAs, .collapseRefused, .accessDenied:
+            // A fault into another updater's guard region is refused too
+            // (SIGSEGV), as is one past a VMA it unmapped.
+            case .notMapped, .mappingExists, .moveAcrossVMAs, .collapseRefused, .accessDenied, .guardRegion:
                 region.ops.refused(op.rawValue)
                 return
             default: throw error

@@ -86,10 +86,15 @@ public struct StressResult: Encodable, Sendable, Equatable {
     /// SIGBUS because a reap had been (MMF_UNSTABLE).
     public var oomReaps: OOMReaps?
     public var sigbusFaults: Int?
+    /// Of those, the faults that began before the reap was known to be
+    /// over: they ran beside it.
+    public var sigbusBesideReap: Int?
 
     /// What oom_reap_task_mm did, one count per process (`contended`: the
     /// trylocks that failed and were tried again; `beside_exit`: reaps
-    /// that exit_mmap began before they ended).
+    /// that exit_mmap began before they ended. Such a reap found
+    /// MMF_OOM_SKIP clear, so exit's unmap had not ended when the reap's
+    /// zap began: the two overlapped).
     public struct OOMReaps: Codable, Sendable, Equatable {
         public var reaped = 0
         public var skipped = 0
@@ -238,6 +243,7 @@ public struct StressResult: Encodable, Sendable, Equatable {
         case dmaFaults = "dma_faults"
         case oomReaps = "oom_reaps"
         case sigbusFaults = "sigbus_faults"
+        case sigbusBesideReap = "sigbus_beside_reap"
         case thpEvents = "thp_events"
         case thp
         case vmaLocks = "vma_locks"
@@ -298,5 +304,6 @@ public struct StressResult: Encodable, Sendable, Equatable {
         try c.encodeIfPresent(dmaFaults, forKey: .dmaFaults)
         try c.encodeIfPresent(oomReaps, forKey: .oomReaps)
         try c.encodeIfPresent(sigbusFaults, forKey: .sigbusFaults)
+        try c.encodeIfPresent(sigbusBesideReap, forKey: .sigbusBesideReap)
     }
 }
