@@ -26,7 +26,11 @@ final class DifferentialTraceTests: XCTestCase {
         }
 
         var rng: SplitMix64
+        /// Whether the kernel has guard regions (6.13+; the traces then say
+        /// `profiles 6.14+`), and where the trace has put them.
+        var guardRegions = false
         var pieces: [Piece] = []
+        var guards: [Range<UInt64>] = []
         let regions: [UInt64] = [0x100_0000_0000, 0x180_0000_0000]
 
         mutating func pick<T>(_ xs: [T]) -> T { xs[Int(rng.next() % UInt64(xs.count))] }
@@ -86,6 +90,31 @@ final class DifferentialTraceTests: XCTestCase {
 
         static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
+        func guarded(_ a: UInt64, _ l: UInt64) -> Bool { guards.contains { $0.overlaps(a..<a + l) } }
+
+        /// Guards of [a, a + l) dropped; returns them.
+        mutating func unguard(_ a: UInt64, _ l: UInt64) -> [Range<UInt64>] {
+            let cut = a..<a + l
+            let taken = guards.filter { $0.overlaps(cut) }.map { $0.clamped(to: cut) }
+            guards = guards.flatMap { g -> [Range<UInt64>] in
+                guard g.overlaps(cut) else { return [g] }
+                return [g.lowerBound..<max(g.lowerBound, cut.lowerBound), min(g.upperBound, cut.upperBound)..<g.upperBound]
+                    .filter { !$0.isEmpty }
+            }
+            return taken
+        }
+
+        /// MADV_GUARD_INSTALL or _REMOVE on part of one private mapping.
+        mutating func guardOp() -> [String]? {
+            guard let (_, a, l) = subrange(where: { !$0.shared }) else { return nil }
+            _ = unguard(a, l)
+            if chance(70) {
+                guards.append(a..<a + l)
+                return ["guard \(Self.hex(a)) \(Self.hex(l))"]
+            }
+            return ["unguard \(Self.hex(a)) \(Self.hex(l))"]
+        }
+
         mutating func op() -> [String]? {
             switch rng.next() % 20 {
             case 0...3:
@@ -95,7 +124,7 @@ final class DifferentialTraceTests: XCTestCase {
                 pieces.append(Piece(start: a, length: l, shared: shared, misalign: shared ? a & ((2 << 20) - 1) : 0))
                 return ["mmap \(Self.hex(a)) \(Self.hex(l))" + (shared ? " shared" : "")]
             case 4...7:
-                guard let (_, a, l) = subrange(where: { $0.protection == .rw }) else { return nil }
+                guard let (_, a, l) = subrange(where: { $0.protection == .rw }), !guarded(a, l) else { return nil }
                 let stride: UInt64 = l > 64 << 20 ? 2 << 20 : pick([4096, 64 << 10, 1 << 20])
                 return ["touch \(Self.hex(a)) \(Self.hex(l)) \(Self.hex(stride))"]
             case 8...9:
@@ -114,11 +143,14 @@ final class DifferentialTraceTests: XCTestCase {
                 return collapse()
             case 14...15:
                 return mremap()
+            case 16 where guardRegions:
+                return guardOp()
             default:
                 // munmap may span holes and several mappings.
                 let a = address(), l = length()
                 guard a + l <= TraceAddressSpace.end else { return nil }
                 _ = cut(a, l)
+                _ = unguard(a, l)
                 return ["munmap \(Self.hex(a)) \(Self.hex(l))"]
             }
         }
@@ -137,6 +169,7 @@ final class DifferentialTraceTests: XCTestCase {
             let first = (p.start + (2 << 20) - 1) & ~((2 << 20) - 1)
             let count = (p.end - first) >> 21
             let a = first + (rng.next() % count) << 21
+            guard !guarded(a, 2 << 20) else { return nil }
             return ["touch \(Self.hex(a)) 0x200000 \(Self.hex(pick([4096, 64 << 10, 1 << 20])))",
                     "collapse \(Self.hex(a)) 0x200000"]
         }
@@ -154,6 +187,7 @@ final class DifferentialTraceTests: XCTestCase {
             }
             guard free(new, l), new + l <= a || a + l <= new else { return nil }
             _ = cut(a, l)
+            for g in unguard(a, l) { guards.append(g.lowerBound - a + new..<g.upperBound - a + new) }
             var moved = p
             moved.start = new
             moved.length = l
@@ -163,7 +197,7 @@ final class DifferentialTraceTests: XCTestCase {
         }
 
         mutating func trace(ops: Int) -> String {
-            var lines: [String] = []
+            var lines: [String] = guardRegions ? ["profiles \(CompareProfile.ptReclaim.rawValue)"] : []
             var count = 0
             while count < ops {
                 guard let step = op() else { continue }
@@ -200,7 +234,7 @@ final class DifferentialTraceTests: XCTestCase {
         // kernel's passes and one after, not two a trace.
         for batch in stride(from: first, through: last, by: 50).map({ $0...min($0 + 49, last) }) {
             let texts = batch.map { seed in
-                var generator = Generator(rng: SplitMix64(seed: seed))
+                var generator = Generator(rng: SplitMix64(seed: seed), guardRegions: profile == .ptReclaim)
                 return generator.trace(ops: 30)
             }
             let traces = try zip(batch, texts).map { seed, text in try TraceParser.parse(text, file: "random-\(seed).trace") }
