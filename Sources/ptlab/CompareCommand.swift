@@ -24,14 +24,20 @@ struct CompareCommand: ParsableCommand {
               collapse ADDR LEN       madvise(MADV_COLLAPSE)
               mremap OLD LEN NEW      mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW)
               mprotect ADDR LEN PROT  PROT is none, r or rw
+              guard ADDR LEN          madvise(MADV_GUARD_INSTALL) (6.13+)
+              unguard ADDR LEN        madvise(MADV_GUARD_REMOVE)
               expect [KB] [PROFILE=KB]
                                       compare VmPTE growth since the trace began;
                                       KB (an extension): the growth expected,
                                       PROFILE=KB: the growth for one profile
+              profiles PROFILE ...    before the first op: the trace is for these
+                                      profiles only (guard needs `profiles 6.14+`);
+                                      a comparison under another profile SKIPS it
 
             Addresses and lengths are 4 KiB multiples, at or above 4 GiB and inside 47-bit \
             user space; every op but mmap and munmap must stay inside memory the trace \
-            mapped, touch only where it is mapped rw, and mremap's NEW may overlap neither \
+            mapped, touch only where it is mapped rw and not guarded, collapse no guard \
+            region, guard only private memory, and mremap's NEW may overlap neither \
             its source nor other mappings. The kernel side runs in this process \
             (MAP_FIXED_NOREPLACE, MADV_NOHUGEPAGE) and refuses a trace that uses a 512 GiB \
             region already holding other mappings of the process. What a trace leaves mapped \
@@ -43,7 +49,8 @@ struct CompareCommand: ParsableCommand {
 
             Exit status: 0 when every checkpoint of every trace matches (model and kernel \
             agree, and equal KB where given; with --model-only or --kernel-only, when every \
-            trace ran and met its KB values); 1 when one does not; 3 when none mismatched but \
+            trace ran and met its KB values; a skipped trace counts as neither); 1 when \
+            one does not; 3 when none mismatched but \
             some trace was not comparable; 2 when a trace is invalid or a side cannot be \
             built, before anything runs, or when the live kernel's region check refuses a \
             trace (its 512 GiB regions already hold a mapping of this process).

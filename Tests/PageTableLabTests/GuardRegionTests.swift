@@ -1,3 +1,4 @@
+import Synchronization
 import XCTest
 @testable import PageTableLab
 
@@ -112,6 +113,49 @@ final class GuardRegionTests: XCTestCase {
             XCTAssertTrue(why.contains("guard marker"), why)
             XCTAssertEqual(error { () throws(MMError) in try mm.touch(address: base + 4096, length: 4096) },
                            .guardRegion(address: base + 4096))
+        }
+    }
+
+    /// PT_RECLAIM takes the table MADV_GUARD_INSTALL has just put in, before
+    /// the install locks it: pte_offset_map_lock's re-check finds the PMD
+    /// changed, and the install puts in a table again.
+    func testInstallingAgainAfterPTReclaimTookTheTable() throws {
+        try withLab { allocator in
+            let mm = try MM(allocator: allocator)
+            defer { mm.exit() }
+            try mm.mmap(address: base, length: 2 * mib)
+            let reclaimed = Mutex(false)
+            mm.raceWindowHook = { window, _ in
+                guard window == .guardTableReached, !reclaimed.withLock({ $0 }) else { return }
+                reclaimed.withLock { $0 = true }
+                do { try mm.madviseDontneed(address: tib, length: 2 * mib) } catch { XCTFail("\(error)") }
+            }
+            try mm.madviseGuardInstall(address: base, length: 2 * mib)
+            mm.raceWindowHook = nil
+            XCTAssertTrue(reclaimed.withLock { $0 })
+            XCTAssertEqual(mm.vmPTEKilobytes, 12)
+            for page in stride(from: base, to: base + 2 * mib, by: 64 << 10) {
+                XCTAssertEqual(error { () throws(MMError) in try mm.touch(address: page, length: 4096) }, .guardRegion(address: page))
+            }
+        }
+    }
+
+    /// A marker ends MADV_COLLAPSE's call where it stands (SCAN_FAIL, up to
+    /// 6.18): a 2 MiB block after it stays small, one before it is huge.
+    func testACollapseEndsAtTheBlockWithAMarker() throws {
+        for (guarded, hugeAfter) in [(UInt64(0), [false, false]), (2 * mib, [true, false])] {
+            try withLab { allocator in
+                let mm = try MM(allocator: allocator)
+                defer { mm.exit() }
+                try mm.mmap(address: base, length: 4 * mib)
+                try mm.touch(address: base, length: 4 * mib, stride: 4096)
+                try mm.madviseGuardInstall(address: base + guarded + 4096, length: 4096)
+                guard case .collapseRefused(let at, .einval, _)? = error({ () throws(MMError) in
+                    try mm.madviseCollapse(address: base, length: 4 * mib)
+                }) else { return XCTFail("collapse went on") }
+                XCTAssertEqual(at, base + guarded)
+                XCTAssertEqual([mm.isHugePMD(base), mm.isHugePMD(base + 2 * mib)], hugeAfter, "guard at +\(guarded >> 20) MiB")
+            }
         }
     }
 

@@ -49,8 +49,9 @@ extension MM {
         case fail
         /// A guard marker in the PTE table: the scan counts it as a swap
         /// entry, and the swap-in faults SIGSEGV on it (SCAN_FAIL, which
-        /// ends the call; later kernels stop at the scan with
-        /// SCAN_PTE_NON_PRESENT). The guard stays.
+        /// ends the call, up to 6.18). 6.19 stops at the scan instead
+        /// (SCAN_PTE_NON_PRESENT), which madvise_collapse goes on past to
+        /// the next 2 MiB. The guard stays either way.
         case guardMarker
 
         /// madvise_collapse goes on past the results it lists as worth

@@ -4,20 +4,22 @@ internal import CSupport
 // marker in each PTE of a range, so that an access there faults SIGSEGV
 // without a VMA of its own per guard page. They matter to page-table
 // freeing twice over. Installing them allocates page tables, under the mmap
-// read lock, beside faults and PT_RECLAIM; and a PTE table that holds a
-// marker is not empty, so MADV_DONTNEED leaves the markers and PT_RECLAIM
-// leaves the table. Only munmap and exit take markers away
+// read lock (6.13-6.18; 6.19 takes the VMA's read lock where the range lies
+// in one VMA, not modelled), beside faults and PT_RECLAIM; and a PTE table
+// that holds a marker is not empty, so MADV_DONTNEED leaves the markers and
+// PT_RECLAIM leaves the table. Only munmap and exit take markers away
 // (ZAP_FLAG_DROP_MARKER), and with them the tables. mremap moves markers
 // with the other entries; mprotect leaves them; a collapse of anonymous
 // memory refuses a table that holds one.
 //
-// The model keeps them to private anonymous memory, as 6.13 and 6.14 did
-// (6.15 allows file mappings too, and the shmem retract then had to learn
-// to leave their tables alone).
+// The model keeps them to private anonymous memory, as 6.13 and 6.14 did.
+// 6.15 allows file mappings too, and until 6.19 (VM_MAYBE_GUARD, checked by
+// file_backed_vma_is_retractable) the shmem retract could free a table
+// that held markers.
 
 extension MM {
     /// madvise(MADV_GUARD_INSTALL) over [address, address + length): under
-    /// the mmap read lock, each VMA in turn gets a marker in every PTE,
+    /// the mmap read lock (6.13-6.18), each VMA in turn gets a marker in every PTE,
     /// page tables allocated as needed (walk_page_range's install_pte).
     /// What is mapped there (a page, a huge PMD) is zapped first and the
     /// walk tried again, markers already in place kept; after three tries
@@ -92,6 +94,7 @@ extension MM {
             let pmd = Entry(rawValue: ptlab_pte_read(pmdSlot))
             if pmd.isTransHuge { return false }
             if !pmd.isPresent { _ = try populate(pmdSlot, parent: pmdTable, level: .pmd, child: .pte) }
+            raceWindow(.guardTableReached, address)
             // nil: the PMD changed before the lock (PT_RECLAIM took the
             // table, a fault put a huge PMD there): look again.
             let installed = withPTEOffsetMapLock(pmdSlot) { table -> Bool in

@@ -320,6 +320,9 @@ enum RaceWindow: Sendable {
     /// The OOM reaper holds the mmap read lock and has found the mm not yet
     /// MMF_OOM_SKIP, and has zapped nothing.
     case oomReaping
+    /// MADV_GUARD_INSTALL has found or put a PTE table under the PMD and
+    /// has not locked it: PT_RECLAIM may take the (empty) table meanwhile.
+    case guardTableReached
     /// A fault has the page (or huge folio) it will map and has not taken
     /// the lock it maps under: a reap may run meanwhile.
     case faultPageAllocated

@@ -8,7 +8,8 @@ import PageTableLab
 /// the model cannot follow, e.g. no huge page to be had; such a trace has
 /// no verdict, `match` false but no mismatch either), `skipped` (why the
 /// trace did not run: its `profiles` line names other profiles; `match`
-/// false, no mismatch either); per checkpoint
+/// false, no mismatch either, and `comparable` stays true: no kernel went
+/// astray in it); per checkpoint
 /// `expected_kb` and `match`; with `--time`, per trace `ops`,
 /// `model_seconds`, `kernel_seconds` (each side's pass: its ops, cleanup
 /// and VmPTE readings) and `ratio` (kernel / model: how many times faster

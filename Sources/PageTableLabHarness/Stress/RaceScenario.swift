@@ -136,7 +136,13 @@ extension Scenario {
                 try mm.mmap(address: layout.sharedStart, length: layout.sharedLength, shared: true)
             case .guardRegion:
                 try mm.madviseGuardInstall(address: part, length: 64 << 10)
-                try mm.madviseGuardRemove(address: part, length: 64 << 10)
+                // Every marker of the private memory goes, wherever a move
+                // took it meanwhile: left behind, markers would keep faults,
+                // collapses and PT_RECLAIM out of their tables for good. A
+                // hole another updater made is no reason to stop.
+                do {
+                    try mm.madviseGuardRemove(address: region.base, length: layout.sharedStart - region.base)
+                } catch .notMapped {}
             }
         } catch {
             switch error {
