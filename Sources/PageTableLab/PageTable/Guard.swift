@@ -13,9 +13,10 @@ internal import CSupport
 // memory refuses a table that holds one.
 //
 // The model keeps them to private anonymous memory, as 6.13 and 6.14 did.
-// 6.15 allows file mappings too, and until 6.19 (VM_MAYBE_GUARD, checked by
-// file_backed_vma_is_retractable) the shmem retract could free a table
-// that held markers.
+// 6.15 allows file mappings too; the shmem retract leaves such a VMA's
+// tables alone, since installing gave it an anon_vma (until 6.19, which
+// marks it VM_MAYBE_GUARD instead and has file_backed_vma_is_retractable
+// check that).
 
 extension MM {
     /// madvise(MADV_GUARD_INSTALL) over [address, address + length): under
