@@ -7,11 +7,15 @@
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include "CHarness/syscalls.h"
+
+/* MREMAP_DONTUNMAP (5.7), which older glibc headers do not name. */
+#define PTLAB_MREMAP_DONTUNMAP 4
 /* mremap is variadic (the new address is the fifth argument), which Swift
  * cannot call. */
-void *ptlab_mremap_fixed(void *old_address, size_t length, void *new_address)
+void *ptlab_mremap_fixed(void *old_address, size_t length, void *new_address, int dontunmap)
 {
-    return mremap(old_address, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, new_address);
+    return mremap(old_address, length, length,
+                  MREMAP_MAYMOVE | MREMAP_FIXED | (dontunmap ? PTLAB_MREMAP_DONTUNMAP : 0), new_address);
 }
 
 /* memfd_create + ftruncate: a shmem file of @size bytes, or -1 with errno. */

@@ -22,7 +22,9 @@ struct CompareCommand: ParsableCommand {
               munmap ADDR LEN
               hugepage ADDR LEN       madvise(MADV_HUGEPAGE): lifts mmap's NOHUGEPAGE
               collapse ADDR LEN       madvise(MADV_COLLAPSE)
-              mremap OLD LEN NEW      mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW)
+              mremap OLD LEN NEW [dontunmap]
+                                      mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW);
+                                      `dontunmap`: MREMAP_DONTUNMAP, the old range stays
               mprotect ADDR LEN PROT  PROT is none, r or rw
               guard ADDR LEN          madvise(MADV_GUARD_INSTALL) (6.13+)
               unguard ADDR LEN        madvise(MADV_GUARD_REMOVE)

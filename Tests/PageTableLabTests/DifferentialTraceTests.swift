@@ -175,7 +175,8 @@ final class DifferentialTraceTests: XCTestCase {
         }
 
         /// A move of part of one piece onto free space: aligned to 2 MiB or
-        /// 1 GiB, equally misaligned, or anywhere.
+        /// 1 GiB, equally misaligned, or anywhere; one in four with
+        /// MREMAP_DONTUNMAP, the source left mapped.
         mutating func mremap() -> [String]? {
             guard let (i, a, l) = subrange() else { return nil }
             let p = pieces[i]
@@ -186,14 +187,15 @@ final class DifferentialTraceTests: XCTestCase {
             default: break
             }
             guard free(new, l), new + l <= a || a + l <= new else { return nil }
-            _ = cut(a, l)
+            let dontUnmap = chance(25)
+            if !dontUnmap { _ = cut(a, l) }
             for g in unguard(a, l) { guards.append(g.lowerBound - a + new..<g.upperBound - a + new) }
             var moved = p
             moved.start = new
             moved.length = l
             if p.shared { moved.misalign = (p.misalign &+ new &- a) & ((2 << 20) - 1) }
             pieces.append(moved)
-            return ["mremap \(Self.hex(a)) \(Self.hex(l)) \(Self.hex(new))"]
+            return ["mremap \(Self.hex(a)) \(Self.hex(l)) \(Self.hex(new))" + (dontUnmap ? " dontunmap" : "")]
         }
 
         mutating func trace(ops: Int) -> String {

@@ -10,6 +10,24 @@ final class MremapTests: XCTestCase {
         return profile
     }()
 
+    /// MREMAP_DONTUNMAP of a whole VMA: the source VMA stays, its entries
+    /// and its anon_vma gone (unlink_anon_vmas), and faults afresh; the
+    /// data is at the destination.
+    func testDontUnmapLeavesTheSourceMappedAndEmpty() throws {
+        try withLab(profile: Self.smallPages) { allocator in
+            let mm = try MM(allocator: allocator, profile: Self.smallPages)
+            defer { mm.exit() }
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            try mm.mremap(from: tib, length: 2 * mib, to: tib + gib, dontUnmap: true)
+            XCTAssertEqual(mm.vmas.map(\.start), [tib, tib + gib])
+            XCTAssertEqual(mm.vmas.first?.anonVMA, 0, "the source keeps its anon_vma")
+            XCTAssertNil(mm.findPTETable(tib), "the PTE table moved whole")
+            try mm.touch(address: tib, length: 4096)
+            XCTAssertNotNil(mm.findPTETable(tib))
+        }
+    }
+
     /// A move that cannot allocate a table on the way fails with ENOMEM and
     /// leaves the old mapping as it was: copy_vma_and_data moves back what
     /// move_page_tables had moved and unmaps the new range instead. Going

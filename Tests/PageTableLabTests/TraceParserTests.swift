@@ -240,6 +240,14 @@ final class TraceParserTests: XCTestCase {
         }
     }
 
+    func testMremapTakesDontunmap() throws {
+        let trace = try parse("mmap 0x10000000000 2M\nmremap 0x10000000000 2M 0x10040000000 dontunmap\ntouch 0x10000000000 4K 4K\ntouch 0x10040000000 4K 4K")
+        XCTAssertEqual(trace.steps[1].op, .mremap(old: base, length: 2 << 20, new: base + (1 << 30), dontUnmap: true))
+        assertError("mmap 0x10000000000 2M\nmremap 0x10000000000 2M 0x10040000000 keep", line: 2, "may only be 'dontunmap'")
+        // Without it the old range is gone.
+        assertError("mmap 0x10000000000 2M\nmremap 0x10000000000 2M 0x10040000000\ntouch 0x10000000000 4K 4K", line: 3, "has not mapped")
+    }
+
     // MARK: - guard regions and profiles
 
     func testGuardOpsAndTheProfilesLine() throws {

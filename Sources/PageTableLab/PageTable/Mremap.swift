@@ -24,12 +24,18 @@ internal import CSupport
 /// nothing is mapped below either (try_realign_addr), so that whole tables
 /// move.
 ///
+/// With `dontUnmap` (MREMAP_DONTUNMAP, 5.7; every mapping since 5.13) the
+/// old range stays mapped, its VMA kept: the entries are gone from it, and
+/// the PTE tables they moved out of stay, empty, where entries moved one by
+/// one (a table that moved whole is gone). A fault there maps afresh. A
+/// source VMA moved whole loses its anon_vma (unlink_anon_vmas).
+///
 /// A table the move cannot allocate stops it (ENOMEM). As
 /// copy_vma_and_data does, the entries already moved then go back to the
 /// old range, and the new range is unmapped instead: the old mapping is
 /// left as it was, short of a move back that runs out of memory as well.
 extension MM {
-    public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws(MMError) {
+    public func mremap(from old: UInt64, length: UInt64, to new: UInt64, dontUnmap: Bool = false) throws(MMError) {
         try validate("mremap", old, length)
         try validate("mremap", new, length)
         guard old + length <= new || new + length <= old else {
@@ -64,7 +70,8 @@ extension MM {
             let forward = movePageTables(vma: vma, from: old, to: new, length: length,
                                          needRmapLocks: merged && landed.pgoff <= vma.pgoff)
             guard let failure = forward.failure else {
-                unmapLocked(old, old + length)
+                guard dontUnmap else { return unmapLocked(old, old + length) }
+                if vma.start == old && vma.end == old + length { vmaTree.withLock { $0.unlinkAnonVMA(at: old) } }
                 return
             }
             // The kernel does not check the move back ("which will succeed

@@ -173,6 +173,13 @@ struct VMATree {
     /// anon_vma (a MAP_SHARED mapping of a file never gets one).
     /// The VMA at `address`, its anon_vma prepared first if it needs one:
     /// what a write fault looks up, in one search.
+    /// unlink_anon_vmas: the VMA at `address` has no anon_vma any more (the
+    /// next fault prepares a new one). No split, no merge.
+    mutating func unlinkAnonVMA(at address: UInt64) {
+        guard let i = vmas.firstIndex(where: { $0.contains(address) }) else { return }
+        vmas[i].anonVMA = 0
+    }
+
     mutating func prepareAnonAndFind(_ address: UInt64) -> VMA? {
         guard let i = vmas.firstIndex(where: { $0.contains(address) }) else { return nil }
         if vmas[i].isAnonymous && vmas[i].anonVMA == 0 {

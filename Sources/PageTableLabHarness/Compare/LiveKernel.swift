@@ -146,12 +146,22 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     }
 
     public func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws {
+        try mremap(old, length, new, dontUnmap: false)
+    }
+
+    /// MREMAP_DONTUNMAP (5.7; every mapping since 5.13).
+    public func mremapDontUnmap(from old: UInt64, length: UInt64, to new: UInt64) throws {
+        try mremap(old, length, new, dontUnmap: true)
+    }
+
+    private func mremap(_ old: UInt64, _ length: UInt64, _ new: UInt64, dontUnmap: Bool) throws {
+        let name = dontUnmap ? "mremap(MREMAP_DONTUNMAP)" : "mremap"
         let most = Self.tableKilobytes(old..<old + length) + Self.tableKilobytes(new..<new + length)
-        try quiet("mremap", address: old, length: length, allowed: -most...most) {
+        try quiet(name, address: old, length: length, allowed: -most...most) {
             let result = ptlab_mremap_fixed(UnsafeMutableRawPointer(bitPattern: UInt(old)), Int(length),
-                                            UnsafeMutableRawPointer(bitPattern: UInt(new)))
+                                            UnsafeMutableRawPointer(bitPattern: UInt(new)), dontUnmap ? 1 : 0)
             guard result != UnsafeMutableRawPointer(bitPattern: -1) else {
-                throw LiveKernelError.syscall("mremap", address: old, length: length, errno: errno)
+                throw LiveKernelError.syscall(name, address: old, length: length, errno: errno)
             }
         }
     }

@@ -85,6 +85,9 @@ public final class ModelTarget: TraceTarget, TraceSettling {
     public func mprotect(address: UInt64, length: UInt64, protection: Protection) throws {
         try mm.mprotect(address: address, length: length, protection: protection)
     }
+    public func mremapDontUnmap(from old: UInt64, length: UInt64, to new: UInt64) throws {
+        try mm.mremap(from: old, length: length, to: new, dontUnmap: true)
+    }
     public func madviseGuardInstall(address: UInt64, length: UInt64) throws {
         try mm.madviseGuardInstall(address: address, length: length)
     }

@@ -63,8 +63,9 @@ public enum TraceOp: Equatable, Sendable {
     case hugepage(address: UInt64, length: UInt64)
     /// madvise(MADV_COLLAPSE).
     case collapse(address: UInt64, length: UInt64)
-    /// mremap(old, length, length, MREMAP_MAYMOVE|MREMAP_FIXED, new).
-    case mremap(old: UInt64, length: UInt64, new: UInt64)
+    /// mremap(old, length, length, MREMAP_MAYMOVE|MREMAP_FIXED, new), with
+    /// `dontUnmap` also MREMAP_DONTUNMAP: the old range stays mapped.
+    case mremap(old: UInt64, length: UInt64, new: UInt64, dontUnmap: Bool = false)
     case mprotect(address: UInt64, length: UInt64, protection: Protection)
     /// madvise(MADV_GUARD_INSTALL) (6.13+).
     case guardInstall(address: UInt64, length: UInt64)
@@ -78,7 +79,7 @@ public enum TraceOp: Equatable, Sendable {
     public var extent: (address: UInt64, length: UInt64)? {
         switch self {
         case .mmap(let a, let l, _), .touch(let a, let l, _), .dontneed(let a, let l), .munmap(let a, let l),
-             .hugepage(let a, let l), .collapse(let a, let l), .mremap(let a, let l, _), .mprotect(let a, let l, _),
+             .hugepage(let a, let l), .collapse(let a, let l), .mremap(let a, let l, _, _), .mprotect(let a, let l, _),
              .guardInstall(let a, let l), .guardRemove(let a, let l):
             (a, l)
         case .expect:
@@ -94,7 +95,7 @@ public enum TraceOp: Equatable, Sendable {
 
     /// Every range the op touches: mremap's source and destination.
     public var ranges: [Range<UInt64>] {
-        if case .mremap(let old, let l, let new) = self { return [old..<old + l, new..<new + l] }
+        if case .mremap(let old, let l, let new, _) = self { return [old..<old + l, new..<new + l] }
         return range.map { [$0] } ?? []
     }
 

@@ -111,8 +111,11 @@ public struct TraceMappings: Equatable, Sendable {
         case .munmap(let a, let l):
             unmap(a..<a + l)
             unguard(a..<a + l)
-        case .mremap(let old, let l, let new):
-            for var piece in unmap(old..<old + l) {
+        case .mremap(let old, let l, let new, let dontUnmap):
+            // MREMAP_DONTUNMAP leaves the old range mapped, empty; its
+            // guard markers move with the rest of the entries.
+            let moving = dontUnmap ? pieces(in: old..<old + l) : unmap(old..<old + l)
+            for var piece in moving {
                 piece.range = piece.range.lowerBound - old + new..<piece.range.upperBound - old + new
                 insert(piece)
             }

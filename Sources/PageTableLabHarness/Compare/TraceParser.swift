@@ -14,7 +14,9 @@ import Foundation
 /// munmap ADDR LEN
 /// hugepage ADDR LEN        madvise(MADV_HUGEPAGE)
 /// collapse ADDR LEN        madvise(MADV_COLLAPSE)
-/// mremap OLD LEN NEW       mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW)
+/// mremap OLD LEN NEW [dontunmap]
+///                          mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW),
+///                          with `dontunmap` also MREMAP_DONTUNMAP
 /// mprotect ADDR LEN PROT   PROT is none, r or rw
 /// guard ADDR LEN           madvise(MADV_GUARD_INSTALL) (6.13+)
 /// unguard ADDR LEN         madvise(MADV_GUARD_REMOVE)
@@ -143,8 +145,17 @@ private struct LineParser {
             let n = try numbers(arguments, names: ["ADDR", "LEN"], verb: verb)
             return .collapse(address: n[0], length: n[1])
         case "mremap":
-            let n = try numbers(arguments, names: ["OLD", "LEN", "NEW"], verb: verb)
-            return .mremap(old: n[0], length: n[1], new: n[2])
+            var words = arguments
+            var dontUnmap = false
+            if words.count == 4 {
+                guard words[3] == "dontunmap" else {
+                    throw error("mremap's fourth word may only be 'dontunmap', got \(Self.quoted(words[3]))")
+                }
+                dontUnmap = true
+                words.removeLast()
+            }
+            let n = try numbers(words, names: ["OLD", "LEN", "NEW"], verb: verb, optional: "[dontunmap]")
+            return .mremap(old: n[0], length: n[1], new: n[2], dontUnmap: dontUnmap)
         case "mprotect":
             guard arguments.count == 3 else {
                 throw error("mprotect takes 3 arguments (ADDR LEN PROT), got \(arguments.count)")

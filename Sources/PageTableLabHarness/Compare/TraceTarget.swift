@@ -15,8 +15,11 @@ public protocol TraceTarget: AnyObject {
     func madviseCollapse(address: UInt64, length: UInt64) throws
     func mremap(from old: UInt64, length: UInt64, to new: UInt64) throws
     func mprotect(address: UInt64, length: UInt64, protection: Protection) throws
+    /// mremap with MREMAP_DONTUNMAP: the old range stays mapped, empty.
+    func mremapDontUnmap(from old: UInt64, length: UInt64, to new: UInt64) throws
     /// madvise(MADV_GUARD_INSTALL) and madvise(MADV_GUARD_REMOVE). A
-    /// target written before guard regions has them refuse by default.
+    /// target written before these (and MREMAP_DONTUNMAP) has them refuse
+    /// by default.
     func madviseGuardInstall(address: UInt64, length: UInt64) throws
     func madviseGuardRemove(address: UInt64, length: UInt64) throws
     /// VmPTE in kB now.
@@ -30,6 +33,10 @@ public protocol TraceTarget: AnyObject {
 }
 
 extension TraceTarget {
+    public func mremapDontUnmap(from old: UInt64, length: UInt64, to new: UInt64) throws {
+        throw UnsupportedTraceOp(op: "mremap dontunmap", target: name)
+    }
+
     public func madviseGuardInstall(address: UInt64, length: UInt64) throws {
         throw UnsupportedTraceOp(op: "guard", target: name)
     }
@@ -50,7 +57,8 @@ extension TraceTarget {
         case .munmap(let a, let l): try munmap(address: a, length: l)
         case .hugepage(let a, let l): try madviseHugepage(address: a, length: l)
         case .collapse(let a, let l): try madviseCollapse(address: a, length: l)
-        case .mremap(let old, let l, let new): try mremap(from: old, length: l, to: new)
+        case .mremap(let old, let l, let new, false): try mremap(from: old, length: l, to: new)
+        case .mremap(let old, let l, let new, true): try mremapDontUnmap(from: old, length: l, to: new)
         case .mprotect(let a, let l, let p): try mprotect(address: a, length: l, protection: p)
         case .guardInstall(let a, let l): try madviseGuardInstall(address: a, length: l)
         case .guardRemove(let a, let l): try madviseGuardRemove(address: a, length: l)

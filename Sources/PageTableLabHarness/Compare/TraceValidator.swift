@@ -50,7 +50,7 @@ struct TraceValidator {
             }
         case .dontneed, .hugepage, .mprotect:
             try requireMapped(range, step)
-        case .mremap(let old, let length, let new):
+        case .mremap(let old, let length, let new, _):
             try requireMapped(range, step)
             let target = try checkedRange(step, address: new, length: length, what: "NEW")
             if target.overlaps(range) {

@@ -16,9 +16,10 @@
 extern "C" {
 #endif
 
-/* mremap(@old_address, @length, @length, MREMAP_MAYMOVE|MREMAP_FIXED,
- * @new_address): MAP_FAILED and errno on failure. */
-void *ptlab_mremap_fixed(void *old_address, size_t length, void *new_address);
+/* mremap(@old_address, @length, @length, MREMAP_MAYMOVE|MREMAP_FIXED, and
+ * with @dontunmap MREMAP_DONTUNMAP, @new_address): MAP_FAILED and errno on
+ * failure. */
+void *ptlab_mremap_fixed(void *old_address, size_t length, void *new_address, int dontunmap);
 /* A memfd (shmem file) of @size bytes, close-on-exec: its fd, or -1 and errno. */
 int ptlab_memfd(size_t size);
 /* Bytes of [@start, @end) mapped by huge PMDs (PAGEMAP_SCAN's PAGE_IS_HUGE
