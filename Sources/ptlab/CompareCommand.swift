@@ -39,7 +39,7 @@ struct CompareCommand: ParsableCommand {
             Addresses and lengths are 4 KiB multiples, at or above 4 GiB and inside 47-bit \
             user space; every op but mmap and munmap must stay inside memory the trace \
             mapped, touch only where it is mapped rw and not guarded, collapse no guard \
-            region, guard only private memory, and mremap's NEW may overlap neither \
+            region, and mremap's NEW may overlap neither \
             its source nor other mappings. The kernel side runs in this process \
             (MAP_FIXED_NOREPLACE, MADV_NOHUGEPAGE) and refuses a trace that uses a 512 GiB \
             region already holding other mappings of the process. What a trace leaves mapped \

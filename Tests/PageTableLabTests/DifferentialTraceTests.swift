@@ -26,8 +26,9 @@ final class DifferentialTraceTests: XCTestCase {
         }
 
         var rng: SplitMix64
-        /// Whether the kernel has guard regions (6.13+; the traces then say
-        /// `profiles 6.14+`), and where the trace has put them.
+        /// Whether the kernel has guard regions (6.13+, file mappings too
+        /// 6.15+; the traces then say `profiles 6.14+`), and where the
+        /// trace has put them.
         var guardRegions = false
         var pieces: [Piece] = []
         var guards: [Range<UInt64>] = []
@@ -104,9 +105,9 @@ final class DifferentialTraceTests: XCTestCase {
             return taken
         }
 
-        /// MADV_GUARD_INSTALL or _REMOVE on part of one private mapping.
+        /// MADV_GUARD_INSTALL or _REMOVE on part of one mapping.
         mutating func guardOp() -> [String]? {
-            guard let (_, a, l) = subrange(where: { !$0.shared }) else { return nil }
+            guard let (_, a, l) = subrange() else { return nil }
             _ = unguard(a, l)
             if chance(70) {
                 guards.append(a..<a + l)

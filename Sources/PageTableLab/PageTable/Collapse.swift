@@ -47,6 +47,10 @@ extension MM {
         /// maps a page that is not the huge folio's, or went meanwhile; or
         /// the PMD was filled again before the huge PMD could go in.
         case fail
+        /// A PTE there is not present: a guard marker in the table
+        /// collapse_pte_mapped_thp would retract (SCAN_PTE_NON_PRESENT,
+        /// which madvise_collapse goes on past).
+        case pteNonPresent
         /// A guard marker in the PTE table: the scan counts it as a swap
         /// entry, and the swap-in faults SIGSEGV on it (SCAN_FAIL, which
         /// ends the call, up to 6.18). 6.19 stops at the scan instead
@@ -86,6 +90,7 @@ extension MM {
             case .vmaCheck: "the mapping cannot hold a huge PMD there (SCAN_VMA_CHECK)"
             case .fail: "a page table there maps pages other than the huge page's, or came back (SCAN_FAIL)"
             case .guardMarker: "a guard marker there, which the swap-in faults on (SCAN_FAIL)"
+            case .pteNonPresent: "a guard marker in the page table there (SCAN_PTE_NON_PRESENT)"
             }
         }
     }
@@ -307,7 +312,10 @@ extension MM {
     func retractPageTables(_ file: ShmemFile, _ base: UInt64) {
         let exclusive = profile.collapseFree.takesMMapWriteLock
         rmapLock.withReadLock {
-            for vma in fileRmap(file) where base >= vma.pgoff {
+            // A VMA with an anon_vma is left alone: here, one with guard
+            // markers (Guard.swift), whose table the retract would free
+            // with them.
+            for vma in fileRmap(file) where base >= vma.pgoff && vma.anonVMA == 0 {
                 let at = vma.start &+ (base - vma.pgoff) << 12
                 guard vma.contains(at), vma.suitsHugePMD(at: at), rmap.withLock({ $0.contains(at) }) else { continue }
                 guard exclusive else {
@@ -334,26 +342,30 @@ extension MM {
     /// (The kernel checks under the PTE lock alone first, then again as it
     /// clears under both; here both locks are held throughout.)
     @discardableResult
-    private func retract(_ at: UInt64, mapping folio: Page? = nil) -> Bool {
-        guard let (pmdTable, slot) = findPMD(at) else { return false }
+    private func retract(_ at: UInt64, mapping folio: Page? = nil) -> Retract {
+        guard let (pmdTable, slot) = findPMD(at) else { return .kept }
         lockPTL(pmdTable)
         let pmd = Entry(rawValue: ptlab_pte_read(slot))
         guard pmd.isPresent, !pmd.isHugeLeaf, let d = allocator.descriptor(pfn: pmd.pfn) else {
             ptlab_ptl_unlock(pmdTable.desc)
-            return false
+            return .kept
         }
         let table = Page(d)
         lockPTL(table)
         if let folio {
             let ptes = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
-            let foreign = (0..<512).contains { i in
+            // The first entry that is neither none nor the folio's page at
+            // its index decides, as the kernel's scan meets it.
+            let stop = (0..<512).lazy.map { i -> Retract? in
                 let e = Entry(rawValue: ptlab_pte_read(ptes + i))
-                return !e.isNone && !(e.isMapped && e.pfn == UInt64(folio.pfn) + UInt64(i))
-            }
-            if foreign {
+                if e.isNone { return nil }
+                if !e.isMapped { return .nonPresent }
+                return e.pfn == UInt64(folio.pfn) + UInt64(i) ? nil : .kept
+            }.first { $0 != nil }
+            if let stop {
                 ptlab_ptl_unlock(table.desc)
                 ptlab_ptl_unlock(pmdTable.desc)
-                return false
+                return stop!
             }
             for i in 0..<512 { removeRmap(Entry(rawValue: ptlab_pte_xchg(ptes + i, 0))) }
         }
@@ -365,7 +377,16 @@ extension MM {
         ptlab_ptl_unlock(pmdTable.desc)
         accountTable(.pte, -1)
         profile.collapseFree.free(table, mm: self)
-        return true
+        return .retracted
+    }
+
+    /// What `retract` did.
+    private enum Retract {
+        case retracted
+        /// The table stays: no table there, or one mapping other pages.
+        case kept
+        /// The table stays: an entry in it is not present (a guard marker).
+        case nonPresent
     }
 
     /// collapse_pte_mapped_thp with install_pmd: the huge folio now in the
@@ -402,7 +423,13 @@ extension MM {
         // find_pmd_or_thp_or_none again, now that the folio is had.
         let now = Entry(rawValue: ptlab_pte_read(slot))
         if now.isHugeLeaf { return .pmdMapped }
-        if !now.isNone, !retract(at, mapping: folio.page) { return .fail }
+        if !now.isNone {
+            switch retract(at, mapping: folio.page) {
+            case .retracted: break
+            case .kept: return .fail
+            case .nonPresent: return .pteNonPresent
+            }
+        }
         raceWindow(.collapseBeforeInstall, at)
         // set_huge_pmd: do_set_pmd maps the folio only where the PMD is
         // still none under the PMD lock, and fails otherwise (SCAN_FAIL,

@@ -12,11 +12,13 @@ internal import CSupport
 // with the other entries; mprotect leaves them; a collapse of anonymous
 // memory refuses a table that holds one.
 //
-// The model keeps them to private anonymous memory, as 6.13 and 6.14 did.
-// 6.15 allows file mappings too; the shmem retract leaves such a VMA's
-// tables alone, since installing gave it an anon_vma (until 6.19, which
-// marks it VM_MAYBE_GUARD instead and has file_backed_vma_is_retractable
-// check that).
+// 6.15 allows them in file mappings too (shmem here; MMProfile's
+// guardFileMappings, off for 6.13 and 6.14). Installing gives the VMA an
+// anon_vma whatever it maps (6.13-6.18: "the range is no longer empty from
+// a page table perspective"), and that is what keeps the shmem retract, a
+// pte_free_defer caller, off a table with markers: retract_page_tables
+// skips a VMA with an anon_vma. 6.19 marks the VMA VM_MAYBE_GUARD instead,
+// and file_backed_vma_is_retractable checks that.
 
 extension MM {
     /// madvise(MADV_GUARD_INSTALL) over [address, address + length): under
@@ -31,7 +33,7 @@ extension MM {
         try checkGuardCall(address, length)
         while true {
             let outcome = try onEachGuardVMA(address, length) { vma throws(MMError) -> Bool in
-                _ = vmaTree.withLock { $0.prepareAnonAndFind(vma.start) }
+                vmaTree.withLock { $0.prepareAnonVMA(at: vma.start) }
                 for _ in 0..<3 {
                     if try installGuards(vma.start, vma.end) { return true }
                     // zap_page_range_single(..., NULL): what is in the way
@@ -75,8 +77,8 @@ extension MM {
         return try mmapLock.withReadLock { () throws(MMError) -> Result<Void, MMError>? in
             let tree = vmaTree.withLock { $0 }
             for vma in tree.clipped(address, end) {
-                guard vma.isAnonymous else {
-                    throw .guardRefused(address: vma.start, why: "the model keeps guard regions to private anonymous memory (6.13 and 6.14 refuse file mappings)")
+                guard vma.isAnonymous || profile.guardFileMappings else {
+                    throw .guardRefused(address: vma.start, why: "this profile's kernel keeps guard regions to anonymous memory (6.13 and 6.14; file mappings 6.15+)")
                 }
                 guard try body(vma) else { return nil }
             }

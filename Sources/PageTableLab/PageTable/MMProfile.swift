@@ -79,6 +79,9 @@ public struct MMProfile: Sendable {
     public var faultsIgnoreUnstable = false
     /// MADV_GUARD_INSTALL and MADV_GUARD_REMOVE (6.13+).
     public var guardRegions = true
+    /// Guard regions in file mappings too (6.15+), shmem here; 6.13 and
+    /// 6.14 refuse them (EINVAL).
+    public var guardFileMappings = true
 
     public init() {}
 

@@ -180,6 +180,14 @@ struct VMATree {
         vmas[i].anonVMA = 0
     }
 
+    /// anon_vma_prepare for the VMA at `address`, whatever it maps:
+    /// MADV_GUARD_INSTALL asks it of file VMAs too (6.13-6.18).
+    mutating func prepareAnonVMA(at address: UInt64) {
+        guard let i = vmas.firstIndex(where: { $0.contains(address) }), vmas[i].anonVMA == 0 else { return }
+        vmas[i].anonVMA = nextAnonVMA
+        nextAnonVMA += 1
+    }
+
     mutating func prepareAnonAndFind(_ address: UInt64) -> VMA? {
         guard let i = vmas.firstIndex(where: { $0.contains(address) }) else { return nil }
         if vmas[i].isAnonymous && vmas[i].anonVMA == 0 {

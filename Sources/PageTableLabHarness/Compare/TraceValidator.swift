@@ -45,9 +45,6 @@ struct TraceValidator {
             guard profiles == [.ptReclaim] else {
                 throw error(step, "\(step.op.name) needs `profiles \(CompareProfile.ptReclaim.rawValue)` before it: guard regions came in 6.13, and the \(CompareProfile.prePTReclaim.rawValue) profile stands for Debian's 6.1")
             }
-            if let piece = mappings.pieces(in: range).first(where: \.shared) {
-                throw error(step, "\(step.op.name) \(range.traceDescription) reaches shared memory at \(piece.range.traceDescription): the model keeps guard regions to private anonymous memory (as 6.13 and 6.14 do)")
-            }
         case .dontneed, .hugepage, .mprotect:
             try requireMapped(range, step)
         case .mremap(let old, let length, let new, _):
