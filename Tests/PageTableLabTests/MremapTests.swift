@@ -28,6 +28,19 @@ final class MremapTests: XCTestCase {
         }
     }
 
+    /// MREMAP_DONTUNMAP of part of a VMA: the VMA keeps its anon_vma
+    /// (move_vma unlinks it only when the whole VMA moved).
+    func testDontUnmapOfPartOfAVMAKeepsItsAnonVMA() throws {
+        try withLab(profile: Self.smallPages) { allocator in
+            let mm = try MM(allocator: allocator, profile: Self.smallPages)
+            defer { mm.exit() }
+            try mm.mmap(address: tib, length: 4 * mib)
+            try mm.touch(address: tib, length: 4 * mib, stride: 64 << 10)
+            try mm.mremap(from: tib, length: 2 * mib, to: tib + gib, dontUnmap: true)
+            XCTAssertNotEqual(mm.vmas.first { $0.start == tib }?.anonVMA, 0)
+        }
+    }
+
     /// A move that cannot allocate a table on the way fails with ENOMEM and
     /// leaves the old mapping as it was: copy_vma_and_data moves back what
     /// move_page_tables had moved and unmaps the new range instead. Going

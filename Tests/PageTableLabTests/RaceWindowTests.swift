@@ -333,7 +333,7 @@ final class RaceWindowTests: XCTestCase {
             let file = try XCTUnwrap(mm.vmas.first?.file)
             let retract = RacingChange(mm, in: .mremapBeforeMovePTEs) { address in
                 XCTAssertEqual(address, copy)
-                mm.retractPageTables(file, 0)
+                mm.retractPageTables(file, 0, target: (mm, copy))
                 XCTAssertNil(mm.findPTETable(copy), "the retract took the new table")
                 try RCU.barrier()
             }

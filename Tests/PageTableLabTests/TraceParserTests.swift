@@ -244,6 +244,10 @@ final class TraceParserTests: XCTestCase {
         let trace = try parse("mmap 0x10000000000 2M\nmremap 0x10000000000 2M 0x10040000000 dontunmap\ntouch 0x10000000000 4K 4K\ntouch 0x10040000000 4K 4K")
         XCTAssertEqual(trace.steps[1].op, .mremap(old: base, length: 2 << 20, new: base + (1 << 30), dontUnmap: true))
         assertError("mmap 0x10000000000 2M\nmremap 0x10000000000 2M 0x10040000000 keep", line: 2, "may only be 'dontunmap'")
+        // The copy beside its source is a VMA of its own: a move across both
+        // is refused (EFAULT before 6.17, which the model follows).
+        assertError("mmap 0x10000000000 2M\nmremap 0x10000000000 2M 0x10000200000 dontunmap\nmremap 0x10000000000 4M 0x10040000000",
+                    line: 3, "spans mappings made at lines 1 and 2")
         // Without it the old range is gone.
         assertError("mmap 0x10000000000 2M\nmremap 0x10000000000 2M 0x10040000000\ntouch 0x10000000000 4K 4K", line: 3, "has not mapped")
     }

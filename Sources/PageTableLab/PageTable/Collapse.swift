@@ -268,7 +268,7 @@ extension MM {
                 for mm in file.mappingMMs { mm.unmapFilePages(file, base) }
                 file.copy(old, into: huge)
                 raceWindow(.collapseFileBeforeRetract, at)
-                for mm in file.mappingMMs { mm.retractPageTables(file, base) }
+                for mm in file.mappingMMs { mm.retractPageTables(file, base, target: (self, at)) }
                 file.unlock(huge)
                 for page in old.values { PageTables.release(page, allocator: allocator) }
             }
@@ -308,8 +308,12 @@ extension MM {
     /// mmap write lock, since the huge folio's lock is held and a fault
     /// holding the mmap lock may be waiting for it; where another holds
     /// the lock the table stays (the kernel queues it for khugepaged,
-    /// khugepaged_add_pte_mapped_thp, which the lab does not run).
-    func retractPageTables(_ file: ShmemFile, _ base: UInt64) {
+    /// khugepaged_add_pte_mapped_thp, which the lab does not run). Before
+    /// 6.5 MADV_COLLAPSE retracts only its `target` mapping, the mm and
+    /// address it collapses at ("it's not MADV_COLLAPSE's job to collapse
+    /// other mappings - let khugepaged take care of them later"); since 6.5
+    /// every mapping's table goes.
+    func retractPageTables(_ file: ShmemFile, _ base: UInt64, target: (mm: MM, at: UInt64)) {
         let exclusive = profile.collapseFree.takesMMapWriteLock
         rmapLock.withReadLock {
             // A VMA with an anon_vma is left alone: here, one with guard
@@ -322,6 +326,7 @@ extension MM {
                     retract(at)
                     continue
                 }
+                guard target.mm === self && target.at == at else { continue }
                 guard tryWriteLock(vmasOf: at..<at + Self.pmdSize) else { continue }
                 retract(at)
                 writeUnlock()

@@ -169,10 +169,6 @@ struct VMATree {
         return i
     }
 
-    /// anon_prepare: the first fault in an anonymous VMA gives it an
-    /// anon_vma (a MAP_SHARED mapping of a file never gets one).
-    /// The VMA at `address`, its anon_vma prepared first if it needs one:
-    /// what a write fault looks up, in one search.
     /// unlink_anon_vmas: the VMA at `address` has no anon_vma any more (the
     /// next fault prepares a new one). No split, no merge.
     mutating func unlinkAnonVMA(at address: UInt64) {
@@ -188,6 +184,10 @@ struct VMATree {
         nextAnonVMA += 1
     }
 
+    /// anon_prepare: the first fault in an anonymous VMA gives it an
+    /// anon_vma (a MAP_SHARED mapping of a file gets one only from
+    /// MADV_GUARD_INSTALL). The VMA at `address`, its anon_vma prepared
+    /// first if it needs one: what a write fault looks up, in one search.
     mutating func prepareAnonAndFind(_ address: UInt64) -> VMA? {
         guard let i = vmas.firstIndex(where: { $0.contains(address) }) else { return nil }
         if vmas[i].isAnonymous && vmas[i].anonVMA == 0 {

@@ -21,6 +21,11 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     /// Whether the trace about to run can map huge pages, so that an op
     /// must watch for THP fallbacks (set by `preflight`).
     private var watchesTHP = true
+    /// A trace with MREMAP_DONTUNMAP can map one memfd twice, and a
+    /// collapse of shared memory then retracts the PTE tables of every
+    /// mapping of the file: the most it may free is the trace's whole
+    /// reach, not the collapsed range's (nil: that range's).
+    private var collapseReach: [Range<UInt64>]?
     public private(set) var lastOpChangeKilobytes = 0
     /// Whether ops are bracketed by VmPTE readings (and THP counters): off,
     /// an op is its system calls alone, for timing what the kernel itself
@@ -133,7 +138,7 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     /// (ENOMEM), a busy page (EAGAIN), a charge that failed (EBUSY): the
     /// model cannot be held to that, so the rest is not comparable.
     public func madviseCollapse(address: UInt64, length: UInt64) throws {
-        let most = Self.tableKilobytes(address..<address + length, levels: [.pte])
+        let most = (collapseReach ?? [address..<address + length]).reduce(0) { $0 + Self.tableKilobytes($1, levels: [.pte]) }
         try quiet("madvise(MADV_COLLAPSE)", address: address, length: length, allowed: -most...0) {
             guard madvise(UnsafeMutableRawPointer(bitPattern: UInt(address)), Int(length), Self.madvCollapse) == 0 else {
                 let e = errno
@@ -262,6 +267,8 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
     public func preflight(_ trace: Trace) throws(TraceError) {
         try ProcessMaps.current().checkRegionsFree(for: trace)
         watchesTHP = trace.usesTHP
+        let mapsFilesTwice = trace.steps.contains { if case .mremap(_, _, _, true) = $0.op { true } else { false } }
+        collapseReach = mapsFilesTwice ? trace.steps.flatMap(\.op.ranges) : nil
     }
 
     /// Huge PMDs in `regions`: AnonHugePages and ShmemPmdMapped of the

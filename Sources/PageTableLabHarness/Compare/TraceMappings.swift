@@ -7,7 +7,8 @@ import PageTableLab
 public struct TraceMappings: Equatable, Sendable {
     public struct Piece: Equatable, Sendable {
         public var range: Range<UInt64>
-        /// Line of the `mmap` that created it.
+        /// Line of the `mmap` that created it, or of the `mremap` that put
+        /// it where it is: pieces of different lines may be different VMAs.
         public var line: Int
         public var shared: Bool
         public var protection: Protection
@@ -117,6 +118,7 @@ public struct TraceMappings: Equatable, Sendable {
             let moving = dontUnmap ? pieces(in: old..<old + l) : unmap(old..<old + l)
             for var piece in moving {
                 piece.range = piece.range.lowerBound - old + new..<piece.range.upperBound - old + new
+                piece.line = step.line
                 insert(piece)
             }
             for g in unguard(old..<old + l) { guardRange(g.lowerBound - old + new..<g.upperBound - old + new) }

@@ -56,9 +56,14 @@ struct TraceValidator {
             if let piece = mappings.overlap(with: target) {
                 throw error(step, "mremap's NEW \(target.traceDescription) overlaps memory the trace mapped at line \(piece.line) (\(piece.range.traceDescription)); MREMAP_FIXED would unmap it")
             }
-            let kinds = Set(mappings.pieces(in: old..<old + length).map { "\($0.shared) \($0.protection.rawValue)" })
+            let pieces = mappings.pieces(in: old..<old + length)
+            let kinds = Set(pieces.map { "\($0.shared) \($0.protection.rawValue)" })
             if kinds.count > 1 {
-                throw error(step, "mremap's source \(range.traceDescription) spans mappings of different kinds or protections, which are separate VMAs (EFAULT)")
+                throw error(step, "mremap's source \(range.traceDescription) spans mappings of different kinds or protections, which are separate VMAs (EFAULT before 6.17, which moves each; the model moves one)")
+            }
+            let lines = Set(pieces.map(\.line)).sorted()
+            if lines.count > 1 {
+                throw error(step, "mremap's source \(range.traceDescription) spans mappings made at lines \(lines.map(String.init).joined(separator: " and ")), which may be separate VMAs (EFAULT before 6.17, which moves each; the model moves one)")
             }
         case .munmap, .expect:
             break
