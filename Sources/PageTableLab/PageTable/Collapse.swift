@@ -361,16 +361,12 @@ extension MM {
             let ptes = allocator.address(of: table).assumingMemoryBound(to: UInt64.self)
             // The first entry that is neither none nor the folio's page at
             // its index decides, as the kernel's scan meets it.
-            let stop = (0..<512).lazy.map { i -> Retract? in
+            for i in 0..<512 {
                 let e = Entry(rawValue: ptlab_pte_read(ptes + i))
-                if e.isNone { return nil }
-                if !e.isMapped { return .nonPresent }
-                return e.pfn == UInt64(folio.pfn) + UInt64(i) ? nil : .kept
-            }.first { $0 != nil }
-            if let stop {
+                guard !e.isNone, !(e.isMapped && e.pfn == UInt64(folio.pfn) + UInt64(i)) else { continue }
                 ptlab_ptl_unlock(table.desc)
                 ptlab_ptl_unlock(pmdTable.desc)
-                return stop!
+                return e.isMapped ? .kept : .nonPresent
             }
             for i in 0..<512 { removeRmap(Entry(rawValue: ptlab_pte_xchg(ptes + i, 0))) }
         }

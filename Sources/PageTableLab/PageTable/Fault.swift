@@ -172,22 +172,16 @@ extension MM {
             }
             return outcome
         }
+        // The page this fault allocated goes back unless it was mapped.
+        if case .installed? = outcome {} else if owned { PageTables.release(data, allocator: allocator) }
         switch outcome {
         case .installed(let page)?:
             if owned && afterReap { refaultsAfterReap.add(1, ordering: .relaxed) }
             return page
-        case .present(let page)?:
-            if owned { PageTables.release(data, allocator: allocator) }
-            return page
-        case .unstable?:
-            PageTables.release(data, allocator: allocator)
-            throw .unstableAddressSpace(address: address)
-        case .guardMarker?:
-            if owned { PageTables.release(data, allocator: allocator) }
-            throw .guardRegion(address: address)
-        case nil:
-            if owned { PageTables.release(data, allocator: allocator) }
-            return nil
+        case .present(let page)?: return page
+        case .unstable?: throw .unstableAddressSpace(address: address)
+        case .guardMarker?: throw .guardRegion(address: address)
+        case nil: return nil
         }
     }
 

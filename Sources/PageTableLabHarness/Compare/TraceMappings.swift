@@ -36,13 +36,7 @@ public struct TraceMappings: Equatable, Sendable {
     @discardableResult
     private mutating func unguard(_ range: Range<UInt64>) -> [Range<UInt64>] {
         let taken = guards.filter { $0.overlaps(range) }.map { $0.clamped(to: range) }
-        guards = guards.flatMap { g -> [Range<UInt64>] in
-            guard g.overlaps(range) else { return [g] }
-            var rest: [Range<UInt64>] = []
-            if g.lowerBound < range.lowerBound { rest.append(g.lowerBound..<range.lowerBound) }
-            if range.upperBound < g.upperBound { rest.append(range.upperBound..<g.upperBound) }
-            return rest
-        }
+        guards = guards.flatMap { $0.removing(range) }
         return taken
     }
 
@@ -86,20 +80,12 @@ public struct TraceMappings: Equatable, Sendable {
     @discardableResult
     public mutating func unmap(_ range: Range<UInt64>) -> [Piece] {
         let taken = pieces(in: range)
-        pieces = pieces.flatMap { piece -> [Piece] in
-            guard piece.range.overlaps(range) else { return [piece] }
-            var rest: [Piece] = []
-            if piece.range.lowerBound < range.lowerBound {
-                var low = piece
-                low.range = piece.range.lowerBound..<range.lowerBound
-                rest.append(low)
+        pieces = pieces.flatMap { piece in
+            piece.range.removing(range).map { rest in
+                var p = piece
+                p.range = rest
+                return p
             }
-            if range.upperBound < piece.range.upperBound {
-                var high = piece
-                high.range = range.upperBound..<piece.range.upperBound
-                rest.append(high)
-            }
-            return rest
         }
         return taken
     }
@@ -131,5 +117,17 @@ public struct TraceMappings: Equatable, Sendable {
         case .guardRemove(let a, let l): unguard(a..<a + l)
         case .touch, .dontneed, .hugepage, .collapse, .expect: break
         }
+    }
+}
+
+extension Range<UInt64> {
+    /// What is left of this range outside `cut`: itself, one side, both
+    /// sides, or nothing.
+    func removing(_ cut: Range<UInt64>) -> [Range<UInt64>] {
+        guard overlaps(cut) else { return [self] }
+        var rest: [Range<UInt64>] = []
+        if lowerBound < cut.lowerBound { rest.append(lowerBound..<cut.lowerBound) }
+        if cut.upperBound < upperBound { rest.append(cut.upperBound..<upperBound) }
+        return rest
     }
 }

@@ -153,28 +153,7 @@ public struct OOMReapStress {
         if besideThreads {
             mm.exit()
         } else {
-            // The threads are dead: the reaper (process_mrelease, say) and
-            // exit_mmap start together, each on a CPU of its own (on one
-            // CPU the scheduler runs one to its end before the other
-            // begins): the reaper a step ahead, a step behind, or once exit
-            // has unmapped, when it meets exit's write lock or MMF_OOM_SKIP.
-            let start = rng.next() % 3
-            let started = Atomic<Bool>(false)
-            let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
-            let reaper = RCUThread(cpu: cpus.count >= 2 ? cpus[1] : nil) {
-                started.store(true, ordering: .relaxed)
-                switch start {
-                case 0: break
-                case 1: while !mm.hasExited { sched_yield() }
-                default: while !(mm.hasExited && mm.vmas.isEmpty) { sched_yield() }
-                }
-                tally.count(Self.reap(mm, life: life))
-            }
-            if cpus.count >= 2 { pinCurrentThread(toCPU: cpus[0]) }
-            while !started.load(ordering: .relaxed) { sched_yield() }
-            mm.exit()
-            if cpus.count >= 2 { unpinCurrentThread() }
-            reaper.join()
+            Self.exitBesideAReaper(mm, start: rng.next() % 3, life: life, tally: tally)
         }
         tally.ops.add(life.ops.load(ordering: .relaxed), ordering: .relaxed)
         tally.refaults.add(mm.refaultsAfterReap.load(ordering: .relaxed), ordering: .relaxed)
@@ -182,6 +161,30 @@ public struct OOMReapStress {
         if mm.pgtablesBytes != 0 { tally.tablesLeftAfterExit.add(1, ordering: .relaxed) }
         if let error = life.failure.withLock({ $0 }) { throw error }
         return counters
+    }
+
+    /// The threads are dead: the reaper (process_mrelease, say) and
+    /// exit_mmap start together, each on a CPU of its own (on one CPU the
+    /// scheduler runs one to its end before the other begins). The reaper
+    /// goes a step ahead (`start` 0), a step behind (1), or once exit has
+    /// unmapped (2), when it meets exit's write lock or MMF_OOM_SKIP.
+    private static func exitBesideAReaper(_ mm: MM, start: UInt64, life: Life, tally: ReapTally) {
+        let started = Atomic<Bool>(false)
+        let cpus = NUMATopology.current.nodes.flatMap(\.cpus)
+        let reaper = RCUThread(cpu: cpus.count >= 2 ? cpus[1] : nil) {
+            started.store(true, ordering: .relaxed)
+            switch start {
+            case 0: break
+            case 1: while !mm.hasExited { sched_yield() }
+            default: while !(mm.hasExited && mm.vmas.isEmpty) { sched_yield() }
+            }
+            tally.count(Self.reap(mm, life: life))
+        }
+        if cpus.count >= 2 { pinCurrentThread(toCPU: cpus[0]) }
+        while !started.load(ordering: .relaxed) { sched_yield() }
+        mm.exit()
+        if cpus.count >= 2 { unpinCurrentThread() }
+        reaper.join()
     }
 
     /// How one process's reap went. `besideExit`: exit_mmap began before
