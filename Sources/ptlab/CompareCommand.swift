@@ -24,7 +24,11 @@ struct CompareCommand: ParsableCommand {
               collapse ADDR LEN       madvise(MADV_COLLAPSE)
               mremap OLD LEN NEW [dontunmap]
                                       mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW);
-                                      `dontunmap`: MREMAP_DONTUNMAP, the old range stays
+                                      `dontunmap`: MREMAP_DONTUNMAP, the old range stays;
+                                      OLD..OLD+LEN lies in one mapping, or with
+                                      `profiles 6.14+` starts in one (6.17+ moves each
+                                      VMA of the range, gaps kept; older kernels: EFAULT,
+                                      NOT COMPARABLE)
               mprotect ADDR LEN PROT  PROT is none, r or rw
               guard ADDR LEN          madvise(MADV_GUARD_INSTALL) (6.13+)
               unguard ADDR LEN        madvise(MADV_GUARD_REMOVE)
@@ -33,7 +37,8 @@ struct CompareCommand: ParsableCommand {
                                       KB (an extension): the growth expected,
                                       PROFILE=KB: the growth for one profile
               profiles PROFILE ...    before the first op: the trace is for these
-                                      profiles only (guard needs `profiles 6.14+`);
+                                      profiles only (guard, and an mremap across
+                                      mappings, need `profiles 6.14+`);
                                       a comparison under another profile SKIPS it
 
             Addresses and lengths are 4 KiB multiples, at or above 4 GiB and inside 47-bit \

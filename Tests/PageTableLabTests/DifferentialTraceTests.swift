@@ -11,7 +11,8 @@ final class DifferentialTraceTests: XCTestCase {
     /// VM_HUGEPAGE, and for shared memory where its file offsets fall) so
     /// that every op is one the kernel accepts: touches stay in rw memory,
     /// collapses only where a huge PMD can go and pages are present, moves
-    /// only within one mapping and onto free space.
+    /// onto free space, and from inside one mapping (and, on 6.17+, on
+    /// across others).
     struct Generator {
         struct Piece {
             var start: UInt64
@@ -30,6 +31,9 @@ final class DifferentialTraceTests: XCTestCase {
         /// 6.15+; the traces then say `profiles 6.14+`), and where the
         /// trace has put them.
         var guardRegions = false
+        /// Whether one mremap moves several VMAs (6.17+: the traces then
+        /// say `profiles 6.14+`, whose model does).
+        var movesSeveralVMAs = false
         var pieces: [Piece] = []
         var guards: [Range<UInt64>] = []
         let regions: [UInt64] = [0x100_0000_0000, 0x180_0000_0000]
@@ -177,30 +181,33 @@ final class DifferentialTraceTests: XCTestCase {
 
         /// A move of part of one piece onto free space: aligned to 2 MiB or
         /// 1 GiB, equally misaligned, or anywhere; one in four with
-        /// MREMAP_DONTUNMAP, the source left mapped.
+        /// MREMAP_DONTUNMAP, the source left mapped. Where the kernel moves
+        /// several VMAs (6.17+, `profiles 6.14+`), one in four runs on from
+        /// inside its piece across whatever follows, pieces and gaps alike.
         mutating func mremap() -> [String]? {
-            guard let (i, a, l) = subrange() else { return nil }
-            let p = pieces[i]
+            guard let (_, a, within) = subrange() else { return nil }
+            let l = movesSeveralVMAs && chance(25) ? length() : within
             var new = address()
             switch rng.next() % 3 {
             case 0: new = new & ~((2 << 20) - 1) | a & ((2 << 20) - 1)
             case 1: new &= ~((1 << 30) - 1)
             default: break
             }
-            guard free(new, l), new + l <= a || a + l <= new else { return nil }
+            guard a + l <= TraceAddressSpace.end, free(new, l), new + l <= a || a + l <= new else { return nil }
             let dontUnmap = chance(25)
-            if !dontUnmap { _ = cut(a, l) }
+            let moving = cut(a, l)
+            if dontUnmap { pieces += moving }
             for g in unguard(a, l) { guards.append(g.lowerBound - a + new..<g.upperBound - a + new) }
-            var moved = p
-            moved.start = new
-            moved.length = l
-            if p.shared { moved.misalign = (p.misalign &+ new &- a) & ((2 << 20) - 1) }
-            pieces.append(moved)
+            for var moved in moving {
+                moved.start = moved.start - a + new
+                if moved.shared { moved.misalign = (moved.misalign &+ new &- a) & ((2 << 20) - 1) }
+                pieces.append(moved)
+            }
             return ["mremap \(Self.hex(a)) \(Self.hex(l)) \(Self.hex(new))" + (dontUnmap ? " dontunmap" : "")]
         }
 
         mutating func trace(ops: Int) -> String {
-            var lines: [String] = guardRegions ? ["profiles \(CompareProfile.ptReclaim.rawValue)"] : []
+            var lines: [String] = guardRegions || movesSeveralVMAs ? ["profiles \(CompareProfile.ptReclaim.rawValue)"] : []
             var count = 0
             while count < ops {
                 guard let step = op() else { continue }
@@ -237,7 +244,8 @@ final class DifferentialTraceTests: XCTestCase {
         // kernel's passes and one after, not two a trace.
         for batch in stride(from: first, through: last, by: 50).map({ $0...min($0 + 49, last) }) {
             let texts = batch.map { seed in
-                var generator = Generator(rng: SplitMix64(seed: seed), guardRegions: profile == .ptReclaim)
+                var generator = Generator(rng: SplitMix64(seed: seed), guardRegions: profile == .ptReclaim,
+                                          movesSeveralVMAs: profile == .ptReclaim)
                 return generator.trace(ops: 30)
             }
             let traces = try zip(batch, texts).map { seed, text in try TraceParser.parse(text, file: "random-\(seed).trace") }

@@ -41,6 +41,85 @@ final class MremapTests: XCTestCase {
         }
     }
 
+    /// 6.17+: a range of several VMAs moves VMA by VMA, gaps kept. Each
+    /// VMA's MREMAP_FIXED unmaps only where it lands: what lay in a gap's
+    /// place at NEW stays, what lay under a VMA's goes.
+    func testSeveralVMAsMoveEachGapsKept() throws {
+        try withLab(profile: Self.smallPages) { allocator in
+            let mm = try MM(allocator: allocator, profile: Self.smallPages)
+            defer { mm.exit() }
+            let new = tib + gib
+            try severalVMAs(mm)
+            try mm.mmap(address: new, length: 4 * mib)
+            try mm.touch(address: new, length: 4 * mib, stride: 128 << 10)
+            try mm.mprotect(address: new + 2 * mib, length: mib, protection: .r)
+            try mm.mremap(from: tib, length: 4 * mib, to: new)
+            XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] },
+                           [[new, new + mib], [new + mib, new + 2 * mib], [new + 2 * mib, new + 3 * mib], [new + 3 * mib, new + 4 * mib]])
+            XCTAssertEqual(mm.vmas.map(\.flags), [Protection.rw.flags, Protection.r.flags, Protection.r.flags, Protection.rw.flags],
+                           "each VMA moved as itself, and the mapping in the gap's place stayed")
+            XCTAssertEqual(presentPTEs(mm, new, 2 * mib), 32, "the first two VMAs' pages, and nothing of what was under them")
+            XCTAssertEqual(presentPTEs(mm, new + 2 * mib, mib), 8, "the gap's place keeps its pages")
+            XCTAssertEqual(presentPTEs(mm, new + 3 * mib, mib), 16)
+            XCTAssertNil(mm.findPTETable(tib), "every old table freed once the last VMA had gone")
+        }
+    }
+
+    /// Before 6.17 the same move is EFAULT, and nothing moves; on any
+    /// kernel a hole at OLD is.
+    func testSeveralVMAsAreEFAULTBefore617AndAHoleAtTheStartAlways() throws {
+        var pre617 = Self.smallPages
+        pre617.mremapMovesVMAs = false
+        for (profile, start) in [(pre617, tib), (Self.smallPages, tib + 2 * mib)] {
+            try withLab(profile: profile) { allocator in
+                let mm = try MM(allocator: allocator, profile: profile)
+                defer { mm.exit() }
+                try severalVMAs(mm)
+                let before = mm.vmas
+                XCTAssertThrowsError(try mm.mremap(from: start, length: 2 * mib, to: tib + gib)) {
+                    XCTAssertEqual($0 as? MMError, .moveAcrossVMAs(address: start, length: 2 * mib))
+                }
+                XCTAssertEqual(mm.vmas, before)
+                XCTAssertEqual(presentPTEs(mm, tib, 4 * mib), 48)
+            }
+        }
+    }
+
+    /// A VMA whose move runs out of memory stops the mremap there: the
+    /// VMAs before it stay moved (remap_move returns the error, and keeps
+    /// them), it and those after it stay where they were.
+    func testAFailedVMAMoveKeepsTheVMAsMovedBeforeIt() throws {
+        try withLab(profile: Self.smallPages, budgetPages: 4096) { allocator in
+            let mm = try MM(allocator: allocator, profile: Self.smallPages)
+            try mm.mmap(address: tib, length: 4 * mib)
+            try mm.touch(address: tib, length: 4 * mib, stride: 64 << 10)
+            try mm.mprotect(address: tib + 2 * mib, length: 2 * mib, protection: .r)
+            // The first VMA lands below a 1 GiB boundary and its table moves
+            // whole into a new PMD table; the second lands above it and
+            // needs a PMD table of its own, which is one too many.
+            let new = tib + 64 * gib - 2 * mib
+            let held = try exhaust(allocator, leaving: 1)
+            XCTAssertThrowsError(try mm.mremap(from: tib, length: 4 * mib, to: new)) { error in
+                guard case MMError.outOfMemory = error else { return XCTFail("\(error)") }
+            }
+            XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] }, [[tib + 2 * mib, tib + 4 * mib], [new, new + 2 * mib]])
+            XCTAssertEqual(presentPTEs(mm, new, 2 * mib), 32)
+            XCTAssertEqual(presentPTEs(mm, tib + 2 * mib, 2 * mib), 32)
+            for page in held { try allocator.free(page) }
+            XCTAssertEqual(mm.exit(), 0)
+        }
+    }
+
+    /// [tib, tib + 4 MiB): read-write, read-only, a gap, read-write, 1 MiB
+    /// each, 16 pages touched in each VMA.
+    private func severalVMAs(_ mm: MM) throws {
+        try mm.mmap(address: tib, length: 2 * mib)
+        try mm.mmap(address: tib + 3 * mib, length: mib)
+        try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+        try mm.touch(address: tib + 3 * mib, length: mib, stride: 64 << 10)
+        try mm.mprotect(address: tib + mib, length: mib, protection: .r)
+    }
+
     /// A move that cannot allocate a table on the way fails with ENOMEM and
     /// leaves the old mapping as it was: copy_vma_and_data moves back what
     /// move_page_tables had moved and unmaps the new range instead. Going

@@ -174,7 +174,13 @@ final class TraceParserTests: XCTestCase {
         assertError(mapped + "mprotect 0x10000000000 1M r\nmremap 0x10000000000 2M 0x10040000000", line: 3,
                     "spans mappings of different kinds or protections")
         assertError("mmap 0x10000000000 4M shared\nmmap 0x10000400000 4M\nmremap 0x10000000000 8M 0x10040000000", line: 3,
-                    "spans mappings of different kinds")
+                    "spans mappings of different kinds or protections, which are separate VMAs: EFAULT before 6.17")
+        // 6.17+ moves each VMA, gaps kept: a 6.14+ trace may, as long as
+        // OLD itself is mapped.
+        let several = "profiles 6.14+\nmmap 0x10000000000 1M shared\nmmap 0x10000100000 1M\nmmap 0x10000300000 1M\n"
+        XCTAssertNoThrow(try parse(several + "mremap 0x10000000000 8M 0x10040000000\ntouch 0x10040000000 2M 4K\ntouch 0x10040300000 1M 4K"))
+        assertError(several + "mremap 0x10000000000 8M 0x10040000000\ntouch 0x10040200000 4K 4K", line: 6, "not mapped")
+        assertError(several + "mremap 0x10000200000 2M 0x10040000000", line: 5, "mremap's OLD 0x10000200000 is not mapped (EFAULT)")
         // What moved is where the trace may touch next, not where it was.
         assertError(mapped + "mremap 0x10000000000 2M 0x10040000000\ntouch 0x10000000000 4K 4K", line: 3, "not mapped")
         XCTAssertNoThrow(try parse(mapped + "mremap 0x10000000000 2M 0x10040000000\ntouch 0x10040000000 2M 4K"))

@@ -24,7 +24,8 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
     case accessDenied(address: UInt64)
     /// mremap's source and destination overlap (EINVAL).
     case overlappingMove(from: UInt64, to: UInt64, length: UInt64)
-    /// mremap's source is not inside one VMA (EFAULT).
+    /// mremap's source does not start in a VMA, or (before 6.17) is not
+    /// inside one (EFAULT).
     case moveAcrossVMAs(address: UInt64, length: UInt64)
     /// MADV_COLLAPSE refused (its errno: EINVAL, ENOMEM, EAGAIN, EBUSY).
     case collapseRefused(address: UInt64, errno: CollapseErrno, why: String)
@@ -57,7 +58,7 @@ public enum MMError: Error, Equatable, CustomStringConvertible {
         case .overlappingMove(let f, let t, let l):
             "mremap from 0x\(String(f, radix: 16)) to 0x\(String(t, radix: 16)) of 0x\(String(l, radix: 16)) bytes: the ranges overlap (EINVAL)"
         case .moveAcrossVMAs(let a, let l):
-            "mremap of 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) does not lie inside one mapping (EFAULT)"
+            "mremap of 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) does not start in a mapping, or spans more than one on a kernel before 6.17 (EFAULT)"
         case .collapseRefused(let a, let e, let why):
             "MADV_COLLAPSE at 0x\(String(a, radix: 16)) refused (\(e.rawValue)): \(why)"
         case .outOfMemory(let e): if case .outOfMemory = e { "\(e)" } else { "page allocation failed: \(e)" }

@@ -40,6 +40,10 @@ public struct MMProfile: Sendable {
     /// below it (move_page_tables' try_realign_addr, 6.7+), so that whole
     /// PTE tables move instead of their entries.
     public var mremapRealign = true
+    /// A MREMAP_FIXED move that does not resize moves every VMA of its
+    /// range, gaps kept (remap_move, 6.17+); before, a range spanning more
+    /// than one VMA is EFAULT.
+    public var mremapMovesVMAs = true
     /// __GFP_ZERO's clear_page when an anonymous fault allocates its page.
     /// Nothing in the model reads a data page back, but the clearing is
     /// part of the window between the fault's PMD read and its ptlock that
@@ -104,7 +108,7 @@ public struct MMProfile: Sendable {
     }
 
     /// The kernel this machine runs (6.18: PT_RECLAIM from 6.14, per-VMA
-    /// MADV_DONTNEED from 6.17).
+    /// MADV_DONTNEED and mremap of several VMAs from 6.17).
     public static let v6_14 = MMProfile()
 
     /// A kernel without PT_RECLAIM, where the dtor runs at unlink and a
@@ -119,6 +123,7 @@ public struct MMProfile: Sendable {
         p.tableFree = .rcu(fallback: .ipiSync)
         p.collapseFree = .syncIPI
         p.mremapRealign = false
+        p.mremapMovesVMAs = false
         p.perVMALock = false
         p.madviseVMALock = false
         p.guardRegions = false

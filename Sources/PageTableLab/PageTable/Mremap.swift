@@ -34,6 +34,19 @@ internal import CSupport
 /// copy_vma_and_data does, the entries already moved then go back to the
 /// old range, and the new range is unmapped instead: the old mapping is
 /// left as it was, short of a move back that runs out of memory as well.
+///
+/// Up to 6.16 the old range must lie inside one VMA (EFAULT). 6.17 moves
+/// every VMA of the range (remap_move, for a MREMAP_FIXED move that does
+/// not resize, which is the only mremap the lab makes): one after another
+/// under the one mmap write lock, each as a move of its own, so each one's
+/// old range goes through free_pgtables with the VMAs not yet moved still
+/// standing beside it. Gaps between them are kept, and MREMAP_FIXED unmaps
+/// only what each VMA lands on, so what lay in a gap's place at NEW stays.
+/// A hole at OLD itself is EFAULT; one at the end is left behind. A move
+/// that fails leaves the VMAs before it moved (the kernel keeps them, and
+/// so does the lab). The kernel also refuses (EFAULT) to go on past a VMA
+/// with a userfaultfd context or an unusual get_unmapped_area; the lab
+/// has neither.
 extension MM {
     public func mremap(from old: UInt64, length: UInt64, to new: UInt64, dontUnmap: Bool = false) throws(MMError) {
         try validate("mremap", old, length)
@@ -42,49 +55,61 @@ extension MM {
             throw .overlappingMove(from: old, to: new, length: length)
         }
         try withWriteLock(vmasOf: [old..<old + length, new..<new + length], merging: .backedAs(old..<old + length)) { () throws(MMError) in
-            guard let vma = vmaTree.withLock({ $0.find(old) }), vma.end >= old + length else {
+            let pieces = vmaTree.withLock { $0.clipped(old, old + length) }.map { $0.start..<$0.end }
+            guard let first = pieces.first, first.lowerBound == old,
+                  profile.mremapMovesVMAs || first.upperBound == old + length else {
                 throw .moveAcrossVMAs(address: old, length: length)
             }
-            // MREMAP_FIXED: whatever is at NEW goes first.
-            unmapLocked(new, new + length)
-            // copy_vma: an anonymous VMA never faulted takes its new address
-            // as pgoff, so it can merge where it lands.
-            var moved = vma.slice(old, old + length)
-            moved.start = new
-            moved.end = new + length
-            if moved.isAnonymous && moved.anonVMA == 0 { moved.pgoff = new >> 12 }
-            // vma_link, under the rmap lock as i_mmap_lock_write: a walk
-            // finds the copy in its place in rmap order, or not at all.
-            let landed = rmapLock.withWriteLock {
-                rmap.withLock { $0.link(new..<new + length) }
-                return vmaTree.withLock { tree in
-                    tree.insert(moved)
-                    return tree.find(new)!
-                }
+            for piece in pieces {
+                try moveVMA(from: piece.lowerBound, length: piece.upperBound - piece.lowerBound, to: new + (piece.lowerBound - old),
+                            dontUnmap: dontUnmap)
             }
-            if let file = moved.file { file.mapped(by: self) }
-            // copy_vma's need_rmap_locks: a copy merged into a neighbour
-            // that starts at or below the source's page may come before
-            // the source in rmap order; a copy of its own comes after it.
-            let merged = landed.start != new || landed.end != new + length
-            let forward = movePageTables(vma: vma, from: old, to: new, length: length,
-                                         needRmapLocks: merged && landed.pgoff <= vma.pgoff)
-            guard let failure = forward.failure else {
-                guard dontUnmap else { return unmapLocked(old, old + length) }
-                if vma.start == old && vma.end == old + length { vmaTree.withLock { $0.unlinkAnonVMA(at: old) } }
-                return
-            }
-            // The kernel does not check the move back ("which will succeed
-            // since page tables still there"), though it can need a table:
-            // where an extent of the new range took entries from the end
-            // of one old table, the old range's next PMD may have had none,
-            // and pte_alloc must make one. If that fails too, the entries
-            // it could not move back go with the new range, as they would
-            // in the kernel (MremapTests).
-            _ = movePageTables(vma: landed, from: new, to: old, length: forward.moved, needRmapLocks: true)
-            unmapLocked(new, new + length)
-            throw failure
         }
+    }
+
+    /// mremap_to for the part of one VMA at [old, old + length), the
+    /// write locks held.
+    private func moveVMA(from old: UInt64, length: UInt64, to new: UInt64, dontUnmap: Bool) throws(MMError) {
+        guard let vma = vmaTree.withLock({ $0.find(old) }) else { throw .moveAcrossVMAs(address: old, length: length) }
+        // MREMAP_FIXED: whatever is at NEW goes first.
+        unmapLocked(new, new + length)
+        // copy_vma: an anonymous VMA never faulted takes its new address
+        // as pgoff, so it can merge where it lands.
+        var moved = vma.slice(old, old + length)
+        moved.start = new
+        moved.end = new + length
+        if moved.isAnonymous && moved.anonVMA == 0 { moved.pgoff = new >> 12 }
+        // vma_link, under the rmap lock as i_mmap_lock_write: a walk
+        // finds the copy in its place in rmap order, or not at all.
+        let landed = rmapLock.withWriteLock {
+            rmap.withLock { $0.link(new..<new + length) }
+            return vmaTree.withLock { tree in
+                tree.insert(moved)
+                return tree.find(new)!
+            }
+        }
+        if let file = moved.file { file.mapped(by: self) }
+        // copy_vma's need_rmap_locks: a copy merged into a neighbour
+        // that starts at or below the source's page may come before
+        // the source in rmap order; a copy of its own comes after it.
+        let merged = landed.start != new || landed.end != new + length
+        let forward = movePageTables(vma: vma, from: old, to: new, length: length,
+                                     needRmapLocks: merged && landed.pgoff <= vma.pgoff)
+        guard let failure = forward.failure else {
+            guard dontUnmap else { return unmapLocked(old, old + length) }
+            if vma.start == old && vma.end == old + length { vmaTree.withLock { $0.unlinkAnonVMA(at: old) } }
+            return
+        }
+        // The kernel does not check the move back ("which will succeed
+        // since page tables still there"), though it can need a table:
+        // where an extent of the new range took entries from the end
+        // of one old table, the old range's next PMD may have had none,
+        // and pte_alloc must make one. If that fails too, the entries
+        // it could not move back go with the new range, as they would
+        // in the kernel (MremapTests).
+        _ = movePageTables(vma: landed, from: new, to: old, length: forward.moved, needRmapLocks: true)
+        unmapLocked(new, new + length)
+        throw failure
     }
 
     /// move_page_tables. The rmap lock (take_rmap_locks) is taken for each

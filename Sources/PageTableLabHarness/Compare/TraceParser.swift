@@ -16,13 +16,16 @@ import Foundation
 /// collapse ADDR LEN        madvise(MADV_COLLAPSE)
 /// mremap OLD LEN NEW [dontunmap]
 ///                          mremap(OLD, LEN, LEN, MREMAP_MAYMOVE|MREMAP_FIXED, NEW),
-///                          with `dontunmap` also MREMAP_DONTUNMAP
+///                          with `dontunmap` also MREMAP_DONTUNMAP; OLD..OLD+LEN
+///                          lies in one mapping, or (`profiles 6.14+`, as 6.17+
+///                          moves each VMA, gaps kept) starts in one
 /// mprotect ADDR LEN PROT   PROT is none, r or rw
 /// guard ADDR LEN           madvise(MADV_GUARD_INSTALL) (6.13+)
 /// unguard ADDR LEN         madvise(MADV_GUARD_REMOVE)
 /// profiles PROFILE ...     before the first op: the trace is for these
 ///                          profiles only, and a comparison under another
-///                          skips it (guard needs `profiles 6.14+`)
+///                          skips it (guard, and an mremap of several
+///                          mappings, need `profiles 6.14+`)
 /// expect [KB] [PROFILE=KB ...]
 ///                          compare VmPTE growth since the trace began; the
 ///                          optional KB (an extension) is the growth the

@@ -48,7 +48,6 @@ struct TraceValidator {
         case .dontneed, .hugepage, .mprotect:
             try requireMapped(range, step)
         case .mremap(let old, let length, let new, _):
-            try requireMapped(range, step)
             let target = try checkedRange(step, address: new, length: length, what: "NEW")
             if target.overlaps(range) {
                 throw error(step, "mremap's NEW \(target.traceDescription) overlaps its source \(range.traceDescription) (EINVAL)")
@@ -56,14 +55,24 @@ struct TraceValidator {
             if let piece = mappings.overlap(with: target) {
                 throw error(step, "mremap's NEW \(target.traceDescription) overlaps memory the trace mapped at line \(piece.line) (\(piece.range.traceDescription)); MREMAP_FIXED would unmap it")
             }
+            guard profiles != [.ptReclaim] else {
+                // 6.17+ moves every VMA of the range, gaps kept; only OLD
+                // itself must be mapped.
+                if mappings.firstHole(in: old..<old + TraceAddressSpace.pageSize) != nil {
+                    throw error(step, "mremap's OLD \(old.traceHex) is not mapped (EFAULT)")
+                }
+                break
+            }
+            try requireMapped(range, step)
             let pieces = mappings.pieces(in: old..<old + length)
             let kinds = Set(pieces.map { "\($0.shared) \($0.protection.rawValue)" })
+            let several = "\(Self.severalVMAs) `profiles \(CompareProfile.ptReclaim.rawValue)`, whose model moves each, as 6.17+ does"
             if kinds.count > 1 {
-                throw error(step, "mremap's source \(range.traceDescription) spans mappings of different kinds or protections, which are separate VMAs (EFAULT before 6.17, which moves each; the model moves one)")
+                throw error(step, "mremap's source \(range.traceDescription) spans mappings of different kinds or protections, which are separate VMAs: \(several)")
             }
             let lines = Set(pieces.map(\.line)).sorted()
             if lines.count > 1 {
-                throw error(step, "mremap's source \(range.traceDescription) spans mappings made at lines \(lines.map(String.init).joined(separator: " and ")), which may be separate VMAs (EFAULT before 6.17, which moves each; the model moves one)")
+                throw error(step, "mremap's source \(range.traceDescription) spans mappings made at lines \(lines.map(String.init).joined(separator: " and ")), which may be separate VMAs: \(several)")
             }
         case .munmap, .expect:
             break
@@ -93,6 +102,9 @@ struct TraceValidator {
         }
         return address..<end
     }
+
+    /// Why a move of several VMAs needs the 6.14+ profile.
+    private static let severalVMAs = "EFAULT before 6.17, and the pre-6.14 profile stands for Debian's 6.1; moving several VMAs needs"
 
     private func requireMapped(_ range: Range<UInt64>, _ step: TraceStep) throws(TraceError) {
         if let hole = mappings.firstHole(in: range) {
