@@ -33,10 +33,16 @@ final class CLIContractTests: XCTestCase {
     }
 
     /// `usageError`: the run is refused before it starts (no JSON).
-    private func run(_ arguments: [String], usageError: Bool = false) throws -> Run {
+    /// `launcher`: a program (and its arguments) that runs ptlab.
+    private func run(_ arguments: [String], usageError: Bool = false, launcher: [String] = []) throws -> Run {
         let process = Process()
-        process.executableURL = try ptlab()
-        process.arguments = arguments
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = launcher.dropFirst() + [try ptlab().path] + arguments
+        } else {
+            process.executableURL = try ptlab()
+            process.arguments = arguments
+        }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err
@@ -63,6 +69,16 @@ final class CLIContractTests: XCTestCase {
         "updaters", "walker_contexts", "tlb_flush", "vmpte_bytes", "table_bytes_held", "thp", "thp_events", "vma_locks",
     ]
     static let detectionKeys = ["walks", "mapped", "not_mapped", "retries", "poison_seen"] + Detector.allCases.map(\.rawValue)
+
+    /// Run under `taskset -c 0`, the lab sees only CPU 0 in its nodes: the
+    /// stress runs pin threads to those CPUs, and one the process may not
+    /// use would leave the thread unpinned (inside a cpuset, silently).
+    func testTheTopologyHoldsOnlyTheCPUsTheProcessMayUse() throws {
+        let r = try run(["info", "--json"], launcher: ["/usr/bin/taskset", "-c", "0"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let nodes = try XCTUnwrap((r.json["topology"] as? [String: Any])?["nodes"] as? [[String: Any]])
+        XCTAssertEqual(nodes.flatMap { $0["cpus"] as? [Int] ?? [] }, [0])
+    }
 
     func testStressJSONKeysOfASafeRun() throws {
         let r = try run(["stress", "unmap", "--mode", "rcu-table-free", "--duration", "0.3", "--json"])

@@ -20,9 +20,12 @@ extern "C" {
 
 /* sched_getcpu(). */
 int ptlab_current_cpu(void);
-/* Pin the calling thread to @cpu; 0 on success, else an errno. */
+/* Whether the process may run on @cpu (its affinity when it started). */
+int ptlab_cpu_allowed(int cpu);
+/* Pin the calling thread to @cpu; 0 on success, else an errno (EINVAL for
+ * a CPU the process may not use). */
 int ptlab_pin_to_cpu(int cpu);
-/* Let the calling thread run on any CPU again. */
+/* Let the calling thread run on the process's CPUs again. */
 int ptlab_unpin(void);
 /* Whether @node is in libnuma's numa_all_nodes_ptr (libnuma). */
 int ptlab_numa_node_allowed(int node);

@@ -10,6 +10,9 @@ import Synchronization
 public struct NUMATopology: Sendable, Equatable, Codable {
     public struct Node: Sendable, Equatable, Codable {
         public let id: Int
+        /// The node's CPUs this process may run on (its affinity when it
+        /// started: taskset, a cpuset), so that pinning a thread to one
+        /// cannot fail.
         public let cpus: [Int]
         public let sizeBytes: Int64
     }
@@ -60,7 +63,7 @@ public struct NUMATopology: Sendable, Equatable, Codable {
     static func probe() -> NUMATopology {
         guard numa_available() >= 0 else {
             warnNoNUMAOnce()
-            let cpus = Array(0..<Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+            let cpus = (0..<Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))).filter { ptlab_cpu_allowed(Int32($0)) != 0 }
             return NUMATopology(available: false, nodes: [Node(id: 0, cpus: cpus, sizeBytes: 0)], distances: [[10]])
         }
         var nodes: [Node] = []
@@ -71,7 +74,8 @@ public struct NUMATopology: Sendable, Equatable, Codable {
             defer { numa_free_cpumask(mask) }
             var cpus: [Int] = []
             if numa_node_to_cpus(Int32(id), mask) == 0 {
-                for cpu in 0..<Int(numa_num_configured_cpus()) where numa_bitmask_isbitset(mask, UInt32(cpu)) != 0 {
+                for cpu in 0..<Int(numa_num_configured_cpus())
+                where numa_bitmask_isbitset(mask, UInt32(cpu)) != 0 && ptlab_cpu_allowed(Int32(cpu)) != 0 {
                     cpus.append(cpu)
                 }
             }

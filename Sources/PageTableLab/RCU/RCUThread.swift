@@ -95,7 +95,7 @@ public func pinCurrentThread(toCPU cpu: Int) -> Bool {
     ptlab_pin_to_cpu(Int32(cpu)) == 0
 }
 
-/// Undo pinCurrentThread: any CPU again.
+/// Undo pinCurrentThread: the CPUs the process started with again.
 public func unpinCurrentThread() {
     ptlab_unpin()
 }
