@@ -27,8 +27,8 @@ struct CompareCommand: ParsableCommand {
                                       `dontunmap`: MREMAP_DONTUNMAP, the old range stays;
                                       OLD..OLD+LEN lies in one mapping, or with
                                       `profiles 6.14+` starts in one (6.17+ moves each
-                                      VMA of the range, gaps kept; older kernels: EFAULT,
-                                      NOT COMPARABLE)
+                                      VMA of the range, gaps kept; a comparison for an
+                                      older kernel SKIPS such a trace)
               mprotect ADDR LEN PROT  PROT is none, r or rw
               guard ADDR LEN          madvise(MADV_GUARD_INSTALL) (6.13+)
               unguard ADDR LEN        madvise(MADV_GUARD_REMOVE)
@@ -43,7 +43,8 @@ struct CompareCommand: ParsableCommand {
 
             Addresses and lengths are 4 KiB multiples, at or above 4 GiB and inside 47-bit \
             user space; every op but mmap and munmap must stay inside memory the trace \
-            mapped, touch only where it is mapped rw and not guarded, collapse no guard \
+            mapped (but an mremap in a 6.14+ trace, whose OLD alone must be), touch only \
+            where it is mapped rw and not guarded, collapse no guard \
             region, and mremap's NEW may overlap neither \
             its source nor other mappings. The kernel side runs in this process \
             (MAP_FIXED_NOREPLACE, MADV_NOHUGEPAGE) and refuses a trace that uses a 512 GiB \
@@ -82,6 +83,12 @@ struct CompareCommand: ParsableCommand {
     @Option(help: "Kernel behaviour the model follows: 6.14+ (PT_RECLAIM) or pre-6.14. Default: the running kernel's.")
     var profile: CompareProfile?
 
+    @Option(name: .customLong("model-kernel"),
+            help: ArgumentHelp("The kernel release (MAJOR.MINOR) whose mm the model follows, beside --profile's PT_RECLAIM.",
+                               discussion: "Each behaviour the model knows switches at the release that brought it: per-VMA fault locks 6.4, the shmem retract through pte_free_defer for every mapping 6.5 (before, MADV_COLLAPSE retracts only its own mapping's table), mremap's realignment 6.7, guard regions 6.13 (shmem 6.15), the table dtor at free 6.14, per-VMA MADV_DONTNEED and mremap of several VMAs 6.17. Default: the running kernel's release when the live kernel is compared; with --model-only, the profile's own (6.18 for 6.14+, Debian's 6.1 for pre-6.14).",
+                               valueName: "version"))
+    var modelKernel: KernelVersion?
+
     @Argument(help: "Trace files.")
     var traces: [String]
 
@@ -95,6 +102,7 @@ struct CompareCommand: ParsableCommand {
     func run() throws {
         let running = CompareProfile.runningKernel()
         let profile = self.profile ?? running
+        let modelKernel = profile.modelKernel(asked: self.modelKernel, comparingLive: !modelOnly)
         var parsed: [Trace] = []
         var invalid = false
         for path in traces {
@@ -111,7 +119,7 @@ struct CompareCommand: ParsableCommand {
             params = try module.resolve()
             try params.applyRCU()
             if !kernelOnly {
-                targets.append(try ModelTarget(profile: profile, parameters: params.allocator, thp: params.thp))
+                targets.append(try ModelTarget(profile: profile, kernel: modelKernel, parameters: params.allocator, thp: params.thp))
             }
             if !modelOnly { targets.append(try LiveKernel()) }
         } catch {
@@ -126,8 +134,17 @@ struct CompareCommand: ParsableCommand {
             warn("note: the model's THP settings (enabled=\(model.enabled.rawValue), shmem_enabled=\(model.shmemEnabled.rawValue)) are not this kernel's (\(kernel.enabled.rawValue), \(kernel.shmemEnabled.rawValue)): expect huge-PMD mismatches in traces that use THP")
         }
 
-        let runner = CompareRunner(targets: targets, profile: profile)
-        let report = CompareReport(profile: profile, runs: runner.run(parsed), timed: time)
+        let ownKernel = profile.modelKernel(asked: nil, comparingLive: false)
+        let expectationsApply = kernelOnly || modelKernel == ownKernel
+        if !expectationsApply {
+            warn("note: the traces' expected kB were measured on \(ownKernel) for \(profile.rawValue), and the model follows \(modelKernel): only the model and the kernel are held to each other")
+        }
+        let runner = CompareRunner(targets: targets, profile: profile, kernel: modelKernel, expectationsApply: expectationsApply)
+        if !kernelOnly && profile == .ptReclaim && modelKernel < KernelVersion(6, 14) {
+            warn("note: the model follows \(modelKernel), and PT_RECLAIM came in 6.14: --profile 6.14+ gives that kernel a PT_RECLAIM it never had")
+        }
+        let report = CompareReport(profile: profile, modelKernel: kernelOnly ? nil : modelKernel, expectationsApply: expectationsApply,
+                                   runs: runner.run(parsed), timed: time)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -146,6 +163,10 @@ struct CompareCommand: ParsableCommand {
 }
 
 extension CompareProfile: ExpressibleByArgument {}
+
+extension KernelVersion: ExpressibleByArgument {
+    public init?(argument: String) { self.init(release: argument) }
+}
 
 /// The side-by-side text form of a report: one row per checkpoint.
 struct CompareTable {
@@ -179,7 +200,7 @@ struct CompareTable {
         let matched = report.traces.filter(\.match).count
         let unjudged = report.traces.filter { !$0.comparable }.count
         let skipped = report.traces.filter { $0.skipped != nil }.count
-        lines.append("profile \(report.profile): \(matched) of \(report.traces.count) traces match"
+        lines.append("profile \(report.profile)\(report.modelKernel.map { " (model: \($0))" } ?? ""): \(matched) of \(report.traces.count) traces match"
                      + (unjudged > 0 ? ", \(unjudged) not comparable" : "") + (skipped > 0 ? ", \(skipped) skipped" : ""))
         return lines.joined(separator: "\n")
     }

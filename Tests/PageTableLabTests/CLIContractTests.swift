@@ -243,12 +243,29 @@ final class CLIContractTests: XCTestCase {
         let trace = try XCTUnwrap(Bundle.module.url(forResource: "reclaim-whole", withExtension: "trace", subdirectory: "Traces"))
         let r = try run(["compare", "--model-only", "--json", trace.path])
         XCTAssertEqual(r.status, 0, r.stderr)
-        assertKeys(r.json, ["profile", "traces"], "compare --json")
+        assertKeys(r.json, ["profile", "model_kernel", "expectations_apply", "traces"], "compare --json")
+        XCTAssertEqual(r.json["model_kernel"] as? String, CompareProfile.runningKernel() == .ptReclaim ? "6.18" : "6.1")
+        XCTAssertEqual(r.json["expectations_apply"] as? Bool, true)
         let traceReport = try XCTUnwrap((r.json["traces"] as? [[String: Any]])?.first)
         assertKeys(traceReport, ["file", "match", "checkpoints"], "a trace")
         let checkpoint = try XCTUnwrap((traceReport["checkpoints"] as? [[String: Any]])?.first)
         assertKeys(checkpoint, ["line", "model_kb", "kernel_kb", "expected_kb", "match"], "a checkpoint")
         XCTAssertTrue(checkpoint["kernel_kb"] is NSNull, "a side that did not run is null, not absent")
+    }
+
+    /// --model-kernel names the release the model follows; the traces'
+    /// stated values, measured on 6.18 and 6.1, then do not apply.
+    func testCompareFollowsTheModelKernelAsked() throws {
+        let trace = try XCTUnwrap(Bundle.module.url(forResource: "mremap-dontunmap-collapse", withExtension: "trace",
+                                                    subdirectory: "Traces"))
+        let r = try run(["compare", "--model-only", "--profile", "pre-6.14", "--model-kernel", "6.12", "--json", trace.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.json["model_kernel"] as? String, "6.12")
+        XCTAssertEqual(r.json["expectations_apply"] as? Bool, false)
+        XCTAssertTrue(r.stderr.contains("measured on 6.1"), r.stderr)
+        let bad = try run(["compare", "--model-kernel", "six", trace.path], usageError: true)
+        XCTAssertEqual(bad.status, 64)
+        XCTAssertTrue(bad.stderr.contains("--model-kernel"), bad.stderr)
     }
 
     /// A trace for 6.14+ alone, compared under pre-6.14: skipped, said so,

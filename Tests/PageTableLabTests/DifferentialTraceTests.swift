@@ -31,6 +31,8 @@ final class DifferentialTraceTests: XCTestCase {
         /// 6.15+; the traces then say `profiles 6.14+`), and where the
         /// trace has put them.
         var guardRegions = false
+        /// Whether they may go in shared memory too (6.15+).
+        var guardsSharedMemory = false
         /// Whether one mremap moves several VMAs (6.17+: the traces then
         /// say `profiles 6.14+`, whose model does).
         var movesSeveralVMAs = false
@@ -111,7 +113,8 @@ final class DifferentialTraceTests: XCTestCase {
 
         /// MADV_GUARD_INSTALL or _REMOVE on part of one mapping.
         mutating func guardOp() -> [String]? {
-            guard let (_, a, l) = subrange() else { return nil }
+            let shared = guardsSharedMemory
+            guard let (_, a, l) = subrange(where: { shared || !$0.shared }) else { return nil }
             _ = unguard(a, l)
             if chance(70) {
                 guards.append(a..<a + l)
@@ -238,14 +241,16 @@ final class DifferentialTraceTests: XCTestCase {
         let first = part * Self.seeds / Self.parts + 1, last = (part + 1) * Self.seeds / Self.parts
         guard first <= last else { return }
         let profile = CompareProfile.runningKernel()
-        let model = try ModelTarget(profile: profile)
+        let kernel = runningKernel ?? profile.modelKernel(asked: nil, comparingLive: false)
+        let model = try ModelTarget(profile: profile, kernel: kernel)
         var notComparable = 0
         // Batches of traces share a runner: one rcu_barrier before the
         // kernel's passes and one after, not two a trace.
         for batch in stride(from: first, through: last, by: 50).map({ $0...min($0 + 49, last) }) {
             let texts = batch.map { seed in
                 var generator = Generator(rng: SplitMix64(seed: seed), guardRegions: profile == .ptReclaim,
-                                          movesSeveralVMAs: profile == .ptReclaim)
+                                          guardsSharedMemory: kernel >= KernelVersion(6, 15),
+                                          movesSeveralVMAs: profile == .ptReclaim && kernel >= KernelVersion(6, 17))
                 return generator.trace(ops: 30)
             }
             let traces = try zip(batch, texts).map { seed, text in try TraceParser.parse(text, file: "random-\(seed).trace") }

@@ -66,16 +66,20 @@ func runTolerantOfInterference(_ trace: Trace, targets: () throws -> [any TraceT
     try runTolerantOfInterference([trace], targets: targets, profile: profile)[0]
 }
 
+/// The release live comparisons stand for: this kernel's, as `ptlab
+/// compare` takes it (a trace that needs a newer one is skipped).
+let runningKernel = KernelVersion.running
+
 /// The same for many traces: first all in one runner, which settles the
 /// model's RCU callbacks (rcu_barrier, 10 ms or more) once before the
 /// kernel's passes and once at the end rather than twice a trace; then
 /// each contaminated one again on its own, up to four more times.
 func runTolerantOfInterference(_ traces: [Trace], targets: () throws -> [any TraceTarget],
                                profile: CompareProfile) rethrows -> [TraceRun] {
-    var runs = CompareRunner(targets: try targets(), profile: profile).run(traces)
+    var runs = CompareRunner(targets: try targets(), profile: profile, kernel: runningKernel).run(traces)
     for t in runs.indices {
         for _ in 1..<5 where runs[t].interfered || runs[t].afterCleanup.contains(where: { $0 != 0 }) {
-            runs[t] = CompareRunner(targets: try targets(), profile: profile).run(traces[t])
+            runs[t] = CompareRunner(targets: try targets(), profile: profile, kernel: runningKernel).run(traces[t])
         }
     }
     return runs

@@ -41,6 +41,22 @@ final class MremapTests: XCTestCase {
         }
     }
 
+    /// MREMAP_FIXED's unmap of NEW can cut the source VMA down to the range
+    /// that moves: then the whole VMA moved, and with MREMAP_DONTUNMAP it
+    /// loses its anon_vma (mremap_to looks the VMA up again after the
+    /// unmap, dontunmap_complete compares its bounds).
+    func testDontUnmapOntoTheSourceVMAsOtherHalfMovesTheWholeVMA() throws {
+        try withLab(profile: Self.smallPages) { allocator in
+            let mm = try MM(allocator: allocator, profile: Self.smallPages)
+            defer { mm.exit() }
+            try mm.mmap(address: tib, length: 2 * mib)
+            try mm.touch(address: tib, length: 2 * mib, stride: 64 << 10)
+            try mm.mremap(from: tib, length: mib, to: tib + mib, dontUnmap: true)
+            XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] }, [[tib, tib + mib], [tib + mib, tib + 2 * mib]])
+            XCTAssertEqual(mm.vmas.first?.anonVMA, 0)
+        }
+    }
+
     /// 6.17+: a range of several VMAs moves VMA by VMA, gaps kept. Each
     /// VMA's MREMAP_FIXED unmaps only where it lands: what lay in a gap's
     /// place at NEW stays, what lay under a VMA's goes.

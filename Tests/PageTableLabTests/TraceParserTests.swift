@@ -239,7 +239,7 @@ final class TraceParserTests: XCTestCase {
             XCTAssertFalse(trace.checkpoints.isEmpty, url.lastPathComponent)
             for step in trace.checkpoints {
                 guard case .expect(let e) = step.op else { continue }
-                for profile in CompareProfile.allCases where trace.runs(under: profile) {
+                for profile in CompareProfile.allCases where trace.skipReason(under: profile, kernel: nil) == nil {
                     XCTAssertNotNil(e.kilobytes(for: profile), "\(url.lastPathComponent):\(step.line)")
                 }
             }
@@ -260,6 +260,22 @@ final class TraceParserTests: XCTestCase {
 
     // MARK: - guard regions and profiles
 
+    /// An op a kernel before some release cannot do makes the trace need
+    /// that release, and a comparison for an older one skips it.
+    func testAnOpNeedsTheReleaseThatBroughtIt() throws {
+        let prefix = "profiles 6.14+\nmmap 0x10000000000 1M\nmmap 0x10000100000 1M shared\n"
+        let several = try parse(prefix + "mremap 0x10000000000 2M 0x10040000000")
+        XCTAssertEqual(several.needs, Trace.KernelNeed(release: KernelVersion(6, 17), why: "an mremap across mappings, line 4"))
+        XCTAssertNil(several.skipReason(under: .ptReclaim, kernel: KernelVersion(6, 17)))
+        XCTAssertEqual(several.skipReason(under: .ptReclaim, kernel: KernelVersion(6, 16)),
+                       "the trace needs 6.17 (an mremap across mappings, line 4), and this comparison is for 6.16")
+        XCTAssertEqual(try parse(prefix + "mremap 0x10000000000 1M 0x10040000000\nguard 0x10040000000 4K").needs?.release,
+                       KernelVersion(6, 13))
+        XCTAssertEqual(try parse(prefix + "guard 0x10000100000 4K\nguard 0x10000000000 4K").needs?.release, KernelVersion(6, 15),
+                       "the newest need stays")
+        XCTAssertNil(try parse("mmap 0x10000000000 1M\nmremap 0x10000000000 1M 0x10040000000").needs)
+    }
+
     func testGuardOpsAndTheProfilesLine() throws {
         let trace = try parse("""
             profiles 6.14+
@@ -269,8 +285,8 @@ final class TraceParserTests: XCTestCase {
             touch 0x10000000000 4K 4K
             """)
         XCTAssertEqual(trace.profiles, [.ptReclaim])
-        XCTAssertTrue(trace.runs(under: .ptReclaim))
-        XCTAssertFalse(trace.runs(under: .prePTReclaim))
+        XCTAssertNil(trace.skipReason(under: .ptReclaim, kernel: nil))
+        XCTAssertNotNil(trace.skipReason(under: .prePTReclaim, kernel: nil))
         XCTAssertEqual(trace.steps.map(\.op), [
             .mmap(address: base, length: 2 << 20, shared: false),
             .guardInstall(address: base, length: 64 << 10),

@@ -107,26 +107,35 @@ public struct MMProfile: Sendable {
         }
     }
 
+    /// Kernel `version`'s profile: each behaviour the model knows as the
+    /// release that brought it left it. `ptReclaim` is CONFIG_PT_RECLAIM
+    /// (6.14+, x86's default there; before 6.14 no kernel had it, and a
+    /// comparison asks for it only when told to). The fault injections
+    /// keep their defaults.
+    public static func forKernel(_ version: KernelVersion, ptReclaim: Bool) -> MMProfile {
+        func since(_ major: Int, _ minor: Int) -> Bool { version >= KernelVersion(major, minor) }
+        var p = MMProfile()
+        p.ptReclaim = ptReclaim
+        // Without PT_RECLAIM a batch-page failure sends the sync IPI.
+        if !ptReclaim { p.tableFree = .rcu(fallback: .ipiSync) }
+        p.perVMALock = since(6, 4)
+        p.collapseFree = since(6, 5) ? .pteFreeDefer : .syncIPI
+        p.mremapRealign = since(6, 7)
+        p.guardRegions = since(6, 13)
+        p.dtor = since(6, 14) ? .atFree : .atUnlink
+        p.guardFileMappings = since(6, 15)
+        p.madviseVMALock = since(6, 17)
+        p.mremapMovesVMAs = since(6, 17)
+        return p
+    }
+
     /// The kernel this machine runs (6.18: PT_RECLAIM from 6.14, per-VMA
     /// MADV_DONTNEED and mremap of several VMAs from 6.17).
     public static let v6_14 = MMProfile()
 
-    /// A kernel without PT_RECLAIM, where the dtor runs at unlink and a
-    /// batch-page failure sends IPIs: Debian's 6.1, which the VM check
-    /// compares with (so also no mremap realignment, and the pre-6.5
-    /// retract: its free after the sync IPI, under each mm's mmap write
-    /// lock).
-    public static var pre6_14: MMProfile {
-        var p = MMProfile()
-        p.ptReclaim = false
-        p.dtor = .atUnlink
-        p.tableFree = .rcu(fallback: .ipiSync)
-        p.collapseFree = .syncIPI
-        p.mremapRealign = false
-        p.mremapMovesVMAs = false
-        p.perVMALock = false
-        p.madviseVMALock = false
-        p.guardRegions = false
-        return p
-    }
+    /// Debian's 6.1, which the VM check compares with: no PT_RECLAIM, the
+    /// dtor at unlink, the sync IPI when a batch page cannot be had, no
+    /// mremap realignment, and the pre-6.5 retract (its free after the
+    /// sync IPI, under each mm's mmap write lock).
+    public static var pre6_14: MMProfile { forKernel(KernelVersion(6, 1), ptReclaim: false) }
 }

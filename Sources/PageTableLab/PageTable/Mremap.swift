@@ -44,9 +44,9 @@ internal import CSupport
 /// only what each VMA lands on, so what lay in a gap's place at NEW stays.
 /// A hole at OLD itself is EFAULT; one at the end is left behind. A move
 /// that fails leaves the VMAs before it moved (the kernel keeps them, and
-/// so does the lab). The kernel also refuses (EFAULT) to go on past a VMA
-/// with a userfaultfd context or an unusual get_unmapped_area; the lab
-/// has neither.
+/// so does the lab). The kernel also refuses (EFAULT) a range that runs on
+/// past a VMA with a userfaultfd context or an unusual get_unmapped_area,
+/// before anything moves when that VMA is the first; the lab has neither.
 extension MM {
     public func mremap(from old: UInt64, length: UInt64, to new: UInt64, dontUnmap: Bool = false) throws(MMError) {
         try validate("mremap", old, length)
@@ -70,9 +70,11 @@ extension MM {
     /// mremap_to for the part of one VMA at [old, old + length), the
     /// write locks held.
     private func moveVMA(from old: UInt64, length: UInt64, to new: UInt64, dontUnmap: Bool) throws(MMError) {
-        guard let vma = vmaTree.withLock({ $0.find(old) }) else { throw .moveAcrossVMAs(address: old, length: length) }
-        // MREMAP_FIXED: whatever is at NEW goes first.
+        // MREMAP_FIXED: whatever is at NEW goes first. NEW may cut the
+        // source VMA's other end, so the VMA is looked up after, as
+        // mremap_to looks it up again.
         unmapLocked(new, new + length)
+        guard let vma = vmaTree.withLock({ $0.find(old) }) else { throw .moveAcrossVMAs(address: old, length: length) }
         // copy_vma: an anonymous VMA never faulted takes its new address
         // as pgoff, so it can merge where it lands.
         var moved = vma.slice(old, old + length)

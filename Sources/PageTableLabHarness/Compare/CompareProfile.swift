@@ -19,9 +19,24 @@ public enum CompareProfile: String, CaseIterable, Sendable, Codable {
         kernelHasPTReclaim() == true ? .ptReclaim : .prePTReclaim
     }
 
+    /// The release whose mm a comparison's model follows: `asked`, else the
+    /// running kernel's when the live kernel is compared, else the
+    /// profile's own (6.18 for 6.14+, Debian's 6.1 for pre-6.14).
+    public func modelKernel(asked: KernelVersion?, comparingLive: Bool) -> KernelVersion {
+        if let asked { return asked }
+        if comparingLive, let running = KernelVersion.running { return running }
+        return self == .ptReclaim ? KernelVersion(6, 18) : KernelVersion(6, 1)
+    }
+
     /// Whether the running kernel's config sets CONFIG_PT_RECLAIM=y; nil when
     /// it cannot be read.
     public static func kernelHasPTReclaim() -> Bool? {
         KConfig.running.map { $0["CONFIG_PT_RECLAIM"] == .value("y") }
     }
+}
+
+extension KernelVersion {
+    /// This process's kernel (uname -r); nil when its release has no
+    /// MAJOR.MINOR.
+    public static var running: KernelVersion? { KernelVersion(release: SystemInfo.uname().release) }
 }

@@ -2,7 +2,10 @@ import PageTableLab
 /// What `ptlab compare --json` prints:
 /// `{"traces":[{"file":…,"match":bool,"checkpoints":[{"line":N,"model_kb":X,"kernel_kb":Y}]}]}`.
 /// A side that did not run is `null`, not absent, so a reader can rely on
-/// the keys. Added keys: `profile`; per trace `error`, `refused` (the
+/// the keys. Added keys: `profile`, `model_kernel` (the release whose mm
+/// the model followed, MAJOR.MINOR), `expectations_apply` (false where that
+/// is not the profile's own kernel, on which the traces' `expect` values
+/// were measured: `expected_kb` is then null); per trace `error`, `refused` (the
 /// live kernel's region check turned it away before it ran), `after_cleanup`,
 /// `comparable` and `not_comparable` (why not: the live kernel went where
 /// the model cannot follow, e.g. no huge page to be had; such a trace has
@@ -16,11 +19,34 @@ import PageTableLab
 /// the model replayed the trace).
 public struct CompareReport: Codable, Equatable, Sendable {
     public var profile: String
+    /// The kernel release whose mm the model followed (MAJOR.MINOR); null
+    /// when no model ran.
+    public var modelKernel: String?
+    /// Whether the traces' stated values were held against (see
+    /// CompareRunner.expectationsApply).
+    public var expectationsApply: Bool
     public var traces: [TraceReport]
 
-    public init(profile: CompareProfile, runs: [TraceRun], timed: Bool = false) {
+    enum CodingKeys: String, CodingKey {
+        case profile, traces
+        case modelKernel = "model_kernel"
+        case expectationsApply = "expectations_apply"
+    }
+
+    public init(profile: CompareProfile, modelKernel: KernelVersion? = nil, expectationsApply: Bool = true, runs: [TraceRun],
+                timed: Bool = false) {
         self.profile = profile.rawValue
+        self.modelKernel = modelKernel?.description
+        self.expectationsApply = expectationsApply
         traces = runs.map { TraceReport($0, timed: timed) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(profile, forKey: .profile)
+        try c.encode(modelKernel, forKey: .modelKernel)
+        try c.encode(expectationsApply, forKey: .expectationsApply)
+        try c.encode(traces, forKey: .traces)
     }
 
     /// Every trace matched, or was skipped.

@@ -25,10 +25,20 @@ public struct CompareRunner {
     public let targets: [any TraceTarget]
     /// Selects the profile's value of `expect KB [PROFILE=KB]`.
     public let profile: CompareProfile
+    /// Whether the traces' stated values hold here: they were measured on
+    /// the profile's own kernel (6.18, or Debian's 6.1). Where the model
+    /// follows another release, only the model and the kernel are held to
+    /// each other, and checkpoints carry no expected value.
+    public let expectationsApply: Bool
+    /// The release the comparison stands for: a trace that needs a newer
+    /// one (Trace.needs) is skipped. nil: none is skipped for that.
+    public let kernel: KernelVersion?
 
-    public init(targets: [any TraceTarget], profile: CompareProfile) {
+    public init(targets: [any TraceTarget], profile: CompareProfile, kernel: KernelVersion? = nil, expectationsApply: Bool = true) {
         self.targets = targets
         self.profile = profile
+        self.kernel = kernel
+        self.expectationsApply = expectationsApply
     }
 
     /// Runs the whole trace on each target, then unmaps on each what the
@@ -42,9 +52,8 @@ public struct CompareRunner {
     /// settle before the first kernel pass and once at the end.
     public func run(_ traces: [Trace]) -> [TraceRun] {
         var runs = traces.map { TraceRun(file: $0.file, targetNames: targets.map(\.name), ops: $0.opCount) }
-        for (t, trace) in traces.enumerated() where !trace.runs(under: profile) {
-            let names = (trace.profiles ?? []).map(\.rawValue).sorted().joined(separator: ", ")
-            runs[t].skipped = "the trace is for \(names) only, and this comparison is \(profile.rawValue)"
+        for (t, trace) in traces.enumerated() {
+            runs[t].skipped = trace.skipReason(under: profile, kernel: kernel)
         }
         var passes = [[Pass]](repeating: [], count: traces.count)
         var settled = false
@@ -72,7 +81,7 @@ public struct CompareRunner {
         let settleError = settle()
         for t in traces.indices where runs[t].error == nil && runs[t].skipped == nil {
             let byTarget = targets.map { target in passes[t].first { $0.target === target }! }
-            runs[t].lineUp(byTarget, trace: traces[t], profile: profile)
+            runs[t].lineUp(byTarget, trace: traces[t], profile: expectationsApply ? profile : nil)
             if let settleError, runs[t].error == nil { runs[t].error = TraceError(file: runs[t].file, line: 0, message: settleError) }
         }
         return runs
@@ -179,7 +188,8 @@ extension TraceRun {
 
     /// The passes side by side: checkpoints up to the first line a target
     /// refused, or up to one where the targets' huge pages differ.
-    mutating func lineUp(_ passes: [Pass], trace: Trace, profile: CompareProfile) {
+    /// `profile`: whose stated values the checkpoints carry; nil for none.
+    mutating func lineUp(_ passes: [Pass], trace: Trace, profile: CompareProfile?) {
         let firstFailure = passes.compactMap { $0.failure?.line }.min()
         seconds = passes.map(\.seconds)
         do throws(TraceError) {
@@ -189,7 +199,7 @@ extension TraceRun {
                 let sides = passes.map { $0.checkpoints[step.line]! }
                 try Self.checkHugePMDs(sides, names: targetNames, file: trace.file, line: step.line)
                 checkpoints.append(TraceCheckpoint(line: step.line, kilobytes: sides.map(\.kilobytes),
-                                                   expected: expectation.kilobytes(for: profile)))
+                                                   expected: profile.flatMap { expectation.kilobytes(for: $0) }))
             }
             if let firstFailure {
                 // Every target ran the op even when one refused it, so that

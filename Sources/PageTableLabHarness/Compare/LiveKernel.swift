@@ -166,13 +166,7 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
             let result = ptlab_mremap_fixed(UnsafeMutableRawPointer(bitPattern: UInt(old)), Int(length),
                                             UnsafeMutableRawPointer(bitPattern: UInt(new)), dontUnmap ? 1 : 0)
             guard result != UnsafeMutableRawPointer(bitPattern: -1) else {
-                let e = errno
-                // The validator lets a move span several mappings only in
-                // a 6.14+ trace, where the model moves each as 6.17+ does.
-                if e == EFAULT {
-                    throw NotComparable("\(name) at \(old.traceHex) failed with EFAULT: this kernel moves one VMA per mremap (6.17 moves several, as the 6.14+ model does)")
-                }
-                throw LiveKernelError.syscall(name, address: old, length: length, errno: e)
+                throw LiveKernelError.syscall(name, address: old, length: length, errno: errno)
             }
         }
     }

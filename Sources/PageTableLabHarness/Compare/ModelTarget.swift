@@ -18,7 +18,9 @@ public final class ModelTarget: TraceTarget, TraceSettling {
     /// The allocator this target loaded itself, if none was loaded.
     private let ownAllocator: PageAllocator?
 
-    public init(profile: CompareProfile, parameters: PageAllocator.Parameters = .init(),
+    /// `kernel`: the release whose mm the model follows; nil for the
+    /// profile's own (CompareProfile.modelKernel).
+    public init(profile: CompareProfile, kernel: KernelVersion? = nil, parameters: PageAllocator.Parameters = .init(),
                 thp: THPSettings = .running) throws {
         let allocator: PageAllocator
         if let loaded = PageAllocator.current {
@@ -31,7 +33,7 @@ public final class ModelTarget: TraceTarget, TraceSettling {
         RCU.registerThread()
         RCU.startWorker()
         do {
-            var mmProfile = profile.mmProfile
+            var mmProfile = profile.mmProfile(kernel: kernel ?? profile.modelKernel(asked: nil, comparingLive: false))
             mmProfile.thp = thp
             // One thread replays a trace: no fault races a DONTNEED here,
             // and none runs beside a writer, so the per-VMA locks, which
@@ -105,11 +107,9 @@ public final class ModelTarget: TraceTarget, TraceSettling {
 }
 
 extension CompareProfile {
-    /// The model's kernel for each comparison profile.
-    public var mmProfile: MMProfile {
-        switch self {
-        case .ptReclaim: .v6_14
-        case .prePTReclaim: .pre6_14
-        }
+    /// The model's kernel for a comparison under this profile: `kernel`'s
+    /// behaviours (see modelKernel), PT_RECLAIM as the profile says.
+    public func mmProfile(kernel: KernelVersion) -> MMProfile {
+        .forKernel(kernel, ptReclaim: self == .ptReclaim)
     }
 }

@@ -8,15 +8,36 @@ public struct Trace: Equatable, Sendable {
     /// The profiles the trace is for (`profiles` line); nil: every one. A
     /// comparison under another profile skips it.
     public let profiles: Set<CompareProfile>?
+    /// The oldest release whose mm does every op of the trace, and which op
+    /// needs it (guard regions 6.13, in shared memory 6.15; an mremap across
+    /// mappings 6.17); nil when any does. A comparison for an older kernel
+    /// skips the trace.
+    public let needs: KernelNeed?
 
-    public init(file: String, steps: [TraceStep], profiles: Set<CompareProfile>? = nil) {
+    public struct KernelNeed: Equatable, Sendable {
+        public let release: KernelVersion
+        public let why: String
+    }
+
+    public init(file: String, steps: [TraceStep], profiles: Set<CompareProfile>? = nil, needs: KernelNeed? = nil) {
         self.file = file
         self.steps = steps
         self.profiles = profiles
+        self.needs = needs
     }
 
-    /// Whether a comparison under `profile` runs it.
-    public func runs(under profile: CompareProfile) -> Bool { profiles?.contains(profile) ?? true }
+    /// Why a comparison under `profile`, for `kernel`'s mm, does not run
+    /// it; nil when it does.
+    public func skipReason(under profile: CompareProfile, kernel: KernelVersion?) -> String? {
+        if let profiles, !profiles.contains(profile) {
+            let names = profiles.map(\.rawValue).sorted().joined(separator: ", ")
+            return "the trace is for \(names) only, and this comparison is \(profile.rawValue)"
+        }
+        if let needs, let kernel, kernel < needs.release {
+            return "the trace needs \(needs.release) (\(needs.why)), and this comparison is for \(kernel)"
+        }
+        return nil
+    }
 
     /// The `expect` steps, in order.
     public var checkpoints: [TraceStep] {

@@ -66,7 +66,7 @@ public enum TraceParser {
             try validator.check(step)
             steps.append(step)
         }
-        return Trace(file: file, steps: steps, profiles: validator.profiles)
+        return Trace(file: file, steps: steps, profiles: validator.profiles, needs: validator.needs)
     }
 
     /// A number in the trace's syntax, or nil.

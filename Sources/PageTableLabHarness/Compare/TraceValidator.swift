@@ -7,6 +7,8 @@ struct TraceValidator {
     private(set) var mappings = TraceMappings()
     /// The trace's `profiles` line, once read.
     private(set) var profiles: Set<CompareProfile>?
+    /// The newest release an op so far needs (Trace.needs).
+    private(set) var needs: Trace.KernelNeed?
     private var sawOp = false
 
     init(file: String) { self.file = file }
@@ -45,6 +47,11 @@ struct TraceValidator {
             guard profiles == [.ptReclaim] else {
                 throw error(step, "\(step.op.name) needs `profiles \(CompareProfile.ptReclaim.rawValue)` before it: guard regions came in 6.13, and the \(CompareProfile.prePTReclaim.rawValue) profile stands for Debian's 6.1")
             }
+            if mappings.pieces(in: range).contains(where: \.shared) {
+                need(KernelVersion(6, 15), "guard regions in shared memory, line \(step.line)")
+            } else {
+                need(KernelVersion(6, 13), "guard regions, line \(step.line)")
+            }
         case .dontneed, .hugepage, .mprotect:
             try requireMapped(range, step)
         case .mremap(let old, let length, let new, _):
@@ -60,6 +67,10 @@ struct TraceValidator {
                 // itself must be mapped.
                 if mappings.firstHole(in: old..<old + TraceAddressSpace.pageSize) != nil {
                     throw error(step, "mremap's OLD \(old.traceHex) is not mapped (EFAULT)")
+                }
+                let pieces = mappings.pieces(in: range)
+                if mappings.firstHole(in: range) != nil || Set(pieces.map { "\($0.line) \($0.shared) \($0.protection)" }).count > 1 {
+                    need(KernelVersion(6, 17), "an mremap across mappings, line \(step.line)")
                 }
                 break
             }
@@ -101,6 +112,10 @@ struct TraceValidator {
             throw error(step, "\(step.op.name) at \(address.traceHex) of \(length.traceHex) bytes runs past the end of 47-bit user space (\(TraceAddressSpace.end.traceHex))")
         }
         return address..<end
+    }
+
+    private mutating func need(_ release: KernelVersion, _ why: String) {
+        if needs.map({ $0.release < release }) ?? true { needs = Trace.KernelNeed(release: release, why: why) }
     }
 
     /// Why a move of several VMAs needs the 6.14+ profile.
