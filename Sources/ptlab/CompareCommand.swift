@@ -63,8 +63,9 @@ struct CompareCommand: ParsableCommand {
             built, before anything runs, or when the live kernel's region check refuses a \
             trace (its 512 GiB regions already hold a mapping of this process).
 
-            Example:
+            Examples:
               ptlab compare Tests/PageTableLabTests/Traces/*.trace
+              ptlab compare --random 500 --seed 1000
             """)
 
     @Flag(help: "Run the model only.")
@@ -89,14 +90,27 @@ struct CompareCommand: ParsableCommand {
                                valueName: "version"))
     var modelKernel: KernelVersion?
 
+    @Option(help: ArgumentHelp("Also run N random traces (every op, aimed at table boundaries, a checkpoint after each), seeds --seed to --seed + N - 1; one that does not match is printed to stderr, to replay.",
+                               valueName: "n"))
+    var random: UInt64 = 0
+
+    @Option(help: "The first random trace's seed.")
+    var seed: UInt64 = 1
+
+    @Option(help: "Ops in each random trace.")
+    var randomOps = 30
+
     @Argument(help: "Trace files.")
-    var traces: [String]
+    var traces: [String] = []
 
     @OptionGroup var module: ModuleParameterOptions
 
     func validate() throws {
         if modelOnly && kernelOnly { throw ValidationError("--model-only and --kernel-only exclude each other") }
-        if traces.isEmpty { throw ValidationError("name at least one trace file") }
+        if traces.isEmpty && random == 0 { throw ValidationError("name at least one trace file, or --random N") }
+        if random > 0 && kernelOnly { throw ValidationError("--random needs the model: its traces state no values to hold the kernel to") }
+        if randomOps < 1 { throw ValidationError("--random-ops must be at least 1") }
+        if seed.addingReportingOverflow(random).overflow { throw ValidationError("--seed \(seed) + --random \(random) overflows") }
     }
 
     func run() throws {
@@ -143,8 +157,28 @@ struct CompareCommand: ParsableCommand {
         if !kernelOnly && profile == .ptReclaim && modelKernel < KernelVersion(6, 14) {
             warn("note: the model follows \(modelKernel), and PT_RECLAIM came in 6.14: --profile 6.14+ gives that kernel a PT_RECLAIM it never had")
         }
+        var runs = parsed.isEmpty ? [] : runner.run(parsed)
+        var randomTexts: [String: String] = [:]
+        for first in stride(from: seed, to: seed + random, by: 50) {
+            let seeds = first..<min(first + 50, seed + random)
+            var batch: [Trace] = []
+            for s in seeds {
+                let text = RandomTrace.text(seed: s, ops: randomOps, profile: profile, kernel: modelKernel)
+                randomTexts[RandomTrace.fileName(seed: s)] = text
+                do { batch.append(try TraceParser.parse(text, file: RandomTrace.fileName(seed: s))) } catch {
+                    // The generator's own bug: name the seed, keep the rest.
+                    warn("random trace \(s) is invalid, a bug of the generator's: \(error)\n\(text)")
+                    throw ExitCode(2)
+                }
+            }
+            runs += runner.run(batch)
+            warn("random traces: \(seeds.upperBound - seed) of \(random) run, \(runs.filter { !$0.matches && $0.skipped == nil }.count) not matching so far")
+        }
         let report = CompareReport(profile: profile, modelKernel: kernelOnly ? nil : modelKernel, expectationsApply: expectationsApply,
-                                   runs: runner.run(parsed), timed: time)
+                                   runs: runs, timed: time)
+        for trace in report.traces where !trace.match && trace.skipped == nil {
+            if let text = randomTexts[trace.file] { warn("\(trace.file), to replay with ptlab compare:\n\(text)") }
+        }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

@@ -268,6 +268,21 @@ final class CLIContractTests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("--model-kernel"), bad.stderr)
     }
 
+    /// --random N runs N generated traces, named by their seeds; with no
+    /// trace file and no --random there is nothing to run.
+    func testCompareRunsRandomTraces() throws {
+        let r = try run(["compare", "--model-only", "--random", "3", "--seed", "5", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let files = (r.json["traces"] as? [[String: Any]])?.compactMap { $0["file"] as? String }
+        XCTAssertEqual(files, ["random-5.trace", "random-6.trace", "random-7.trace"])
+        XCTAssertTrue(r.stderr.contains("random traces: 3 of 3 run"), r.stderr)
+        let none = try run(["compare"], usageError: true)
+        XCTAssertEqual(none.status, 64)
+        XCTAssertTrue(none.stderr.contains("or --random N"), none.stderr)
+        let kernelOnly = try run(["compare", "--kernel-only", "--random", "2"], usageError: true)
+        XCTAssertEqual(kernelOnly.status, 64)
+    }
+
     /// A trace for 6.14+ alone, compared under pre-6.14: skipped, said so,
     /// and no failure (the VM check compares every shipped trace on 6.1).
     func testCompareSkipsATraceForOtherProfiles() throws {

@@ -2,225 +2,11 @@ import XCTest
 @testable import PageTableLab
 @testable import PageTableLabHarness
 
-/// Traces nobody wrote by hand: seeded random sequences of every trace op,
-/// aimed at table boundaries (2 MiB, 1 GiB, 512 GiB), run on the model and
-/// the live kernel in lockstep with a checkpoint after every op. Any
-/// disagreement names the seed, the op and both values.
+/// Traces nobody wrote by hand (RandomTrace): seeded random sequences of
+/// every trace op, aimed at table boundaries (2 MiB, 1 GiB, 512 GiB), run on
+/// the model and the live kernel in lockstep with a checkpoint after every
+/// op. Any disagreement names the seed, the op and both values.
 final class DifferentialTraceTests: XCTestCase {
-    /// Builds one random trace, tracking its own mappings (kind, protection,
-    /// VM_HUGEPAGE, and for shared memory where its file offsets fall) so
-    /// that every op is one the kernel accepts: touches stay in rw memory,
-    /// collapses only where a huge PMD can go and pages are present, moves
-    /// onto free space, and from inside one mapping (and, on 6.17+, on
-    /// across others).
-    struct Generator {
-        struct Piece {
-            var start: UInt64
-            var length: UInt64
-            var shared: Bool
-            var protection: Protection = .rw
-            var hugepage = false
-            /// Shared memory: (address - file offset) mod 2 MiB, which must
-            /// be 0 for a PMD to map the file's huge page.
-            var misalign: UInt64 = 0
-            var end: UInt64 { start + length }
-        }
-
-        var rng: SplitMix64
-        /// Whether the kernel has guard regions (6.13+, file mappings too
-        /// 6.15+; the traces then say `profiles 6.14+`), and where the
-        /// trace has put them.
-        var guardRegions = false
-        /// Whether they may go in shared memory too (6.15+).
-        var guardsSharedMemory = false
-        /// Whether one mremap moves several VMAs (6.17+: the traces then
-        /// say `profiles 6.14+`, whose model does).
-        var movesSeveralVMAs = false
-        var pieces: [Piece] = []
-        var guards: [Range<UInt64>] = []
-        let regions: [UInt64] = [0x100_0000_0000, 0x180_0000_0000]
-
-        mutating func pick<T>(_ xs: [T]) -> T { xs[Int(rng.next() % UInt64(xs.count))] }
-        mutating func chance(_ percent: UInt64) -> Bool { rng.next() % 100 < percent }
-
-        mutating func address() -> UInt64 {
-            let region = pick(regions)
-            let gig: UInt64 = pick([0, 1, 2, 511])
-            let mib2: UInt64 = pick([0, 1, 2, 255, 510, 511])
-            let page: UInt64 = pick([0, 0, 1, 255, 256, 511])
-            return region + gig << 30 + mib2 << 21 + page << 12
-        }
-
-        mutating func length() -> UInt64 {
-            pick([4096, 8192, 1 << 20, 2 << 20, (2 << 20) + 4096, 4 << 20, 6 << 20, 64 << 20, 1 << 30])
-        }
-
-        func free(_ a: UInt64, _ l: UInt64) -> Bool {
-            a + l <= TraceAddressSpace.end && !pieces.contains { $0.start < a + l && a < $0.end }
-        }
-
-        /// A page range inside one piece.
-        mutating func subrange(where include: (Piece) -> Bool = { _ in true }) -> (Int, UInt64, UInt64)? {
-            let candidates = pieces.indices.filter { include(pieces[$0]) }
-            guard !candidates.isEmpty else { return nil }
-            let i = pick(candidates)
-            let pages = pieces[i].length >> 12
-            let first = rng.next() % pages
-            let count = 1 + rng.next() % (pages - first)
-            return (i, pieces[i].start + first << 12, count << 12)
-        }
-
-        /// Cut [a, a + l) out of the pieces; returns what was there.
-        mutating func cut(_ a: UInt64, _ l: UInt64) -> [Piece] {
-            var taken: [Piece] = []
-            pieces = pieces.flatMap { p -> [Piece] in
-                guard p.start < a + l && a < p.end else { return [p] }
-                var left: [Piece] = []
-                if p.start < a { var low = p; low.length = a - p.start; left.append(low) }
-                if p.end > a + l { var high = p; high.start = a + l; high.length = p.end - a - l; left.append(high) }
-                var mid = p
-                mid.start = max(p.start, a)
-                mid.length = min(p.end, a + l) - mid.start
-                taken.append(mid)
-                return left
-            }
-            return taken
-        }
-
-        /// Change the pieces in [a, a + l).
-        mutating func modify(_ a: UInt64, _ l: UInt64, _ change: (inout Piece) -> Void) {
-            for var p in cut(a, l) {
-                change(&p)
-                pieces.append(p)
-            }
-        }
-
-        static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
-
-        func guarded(_ a: UInt64, _ l: UInt64) -> Bool { guards.contains { $0.overlaps(a..<a + l) } }
-
-        /// Guards of [a, a + l) dropped; returns them.
-        mutating func unguard(_ a: UInt64, _ l: UInt64) -> [Range<UInt64>] {
-            let cut = a..<a + l
-            let taken = guards.filter { $0.overlaps(cut) }.map { $0.clamped(to: cut) }
-            guards = guards.flatMap { g -> [Range<UInt64>] in
-                guard g.overlaps(cut) else { return [g] }
-                return [g.lowerBound..<max(g.lowerBound, cut.lowerBound), min(g.upperBound, cut.upperBound)..<g.upperBound]
-                    .filter { !$0.isEmpty }
-            }
-            return taken
-        }
-
-        /// MADV_GUARD_INSTALL or _REMOVE on part of one mapping.
-        mutating func guardOp() -> [String]? {
-            let shared = guardsSharedMemory
-            guard let (_, a, l) = subrange(where: { shared || !$0.shared }) else { return nil }
-            _ = unguard(a, l)
-            if chance(70) {
-                guards.append(a..<a + l)
-                return ["guard \(Self.hex(a)) \(Self.hex(l))"]
-            }
-            return ["unguard \(Self.hex(a)) \(Self.hex(l))"]
-        }
-
-        mutating func op() -> [String]? {
-            switch rng.next() % 20 {
-            case 0...3:
-                let a = address(), l = length()
-                guard free(a, l) else { return nil }
-                let shared = chance(30)
-                pieces.append(Piece(start: a, length: l, shared: shared, misalign: shared ? a & ((2 << 20) - 1) : 0))
-                return ["mmap \(Self.hex(a)) \(Self.hex(l))" + (shared ? " shared" : "")]
-            case 4...7:
-                guard let (_, a, l) = subrange(where: { $0.protection == .rw }), !guarded(a, l) else { return nil }
-                let stride: UInt64 = l > 64 << 20 ? 2 << 20 : pick([4096, 64 << 10, 1 << 20])
-                return ["touch \(Self.hex(a)) \(Self.hex(l)) \(Self.hex(stride))"]
-            case 8...9:
-                guard let (_, a, l) = subrange() else { return nil }
-                return ["dontneed \(Self.hex(a)) \(Self.hex(l))"]
-            case 10:
-                guard let (_, a, l) = subrange() else { return nil }
-                let p: Protection = pick([.none, .r, .rw, .rw])
-                modify(a, l) { $0.protection = p }
-                return ["mprotect \(Self.hex(a)) \(Self.hex(l)) \(p.rawValue)"]
-            case 11:
-                guard let (_, a, l) = subrange() else { return nil }
-                modify(a, l) { $0.hugepage = true }
-                return ["hugepage \(Self.hex(a)) \(Self.hex(l))"]
-            case 12...13:
-                return collapse()
-            case 14...15:
-                return mremap()
-            case 16 where guardRegions:
-                return guardOp()
-            default:
-                // munmap may span holes and several mappings.
-                let a = address(), l = length()
-                guard a + l <= TraceAddressSpace.end else { return nil }
-                _ = cut(a, l)
-                _ = unguard(a, l)
-                return ["munmap \(Self.hex(a)) \(Self.hex(l))"]
-            }
-        }
-
-        /// A huge-PMD-sized range where MADV_COLLAPSE must succeed: inside
-        /// one rw VM_HUGEPAGE piece, aligned (shared memory: its file
-        /// offsets too), with pages written just before.
-        mutating func collapse() -> [String]? {
-            let fits = pieces.indices.filter { i in
-                let p = pieces[i]
-                let first = (p.start + (2 << 20) - 1) & ~((2 << 20) - 1)
-                return p.protection == .rw && p.hugepage && p.misalign == 0 && first + (2 << 20) <= p.end
-            }
-            guard !fits.isEmpty else { return nil }
-            let p = pieces[pick(fits)]
-            let first = (p.start + (2 << 20) - 1) & ~((2 << 20) - 1)
-            let count = (p.end - first) >> 21
-            let a = first + (rng.next() % count) << 21
-            guard !guarded(a, 2 << 20) else { return nil }
-            return ["touch \(Self.hex(a)) 0x200000 \(Self.hex(pick([4096, 64 << 10, 1 << 20])))",
-                    "collapse \(Self.hex(a)) 0x200000"]
-        }
-
-        /// A move of part of one piece onto free space: aligned to 2 MiB or
-        /// 1 GiB, equally misaligned, or anywhere; one in four with
-        /// MREMAP_DONTUNMAP, the source left mapped. Where the kernel moves
-        /// several VMAs (6.17+, `profiles 6.14+`), one in four runs on from
-        /// inside its piece across whatever follows, pieces and gaps alike.
-        mutating func mremap() -> [String]? {
-            guard let (_, a, within) = subrange() else { return nil }
-            let l = movesSeveralVMAs && chance(25) ? length() : within
-            var new = address()
-            switch rng.next() % 3 {
-            case 0: new = new & ~((2 << 20) - 1) | a & ((2 << 20) - 1)
-            case 1: new &= ~((1 << 30) - 1)
-            default: break
-            }
-            guard a + l <= TraceAddressSpace.end, free(new, l), new + l <= a || a + l <= new else { return nil }
-            let dontUnmap = chance(25)
-            let moving = cut(a, l)
-            if dontUnmap { pieces += moving }
-            for g in unguard(a, l) { guards.append(g.lowerBound - a + new..<g.upperBound - a + new) }
-            for var moved in moving {
-                moved.start = moved.start - a + new
-                if moved.shared { moved.misalign = (moved.misalign &+ new &- a) & ((2 << 20) - 1) }
-                pieces.append(moved)
-            }
-            return ["mremap \(Self.hex(a)) \(Self.hex(l)) \(Self.hex(new))" + (dontUnmap ? " dontunmap" : "")]
-        }
-
-        mutating func trace(ops: Int) -> String {
-            var lines: [String] = guardRegions || movesSeveralVMAs ? ["profiles \(CompareProfile.ptReclaim.rawValue)"] : []
-            var count = 0
-            while count < ops {
-                guard let step = op() else { continue }
-                for line in step { lines += [line, "expect"] }
-                count += 1
-            }
-            return lines.joined(separator: "\n") + "\n"
-        }
-    }
-
     /// How many seeds the sweep runs: PTLAB_DIFF_SEEDS changes it (CI
     /// doubles it). The default, about 30 ms a seed in a debug build, keeps
     /// the whole `swift test --parallel` near a minute on two cores.
@@ -229,6 +15,24 @@ final class DifferentialTraceTests: XCTestCase {
     /// --parallel` runs them in processes of their own side by side (VmPTE
     /// is per process; within one, kernel passes never overlap).
     static let parts: UInt64 = 4
+
+    /// The generator gives each release only what it can do: moves across
+    /// mappings from 6.17, guard regions under 6.14+ only (in shared
+    /// memory from 6.15); and a seed gives the same trace every time.
+    func testRandomTracesKeepToTheirRelease() throws {
+        func needs(_ profile: CompareProfile, _ kernel: KernelVersion) throws -> Set<String> {
+            Set(try (1...300 as ClosedRange<UInt64>).compactMap { seed in
+                let text = RandomTrace.text(seed: seed, ops: 30, profile: profile, kernel: kernel)
+                return try TraceParser.parse(text, file: RandomTrace.fileName(seed: seed)).needs.map { "\($0.release)" }
+            })
+        }
+        XCTAssertEqual(try needs(.ptReclaim, KernelVersion(6, 18)), ["6.13", "6.15", "6.17"])
+        XCTAssertEqual(try needs(.ptReclaim, KernelVersion(6, 16)), ["6.13", "6.15"])
+        XCTAssertEqual(try needs(.ptReclaim, KernelVersion(6, 14)), ["6.13"])
+        XCTAssertEqual(try needs(.prePTReclaim, KernelVersion(6, 12)), [])
+        XCTAssertEqual(RandomTrace.text(seed: 7, ops: 30, profile: .ptReclaim, kernel: KernelVersion(6, 18)),
+                       RandomTrace.text(seed: 7, ops: 30, profile: .ptReclaim, kernel: KernelVersion(6, 18)))
+    }
 
     func testRandomTracesMatchThisKernelPart1() throws { try sweep(part: 0) }
     func testRandomTracesMatchThisKernelPart2() throws { try sweep(part: 1) }
@@ -247,13 +51,8 @@ final class DifferentialTraceTests: XCTestCase {
         // Batches of traces share a runner: one rcu_barrier before the
         // kernel's passes and one after, not two a trace.
         for batch in stride(from: first, through: last, by: 50).map({ $0...min($0 + 49, last) }) {
-            let texts = batch.map { seed in
-                var generator = Generator(rng: SplitMix64(seed: seed), guardRegions: profile == .ptReclaim,
-                                          guardsSharedMemory: kernel >= KernelVersion(6, 15),
-                                          movesSeveralVMAs: profile == .ptReclaim && kernel >= KernelVersion(6, 17))
-                return generator.trace(ops: 30)
-            }
-            let traces = try zip(batch, texts).map { seed, text in try TraceParser.parse(text, file: "random-\(seed).trace") }
+            let texts = batch.map { RandomTrace.text(seed: $0, ops: 30, profile: profile, kernel: kernel) }
+            let traces = try zip(batch, texts).map { seed, text in try TraceParser.parse(text, file: RandomTrace.fileName(seed: seed)) }
             let runs = try runTolerantOfInterference(traces, targets: { [model, try LiveKernel()] }, profile: profile)
             for (seed, (text, run)) in zip(batch, zip(texts, runs)) {
                 // The kernel fell back to small pages, or khugepaged (which

@@ -216,13 +216,14 @@ final class LiveKernelCompareTests: XCTestCase {
         XCTAssertGreaterThan(try VmPTEReader().kilobytes(), 0)
     }
 
-    /// /proc/vmstat's THP counters, in one pass: a key that another one
-    /// starts with is told apart by the space after it.
+    /// /proc/vmstat's THP and NUMA-hinting counters, one pass per first
+    /// byte: a key that another one starts with is told apart by the space
+    /// after it.
     func testTHPCounterParsing() {
-        let text = "nr_free_pages 10\nthp_collapse_alloc_failed 3\nthp_fault_alloc 9\nthp_collapse_alloc 5\nthp_fault_fallback 2\n"
+        let text = "nr_free_pages 10\nnuma_huge_pte_updates 7\nthp_collapse_alloc_failed 3\nthp_fault_alloc 9\nthp_collapse_alloc 5\nthp_fault_fallback 2\n"
         let keys = THPVMStat.keys.map { Array(($0 + " ").utf8) }
-        XCTAssertEqual(Array(text.utf8).withUnsafeBytes { ProcReader.parse($0, keys: keys) }, [2, nil, 5, 3])
-        XCTAssertEqual(Array("".utf8).withUnsafeBytes { ProcReader.parse($0, keys: keys) }, [nil, nil, nil, nil])
+        XCTAssertEqual(Array(text.utf8).withUnsafeBytes { ProcReader.parse($0, keys: keys) }, [2, nil, 5, 3, 7])
+        XCTAssertEqual(Array("".utf8).withUnsafeBytes { ProcReader.parse($0, keys: keys) }, [nil, nil, nil, nil, nil])
         let now = THPVMStat.read(ProcReader("/proc/vmstat"))
         XCTAssertNotNil(now)
     }

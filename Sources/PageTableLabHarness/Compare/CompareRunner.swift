@@ -221,7 +221,8 @@ extension TraceRun {
 
     /// With THP, which memory is huge is state the targets must agree on —
     /// unless the kernel fell back to small pages or khugepaged collapsed
-    /// on its own, when nothing can be said.
+    /// on its own, when nothing can be said, or NUMA balancing hid huge
+    /// PMDs from the kernel's count (THPEventCount.unseenNUMAHinted).
     private static func checkHugePMDs(_ sides: [Pass.Checkpoint], names: [String], file: String, line: Int) throws(TraceError) {
         let counts = sides.compactMap(\.hugePMDs)
         guard counts.count == sides.count, Set(counts).count > 1 else { return }
@@ -230,6 +231,9 @@ extension TraceRun {
         let most = events.map(\.collapses).max() ?? 0, fewest = events.map(\.collapses).min() ?? 0
         if events.contains(where: { $0.fallbacks > 0 }) || most > fewest {
             throw TraceError(file: file, line: line, message: "huge PMDs differ (\(said)) where the kernel fell back to small pages or khugepaged collapsed memory on its own", notComparable: true)
+        }
+        if events.contains(where: { $0.unseenNUMAHinted > 0 }) {
+            throw TraceError(file: file, line: line, message: "huge PMDs differ (\(said)) where NUMA balancing made huge PMDs PROT_NONE for hinting faults (numa_huge_pte_updates rose), which this kernel's /proc/self/smaps does not count", notComparable: true)
         }
         throw TraceError(file: file, line: line, message: "huge PMDs differ: \(said)")
     }

@@ -342,13 +342,18 @@ public final class LiveKernel: TraceTarget, TracePreflight, MeasuresThisProcess 
         }
     }
 
-    /// THP events so far, the whole system's (/proc/vmstat).
+    /// THP events so far, the whole system's (/proc/vmstat). Where
+    /// PAGEMAP_SCAN fails part way, the hinting count goes from 0 to the
+    /// whole system's, and a checkpoint whose huge PMDs differ after that
+    /// is not comparable: erring towards no verdict.
     public func thpEvents() throws -> THPEventCount {
         guard let now = THPVMStat.read(vmstat) else {
             throw LiveKernelError.syscall("read /proc/vmstat", address: 0, length: 0, errno: errno)
         }
+        // PAGEMAP_SCAN sees a PROT_NONE huge PMD as present; smaps may not.
         return THPEventCount(collapses: now["thp_collapse_alloc"],
-                             fallbacks: now["thp_fault_fallback"] + now["thp_file_fallback"])
+                             fallbacks: now["thp_fault_fallback"] + now["thp_file_fallback"],
+                             unseenNUMAHinted: pagemap >= 0 ? 0 : now["numa_huge_pte_updates"])
     }
 }
 

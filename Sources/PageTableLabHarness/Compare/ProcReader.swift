@@ -72,21 +72,22 @@ final class ProcReader {
     }
 
     /// The number after each of `keys` at the start of a line (nil where
-    /// none starts with it), from one pass over the lines. The keys share
-    /// their first byte (/proc/vmstat's "thp_…").
+    /// none starts with it), from one pass over the lines for each first
+    /// byte the keys start with (/proc/vmstat's "thp_…", "numa_…").
     static func parse(_ text: UnsafeRawBufferPointer, keys: [[UInt8]]) -> [Int?] {
-        guard let first = keys.first?.first else { return keys.map { _ in nil } }
-        precondition(keys.allSatisfy { $0.first == first }, "keys that start alike")
         var found = [Int?](repeating: nil, count: keys.count)
-        var left = keys.count
-        forEachLine(text, startingWith: first) { line in
-            for i in found.indices where found[i] == nil {
-                guard let v = parse(line: line, key: keys[i]) else { continue }
-                found[i] = v
-                left -= 1
-                break
+        for (k, key) in keys.enumerated() {
+            guard let first = key.first, !keys[..<k].contains(where: { $0.first == first }) else { continue }
+            var left = keys[k...].count { $0.first == first }
+            forEachLine(text, startingWith: first) { line in
+                for i in found.indices where found[i] == nil && keys[i].first == first {
+                    guard let v = parse(line: line, key: keys[i]) else { continue }
+                    found[i] = v
+                    left -= 1
+                    break
+                }
+                return left > 0
             }
-            return left > 0
         }
         return found
     }

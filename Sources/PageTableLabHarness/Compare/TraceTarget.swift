@@ -72,14 +72,24 @@ extension TraceTarget {
 public struct THPEventCount: Equatable, Sendable {
     public var collapses: Int
     public var fallbacks: Int
+    /// Huge PMDs automatic NUMA balancing made PROT_NONE for hinting faults
+    /// (numa_huge_pte_updates), counted only by a target whose huge-PMD
+    /// count cannot see such a PMD: /proc/self/smaps on kernels whose
+    /// smaps_pmd_entry looks the page up with follow_trans_huge_pmd, which
+    /// refuses a PROT_NONE PMD since "mm/gup: replace FOLL_NUMA by
+    /// gup_can_follow_protnone()" (fixed by "smaps: use
+    /// vm_normal_page_pmd() instead of follow_trans_huge_pmd()").
+    public var unseenNUMAHinted: Int
 
-    public init(collapses: Int, fallbacks: Int) {
+    public init(collapses: Int, fallbacks: Int, unseenNUMAHinted: Int = 0) {
         self.collapses = collapses
         self.fallbacks = fallbacks
+        self.unseenNUMAHinted = unseenNUMAHinted
     }
 
     public static func - (a: THPEventCount, b: THPEventCount) -> THPEventCount {
-        THPEventCount(collapses: a.collapses - b.collapses, fallbacks: a.fallbacks - b.fallbacks)
+        THPEventCount(collapses: a.collapses - b.collapses, fallbacks: a.fallbacks - b.fallbacks,
+                      unseenNUMAHinted: a.unseenNUMAHinted - b.unseenNUMAHinted)
     }
 }
 

@@ -20,7 +20,8 @@ final class VmPTEReader {
 /// assumes a kernel does: it could not get a huge page (and mapped small
 /// pages instead), or khugepaged collapsed memory on its own.
 struct THPVMStat: Equatable {
-    static let keys = ["thp_fault_fallback", "thp_file_fallback", "thp_collapse_alloc", "thp_collapse_alloc_failed"]
+    static let keys = ["thp_fault_fallback", "thp_file_fallback", "thp_collapse_alloc", "thp_collapse_alloc_failed",
+                       "numa_huge_pte_updates"]
     /// Each key as the bytes that start its line ("thp_file_fallback ").
     private static let lineKeys = keys.map { Array(($0 + " ").utf8) }
     var values: [Int]
