@@ -25,7 +25,7 @@ struct StressCommand: ParsableCommand {
             (vma_start_write); faults lock only their VMA (per-VMA locks, 6.4+), and so does \
             MADV_DONTNEED inside one VMA (6.17+), so they run beside writers of other VMAs \
             (the JSON's vma_locks counts which lock each took); the read lock for collapse \
-            (whose retract takes the write lock before 6.5: --path shmem-pre-6.5); and \
+            (whose retract takes the write lock before 6.6: --path shmem-pre-6.6); and \
             pte_offset_map_lock, with its pmd_same re-check, for \
             every PTE table it changes. The report names the walkers with their contexts \
             and the number of updaters.
@@ -88,7 +88,7 @@ struct StressCommand: ParsableCommand {
     @Option(help: "batch-fail only: the tlb_remove_table_one fallback (\(Scenario.named("batch-fail")!.modes.map(\.name).joined(separator: ", "))); same as --mode.")
     var fallback: String?
 
-    @Option(help: "collapse only: the kernel path, shmem (collapse_file + the retract, the default), shmem-pre-6.5 (the same under 6.1's mmap write locks and sync IPI) or anon (collapse_huge_page).")
+    @Option(help: "collapse only: the kernel path, shmem (collapse_file + the retract, the default), shmem-pre-6.6 (the same under 6.1's mmap write locks and sync IPI) or anon (collapse_huge_page).")
     var path: String?
 
     /// The least time an unsafe run under `all` is given to detect. A

@@ -201,10 +201,10 @@ final class LockRulesTests: XCTestCase {
         }
     }
 
-    /// Before 6.5 the retract freed its table after the sync IPI alone,
+    /// Before 6.6 the retract freed its table after the sync IPI alone,
     /// which is safe only because it held the mm's mmap write lock: no
     /// walker holding the read lock (every pte_offset_map user then) can
-    /// be inside the table when it goes. Since 6.5 it holds none, and
+    /// be inside the table when it goes. Since 6.6 it holds none, and
     /// pte_free_defer's grace period covers them. Probed at each free.
     func testThePre6_5RetractFreesUnderTheMMapWriteLock() throws {
         for (profile, inner, locked) in [(MMProfile.pre6_14, SyncIPIRetractFree() as any RetractFreePolicy, true),
@@ -226,11 +226,11 @@ final class LockRulesTests: XCTestCase {
         }
     }
 
-    /// Before 6.5, retract_page_tables only trylocks the mmap write lock
+    /// Before 6.6, retract_page_tables only trylocks the mmap write lock
     /// (it holds the huge folio's lock, which a fault under the mmap lock
     /// may be waiting for): where a reader holds it, the table stays, and
     /// collapse_pte_mapped_thp, under the write lock madvise_collapse takes
-    /// once the reader is gone, retracts it. Since 6.5 the retract takes
+    /// once the reader is gone, retracts it. Since 6.6 the retract takes
     /// the table whoever holds the mmap lock.
     func testThePre6_5RetractLeavesATableWhoseMMapLockIsHeld() throws {
         for (profile, kept) in [(MMProfile.pre6_14, true), (MMProfile.v6_14, false)] {
@@ -420,7 +420,7 @@ final class LockRulesTests: XCTestCase {
         }
     }
 
-    /// PT_RECLAIM with the ipi-sync fallback, and the pre-6.5 retract's
+    /// PT_RECLAIM with the ipi-sync fallback, and the pre-6.6 retract's
     /// free without its locks, are refused as kernels, and run only as the
     /// unsafe modes that ask for them.
     func testAProfileNoKernelShippedIsRefused() throws {
@@ -444,7 +444,7 @@ final class LockRulesTests: XCTestCase {
             profile = .pre6_14
             try MM(allocator: allocator, profile: profile).exit()
             profile.collapseFree = .syncIPIUnlocked
-            try assertRefused(profile, "the pre-6.5 retract's free", why: "mmap read lock")
+            try assertRefused(profile, "the pre-6.6 retract's free", why: "mmap read lock")
         }
     }
 }

@@ -192,6 +192,10 @@ final class HugePMDVerdictTests: XCTestCase {
                                    profile: .ptReclaim).run(trace)
         XCTAssertTrue(hidden.notComparable, "\(String(describing: hidden.error))")
         XCTAssertTrue(hidden.error?.message.contains("NUMA balancing") == true, "\(String(describing: hidden.error))")
+        // Hidden huge PMDs make the kernel's count short, never long.
+        let long = CompareRunner(targets: [Side("model", huge: 0), Side("kernel", huge: 1, hintedPerReading: 1)],
+                                 profile: .ptReclaim).run(trace)
+        XCTAssertFalse(long.notComparable, "\(String(describing: long.error))")
         let plain = CompareRunner(targets: [Side("model", huge: 1), Side("kernel", huge: 0)], profile: .ptReclaim).run(trace)
         XCTAssertFalse(plain.notComparable)
         XCTAssertEqual(plain.error?.message, "huge PMDs differ: model maps 1, kernel maps 0")

@@ -54,7 +54,7 @@ final class StressScenarioTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("has no mode 'immediate'"), "\($0)")
         }
         XCTAssertThrowsError(try StressRunner({ var o = StressOptions(scenario: "collapse", mode: "defer"); o.path = "file"; return o }())) {
-            XCTAssertEqual("\($0)", "scenario 'collapse' has no path 'file' (paths: shmem, shmem-pre-6.5, anon)")
+            XCTAssertEqual("\($0)", "scenario 'collapse' has no path 'file' (paths: shmem, shmem-pre-6.6, anon)")
         }
     }
     func testCollapseImmediateIsCaughtByPteOffsetMap() throws { try assertDetects("collapse", "immediate", by: .pteOffsetMap) }
@@ -62,10 +62,10 @@ final class StressScenarioTests: XCTestCase {
     /// same free without that lock is caught by the walker holding the
     /// read lock.
     func testCollapseBefore6_5IsSafeUnderItsMMapWriteLocks() throws {
-        try assertSafe("collapse", "ipi-sync", path: "shmem-pre-6.5")
+        try assertSafe("collapse", "ipi-sync", path: "shmem-pre-6.6")
     }
     func testCollapseBefore6_5WithoutItsLocksIsCaughtByPteOffsetMap() throws {
-        try assertDetects("collapse", "ipi-sync-unlocked", by: .pteOffsetMap, path: "shmem-pre-6.5")
+        try assertDetects("collapse", "ipi-sync-unlocked", by: .pteOffsetMap, path: "shmem-pre-6.6")
     }
     func testUnmapRCUTableFreeIsSafe() throws { try assertSafe("unmap", "rcu-table-free") }
     func testUnmapImmediateIsCaughtByGUPFast() throws { try assertDetects("unmap", "immediate", by: .gupFast) }

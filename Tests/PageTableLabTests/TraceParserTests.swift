@@ -172,9 +172,9 @@ final class TraceParserTests: XCTestCase {
         assertError(mapped + "mremap 0x10000000000 8M 0x10040000000", line: 2, "reaches 0x10000400000")
         assertError(mapped + "mremap 0x10000000000 2M 0x10040000800", line: 2, "NEW 0x10040000800 is not 4 KiB aligned")
         assertError(mapped + "mprotect 0x10000000000 1M r\nmremap 0x10000000000 2M 0x10040000000", line: 3,
-                    "spans mappings of different kinds or protections")
+                    "spans mappings of different kinds, protections or MADV_HUGEPAGE")
         assertError("mmap 0x10000000000 4M shared\nmmap 0x10000400000 4M\nmremap 0x10000000000 8M 0x10040000000", line: 3,
-                    "spans mappings of different kinds or protections, which are separate VMAs: EFAULT before 6.17")
+                    "spans mappings of different kinds, protections or MADV_HUGEPAGE, which are separate VMAs: EFAULT before 6.17")
         // 6.17+ moves each VMA, gaps kept: a 6.14+ trace may, as long as
         // OLD itself is mapped.
         let several = "profiles 6.14+\nmmap 0x10000000000 1M shared\nmmap 0x10000100000 1M\nmmap 0x10000300000 1M\n"
@@ -274,6 +274,10 @@ final class TraceParserTests: XCTestCase {
         XCTAssertEqual(try parse(prefix + "guard 0x10000100000 4K\nguard 0x10000000000 4K").needs?.release, KernelVersion(6, 15),
                        "the newest need stays")
         XCTAssertNil(try parse("mmap 0x10000000000 1M\nmremap 0x10000000000 1M 0x10040000000").needs)
+        // MADV_HUGEPAGE on part of a mapping splits its VMA.
+        let split = "mmap 0x10000000000 4M\nhugepage 0x10000000000 2M\nmremap 0x10000000000 4M 0x10040000000"
+        assertError(split, line: 3, "MADV_HUGEPAGE, which are separate VMAs")
+        XCTAssertEqual(try parse("profiles 6.14+\n" + split).needs?.release, KernelVersion(6, 17))
     }
 
     func testGuardOpsAndTheProfilesLine() throws {

@@ -14,9 +14,9 @@ internal import CSupport
 /// folio is built in the page cache, the small pages are unmapped
 /// everywhere, and the PTE table of every mapping of those pages is
 /// retracted — cleared under the PMD and PTE locks, flushed, uncounted, and
-/// freed with pte_free_defer (6.5+), since a pte_offset_map walker holding
+/// freed with pte_free_defer (6.6+), since a pte_offset_map walker holding
 /// no lock at all may still be inside it. The caller's own mapping then
-/// gets a huge PMD. Before 6.5 the retract held each mm's mmap write lock
+/// gets a huge PMD. Before 6.6 the retract held each mm's mmap write lock
 /// and freed after tlb_remove_table_sync_one.
 extension MM {
     /// What one 2 MiB of a collapse came to (enum scan_result, the part the
@@ -300,18 +300,18 @@ extension MM {
 
     /// retract_page_tables, this mm's share: every VMA mapping file page
     /// `base` with a whole 2 MiB a huge PMD could map loses the PTE table
-    /// there. Since 6.5 it takes no mmap lock: the rmap lock
+    /// there. Since 6.6 it takes no mmap lock: the rmap lock
     /// (i_mmap_lock_read) keeps free_pgtables from tearing down a range
     /// still linked, and the PMD and PTE locks serialise with the other
-    /// updaters; RCU covers the walkers still inside the table. Before 6.5
+    /// updaters; RCU covers the walkers still inside the table. Before 6.6
     /// (a policy that `takesMMapWriteLock`) each retract trylocks the mm's
     /// mmap write lock, since the huge folio's lock is held and a fault
     /// holding the mmap lock may be waiting for it; where another holds
     /// the lock the table stays (the kernel queues it for khugepaged,
     /// khugepaged_add_pte_mapped_thp, which the lab does not run). Before
-    /// 6.5 MADV_COLLAPSE retracts only its `target` mapping, the mm and
+    /// 6.6 MADV_COLLAPSE retracts only its `target` mapping, the mm and
     /// address it collapses at ("it's not MADV_COLLAPSE's job to collapse
-    /// other mappings - let khugepaged take care of them later"); since 6.5
+    /// other mappings - let khugepaged take care of them later"); since 6.6
     /// every mapping's table goes.
     func retractPageTables(_ file: ShmemFile, _ base: UInt64, target: (mm: MM, at: UInt64)) {
         let exclusive = profile.collapseFree.takesMMapWriteLock
@@ -402,7 +402,7 @@ extension MM {
     /// folio mapped over it would be freed with that file's page cache
     /// while still mapped.
     ///
-    /// Under the mmap read lock since 6.5; before, madvise_collapse took the
+    /// Under the mmap read lock since 6.6; before, madvise_collapse took the
     /// write lock for it (a policy that `takesMMapWriteLock`).
     private func collapsePTEMappedTHP(_ at: UInt64) -> CollapseResult {
         profile.collapseFree.takesMMapWriteLock

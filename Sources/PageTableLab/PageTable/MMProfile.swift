@@ -90,7 +90,7 @@ public struct MMProfile: Sendable {
     public init() {}
 
     /// Refuse a profile that claims to be a kernel when no kernel ever was
-    /// one: PT_RECLAIM with the ipi-sync fallback, or the pre-6.5 retract's
+    /// one: PT_RECLAIM with the ipi-sync fallback, or the pre-6.6 retract's
     /// free without its locks (SyncIPIRetractFree). PT_RECLAIM frees PTE
     /// tables under the mmap *read* lock (6.17+: the VMA's alone), where
     /// pte_offset_map walkers hold
@@ -103,7 +103,7 @@ public struct MMProfile: Sendable {
             throw .unshippedProfile("PT_RECLAIM with the ipi-sync fallback of tlb_remove_table_one: PT_RECLAIM frees tables under the mmap read lock, where pte_offset_map walkers hold only RCU, which the sync IPI does not wait for; no kernel shipped it (seed 003: the series made the fallback call_rcu)")
         }
         if let retract = collapseFree as? SyncIPIRetractFree, !retract.takesMMapWriteLock {
-            throw .unshippedProfile("the pre-6.5 retract's free (the sync IPI, then pte_free) without its mmap write locks: a pte_offset_map walker holding the mmap read lock can be inside the table, and the IPI does not wait for it; no kernel shipped it (6.5 dropped the locks and moved to pte_free_defer together)")
+            throw .unshippedProfile("the pre-6.6 retract's free (the sync IPI, then pte_free) without its mmap write locks: a pte_offset_map walker holding the mmap read lock can be inside the table, and the IPI does not wait for it; no kernel shipped it (6.6 dropped the locks and moved to pte_free_defer together)")
         }
     }
 
@@ -119,7 +119,7 @@ public struct MMProfile: Sendable {
         // Without PT_RECLAIM a batch-page failure sends the sync IPI.
         if !ptReclaim { p.tableFree = .rcu(fallback: .ipiSync) }
         p.perVMALock = since(6, 4)
-        p.collapseFree = since(6, 5) ? .pteFreeDefer : .syncIPI
+        p.collapseFree = since(6, 6) ? .pteFreeDefer : .syncIPI
         p.mremapRealign = since(6, 7)
         p.guardRegions = since(6, 13)
         p.dtor = since(6, 14) ? .atFree : .atUnlink
@@ -135,7 +135,7 @@ public struct MMProfile: Sendable {
 
     /// Debian's 6.1, which the VM check compares with: no PT_RECLAIM, the
     /// dtor at unlink, the sync IPI when a batch page cannot be had, no
-    /// mremap realignment, and the pre-6.5 retract (its free after the
+    /// mremap realignment, and the pre-6.6 retract (its free after the
     /// sync IPI, under each mm's mmap write lock).
     public static var pre6_14: MMProfile { forKernel(KernelVersion(6, 1), ptReclaim: false) }
 }

@@ -84,7 +84,7 @@ public final class MMapLock: @unchecked Sendable {
 
     /// mmap_write_trylock: the write lock if no reader or writer holds it
     /// now. For a caller that already holds a lock which a holder of the
-    /// mmap lock may wait for (the pre-6.5 retract holds the huge folio's
+    /// mmap lock may wait for (the pre-6.6 retract holds the huge folio's
     /// lock, which a fault under the mmap read lock waits on).
     public func tryLockWrite() -> Bool {
         monitor.lock()

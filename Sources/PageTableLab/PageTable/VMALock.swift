@@ -75,7 +75,7 @@ final class VMALocks: @unchecked Sendable {
 
     /// vma_start_write only if no fault holds one of the extents now; false
     /// (nothing locked) otherwise. For a writer that holds a lock a fault
-    /// may wait for (the pre-6.5 retract holds the huge folio's lock), as
+    /// may wait for (the pre-6.6 retract holds the huge folio's lock), as
     /// it takes the mmap lock with a trylock.
     func tryStartWrite(_ extents: () -> [Range<UInt64>]) -> Bool {
         monitor.lock()

@@ -14,8 +14,8 @@
 // the table from, so a pte_offset_map walker holding only rcu_read_lock may
 // still be inside it, and it took the flush's IPI mid-walk: only a grace
 // period waits for it. Here: MM.pteFreeDefer, which the retract reaches
-// through MMProfile.collapseFree (a RetractFreePolicy: .pteFreeDefer, 6.5+;
-// .syncIPI, before 6.5, when the retract still held the mmap write lock,
+// through MMProfile.collapseFree (a RetractFreePolicy: .pteFreeDefer, 6.6+;
+// .syncIPI, before 6.6, when the retract still held the mmap write lock,
 // which the policy makes the retract take; .immediate, unsafe).
 //
 // PT_RECLAIM (mm/pt_reclaim.c) lives elsewhere: try_to_free_pte is in

@@ -1,6 +1,6 @@
 /// How the retract of a collapse (retract_page_tables and
 /// collapse_pte_mapped_thp, mm/khugepaged.c) frees the PTE table it took
-/// from under a PMD that will map the huge page: since 6.5, pte_free_defer.
+/// from under a PMD that will map the huge page: since 6.6, pte_free_defer.
 ///
 /// `free` is called once the retract has cleared the PMD under the PMD and
 /// PTE locks, flushed the range (pmdp_collapse_flush: every CPU's TLB and
@@ -11,7 +11,7 @@
 /// `PageTables.dtorFree`) before they are gone. It runs where memory cannot
 /// be relied on: no allocation.
 ///
-/// The free and the locks came together: 6.5 (Hugh Dickins' "retract
+/// The free and the locks came together: 6.6 (Hugh Dickins' "retract
 /// page tables without mmap or vma lock") dropped the mmap write locks
 /// and moved to pte_free_defer in one series, so a policy says which
 /// locks the retract it belongs to takes (`takesMMapWriteLock`).
@@ -30,7 +30,7 @@ extension RetractFreePolicy {
     public var takesMMapWriteLock: Bool { false }
 }
 
-/// pte_free_defer (6.5+): call_rcu on the table's embedded head.
+/// pte_free_defer (6.6+): call_rcu on the table's embedded head.
 public struct PteFreeDefer: RetractFreePolicy {
     public init() {}
     public var name: String { "defer" }
@@ -50,13 +50,13 @@ public struct PteFreeDefer: RetractFreePolicy {
     }
 }
 
-/// Before 6.5: tlb_remove_table_sync_one, then pte_free at once. Safe
+/// Before 6.6: tlb_remove_table_sync_one, then pte_free at once. Safe
 /// because the retract holds the mm's mmap write lock (`takesMMapWriteLock`),
 /// so no pte_offset_map walker is in the table (before 6.5 every one held
 /// the mmap lock); GUP-fast, which holds none, is waited out by the IPI.
 /// A walker holding only RCU, which 6.5 made legal, is not covered.
 public struct SyncIPIRetractFree: RetractFreePolicy {
-    /// False only for the unsafe mode that frees this way under 6.5+'s
+    /// False only for the unsafe mode that frees this way under 6.6+'s
     /// locks, a combination no kernel shipped (MMProfile.check refuses it
     /// unless asked for on purpose): a walker holding the mmap read lock
     /// can then be in the table when it goes.
@@ -84,7 +84,7 @@ extension RetractFreePolicy where Self == PteFreeDefer {
 
 extension RetractFreePolicy where Self == SyncIPIRetractFree {
     public static var syncIPI: SyncIPIRetractFree { SyncIPIRetractFree() }
-    /// Unsafe: the pre-6.5 free without the pre-6.5 locks.
+    /// Unsafe: the pre-6.6 free without the pre-6.6 locks.
     public static var syncIPIUnlocked: SyncIPIRetractFree { SyncIPIRetractFree(takesMMapWriteLock: false) }
 }
 

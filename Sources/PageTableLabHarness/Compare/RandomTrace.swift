@@ -21,6 +21,12 @@ public struct RandomTrace {
         return generator.trace(ops: ops)
     }
 
+    /// The model's node_budget_pages for random traces (8 GiB a node): one
+    /// may fault huge pages over several GiB of VM_HUGEPAGE memory, which the
+    /// default budget (256 MiB) cannot hold. The arena is brought up only as
+    /// far as it is used, and the replay writes no data page.
+    public static let modelNodeBudgetPages = 1 << 21
+
     /// The name `ptlab compare --random` and the sweep give the trace of
     /// `seed`.
     public static func fileName(seed: UInt64) -> String { "random-\(seed).trace" }

@@ -12,6 +12,9 @@ public struct TraceMappings: Equatable, Sendable {
         public var line: Int
         public var shared: Bool
         public var protection: Protection
+        /// MADV_HUGEPAGE (VM_HUGEPAGE): a VMA of its own beside memory
+        /// without it.
+        public var hugepage = false
     }
 
     /// Disjoint, sorted by address.
@@ -113,9 +116,14 @@ public struct TraceMappings: Equatable, Sendable {
                 piece.protection = protection
                 insert(piece)
             }
+        case .hugepage(let a, let l):
+            for var piece in unmap(a..<a + l) {
+                piece.hugepage = true
+                insert(piece)
+            }
         case .guardInstall(let a, let l): guardRange(a..<a + l)
         case .guardRemove(let a, let l): unguard(a..<a + l)
-        case .touch, .dontneed, .hugepage, .collapse, .expect: break
+        case .touch, .dontneed, .collapse, .expect: break
         }
     }
 }
@@ -130,4 +138,12 @@ extension Range<UInt64> {
         if cut.upperBound < upperBound { rest.append(cut.upperBound..<upperBound) }
         return rest
     }
+}
+
+extension TraceMappings.Piece {
+    /// What keeps two pieces in separate VMAs whatever their lines: the
+    /// backing, the protection and VM_HUGEPAGE.
+    var flagsKind: String { "\(shared) \(protection.rawValue) \(hugepage)" }
+    /// That, and the line: pieces of different lines may be separate VMAs.
+    var vmaKind: String { "\(line) \(flagsKind)" }
 }

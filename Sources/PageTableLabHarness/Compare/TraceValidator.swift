@@ -69,17 +69,17 @@ struct TraceValidator {
                     throw error(step, "mremap's OLD \(old.traceHex) is not mapped (EFAULT)")
                 }
                 let pieces = mappings.pieces(in: range)
-                if mappings.firstHole(in: range) != nil || Set(pieces.map { "\($0.line) \($0.shared) \($0.protection)" }).count > 1 {
+                if mappings.firstHole(in: range) != nil || Set(pieces.map(\.vmaKind)).count > 1 {
                     need(KernelVersion(6, 17), "an mremap across mappings, line \(step.line)")
                 }
                 break
             }
             try requireMapped(range, step)
             let pieces = mappings.pieces(in: old..<old + length)
-            let kinds = Set(pieces.map { "\($0.shared) \($0.protection.rawValue)" })
+            let kinds = Set(pieces.map(\.flagsKind))
             let several = "\(Self.severalVMAs) `profiles \(CompareProfile.ptReclaim.rawValue)`, whose model moves each, as 6.17+ does"
             if kinds.count > 1 {
-                throw error(step, "mremap's source \(range.traceDescription) spans mappings of different kinds or protections, which are separate VMAs: \(several)")
+                throw error(step, "mremap's source \(range.traceDescription) spans mappings of different kinds, protections or MADV_HUGEPAGE, which are separate VMAs: \(several)")
             }
             let lines = Set(pieces.map(\.line)).sorted()
             if lines.count > 1 {

@@ -33,17 +33,17 @@ extension Scenario {
         walkers: [.pteOffsetMap(.rcu), .gupFast, .mmu],
         step: collapseShmemStep)
 
-    /// The same collapse before 6.5, in the kernel Debian 12 ships (6.1):
+    /// The same collapse before 6.6, in the kernel Debian 12 ships (6.1):
     /// the retract holds the mm's mmap write lock (trylocked in
     /// retract_page_tables, taken for collapse_pte_mapped_thp) and frees
     /// the table right after tlb_remove_table_sync_one. Its walkers are the
     /// ones that kernel had: pte_offset_map only under the mmap lock (it
     /// had no RCU-only walkers), GUP-fast, which the IPI waits out, and the
-    /// MMU, which the flush covers. The same free under 6.5+'s locks (none
+    /// MMU, which the flush covers. The same free under 6.6+'s locks (none
     /// of the mm's) is caught by the walker under the read lock.
     static let collapseShmemPre6_5 = Scenario(
-        name: "collapse", path: "shmem-pre-6.5",
-        summary: "MADV_COLLAPSE of shmem before 6.5: the retract under the mmap write lock + sync IPI vs pte_offset_map (mmap read lock), GUP-fast and MMU walks",
+        name: "collapse", path: "shmem-pre-6.6",
+        summary: "MADV_COLLAPSE of shmem before 6.6: the retract under the mmap write lock + sync IPI vs pte_offset_map (mmap read lock), GUP-fast and MMU walks",
         modes: [
             .safe("ipi-sync") {
                 $0.collapseFree = .syncIPI
