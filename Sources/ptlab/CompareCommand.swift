@@ -110,6 +110,7 @@ struct CompareCommand: ParsableCommand {
         if modelOnly && kernelOnly { throw ValidationError("--model-only and --kernel-only exclude each other") }
         if traces.isEmpty && random == 0 { throw ValidationError("name at least one trace file, or --random N") }
         if random > 0 && kernelOnly { throw ValidationError("--random needs the model: its traces state no values to hold the kernel to") }
+        if modelKernel != nil && kernelOnly { throw ValidationError("--model-kernel needs the model, which --kernel-only leaves out") }
         if randomOps < 1 { throw ValidationError("--random-ops must be at least 1") }
         if seed.addingReportingOverflow(random).overflow { throw ValidationError("--seed \(seed) + --random \(random) overflows") }
     }
@@ -153,10 +154,15 @@ struct CompareCommand: ParsableCommand {
             warn("note: the model's THP settings (enabled=\(model.enabled.rawValue), shmem_enabled=\(model.shmemEnabled.rawValue)) are not this kernel's (\(kernel.enabled.rawValue), \(kernel.shmemEnabled.rawValue)): expect huge-PMD mismatches in traces that use THP")
         }
 
+        // The values were measured on the profile's own kernel: they hold a
+        // model that follows it, and a kernel that is it.
         let ownKernel = profile.modelKernel(asked: nil, comparingLive: false)
-        let expectationsApply = modelKernel == ownKernel
+        let judged = kernelOnly ? KernelVersion.running : modelKernel
+        let expectationsApply = judged == ownKernel
         if !expectationsApply {
-            warn("note: the traces' expected kB were measured on \(ownKernel) for \(profile.rawValue), and the model follows \(modelKernel): only the model and the kernel are held to each other")
+            warn(kernelOnly
+                 ? "note: the traces' expected kB were measured on \(ownKernel) for \(profile.rawValue), and this kernel is \(judged.map(String.init(describing:)) ?? "unknown"): nothing holds it to them"
+                 : "note: the traces' expected kB were measured on \(ownKernel) for \(profile.rawValue), and the model follows \(modelKernel): only the model and the kernel are held to each other")
         }
         let runner = CompareRunner(targets: targets, profile: profile, kernel: modelKernel, expectationsApply: expectationsApply)
         if !kernelOnly && profile == .ptReclaim && modelKernel < KernelVersion(6, 14) {
@@ -218,8 +224,8 @@ struct CompareTable {
     var text: String {
         var rows: [[String]] = [["checkpoint", "model kB", "kernel kB", "expect kB", ""]]
         var notes: [String] = []
-        for trace in report.traces where !(terse.contains(trace.file) && trace.match) {
-            for checkpoint in trace.checkpoints {
+        for trace in report.traces {
+            for checkpoint in trace.checkpoints where !(terse.contains(trace.file) && trace.match) {
                 rows.append(["\(trace.file):\(checkpoint.line)", cell(checkpoint.modelKB), cell(checkpoint.kernelKB),
                              cell(checkpoint.expectedKB), checkpoint.match ? "ok" : "MISMATCH"])
             }

@@ -30,11 +30,13 @@ final class CLIContractTests: XCTestCase {
         var status: Int32
         var json: [String: Any]
         var stderr: String
+        /// stdout as text, where it is not one JSON object (`text: true`).
+        var stdout = ""
     }
 
     /// `usageError`: the run is refused before it starts (no JSON).
     /// `launcher`: a program (and its arguments) that runs ptlab.
-    private func run(_ arguments: [String], usageError: Bool = false, launcher: [String] = []) throws -> Run {
+    private func run(_ arguments: [String], usageError: Bool = false, text: Bool = false, launcher: [String] = []) throws -> Run {
         let process = Process()
         if let program = launcher.first {
             process.executableURL = URL(fileURLWithPath: program)
@@ -50,7 +52,9 @@ final class CLIContractTests: XCTestCase {
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        if usageError { return Run(status: process.terminationStatus, json: [:], stderr: stderr) }
+        if usageError || text {
+            return Run(status: process.terminationStatus, json: [:], stderr: stderr, stdout: String(decoding: stdout, as: UTF8.self))
+        }
         let object = try JSONSerialization.jsonObject(with: stdout) as? [String: Any]
         return Run(status: process.terminationStatus, json: try XCTUnwrap(object, "stdout is not one JSON object: \(stderr)"),
                    stderr: stderr)
@@ -281,6 +285,36 @@ final class CLIContractTests: XCTestCase {
         XCTAssertTrue(none.stderr.contains("or --random N"), none.stderr)
         let kernelOnly = try run(["compare", "--kernel-only", "--random", "2"], usageError: true)
         XCTAssertEqual(kernelOnly.status, 64)
+        // The table shows a random trace's rows only where it does not match.
+        let table = try run(["compare", "--model-only", "--random", "2"], text: true)
+        XCTAssertEqual(table.status, 0, table.stderr)
+        XCTAssertFalse(table.stdout.contains("random-1.trace:"), table.stdout)
+        XCTAssertTrue(table.stdout.contains("2 of 2 traces match"), table.stdout)
+    }
+
+    /// Random traces get the model a budget they fit in: seed 15, under
+    /// pre-6.14, collapses more than the default 256 MiB node holds.
+    func testRandomTracesGetTheModelABudgetTheyFit() throws {
+        let args = ["compare", "--model-only", "--profile", "pre-6.14", "--random", "1", "--seed", "15", "--json"]
+        XCTAssertEqual(try run(args).status, 0)
+        XCTAssertEqual(try run(args + ["--param", "node_budget_pages=65536"]).status, 1, "a budget the user sets is kept")
+    }
+
+    /// --kernel-only holds the kernel to the traces' values only where it is
+    /// the kernel they were measured on; --model-kernel needs the model.
+    func testKernelOnlyHoldsOnlyTheKernelTheValuesCameFrom() throws {
+        let trace = try XCTUnwrap(Bundle.module.url(forResource: "reclaim-whole", withExtension: "trace", subdirectory: "Traces"))
+        let refused = try run(["compare", "--kernel-only", "--model-kernel", "6.1", trace.path], usageError: true)
+        XCTAssertEqual(refused.status, 64)
+        XCTAssertTrue(refused.stderr.contains("--model-kernel needs the model"), refused.stderr)
+        if let reason = LiveKernel.unavailableReason { throw XCTSkip("no live kernel to compare with: \(reason)") }
+        let own = CompareProfile.runningKernel()
+        let other: CompareProfile = own == .ptReclaim ? .prePTReclaim : .ptReclaim
+        let mine = try run(["compare", "--kernel-only", "--json", trace.path])
+        XCTAssertEqual(mine.json["expectations_apply"] as? Bool, KernelVersion.running == own.modelKernel(asked: nil, comparingLive: false))
+        let theirs = try run(["compare", "--kernel-only", "--profile", other.rawValue, "--json", trace.path])
+        XCTAssertEqual(theirs.json["expectations_apply"] as? Bool, false, "another profile's values are another kernel's")
+        XCTAssertEqual(theirs.status, 0, theirs.stderr)
     }
 
     /// A trace for 6.14+ alone, compared under pre-6.14: skipped, said so,

@@ -206,7 +206,7 @@ final class LockRulesTests: XCTestCase {
     /// walker holding the read lock (every pte_offset_map user then) can
     /// be inside the table when it goes. Since 6.6 it holds none, and
     /// pte_free_defer's grace period covers them. Probed at each free.
-    func testThePre6_5RetractFreesUnderTheMMapWriteLock() throws {
+    func testThePre6_6RetractFreesUnderTheMMapWriteLock() throws {
         for (profile, inner, locked) in [(MMProfile.pre6_14, SyncIPIRetractFree() as any RetractFreePolicy, true),
                                          (MMProfile.v6_14, PteFreeDefer(), false)] {
             try withLab(profile: profile) { allocator in
@@ -232,7 +232,7 @@ final class LockRulesTests: XCTestCase {
     /// collapse_pte_mapped_thp, under the write lock madvise_collapse takes
     /// once the reader is gone, retracts it. Since 6.6 the retract takes
     /// the table whoever holds the mmap lock.
-    func testThePre6_5RetractLeavesATableWhoseMMapLockIsHeld() throws {
+    func testThePre6_6RetractLeavesATableWhoseMMapLockIsHeld() throws {
         for (profile, kept) in [(MMProfile.pre6_14, true), (MMProfile.v6_14, false)] {
             try withLab(profile: profile) { allocator in
                 let mm = try MM(allocator: allocator, profile: profile)

@@ -196,6 +196,7 @@ final class HugePMDVerdictTests: XCTestCase {
         let long = CompareRunner(targets: [Side("model", huge: 0), Side("kernel", huge: 1, hintedPerReading: 1)],
                                  profile: .ptReclaim).run(trace)
         XCTAssertFalse(long.notComparable, "\(String(describing: long.error))")
+        XCTAssertEqual(long.error?.message, "huge PMDs differ: model maps 0, kernel maps 1")
         let plain = CompareRunner(targets: [Side("model", huge: 1), Side("kernel", huge: 0)], profile: .ptReclaim).run(trace)
         XCTAssertFalse(plain.notComparable)
         XCTAssertEqual(plain.error?.message, "huge PMDs differ: model maps 1, kernel maps 0")

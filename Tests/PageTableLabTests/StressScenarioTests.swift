@@ -61,10 +61,10 @@ final class StressScenarioTests: XCTestCase {
     /// 6.1's retract: the sync IPI suffices under the mmap write lock; the
     /// same free without that lock is caught by the walker holding the
     /// read lock.
-    func testCollapseBefore6_5IsSafeUnderItsMMapWriteLocks() throws {
+    func testCollapseBefore6_6IsSafeUnderItsMMapWriteLocks() throws {
         try assertSafe("collapse", "ipi-sync", path: "shmem-pre-6.6")
     }
-    func testCollapseBefore6_5WithoutItsLocksIsCaughtByPteOffsetMap() throws {
+    func testCollapseBefore6_6WithoutItsLocksIsCaughtByPteOffsetMap() throws {
         try assertDetects("collapse", "ipi-sync-unlocked", by: .pteOffsetMap, path: "shmem-pre-6.6")
     }
     func testUnmapRCUTableFreeIsSafe() throws { try assertSafe("unmap", "rcu-table-free") }

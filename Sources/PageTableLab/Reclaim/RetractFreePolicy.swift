@@ -52,9 +52,10 @@ public struct PteFreeDefer: RetractFreePolicy {
 
 /// Before 6.6: tlb_remove_table_sync_one, then pte_free at once. Safe
 /// because the retract holds the mm's mmap write lock (`takesMMapWriteLock`),
-/// so no pte_offset_map walker is in the table (before 6.5 every one held
+/// so no pte_offset_map walker is in the table (before 6.6 every one held
 /// the mmap lock); GUP-fast, which holds none, is waited out by the IPI.
-/// A walker holding only RCU, which 6.5 made legal, is not covered.
+/// A walker holding only RCU, which 6.6 made legal (the same series put
+/// rcu_read_lock in __pte_offset_map), is not covered.
 public struct SyncIPIRetractFree: RetractFreePolicy {
     /// False only for the unsafe mode that frees this way under 6.6+'s
     /// locks, a combination no kernel shipped (MMProfile.check refuses it

@@ -24,7 +24,9 @@ public struct RandomTrace {
     /// The model's node_budget_pages for random traces (8 GiB a node): one
     /// may fault huge pages over several GiB of VM_HUGEPAGE memory, which the
     /// default budget (256 MiB) cannot hold. The arena is brought up only as
-    /// far as it is used, and the replay writes no data page.
+    /// far as it is used, and a touch writes one byte of each page it
+    /// faults, so the process's own memory follows the traces' touches (a
+    /// whole huge page each where the host backs the arena with THP).
     public static let modelNodeBudgetPages = 1 << 21
 
     /// The name `ptlab compare --random` and the sweep give the trace of

@@ -1,7 +1,7 @@
 import PageTableLab
 extension Scenario {
     /// Every scenario `ptlab stress` knows, in the order `stress all` runs them.
-    public static let all: [Scenario] = [collapseShmem, collapseShmemPre6_5, collapseAnonymous, unmap, reclaim, ptlock, batchFail, sva, race]
+    public static let all: [Scenario] = [collapseShmem, collapseShmemPre6_6, collapseAnonymous, unmap, reclaim, ptlock, batchFail, sva, race]
 
     /// The scenario called `name`: the one on `path` where it has several
     /// (the first is the default).
@@ -41,7 +41,7 @@ extension Scenario {
     /// had no RCU-only walkers), GUP-fast, which the IPI waits out, and the
     /// MMU, which the flush covers. The same free under 6.6+'s locks (none
     /// of the mm's) is caught by the walker under the read lock.
-    static let collapseShmemPre6_5 = Scenario(
+    static let collapseShmemPre6_6 = Scenario(
         name: "collapse", path: "shmem-pre-6.6",
         summary: "MADV_COLLAPSE of shmem before 6.6: the retract under the mmap write lock + sync IPI vs pte_offset_map (mmap read lock), GUP-fast and MMU walks",
         modes: [

@@ -6,9 +6,10 @@ import PageTableLab
 /// Unsafe. By then the hardware walkers are gone, and the flush's IPI
 /// waits out GUP-fast, which walks with IRQs off. But pte_offset_map walks
 /// under rcu_read_lock alone with IRQs on: it takes the IPI mid-walk and
-/// reads on in a table that is already free. Since 6.5 such a walker can
-/// hold only the mmap read lock beside MADV_DONTNEED, which with PT_RECLAIM
-/// frees the PTE tables it empties; only a grace period waits for it.
+/// reads on in a table that is already free. Such a walker may hold the
+/// mmap read lock alone, which MADV_DONTNEED holds too, and with PT_RECLAIM
+/// (6.14) DONTNEED frees the PTE tables it empties: only a grace period
+/// waits for the walker.
 public struct FreeAfterFlush: TableFreePolicy {
     public init() {}
 
