@@ -314,7 +314,8 @@ final class CLIContractTests: XCTestCase {
         XCTAssertEqual(mine.json["expectations_apply"] as? Bool, KernelVersion.running == own.modelKernel(asked: nil, comparingLive: false))
         let theirs = try run(["compare", "--kernel-only", "--profile", other.rawValue, "--json", trace.path])
         XCTAssertEqual(theirs.json["expectations_apply"] as? Bool, false, "another profile's values are another kernel's")
-        XCTAssertEqual(theirs.status, 0, theirs.stderr)
+        // No status asserted: a live run's verdict can be interference (an
+        // instrumented build's runtime takes page tables of its own).
     }
 
     /// A trace for 6.14+ alone, compared under pre-6.14: skipped, said so,
