@@ -177,7 +177,8 @@ struct CompareCommand: ParsableCommand {
                 let text = RandomTrace.text(seed: s, ops: randomOps, profile: profile, kernel: modelKernel)
                 randomTexts[RandomTrace.fileName(seed: s)] = text
                 do { batch.append(try TraceParser.parse(text, file: RandomTrace.fileName(seed: s))) } catch {
-                    // The generator's own bug: name the seed, keep the rest.
+                    // The generator's own bug: name the seed and stop, as
+                    // an invalid trace file stops the run (exit 2).
                     warn("random trace \(s) is invalid, a bug of the generator's: \(error)\n\(text)")
                     throw ExitCode(2)
                 }
