@@ -93,6 +93,15 @@ public struct TraceMappings: Equatable, Sendable {
         return taken
     }
 
+    /// `change` on the pieces in `range`, split out of the pieces it cuts,
+    /// as mprotect and madvise split VMAs.
+    private mutating func modify(_ range: Range<UInt64>, _ change: (inout Piece) -> Void) {
+        for var piece in unmap(range) {
+            change(&piece)
+            insert(piece)
+        }
+    }
+
     /// Follows an op that succeeded; ops that map, unmap, move or protect
     /// change the mappings, the others leave them as they are.
     public mutating func apply(_ step: TraceStep) {
@@ -112,15 +121,8 @@ public struct TraceMappings: Equatable, Sendable {
             }
             for g in unguard(old..<old + l) { guardRange(g.lowerBound - old + new..<g.upperBound - old + new) }
         case .mprotect(let a, let l, let protection):
-            for var piece in unmap(a..<a + l) {
-                piece.protection = protection
-                insert(piece)
-            }
-        case .hugepage(let a, let l):
-            for var piece in unmap(a..<a + l) {
-                piece.hugepage = true
-                insert(piece)
-            }
+            modify(a..<a + l) { $0.protection = protection }
+        case .hugepage(let a, let l): modify(a..<a + l) { $0.hugepage = true }
         case .guardInstall(let a, let l): guardRange(a..<a + l)
         case .guardRemove(let a, let l): unguard(a..<a + l)
         case .touch, .dontneed, .collapse, .expect: break
