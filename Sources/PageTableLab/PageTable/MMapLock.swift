@@ -11,10 +11,24 @@ import Synchronization
 /// that take it) cannot starve munmap. A walker that is a "CPU" must keep
 /// answering IPIs while it waits, so it uses `tryLockRead` in a loop of its
 /// own instead of sleeping here.
+///
+/// Like the kernel's rw_semaphore, one word says who holds it: a reader
+/// count and two writer bits. An uncontended reader takes and drops the
+/// lock with one atomic on that word, as down_read and up_read do (every
+/// fault without a VMA lock of its own is such a reader); anyone who must
+/// wait sleeps on the monitor, and a writer bit tells the last reader out
+/// to wake it.
 public final class MMapLock: @unchecked Sendable {
     private let monitor = Monitor()
-    private var readers = 0
-    private var writer = false
+    /// Readers in units of `reader`, `writerLocked`, and `writersWaiting`
+    /// while any writer sleeps (new readers then queue behind it). The
+    /// writer bits change only under the monitor; readers' counts come and
+    /// go without it.
+    private let state = Atomic<Int>(0)
+    private static let writerLocked = 1
+    private static let writersWaiting = 2
+    private static let reader = 4
+    /// Under the monitor: the sleepers, for `writersWaiting` and for tests.
     private var waitingWriters = 0
     private var waitingReaders = 0
     /// mm_lock_seq: odd while a writer holds the lock, bumped as it takes
@@ -38,28 +52,32 @@ public final class MMapLock: @unchecked Sendable {
 
     /// mmap_read_lock.
     public func lockRead() {
+        if tryLockRead() { return }
         monitor.lock()
         waitingReaders += 1
-        while writer || waitingWriters > 0 { monitor.wait() }
+        while !tryLockRead() { monitor.wait() }
         waitingReaders -= 1
-        readers += 1
         monitor.unlock()
     }
 
-    /// mmap_read_trylock.
+    /// mmap_read_trylock: in unless a writer holds the lock or waits for it.
     public func tryLockRead() -> Bool {
-        monitor.lock()
-        defer { monitor.unlock() }
-        guard !writer && waitingWriters == 0 else { return false }
-        readers += 1
-        return true
+        var s = state.load(ordering: .relaxed)
+        while s & (Self.writerLocked | Self.writersWaiting) == 0 {
+            let (exchanged, found) = state.weakCompareExchange(expected: s, desired: s + Self.reader,
+                                                               successOrdering: .acquiring, failureOrdering: .relaxed)
+            if exchanged { return true }
+            s = found
+        }
+        return false
     }
 
-    /// mmap_read_unlock.
+    /// mmap_read_unlock: the last reader out wakes the writers waiting.
     public func unlockRead() {
+        let left = state.subtract(Self.reader, ordering: .releasing).newValue
+        guard left == Self.writersWaiting else { return }
         monitor.lock()
-        readers -= 1
-        if readers == 0 { monitor.broadcast() }
+        monitor.broadcast()
         monitor.unlock()
     }
 
@@ -75,11 +93,29 @@ public final class MMapLock: @unchecked Sendable {
     public func lockWrite() {
         monitor.lock()
         waitingWriters += 1
-        while writer || readers > 0 { monitor.wait() }
+        state.bitwiseOr(Self.writersWaiting, ordering: .relaxed)
+        // The bit is set before the readers are looked at, in the same word:
+        // the last reader out either sees it and wakes us, or left before.
+        while !takeWrite(stillWaiting: waitingWriters > 1) { monitor.wait() }
         waitingWriters -= 1
-        writer = true
-        sequence.add(1, ordering: .releasing)
         monitor.unlock()
+    }
+
+    /// Under the monitor: the write lock if no one holds the lock, with
+    /// `writersWaiting` left as the sleepers still need it.
+    private func takeWrite(stillWaiting: Bool) -> Bool {
+        var s = state.load(ordering: .relaxed)
+        while s & ~Self.writersWaiting == 0 {
+            let desired = Self.writerLocked | (stillWaiting ? Self.writersWaiting : 0)
+            let (exchanged, found) = state.weakCompareExchange(expected: s, desired: desired,
+                                                               successOrdering: .acquiring, failureOrdering: .relaxed)
+            if exchanged {
+                sequence.add(1, ordering: .releasing)
+                return true
+            }
+            s = found
+        }
+        return false
     }
 
     /// mmap_write_trylock: the write lock if no reader or writer holds it
@@ -89,16 +125,13 @@ public final class MMapLock: @unchecked Sendable {
     public func tryLockWrite() -> Bool {
         monitor.lock()
         defer { monitor.unlock() }
-        guard !writer && readers == 0 else { return false }
-        writer = true
-        sequence.add(1, ordering: .releasing)
-        return true
+        return takeWrite(stillWaiting: waitingWriters > 0)
     }
 
     /// mmap_write_unlock.
     public func unlockWrite() {
         monitor.lock()
-        writer = false
+        state.bitwiseAnd(~Self.writerLocked, ordering: .releasing)
         sequence.add(1, ordering: .releasing)
         monitor.broadcast()
         monitor.unlock()
@@ -108,9 +141,8 @@ public final class MMapLock: @unchecked Sendable {
     /// come in (writers still wait).
     public func downgrade() {
         monitor.lock()
-        writer = false
+        state.add(Self.reader - Self.writerLocked, ordering: .releasing)
         sequence.add(1, ordering: .releasing)
-        readers += 1
         monitor.broadcast()
         monitor.unlock()
     }
