@@ -415,6 +415,8 @@ final class CLIContractTests: XCTestCase {
         }
         let targetKeys = Set(try XCTUnwrap(object["targets"] as? [[String: Any]]).compactMap { $0["key"] as? String })
         XCTAssertTrue(targetKeys.isSuperset(of: ["steady_defer_ratio", "steady_gather_ratio", "steady_gather_tables_per_sec"]))
+        XCTAssertEqual(targetKeys.contains("trace_replay_ratio"), Bench.traceReplayKernelUnavailableReason == nil,
+                       "the replay is a target exactly where the kernel's side ran")
         let target = try XCTUnwrap((object["targets"] as? [[String: Any]])?.first)
         XCTAssertNotNil(target["met"], "a target says whether it was met")
     }

@@ -217,7 +217,7 @@ public enum Bench {
                   "at most one RCU callback per 500 tables through the gather"),
             .init("peak_deferred_bytes_flood", .atMost, Double(flood.boundBytes), Double(flood.peakBytes),
                   "a flood past a stalled reader stays within DeferredBound.bytes"),
-        ] + steadyTargets(samples)
+        ] + steadyTargets(samples) + replayTargets(replay)
         return BenchReport(
             rcuReadNsSwift: m["rcu_read_ns_swift"]!, rcuReadNsC: m["rcu_read_ns_c"]!, rcuReadRatio: readRatio,
             callRCUPerSecSwift: m["call_rcu_per_sec_swift"]!, callRCUPerSecC: m["call_rcu_per_sec_c"]!,

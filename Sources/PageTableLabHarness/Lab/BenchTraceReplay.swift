@@ -24,6 +24,14 @@ extension Bench {
         return nil
     }
 
+    /// Issue 15's replay target, where the kernel's side ran: the model
+    /// replays the churn trace at least 10x faster than the kernel runs it.
+    static func replayTargets(_ replay: TraceReplayResult) -> [BenchReport.Target] {
+        guard let ratio = replay.ratio else { return [] }
+        return [.init("trace_replay_ratio", .atLeast, 10, ratio,
+                      "the model replays the churn trace at least 10x faster than the live kernel runs it")]
+    }
+
     /// The kernel's pass first, with liburcu's worker idle (every callback
     /// run), then the model's on a ModelTarget of its own, on the bench's
     /// loaded allocator and thread.
