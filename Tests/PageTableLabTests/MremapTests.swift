@@ -69,7 +69,7 @@ final class MremapTests: XCTestCase {
             try mm.mmap(address: new, length: 4 * mib)
             try mm.touch(address: new, length: 4 * mib, stride: 128 << 10)
             try mm.mprotect(address: new + 2 * mib, length: mib, protection: .r)
-            try mm.mremap(from: tib, length: 4 * mib, to: new)
+            XCTAssertEqual(try mm.mremap(from: tib, length: 4 * mib, to: new), 3, "three VMAs moved, the gap left")
             XCTAssertEqual(mm.vmas.map { [$0.start, $0.end] },
                            [[new, new + mib], [new + mib, new + 2 * mib], [new + 2 * mib, new + 3 * mib], [new + 3 * mib, new + 4 * mib]])
             XCTAssertEqual(mm.vmas.map(\.flags), [Protection.rw.flags, Protection.r.flags, Protection.r.flags, Protection.rw.flags],

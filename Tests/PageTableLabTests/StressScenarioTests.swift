@@ -125,7 +125,7 @@ final class StressScenarioTests: XCTestCase {
             XCTAssertGreaterThan(r.vmaLocks.dontneedBesideWriter, 0, "a DONTNEED beside a writer of another VMA: \(r.vmaLocks)")
             let kinds = try XCTUnwrap(r.opKinds)
             XCTAssertEqual(Set(kinds.filter { $0.value.done > 0 }.keys),
-                           ["fault", "dontneed", "dontneed_part", "munmap_mmap", "mremap", "mremap_shared", "collapse_anon",
+                           ["fault", "dontneed", "dontneed_part", "munmap_mmap", "mremap", "mremap_vmas", "mremap_shared", "collapse_anon",
                             "mprotect", "collapse_shmem", "munmap_mmap_shared", "guard"], "every kind of op done at least once: \(kinds)")
             XCTAssertEqual(r.vmPTEBytes, r.tableBytesHeld, "VmPTE against the tables held")
             XCTAssertTrue(r.pass, r.verdict)

@@ -48,13 +48,16 @@ internal import CSupport
 /// past a VMA with a userfaultfd context or an unusual get_unmapped_area,
 /// before anything moves when that VMA is the first; the lab has neither.
 extension MM {
-    public func mremap(from old: UInt64, length: UInt64, to new: UInt64, dontUnmap: Bool = false) throws(MMError) {
+    /// Returns how many VMAs moved: more than one only on 6.17+, and only
+    /// where the range spans VMAs (a stress run counts how often it did).
+    @discardableResult
+    public func mremap(from old: UInt64, length: UInt64, to new: UInt64, dontUnmap: Bool = false) throws(MMError) -> Int {
         try validate("mremap", old, length)
         try validate("mremap", new, length)
         guard old + length <= new || new + length <= old else {
             throw .overlappingMove(from: old, to: new, length: length)
         }
-        try withWriteLock(vmasOf: [old..<old + length, new..<new + length], merging: .backedAs(old..<old + length)) { () throws(MMError) in
+        return try withWriteLock(vmasOf: [old..<old + length, new..<new + length], merging: .backedAs(old..<old + length)) { () throws(MMError) -> Int in
             let pieces = vmaTree.withLock { $0.clipped(old, old + length) }.map { $0.start..<$0.end }
             guard let first = pieces.first, first.lowerBound == old,
                   profile.mremapMovesVMAs || first.upperBound == old + length else {
@@ -64,6 +67,7 @@ extension MM {
                 try moveVMA(from: piece.lowerBound, length: piece.upperBound - piece.lowerBound, to: new + (piece.lowerBound - old),
                             dontUnmap: dontUnmap)
             }
+            return pieces.count
         }
     }
 

@@ -5,7 +5,8 @@ extension Scenario {
     /// lock the kernel takes for it: faults and MADV_DONTNEED (PT_RECLAIM)
     /// under their VMA's lock (the mmap read lock where a writer holds the
     /// VMA, or DONTNEED spans VMAs), munmap + mmap, mremap (of private
-    /// tables, and of the shared memory away and back) and mprotect under
+    /// tables, split by a read-only part into VMAs that move one by one
+    /// (6.17+) or not, and of the shared memory away and back) and mprotect under
     /// the write lock (munmap downgraded), guard regions installed and
     /// removed under the read lock, the collapse of shared memory
     /// under the read lock with the retract under none, and of private
@@ -50,6 +51,9 @@ extension Scenario {
         case dontneedPart = "dontneed_part"
         case munmapMmap = "munmap_mmap"
         case mremap
+        /// A table split in three by a read-only part, moved as three VMAs
+        /// (6.17+), and the part made writable where it landed.
+        case mremapVMAs = "mremap_vmas"
         /// The shared memory moved away, off its alignment, and back.
         case mremapShared = "mremap_shared"
         case collapseAnon = "collapse_anon"
@@ -75,6 +79,8 @@ extension Scenario {
         // 64 KiB somewhere in the table: the part a partial op cuts out.
         let part = table + (rng.next() % 32) << 16
         let shared = layout.sharedTable(&rng)
+        // Another private table: where an mremap moves this one.
+        let other = region.table((index + 1 + Int(rng.next() % UInt64(layout.privateTables - 1))) % layout.privateTables)
         let op: RaceOp
         let choice = rng.next() % 16
         switch choice {
@@ -89,12 +95,16 @@ extension Scenario {
         case 6: op = .guardRegion
         case 7: op = .dontneedPart
         case 8: op = .munmapMmap
-        case 9: op = .mremap
+        case 9: op = mm.profile.mremapMovesVMAs && rng.next() % 2 == 0 ? .mremapVMAs : .mremap
         case 10: op = .mremapShared
         case 11: op = .collapseAnon
         case 12: op = .mprotect
         default: op = mm.isHugePMD(shared) ? .munmapMmapShared : .collapseShmem
         }
+        // What the op is counted as once done: an mremap by how many VMAs
+        // it moved (another updater's mprotect may have split or merged
+        // the table meanwhile).
+        var kind = op.rawValue
         do {
             switch op {
             case .fault:
@@ -109,8 +119,13 @@ extension Scenario {
                 try mm.munmap(address: table, length: MM.pmdSize)
                 try mm.mmap(address: table, length: MM.pmdSize)
             case .mremap:
-                let other = (index + 1 + Int(rng.next() % UInt64(layout.privateTables - 1))) % layout.privateTables
-                try mm.mremap(from: table, length: MM.pmdSize, to: region.table(other))
+                if try mm.mremap(from: table, length: MM.pmdSize, to: other) > 1 { kind = RaceOp.mremapVMAs.rawValue }
+            case .mremapVMAs:
+                // Counted as a plain mremap where another updater's
+                // mprotect merged the part back first.
+                try mm.mprotect(address: part, length: 64 << 10, protection: .r)
+                if try mm.mremap(from: table, length: MM.pmdSize, to: other) == 1 { kind = RaceOp.mremap.rawValue }
+                try mm.mprotect(address: other + (part - table), length: 64 << 10, protection: .rw)
             case .mremapShared:
                 // Every extent moves entry by entry, the way back a copy of
                 // its own, without the rmap lock, beside collapses already
@@ -154,7 +169,7 @@ extension Scenario {
             default: throw error
             }
         }
-        region.ops.done(op.rawValue)
+        region.ops.done(kind)
     }
 
     /// The mappings `race` starts from.
