@@ -205,10 +205,12 @@ public struct RandomTrace {
     /// 1 GiB, equally misaligned, or anywhere; one in four with
     /// MREMAP_DONTUNMAP, the source left mapped. Where the kernel moves
     /// several VMAs (6.17+, `profiles 6.14+`), one in four runs on from
-    /// inside its piece across whatever follows, pieces and gaps alike.
+    /// inside its piece across whatever follows, pieces and gaps alike:
+    /// half of those into a later piece (ending inside it or at its end),
+    /// half by a length drawn as any other.
     mutating func mremap() -> [String]? {
         guard let (_, a, within) = subrange() else { return nil }
-        let l = movesSeveralVMAs && chance(25) ? length() : within
+        let l = movesSeveralVMAs && chance(25) ? acrossPieces(from: a) : within
         var new = address()
         switch rng.next() % 3 {
         case 0: new = new & ~((2 << 20) - 1) | a & ((2 << 20) - 1)
@@ -226,6 +228,16 @@ public struct RandomTrace {
             pieces.append(moved)
         }
         return ["mremap \(Self.hex(a)) \(Self.hex(l)) \(Self.hex(new))" + (dontUnmap ? " dontunmap" : "")]
+    }
+
+    /// A length from `a` (inside a piece) that runs on into a later piece
+    /// of the next 64 MiB, or one drawn as `length()` where there is none
+    /// or the draw says so.
+    mutating func acrossPieces(from a: UInt64) -> UInt64 {
+        let later = pieces.filter { $0.start > a && $0.start - a <= 64 << 20 }
+        guard !later.isEmpty, chance(50) else { return length() }
+        let p = pick(later)
+        return p.start + (1 + rng.next() % (p.length >> 12)) << 12 - a
     }
 
     private mutating func trace(ops: Int) -> String {
