@@ -17,6 +17,26 @@ final class MMapLockTests: XCTestCase {
         return true
     }
 
+    /// Threads a broken lock left asleep for good: kept, never joined, so
+    /// that the test fails instead of hanging on them.
+    private static let stuck = Mutex<[RCUThread]>([])
+
+    /// After a failed wait for `threads`: wake them with write locks taken
+    /// and dropped until `done`, for at most ten seconds; join them if that
+    /// worked, or leave them asleep (`stuck`) if it did not.
+    private static func rescue(_ lock: MMapLock, _ threads: [RCUThread], until done: () -> Bool) {
+        do {
+            try waitUntil("the threads woken by write locks taken and dropped", seconds: 10) {
+                if lock.tryLockWrite() { lock.unlockWrite() }
+                return done()
+            }
+        } catch {
+            stuck.withLock { $0 += threads }
+            return
+        }
+        threads.forEach { $0.join() }
+    }
+
     /// A thread that takes the write lock and drops it, and whether it has.
     final class Writer: Sendable {
         let acquired = Atomic<Bool>(false)
@@ -36,16 +56,16 @@ final class MMapLockTests: XCTestCase {
         var hasHadTheLock: Bool { acquired.load(ordering: .acquiring) }
 
         /// Wait until it has had the lock; if it never does (a lost
-        /// wake-up), fail, and wake it with a write lock taken and dropped
-        /// so that the join does not hang.
+        /// wake-up), fail and rescue it.
         func finish(_ lock: MMapLock, _ message: String) throws {
-            defer { thread.withLock { $0?.join() } }
+            let thread = self.thread.withLock { $0.take()! }
             do {
                 try waitUntil(message, seconds: 10) { hasHadTheLock }
             } catch {
-                if lock.tryLockWrite() { lock.unlockWrite() }
+                MMapLockTests.rescue(lock, [thread]) { hasHadTheLock }
                 throw error
             }
+            thread.join()
         }
     }
 
@@ -109,17 +129,14 @@ final class MMapLockTests: XCTestCase {
                 }
             }
         }
-        // A lost wake-up leaves threads asleep: fail, and wake them with
-        // write locks taken and dropped until they finish.
+        // A lost wake-up leaves threads asleep: fail, and rescue them.
+        let finished = { state.finished.load(ordering: .acquiring) == threads.count }
         do {
-            try waitUntil("every thread finishes", seconds: 60) { state.finished.load(ordering: .acquiring) == threads.count }
+            try waitUntil("every thread finishes", seconds: 60, finished)
+            threads.forEach { $0.join() }
         } catch {
-            while state.finished.load(ordering: .acquiring) < threads.count {
-                if lock.tryLockWrite() { lock.unlockWrite() }
-                sched_yield()
-            }
+            Self.rescue(lock, threads, until: finished)
         }
-        threads.forEach { $0.join() }
         XCTAssertEqual(state.violations.load(ordering: .relaxed), 0, "a writer shared the lock")
         XCTAssertEqual(state.count, state.writes.load(ordering: .relaxed), "a writer's increment was lost")
         XCTAssertGreaterThan(state.writes.load(ordering: .relaxed), 0)
