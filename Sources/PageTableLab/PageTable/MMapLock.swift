@@ -32,7 +32,11 @@ public final class MMapLock: @unchecked Sendable {
     private var waitingWriters = 0
     private var waitingReaders = 0
     /// mm_lock_seq: odd while a writer holds the lock, bumped as it takes
-    /// and as it drops or downgrades it; read without the lock.
+    /// and as it drops or downgrades it; read without the lock. Bumped just
+    /// after the state word changes, under the monitor, so a reader that
+    /// gets in on the fast path right after a writer leaves may still see
+    /// it odd: the sequence says when writers held the lock, not that a
+    /// holder of the read lock sees it even.
     private let sequence = Atomic<Int>(0)
 
     /// Whether a writer held the lock at any time between two reads of
