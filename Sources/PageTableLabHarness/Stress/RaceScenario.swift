@@ -5,12 +5,12 @@ extension Scenario {
     /// lock the kernel takes for it: faults and MADV_DONTNEED (PT_RECLAIM)
     /// under their VMA's lock (the mmap read lock where a writer holds the
     /// VMA, or DONTNEED spans VMAs), munmap + mmap, mremap (of private
-    /// tables, split by a read-only part into VMAs that move one by one
-    /// (6.17+) or not, and of the shared memory away and back) and mprotect under
-    /// the write lock (munmap downgraded), guard regions installed and
-    /// removed under the read lock, the collapse of shared memory
-    /// under the read lock with the retract under none, and of private
-    /// memory (collapse_huge_page) under the write lock. Private memory is
+    /// tables, whole or split by a read-only part into VMAs that move one
+    /// by one (6.17+), and of the shared memory away and back) and
+    /// mprotect under the write lock (munmap downgraded), guard regions
+    /// installed and removed under the read lock, the collapse of shared
+    /// memory under the read lock with the retract under none, and of
+    /// private memory (collapse_huge_page) under the write lock. Private memory is
     /// huge PMDs as often as PTE tables, so a partial DONTNEED splits a huge
     /// PMD beside faults, and a partial mprotect under the write lock. What
     /// keeps one updater out of a table another has just unlinked is
@@ -122,7 +122,10 @@ extension Scenario {
                 if try mm.mremap(from: table, length: MM.pmdSize, to: other) > 1 { kind = RaceOp.mremapVMAs.rawValue }
             case .mremapVMAs:
                 // Counted as a plain mremap where another updater's
-                // mprotect merged the part back first.
+                // mprotect merged the part back first. A move refused
+                // leaves the part read-only where it is, until an
+                // mprotect, a munmap or a move of another updater takes
+                // it (faults there are refused meanwhile, as in any race).
                 try mm.mprotect(address: part, length: 64 << 10, protection: .r)
                 if try mm.mremap(from: table, length: MM.pmdSize, to: other) == 1 { kind = RaceOp.mremap.rawValue }
                 try mm.mprotect(address: other + (part - table), length: 64 << 10, protection: .rw)
