@@ -170,16 +170,18 @@ struct CompareCommand: ParsableCommand {
         }
         var runs = parsed.isEmpty ? [] : runner.run(parsed)
         var randomTexts: [String: String] = [:]
-        for first in stride(from: seed, to: seed + random, by: 50) {
-            let seeds = first..<min(first + 50, seed + random)
+        for first in stride(from: seed, to: seed + random, by: Int(RandomTrace.batch)) {
+            let seeds = first..<min(first + RandomTrace.batch, seed + random)
             var batch: [Trace] = []
             for s in seeds {
-                let text = RandomTrace.text(seed: s, ops: randomOps, profile: profile, kernel: modelKernel)
-                randomTexts[RandomTrace.fileName(seed: s)] = text
-                do { batch.append(try TraceParser.parse(text, file: RandomTrace.fileName(seed: s))) } catch {
+                do {
+                    let (text, trace) = try RandomTrace.parsed(seed: s, ops: randomOps, profile: profile, kernel: modelKernel)
+                    randomTexts[trace.file] = text
+                    batch.append(trace)
+                } catch {
                     // The generator's own bug: name the seed and stop, as
                     // an invalid trace file stops the run (exit 2).
-                    warn("random trace \(s) is invalid, a bug of the generator's: \(error)\n\(text)")
+                    warn("random trace \(s) is invalid, a bug of the generator's: \(error)\n\(RandomTrace.text(seed: s, ops: randomOps, profile: profile, kernel: modelKernel))")
                     throw ExitCode(2)
                 }
             }

@@ -22,8 +22,7 @@ final class DifferentialTraceTests: XCTestCase {
     func testRandomTracesKeepToTheirRelease() throws {
         func needs(_ profile: CompareProfile, _ kernel: KernelVersion) throws -> Set<String> {
             Set(try (1...300 as ClosedRange<UInt64>).compactMap { seed in
-                let text = RandomTrace.text(seed: seed, ops: 30, profile: profile, kernel: kernel)
-                return try TraceParser.parse(text, file: RandomTrace.fileName(seed: seed)).needs.map { "\($0.release)" }
+                try RandomTrace.parsed(seed: seed, ops: 30, profile: profile, kernel: kernel).trace.needs.map { "\($0.release)" }
             })
         }
         XCTAssertEqual(try needs(.ptReclaim, KernelVersion(6, 18)), ["6.13", "6.15", "6.17"])
@@ -50,9 +49,9 @@ final class DifferentialTraceTests: XCTestCase {
         var notComparable = 0
         // Batches of traces share a runner: one rcu_barrier before the
         // kernel's passes and one after, not two a trace.
-        for batch in stride(from: first, through: last, by: 50).map({ $0...min($0 + 49, last) }) {
-            let texts = batch.map { RandomTrace.text(seed: $0, ops: 30, profile: profile, kernel: kernel) }
-            let traces = try zip(batch, texts).map { seed, text in try TraceParser.parse(text, file: RandomTrace.fileName(seed: seed)) }
+        for batch in stride(from: first, through: last, by: Int(RandomTrace.batch)).map({ $0...min($0 + RandomTrace.batch - 1, last) }) {
+            let parsed = try batch.map { try RandomTrace.parsed(seed: $0, ops: 30, profile: profile, kernel: kernel) }
+            let texts = parsed.map(\.text), traces = parsed.map(\.trace)
             let runs = try runTolerantOfInterference(traces, targets: { [model, try LiveKernel()] }, profile: profile)
             for (seed, (text, run)) in zip(batch, zip(texts, runs)) {
                 // The kernel fell back to small pages, or khugepaged (which

@@ -33,6 +33,19 @@ public struct RandomTrace {
     /// `seed`.
     public static func fileName(seed: UInt64) -> String { "random-\(seed).trace" }
 
+    /// The trace for `seed` (as `text`), parsed under its `fileName`: the
+    /// text is kept to print a trace that did not match, for a replay.
+    public static func parsed(seed: UInt64, ops: Int, profile: CompareProfile,
+                              kernel: KernelVersion) throws(TraceError) -> (text: String, trace: Trace) {
+        let text = text(seed: seed, ops: ops, profile: profile, kernel: kernel)
+        return (text, try TraceParser.parse(text, file: fileName(seed: seed)))
+    }
+
+    /// How many random traces one CompareRunner runs: each run waits out
+    /// an rcu_barrier before the kernel's passes and one after, so batches
+    /// pay two per batch, not two per trace.
+    public static let batch: UInt64 = 50
+
     struct Piece {
         var start: UInt64
         var length: UInt64
